@@ -1,0 +1,9 @@
+//! mpbond: bond every uplink of a site into one connection with kernel MPTCP.
+//!
+//! The crate is a library plus one binary (`src/main.rs`). Protocol and queue
+//! logic are pure (no sockets, no clock); drivers move bytes between them and
+//! the system. All `unsafe` lives in [`sys`].
+
+pub mod linkem;
+#[allow(unsafe_code)]
+pub mod sys;
