@@ -1,0 +1,330 @@
+#!/usr/bin/env bash
+# The mpbond lab: a hybrid-access site in network namespaces (see LAB.md).
+#
+#   scripts/lab.sh up [--dsl PROFILE] [--lte PROFILE]   build the lab
+#   scripts/lab.sh down                                   remove everything (idempotent)
+#   scripts/lab.sh status                                 namespaces, addresses, link counters
+#   scripts/lab.sh link dsl|lte down|up|blackhole         change a line's state live
+#   scripts/lab.sh link dsl|lte set RATE DELAY LOSS [up|down|both]
+#                                                         new shaping ("-" keeps a value)
+#
+# PROFILE: dsl, lte, fast (emulator, no shaping), none (plain veth), or a
+# profile file (TOML, see src/linkem/profile.rs).
+#
+# Topology and addresses (IPv6 alongside, same shape):
+#
+#   mpb-lan  eth0  192.168.77.2/24  fd77:77::2/64   default via .1
+#   mpb-cli  lan0  192.168.77.1/24  fd77:77::1/64
+#            dsl0  10.77.1.2/24     fd77:1::2/64    default via 10.77.1.1 metric 100
+#            lte0  10.77.2.2/24     fd77:2::2/64    default via 10.77.2.1 metric 200
+#   mpb-dsl  cli <-> wan            link emulator between dsl0 (cli) and dsl0 (wan)
+#   mpb-lte  cli <-> wan            link emulator between lte0 (cli) and lte0 (wan)
+#   mpb-wan  dsl0  10.77.1.1/24     fd77:1::1/64
+#            lte0  10.77.2.1/24     fd77:2::1/64
+#            conc0 10.77.9.1/24     fd77:9::1/64
+#            srv0  198.51.100.1/24  2001:db8:100::1/64
+#            192.168.77.0/24 and fd77:77::/64 via the dsl line (no NAT in the lab)
+#   mpb-conc eth0  10.77.9.2/24     fd77:9::2/64    default via 10.77.9.1
+#   mpb-srv  eth0  198.51.100.10/24 2001:db8:100::10/64 default via .1
+#
+# Every interface has a fixed MAC (02:77:<link>:<side>...), and the uplinks'
+# neighbour entries are pinned, so a join after an outage never waits on ARP.
+#
+# Environment: MPBOND (binary to use; default target/release/mpbond, built
+# when missing), MPB_CC (TCP congestion control pinned in every namespace;
+# default bbr), MPB_LAB_RUN (state directory; default /run/mpbond-lab).
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+RUN=${MPB_LAB_RUN:-/run/mpbond-lab}
+CC=${MPB_CC:-bbr}
+NAMESPACES=(mpb-lan mpb-cli mpb-dsl mpb-lte mpb-wan mpb-conc mpb-srv)
+LINKS=(dsl lte)
+
+# Per line: index (MAC and subnet), client address, wan address.
+declare -A LINK_NUM=([dsl]=1 [lte]=2)
+
+die() { echo "lab: $*" >&2; exit 1; }
+say() { echo "lab: $*" >&2; }
+nsx() { local ns=$1; shift; ip netns exec "$ns" "$@"; }
+
+need_root() {
+    [ "$(id -u)" = 0 ] || die "needs root (network namespaces); run with sudo"
+    local tool
+    for tool in ip ethtool flock sysctl; do
+        command -v "$tool" >/dev/null || die "$tool is missing; install it (apt-get install iproute2 ethtool util-linux procps)"
+    done
+}
+
+lock() {
+    mkdir -p "$(dirname "$RUN")"
+    exec 9>"$RUN.lock"
+    flock -w 120 9 || die "another lab.sh holds $RUN.lock for over 120 s"
+}
+
+mpbond_bin() {
+    if [ -n "${MPBOND:-}" ]; then
+        [ -x "$MPBOND" ] || die "MPBOND=$MPBOND is not an executable"
+        echo "$MPBOND"
+        return
+    fi
+    local bin=$ROOT/target/release/mpbond
+    if command -v cargo >/dev/null; then
+        (cd "$ROOT" && cargo build --release --quiet) >&2 || die "cargo build --release failed"
+    fi
+    [ -x "$bin" ] || die "$bin is missing and cargo is not installed; build mpbond first"
+    echo "$bin"
+}
+
+# ---------------------------------------------------------------- down
+
+cmd_down() {
+    local ns pids i
+    for ns in "${NAMESPACES[@]}"; do
+        [ -e "/run/netns/$ns" ] || continue
+        pids=$(ip netns pids "$ns" 2>/dev/null || true)
+        [ -n "$pids" ] && kill $pids 2>/dev/null || true
+    done
+    for i in $(seq 50); do
+        pids=""
+        for ns in "${NAMESPACES[@]}"; do
+            [ -e "/run/netns/$ns" ] && pids+=$(ip netns pids "$ns" 2>/dev/null || true)
+        done
+        [ -z "$pids" ] && break
+        [ "$i" = 50 ] && kill -9 $pids 2>/dev/null || true
+        sleep 0.1
+    done
+    for ns in "${NAMESPACES[@]}"; do
+        if [ -e "/run/netns/$ns" ]; then
+            ip netns del "$ns" 2>/dev/null || { sleep 0.2; ip netns del "$ns"; }
+        fi
+    done
+    rm -rf "$RUN"
+}
+
+# ---------------------------------------------------------------- up
+
+mac() { printf '02:77:%02x:00:00:%02x' "$1" "$2"; }
+
+# veth NAME_A NS_A NAME_B NS_B MAC_A MAC_B
+veth() {
+    ip link add "$1" netns "$2" address "$5" type veth peer name "$3" netns "$4" address "$6"
+    nsx "$2" ip link set "$1" up
+    nsx "$4" ip link set "$3" up
+}
+
+ns_base() {
+    local ns=$1
+    ip netns add "$ns"
+    nsx "$ns" ip link set lo up
+    nsx "$ns" sysctl -qw net.ipv4.tcp_congestion_control="$CC"
+    nsx "$ns" sysctl -qw net.ipv4.conf.all.rp_filter=0 net.ipv4.conf.default.rp_filter=0
+}
+
+addr() { # NS IF V4/PREFIX V6/PREFIX
+    nsx "$1" ip addr add "$3" dev "$2"
+    nsx "$1" ip -6 addr add "$4" dev "$2" nodad
+}
+
+# line NAME PROFILE_KIND(veth|emulated) PROFILE_SPEC BIN
+line() {
+    local name=$1 kind=$2 spec=$3 bin=$4 n=${LINK_NUM[$1]}
+    local cli_if=${name}0 ns=mpb-$name
+    local cli_mac wan_mac
+    cli_mac=$(mac "$n" 2) wan_mac=$(mac "$n" 1)
+    if [ "$kind" = veth ]; then
+        veth "$cli_if" mpb-cli "$cli_if" mpb-wan "$cli_mac" "$wan_mac"
+    else
+        nsx "$ns" sysctl -qw net.ipv6.conf.all.disable_ipv6=1 net.ipv6.conf.default.disable_ipv6=1
+        veth "$cli_if" mpb-cli cli "$ns" "$cli_mac" "$(mac "$n" 0x12)"
+        veth wan "$ns" "$cli_if" mpb-wan "$(mac "$n" 0x11)" "$wan_mac"
+        # Frames cross the emulator whole: no partial checksums from the
+        # endpoints (tx off also disables TSO) and no GRO on the bridge.
+        nsx mpb-cli ethtool -K "$cli_if" tx off >/dev/null
+        nsx mpb-wan ethtool -K "$cli_if" tx off >/dev/null
+        nsx "$ns" ethtool -K cli gro off tso off gso off >/dev/null 2>&1 || true
+        nsx "$ns" ethtool -K wan gro off tso off gso off >/dev/null 2>&1 || true
+    fi
+    addr mpb-cli "$cli_if" "10.77.$n.2/24" "fd77:$n::2/64"
+    addr mpb-wan "$cli_if" "10.77.$n.1/24" "fd77:$n::1/64"
+    nsx mpb-cli ip neigh replace "10.77.$n.1" lladdr "$wan_mac" dev "$cli_if" nud permanent
+    nsx mpb-cli ip -6 neigh replace "fd77:$n::1" lladdr "$wan_mac" dev "$cli_if" nud permanent
+    nsx mpb-wan ip neigh replace "10.77.$n.2" lladdr "$cli_mac" dev "$cli_if" nud permanent
+    nsx mpb-wan ip -6 neigh replace "fd77:$n::2" lladdr "$cli_mac" dev "$cli_if" nud permanent
+    echo "$spec" >"$RUN/$name.profile"
+    if [ "$kind" = emulated ]; then
+        local sock=$RUN/$name.sock log=$RUN/linkem-$name.log
+        nsx "$ns" setsid "$bin" linkem run --name "$name" --client-if cli --wan-if wan \
+            --profile "$spec" --control "$sock" </dev/null >"$log" 2>&1 8>&- 9>&- &
+        local i
+        for i in $(seq 100); do
+            [ -S "$sock" ] && return 0
+            kill -0 $! 2>/dev/null || die "link emulator $name failed: $(tail -n 3 "$log")"
+            sleep 0.05
+        done
+        die "link emulator $name did not come up within 5 s (log: $log)"
+    fi
+}
+
+cmd_up() {
+    local dsl=dsl lte=lte
+    while [ $# -gt 0 ]; do
+        case $1 in
+            --dsl) [ $# -ge 2 ] || die "--dsl needs a profile"; dsl=$2; shift 2 ;;
+            --lte) [ $# -ge 2 ] || die "--lte needs a profile"; lte=$2; shift 2 ;;
+            *) die "unknown option $1; usage: lab.sh up [--dsl PROFILE] [--lte PROFILE]" ;;
+        esac
+    done
+    local ns
+    for ns in "${NAMESPACES[@]}"; do
+        [ -e "/run/netns/$ns" ] && die "the lab is already up ($ns exists); run scripts/lab.sh down first"
+    done
+    local bin
+    bin=$(mpbond_bin)
+    # Validate everything before building anything: a bad profile leaves no
+    # half-built lab.
+    declare -A kind
+    local name spec out
+    for name in "${LINKS[@]}"; do
+        spec=$dsl
+        [ "$name" = lte ] && spec=$lte
+        out=$("$bin" linkem check "$spec" 2>&1) || die "--$name: ${out#mpbond: }"
+        case $out in *"plain veth"*) kind[$name]=veth ;; *) kind[$name]=emulated ;; esac
+    done
+    [ -r /proc/sys/net/ipv4/tcp_available_congestion_control ] &&
+        grep -qw "$CC" /proc/sys/net/ipv4/tcp_available_congestion_control ||
+        die "congestion control $CC is not available here (MPB_CC)"
+
+    # Any failure from here on (a failed command or a die) removes what was
+    # built.
+    trap 'say "up failed; removing the half-built lab"; cmd_down' EXIT
+    mkdir -p "$RUN"
+    for ns in "${NAMESPACES[@]}"; do ns_base "$ns"; done
+    for ns in mpb-cli mpb-wan; do
+        nsx "$ns" sysctl -qw net.ipv4.ip_forward=1 net.ipv6.conf.all.forwarding=1
+    done
+
+    veth eth0 mpb-lan lan0 mpb-cli "$(mac 0x77 2)" "$(mac 0x77 1)"
+    addr mpb-lan eth0 192.168.77.2/24 fd77:77::2/64
+    addr mpb-cli lan0 192.168.77.1/24 fd77:77::1/64
+    nsx mpb-lan ip route add default via 192.168.77.1
+    nsx mpb-lan ip -6 route add default via fd77:77::1
+
+    veth conc0 mpb-wan eth0 mpb-conc "$(mac 9 1)" "$(mac 9 2)"
+    addr mpb-wan conc0 10.77.9.1/24 fd77:9::1/64
+    addr mpb-conc eth0 10.77.9.2/24 fd77:9::2/64
+    nsx mpb-conc ip route add default via 10.77.9.1
+    nsx mpb-conc ip -6 route add default via fd77:9::1
+
+    veth srv0 mpb-wan eth0 mpb-srv "$(mac 0x64 1)" "$(mac 0x64 0x10)"
+    addr mpb-wan srv0 198.51.100.1/24 2001:db8:100::1/64
+    addr mpb-srv eth0 198.51.100.10/24 2001:db8:100::10/64
+    nsx mpb-srv ip route add default via 198.51.100.1
+    nsx mpb-srv ip -6 route add default via 2001:db8:100::1
+
+    line dsl "${kind[dsl]}" "$dsl" "$bin"
+    line lte "${kind[lte]}" "$lte" "$bin"
+    nsx mpb-cli ip route add default via 10.77.1.1 dev dsl0 metric 100
+    nsx mpb-cli ip route add default via 10.77.2.1 dev lte0 metric 200
+    nsx mpb-cli ip -6 route add default via fd77:1::1 dev dsl0 metric 100
+    nsx mpb-cli ip -6 route add default via fd77:2::1 dev lte0 metric 200
+    nsx mpb-wan ip route add 192.168.77.0/24 via 10.77.1.2
+    nsx mpb-wan ip -6 route add fd77:77::/64 via fd77:1::2
+    trap - EXIT
+    say "up: dsl=$dsl lte=$lte congestion-control=$CC"
+}
+
+# ---------------------------------------------------------------- link
+
+line_kind() {
+    [ -e "/run/netns/mpb-$1" ] && [ -r "$RUN/$1.profile" ] || die "the lab is not up; run scripts/lab.sh up"
+    if [ -S "$RUN/$1.sock" ]; then echo emulated; else echo veth; fi
+}
+
+cmd_link() {
+    [ $# -ge 2 ] || die "usage: lab.sh link dsl|lte down|up|blackhole|set RATE DELAY LOSS [up|down|both]"
+    local name=$1 action=$2
+    shift 2
+    case $name in dsl | lte) ;; *) die "unknown link $name; use dsl or lte" ;; esac
+    local kind
+    kind=$(line_kind "$name")
+    if [ "$kind" = emulated ]; then
+        local bin out
+        bin=$(mpbond_bin)
+        case $action in
+            down | up | blackhole) [ $# = 0 ] || die "$action takes no arguments" ;;
+            set)
+                [ $# = 3 ] || [ $# = 4 ] || die "usage: lab.sh link $name set RATE DELAY LOSS [up|down|both]"
+                set -- "${4:-both}" "$1" "$2" "$3"
+                ;;
+            *) die "unknown action $action; use down, up, blackhole or set" ;;
+        esac
+        out=$("$bin" linkem ctl --control "$RUN/$name.sock" "$action" "$@" 2>&1) || die "link $name $action: ${out#mpbond: }"
+        say "link $name $action $*"
+        return
+    fi
+    # Plain veth: carrier through the wan end. Blackhole at the wan end
+    # without tc actions (this kernel has no gact): a tbf whose burst is
+    # smaller than any packet drops all egress, and a routing rule drops
+    # everything forwarded from the line.
+    local dev=${name}0
+    case $action in
+        down) nsx mpb-wan ip link set "$dev" down ;;
+        up)
+            nsx mpb-wan tc qdisc del dev "$dev" root 2>/dev/null || true
+            nsx mpb-wan ip rule del iif "$dev" blackhole pref 10 2>/dev/null || true
+            nsx mpb-wan ip -6 rule del iif "$dev" blackhole pref 10 2>/dev/null || true
+            nsx mpb-wan ip link set "$dev" up
+            ;;
+        blackhole)
+            nsx mpb-wan tc qdisc replace dev "$dev" root tbf rate 8kbit burst 1 limit 1
+            nsx mpb-wan ip rule del iif "$dev" blackhole pref 10 2>/dev/null || true
+            nsx mpb-wan ip -6 rule del iif "$dev" blackhole pref 10 2>/dev/null || true
+            nsx mpb-wan ip rule add iif "$dev" blackhole pref 10
+            nsx mpb-wan ip -6 rule add iif "$dev" blackhole pref 10
+            ;;
+        set) die "link $name uses a plain veth (profile none); set needs an emulated profile" ;;
+        *) die "unknown action $action; use down, up, blackhole or set" ;;
+    esac
+    say "link $name $action"
+}
+
+# ---------------------------------------------------------------- status
+
+cmd_status() {
+    local ns any=0
+    for ns in "${NAMESPACES[@]}"; do
+        if [ -e "/run/netns/$ns" ]; then
+            any=1
+            echo "== $ns"
+            nsx "$ns" ip -br addr show | grep -v '^lo ' || true
+        else
+            echo "== $ns (missing)"
+        fi
+    done
+    [ "$any" = 1 ] || { echo "lab is down"; return 0; }
+    local name bin
+    bin=$(mpbond_bin)
+    for name in "${LINKS[@]}"; do
+        [ -r "$RUN/$name.profile" ] || continue
+        echo "== line $name: profile $(cat "$RUN/$name.profile")"
+        if [ -S "$RUN/$name.sock" ]; then
+            "$bin" linkem ctl --control "$RUN/$name.sock" stats || true
+        else
+            nsx mpb-wan ip -s -br link show "${name}0" 2>/dev/null || true
+        fi
+    done
+}
+
+# ---------------------------------------------------------------- main
+
+[ $# -ge 1 ] || die "usage: lab.sh up|down|status|link ..."
+cmd=$1
+shift
+case $cmd in
+    up) need_root; lock; cmd_up "$@" ;;
+    down) need_root; lock; cmd_down ;;
+    status) need_root; cmd_status ;;
+    link) need_root; cmd_link "$@" ;;
+    *) die "unknown command $cmd; use up, down, status or link" ;;
+esac
