@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# Installs what mpbond's scripts, tests and benchmarks need on Debian (as
+# root), and puts cargo on PATH. Source it (`. scripts/deps.sh`) so the PATH
+# change sticks; it does nothing when everything is already there.
+
+_mpb_pkgs=(iproute2 ethtool iperf3 iputils-ping procps psmisc util-linux python3 gcc libc6-dev ca-certificates)
+_mpb_missing=()
+for _p in "${_mpb_pkgs[@]}"; do
+    dpkg -s "$_p" >/dev/null 2>&1 || _mpb_missing+=("$_p")
+done
+if [ ${#_mpb_missing[@]} -gt 0 ]; then
+    echo "deps: installing ${_mpb_missing[*]}" >&2
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${_mpb_missing[@]}" >/dev/null
+fi
+unset _p _mpb_pkgs _mpb_missing
+
+# Rust: the rustup toolchain when there is one (also under sudo, whose PATH
+# lacks ~/.cargo/bin), else Debian's packages.
+if ! command -v cargo >/dev/null; then
+    for _home in "$HOME" /root; do
+        if [ -x "$_home/.cargo/bin/cargo" ]; then
+            export PATH="$_home/.cargo/bin:$PATH"
+            break
+        fi
+    done
+    unset _home
+fi
+if ! command -v cargo >/dev/null; then
+    echo "deps: installing Debian's Rust toolchain" >&2
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq cargo rustc rustfmt rust-clippy >/dev/null ||
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq cargo rustc >/dev/null
+fi
+if command -v rustup >/dev/null; then
+    for _c in rustfmt clippy; do
+        rustup component list --installed 2>/dev/null | grep -q "^$_c" || rustup component add "$_c" >/dev/null 2>&1 || true
+    done
+    unset _c
+fi
