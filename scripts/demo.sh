@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# The main job, on a fresh Debian machine as root: build mpbond, bring up the
+# lab (a home router with a DSL and a 4G line, see LAB.md), push traffic over
+# each line and show per-line throughput, RTT and loss against the profiles,
+# then the emulator's counters. Leaves nothing behind.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+. scripts/deps.sh
+[ "$(id -u)" = 0 ] || { echo "demo: needs root (network namespaces); run as root" >&2; exit 1; }
+echo "== building mpbond (release)"
+cargo build --release
+echo "== lab up (dsl: 20/5 Mbit/s 10 ms; lte: 40/10 Mbit/s 30 ms ±5 ms 0.5 % loss), traffic over each line"
+scripts/bench.sh linkem --quick --status
