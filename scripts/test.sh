@@ -15,7 +15,9 @@ cargo clippy --locked --all-targets -- -D warnings
 echo "== cargo build --release"
 cargo build --locked --release
 echo "== cargo test"
-cargo test --locked
+# No doc tests (there are none): their empty run would close the output.
+status=0
+cargo test --locked --lib --bins --tests 2>&1 | tee /tmp/mpbond-test.log || status=$?
 
 left=$(ip netns list | awk '/^mpb-/ {print $1}')
 if [ -n "$left" ]; then
@@ -23,3 +25,5 @@ if [ -n "$left" ]; then
     scripts/lab.sh down
     exit 1
 fi
+awk '/^test result:/ {p += $4; f += $6} END {printf "%d passed, %d failed\n", p, f}' /tmp/mpbond-test.log
+exit "$status"

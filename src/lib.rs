@@ -4,6 +4,8 @@
 //! logic are pure (no sockets, no clock); drivers move bytes between them and
 //! the system. All `unsafe` lives in [`sys`].
 
+pub mod auth;
 pub mod linkem;
 #[allow(unsafe_code)]
 pub mod sys;
+pub mod wire;

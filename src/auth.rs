@@ -1,0 +1,559 @@
+//! Client keys, connect-header authenticators and the replay guard.
+//!
+//! A client and the concentrator share a 32-byte [`Key`]. The client signs
+//! each [`ConnectRequest`] with [`sign_request`]: HMAC-SHA256 keyed with the
+//! client's key over [`MAC_DOMAIN`] followed by
+//! [`ConnectRequest::mac_input`] (the encoded request with its MAC field
+//! zeroed), which covers the destination, the client id, the timestamp and
+//! the nonce. The concentrator looks the key up by client id, checks the MAC
+//! with [`verify`], and only then feeds the timestamp and nonce to a
+//! [`ReplayGuard`].
+//!
+//! Everything here is pure except [`Key::generate`] and [`random_nonce`],
+//! which read the system's random number generator.
+
+use std::collections::BTreeSet;
+use std::fmt;
+use std::net::SocketAddr;
+
+use base64::engine::general_purpose::STANDARD as BASE64;
+use base64::Engine as _;
+use ring::hmac;
+use ring::rand::{SecureRandom, SystemRandom};
+
+use crate::wire::convert::{Auth, ClientId, ConnectRequest};
+
+/// Length of a [`Key`] in bytes.
+pub const KEY_LEN: usize = 32;
+
+/// Domain-separation label the MAC covers before the request, so a MAC made
+/// here can never be mistaken for one over another kind of message.
+pub const MAC_DOMAIN: &[u8] = b"mpbond connect v1\0";
+
+/// Why a key or a nonce could not be made.
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    /// The system's random number generator failed.
+    #[error("the system's random number generator failed")]
+    Random,
+    /// A key is not valid base64.
+    #[error("key is not valid base64: a key is 32 bytes in base64, as `mpbond keygen` prints")]
+    KeyEncoding(#[source] base64::DecodeError),
+    /// A key decodes to the wrong number of bytes.
+    #[error("key decodes to {len} bytes: a key is 32 bytes in base64, as `mpbond keygen` prints")]
+    KeyLength {
+        /// How many bytes it decoded to.
+        len: usize,
+    },
+}
+
+/// A client's secret, shared with the concentrator.
+///
+/// `Debug` prints `Key(..)`; there is no `Display`, so a key does not end up
+/// in a log by accident. [`Key::to_base64`] is the one way to show it.
+#[derive(Clone)]
+pub struct Key([u8; KEY_LEN]);
+
+impl Key {
+    /// A fresh random key.
+    pub fn generate() -> Result<Self, AuthError> {
+        let mut key = [0; KEY_LEN];
+        SystemRandom::new()
+            .fill(&mut key)
+            .map_err(|_| AuthError::Random)?;
+        Ok(Self(key))
+    }
+
+    /// Reads a key in standard base64 (with padding); surrounding whitespace
+    /// is ignored.
+    pub fn from_base64(text: &str) -> Result<Self, AuthError> {
+        let bytes = BASE64.decode(text.trim()).map_err(AuthError::KeyEncoding)?;
+        let key = <[u8; KEY_LEN]>::try_from(bytes.as_slice())
+            .map_err(|_| AuthError::KeyLength { len: bytes.len() })?;
+        Ok(Self(key))
+    }
+
+    /// The key in standard base64, as `mpbond keygen` prints it.
+    pub fn to_base64(&self) -> String {
+        BASE64.encode(self.0)
+    }
+
+    fn hmac_key(&self) -> hmac::Key {
+        hmac::Key::new(hmac::HMAC_SHA256, &self.0)
+    }
+}
+
+impl fmt::Debug for Key {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Key(..)")
+    }
+}
+
+/// A fresh random nonce for [`sign_request`].
+pub fn random_nonce() -> Result<[u8; 16], AuthError> {
+    let mut nonce = [0; 16];
+    SystemRandom::new()
+        .fill(&mut nonce)
+        .map_err(|_| AuthError::Random)?;
+    Ok(nonce)
+}
+
+/// Builds the request a client sends for `destination`, signed with `key`
+/// at `now_ms` (unix milliseconds) with `nonce` (from [`random_nonce`]).
+pub fn sign_request(
+    key: &Key,
+    client_id: ClientId,
+    destination: SocketAddr,
+    nonce: [u8; 16],
+    now_ms: u64,
+) -> ConnectRequest {
+    let mut request = ConnectRequest {
+        destination,
+        auth: Auth {
+            client_id,
+            timestamp_ms: now_ms,
+            nonce,
+            mac: [0; 32],
+        },
+    };
+    let tag = hmac::sign(&key.hmac_key(), &signed_bytes(&request));
+    request.auth.mac.copy_from_slice(tag.as_ref());
+    request
+}
+
+/// Whether `request`'s MAC was made with `key`; the comparison takes
+/// constant time.
+///
+/// This says nothing about freshness: pass the timestamp and nonce of a
+/// request that verifies to [`ReplayGuard::check`].
+pub fn verify(key: &Key, request: &ConnectRequest) -> bool {
+    hmac::verify(&key.hmac_key(), &signed_bytes(request), &request.auth.mac).is_ok()
+}
+
+fn signed_bytes(request: &ConnectRequest) -> Vec<u8> {
+    let mut bytes = MAC_DOMAIN.to_vec();
+    bytes.extend_from_slice(&request.mac_input());
+    bytes
+}
+
+/// Why the replay guard refused a request.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ReplayError {
+    /// The timestamp is further in the past than the window allows.
+    #[error(
+        "timestamp {} s behind this host's clock (window {} s): check the client's clock",
+        .behind_ms.div_ceil(1000),
+        .window_ms / 1000
+    )]
+    TooOld {
+        /// How far behind `now`, in milliseconds.
+        behind_ms: u64,
+        /// The guard's window, in milliseconds.
+        window_ms: u64,
+    },
+    /// The timestamp is further in the future than the window allows.
+    #[error(
+        "timestamp {} s ahead of this host's clock (window {} s): check the client's clock",
+        .ahead_ms.div_ceil(1000),
+        .window_ms / 1000
+    )]
+    FromFuture {
+        /// How far ahead of `now`, in milliseconds.
+        ahead_ms: u64,
+        /// The guard's window, in milliseconds.
+        window_ms: u64,
+    },
+    /// This timestamp and nonce were accepted before.
+    #[error("nonce already used: the connect header was replayed")]
+    Replayed,
+    /// The timestamp is inside the window but not after the floor: the guard
+    /// has forgotten requests that old, so it cannot tell a replay.
+    #[error(
+        "timestamp not after the replay floor (unix ms {floor_ms}): the replay cache \
+         filled up inside its window and forgot older requests; the client may retry"
+    )]
+    BelowFloor {
+        /// The newest timestamp the guard refuses, unix milliseconds.
+        floor_ms: u64,
+    },
+}
+
+/// Accepts each (timestamp, nonce) pair once, within a window around `now`.
+///
+/// Pure: the caller passes the clock. Memory is bounded by the capacity:
+/// entries that fall out of the window are forgotten (a replay of them is
+/// [`ReplayError::TooOld`]), and when the guard is full of entries still
+/// inside the window it forgets the one with the oldest timestamp and raises
+/// a floor so that no timestamp at or before it is accepted again
+/// ([`ReplayError::BelowFloor`]). A forgotten nonce can therefore never be
+/// replayed, even if the clock steps backwards.
+///
+/// Call [`ReplayGuard::check`] only for requests that passed [`verify`]:
+/// otherwise anyone could fill the guard with made-up nonces, pushing the
+/// floor up until genuine clients are refused.
+///
+/// Entries are ordered by timestamp (a `BTreeSet`), so expiry and eviction
+/// always take the oldest timestamp; each check costs O(log capacity).
+/// One guard per client keeps a busy client from raising the floor for
+/// others.
+#[derive(Debug, Clone)]
+pub struct ReplayGuard {
+    window_ms: u64,
+    capacity: usize,
+    floor_ms: Option<u64>,
+    seen: BTreeSet<(u64, [u8; 16])>,
+}
+
+impl ReplayGuard {
+    /// Default window: a timestamp may be this far behind or ahead of `now`.
+    pub const DEFAULT_WINDOW_MS: u64 = 30_000;
+    /// Default number of remembered requests.
+    pub const DEFAULT_CAPACITY: usize = 65_536;
+
+    /// A guard accepting timestamps within `window_ms` of `now` and
+    /// remembering at most `capacity` requests.
+    pub fn new(window_ms: u64, capacity: usize) -> Self {
+        Self {
+            window_ms,
+            capacity,
+            floor_ms: None,
+            seen: BTreeSet::new(),
+        }
+    }
+
+    /// Accepts a request made at `timestamp_ms` with `nonce` if it is inside
+    /// the window around `now_ms` and was not accepted before; remembers it.
+    pub fn check(
+        &mut self,
+        now_ms: u64,
+        timestamp_ms: u64,
+        nonce: &[u8; 16],
+    ) -> Result<(), ReplayError> {
+        let window_ms = self.window_ms;
+        let behind_ms = now_ms.saturating_sub(timestamp_ms);
+        if behind_ms > window_ms {
+            return Err(ReplayError::TooOld {
+                behind_ms,
+                window_ms,
+            });
+        }
+        let ahead_ms = timestamp_ms.saturating_sub(now_ms);
+        if ahead_ms > window_ms {
+            return Err(ReplayError::FromFuture {
+                ahead_ms,
+                window_ms,
+            });
+        }
+        self.expire(now_ms);
+        if let Some(floor_ms) = self.floor_ms.filter(|&floor| timestamp_ms <= floor) {
+            return Err(ReplayError::BelowFloor { floor_ms });
+        }
+        if !self.seen.insert((timestamp_ms, *nonce)) {
+            return Err(ReplayError::Replayed);
+        }
+        // The entry evicted may be the one just inserted; the floor still
+        // covers it, so accepting it once is safe.
+        if self.seen.len() > self.capacity {
+            if let Some((oldest, _)) = self.seen.pop_first() {
+                self.raise_floor(oldest);
+            }
+        }
+        Ok(())
+    }
+
+    /// How many requests the guard remembers.
+    pub fn len(&self) -> usize {
+        self.seen.len()
+    }
+
+    /// Whether the guard remembers no request.
+    pub fn is_empty(&self) -> bool {
+        self.seen.is_empty()
+    }
+
+    fn expire(&mut self, now_ms: u64) {
+        let oldest_allowed = now_ms.saturating_sub(self.window_ms);
+        while let Some(&(timestamp_ms, _)) = self.seen.first() {
+            if timestamp_ms >= oldest_allowed {
+                return;
+            }
+            self.seen.pop_first();
+            // Only matters if the clock steps back: the window alone would
+            // then let this nonce in again.
+            self.raise_floor(timestamp_ms);
+        }
+    }
+
+    fn raise_floor(&mut self, timestamp_ms: u64) {
+        self.floor_ms = Some(self.floor_ms.map_or(timestamp_ms, |f| f.max(timestamp_ms)));
+    }
+}
+
+impl Default for ReplayGuard {
+    /// ±30 s, 65 536 entries.
+    fn default() -> Self {
+        Self::new(Self::DEFAULT_WINDOW_MS, Self::DEFAULT_CAPACITY)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::{Ipv4Addr, Ipv6Addr, SocketAddrV6};
+
+    const NOW: u64 = 1_700_000_000_000;
+
+    fn key(byte: u8) -> Key {
+        Key([byte; KEY_LEN])
+    }
+
+    fn id() -> ClientId {
+        "home-router".parse().expect("valid id")
+    }
+
+    fn destinations() -> [SocketAddr; 2] {
+        [
+            SocketAddr::from((Ipv4Addr::new(198, 51, 100, 9), 443)),
+            SocketAddr::V6(SocketAddrV6::new(
+                Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 0x42),
+                22,
+                0,
+                0,
+            )),
+        ]
+    }
+
+    fn nonce(n: u64) -> [u8; 16] {
+        let mut nonce = [0; 16];
+        nonce[..8].copy_from_slice(&n.to_be_bytes());
+        nonce
+    }
+
+    #[test]
+    fn sign_encode_decode_verify_roundtrip() {
+        for destination in destinations() {
+            let request = sign_request(&key(7), id(), destination, nonce(1), NOW);
+            assert_eq!(request.auth.timestamp_ms, NOW);
+            let encoded = request.encode();
+            let (decoded, used) = ConnectRequest::decode(&encoded).expect("decodes");
+            assert_eq!(used, encoded.len());
+            assert_eq!(decoded, request);
+            assert!(verify(&key(7), &decoded));
+        }
+    }
+
+    #[test]
+    fn wrong_key_fails() {
+        for destination in destinations() {
+            let request = sign_request(&key(7), id(), destination, nonce(1), NOW);
+            assert!(!verify(&key(8), &request));
+        }
+    }
+
+    #[test]
+    fn every_flipped_bit_fails_decoding_or_verification() {
+        for destination in destinations() {
+            let encoded = sign_request(&key(7), id(), destination, nonce(1), NOW).encode();
+            for bit in 0..encoded.len() * 8 {
+                let mut flipped = encoded.clone();
+                flipped[bit / 8] ^= 1 << (bit % 8);
+                if let Ok((request, _)) = ConnectRequest::decode(&flipped) {
+                    assert!(!verify(&key(7), &request), "bit {bit} went unnoticed");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn mac_covers_the_domain_label() {
+        let request = sign_request(&key(7), id(), destinations()[0], nonce(1), NOW);
+        let bare = hmac::sign(&key(7).hmac_key(), &request.mac_input());
+        assert_ne!(bare.as_ref(), request.auth.mac.as_slice());
+    }
+
+    #[test]
+    fn keys_roundtrip_through_base64() {
+        let key = Key::generate().expect("random");
+        let text = key.to_base64();
+        assert_eq!(text.len(), 44);
+        let again = Key::from_base64(&format!("  {text}\n")).expect("parses");
+        assert_eq!(again.0, key.0);
+        assert_ne!(Key::generate().expect("random").0, key.0);
+    }
+
+    #[test]
+    fn bad_keys_say_what_a_key_is() {
+        let hint = "a key is 32 bytes in base64, as `mpbond keygen` prints";
+        let not_base64 = Key::from_base64("not base64!").expect_err("invalid");
+        assert!(matches!(not_base64, AuthError::KeyEncoding(_)));
+        assert!(not_base64.to_string().contains(hint));
+
+        let short = Key::from_base64(&BASE64.encode([1; 16])).expect_err("short");
+        assert!(matches!(short, AuthError::KeyLength { len: 16 }));
+        assert!(short.to_string().contains(hint));
+    }
+
+    #[test]
+    fn debug_hides_the_key() {
+        assert_eq!(format!("{:?}", key(0x41)), "Key(..)");
+        assert_eq!(format!("{:#?}", key(0x41)), "Key(..)");
+    }
+
+    #[test]
+    fn random_nonces_differ() {
+        let a = random_nonce().expect("random");
+        let b = random_nonce().expect("random");
+        assert_ne!(a, b);
+    }
+
+    #[test]
+    fn replay_is_rejected() {
+        let mut guard = ReplayGuard::default();
+        assert_eq!(guard.check(NOW, NOW, &nonce(1)), Ok(()));
+        assert_eq!(
+            guard.check(NOW + 5, NOW, &nonce(1)),
+            Err(ReplayError::Replayed)
+        );
+        assert_eq!(guard.check(NOW + 5, NOW, &nonce(2)), Ok(()));
+        assert_eq!(guard.check(NOW + 5, NOW + 1, &nonce(1)), Ok(()));
+        assert_eq!(guard.len(), 3);
+    }
+
+    #[test]
+    fn window_edges() {
+        let mut guard = ReplayGuard::default();
+        let window = ReplayGuard::DEFAULT_WINDOW_MS;
+        assert_eq!(guard.check(NOW, NOW - window, &nonce(1)), Ok(()));
+        assert_eq!(guard.check(NOW, NOW + window, &nonce(2)), Ok(()));
+        assert_eq!(
+            guard.check(NOW, NOW - window - 1, &nonce(3)),
+            Err(ReplayError::TooOld {
+                behind_ms: window + 1,
+                window_ms: window
+            })
+        );
+        assert_eq!(
+            guard.check(NOW, NOW + window + 1, &nonce(4)),
+            Err(ReplayError::FromFuture {
+                ahead_ms: window + 1,
+                window_ms: window
+            })
+        );
+        assert!(matches!(
+            guard.check(0, u64::MAX, &nonce(5)),
+            Err(ReplayError::FromFuture { .. })
+        ));
+        assert!(matches!(
+            guard.check(u64::MAX, 0, &nonce(6)),
+            Err(ReplayError::TooOld { .. })
+        ));
+    }
+
+    #[test]
+    fn clock_errors_name_the_clock() {
+        let mut guard = ReplayGuard::default();
+        let old = guard.check(NOW, NOW - 41_000, &nonce(1)).expect_err("old");
+        assert_eq!(
+            old.to_string(),
+            "timestamp 41 s behind this host's clock (window 30 s): check the client's clock"
+        );
+        let future = guard
+            .check(NOW, NOW + 30_001, &nonce(1))
+            .expect_err("future");
+        assert_eq!(
+            future.to_string(),
+            "timestamp 31 s ahead of this host's clock (window 30 s): check the client's clock"
+        );
+    }
+
+    #[test]
+    fn a_full_guard_evicts_the_oldest_and_raises_the_floor() {
+        let mut guard = ReplayGuard::new(30_000, 4);
+        for n in 0..4 {
+            assert_eq!(guard.check(NOW, NOW + n, &nonce(n)), Ok(()));
+        }
+        // Inserted last but oldest: it is the one evicted.
+        assert_eq!(guard.check(NOW, NOW - 10, &nonce(99)), Ok(()));
+        assert_eq!(guard.len(), 4);
+        assert_eq!(
+            guard.check(NOW, NOW - 10, &nonce(99)),
+            Err(ReplayError::BelowFloor { floor_ms: NOW - 10 })
+        );
+
+        assert_eq!(guard.check(NOW, NOW + 10, &nonce(10)), Ok(()));
+        assert_eq!(guard.len(), 4);
+        assert_eq!(
+            guard.check(NOW + 1, NOW, &nonce(0)),
+            Err(ReplayError::BelowFloor { floor_ms: NOW })
+        );
+        assert_eq!(
+            guard.check(NOW + 1, NOW, &nonce(1234)),
+            Err(ReplayError::BelowFloor { floor_ms: NOW })
+        );
+        assert_eq!(
+            guard.check(NOW + 1, NOW + 1, &nonce(1)),
+            Err(ReplayError::Replayed)
+        );
+        assert_eq!(guard.check(NOW + 1, NOW + 11, &nonce(11)), Ok(()));
+        assert_eq!(guard.len(), 4);
+    }
+
+    #[test]
+    fn a_forgotten_nonce_stays_refused_when_the_clock_steps_back() {
+        let mut guard = ReplayGuard::new(30_000, 100);
+        assert_eq!(guard.check(NOW, NOW, &nonce(1)), Ok(()));
+        assert_eq!(guard.check(NOW + 30_001, NOW + 30_001, &nonce(2)), Ok(()));
+        assert_eq!(guard.len(), 1);
+        assert_eq!(
+            guard.check(NOW + 10_000, NOW, &nonce(1)),
+            Err(ReplayError::BelowFloor { floor_ms: NOW })
+        );
+    }
+
+    /// Seeded xorshift64 for deterministic jitter.
+    struct XorShift(u64);
+
+    impl XorShift {
+        fn below(&mut self, n: u64) -> u64 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            self.0 % n
+        }
+    }
+
+    #[test]
+    fn expiry_bounds_memory_over_a_long_run() {
+        // One simulated hour at 100 requests/s from clients whose clocks are
+        // up to ±5 s off: never more than ~40 s of requests are remembered.
+        let mut guard = ReplayGuard::default();
+        let mut rng = XorShift(0x2545_f491_4f6c_dd1d);
+        let mut max_len = 0;
+        for i in 0..360_000u64 {
+            let now = NOW + i * 10;
+            let skewed = now + rng.below(10_001) - 5_000;
+            assert_eq!(guard.check(now, skewed, &nonce(i)), Ok(()));
+            max_len = max_len.max(guard.len());
+        }
+        assert!(max_len <= 3_600, "remembered {max_len} requests");
+        assert!(max_len >= 3_000);
+    }
+
+    #[test]
+    fn capacity_bounds_memory_under_pressure() {
+        // 1 000 requests/s with room for 5 000: the floor rises, fresh
+        // requests still pass, and the guard never exceeds its capacity.
+        let mut guard = ReplayGuard::new(30_000, 5_000);
+        for i in 0..100_000u64 {
+            let now = NOW + i;
+            assert_eq!(guard.check(now, now, &nonce(i)), Ok(()));
+            assert!(guard.len() <= 5_000);
+        }
+        assert_eq!(
+            guard.check(NOW + 100_000, NOW + 90_000, &nonce(90_000)),
+            Err(ReplayError::BelowFloor {
+                floor_ms: NOW + 94_999
+            })
+        );
+    }
+}
