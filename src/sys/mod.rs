@@ -10,7 +10,10 @@ mod netlink;
 mod netns;
 mod packet;
 
-pub use netlink::{EndpointFlags, MptcpEndpoint, MptcpLimits, MptcpPm, NetlinkError};
+pub use netlink::{
+    AddressFamily, EndpointFlags, FlushReport, MptcpEndpoint, MptcpLimits, MptcpPm, NetlinkError,
+    Route, Rtnl, Rule, MPBOND_RTPROT,
+};
 pub use netns::enter_netns;
 
 pub use packet::{

@@ -1,16 +1,18 @@
-//! Netlink: the kernel's MPTCP path manager ([`MptcpPm`]).
+//! Netlink: the kernel's MPTCP path manager ([`MptcpPm`]) and policy
+//! routing ([`Rtnl`]: links, addresses, routes, rules).
 //!
 //! Everything is synchronous: the operations are rare and the kernel
 //! answers at once, so async callers run them directly or from
 //! `spawn_blocking`. A handle belongs to the network namespace of the
 //! thread that opened it, for its whole life.
 //!
-//! Messages are encoded by the rust-netlink crates
-//! (`netlink-packet-generic`, `netlink-packet-core`) and sent over a
+//! Messages are encoded by the rust-netlink crates (`netlink-packet-route`,
+//! `netlink-packet-generic`, `netlink-packet-core`) and sent over a
 //! `netlink-sys` socket; only the MPTCP path manager's attributes are
 //! written here, because no crate covers its write commands.
 
 mod mptcp;
+mod route;
 mod socket;
 #[cfg(test)]
 mod tests;
@@ -20,6 +22,7 @@ use std::io;
 use std::net::IpAddr;
 
 pub use mptcp::{EndpointFlags, MptcpEndpoint, MptcpLimits, MptcpPm};
+pub use route::{AddressFamily, FlushReport, Route, Rtnl, Rule, MPBOND_RTPROT};
 
 /// A netlink operation that failed: which one, on what, and the kernel's
 /// errno as the source.
@@ -96,6 +99,78 @@ pub enum NetlinkError {
         #[source]
         source: io::Error,
     },
+    /// [`Rtnl::open`].
+    #[error("cannot open a route netlink socket")]
+    OpenRtnl {
+        /// The socket error.
+        #[source]
+        source: io::Error,
+    },
+    /// [`Rtnl::link_index`].
+    #[error("cannot look up interface {name:?}")]
+    LinkIndex {
+        /// The interface name asked for.
+        name: String,
+        /// The kernel's error, or why the name cannot be one.
+        #[source]
+        source: io::Error,
+    },
+    /// [`Rtnl::addresses`].
+    #[error("cannot list the addresses of interface {dev}")]
+    Addresses {
+        /// The interface (name when known, else `#INDEX`).
+        dev: String,
+        /// The kernel's error; `ENODEV` if there is no such interface.
+        #[source]
+        source: io::Error,
+    },
+    /// [`Rtnl::add_route`].
+    #[error("cannot add route {route}")]
+    AddRoute {
+        /// The route, in `ip route` syntax.
+        route: String,
+        /// The kernel's error, or why the route is malformed.
+        #[source]
+        source: io::Error,
+    },
+    /// [`Rtnl::del_route`].
+    #[error("cannot delete route {route}")]
+    DelRoute {
+        /// The route, in `ip route` syntax.
+        route: String,
+        /// The kernel's error; `ESRCH` if there is no such route.
+        #[source]
+        source: io::Error,
+    },
+    /// [`Rtnl::add_rule`].
+    #[error("cannot add rule {rule}")]
+    AddRule {
+        /// The rule, in `ip rule` syntax.
+        rule: String,
+        /// The kernel's error, or why the rule is malformed.
+        #[source]
+        source: io::Error,
+    },
+    /// [`Rtnl::del_rule`].
+    #[error("cannot delete rule {rule}")]
+    DelRule {
+        /// The rule, in `ip rule` syntax.
+        rule: String,
+        /// The kernel's error; `ENOENT` if there is no such rule.
+        #[source]
+        source: io::Error,
+    },
+    /// [`Rtnl::flush_owned`].
+    #[error("cannot remove leftover routes and rules of protocol {protocol}: {step}")]
+    FlushOwned {
+        /// The route protocol being flushed.
+        protocol: u8,
+        /// What it was doing: listing, or deleting which route or rule.
+        step: String,
+        /// The kernel's error.
+        #[source]
+        source: io::Error,
+    },
 }
 
 impl NetlinkError {
@@ -105,24 +180,32 @@ impl NetlinkError {
     }
 
     /// A delete or change of something that is not there: an MPTCP
-    /// endpoint id. Lets callers make removal idempotent.
+    /// endpoint id, a route, a rule, or the interface whose addresses were
+    /// asked for. Lets callers make removal idempotent.
     pub fn is_not_found(&self) -> bool {
         let errno = self.errno();
         match self {
-            Self::DelEndpoint { .. } | Self::SetEndpointBackup { .. } => {
+            Self::DelEndpoint { .. } | Self::SetEndpointBackup { .. } | Self::DelRule { .. } => {
                 errno == Some(libc::ENOENT)
             }
+            // The FIB answers ESRCH for a route it does not have.
+            Self::DelRoute { .. } => matches!(errno, Some(libc::ESRCH | libc::ENOENT)),
+            Self::Addresses { .. } => errno == Some(libc::ENODEV),
             _ => false,
         }
     }
 
     /// An add of something that is already there, identical: an MPTCP
-    /// endpoint for the same address. Lets callers make adding idempotent.
+    /// endpoint for the same address, the same rule, or (despite
+    /// `NLM_F_REPLACE`) the same route. Lets callers make adding idempotent.
     ///
     /// An MPTCP endpoint id held by another address is `EBUSY` and not
     /// counted here: that is a conflict, not a repeat.
     pub fn is_already_exists(&self) -> bool {
-        matches!(self, Self::AddEndpoint { .. }) && self.errno() == Some(libc::EEXIST)
+        matches!(
+            self,
+            Self::AddEndpoint { .. } | Self::AddRoute { .. } | Self::AddRule { .. }
+        ) && self.errno() == Some(libc::EEXIST)
     }
 
     fn io(&self) -> &io::Error {
@@ -133,7 +216,15 @@ impl NetlinkError {
             | Self::MptcpEndpoints { source }
             | Self::AddEndpoint { source, .. }
             | Self::DelEndpoint { source, .. }
-            | Self::SetEndpointBackup { source, .. } => source,
+            | Self::SetEndpointBackup { source, .. }
+            | Self::OpenRtnl { source }
+            | Self::LinkIndex { source, .. }
+            | Self::Addresses { source, .. }
+            | Self::AddRoute { source, .. }
+            | Self::DelRoute { source, .. }
+            | Self::AddRule { source, .. }
+            | Self::DelRule { source, .. }
+            | Self::FlushOwned { source, .. } => source,
         }
     }
 }
