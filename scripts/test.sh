@@ -25,5 +25,17 @@ if [ -n "$left" ]; then
     scripts/lab.sh down
     exit 1
 fi
+# Unit tests make namespaces mpbt-*-PID-N and delete them on drop; one
+# whose test process is gone was leaked.
+leaked=""
+for ns in $(ip netns list | awk '/^mpbt-/ {print $1}'); do
+    pid=$(echo "$ns" | awk -F- '{print $(NF-1)}')
+    [ -d "/proc/$pid" ] || leaked="$leaked $ns"
+done
+if [ -n "$leaked" ]; then
+    echo "test: a unit test left namespaces behind:$leaked" >&2
+    for ns in $leaked; do ip netns del "$ns"; done
+    exit 1
+fi
 awk '/^test result:/ {p += $4; f += $6} END {printf "%d passed, %d failed\n", p, f}' /tmp/mpbond-test.log
 exit "$status"

@@ -1,12 +1,19 @@
-//! The only place with `unsafe`: thin, checked wrappers over Linux syscalls.
+//! The only place with `unsafe`: thin, checked wrappers over Linux syscalls
+//! and netlink.
 //!
-//! Every wrapper returns `std::io::Result` and owns its file descriptors
-//! ([`OwnedFd`]), so nothing leaks on error paths. Callers above this module
-//! stay safe Rust.
+//! Every wrapper returns `std::io::Result` (netlink: [`NetlinkError`], which
+//! names the operation and carries the errno) and owns its file descriptors
+//! ([`OwnedFd`](std::os::fd::OwnedFd)), so nothing leaks on error paths.
+//! Callers above this module stay safe Rust.
 
+mod netlink;
 mod netns;
 mod packet;
 
+pub use netlink::{
+    AddressFamily, EndpointFlags, FlushReport, MptcpEndpoint, MptcpLimits, MptcpPm, NetlinkError,
+    Route, Rtnl, Rule, MPBOND_RTPROT,
+};
 pub use netns::enter_netns;
 
 pub use packet::{
