@@ -6,8 +6,10 @@
 
 mod netns;
 mod packet;
+mod sockopt;
 
 pub use netns::enter_netns;
+pub use sockopt::set_tcp_fastopen_listener;
 
 pub use packet::{
     interface_index, set_interface_up, set_timer_slack, wait_readable, EventFd, PacketSocket,
