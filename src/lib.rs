@@ -5,6 +5,7 @@
 //! the system. All `unsafe` lives in [`sys`].
 
 pub mod auth;
+pub mod concentrator;
 pub mod config;
 pub mod linkem;
 #[allow(unsafe_code)]
