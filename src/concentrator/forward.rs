@@ -83,7 +83,7 @@ pub(super) async fn connect(
 }
 
 /// Tells the client its request succeeded; the relay starts after this.
-pub(super) async fn accept(client: &mut TcpStream) -> io::Result<()> {
+pub(super) async fn connected(client: &mut TcpStream) -> io::Result<()> {
     client.write_all(&Response::Connected.encode()).await
 }
 

@@ -3,7 +3,7 @@
 //!
 //! One task per connection, in data-flow order:
 //!
-//! 1. [`listen`](self::listen): the MPTCP listener (plain TCP clients
+//! 1. `listen`: the MPTCP listener (plain TCP clients
 //!    fall back on it transparently), with TCP Fast Open.
 //! 2. `accept`: read the connect header within the handshake timeout,
 //!    authenticate the client, refuse replays; then admit the request:
@@ -29,7 +29,7 @@ use std::time::Duration;
 
 use tokio::net::TcpStream;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
-use tokio::task::JoinSet;
+use tokio::task::{JoinError, JoinSet};
 use tracing::{debug, field, info, info_span, warn, Instrument as _, Span};
 
 use crate::config::ConcentratorConfig;
@@ -140,7 +140,11 @@ impl Concentrator {
         loop {
             tokio::select! {
                 _ = &mut shutdown => break,
-                Some(_) = connections.join_next(), if !connections.is_empty() => {}
+                Some(joined) = connections.join_next(), if !connections.is_empty() => {
+                    if let Some(e) = joined.err().filter(JoinError::is_panic) {
+                        warn!(error = %e, "a connection task panicked");
+                    }
+                }
                 accepted = listener.listener.accept() => match accepted {
                     Ok((stream, peer)) => {
                         let Ok(handshake) = Arc::clone(&shared.handshakes).try_acquire_owned()
@@ -235,6 +239,7 @@ async fn connection(shared: Arc<Shared>, mut stream: TcpStream, handshake: Owned
         Ok(server) => server,
         Err(e) => {
             info!(error = %Chain(&e), code = %e.code(), "destination unreachable");
+            drop(admitted);
             if let Err(e) = forward::refuse(stream, e.code()).await {
                 debug!(error = %e, "answering the refusal failed");
             }
@@ -245,7 +250,7 @@ async fn connection(shared: Arc<Shared>, mut stream: TcpStream, handshake: Owned
         open = admitted.client.open_connections(),
         "connected to destination"
     );
-    if let Err(e) = forward::accept(&mut stream).await {
+    if let Err(e) = forward::connected(&mut stream).await {
         info!(error = %e, "client gone before the answer; resetting the destination");
         let _ = socket2::SockRef::from(&server).set_linger(Some(Duration::ZERO));
         return;

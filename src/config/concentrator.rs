@@ -150,7 +150,7 @@ impl TryFrom<Parsed<'_, RawConcentratorConfig>> for ConcentratorConfig {
         )?;
 
         if raw.client.is_empty() {
-            return Err(file.invalid_here("client", ValueError::NoClient));
+            return Err(file.missing("client", ValueError::NoClient));
         }
         let mut clients = Vec::with_capacity(raw.client.len());
         let mut first_use: HashMap<String, (String, usize)> = HashMap::new();

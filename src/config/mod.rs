@@ -328,9 +328,9 @@ impl ConfigFile {
         }
     }
 
-    /// An error about `key`, which is missing or wrong as a whole and has no
-    /// place in the file.
-    pub fn invalid_here(&self, key: impl Into<String>, problem: ValueError) -> ConfigError {
+    /// An error about `key`, which is missing and so has no place in the
+    /// file.
+    pub fn missing(&self, key: impl Into<String>, problem: ValueError) -> ConfigError {
         ConfigError::Invalid {
             at: self.location(None),
             key: key.into(),
