@@ -73,7 +73,19 @@ fn start(max_connections: usize) -> Running {
     start_with(max_connections, &["127.0.0.0/8"])
 }
 
+/// Sends the concentrator's logs to the test's output, shown when it fails.
+fn init_logs() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("MPBOND_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("mpbond=debug")),
+        )
+        .with_test_writer()
+        .try_init();
+}
+
 fn start_with(max_connections: usize, allow: &[&str]) -> Running {
+    init_logs();
     let key = Key::generate().expect("random key");
     let (concentrator, addr) =
         Concentrator::bind(config(&key, max_connections, allow)).expect("bind");

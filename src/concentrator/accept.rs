@@ -61,7 +61,7 @@ pub(super) enum Rejected {
     #[error("not a valid connect header")]
     Malformed(#[source] DecodeError),
     /// The client id is not configured.
-    #[error("unknown client id {0:?}: not in the config")]
+    #[error("unknown client id \"{0}\": not in the config")]
     UnknownClient(ClientId),
     /// The MAC does not verify with the client's key.
     #[error("bad MAC for client {0}: its key differs from the one configured")]
@@ -93,7 +93,7 @@ impl Rejected {
 #[derive(Debug, thiserror::Error)]
 pub(super) enum Refused {
     /// The destination policy denies the destination.
-    #[error("destination denied: {0}")]
+    #[error("destination denied")]
     Denied(#[source] Denied),
     /// The client already has its maximum number of connections open.
     #[error("connection limit reached ({limit} open): raise max_connections for this client if this is normal")]

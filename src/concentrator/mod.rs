@@ -238,7 +238,7 @@ async fn connection(shared: Arc<Shared>, mut stream: TcpStream, handshake: Owned
     let server = match forward::connect(destination, shared.connect_timeout).await {
         Ok(server) => server,
         Err(e) => {
-            info!(error = %Chain(&e), code = %e.code(), "destination unreachable");
+            info!(error = %Chain(&e), code = %e.code(), "connecting to the destination failed");
             drop(admitted);
             if let Err(e) = forward::refuse(stream, e.code()).await {
                 debug!(error = %e, "answering the refusal failed");
@@ -246,7 +246,12 @@ async fn connection(shared: Arc<Shared>, mut stream: TcpStream, handshake: Owned
             return;
         }
     };
+    let local = server
+        .local_addr()
+        .map(|a| a.to_string())
+        .unwrap_or_default();
     info!(
+        %local,
         open = admitted.client.open_connections(),
         "connected to destination"
     );
