@@ -6,6 +6,8 @@
 
 pub mod auth;
 pub mod client;
+pub mod concentrator;
+pub mod config;
 pub mod linkem;
 #[allow(unsafe_code)]
 pub mod sys;

@@ -1,12 +1,18 @@
 //! The `mpbond` command line.
 
-use std::path::PathBuf;
+use std::fs::OpenOptions;
+use std::io::Write as _;
+use std::os::unix::fs::OpenOptionsExt as _;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 
+use mpbond::auth::Key;
+use mpbond::concentrator;
+use mpbond::config::ConcentratorConfig;
 use mpbond::linkem::{driver, profile};
 
 #[derive(Debug, Parser)]
@@ -22,6 +28,20 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Accept clients' MPTCP connections and forward them to their
+    /// destinations; stops on Ctrl-C or SIGTERM.
+    Concentrator {
+        /// The concentrator's config file.
+        #[arg(long, value_name = "FILE")]
+        config: PathBuf,
+    },
+    /// Make a new client key and print it in base64 (or write it to a file).
+    Keygen {
+        /// Write the key to FILE (created with mode 0600; must not exist)
+        /// instead of printing it.
+        #[arg(long, value_name = "FILE")]
+        out: Option<PathBuf>,
+    },
     /// The lab's link emulator (used by scripts/lab.sh).
     #[command(subcommand)]
     Linkem(LinkemCommand),
@@ -86,8 +106,65 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
+        Command::Concentrator { config } => run_concentrator(&config),
+        Command::Keygen { out } => keygen(out.as_deref()),
         Command::Linkem(cmd) => linkem(cmd),
     }
+}
+
+fn run_concentrator(config: &Path) -> anyhow::Result<()> {
+    let config = ConcentratorConfig::load(config)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(async {
+        let shutdown = shutdown_signal()?;
+        concentrator::run(config, shutdown).await?;
+        Ok(())
+    })
+}
+
+/// Completes on the first Ctrl-C (SIGINT) or SIGTERM.
+fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut interrupt =
+        signal(SignalKind::interrupt()).context("cannot install the SIGINT handler")?;
+    let mut terminate =
+        signal(SignalKind::terminate()).context("cannot install the SIGTERM handler")?;
+    Ok(async move {
+        let name = tokio::select! {
+            _ = interrupt.recv() => "SIGINT",
+            _ = terminate.recv() => "SIGTERM",
+        };
+        tracing::info!(signal = name, "shutting down");
+    })
+}
+
+fn keygen(out: Option<&Path>) -> anyhow::Result<()> {
+    let key = Key::generate()?;
+    let line = format!("{}\n", key.to_base64());
+    let Some(path) = out else {
+        print!("{line}");
+        return Ok(());
+    };
+    // create_new: never overwrite a key, nor write through a file someone
+    // else created with looser permissions.
+    let mut file = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| {
+            format!(
+                "cannot create key file {} (it must not exist yet)",
+                path.display()
+            )
+        })?;
+    file.write_all(line.as_bytes())
+        .and_then(|()| file.sync_all())
+        .with_context(|| format!("cannot write key file {}", path.display()))?;
+    Ok(())
 }
 
 fn linkem(cmd: LinkemCommand) -> anyhow::Result<()> {

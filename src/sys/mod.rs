@@ -9,12 +9,14 @@
 mod netlink;
 mod netns;
 mod packet;
+mod sockopt;
 
 pub use netlink::{
     AddressFamily, EndpointFlags, FlushReport, MptcpEndpoint, MptcpLimits, MptcpPm, NetlinkError,
     Route, Rtnl, Rule, MPBOND_RTPROT,
 };
 pub use netns::enter_netns;
+pub use sockopt::set_tcp_fastopen_listener;
 
 pub use packet::{
     interface_index, set_interface_up, set_timer_slack, wait_readable, EventFd, PacketSocket,

@@ -1,0 +1,424 @@
+//! From an accepted connection to an admitted request: read the connect
+//! header, authenticate the client, refuse replays, check the destination
+//! policy and the client's connection limit.
+//!
+//! A peer that does not authenticate gets nothing back, not even an Error
+//! TLV: a scanner learns nothing about what listens here. Only an
+//! authenticated client is told why it was refused.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::ops::Range;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use tokio::io::{AsyncRead, AsyncReadExt as _};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use super::policy::{Denied, Policy};
+use crate::auth::{self, Key, ReplayError, ReplayGuard};
+use crate::config::concentrator::ClientConfig;
+use crate::wire::convert::{self, ClientId, ConnectRequest, DecodeError, MAX_MESSAGE_LEN};
+
+/// A buffer that holds any connect header.
+pub(super) type HeaderBuf = [u8; MAX_MESSAGE_LEN];
+
+/// One configured client and its live state.
+#[derive(Debug)]
+pub(super) struct Client {
+    pub(super) id: ClientId,
+    key: Key,
+    replay: Mutex<ReplayGuard>,
+    connections: Arc<Semaphore>,
+    pub(super) max_connections: usize,
+}
+
+/// The configured clients by id.
+#[derive(Debug)]
+pub(super) struct Clients(HashMap<ClientId, Arc<Client>>);
+
+/// Two clients with the same id were configured.
+#[derive(Debug, thiserror::Error)]
+#[error("client id {0} is configured twice: give each client its own id")]
+pub(super) struct DuplicateClient(pub(super) ClientId);
+
+/// Why a peer was dropped without an answer.
+#[derive(Debug, thiserror::Error)]
+pub(super) enum Rejected {
+    /// It did not send a whole header in time.
+    #[error("no complete connect header within {0:?}")]
+    Timeout(Duration),
+    /// It closed its side before the header was complete.
+    #[error("closed after {received} bytes, before the connect header was complete")]
+    Closed {
+        /// Bytes received.
+        received: usize,
+    },
+    /// Reading failed (typically a reset).
+    #[error("reading the connect header failed")]
+    Read(#[source] std::io::Error),
+    /// The bytes are not a valid connect header.
+    #[error("not a valid connect header")]
+    Malformed(#[source] DecodeError),
+    /// The client id is not configured.
+    #[error("unknown client id \"{0}\": not in the config")]
+    UnknownClient(ClientId),
+    /// The MAC does not verify with the client's key.
+    #[error("bad MAC for client {0}: its key differs from the one configured")]
+    BadMac(ClientId),
+    /// The request was seen before or is outside the time window.
+    #[error("client {id}: connect header refused by the replay guard")]
+    Replay {
+        /// The client.
+        id: ClientId,
+        /// Why.
+        #[source]
+        source: ReplayError,
+    },
+}
+
+impl Rejected {
+    /// Whether the peer got far enough to know the protocol (a valid
+    /// header): worth an `info` line, where noise from scanners is `debug`.
+    pub(super) fn speaks_protocol(&self) -> bool {
+        matches!(
+            self,
+            Self::UnknownClient(_) | Self::BadMac(_) | Self::Replay { .. }
+        )
+    }
+}
+
+/// Why an authenticated client's request is refused; it is answered with
+/// an Error TLV.
+#[derive(Debug, thiserror::Error)]
+pub(super) enum Refused {
+    /// The destination policy denies the destination.
+    #[error("destination denied")]
+    Denied(#[source] Denied),
+    /// The client already has its maximum number of connections open.
+    #[error("connection limit reached ({limit} open): raise max_connections for this client if this is normal")]
+    Busy {
+        /// The client's limit.
+        limit: usize,
+    },
+}
+
+/// An authenticated client's request, admitted to be forwarded.
+#[derive(Debug)]
+pub(super) struct Admitted {
+    /// The client.
+    pub(super) client: Arc<Client>,
+    /// One of the client's connection slots, given back on drop.
+    _permit: OwnedSemaphorePermit,
+}
+
+impl Clients {
+    /// The clients of the config; ids must be unique.
+    pub(super) fn new(configs: Vec<ClientConfig>) -> Result<Self, DuplicateClient> {
+        let mut clients = HashMap::with_capacity(configs.len());
+        for config in configs {
+            let client = Client {
+                id: config.id.clone(),
+                key: config.key,
+                replay: Mutex::new(ReplayGuard::default()),
+                connections: Arc::new(Semaphore::new(config.max_connections)),
+                max_connections: config.max_connections,
+            };
+            if clients
+                .insert(config.id.clone(), Arc::new(client))
+                .is_some()
+            {
+                return Err(DuplicateClient(config.id));
+            }
+        }
+        Ok(Self(clients))
+    }
+
+    /// How many clients are configured.
+    pub(super) fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// The client that sent `request` if its MAC verifies and it is fresh
+    /// at `now_ms` (unix milliseconds).
+    pub(super) fn authenticate(
+        &self,
+        request: &ConnectRequest,
+        now_ms: u64,
+    ) -> Result<Arc<Client>, Rejected> {
+        let id = &request.auth.client_id;
+        let client = self
+            .0
+            .get(id)
+            .ok_or_else(|| Rejected::UnknownClient(id.clone()))?;
+        if !auth::verify(&client.key, request) {
+            return Err(Rejected::BadMac(id.clone()));
+        }
+        // Only after verify: otherwise made-up nonces could fill the guard.
+        client
+            .replay
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .check(now_ms, request.auth.timestamp_ms, &request.auth.nonce)
+            .map_err(|source| Rejected::Replay {
+                id: id.clone(),
+                source,
+            })?;
+        Ok(Arc::clone(client))
+    }
+}
+
+impl Client {
+    /// Checks `destination` against `policy`, then takes one of this
+    /// client's connection slots.
+    pub(super) fn admit(
+        self: &Arc<Self>,
+        destination: SocketAddr,
+        policy: &Policy,
+    ) -> Result<Admitted, Refused> {
+        policy.check(destination).map_err(Refused::Denied)?;
+        let permit = Arc::clone(&self.connections)
+            .try_acquire_owned()
+            .map_err(|_| Refused::Busy {
+                limit: self.max_connections,
+            })?;
+        Ok(Admitted {
+            client: Arc::clone(self),
+            _permit: permit,
+        })
+    }
+
+    /// How many connections the client has open.
+    pub(super) fn open_connections(&self) -> usize {
+        self.max_connections - self.connections.available_permits()
+    }
+}
+
+/// Reads one connect header from `peer` into `buf` within `timeout` and
+/// decodes it. Returns the request and where in `buf` the payload bytes
+/// read along with the header are: they come first in the relay.
+pub(super) async fn read_header<R: AsyncRead + Unpin>(
+    peer: &mut R,
+    buf: &mut HeaderBuf,
+    timeout: Duration,
+) -> Result<(ConnectRequest, Range<usize>), Rejected> {
+    tokio::time::timeout(timeout, read_header_untimed(peer, buf))
+        .await
+        .map_err(|_| Rejected::Timeout(timeout))?
+}
+
+async fn read_header_untimed<R: AsyncRead + Unpin>(
+    peer: &mut R,
+    buf: &mut HeaderBuf,
+) -> Result<(ConnectRequest, Range<usize>), Rejected> {
+    let mut filled = 0;
+    loop {
+        // `buf` holds the longest possible header, so while the header is
+        // incomplete there is always room left to read into.
+        let n = peer
+            .read(&mut buf[filled..])
+            .await
+            .map_err(Rejected::Read)?;
+        if n == 0 {
+            return Err(Rejected::Closed { received: filled });
+        }
+        filled += n;
+        let Some(len) = convert::header_len(&buf[..filled]).map_err(Rejected::Malformed)? else {
+            continue;
+        };
+        if filled >= len {
+            let (request, used) =
+                ConnectRequest::decode(&buf[..filled]).map_err(Rejected::Malformed)?;
+            return Ok((request, used..filled));
+        }
+    }
+}
+
+/// Now in unix milliseconds, the replay guard's clock.
+pub(super) fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::auth::sign_request;
+    use tokio::io::AsyncWriteExt as _;
+
+    const NOW: u64 = 1_700_000_000_000;
+
+    fn key() -> Key {
+        Key::from_base64("AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=").expect("key")
+    }
+
+    fn id(text: &str) -> ClientId {
+        text.parse().expect("id")
+    }
+
+    fn clients(max_connections: usize) -> Clients {
+        Clients::new(vec![ClientConfig {
+            id: id("lab"),
+            key: key(),
+            max_connections,
+        }])
+        .expect("unique ids")
+    }
+
+    fn destination() -> SocketAddr {
+        "198.51.100.7:443".parse().expect("addr")
+    }
+
+    fn request(client: &str, key: &Key, nonce: u8) -> ConnectRequest {
+        sign_request(key, id(client), destination(), [nonce; 16], NOW)
+    }
+
+    #[test]
+    fn a_signed_request_authenticates_once() {
+        let clients = clients(4);
+        let req = request("lab", &key(), 1);
+        let client = clients.authenticate(&req, NOW + 10).expect("valid");
+        assert_eq!(client.id.as_str(), "lab");
+        assert!(matches!(
+            clients.authenticate(&req, NOW + 20),
+            Err(Rejected::Replay {
+                source: ReplayError::Replayed,
+                ..
+            })
+        ));
+        assert!(clients
+            .authenticate(&request("lab", &key(), 2), NOW)
+            .is_ok());
+    }
+
+    #[test]
+    fn unknown_ids_bad_macs_and_stale_requests_are_rejected() {
+        let clients = clients(4);
+        assert!(matches!(
+            clients.authenticate(&request("other", &key(), 1), NOW),
+            Err(Rejected::UnknownClient(_))
+        ));
+        let wrong = Key::generate().expect("random");
+        assert!(matches!(
+            clients.authenticate(&request("lab", &wrong, 1), NOW),
+            Err(Rejected::BadMac(_))
+        ));
+        let mut tampered = request("lab", &key(), 1);
+        tampered.destination = "198.51.100.8:443".parse().expect("addr");
+        assert!(matches!(
+            clients.authenticate(&tampered, NOW),
+            Err(Rejected::BadMac(_))
+        ));
+        assert!(matches!(
+            clients.authenticate(&request("lab", &key(), 1), NOW + 60_000),
+            Err(Rejected::Replay {
+                source: ReplayError::TooOld { .. },
+                ..
+            })
+        ));
+        // A bad MAC must not consume the nonce: the genuine request still passes.
+        assert!(clients
+            .authenticate(&request("lab", &key(), 1), NOW)
+            .is_ok());
+    }
+
+    #[test]
+    fn duplicate_ids_are_refused() {
+        let config = ClientConfig {
+            id: id("lab"),
+            key: key(),
+            max_connections: 1,
+        };
+        assert!(Clients::new(vec![config.clone(), config]).is_err());
+    }
+
+    #[test]
+    fn admission_checks_policy_then_holds_a_slot_per_connection() {
+        let clients = clients(2);
+        let client = clients
+            .authenticate(&request("lab", &key(), 1), NOW)
+            .expect("valid");
+        let policy = Policy::default();
+
+        let denied = "127.0.0.1:22".parse().expect("addr");
+        assert!(matches!(
+            client.admit(denied, &policy),
+            Err(Refused::Denied(_))
+        ));
+        assert_eq!(client.open_connections(), 0);
+
+        let first = client.admit(destination(), &policy).expect("slot 1");
+        let second = client.admit(destination(), &policy).expect("slot 2");
+        assert_eq!(client.open_connections(), 2);
+        assert!(matches!(
+            client.admit(destination(), &policy),
+            Err(Refused::Busy { limit: 2 })
+        ));
+        drop(first);
+        assert_eq!(client.open_connections(), 1);
+        assert!(client.admit(destination(), &policy).is_ok());
+        drop(second);
+    }
+
+    async fn read_from(
+        chunks: Vec<Vec<u8>>,
+        close: bool,
+    ) -> Result<(ConnectRequest, Vec<u8>), Rejected> {
+        let (mut near, mut far) = tokio::io::duplex(4096);
+        let writer = tokio::spawn(async move {
+            for chunk in chunks {
+                far.write_all(&chunk).await.expect("write");
+                tokio::task::yield_now().await;
+            }
+            if !close {
+                std::future::pending::<()>().await;
+            }
+        });
+        let mut buf = [0; MAX_MESSAGE_LEN];
+        let result = read_header(&mut near, &mut buf, Duration::from_millis(200))
+            .await
+            .map(|(request, early)| (request, buf[early].to_vec()));
+        writer.abort();
+        result
+    }
+
+    #[tokio::test]
+    async fn a_header_split_into_bytes_is_reassembled_and_early_payload_kept() {
+        let req = request("lab", &key(), 1);
+        let mut bytes = req.encode();
+        bytes.extend_from_slice(b"GET / HTTP/1.1\r\n");
+        let chunks = bytes.iter().map(|&b| vec![b]).collect();
+        let (decoded, early) = read_from(chunks, true).await.expect("header");
+        assert_eq!(decoded, req);
+        let header_len = req.encode().len();
+        assert!(bytes[header_len..].starts_with(&early));
+
+        let (decoded, early) = read_from(vec![bytes.clone()], true).await.expect("header");
+        assert_eq!(decoded, req);
+        assert_eq!(early, b"GET / HTTP/1.1\r\n");
+    }
+
+    #[tokio::test]
+    async fn bad_input_is_rejected() {
+        let header = request("lab", &key(), 1).encode();
+        assert!(matches!(
+            read_from(vec![header[..30].to_vec()], true).await,
+            Err(Rejected::Closed { received: 30 })
+        ));
+        assert!(matches!(
+            read_from(vec![header[..30].to_vec()], false).await,
+            Err(Rejected::Timeout(_))
+        ));
+        assert!(matches!(
+            read_from(vec![b"SSH-2.0-OpenSSH_9.6\r\n".to_vec()], false).await,
+            Err(Rejected::Malformed(DecodeError::BadMagic { .. }))
+        ));
+        let mut bad_tlv = header.clone();
+        bad_tlv[4] = 22;
+        assert!(matches!(
+            read_from(vec![bad_tlv], false).await,
+            Err(Rejected::Malformed(DecodeError::UnsupportedTlv { .. }))
+        ));
+    }
+}

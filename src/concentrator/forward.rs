@@ -1,0 +1,161 @@
+//! Connect to the destination and answer the client: `Connected`, or an
+//! Error TLV whose code tells the client how to fail its LAN flow
+//! (`ConnectionReset` → the LAN host sees a reset, as if it had connected
+//! directly).
+
+use std::io;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::net::TcpStream;
+
+use super::accept::Refused;
+use crate::wire::convert::{ErrorCode, Response};
+
+/// How long a refused client may take to close its side after the Error
+/// TLV, so that the close does not reset the connection before it is read.
+const REFUSE_DRAIN: Duration = Duration::from_secs(1);
+
+/// Why the destination could not be reached.
+#[derive(Debug, thiserror::Error)]
+pub(super) enum ConnectError {
+    /// The handshake did not finish within the connect timeout.
+    #[error("connecting to {destination} timed out after {after:?}")]
+    TimedOut {
+        /// The destination.
+        destination: SocketAddr,
+        /// The timeout.
+        after: Duration,
+    },
+    /// The system refused or failed the connection.
+    #[error("connecting to {destination} failed")]
+    Failed {
+        /// The destination.
+        destination: SocketAddr,
+        /// What the system said.
+        #[source]
+        source: io::Error,
+    },
+}
+
+impl ConnectError {
+    /// The RFC 8803 error code that tells the client what happened.
+    pub(super) fn code(&self) -> ErrorCode {
+        match self {
+            Self::TimedOut { .. } => ErrorCode::DestinationUnreachable,
+            Self::Failed { source, .. } => match source.kind() {
+                io::ErrorKind::ConnectionRefused => ErrorCode::ConnectionReset,
+                io::ErrorKind::HostUnreachable
+                | io::ErrorKind::NetworkUnreachable
+                | io::ErrorKind::TimedOut => ErrorCode::DestinationUnreachable,
+                _ => ErrorCode::NetworkFailure,
+            },
+        }
+    }
+}
+
+impl Refused {
+    /// The RFC 8803 error code that tells the client what happened.
+    pub(super) fn code(&self) -> ErrorCode {
+        match self {
+            Self::Denied(_) => ErrorCode::NotAuthorized,
+            Self::Busy { .. } => ErrorCode::ResourceExceeded,
+        }
+    }
+}
+
+/// Opens a plain TCP connection to `destination` within `timeout`.
+pub(super) async fn connect(
+    destination: SocketAddr,
+    timeout: Duration,
+) -> Result<TcpStream, ConnectError> {
+    match tokio::time::timeout(timeout, TcpStream::connect(destination)).await {
+        Err(_) => Err(ConnectError::TimedOut {
+            destination,
+            after: timeout,
+        }),
+        Ok(result) => result.map_err(|source| ConnectError::Failed {
+            destination,
+            source,
+        }),
+    }
+}
+
+/// Tells the client its request succeeded; the relay starts after this.
+pub(super) async fn connected(client: &mut TcpStream) -> io::Result<()> {
+    client.write_all(&Response::Connected.encode()).await
+}
+
+/// Answers the client with an Error TLV carrying `code` and closes.
+///
+/// Closing a socket with unread data resets it, and a reset can make the
+/// client's kernel drop the answer unread. So after the answer the client
+/// gets [`REFUSE_DRAIN`] to close its side, while anything it still sends
+/// is discarded.
+pub(super) async fn refuse(mut client: TcpStream, code: ErrorCode) -> io::Result<()> {
+    let response = Response::Error { code, value: 0 }.encode();
+    client.write_all(&response).await?;
+    client.shutdown().await?;
+    let mut sink = [0; 4096];
+    let _ = tokio::time::timeout(REFUSE_DRAIN, async {
+        while client.read(&mut sink).await.is_ok_and(|n| n > 0) {}
+    })
+    .await;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn failed(kind: io::ErrorKind) -> ErrorCode {
+        ConnectError::Failed {
+            destination: "198.51.100.7:443".parse().expect("addr"),
+            source: io::Error::from(kind),
+        }
+        .code()
+    }
+
+    #[test]
+    fn connect_errors_map_to_rfc_8803_codes() {
+        assert_eq!(
+            failed(io::ErrorKind::ConnectionRefused),
+            ErrorCode::ConnectionReset
+        );
+        assert_eq!(
+            failed(io::ErrorKind::HostUnreachable),
+            ErrorCode::DestinationUnreachable
+        );
+        assert_eq!(
+            failed(io::ErrorKind::NetworkUnreachable),
+            ErrorCode::DestinationUnreachable
+        );
+        assert_eq!(
+            failed(io::ErrorKind::TimedOut),
+            ErrorCode::DestinationUnreachable
+        );
+        assert_eq!(
+            failed(io::ErrorKind::AddrNotAvailable),
+            ErrorCode::NetworkFailure
+        );
+        assert_eq!(
+            failed(io::ErrorKind::PermissionDenied),
+            ErrorCode::NetworkFailure
+        );
+        let timed_out = ConnectError::TimedOut {
+            destination: "198.51.100.7:443".parse().expect("addr"),
+            after: Duration::from_secs(5),
+        };
+        assert_eq!(timed_out.code(), ErrorCode::DestinationUnreachable);
+    }
+
+    #[test]
+    fn os_errors_have_the_kinds_mapped_above() {
+        let kind = |errno| io::Error::from_raw_os_error(errno).kind();
+        assert_eq!(kind(libc::ECONNREFUSED), io::ErrorKind::ConnectionRefused);
+        assert_eq!(kind(libc::EHOSTUNREACH), io::ErrorKind::HostUnreachable);
+        assert_eq!(kind(libc::ENETUNREACH), io::ErrorKind::NetworkUnreachable);
+        assert_eq!(kind(libc::ETIMEDOUT), io::ErrorKind::TimedOut);
+    }
+}

@@ -1,0 +1,305 @@
+//! Copy bytes both ways between the client's stream and the destination's,
+//! so that each end sees what it would have seen connected directly:
+//!
+//! - **Half-close:** end of stream from one side becomes `shutdown(Write)`
+//!   towards the other, and the opposite direction keeps going until it
+//!   ends too.
+//! - **Reset:** an error on either side (a reset, a timeout) resets the
+//!   other with `SO_LINGER` 0, never a clean close: a transfer cut short
+//!   must not look complete. The same happens when the relay is dropped
+//!   midway (the concentrator shutting down).
+//!
+//! - **Dead peers:** keepalive probes on both sockets end a relay whose
+//!   client or server vanished without a reset, freeing its slot.
+//!
+//! `tokio::io::copy_bidirectional` closes cleanly after an error, so it
+//! does not do.
+
+use std::fmt;
+use std::io;
+use std::net::Shutdown;
+use std::time::Duration;
+
+use socket2::{SockRef, TcpKeepalive};
+use tokio::net::TcpStream;
+use tracing::debug;
+
+/// Bytes buffered per direction, allocated once per connection.
+pub(super) const BUFFER_LEN: usize = 64 * 1024;
+
+/// Idle time before keepalive probes start.
+const KEEPALIVE_IDLE: Duration = Duration::from_secs(60);
+/// Time between keepalive probes.
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
+/// Unanswered probes before the kernel drops the connection.
+const KEEPALIVE_RETRIES: u32 = 6;
+
+/// Which end of a relay.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Side {
+    /// The mpbond client, over MPTCP.
+    Client,
+    /// The destination server, over TCP.
+    Server,
+}
+
+impl fmt::Display for Side {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Client => "client",
+            Self::Server => "destination",
+        })
+    }
+}
+
+/// What a relay that ended cleanly carried.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Transferred {
+    /// Bytes from the client to the destination, early payload included.
+    pub(super) up: u64,
+    /// Bytes from the destination to the client.
+    pub(super) down: u64,
+}
+
+/// Why a relay ended with a reset.
+#[derive(Debug, thiserror::Error)]
+pub(super) enum RelayError {
+    /// Reading from one side failed.
+    #[error("reading from the {side} failed")]
+    Read {
+        /// The side read from.
+        side: Side,
+        /// What the system said.
+        #[source]
+        source: io::Error,
+    },
+    /// Writing to one side failed.
+    #[error("writing to the {side} failed")]
+    Write {
+        /// The side written to.
+        side: Side,
+        /// What the system said.
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// Relays between `client` and `server` until both directions have ended;
+/// `early` (payload that arrived with the connect header) goes to the server
+/// first.
+///
+/// On `Err`, both sockets are set to reset on close; the caller closes them
+/// by dropping them.
+pub(super) async fn relay(
+    client: &TcpStream,
+    server: &TcpStream,
+    early: &[u8],
+) -> Result<Transferred, RelayError> {
+    let mut guard = ResetOnDrop {
+        sockets: [client, server],
+        armed: true,
+    };
+    keepalive(client);
+    keepalive(server);
+    let mut up = vec![0; BUFFER_LEN.max(early.len())].into_boxed_slice();
+    up[..early.len()].copy_from_slice(early);
+    let mut down = vec![0; BUFFER_LEN].into_boxed_slice();
+    let (up, down) = tokio::try_join!(
+        pump(client, server, &mut up, early.len(), Side::Client),
+        pump(server, client, &mut down, 0, Side::Server),
+    )?;
+    guard.armed = false;
+    Ok(Transferred { up, down })
+}
+
+/// Copies `from` → `to` until `from` ends, starting with `buf[..pending]`,
+/// then half-closes `to`. Returns the bytes written.
+async fn pump(
+    from: &TcpStream,
+    to: &TcpStream,
+    buf: &mut [u8],
+    mut pending: usize,
+    from_side: Side,
+) -> Result<u64, RelayError> {
+    let to_side = match from_side {
+        Side::Client => Side::Server,
+        Side::Server => Side::Client,
+    };
+    let write_error = |source| RelayError::Write {
+        side: to_side,
+        source,
+    };
+    let mut total = 0;
+    loop {
+        if pending > 0 {
+            write_all(to, &buf[..pending]).await.map_err(write_error)?;
+            total += pending as u64;
+        }
+        pending = read(from, buf).await.map_err(|source| RelayError::Read {
+            side: from_side,
+            source,
+        })?;
+        if pending == 0 {
+            break;
+        }
+    }
+    SockRef::from(to)
+        .shutdown(Shutdown::Write)
+        .map_err(write_error)?;
+    Ok(total)
+}
+
+/// Reads what is available, waiting for at least one byte or end of stream.
+async fn read(stream: &TcpStream, buf: &mut [u8]) -> io::Result<usize> {
+    loop {
+        stream.readable().await?;
+        match stream.try_read(buf) {
+            Err(e) if retry(&e) => continue,
+            result => return result,
+        }
+    }
+}
+
+async fn write_all(stream: &TcpStream, mut data: &[u8]) -> io::Result<()> {
+    while !data.is_empty() {
+        stream.writable().await?;
+        match stream.try_write(data) {
+            Ok(n) => data = &data[n..],
+            Err(e) if retry(&e) => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// Readiness can be spurious; `try_read`/`try_write` then say so.
+fn retry(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+    )
+}
+
+fn keepalive(stream: &TcpStream) {
+    let params = TcpKeepalive::new()
+        .with_time(KEEPALIVE_IDLE)
+        .with_interval(KEEPALIVE_INTERVAL)
+        .with_retries(KEEPALIVE_RETRIES);
+    if let Err(e) = SockRef::from(stream).set_tcp_keepalive(&params) {
+        debug!(error = %e, "cannot enable keepalive probes");
+    }
+}
+
+/// Makes both sockets reset on close unless disarmed: after an error, and
+/// when the relay future is dropped before it ends.
+struct ResetOnDrop<'a> {
+    sockets: [&'a TcpStream; 2],
+    armed: bool,
+}
+
+impl Drop for ResetOnDrop<'_> {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        for socket in self.sockets {
+            // A socket that cannot take the option is already closed or
+            // reset; there is nothing more to do for it.
+            let _ = SockRef::from(socket).set_linger(Some(Duration::ZERO));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    use tokio::net::TcpListener;
+
+    /// A connected pair of loopback TCP streams.
+    async fn pair() -> (TcpStream, TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let (near, far) = tokio::join!(TcpStream::connect(addr), listener.accept());
+        (near.expect("connect"), far.expect("accept").0)
+    }
+
+    async fn bounded<F: std::future::Future>(f: F) -> F::Output {
+        tokio::time::timeout(Duration::from_secs(10), f)
+            .await
+            .expect("test timed out")
+    }
+
+    #[tokio::test]
+    async fn early_bytes_go_first_and_half_close_propagates() {
+        bounded(async {
+            let (mut client, client_end) = pair().await;
+            let (server_end, mut server) = pair().await;
+            let relay =
+                tokio::spawn(async move { relay(&client_end, &server_end, b"early ").await });
+
+            client.write_all(b"late").await.expect("write");
+            client.shutdown().await.expect("half-close");
+            let mut got = Vec::new();
+            server.read_to_end(&mut got).await.expect("read to EOF");
+            assert_eq!(got, b"early late");
+
+            server
+                .write_all(b"still talking")
+                .await
+                .expect("write after EOF");
+            server.shutdown().await.expect("half-close");
+            let mut back = Vec::new();
+            client.read_to_end(&mut back).await.expect("read to EOF");
+            assert_eq!(back, b"still talking");
+
+            let transferred = relay.await.expect("join").expect("clean end");
+            assert_eq!(transferred, Transferred { up: 10, down: 13 });
+        })
+        .await;
+    }
+
+    #[tokio::test]
+    async fn a_reset_on_one_side_resets_the_other() {
+        bounded(async {
+            let (mut client, client_end) = pair().await;
+            let (server_end, server) = pair().await;
+            let relay = tokio::spawn(async move { relay(&client_end, &server_end, b"").await });
+
+            SockRef::from(&server)
+                .set_linger(Some(Duration::ZERO))
+                .expect("linger");
+            drop(server);
+            let mut buf = [0; 16];
+            let err = client.read(&mut buf).await.expect_err("must be reset");
+            assert_eq!(err.kind(), io::ErrorKind::ConnectionReset);
+            assert!(matches!(
+                relay.await.expect("join"),
+                Err(RelayError::Read {
+                    side: Side::Server,
+                    ..
+                })
+            ));
+        })
+        .await;
+    }
+
+    #[tokio::test]
+    async fn dropping_the_relay_resets_both_sides() {
+        bounded(async {
+            let (mut client, client_end) = pair().await;
+            let (server_end, mut server) = pair().await;
+            let relay = tokio::spawn(async move { relay(&client_end, &server_end, b"").await });
+            client.write_all(b"x").await.expect("write");
+            let mut one = [0; 1];
+            server.read_exact(&mut one).await.expect("relayed");
+            relay.abort();
+            let mut buf = [0; 16];
+            for end in [&mut client, &mut server] {
+                let err = end.read(&mut buf).await.expect_err("must be reset");
+                assert_eq!(err.kind(), io::ErrorKind::ConnectionReset);
+            }
+        })
+        .await;
+    }
+}
