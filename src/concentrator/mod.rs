@@ -33,6 +33,7 @@ use tokio::task::{JoinError, JoinSet};
 use tracing::{debug, field, info, info_span, warn, Instrument as _, Span};
 
 use crate::config::ConcentratorConfig;
+use crate::sys::SysctlGuard;
 use crate::wire::convert::{ClientId, MAX_MESSAGE_LEN};
 use accept::{Clients, HeaderBuf};
 use policy::Policy;
@@ -194,6 +195,16 @@ pub async fn run(
     config: ConcentratorConfig,
     shutdown: impl Future,
 ) -> Result<(), ConcentratorError> {
+    // The listener's TCP_FASTOPEN works only with the server bit of this
+    // sysctl (the default, 1, enables clients only). Owned: restored when
+    // the guard drops on the way out.
+    let _fast_open = match SysctlGuard::set_bits("net.ipv4.tcp_fastopen", 0x2) {
+        Ok(guard) => guard,
+        Err(e) => {
+            warn!(error = %e, "cannot enable server-side TCP Fast Open; connects take one more round trip");
+            None
+        }
+    };
     let (concentrator, _) = Concentrator::bind(config)?;
     concentrator.serve(shutdown).await;
     Ok(())

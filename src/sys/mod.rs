@@ -10,6 +10,7 @@ mod netlink;
 mod netns;
 mod packet;
 mod sockopt;
+mod sysctl;
 
 pub use netlink::{
     AddressFamily, EndpointFlags, FlushReport, MptcpEndpoint, MptcpLimits, MptcpPm, NetlinkError,
@@ -17,6 +18,7 @@ pub use netlink::{
 };
 pub use netns::enter_netns;
 pub use sockopt::set_tcp_fastopen_listener;
+pub use sysctl::{read_sysctl, SysctlGuard};
 
 pub use packet::{
     interface_index, set_interface_up, set_timer_slack, wait_readable, EventFd, PacketSocket,
