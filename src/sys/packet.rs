@@ -129,17 +129,7 @@ impl PacketSocket {
     }
 
     fn set_int(&self, level: libc::c_int, name: libc::c_int, value: libc::c_int) -> io::Result<()> {
-        // SAFETY: `value` is a live c_int and the length passed matches it.
-        cvt(unsafe {
-            libc::setsockopt(
-                self.fd.as_raw_fd(),
-                level,
-                name,
-                (&value as *const libc::c_int).cast(),
-                mem::size_of::<libc::c_int>() as libc::socklen_t,
-            )
-        })?;
-        Ok(())
+        super::sockopt::set_int_option(self.fd.as_fd(), level, name, value)
     }
 
     fn bind(&self, ifindex: u32, protocol_be: u16) -> io::Result<()> {

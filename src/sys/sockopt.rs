@@ -2,7 +2,7 @@
 
 use std::io;
 use std::mem;
-use std::os::fd::{AsFd, AsRawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 
 use super::cvt;
 
@@ -21,14 +21,24 @@ pub fn set_tcp_fastopen_listener(socket: &impl AsFd, queue_len: u32) -> io::Resu
             "TCP Fast Open queue length does not fit in a C int",
         )
     })?;
+    set_int_option(socket.as_fd(), libc::IPPROTO_TCP, libc::TCP_FASTOPEN, value)
+}
+
+/// Sets an integer socket option: the one setsockopt wrapper in `sys`.
+pub(super) fn set_int_option(
+    socket: BorrowedFd<'_>,
+    level: libc::c_int,
+    name: libc::c_int,
+    value: libc::c_int,
+) -> io::Result<()> {
     // SAFETY: setsockopt reads exactly `size_of::<c_int>()` bytes from
     // `value`, which lives across the call; the descriptor is borrowed from
     // an open socket.
     cvt(unsafe {
         libc::setsockopt(
-            socket.as_fd().as_raw_fd(),
-            libc::IPPROTO_TCP,
-            libc::TCP_FASTOPEN,
+            socket.as_raw_fd(),
+            level,
+            name,
             (&raw const value).cast(),
             mem::size_of::<libc::c_int>() as libc::socklen_t,
         )
