@@ -17,8 +17,10 @@
 //! The helpers here ([`parse_duration`], [`parse_socket_addr`],
 //! [`parse_prefix`], [`ConfigFile::key`]) are shared by the roles.
 
+pub mod client;
 pub mod concentrator;
 
+pub use client::ClientConfig;
 pub use concentrator::ConcentratorConfig;
 
 use std::fmt;
@@ -237,6 +239,65 @@ pub enum ValueError {
         #[source]
         source: AuthError,
     },
+    /// Not a connect mode.
+    #[error("{text:?} is not a connect mode: write \"fast\" (answer the LAN host at once) or \"strict\" (wait until the server answered)")]
+    ConnectMode {
+        /// The value as written.
+        text: String,
+    },
+    /// Not an IP address.
+    #[error("{text:?} is not an IP address of the right family: write e.g. \"{example}\"")]
+    IpAddr {
+        /// The value as written.
+        text: String,
+        /// An example of what is expected.
+        example: &'static str,
+    },
+    /// Not a TUN address with room for the redirect's fake peer.
+    #[error(
+        "{text:?} is not a usable TUN address: write the TUN's own address and a prefix \
+         with room for one more host (\"{example}\"); the next address is used internally"
+    )]
+    TunAddress {
+        /// The value as written.
+        text: String,
+        /// An example of what is expected.
+        example: &'static str,
+    },
+    /// No `[[uplink]]` table.
+    #[error("no [[uplink]] table: add one per line with a name and an interface")]
+    NoUplink,
+    /// More uplinks than the kernel path manager can use.
+    #[error("{count} uplinks: the kernel's MPTCP path manager handles at most {max}")]
+    TooManyUplinks {
+        /// How many were given.
+        count: usize,
+        /// The most allowed.
+        max: usize,
+    },
+    /// An uplink name or interface used twice.
+    #[error("{value:?} is already used by {first}: give each uplink its own name and interface")]
+    DuplicateUplink {
+        /// The value used twice.
+        value: String,
+        /// The key path of the first use.
+        first: String,
+    },
+    /// Not an uplink name.
+    #[error("{text:?} is not an uplink name: use 1-15 letters, digits, '-' or '_'")]
+    UplinkName {
+        /// The value as written.
+        text: String,
+    },
+    /// Not a Linux interface name.
+    #[error("{text:?} is not an interface name: Linux names have 1-15 characters, no '/', ':' or spaces")]
+    InterfaceName {
+        /// The value as written.
+        text: String,
+    },
+    /// Every uplink is a backup.
+    #[error("every uplink is a backup: at least one must carry traffic while it works")]
+    OnlyBackups,
 }
 
 /// A config file's text and where it came from.
@@ -362,15 +423,16 @@ impl ConfigFile {
     ) -> Result<Key, ConfigError> {
         match (key, key_file) {
             (Some(_), Some(file)) => Err(self.invalid(
-                format!("{prefix}.key_file"),
+                child(prefix, "key_file"),
                 file.span(),
                 ValueError::KeyAndKeyFile,
             )),
+            (None, None) if prefix.is_empty() => Err(self.missing("key", ValueError::NoKey)),
             (None, None) => Err(self.invalid(prefix, table, ValueError::NoKey)),
             (Some(key), None) => Key::from_base64(key.get_ref())
-                .map_err(|e| self.invalid(format!("{prefix}.key"), key.span(), ValueError::Key(e))),
+                .map_err(|e| self.invalid(child(prefix, "key"), key.span(), ValueError::Key(e))),
             (None, Some(file)) => read_key_file(&self.resolve(Path::new(file.get_ref())))
-                .map_err(|e| self.invalid(format!("{prefix}.key_file"), file.span(), e)),
+                .map_err(|e| self.invalid(child(prefix, "key_file"), file.span(), e)),
         }
     }
 }

@@ -1,0 +1,523 @@
+//! The client's config file.
+//!
+//! ```toml
+//! concentrator = "203.0.113.7:7300" # the concentrator's MPTCP listener
+//! id = "home"                       # this client's id at the concentrator
+//! key = "base64..."                 # from `mpbond keygen`; or instead:
+//! # key_file = "home.key"           # relative to this file's directory, mode 0600
+//! connect_mode = "fast"             # optional: "fast" answers a LAN host's SYN at
+//!                                   # once and sends the connect header in the
+//!                                   # tunnel's SYN (TCP Fast Open); "strict" holds
+//!                                   # the SYN until the server answered
+//! connect_timeout = "5s"            # optional: reaching the concentrator and,
+//!                                   # through it, the server
+//!
+//! [tun]                             # optional
+//! name = "mpb0"                     # TUN device
+//! ipv4 = "172.29.77.1/30"           # its addresses; the next address on each
+//! ipv6 = "fd00:6d70:62::1/126"      # subnet is used internally by the redirect
+//! mtu = 1500
+//!
+//! [[uplink]]                        # one per line, at most 8
+//! name = "dsl"                      # for logs
+//! interface = "dsl0"
+//! gateway = "10.77.1.1"             # optional: IPv4 next hop (else on-link)
+//! gateway6 = "fe80::1"              # optional: IPv6 next hop (else on-link)
+//! backup = false                    # optional: carry traffic only when no
+//!                                   # other uplink works
+//! ```
+
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::path::Path;
+use std::time::Duration;
+
+use ipnet::{Ipv4Net, Ipv6Net};
+use serde::Deserialize;
+use toml::Spanned;
+
+use super::{
+    parse_nonzero_duration, parse_socket_addr, ConfigError, ConfigFile, Parsed, ValueError,
+};
+use crate::auth::Key;
+use crate::client::redirect::ConnectMode;
+use crate::wire::convert::ClientId;
+
+/// The client's validated configuration.
+#[derive(Debug, Clone)]
+pub struct ClientConfig {
+    /// The concentrator's MPTCP listener.
+    pub concentrator: SocketAddr,
+    /// This client's id.
+    pub id: ClientId,
+    /// Its secret.
+    pub key: Key,
+    /// How new flows start.
+    pub connect_mode: ConnectMode,
+    /// How long reaching the server through the tunnel may take.
+    pub connect_timeout: Duration,
+    /// The TUN device.
+    pub tun: TunConfig,
+    /// The uplinks, in the order written; names and interfaces are unique.
+    pub uplinks: Vec<UplinkConfig>,
+}
+
+/// The TUN device that captures the site's traffic.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TunConfig {
+    /// Device name.
+    pub name: String,
+    /// Its IPv4 address and prefix.
+    pub ipv4: Ipv4Net,
+    /// Its IPv6 address and prefix.
+    pub ipv6: Ipv6Net,
+    /// Its MTU.
+    pub mtu: u16,
+}
+
+impl TunConfig {
+    /// The address after the TUN's own on its IPv4 subnet: the redirect's
+    /// fake peer.
+    pub fn fake_v4(&self) -> Ipv4Addr {
+        Ipv4Addr::from(u32::from(self.ipv4.addr()).wrapping_add(1))
+    }
+
+    /// The address after the TUN's own on its IPv6 subnet.
+    pub fn fake_v6(&self) -> Ipv6Addr {
+        Ipv6Addr::from(u128::from(self.ipv6.addr()).wrapping_add(1))
+    }
+}
+
+impl Default for TunConfig {
+    fn default() -> Self {
+        Self {
+            name: "mpb0".to_owned(),
+            ipv4: Ipv4Net::new(Ipv4Addr::new(172, 29, 77, 1), 30).expect("valid prefix length"),
+            ipv6: Ipv6Net::new(Ipv6Addr::new(0xfd00, 0x6d70, 0x62, 0, 0, 0, 0, 1), 126)
+                .expect("valid prefix length"),
+            mtu: 1500,
+        }
+    }
+}
+
+/// One uplink.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UplinkConfig {
+    /// Name for logs.
+    pub name: String,
+    /// Network interface.
+    pub interface: String,
+    /// IPv4 next hop; `None`: on-link.
+    pub gateway: Option<Ipv4Addr>,
+    /// IPv6 next hop; `None`: on-link.
+    pub gateway6: Option<Ipv6Addr>,
+    /// Carries traffic only when no other uplink works.
+    pub backup: bool,
+}
+
+impl ClientConfig {
+    /// Default for `connect_timeout`.
+    pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+    /// Most uplinks (the kernel path manager's subflow limit is 8).
+    pub const MAX_UPLINKS: usize = 8;
+
+    /// Reads and validates the config file at `path`.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let file = ConfigFile::read(path)?;
+        Self::try_from(file.deserialize::<RawClientConfig>()?)
+    }
+}
+
+/// The config file as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawClientConfig {
+    concentrator: Spanned<String>,
+    id: Spanned<String>,
+    key: Option<Spanned<String>>,
+    key_file: Option<Spanned<String>>,
+    connect_mode: Option<Spanned<String>>,
+    connect_timeout: Option<Spanned<String>>,
+    tun: Option<RawTun>,
+    #[serde(default)]
+    uplink: Vec<Spanned<RawUplink>>,
+}
+
+/// The `[tun]` table as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTun {
+    name: Option<Spanned<String>>,
+    ipv4: Option<Spanned<String>>,
+    ipv6: Option<Spanned<String>>,
+    mtu: Option<Spanned<i64>>,
+}
+
+/// One `[[uplink]]` table as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawUplink {
+    name: Spanned<String>,
+    interface: Spanned<String>,
+    gateway: Option<Spanned<String>>,
+    gateway6: Option<Spanned<String>>,
+    #[serde(default)]
+    backup: bool,
+}
+
+impl TryFrom<Parsed<'_, RawClientConfig>> for ClientConfig {
+    type Error = ConfigError;
+
+    fn try_from(parsed: Parsed<'_, RawClientConfig>) -> Result<Self, ConfigError> {
+        let Parsed { file, value: raw } = parsed;
+        let concentrator = parse_socket_addr(raw.concentrator.get_ref())
+            .and_then(|addr| match addr.port() {
+                0 => Err(ValueError::PortZero),
+                _ => Ok(addr),
+            })
+            .map_err(|e| file.invalid("concentrator", raw.concentrator.span(), e))?;
+        let id = ClientId::try_from(raw.id.get_ref().as_str())
+            .map_err(|e| file.invalid("id", raw.id.span(), ValueError::ClientId(e)))?;
+        let key = file.key("", 0..0, raw.key.as_ref(), raw.key_file.as_ref())?;
+        let connect_mode = match &raw.connect_mode {
+            None => ConnectMode::Fast,
+            Some(text) => match text.get_ref().as_str() {
+                "fast" => ConnectMode::Fast,
+                "strict" => ConnectMode::Strict,
+                other => {
+                    return Err(file.invalid(
+                        "connect_mode",
+                        text.span(),
+                        ValueError::ConnectMode {
+                            text: other.to_owned(),
+                        },
+                    ))
+                }
+            },
+        };
+        let connect_timeout = match &raw.connect_timeout {
+            None => Self::DEFAULT_CONNECT_TIMEOUT,
+            Some(text) => parse_nonzero_duration(text.get_ref())
+                .map_err(|e| file.invalid("connect_timeout", text.span(), e))?,
+        };
+        let tun = tun(file, raw.tun.as_ref())?;
+
+        if raw.uplink.is_empty() {
+            return Err(file.missing("uplink", ValueError::NoUplink));
+        }
+        if raw.uplink.len() > Self::MAX_UPLINKS {
+            return Err(file.invalid(
+                format!("uplink[{}]", Self::MAX_UPLINKS),
+                raw.uplink[Self::MAX_UPLINKS].span(),
+                ValueError::TooManyUplinks {
+                    count: raw.uplink.len(),
+                    max: Self::MAX_UPLINKS,
+                },
+            ));
+        }
+        let mut uplinks = Vec::with_capacity(raw.uplink.len());
+        let mut seen: HashMap<String, String> = HashMap::new();
+        for (i, table) in raw.uplink.iter().enumerate() {
+            let prefix = format!("uplink[{i}]");
+            let uplink = table.get_ref();
+            for (key, value) in [("name", &uplink.name), ("interface", &uplink.interface)] {
+                let path = format!("{prefix}.{key}");
+                let tag = format!("{key}:{}", value.get_ref());
+                if let Some(first) = seen.get(&tag) {
+                    return Err(file.invalid(
+                        path,
+                        value.span(),
+                        ValueError::DuplicateUplink {
+                            value: value.get_ref().clone(),
+                            first: first.clone(),
+                        },
+                    ));
+                }
+                seen.insert(tag, path);
+            }
+            uplinks.push(parse_uplink(file, &prefix, uplink)?);
+        }
+        if uplinks.iter().all(|u| u.backup) {
+            return Err(file.invalid(
+                "uplink[0].backup",
+                raw.uplink[0].span(),
+                ValueError::OnlyBackups,
+            ));
+        }
+
+        Ok(Self {
+            concentrator,
+            id,
+            key,
+            connect_mode,
+            connect_timeout,
+            tun,
+            uplinks,
+        })
+    }
+}
+
+fn tun(file: &ConfigFile, raw: Option<&RawTun>) -> Result<TunConfig, ConfigError> {
+    let mut tun = TunConfig::default();
+    let Some(raw) = raw else {
+        return Ok(tun);
+    };
+    if let Some(name) = &raw.name {
+        if !is_interface_name(name.get_ref()) {
+            return Err(file.invalid(
+                "tun.name",
+                name.span(),
+                ValueError::InterfaceName {
+                    text: name.get_ref().clone(),
+                },
+            ));
+        }
+        tun.name = name.get_ref().clone();
+    }
+    if let Some(text) = &raw.ipv4 {
+        let bad = || {
+            file.invalid(
+                "tun.ipv4",
+                text.span(),
+                ValueError::TunAddress {
+                    text: text.get_ref().clone(),
+                    example: "172.29.77.1/30",
+                },
+            )
+        };
+        let net: Ipv4Net = text.get_ref().parse().map_err(|_| bad())?;
+        let next = u32::from(net.addr()).checked_add(1).map(Ipv4Addr::from);
+        // The fake peer must be a host address on the same subnet.
+        match next {
+            Some(next)
+                if net.prefix_len() <= 30 && net.contains(&next) && next != net.broadcast() => {}
+            _ => return Err(bad()),
+        }
+        tun.ipv4 = net;
+    }
+    if let Some(text) = &raw.ipv6 {
+        let bad = || {
+            file.invalid(
+                "tun.ipv6",
+                text.span(),
+                ValueError::TunAddress {
+                    text: text.get_ref().clone(),
+                    example: "fd00:6d70:62::1/126",
+                },
+            )
+        };
+        let net: Ipv6Net = text.get_ref().parse().map_err(|_| bad())?;
+        let next = u128::from(net.addr()).checked_add(1).map(Ipv6Addr::from);
+        match next {
+            Some(next) if net.prefix_len() <= 126 && net.contains(&next) => {}
+            _ => return Err(bad()),
+        }
+        tun.ipv6 = net;
+    }
+    if let Some(mtu) = &raw.mtu {
+        let value = *mtu.get_ref();
+        tun.mtu = u16::try_from(value)
+            .ok()
+            .filter(|m| (1280..=9000).contains(m))
+            .ok_or_else(|| {
+                file.invalid(
+                    "tun.mtu",
+                    mtu.span(),
+                    ValueError::OutOfRange {
+                        value,
+                        min: 1280,
+                        max: 9000,
+                    },
+                )
+            })?;
+    }
+    Ok(tun)
+}
+
+fn parse_uplink(
+    file: &ConfigFile,
+    prefix: &str,
+    raw: &RawUplink,
+) -> Result<UplinkConfig, ConfigError> {
+    let name = raw.name.get_ref();
+    let name_ok = (1..=15).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    if !name_ok {
+        return Err(file.invalid(
+            format!("{prefix}.name"),
+            raw.name.span(),
+            ValueError::UplinkName { text: name.clone() },
+        ));
+    }
+    if !is_interface_name(raw.interface.get_ref()) {
+        return Err(file.invalid(
+            format!("{prefix}.interface"),
+            raw.interface.span(),
+            ValueError::InterfaceName {
+                text: raw.interface.get_ref().clone(),
+            },
+        ));
+    }
+    let gateway = match &raw.gateway {
+        None => None,
+        Some(text) => match text.get_ref().parse::<IpAddr>() {
+            Ok(IpAddr::V4(ip)) => Some(ip),
+            _ => {
+                return Err(file.invalid(
+                    format!("{prefix}.gateway"),
+                    text.span(),
+                    ValueError::IpAddr {
+                        text: text.get_ref().clone(),
+                        example: "192.168.1.1",
+                    },
+                ))
+            }
+        },
+    };
+    let gateway6 = match &raw.gateway6 {
+        None => None,
+        Some(text) => match text.get_ref().parse::<IpAddr>() {
+            Ok(IpAddr::V6(ip)) => Some(ip),
+            _ => {
+                return Err(file.invalid(
+                    format!("{prefix}.gateway6"),
+                    text.span(),
+                    ValueError::IpAddr {
+                        text: text.get_ref().clone(),
+                        example: "fe80::1",
+                    },
+                ))
+            }
+        },
+    };
+    Ok(UplinkConfig {
+        name: name.clone(),
+        interface: raw.interface.get_ref().clone(),
+        gateway,
+        gateway6,
+        backup: raw.backup,
+    })
+}
+
+/// Whether `name` is a valid Linux interface name.
+fn is_interface_name(name: &str) -> bool {
+    (1..=15).contains(&name.len())
+        && name != "."
+        && name != ".."
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_graphic() && b != b'/' && b != b':')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const KEY: &str = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
+
+    fn load(text: &str) -> Result<ClientConfig, ConfigError> {
+        let file = ConfigFile::from_text("/etc/mpbond/client.toml", text);
+        ClientConfig::try_from(file.deserialize::<RawClientConfig>()?)
+    }
+
+    fn base(extra: &str) -> String {
+        format!(
+            "concentrator = \"10.77.9.2:7300\"\nid = \"lab\"\nkey = \"{KEY}\"\n{extra}\n\
+             [[uplink]]\nname = \"dsl\"\ninterface = \"dsl0\"\ngateway = \"10.77.1.1\"\n\
+             [[uplink]]\nname = \"lte\"\ninterface = \"lte0\"\nbackup = true\n"
+        )
+    }
+
+    #[test]
+    fn a_full_config_loads_with_defaults() {
+        let config = load(&base("")).expect("valid");
+        assert_eq!(config.concentrator, "10.77.9.2:7300".parse().expect("addr"));
+        assert_eq!(config.id.as_str(), "lab");
+        assert_eq!(config.connect_mode, ConnectMode::Fast);
+        assert_eq!(
+            config.connect_timeout,
+            ClientConfig::DEFAULT_CONNECT_TIMEOUT
+        );
+        assert_eq!(config.tun, TunConfig::default());
+        assert_eq!(config.tun.fake_v4(), Ipv4Addr::new(172, 29, 77, 2));
+        assert_eq!(config.uplinks.len(), 2);
+        assert_eq!(config.uplinks[0].gateway, Some(Ipv4Addr::new(10, 77, 1, 1)));
+        assert!(!config.uplinks[0].backup);
+        assert!(config.uplinks[1].backup);
+    }
+
+    #[test]
+    fn strict_mode_and_tun_settings() {
+        let config = load(&base(
+            "connect_mode = \"strict\"\n[tun]\nname = \"bond0\"\nipv4 = \"10.200.0.1/29\"\nmtu = 1400\n",
+        ))
+        .expect("valid");
+        assert_eq!(config.connect_mode, ConnectMode::Strict);
+        assert_eq!(config.tun.name, "bond0");
+        assert_eq!(config.tun.fake_v4(), Ipv4Addr::new(10, 200, 0, 2));
+        assert_eq!(config.tun.mtu, 1400);
+    }
+
+    fn problem(text: &str) -> (String, Option<usize>, String) {
+        let err = load(text).expect_err("invalid");
+        let message = format!(
+            "{err}: {}",
+            std::error::Error::source(&err)
+                .map(|s| s.to_string())
+                .unwrap_or_default()
+        );
+        (
+            err.key().unwrap_or_default().to_owned(),
+            err.location().line,
+            message,
+        )
+    }
+
+    #[test]
+    fn errors_name_the_key_and_line() {
+        let (key, line, message) = problem(&base("connect_mode = \"lazy\""));
+        assert_eq!(key, "connect_mode");
+        assert_eq!(line, Some(4));
+        assert!(message.contains("lazy"), "{message}");
+
+        let (key, _, _) = problem(&base("[tun]\nipv4 = \"172.29.77.1/32\""));
+        assert_eq!(key, "tun.ipv4");
+        let (key, _, _) = problem(&base("[tun]\nmtu = 70000"));
+        assert_eq!(key, "tun.mtu");
+        let (key, _, _) = problem(&base("[tun]\nname = \"a/b\""));
+        assert_eq!(key, "tun.name");
+
+        let text = base("").replace("gateway = \"10.77.1.1\"", "gateway = \"fd77::1\"");
+        let (key, line, _) = problem(&text);
+        assert_eq!(key, "uplink[0].gateway");
+        assert_eq!(line, Some(8));
+    }
+
+    #[test]
+    fn uplinks_must_be_unique_present_and_not_all_backup() {
+        let text = base("").replace("interface = \"lte0\"", "interface = \"dsl0\"");
+        let (key, _, message) = problem(&text);
+        assert_eq!(key, "uplink[1].interface");
+        assert!(message.contains("uplink[0].interface"), "{message}");
+
+        let text = format!("concentrator = \"10.77.9.2:7300\"\nid = \"lab\"\nkey = \"{KEY}\"\n");
+        let (key, _, _) = problem(&text);
+        assert_eq!(key, "uplink");
+
+        let text = base("").replace("gateway = \"10.77.1.1\"", "backup = true");
+        let (key, _, message) = problem(&text);
+        assert_eq!(key, "uplink[0].backup");
+        assert!(message.contains("backup"), "{message}");
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_concentrators_are_refused() {
+        let (key, _, _) = problem(&base("colour = \"blue\""));
+        assert_eq!(key, "colour");
+        let text = base("").replace("10.77.9.2:7300", "10.77.9.2:0");
+        let (key, _, _) = problem(&text);
+        assert_eq!(key, "concentrator");
+    }
+}
