@@ -9,6 +9,7 @@ pub mod client;
 pub mod concentrator;
 pub mod config;
 pub mod linkem;
+mod relay;
 #[allow(unsafe_code)]
 pub mod sys;
 pub mod wire;

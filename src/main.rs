@@ -11,8 +11,8 @@ use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 
 use mpbond::auth::Key;
-use mpbond::concentrator;
-use mpbond::config::ConcentratorConfig;
+use mpbond::config::{ClientConfig, ConcentratorConfig};
+use mpbond::{client, concentrator};
 use mpbond::linkem::{driver, profile};
 
 #[derive(Debug, Parser)]
@@ -28,6 +28,13 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Capture the site's TCP in a TUN device and carry each connection to
+    /// the concentrator over every uplink; stops on Ctrl-C or SIGTERM.
+    Client {
+        /// The client's config file.
+        #[arg(long, value_name = "FILE")]
+        config: PathBuf,
+    },
     /// Accept clients' MPTCP connections and forward them to their
     /// destinations; stops on Ctrl-C or SIGTERM.
     Concentrator {
@@ -106,10 +113,24 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
+        Command::Client { config } => run_client(&config),
         Command::Concentrator { config } => run_concentrator(&config),
         Command::Keygen { out } => keygen(out.as_deref()),
         Command::Linkem(cmd) => linkem(cmd),
     }
+}
+
+fn run_client(config: &Path) -> anyhow::Result<()> {
+    let config = ClientConfig::load(config)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(async {
+        let shutdown = shutdown_signal()?;
+        client::run(config, shutdown).await?;
+        Ok(())
+    })
 }
 
 fn run_concentrator(config: &Path) -> anyhow::Result<()> {

@@ -1,7 +1,227 @@
-//! The client role: captures the site's traffic on a TUN device and carries
-//! each TCP flow to the concentrator as one kernel MPTCP connection.
+//! The client: captures the site's TCP in a TUN device, lets the kernel
+//! terminate each flow on a local listener ([`redirect`]), and carries each
+//! flow to the concentrator as one MPTCP connection whose subflows use every
+//! uplink ([`uplinks`] installs the routing and path manager set-up).
 //!
-//! [`redirect`] is the pure NAT that hands captured TCP flows to the
-//! kernel's own TCP stack.
+//! Tasks: one reads the TUN and rewrites packets; one accepts per address
+//! family; one per flow opens its tunnel and relays; one expires old flows.
 
+mod capture;
+mod flow;
 pub mod redirect;
+mod tunnel;
+pub mod uplinks;
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use socket2::{Domain, SockAddr, Socket, Type};
+use tokio::net::TcpListener;
+use tokio::task::JoinSet;
+use tracing::{info, warn};
+use tun_rs::{AsyncDevice, DeviceBuilder};
+
+use crate::config::ClientConfig;
+use redirect::{ConnectMode, FlowKey, FlowTable, RedirectAddrs};
+use tunnel::{Tunnel, Tunnels};
+use uplinks::{Plumbing, UplinkError};
+
+/// The port the redirect's listeners use on the TUN's addresses.
+pub const LISTEN_PORT: u16 = 7301;
+
+/// How often old flows are expired.
+const EXPIRE_EVERY: Duration = Duration::from_secs(5);
+
+/// Why the client could not start or stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The TUN device could not be created.
+    #[error(
+        "cannot create TUN device {name}: is another mpbond client running, \
+         and does this host have /dev/net/tun (modprobe tun)?"
+    )]
+    Tun {
+        /// The device name.
+        name: String,
+        /// What the system said.
+        #[source]
+        source: io::Error,
+    },
+    /// Routing or the path manager could not be set up.
+    #[error("cannot set up the uplinks")]
+    Uplinks(#[from] UplinkError),
+    /// A redirect listener could not be opened.
+    #[error("cannot listen on {addr} for redirected flows")]
+    Listen {
+        /// The address.
+        addr: SocketAddr,
+        /// What the system said.
+        #[source]
+        source: io::Error,
+    },
+    /// Reading or writing the TUN device failed.
+    #[error("the TUN device {name} failed")]
+    TunIo {
+        /// The device name.
+        name: String,
+        /// What the system said.
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// What the client's tasks share.
+struct Shared {
+    tun: AsyncDevice,
+    tun_name: String,
+    addrs: RedirectAddrs,
+    mode: ConnectMode,
+    table: Mutex<FlowTable>,
+    /// Strict mode: tunnels opened for held SYNs, waiting for the listener
+    /// to accept their flow.
+    parked: Mutex<HashMap<FlowKey, (Instant, Tunnel)>>,
+    tunnels: Tunnels,
+    start: Instant,
+}
+
+impl Shared {
+    /// Time since start: the redirect's clock.
+    fn now(&self) -> Duration {
+        self.start.elapsed()
+    }
+
+    fn table(&self) -> MutexGuard<'_, FlowTable> {
+        // A panic while holding the lock leaves a table that is still
+        // consistent (every method finishes its update before returning).
+        self.table.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn parked(&self) -> MutexGuard<'_, HashMap<FlowKey, (Instant, Tunnel)>> {
+        self.parked.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// Runs the client until `shutdown` completes or a part fails; removes
+/// everything it installed before returning.
+pub async fn run(config: ClientConfig, shutdown: impl Future) -> Result<(), ClientError> {
+    let tun_config = &config.tun;
+    let tun = DeviceBuilder::new()
+        .name(tun_config.name.clone())
+        .ipv4(tun_config.ipv4.addr(), tun_config.ipv4.prefix_len(), None)
+        .ipv6(tun_config.ipv6.addr(), tun_config.ipv6.prefix_len())
+        .mtu(tun_config.mtu)
+        .build_async()
+        .map_err(|source| ClientError::Tun {
+            name: tun_config.name.clone(),
+            source,
+        })?;
+    info!(name = %tun_config.name, ipv4 = %tun_config.ipv4, ipv6 = %tun_config.ipv6, "TUN device up");
+
+    let plumbing = Plumbing::install(&config.uplinks, &tun_config.name, config.concentrator.ip())?;
+    let source = plumbing
+        .uplinks()
+        .iter()
+        .find(|u| !u.backup)
+        .or_else(|| plumbing.uplinks().first())
+        .map(|u| u.addr);
+
+    let addrs = RedirectAddrs {
+        tun_v4: tun_config.ipv4.addr(),
+        fake_v4: tun_config.fake_v4(),
+        tun_v6: tun_config.ipv6.addr(),
+        fake_v6: tun_config.fake_v6(),
+        listen_port: LISTEN_PORT,
+    };
+    let listeners = [
+        listen(SocketAddr::new(addrs.tun_v4.into(), LISTEN_PORT))?,
+        listen(SocketAddr::new(addrs.tun_v6.into(), LISTEN_PORT))?,
+    ];
+
+    let shared = Arc::new(Shared {
+        tun,
+        tun_name: tun_config.name.clone(),
+        addrs,
+        mode: config.connect_mode,
+        table: Mutex::new(FlowTable::new(addrs, config.connect_mode)),
+        parked: Mutex::new(HashMap::new()),
+        tunnels: Tunnels {
+            concentrator: config.concentrator,
+            id: config.id.clone(),
+            key: config.key.clone(),
+            source,
+            timeout: config.connect_timeout,
+        },
+        start: Instant::now(),
+    });
+
+    let mut tasks = JoinSet::new();
+    tasks.spawn(capture::run(shared.clone()));
+    for listener in listeners {
+        tasks.spawn(flow::accept_loop(shared.clone(), listener));
+    }
+    tasks.spawn(expire_loop(shared.clone()));
+    info!(
+        concentrator = %config.concentrator,
+        mode = ?config.connect_mode,
+        uplinks = plumbing.uplinks().len(),
+        source = ?source,
+        "client ready"
+    );
+
+    let result = tokio::select! {
+        _ = shutdown => {
+            info!("stopping");
+            Ok(())
+        }
+        Some(ended) = tasks.join_next() => match ended {
+            Ok(result) => result,
+            Err(e) => {
+                warn!(error = %e, "a client task panicked");
+                Ok(())
+            }
+        },
+    };
+    tasks.shutdown().await;
+    drop(shared);
+    match plumbing.remove() {
+        Ok(()) => info!("uplink set-up removed"),
+        Err(e) => warn!(error = %e, "could not remove all of the uplink set-up"),
+    }
+    result
+}
+
+/// A listener on a TUN address. Bound with `IP_FREEBIND`: the TUN's IPv6
+/// address may still be tentative (duplicate address detection).
+fn listen(addr: SocketAddr) -> Result<TcpListener, ClientError> {
+    let make = || -> io::Result<TcpListener> {
+        let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+        match addr.ip() {
+            IpAddr::V4(_) => socket.set_freebind_v4(true)?,
+            IpAddr::V6(_) => {
+                socket.set_only_v6(true)?;
+                socket.set_freebind_v6(true)?;
+            }
+        }
+        socket.set_reuse_address(true)?;
+        socket.set_nonblocking(true)?;
+        socket.bind(&SockAddr::from(addr))?;
+        socket.listen(1024)?;
+        TcpListener::from_std(std::net::TcpListener::from(socket))
+    };
+    make().map_err(|source| ClientError::Listen { addr, source })
+}
+
+async fn expire_loop(shared: Arc<Shared>) -> Result<(), ClientError> {
+    let mut tick = tokio::time::interval(EXPIRE_EVERY);
+    loop {
+        tick.tick().await;
+        shared.table().expire(shared.now());
+        shared
+            .parked()
+            .retain(|_, (at, _)| at.elapsed() < redirect::UNCLAIMED_TIMEOUT);
+    }
+}

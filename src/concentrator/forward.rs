@@ -17,6 +17,41 @@ use crate::wire::convert::{ErrorCode, Response};
 /// TLV, so that the close does not reset the connection before it is read.
 const REFUSE_DRAIN: Duration = Duration::from_secs(1);
 
+/// How often [`established`] looks at the connection's state.
+const ESTABLISHED_POLL: Duration = Duration::from_millis(1);
+
+/// Waits (at most `limit`) until a Fast Open connection has left SYN-RECV.
+///
+/// A client's SYN can carry the whole connect header, so the header is read
+/// before the handshake has finished. Linux (seen on 6.18) does not send
+/// what an MPTCP socket writes in that state when the handshake completes:
+/// the answer would sit in the send queue until the client gives up. Writing
+/// only once the connection is established avoids that; this costs nothing
+/// in the usual case, where the handshake ends while the destination is
+/// being connected.
+pub(super) async fn established(stream: &TcpStream, limit: Duration) {
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        match crate::sys::tcp_state(stream) {
+            Ok(state) if state == SYN_RECV => {}
+            // Established, or closing: writing is safe or moot either way.
+            Ok(_) => return,
+            Err(e) => {
+                tracing::debug!(error = %e, "cannot read the connection state");
+                return;
+            }
+        }
+        if tokio::time::Instant::now() >= deadline {
+            tracing::debug!("handshake still unfinished; answering anyway");
+            return;
+        }
+        tokio::time::sleep(ESTABLISHED_POLL).await;
+    }
+}
+
+/// `tcpi_state` of a passive Fast Open connection before the client's ACK.
+const SYN_RECV: u8 = 3;
+
 /// Why the destination could not be reached.
 #[derive(Debug, thiserror::Error)]
 pub(super) enum ConnectError {

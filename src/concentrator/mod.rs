@@ -17,7 +17,7 @@ mod accept;
 mod forward;
 mod listen;
 pub mod policy;
-mod relay;
+
 
 use std::error::Error;
 use std::fmt;
@@ -240,6 +240,7 @@ async fn connection(shared: Arc<Shared>, mut stream: TcpStream, handshake: Owned
         Ok(admitted) => admitted,
         Err(refused) => {
             info!(error = %Chain(&refused), code = %refused.code(), "request refused");
+            forward::established(&stream, shared.handshake_timeout).await;
             if let Err(e) = forward::refuse(stream, refused.code()).await {
                 debug!(error = %e, "answering the refusal failed");
             }
@@ -251,6 +252,7 @@ async fn connection(shared: Arc<Shared>, mut stream: TcpStream, handshake: Owned
         Err(e) => {
             info!(error = %Chain(&e), code = %e.code(), "connecting to the destination failed");
             drop(admitted);
+            forward::established(&stream, shared.handshake_timeout).await;
             if let Err(e) = forward::refuse(stream, e.code()).await {
                 debug!(error = %e, "answering the refusal failed");
             }
@@ -266,12 +268,13 @@ async fn connection(shared: Arc<Shared>, mut stream: TcpStream, handshake: Owned
         open = admitted.client.open_connections(),
         "connected to destination"
     );
+    forward::established(&stream, shared.handshake_timeout).await;
     if let Err(e) = forward::connected(&mut stream).await {
         info!(error = %e, "client gone before the answer; resetting the destination");
         let _ = socket2::SockRef::from(&server).set_linger(Some(Duration::ZERO));
         return;
     }
-    match relay::relay(&stream, &server, &header[early]).await {
+    match crate::relay::relay(&stream, &server, &header[early]).await {
         Ok(done) => info!(up = done.up, down = done.down, "connection closed"),
         Err(e) => info!(error = %Chain(&e), "connection reset"),
     }

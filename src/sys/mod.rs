@@ -17,7 +17,9 @@ pub use netlink::{
     Route, Rtnl, Rule, MPBOND_RTPROT,
 };
 pub use netns::enter_netns;
-pub use sockopt::set_tcp_fastopen_listener;
+pub use sockopt::{
+    set_tcp_fastopen_connect, set_tcp_fastopen_listener, tcp_state, TCP_ESTABLISHED,
+};
 pub use sysctl::{read_sysctl, SysctlGuard};
 
 pub use packet::{

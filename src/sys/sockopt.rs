@@ -24,6 +24,52 @@ pub fn set_tcp_fastopen_listener(socket: &impl AsFd, queue_len: u32) -> io::Resu
     set_int_option(socket.as_fd(), libc::IPPROTO_TCP, libc::TCP_FASTOPEN, value)
 }
 
+/// Makes the first write on an unconnected TCP or MPTCP socket go out in
+/// the SYN (`TCP_FASTOPEN_CONNECT`, see tcp(7)): `connect` returns at once
+/// and the kernel sends the SYN with the first data, using a cached Fast
+/// Open cookie when it holds one (else it asks for a cookie and sends the
+/// data after the handshake). Needs client-side Fast Open in
+/// `net.ipv4.tcp_fastopen` (bit 0x1, the default). MPTCP sockets support
+/// it from Linux 6.1.
+pub fn set_tcp_fastopen_connect(socket: &impl AsFd) -> io::Result<()> {
+    set_int_option(
+        socket.as_fd(),
+        libc::IPPROTO_TCP,
+        libc::TCP_FASTOPEN_CONNECT,
+        1,
+    )
+}
+
+/// The TCP state of a connected TCP or MPTCP socket (`tcpi_state` of
+/// `TCP_INFO`: 1 established, 3 SYN-RECV, see `include/net/tcp_states.h`).
+/// On an MPTCP socket the kernel reports the connection's state.
+pub fn tcp_state(socket: &impl AsFd) -> io::Result<u8> {
+    // SAFETY: `tcp_info` is plain old data; all-zero is a valid value.
+    let mut info: libc::tcp_info = unsafe { mem::zeroed() };
+    let mut len = mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+    // SAFETY: getsockopt writes at most `len` bytes into `info`, which lives
+    // across the call; the descriptor is borrowed from an open socket.
+    cvt(unsafe {
+        libc::getsockopt(
+            socket.as_fd().as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_INFO,
+            (&raw mut info).cast(),
+            &mut len,
+        )
+    })?;
+    if len == 0 {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "TCP_INFO returned nothing",
+        ));
+    }
+    Ok(info.tcpi_state)
+}
+
+/// `tcpi_state` of an established connection.
+pub const TCP_ESTABLISHED: u8 = 1;
+
 /// Sets an integer socket option: the one setsockopt wrapper in `sys`.
 pub(super) fn set_int_option(
     socket: BorrowedFd<'_>,

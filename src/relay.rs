@@ -25,7 +25,7 @@ use tokio::net::TcpStream;
 use tracing::debug;
 
 /// Bytes buffered per direction, allocated once per connection.
-pub(super) const BUFFER_LEN: usize = 64 * 1024;
+pub(crate) const BUFFER_LEN: usize = 64 * 1024;
 
 /// Idle time before keepalive probes start.
 const KEEPALIVE_IDLE: Duration = Duration::from_secs(60);
@@ -36,7 +36,7 @@ const KEEPALIVE_RETRIES: u32 = 6;
 
 /// Which end of a relay.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Side {
+pub(crate) enum Side {
     /// The mpbond client, over MPTCP.
     Client,
     /// The destination server, over TCP.
@@ -54,16 +54,16 @@ impl fmt::Display for Side {
 
 /// What a relay that ended cleanly carried.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) struct Transferred {
+pub(crate) struct Transferred {
     /// Bytes from the client to the destination, early payload included.
-    pub(super) up: u64,
+    pub(crate) up: u64,
     /// Bytes from the destination to the client.
-    pub(super) down: u64,
+    pub(crate) down: u64,
 }
 
 /// Why a relay ended with a reset.
 #[derive(Debug, thiserror::Error)]
-pub(super) enum RelayError {
+pub(crate) enum RelayError {
     /// Reading from one side failed.
     #[error("reading from the {side} failed")]
     Read {
@@ -90,7 +90,7 @@ pub(super) enum RelayError {
 ///
 /// On `Err`, both sockets are set to reset on close; the caller closes them
 /// by dropping them.
-pub(super) async fn relay(
+pub(crate) async fn relay(
     client: &TcpStream,
     server: &TcpStream,
     early: &[u8],

@@ -1,0 +1,290 @@
+//! One flow's tunnel: an MPTCP connection to the concentrator whose first
+//! bytes are the signed connect header (in the SYN, with TCP Fast Open),
+//! and the concentrator's answer.
+
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use socket2::{Domain, Protocol, SockAddr, SockRef, Socket, Type};
+use tokio::io::Interest;
+use tokio::net::TcpStream;
+use tracing::{debug, warn};
+
+use crate::auth::{self, Key};
+use crate::sys;
+use crate::wire::convert::{header_len, ClientId, DecodeError, ErrorCode, Response};
+
+/// Largest first flight of LAN bytes sent with the connect header: header
+/// and data must fit in one SYN (an MSS of 1460 less MPTCP and TCP options).
+pub(super) const MAX_EARLY: usize = 1024;
+
+/// Largest answer read before relaying starts (fixed header plus an Error
+/// TLV; anything longer is a broken concentrator).
+const MAX_RESPONSE: usize = 64;
+
+/// What the client needs to open tunnels.
+#[derive(Debug)]
+pub(super) struct Tunnels {
+    /// The concentrator's listener.
+    pub(super) concentrator: SocketAddr,
+    /// This client's id.
+    pub(super) id: ClientId,
+    /// Its key.
+    pub(super) key: Key,
+    /// Source address of the first subflow (an uplink's address).
+    pub(super) source: Option<IpAddr>,
+    /// Reaching the concentrator and, through it, the destination.
+    pub(super) timeout: Duration,
+}
+
+/// Why a tunnel could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub(super) enum TunnelError {
+    /// The local socket could not be set up.
+    #[error("cannot set up a socket to the concentrator {concentrator}")]
+    Socket {
+        /// The concentrator.
+        concentrator: SocketAddr,
+        /// What the system said.
+        #[source]
+        source: io::Error,
+    },
+    /// Connecting, sending the header or reading the answer failed.
+    #[error("the connection to the concentrator {concentrator} failed")]
+    Io {
+        /// The concentrator.
+        concentrator: SocketAddr,
+        /// What the system said.
+        #[source]
+        source: io::Error,
+    },
+    /// No answer in time.
+    #[error("no answer from the concentrator {concentrator} within {after:?}")]
+    TimedOut {
+        /// The concentrator.
+        concentrator: SocketAddr,
+        /// The timeout.
+        after: Duration,
+    },
+    /// The concentrator closed before answering (it refused the client).
+    #[error(
+        "the concentrator {concentrator} closed without answering: check that \
+         its config lists this client's id and key"
+    )]
+    Closed {
+        /// The concentrator.
+        concentrator: SocketAddr,
+    },
+    /// An answer that does not parse.
+    #[error("the concentrator {concentrator} sent an answer that does not parse")]
+    BadAnswer {
+        /// The concentrator.
+        concentrator: SocketAddr,
+        /// What is wrong.
+        #[source]
+        source: DecodeError,
+    },
+    /// An answer longer than any the protocol defines.
+    #[error("the concentrator {concentrator} sent a {len}-byte answer; answers are at most {MAX_RESPONSE} bytes")]
+    AnswerTooLong {
+        /// The concentrator.
+        concentrator: SocketAddr,
+        /// The length it announced.
+        len: usize,
+    },
+    /// The concentrator could not reach the destination, or refused it.
+    #[error("the concentrator refused the connection: {code:?}")]
+    Refused {
+        /// Its RFC 8803 error code.
+        code: ErrorCode,
+    },
+    /// The signing randomness failed.
+    #[error("cannot sign the connect header")]
+    Auth(#[from] auth::AuthError),
+}
+
+impl TunnelError {
+    /// How the LAN host should learn about the failure: `true` for a
+    /// reset (the server refused or reset), `false` for unreachable.
+    pub(super) fn is_reset(&self) -> bool {
+        match self {
+            Self::Refused { code } => !matches!(
+                code,
+                ErrorCode::DestinationUnreachable | ErrorCode::NetworkFailure
+            ),
+            _ => false,
+        }
+    }
+}
+
+/// An open tunnel and any bytes that came after the answer (the server's
+/// first bytes, for the LAN host).
+#[derive(Debug)]
+pub(super) struct Tunnel {
+    /// The MPTCP connection, relaying from now on.
+    pub(super) stream: TcpStream,
+    /// Bytes read past the answer.
+    pub(super) leftover: Vec<u8>,
+}
+
+impl Tunnels {
+    /// Opens a tunnel to `destination`, sending `early` (the LAN host's
+    /// first bytes) with the header, and waits for the answer.
+    pub(super) async fn open(
+        &self,
+        destination: SocketAddr,
+        early: &[u8],
+    ) -> Result<Tunnel, TunnelError> {
+        let concentrator = self.concentrator;
+        match tokio::time::timeout(self.timeout, self.open_inner(destination, early)).await {
+            Ok(result) => result,
+            Err(_) => Err(TunnelError::TimedOut {
+                concentrator,
+                after: self.timeout,
+            }),
+        }
+    }
+
+    async fn open_inner(
+        &self,
+        destination: SocketAddr,
+        early: &[u8],
+    ) -> Result<Tunnel, TunnelError> {
+        let concentrator = self.concentrator;
+        let stream = self.socket().map_err(|source| TunnelError::Socket {
+            concentrator,
+            source,
+        })?;
+        let io_error = |source| TunnelError::Io {
+            concentrator,
+            source,
+        };
+        let now_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+            .unwrap_or(0);
+        let request = auth::sign_request(
+            &self.key,
+            self.id.clone(),
+            destination,
+            auth::random_nonce()?,
+            now_ms,
+        );
+        let mut first = request.encode();
+        first.extend_from_slice(early);
+        write_all(&stream, &first).await.map_err(io_error)?;
+
+        let mut buf = vec![0; MAX_RESPONSE];
+        let mut have = 0;
+        let total = loop {
+            match header_len(&buf[..have]) {
+                Ok(Some(total)) if total <= have => break total,
+                Ok(Some(total)) if total > MAX_RESPONSE => {
+                    return Err(TunnelError::AnswerTooLong {
+                        concentrator,
+                        len: total,
+                    })
+                }
+                Ok(_) => {}
+                Err(source) => {
+                    return Err(TunnelError::BadAnswer {
+                        concentrator,
+                        source,
+                    })
+                }
+            }
+            let n = read(&stream, &mut buf[have..]).await.map_err(io_error)?;
+            if n == 0 {
+                return Err(TunnelError::Closed { concentrator });
+            }
+            have += n;
+        };
+        let (response, used) = Response::decode(&buf[..total]).map_err(|source| {
+            TunnelError::BadAnswer {
+                concentrator,
+                source,
+            }
+        })?;
+        match response {
+            Response::Connected => Ok(Tunnel {
+                stream,
+                leftover: buf[used..have].to_vec(),
+            }),
+            Response::Error { code, .. } => Err(TunnelError::Refused { code }),
+        }
+    }
+
+    /// A nonblocking MPTCP socket (plain TCP where the kernel has no MPTCP)
+    /// bound to the uplink's source address, "connected" with Fast Open so
+    /// that the first write sends the SYN.
+    fn socket(&self) -> io::Result<TcpStream> {
+        let domain = Domain::for_address(self.concentrator);
+        let socket = match Socket::new(domain, Type::STREAM, Some(Protocol::MPTCP)) {
+            Ok(socket) => socket,
+            Err(e) if e.raw_os_error() == Some(libc::EPROTONOSUPPORT) => {
+                warn!("the kernel has no MPTCP (net.mptcp.enabled=0?): using plain TCP, one uplink");
+                Socket::new(domain, Type::STREAM, Some(Protocol::TCP))?
+            }
+            Err(e) => return Err(e),
+        };
+        socket.set_nonblocking(true)?;
+        if let Err(e) = socket.set_tcp_nodelay(true) {
+            debug!(error = %e, "TCP_NODELAY not supported on the tunnel socket");
+        }
+        if let Some(source) = self.source {
+            socket.bind(&SockAddr::from(SocketAddr::new(source, 0)))?;
+        }
+        if let Err(e) = sys::set_tcp_fastopen_connect(&socket) {
+            debug!(error = %e, "no TCP Fast Open on the tunnel socket; connecting costs a round trip");
+        }
+        match socket.connect(&SockAddr::from(self.concentrator)) {
+            Ok(()) => {}
+            Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}
+            Err(e) => return Err(e),
+        }
+        TcpStream::from_std(std::net::TcpStream::from(socket))
+    }
+}
+
+/// Writes all of `data`; the first write of a Fast Open socket sends the SYN
+/// (with the data when a cookie is cached). Without a cookie the kernel
+/// answers that write with EINPROGRESS and sends the data once the
+/// handshake is done; that counts as "not writable yet".
+async fn write_all(stream: &TcpStream, mut data: &[u8]) -> io::Result<()> {
+    while !data.is_empty() {
+        stream.writable().await?;
+        let sent = stream.try_io(Interest::WRITABLE, || {
+            SockRef::from(stream)
+                .send(data)
+                .map_err(|e| match e.raw_os_error() {
+                    Some(libc::EINPROGRESS) => io::ErrorKind::WouldBlock.into(),
+                    _ => e,
+                })
+        });
+        match sent {
+            Ok(n) => data = &data[n..],
+            Err(e) if retry(&e) => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+async fn read(stream: &TcpStream, buf: &mut [u8]) -> io::Result<usize> {
+    loop {
+        stream.readable().await?;
+        match stream.try_read(buf) {
+            Err(e) if retry(&e) => continue,
+            result => return result,
+        }
+    }
+}
+
+/// Readiness can be spurious; `try_read`/`try_write` then say so.
+fn retry(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+    )
+}
