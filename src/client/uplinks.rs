@@ -172,7 +172,8 @@ pub enum UplinkError {
     /// An uplink's default route could not be added.
     #[error(
         "uplink {uplink}: cannot add its default route in table {table} via interface \
-         {interface}; check that its gateway is on the interface's subnet"
+         {interface}; check that the interface is up and that its gateway is on the \
+         interface's subnet"
     )]
     UplinkRoute {
         /// The uplink's name.
@@ -351,8 +352,9 @@ impl Plumbing {
             }
         };
         let family = AddressFamily::of(concentrator);
-        for (i, config) in uplinks.iter().enumerate() {
-            plumbing.install_uplink(i, config, family)?;
+        // Checked above: every uplink has an id.
+        for ((i, config), id) in uplinks.iter().enumerate().zip(ENDPOINT_IDS) {
+            plumbing.install_uplink(i, id, config, family)?;
         }
         if plumbing.uplinks.is_empty() {
             return Err(UplinkError::NoAddress {
@@ -406,11 +408,12 @@ impl Plumbing {
         Ok(())
     }
 
-    /// Routes, rule and endpoint of uplink `i`; skips (with a warning) an
-    /// uplink without an address of `family`.
+    /// Route, rule and endpoint `id` of uplink `i`; skips (with a warning)
+    /// an uplink without an address of `family`.
     fn install_uplink(
         &mut self,
         i: usize,
+        id: u8,
         config: &UplinkConfig,
         family: AddressFamily,
     ) -> Result<(), UplinkError> {
@@ -474,7 +477,7 @@ impl Plumbing {
             })?;
 
         let endpoint = MptcpEndpoint {
-            id: endpoint_id(i),
+            id,
             addr,
             port: 0,
             ifindex: Some(ifindex),
@@ -669,25 +672,17 @@ fn family_name(family: AddressFamily) -> &'static str {
 
 /// Uplink `i`'s table.
 fn uplink_table(i: usize) -> u32 {
-    UPLINK_TABLE + index(i)
+    UPLINK_TABLE.saturating_add(index(i))
 }
 
 /// Uplink `i`'s rule priority.
 fn uplink_rule_pref(i: usize) -> u32 {
-    UPLINK_RULE_PREF + index(i)
+    UPLINK_RULE_PREF.saturating_add(index(i))
 }
 
-/// Uplink `i`'s endpoint id; `i` must be below `ENDPOINT_IDS.len()`
-/// (checked by `install`).
-fn endpoint_id(i: usize) -> u8 {
-    let id = usize::from(*ENDPOINT_IDS.start()) + i;
-    debug_assert!(id <= usize::from(*ENDPOINT_IDS.end()));
-    u8::try_from(id).unwrap_or(*ENDPOINT_IDS.end())
-}
-
-/// `i` as a table or priority offset (at most 8 in practice).
+/// `i` (below 8 after `install`'s check) as an offset or count.
 fn index(i: usize) -> u32 {
-    u32::try_from(i).unwrap_or(u32::MAX / 2)
+    u32::try_from(i).unwrap_or(u32::MAX)
 }
 
 /// The address an uplink's subflows use: the first IPv4 address, or the
@@ -843,14 +838,9 @@ mod tests {
 
     #[test]
     fn tables_priorities_and_ids_follow_config_order() {
-        assert_eq!(
-            (uplink_table(0), uplink_rule_pref(0), endpoint_id(0)),
-            (7701, 7700, 96)
-        );
-        assert_eq!(
-            (uplink_table(7), uplink_rule_pref(7), endpoint_id(7)),
-            (7708, 7707, 103)
-        );
+        assert_eq!((uplink_table(0), uplink_rule_pref(0)), (7701, 7700));
+        assert_eq!((uplink_table(7), uplink_rule_pref(7)), (7708, 7707));
+        assert_eq!(ENDPOINT_IDS.len(), 8, "one id per uplink, at most 8");
         // Every uplink's table and rule stay below the capture rules.
         assert!(uplink_rule_pref(ENDPOINT_IDS.len() - 1) < BYPASS_MARK_PREF);
         assert!(uplink_table(ENDPOINT_IDS.len() - 1) < CAPTURE_TABLE);
@@ -1350,8 +1340,47 @@ mod tests {
                 err.to_string().contains("TUN device mpbt9 does not exist"),
                 "{err}"
             );
+
+            let nine: Vec<_> = (0..9).map(|i| uplink(&format!("u{i}"), "d0")).collect();
+            let err = Plumbing::install(&nine, "mpbt0", ip_addr(CONCENTRATOR))
+                .expect_err("more uplinks than endpoint ids");
+            assert!(
+                matches!(err, UplinkError::TooManyUplinks { count: 9 }),
+                "{err:?}"
+            );
         });
         assert_eq!(ns.leftovers(), Vec::<String>::new());
+    }
+
+    #[test]
+    fn an_interface_that_is_down_is_named_and_nothing_stays() {
+        let ns = two_uplink_ns("down");
+        ns.ip(&["link", "set", "d1", "down"]);
+        ns.run(|| {
+            // d1's IPv4 address stays, but without a connected route the
+            // kernel refuses a default route over it.
+            let err = Plumbing::install(&two_uplinks(), "mpbt0", ip_addr(CONCENTRATOR))
+                .expect_err("d1 is down");
+            let UplinkError::UplinkRoute { uplink, source, .. } = &err else {
+                panic!("{err:?}");
+            };
+            assert_eq!(uplink, "lte");
+            assert_eq!(source.errno(), Some(libc::ENETDOWN), "{err:?}");
+            assert!(
+                err.to_string().starts_with(
+                    "uplink lte: cannot add its default route in table 7702 via interface d1; \
+                     check that the interface is up"
+                ),
+                "{err}"
+            );
+        });
+        assert_eq!(ns.leftovers(), Vec::<String>::new());
+    }
+
+    #[test]
+    fn plumbing_can_move_between_threads() {
+        fn sendable<T: Send + Sync>() {}
+        sendable::<Plumbing>();
     }
 
     #[test]
