@@ -1,7 +1,7 @@
 //! Links, addresses, routes and rules over rtnetlink (`NETLINK_ROUTE`):
 //! the per-uplink policy routing mpbond owns, and its crash cleanup.
 
-use std::fmt::Write as _;
+use std::fmt::{self, Write as _};
 use std::io;
 use std::net::IpAddr;
 
@@ -106,6 +106,21 @@ pub struct Rule {
     pub suppress_prefixlen: Option<u32>,
     /// Route protocol (`FRA_PROTOCOL`); [`MPBOND_RTPROT`] for mpbond's rules.
     pub protocol: u8,
+}
+
+/// `ip route` syntax, interface names resolved in the calling thread's
+/// namespace.
+impl fmt::Display for Route {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&describe_route(self))
+    }
+}
+
+/// `ip rule` syntax, the family in parentheses.
+impl fmt::Display for Rule {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&describe_rule(self))
+    }
 }
 
 /// What [`Rtnl::flush_owned`] removed.
