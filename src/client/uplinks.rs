@@ -286,6 +286,21 @@ enum Installed {
     Limits(MptcpLimits),
 }
 
+impl fmt::Display for Installed {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Route(route) => write!(f, "route {route}"),
+            Self::Rule(rule) => write!(f, "rule {rule}"),
+            Self::Endpoint(id) => write!(f, "MPTCP endpoint id {id}"),
+            Self::Limits(previous) => write!(
+                f,
+                "MPTCP limits (back to subflows {} add_addr_accepted {})",
+                previous.subflows, previous.add_addr_accepted
+            ),
+        }
+    }
+}
+
 /// Everything installed for the uplinks. Dropping it removes it all (in
 /// reverse order, logging what it cannot remove) and restores the sysctls;
 /// drop it in the network namespace it was installed in (the process's, in
@@ -464,7 +479,7 @@ impl Plumbing {
                 table: route.table,
                 source,
             })?;
-        debug!(uplink = %config.name, ?route, "route added");
+        debug!(uplink = %config.name, %route, "route added");
         self.installed.push(Installed::Route(route));
 
         let rule = uplink_rule(i, addr);
@@ -513,7 +528,7 @@ impl Plumbing {
     /// it later would break theirs.
     fn add_rule(&mut self, rule: Rule) -> Result<(), NetlinkError> {
         self.rtnl.add_rule(&rule)?;
-        debug!(?rule, "rule added");
+        debug!(%rule, "rule added");
         self.installed.push(Installed::Rule(rule));
         Ok(())
     }
@@ -547,7 +562,7 @@ impl Plumbing {
             }
             Err(err) => return Err(failed(err)),
         }
-        debug!(?endpoint, "MPTCP endpoint added");
+        debug!(id = endpoint.id, addr = %endpoint.addr, backup = endpoint.flags.backup, "MPTCP endpoint added");
         self.installed.push(Installed::Endpoint(endpoint.id));
         Ok(())
     }
@@ -587,7 +602,7 @@ impl Plumbing {
                     tun: tun.to_owned(),
                     source,
                 })?;
-            debug!(?route, "route added");
+            debug!(%route, "route added");
             self.installed.push(Installed::Route(route));
         }
         for rule in capture_rules(concentrator) {
@@ -610,8 +625,8 @@ impl Plumbing {
                 Installed::Limits(previous) => self.pm.set_limits(*previous),
             };
             match result {
-                Ok(()) => debug!(?item, "removed"),
-                Err(err) if err.is_not_found() => debug!(?item, "already gone"),
+                Ok(()) => debug!(%item, "removed"),
+                Err(err) if err.is_not_found() => debug!(%item, "already gone"),
                 Err(err) => {
                     warn!(error = %Chain(&err), "cannot remove what mpbond installed");
                     first.get_or_insert(err);
@@ -1008,11 +1023,18 @@ mod tests {
             assert!(status.success(), "sysctl -w {key}={value}");
         }
 
-        /// Runs `f` on a thread inside the namespace; a panic there fails
-        /// the test after the namespace is gone.
+        /// Runs `f` on a thread inside the namespace, its logs shown when
+        /// the test fails; a panic there fails the test after the namespace
+        /// is gone.
         fn run<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
             std::thread::scope(|scope| {
                 let thread = scope.spawn(|| {
+                    let _logs = tracing::subscriber::set_default(
+                        tracing_subscriber::fmt()
+                            .with_test_writer()
+                            .with_max_level(tracing::Level::DEBUG)
+                            .finish(),
+                    );
                     enter_netns(&self.name).expect("enter the test namespace");
                     f()
                 });
@@ -1328,6 +1350,33 @@ mod tests {
             ns.ip_lines(&["mptcp", "limits", "show"], ""),
             ["add_addr_accepted 0 subflows 2"]
         );
+    }
+
+    #[test]
+    fn someone_elses_endpoint_on_an_uplink_address_is_named() {
+        let ns = two_uplink_ns("taken");
+        ns.ip(&[
+            "mptcp",
+            "endpoint",
+            "add",
+            "10.77.2.2",
+            "id",
+            "5",
+            "subflow",
+        ]);
+        ns.run(|| {
+            let err = Plumbing::install(&two_uplinks(), "mpbt0", ip_addr(CONCENTRATOR))
+                .expect_err("10.77.2.2 is endpoint 5");
+            assert!(
+                err.to_string().starts_with(
+                    "uplink lte: address 10.77.2.2 already is MPTCP endpoint id 5, which is \
+                     not mpbond's; remove it (`ip mptcp endpoint delete id 5`)"
+                ),
+                "{err}"
+            );
+        });
+        // Theirs stays; dsl's endpoint, lte's route and rule are gone.
+        assert_eq!(ns.leftovers(), ["10.77.2.2 id 5 subflow"]);
     }
 
     #[test]
