@@ -1,7 +1,7 @@
 //! Links, addresses, routes and rules over rtnetlink (`NETLINK_ROUTE`):
 //! the per-uplink policy routing mpbond owns, and its crash cleanup.
 
-use std::fmt::Write as _;
+use std::fmt::{self, Write as _};
 use std::io;
 use std::net::IpAddr;
 
@@ -85,8 +85,8 @@ pub struct Route {
     pub protocol: u8,
 }
 
-/// A routing policy rule, as `ip rule add pref P [from SRC] [fwmark M/MASK]
-/// lookup T [suppress_prefixlength N] proto P` writes it.
+/// A routing policy rule, as `ip rule add pref P [from SRC] [to DST]
+/// [fwmark M/MASK] lookup T [suppress_prefixlength N] proto P` writes it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Rule {
     /// Priority (`pref`); lower is consulted first.
@@ -95,6 +95,8 @@ pub struct Rule {
     pub family: AddressFamily,
     /// Source prefix to match; `None` is `from all`.
     pub from: Option<(IpAddr, u8)>,
+    /// Destination prefix to match; `None` is any destination.
+    pub to: Option<(IpAddr, u8)>,
     /// Firewall mark and mask to match.
     pub fwmark: Option<(u32, u32)>,
     /// Table to look up.
@@ -104,6 +106,21 @@ pub struct Rule {
     pub suppress_prefixlen: Option<u32>,
     /// Route protocol (`FRA_PROTOCOL`); [`MPBOND_RTPROT`] for mpbond's rules.
     pub protocol: u8,
+}
+
+/// `ip route` syntax, interface names resolved in the calling thread's
+/// namespace.
+impl fmt::Display for Route {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&describe_route(self))
+    }
+}
+
+/// `ip rule` syntax, the family in parentheses.
+impl fmt::Display for Rule {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&describe_rule(self))
+    }
 }
 
 /// What [`Rtnl::flush_owned`] removed.
@@ -445,6 +462,10 @@ fn check_rule(r: &Rule) -> io::Result<()> {
         check_prefix("source", from)?;
         check_same_family("source", Some(from.0), r.family)?;
     }
+    if let Some(to) = r.to {
+        check_prefix("destination", to)?;
+        check_same_family("destination", Some(to.0), r.family)?;
+    }
     Ok(())
 }
 
@@ -567,6 +588,10 @@ fn rule_message(r: &Rule) -> RuleMessage {
         msg.header.src_len = len;
         a.push(RuleAttribute::Source(from));
     }
+    if let Some((to, len)) = r.to {
+        msg.header.dst_len = len;
+        a.push(RuleAttribute::Destination(to));
+    }
     if let Some((mark, mask)) = r.fwmark {
         a.push(RuleAttribute::FwMark(mark));
         a.push(RuleAttribute::FwMask(mask));
@@ -585,6 +610,7 @@ fn rule_from_message(msg: &RuleMessage, family: AddressFamily) -> Rule {
         priority: 0,
         family,
         from: None,
+        to: None,
         fwmark: None,
         table: msg.header.table.into(),
         suppress_prefixlen: None,
@@ -596,6 +622,7 @@ fn rule_from_message(msg: &RuleMessage, family: AddressFamily) -> Rule {
         match attr {
             RuleAttribute::Priority(p) => r.priority = *p,
             RuleAttribute::Source(a) => r.from = Some((*a, msg.header.src_len)),
+            RuleAttribute::Destination(a) => r.to = Some((*a, msg.header.dst_len)),
             RuleAttribute::FwMark(m) => mark = Some(*m),
             RuleAttribute::FwMask(m) => mask = *m,
             RuleAttribute::Table(t) => r.table = *t,
@@ -636,6 +663,9 @@ fn describe_rule(r: &Rule) -> String {
             let _ = write!(s, "{addr}/{len}");
         }
         None => s.push_str("all"),
+    }
+    if let Some((addr, len)) = r.to {
+        let _ = write!(s, " to {addr}/{len}");
     }
     if let Some((mark, mask)) = r.fwmark {
         let _ = write!(s, " fwmark {mark:#x}/{mask:#x}");
@@ -685,6 +715,7 @@ mod tests {
             priority: 100,
             family: AddressFamily::V6,
             from: Some((v4("10.0.0.2"), 32)),
+            to: None,
             fwmark: None,
             table: 101,
             suppress_prefixlen: None,
@@ -726,6 +757,7 @@ mod tests {
             priority: 100,
             family: AddressFamily::V4,
             from: Some((v4("10.0.0.2"), 32)),
+            to: Some((v4("203.0.113.7"), 32)),
             fwmark: Some((0x6d, 0xff)),
             table: 101,
             suppress_prefixlen: Some(0),
@@ -737,7 +769,7 @@ mod tests {
         );
         assert_eq!(
             describe_rule(&rule),
-            "pref 100 from 10.0.0.2/32 fwmark 0x6d/0xff lookup 101 \
+            "pref 100 from 10.0.0.2/32 to 203.0.113.7/32 fwmark 0x6d/0xff lookup 101 \
              suppress_prefixlength 0 proto 109 (V4)"
         );
     }

@@ -310,6 +310,7 @@ fn our_rule(priority: u32, family: AddressFamily, table: u32) -> Rule {
         priority,
         family,
         from: None,
+        to: None,
         fwmark: None,
         table,
         suppress_prefixlen: None,
@@ -334,6 +335,10 @@ fn client_rules() -> Vec<Rule> {
             ..our_rule(99, AddressFamily::V4, 254)
         },
         Rule {
+            to: Some((addr("203.0.113.0"), 24)),
+            ..our_rule(102, AddressFamily::V4, 254)
+        },
+        Rule {
             from: Some((addr("fd77:1::2"), 128)),
             ..our_rule(100, AddressFamily::V6, 101)
         },
@@ -356,6 +361,7 @@ fn rules_v4_and_v6() {
                 "99:\tfrom all lookup 254 suppress_prefixlength 0 proto 109",
                 "100:\tfrom 10.77.1.2 lookup 101 proto 109",
                 "101:\tfrom all fwmark 0x6d/0xff lookup 101 proto 109",
+                "102:\tfrom all to 203.0.113.0/24 lookup 254 proto 109",
                 "32766:\tfrom all lookup 254",
                 "32767:\tfrom all lookup 253",
             ]
@@ -456,7 +462,7 @@ fn flush_owned_removes_ours_and_nothing_else() {
             report,
             FlushReport {
                 routes: 4,
-                rules: 4
+                rules: client_rules().len()
             }
         );
 

@@ -1,0 +1,1473 @@
+//! The client's Linux plumbing for its uplinks: per-uplink source routing,
+//! one MPTCP endpoint per uplink, the path manager's limits, and the rules
+//! that send the site's (and the client's own) traffic into the TUN while
+//! the tunnel's subflows leave through the uplinks.
+//!
+//! Everything lives in the network namespace of the calling thread.
+//! [`Plumbing::install`] owns what it adds and [`Plumbing`]'s drop removes
+//! it; routes and rules carry protocol [`MPBOND_RTPROT`] and endpoints take
+//! ids from [`ENDPOINT_IDS`], so that [`cleanup_leftovers`] finds what a
+//! crashed run left behind. What an operator sees, for uplink `i` (config
+//! order) and a concentrator at `C`:
+//!
+//! ```text
+//! ip rule       7700+i  from ADDR_i lookup 7701+i          proto 109
+//!               7780    from all fwmark 0x6d70 lookup main proto 109
+//!               7785    from all to C lookup main          proto 109
+//!               7790    from all lookup main suppress_prefixlength 0 proto 109
+//!               7791    from all lookup 7799               proto 109
+//! ip route      default [via GW] dev IF_i table 7701+i     proto 109
+//!               default dev TUN table 7799                 proto 109
+//! ip mptcp endpoint     ADDR_i id 96+i subflow [backup] dev IF_i
+//! ```
+//!
+//! Rules 7780-7791 exist for IPv4 and IPv6 (7785 only for C's family): the
+//! default route of either family leads into the TUN, while connected and
+//! local routes still win. The per-uplink rules and endpoints exist only
+//! for C's family.
+
+use std::error::Error;
+use std::fmt;
+use std::io;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::ops::RangeInclusive;
+
+use tracing::{debug, info, warn};
+
+use crate::config::client::UplinkConfig;
+use crate::sys::{
+    read_sysctl, AddressFamily, EndpointFlags, MptcpEndpoint, MptcpLimits, MptcpPm, NetlinkError,
+    Route, Rtnl, Rule, SysctlGuard, MPBOND_RTPROT,
+};
+
+/// The MPTCP endpoint ids mpbond uses: uplink `i` (config order) gets
+/// `96 + i`. Any endpoint with one of these ids is mpbond's and removed by
+/// [`cleanup_leftovers`].
+pub const ENDPOINT_IDS: RangeInclusive<u8> = 96..=103;
+
+/// The socket mark (`SO_MARK`) that lets a socket bypass the TUN: rule
+/// 7780 sends marked traffic to the main table.
+pub const TUNNEL_FWMARK: u32 = 0x6d70;
+
+/// Priority of uplink 0's source rule; uplink `i` has `+ i`.
+const UPLINK_RULE_PREF: u32 = 7700;
+/// Table of uplink 0's default route; uplink `i` has `+ i`.
+const UPLINK_TABLE: u32 = 7701;
+/// `fwmark TUNNEL_FWMARK lookup main`.
+const BYPASS_MARK_PREF: u32 = 7780;
+/// `to CONCENTRATOR lookup main`.
+const CONCENTRATOR_PREF: u32 = 7785;
+/// `lookup main suppress_prefixlength 0`.
+const NOT_DEFAULT_PREF: u32 = 7790;
+/// `lookup CAPTURE_TABLE`.
+const CAPTURE_PREF: u32 = 7791;
+/// Holds the default routes into the TUN.
+const CAPTURE_TABLE: u32 = 7799;
+/// `RT_TABLE_MAIN`.
+const MAIN_TABLE: u32 = 254;
+/// Linux caps both MPTCP limits at 8 (`MPTCP_PM_ADDR_MAX`).
+const MAX_MPTCP_LIMIT: u32 = 8;
+
+/// Why the uplinks could not be set up or removed. Each message names the
+/// uplink, interface or address concerned; the kernel's error is the
+/// source.
+#[derive(Debug, thiserror::Error)]
+pub enum UplinkError {
+    /// [`cleanup_leftovers`] failed.
+    #[error(
+        "cannot remove what an earlier run of mpbond left behind; look with \
+         `ip rule`, `ip route show table all proto 109` and `ip mptcp endpoint`"
+    )]
+    Leftovers {
+        /// The netlink failure.
+        #[source]
+        source: NetlinkError,
+    },
+    /// Opening the route or MPTCP netlink socket failed.
+    #[error("cannot talk to the kernel's routing or MPTCP over netlink; mpbond needs root (CAP_NET_ADMIN)")]
+    Netlink {
+        /// The netlink failure.
+        #[source]
+        source: NetlinkError,
+    },
+    /// A sysctl could not be read or set.
+    #[error("cannot set sysctl {key}; mpbond needs root and a kernel with MPTCP")]
+    Sysctl {
+        /// The sysctl.
+        key: &'static str,
+        /// The I/O error on `/proc/sys`.
+        #[source]
+        source: io::Error,
+    },
+    /// The TUN device is not there.
+    #[error(
+        "TUN device {tun} does not exist; it must be created and up before the uplinks are set up"
+    )]
+    NoTun {
+        /// Its name.
+        tun: String,
+    },
+    /// Looking up the TUN device failed.
+    #[error("cannot look up TUN device {tun}")]
+    LookupTun {
+        /// Its name.
+        tun: String,
+        /// The netlink failure.
+        #[source]
+        source: NetlinkError,
+    },
+    /// More uplinks than [`ENDPOINT_IDS`].
+    #[error(
+        "{count} uplinks are configured; mpbond handles at most 8, remove some [[uplink]] sections"
+    )]
+    TooManyUplinks {
+        /// How many were configured.
+        count: usize,
+    },
+    /// An uplink's interface is not there.
+    #[error(
+        "uplink {uplink}: interface {interface} does not exist; check `interface` in its \
+         [[uplink]] section, or create the interface before starting mpbond"
+    )]
+    NoInterface {
+        /// The uplink's name.
+        uplink: String,
+        /// The interface configured.
+        interface: String,
+    },
+    /// Looking up an uplink's interface failed.
+    #[error("uplink {uplink}: cannot look up interface {interface}")]
+    LookupInterface {
+        /// The uplink's name.
+        uplink: String,
+        /// The interface configured.
+        interface: String,
+        /// The netlink failure.
+        #[source]
+        source: NetlinkError,
+    },
+    /// Listing an uplink's addresses failed.
+    #[error("uplink {uplink}: cannot list the addresses of interface {interface}")]
+    Addresses {
+        /// The uplink's name.
+        uplink: String,
+        /// Its interface.
+        interface: String,
+        /// The netlink failure.
+        #[source]
+        source: NetlinkError,
+    },
+    /// No uplink has an address to reach the concentrator with.
+    #[error(
+        "no uplink has an {family} address to reach the concentrator {concentrator}; give at \
+         least one uplink's interface an {family} address, or use a concentrator address of \
+         the family the uplinks have"
+    )]
+    NoAddress {
+        /// "IPv4" or "IPv6".
+        family: &'static str,
+        /// The concentrator's address.
+        concentrator: IpAddr,
+    },
+    /// An uplink's default route could not be added.
+    #[error(
+        "uplink {uplink}: cannot add its default route in table {table} via interface \
+         {interface}; check that the interface is up and that its gateway is on the \
+         interface's subnet"
+    )]
+    UplinkRoute {
+        /// The uplink's name.
+        uplink: String,
+        /// Its interface.
+        interface: String,
+        /// The table.
+        table: u32,
+        /// The netlink failure.
+        #[source]
+        source: NetlinkError,
+    },
+    /// An uplink's source rule could not be added.
+    #[error("uplink {uplink}: cannot add the rule sending traffic from {addr} to table {table}")]
+    UplinkRule {
+        /// The uplink's name.
+        uplink: String,
+        /// Its address.
+        addr: IpAddr,
+        /// The table.
+        table: u32,
+        /// The netlink failure.
+        #[source]
+        source: NetlinkError,
+    },
+    /// An uplink's MPTCP endpoint could not be added.
+    #[error("uplink {uplink}: cannot add MPTCP endpoint id {id} for address {addr}")]
+    Endpoint {
+        /// The uplink's name.
+        uplink: String,
+        /// Its address.
+        addr: IpAddr,
+        /// The endpoint id.
+        id: u8,
+        /// The netlink failure.
+        #[source]
+        source: NetlinkError,
+    },
+    /// An uplink's address already is someone else's MPTCP endpoint.
+    #[error(
+        "uplink {uplink}: address {addr} already is MPTCP endpoint id {id}, which is not \
+         mpbond's; remove it (`ip mptcp endpoint delete id {id}`) and start mpbond again"
+    )]
+    EndpointTaken {
+        /// The uplink's name.
+        uplink: String,
+        /// Its address.
+        addr: IpAddr,
+        /// The other endpoint's id.
+        id: u8,
+    },
+    /// The MPTCP limits could not be read or raised.
+    #[error("cannot raise the MPTCP limits (`ip mptcp limits`) to use every uplink")]
+    Limits {
+        /// The netlink failure.
+        #[source]
+        source: NetlinkError,
+    },
+    /// A route into the TUN could not be added.
+    #[error("cannot add the route sending the site's traffic into TUN device {tun}")]
+    CaptureRoute {
+        /// The TUN device.
+        tun: String,
+        /// The netlink failure.
+        #[source]
+        source: NetlinkError,
+    },
+    /// A rule capturing traffic into the TUN could not be added.
+    #[error("cannot add the routing rules that send the site's traffic into the TUN")]
+    CaptureRule {
+        /// The netlink failure.
+        #[source]
+        source: NetlinkError,
+    },
+    /// Something installed could not be removed.
+    #[error(
+        "cannot remove what mpbond installed for its uplinks; the next start of mpbond \
+         removes the leftovers"
+    )]
+    Remove {
+        /// The first netlink failure.
+        #[source]
+        source: NetlinkError,
+    },
+}
+
+/// An uplink in use: it has an address of the concentrator's family, a
+/// source route and an MPTCP endpoint.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Uplink {
+    /// Its name from the config, for logs.
+    pub name: String,
+    /// Its network interface.
+    pub interface: String,
+    /// The interface's index.
+    pub ifindex: u32,
+    /// The address its subflows use.
+    pub addr: IpAddr,
+    /// Its endpoint is a backup one.
+    pub backup: bool,
+}
+
+/// One thing added to the system, to be undone.
+#[derive(Debug)]
+enum Installed {
+    Route(Route),
+    Rule(Rule),
+    Endpoint(u8),
+    /// The limits were raised from these.
+    Limits(MptcpLimits),
+}
+
+impl fmt::Display for Installed {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Route(route) => write!(f, "route {route}"),
+            Self::Rule(rule) => write!(f, "rule {rule}"),
+            Self::Endpoint(id) => write!(f, "MPTCP endpoint id {id}"),
+            Self::Limits(previous) => write!(
+                f,
+                "MPTCP limits (back to subflows {} add_addr_accepted {})",
+                previous.subflows, previous.add_addr_accepted
+            ),
+        }
+    }
+}
+
+/// Everything installed for the uplinks. Dropping it removes it all (in
+/// reverse order, logging what it cannot remove) and restores the sysctls;
+/// drop it in the network namespace it was installed in (the process's, in
+/// normal use), since the sysctls are restored through `/proc/sys` of the
+/// dropping thread.
+pub struct Plumbing {
+    rtnl: Rtnl,
+    pm: MptcpPm,
+    uplinks: Vec<Uplink>,
+    /// In the order added; undone from the back.
+    installed: Vec<Installed>,
+    /// Dropped after `installed` is undone (field order).
+    sysctls: Vec<SysctlGuard>,
+}
+
+impl fmt::Debug for Plumbing {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Plumbing")
+            .field("uplinks", &self.uplinks)
+            .field("installed", &self.installed)
+            .field("sysctls", &self.sysctls)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Plumbing {
+    /// Cleans leftovers of a crashed run, then installs. `tun` is the TUN
+    /// device name (already created and up). On error, whatever was
+    /// installed is removed again before returning.
+    pub fn install(
+        uplinks: &[UplinkConfig],
+        tun: &str,
+        concentrator: IpAddr,
+    ) -> Result<Plumbing, UplinkError> {
+        let removed = cleanup_leftovers()?;
+        if removed > 0 {
+            info!(removed, "removed what an earlier run left behind");
+        }
+        if uplinks.len() > ENDPOINT_IDS.len() {
+            return Err(UplinkError::TooManyUplinks {
+                count: uplinks.len(),
+            });
+        }
+        let mut plumbing = Plumbing {
+            rtnl: Rtnl::open().map_err(|source| UplinkError::Netlink { source })?,
+            pm: MptcpPm::open().map_err(|source| UplinkError::Netlink { source })?,
+            uplinks: Vec::new(),
+            installed: Vec::new(),
+            sysctls: Vec::new(),
+        };
+        plumbing.set_sysctls()?;
+        let tun_index = match plumbing.rtnl.link_index(tun) {
+            Ok(Some(index)) => index,
+            Ok(None) => {
+                return Err(UplinkError::NoTun {
+                    tun: tun.to_owned(),
+                })
+            }
+            Err(source) => {
+                return Err(UplinkError::LookupTun {
+                    tun: tun.to_owned(),
+                    source,
+                })
+            }
+        };
+        let family = AddressFamily::of(concentrator);
+        // Checked above: every uplink has an id.
+        for ((i, config), id) in uplinks.iter().enumerate().zip(ENDPOINT_IDS) {
+            plumbing.install_uplink(i, id, config, family)?;
+        }
+        if plumbing.uplinks.is_empty() {
+            return Err(UplinkError::NoAddress {
+                family: family_name(family),
+                concentrator,
+            });
+        }
+        plumbing.raise_limits()?;
+        plumbing.install_capture(tun, tun_index, concentrator)?;
+        info!(
+            uplinks = plumbing.uplinks.len(),
+            skipped = uplinks.len() - plumbing.uplinks.len(),
+            %concentrator,
+            tun,
+            "uplinks set up; the site's traffic goes into the TUN"
+        );
+        Ok(plumbing)
+    }
+
+    /// The uplinks in use (those with an address of the concentrator's
+    /// family), in config order.
+    pub fn uplinks(&self) -> &[Uplink] {
+        &self.uplinks
+    }
+
+    /// Removes everything now (same as drop, but returns the first error;
+    /// it still tries to remove the rest).
+    pub fn remove(mut self) -> Result<(), UplinkError> {
+        self.undo()
+    }
+
+    fn set_sysctls(&mut self) -> Result<(), UplinkError> {
+        let sysctl =
+            |key: &'static str| move |source: io::Error| UplinkError::Sysctl { key, source };
+        const MPTCP: &str = "net.mptcp.enabled";
+        self.sysctls
+            .extend(SysctlGuard::set(MPTCP, "1").map_err(sysctl(MPTCP))?);
+        const FASTOPEN: &str = "net.ipv4.tcp_fastopen";
+        // Bit 0x1: TCP Fast Open on the client side of connections.
+        self.sysctls
+            .extend(SysctlGuard::set_bits(FASTOPEN, 0x1).map_err(sysctl(FASTOPEN))?);
+        const FORWARD: &str = "net.ipv4.ip_forward";
+        match read_sysctl(FORWARD) {
+            Ok(value) if value == "0" => warn!(
+                "net.ipv4.ip_forward is 0: LAN hosts' traffic cannot be bonded until forwarding \
+                 is on (sysctl -w net.ipv4.ip_forward=1); only this machine's own is"
+            ),
+            Ok(_) => {}
+            Err(e) => warn!(error = %e, "cannot read net.ipv4.ip_forward"),
+        }
+        Ok(())
+    }
+
+    /// Route, rule and endpoint `id` of uplink `i`; skips (with a warning)
+    /// an uplink without an address of `family`.
+    fn install_uplink(
+        &mut self,
+        i: usize,
+        id: u8,
+        config: &UplinkConfig,
+        family: AddressFamily,
+    ) -> Result<(), UplinkError> {
+        let ifindex = match self.rtnl.link_index(&config.interface) {
+            Ok(Some(index)) => index,
+            Ok(None) => {
+                return Err(UplinkError::NoInterface {
+                    uplink: config.name.clone(),
+                    interface: config.interface.clone(),
+                })
+            }
+            Err(source) => {
+                return Err(UplinkError::LookupInterface {
+                    uplink: config.name.clone(),
+                    interface: config.interface.clone(),
+                    source,
+                })
+            }
+        };
+        let addresses = self
+            .rtnl
+            .addresses(ifindex)
+            .map_err(|source| UplinkError::Addresses {
+                uplink: config.name.clone(),
+                interface: config.interface.clone(),
+                source,
+            })?;
+        let Some(addr) = pick_address(&addresses, family) else {
+            warn!(
+                uplink = %config.name,
+                interface = %config.interface,
+                "uplink has no {} address; not using it",
+                family_name(family)
+            );
+            return Ok(());
+        };
+        let gateway = match family {
+            AddressFamily::V4 => config.gateway.map(IpAddr::V4),
+            AddressFamily::V6 => config.gateway6.map(IpAddr::V6),
+        };
+
+        let route = uplink_route(i, family, gateway, ifindex);
+        self.rtnl
+            .add_route(&route)
+            .map_err(|source| UplinkError::UplinkRoute {
+                uplink: config.name.clone(),
+                interface: config.interface.clone(),
+                table: route.table,
+                source,
+            })?;
+        debug!(uplink = %config.name, %route, "route added");
+        self.installed.push(Installed::Route(route));
+
+        let rule = uplink_rule(i, addr);
+        self.add_rule(rule)
+            .map_err(|source| UplinkError::UplinkRule {
+                uplink: config.name.clone(),
+                addr,
+                table: uplink_table(i),
+                source,
+            })?;
+
+        let endpoint = MptcpEndpoint {
+            id,
+            addr,
+            port: 0,
+            ifindex: Some(ifindex),
+            flags: EndpointFlags {
+                subflow: true,
+                backup: config.backup,
+                ..EndpointFlags::default()
+            },
+        };
+        self.add_endpoint(&endpoint, &config.name)?;
+
+        info!(
+            uplink = %config.name,
+            interface = %config.interface,
+            %addr,
+            backup = config.backup,
+            table = uplink_table(i),
+            endpoint = endpoint.id,
+            "uplink installed"
+        );
+        self.uplinks.push(Uplink {
+            name: config.name.clone(),
+            interface: config.interface.clone(),
+            ifindex,
+            addr,
+            backup: config.backup,
+        });
+        Ok(())
+    }
+
+    /// Adds `rule`, treating an identical rule already there as an error:
+    /// leftovers were cleaned, so it would be someone else's, and removing
+    /// it later would break theirs.
+    fn add_rule(&mut self, rule: Rule) -> Result<(), NetlinkError> {
+        self.rtnl.add_rule(&rule)?;
+        debug!(%rule, "rule added");
+        self.installed.push(Installed::Rule(rule));
+        Ok(())
+    }
+
+    /// Adds `endpoint`; an implicit endpoint the kernel made for the same
+    /// address is replaced, anyone else's is an error.
+    fn add_endpoint(&mut self, endpoint: &MptcpEndpoint, uplink: &str) -> Result<(), UplinkError> {
+        let failed = |source| UplinkError::Endpoint {
+            uplink: uplink.to_owned(),
+            addr: endpoint.addr,
+            id: endpoint.id,
+            source,
+        };
+        match self.pm.add_endpoint(endpoint) {
+            Ok(()) => {}
+            Err(err) if err.is_already_exists() => {
+                let existing = self.pm.endpoints().map_err(failed)?;
+                let Some(other) = existing.iter().find(|ep| ep.addr == endpoint.addr) else {
+                    return Err(failed(err));
+                };
+                if !other.flags.implicit {
+                    return Err(UplinkError::EndpointTaken {
+                        uplink: uplink.to_owned(),
+                        addr: endpoint.addr,
+                        id: other.id,
+                    });
+                }
+                debug!(id = other.id, addr = %other.addr, "replacing the kernel's implicit endpoint");
+                self.pm.del_endpoint(other.id).map_err(failed)?;
+                self.pm.add_endpoint(endpoint).map_err(failed)?;
+            }
+            Err(err) => return Err(failed(err)),
+        }
+        debug!(id = endpoint.id, addr = %endpoint.addr, backup = endpoint.flags.backup, "MPTCP endpoint added");
+        self.installed.push(Installed::Endpoint(endpoint.id));
+        Ok(())
+    }
+
+    fn raise_limits(&mut self) -> Result<(), UplinkError> {
+        let limits = |source| UplinkError::Limits { source };
+        let current = self.pm.limits().map_err(limits)?;
+        let wanted = raised_limits(current, self.uplinks.len());
+        if wanted == current {
+            debug!(?current, "MPTCP limits already high enough");
+            return Ok(());
+        }
+        self.pm.set_limits(wanted).map_err(limits)?;
+        info!(
+            subflows = wanted.subflows,
+            add_addr_accepted = wanted.add_addr_accepted,
+            previous_subflows = current.subflows,
+            previous_add_addr_accepted = current.add_addr_accepted,
+            "MPTCP limits raised"
+        );
+        self.installed.push(Installed::Limits(current));
+        Ok(())
+    }
+
+    /// The capture: routes first, the rule that diverts everything last, so
+    /// that traffic never meets a half-built setup.
+    fn install_capture(
+        &mut self,
+        tun: &str,
+        tun_index: u32,
+        concentrator: IpAddr,
+    ) -> Result<(), UplinkError> {
+        for route in capture_routes(tun_index) {
+            self.rtnl
+                .add_route(&route)
+                .map_err(|source| UplinkError::CaptureRoute {
+                    tun: tun.to_owned(),
+                    source,
+                })?;
+            debug!(%route, "route added");
+            self.installed.push(Installed::Route(route));
+        }
+        for rule in capture_rules(concentrator) {
+            self.add_rule(rule)
+                .map_err(|source| UplinkError::CaptureRule { source })?;
+        }
+        Ok(())
+    }
+
+    /// Undoes everything, newest first; logs each failure and returns the
+    /// first. Things already gone (a route that left with its interface)
+    /// are not failures.
+    fn undo(&mut self) -> Result<(), UplinkError> {
+        let mut first = None;
+        while let Some(item) = self.installed.pop() {
+            let result = match &item {
+                Installed::Route(route) => self.rtnl.del_route(route),
+                Installed::Rule(rule) => self.rtnl.del_rule(rule),
+                Installed::Endpoint(id) => self.pm.del_endpoint(*id),
+                Installed::Limits(previous) => self.pm.set_limits(*previous),
+            };
+            match result {
+                Ok(()) => debug!(%item, "removed"),
+                Err(err) if err.is_not_found() => debug!(%item, "already gone"),
+                Err(err) => {
+                    warn!(error = %Chain(&err), "cannot remove what mpbond installed");
+                    first.get_or_insert(err);
+                }
+            }
+        }
+        match first {
+            None => Ok(()),
+            Some(source) => Err(UplinkError::Remove { source }),
+        }
+    }
+}
+
+impl Drop for Plumbing {
+    fn drop(&mut self) {
+        if self.installed.is_empty() {
+            return;
+        }
+        // Failures were logged one by one.
+        if self.undo().is_ok() {
+            info!("uplink routes, rules and MPTCP endpoints removed");
+        }
+    }
+}
+
+/// Removes whatever a previous run left behind: routes and rules with
+/// protocol [`MPBOND_RTPROT`] (all tables, IPv4 and IPv6) and MPTCP
+/// endpoints with ids in [`ENDPOINT_IDS`]. Returns how many things it
+/// removed, for logging. MPTCP limits raised by a crashed run stay raised.
+pub fn cleanup_leftovers() -> Result<usize, UplinkError> {
+    let leftovers = |source| UplinkError::Leftovers { source };
+    let rtnl = Rtnl::open().map_err(|source| UplinkError::Netlink { source })?;
+    let report = rtnl.flush_owned(MPBOND_RTPROT).map_err(leftovers)?;
+    let pm = MptcpPm::open().map_err(|source| UplinkError::Netlink { source })?;
+    let mut endpoints = 0;
+    for endpoint in pm.endpoints().map_err(leftovers)? {
+        if !ENDPOINT_IDS.contains(&endpoint.id) {
+            continue;
+        }
+        match pm.del_endpoint(endpoint.id) {
+            Ok(()) => {
+                info!(id = endpoint.id, addr = %endpoint.addr, "removed a leftover MPTCP endpoint");
+                endpoints += 1;
+            }
+            Err(err) if err.is_not_found() => {}
+            Err(err) => return Err(leftovers(err)),
+        }
+    }
+    Ok(report.routes + report.rules + endpoints)
+}
+
+fn family_name(family: AddressFamily) -> &'static str {
+    match family {
+        AddressFamily::V4 => "IPv4",
+        AddressFamily::V6 => "IPv6",
+    }
+}
+
+/// Uplink `i`'s table.
+fn uplink_table(i: usize) -> u32 {
+    UPLINK_TABLE.saturating_add(index(i))
+}
+
+/// Uplink `i`'s rule priority.
+fn uplink_rule_pref(i: usize) -> u32 {
+    UPLINK_RULE_PREF.saturating_add(index(i))
+}
+
+/// `i` (below 8 after `install`'s check) as an offset or count.
+fn index(i: usize) -> u32 {
+    u32::try_from(i).unwrap_or(u32::MAX)
+}
+
+/// The address an uplink's subflows use: the first IPv4 address, or the
+/// first IPv6 address that is not link-local.
+fn pick_address(addresses: &[(IpAddr, u8)], family: AddressFamily) -> Option<IpAddr> {
+    addresses
+        .iter()
+        .map(|(addr, _)| *addr)
+        .find(|addr| match (family, addr) {
+            (AddressFamily::V4, IpAddr::V4(_)) => true,
+            (AddressFamily::V6, IpAddr::V6(a)) => (a.segments()[0] & 0xffc0) != 0xfe80,
+            _ => false,
+        })
+}
+
+/// `addr` as a host prefix.
+fn host(addr: IpAddr) -> (IpAddr, u8) {
+    match addr {
+        IpAddr::V4(_) => (addr, 32),
+        IpAddr::V6(_) => (addr, 128),
+    }
+}
+
+fn default_dst(family: AddressFamily) -> (IpAddr, u8) {
+    match family {
+        AddressFamily::V4 => (IpAddr::V4(Ipv4Addr::UNSPECIFIED), 0),
+        AddressFamily::V6 => (IpAddr::V6(Ipv6Addr::UNSPECIFIED), 0),
+    }
+}
+
+/// The limits to run with: both at least `uplinks`, at most the kernel's
+/// cap, never lowered.
+fn raised_limits(current: MptcpLimits, uplinks: usize) -> MptcpLimits {
+    let wanted = index(uplinks).min(MAX_MPTCP_LIMIT);
+    MptcpLimits {
+        subflows: current.subflows.max(wanted),
+        add_addr_accepted: current.add_addr_accepted.max(wanted),
+    }
+}
+
+/// Uplink `i`'s default route: via its gateway, or on-link without one.
+fn uplink_route(i: usize, family: AddressFamily, gateway: Option<IpAddr>, ifindex: u32) -> Route {
+    Route {
+        table: uplink_table(i),
+        dst: default_dst(family),
+        gateway,
+        ifindex: Some(ifindex),
+        src: None,
+        metric: None,
+        protocol: MPBOND_RTPROT,
+    }
+}
+
+/// A rule with mpbond's protocol and nothing to match yet.
+fn our_rule(priority: u32, family: AddressFamily, table: u32) -> Rule {
+    Rule {
+        priority,
+        family,
+        from: None,
+        to: None,
+        fwmark: None,
+        table,
+        suppress_prefixlen: None,
+        protocol: MPBOND_RTPROT,
+    }
+}
+
+/// Uplink `i`'s source rule: traffic from its address uses its table.
+fn uplink_rule(i: usize, addr: IpAddr) -> Rule {
+    Rule {
+        from: Some(host(addr)),
+        ..our_rule(
+            uplink_rule_pref(i),
+            AddressFamily::of(addr),
+            uplink_table(i),
+        )
+    }
+}
+
+/// The default routes into the TUN, IPv4 and IPv6.
+fn capture_routes(tun_index: u32) -> Vec<Route> {
+    [AddressFamily::V4, AddressFamily::V6]
+        .into_iter()
+        .map(|family| Route {
+            table: CAPTURE_TABLE,
+            dst: default_dst(family),
+            gateway: None,
+            ifindex: Some(tun_index),
+            src: None,
+            metric: None,
+            protocol: MPBOND_RTPROT,
+        })
+        .collect()
+}
+
+/// The capture rules of both families, in the order they must be added:
+/// the one diverting everything into the TUN last.
+fn capture_rules(concentrator: IpAddr) -> Vec<Rule> {
+    let mut rules = Vec::new();
+    for family in [AddressFamily::V4, AddressFamily::V6] {
+        rules.push(Rule {
+            fwmark: Some((TUNNEL_FWMARK, u32::MAX)),
+            ..our_rule(BYPASS_MARK_PREF, family, MAIN_TABLE)
+        });
+        if AddressFamily::of(concentrator) == family {
+            rules.push(Rule {
+                to: Some(host(concentrator)),
+                ..our_rule(CONCENTRATOR_PREF, family, MAIN_TABLE)
+            });
+        }
+        rules.push(Rule {
+            suppress_prefixlen: Some(0),
+            ..our_rule(NOT_DEFAULT_PREF, family, MAIN_TABLE)
+        });
+    }
+    for family in [AddressFamily::V4, AddressFamily::V6] {
+        rules.push(our_rule(CAPTURE_PREF, family, CAPTURE_TABLE));
+    }
+    rules
+}
+
+/// An error with its causes, `: `-separated, for log fields.
+struct Chain<'a>(&'a dyn Error);
+
+impl fmt::Display for Chain<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)?;
+        let mut source = self.0.source();
+        while let Some(cause) = source {
+            write!(f, ": {cause}")?;
+            source = cause.source();
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! Pure numbering and choices, then the real kernel: each test in a
+    //! network namespace of its own (`mpbt-up-NAME-PID`), with veth pairs
+    //! as uplinks and a TUN device, checked with the `ip` tool. They need
+    //! root and fail without it.
+
+    use std::panic;
+    use std::process::Command;
+
+    use super::*;
+    use crate::sys::enter_netns;
+
+    fn ip_addr(s: &str) -> IpAddr {
+        s.parse().expect("address")
+    }
+
+    #[test]
+    fn tables_priorities_and_ids_follow_config_order() {
+        assert_eq!((uplink_table(0), uplink_rule_pref(0)), (7701, 7700));
+        assert_eq!((uplink_table(7), uplink_rule_pref(7)), (7708, 7707));
+        assert_eq!(ENDPOINT_IDS.len(), 8, "one id per uplink, at most 8");
+        // Every uplink's table and rule stay below the capture rules.
+        assert!(uplink_rule_pref(ENDPOINT_IDS.len() - 1) < BYPASS_MARK_PREF);
+        assert!(uplink_table(ENDPOINT_IDS.len() - 1) < CAPTURE_TABLE);
+    }
+
+    #[test]
+    fn address_choice() {
+        let addrs = [
+            (ip_addr("fe80::1"), 64),
+            (ip_addr("10.77.1.2"), 24),
+            (ip_addr("fd77:1::2"), 64),
+            (ip_addr("10.77.1.3"), 24),
+            (ip_addr("2001:db8::2"), 64),
+        ];
+        assert_eq!(
+            pick_address(&addrs, AddressFamily::V4),
+            Some(ip_addr("10.77.1.2"))
+        );
+        assert_eq!(
+            pick_address(&addrs, AddressFamily::V6),
+            Some(ip_addr("fd77:1::2"))
+        );
+        assert_eq!(
+            pick_address(&addrs[..2], AddressFamily::V6),
+            None,
+            "link-local only"
+        );
+        assert_eq!(pick_address(&addrs[2..3], AddressFamily::V4), None);
+        assert_eq!(pick_address(&[], AddressFamily::V4), None);
+        // fe80::/10 reaches up to febf::.
+        assert_eq!(
+            pick_address(&[(ip_addr("febf::1"), 64)], AddressFamily::V6),
+            None
+        );
+        assert_eq!(
+            pick_address(&[(ip_addr("fec0::1"), 64)], AddressFamily::V6),
+            Some(ip_addr("fec0::1"))
+        );
+    }
+
+    #[test]
+    fn limits_are_raised_never_lowered_and_capped() {
+        let limits = |subflows, add_addr_accepted| MptcpLimits {
+            subflows,
+            add_addr_accepted,
+        };
+        assert_eq!(raised_limits(limits(2, 0), 2), limits(2, 2));
+        assert_eq!(raised_limits(limits(0, 0), 3), limits(3, 3));
+        assert_eq!(raised_limits(limits(8, 5), 1), limits(8, 5));
+        assert_eq!(raised_limits(limits(0, 0), 12), limits(8, 8));
+    }
+
+    #[test]
+    fn capture_rules_divert_everything_last() {
+        let rules = capture_rules(ip_addr("203.0.113.7"));
+        let summary: Vec<_> = rules
+            .iter()
+            .map(|r| (r.priority, r.family, r.table))
+            .collect();
+        assert_eq!(
+            summary,
+            [
+                (7780, AddressFamily::V4, 254),
+                (7785, AddressFamily::V4, 254),
+                (7790, AddressFamily::V4, 254),
+                (7780, AddressFamily::V6, 254),
+                (7790, AddressFamily::V6, 254),
+                (7791, AddressFamily::V4, 7799),
+                (7791, AddressFamily::V6, 7799),
+            ]
+        );
+        assert_eq!(rules[1].to, Some((ip_addr("203.0.113.7"), 32)));
+        let v6 = capture_rules(ip_addr("2001:db8::7"));
+        assert!(v6
+            .iter()
+            .any(|r| r.to == Some((ip_addr("2001:db8::7"), 128)) && r.family == AddressFamily::V6));
+        assert!(v6
+            .iter()
+            .all(|r| r.to.is_none() || r.family == AddressFamily::V6));
+        assert!(rules.iter().chain(&v6).all(|r| r.protocol == MPBOND_RTPROT));
+    }
+
+    /// A named network namespace, deleted on drop (also when a test fails).
+    struct TestNs {
+        name: String,
+    }
+
+    impl TestNs {
+        /// An empty namespace `mpbt-up-TAG-PID` with the TUN device
+        /// `mpbt0`, up.
+        fn new(tag: &str) -> Self {
+            let name = format!("mpbt-up-{tag}-{}", std::process::id());
+            // A namespace left by a killed run of the same test.
+            let _ = Command::new("ip").args(["netns", "del", &name]).output();
+            run_ip(&["netns", "add", &name]);
+            let ns = Self { name };
+            ns.ip(&["tuntap", "add", "mode", "tun", "name", "mpbt0"]);
+            ns.ip(&["link", "set", "mpbt0", "up"]);
+            ns
+        }
+
+        /// An uplink-like interface `dev`: the end of a veth pair with
+        /// carrier (this kernel has no `dummy` driver), with `addrs`.
+        fn uplink(&self, dev: &str, addrs: &[&str]) {
+            let peer = format!("{dev}p");
+            self.ip(&["link", "add", dev, "type", "veth", "peer", "name", &peer]);
+            self.ip(&["link", "set", &peer, "up"]);
+            self.ip(&["link", "set", dev, "up"]);
+            for addr in addrs {
+                self.ip(&["addr", "add", addr, "dev", dev, "nodad"]);
+            }
+        }
+
+        /// `ip -N -n NAME ARGS`, which must succeed; its output.
+        fn ip(&self, args: &[&str]) -> String {
+            let mut all = vec!["-N", "-n", &self.name];
+            all.extend_from_slice(args);
+            run_ip(&all)
+        }
+
+        /// The output's trimmed lines that mention `needle`.
+        fn ip_lines(&self, args: &[&str], needle: &str) -> Vec<String> {
+            self.ip(args)
+                .lines()
+                .filter(|l| l.contains(needle))
+                .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
+                .collect()
+        }
+
+        /// The first line of `ip route get ARGS`: where a packet goes.
+        fn route_get(&self, args: &[&str]) -> String {
+            let mut all = vec!["route", "get"];
+            all.extend_from_slice(args);
+            let out = self.ip(&all);
+            let first = out.lines().next().unwrap_or_default();
+            first.split_whitespace().collect::<Vec<_>>().join(" ")
+        }
+
+        /// Everything of mpbond's an operator would find.
+        fn leftovers(&self) -> Vec<String> {
+            let mut all = Vec::new();
+            for family in ["-4", "-6"] {
+                all.extend(self.ip_lines(&[family, "rule", "show"], "proto 109"));
+                all.extend(self.ip_lines(&[family, "route", "show", "table", "all"], "proto 109"));
+            }
+            all.extend(self.ip_lines(&["mptcp", "endpoint", "show"], " id "));
+            all
+        }
+
+        fn sysctl(&self, key: &str) -> String {
+            let out = Command::new("ip")
+                .args(["netns", "exec", &self.name, "sysctl", "-n", key])
+                .output()
+                .expect("run sysctl");
+            assert!(out.status.success(), "sysctl -n {key}");
+            String::from_utf8_lossy(&out.stdout).trim().to_owned()
+        }
+
+        fn set_sysctl(&self, key: &str, value: &str) {
+            let status = Command::new("ip")
+                .args(["netns", "exec", &self.name, "sysctl", "-qw"])
+                .arg(format!("{key}={value}"))
+                .status()
+                .expect("run sysctl");
+            assert!(status.success(), "sysctl -w {key}={value}");
+        }
+
+        /// Runs `f` on a thread inside the namespace, its logs shown when
+        /// the test fails; a panic there fails the test after the namespace
+        /// is gone.
+        fn run<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
+            std::thread::scope(|scope| {
+                let thread = scope.spawn(|| {
+                    let _logs = tracing::subscriber::set_default(
+                        tracing_subscriber::fmt()
+                            .with_test_writer()
+                            .with_max_level(tracing::Level::DEBUG)
+                            .finish(),
+                    );
+                    enter_netns(&self.name).expect("enter the test namespace");
+                    f()
+                });
+                thread
+                    .join()
+                    .unwrap_or_else(|panic| panic::resume_unwind(panic))
+            })
+        }
+    }
+
+    impl Drop for TestNs {
+        fn drop(&mut self) {
+            let _ = Command::new("ip")
+                .args(["netns", "del", &self.name])
+                .status();
+        }
+    }
+
+    fn run_ip(args: &[&str]) -> String {
+        let out = Command::new("ip")
+            .args(args)
+            .output()
+            .expect("run ip (iproute2)");
+        assert!(
+            out.status.success(),
+            "ip {} failed (these tests need root): {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    fn uplink(name: &str, interface: &str) -> UplinkConfig {
+        UplinkConfig {
+            name: name.to_owned(),
+            interface: interface.to_owned(),
+            gateway: None,
+            gateway6: None,
+            backup: false,
+        }
+    }
+
+    /// Two uplinks: `dsl` on d0 with a gateway, `lte` on d1 on-link and
+    /// backup.
+    fn two_uplinks() -> Vec<UplinkConfig> {
+        vec![
+            UplinkConfig {
+                gateway: Some("10.77.1.1".parse().expect("address")),
+                gateway6: Some("fe80::1".parse().expect("address")),
+                ..uplink("dsl", "d0")
+            },
+            UplinkConfig {
+                backup: true,
+                ..uplink("lte", "d1")
+            },
+        ]
+    }
+
+    fn two_uplink_ns(tag: &str) -> TestNs {
+        let ns = TestNs::new(tag);
+        ns.uplink("d0", &["10.77.1.2/24", "fd77:1::2/64"]);
+        ns.uplink("d1", &["10.77.2.2/24", "fd77:2::2/64"]);
+        ns
+    }
+
+    const CONCENTRATOR: &str = "203.0.113.7";
+
+    #[test]
+    fn install_sets_up_everything_and_remove_takes_it_away() {
+        let ns = two_uplink_ns("all");
+        // Someone else's things, which must survive.
+        ns.uplink("d9", &["10.77.9.2/24"]);
+        ns.ip(&["mptcp", "endpoint", "add", "10.77.9.2", "id", "5", "signal"]);
+        ns.ip(&["route", "add", "default", "via", "10.77.9.1", "table", "50"]);
+        // The system's own default route, in main.
+        ns.ip(&["route", "add", "default", "via", "10.77.1.1"]);
+        ns.ip(&[
+            "mptcp",
+            "limits",
+            "set",
+            "subflows",
+            "1",
+            "add_addr_accepted",
+            "0",
+        ]);
+        ns.set_sysctl("net.mptcp.enabled", "0");
+        ns.set_sysctl("net.ipv4.tcp_fastopen", "0");
+        let others = |ns: &TestNs| {
+            (
+                ns.ip(&["mptcp", "endpoint", "show"]),
+                ns.ip(&["route", "show", "table", "50"]),
+                ns.ip(&["route", "show", "table", "main"]),
+            )
+        };
+        let before = others(&ns);
+
+        ns.run(|| {
+            let plumbing =
+                Plumbing::install(&two_uplinks(), "mpbt0", ip_addr(CONCENTRATOR)).expect("install");
+            let d0 = crate::sys::interface_index("d0").expect("d0");
+            let d1 = crate::sys::interface_index("d1").expect("d1");
+            assert_eq!(
+                plumbing.uplinks(),
+                [
+                    Uplink {
+                        name: "dsl".into(),
+                        interface: "d0".into(),
+                        ifindex: d0,
+                        addr: ip_addr("10.77.1.2"),
+                        backup: false,
+                    },
+                    Uplink {
+                        name: "lte".into(),
+                        interface: "d1".into(),
+                        ifindex: d1,
+                        addr: ip_addr("10.77.2.2"),
+                        backup: true,
+                    },
+                ]
+            );
+
+            assert_eq!(
+                ns.ip_lines(&["-4", "rule", "show"], ""),
+                [
+                    "0: from all lookup 255",
+                    "7700: from 10.77.1.2 lookup 7701 proto 109",
+                    "7701: from 10.77.2.2 lookup 7702 proto 109",
+                    "7780: from all fwmark 0x6d70 lookup 254 proto 109",
+                    "7785: from all to 203.0.113.7 lookup 254 proto 109",
+                    "7790: from all lookup 254 suppress_prefixlength 0 proto 109",
+                    "7791: from all lookup 7799 proto 109",
+                    "32766: from all lookup 254",
+                    "32767: from all lookup 253",
+                ]
+            );
+            assert_eq!(
+                ns.ip_lines(&["-6", "rule", "show"], ""),
+                [
+                    "0: from all lookup 255",
+                    "7780: from all fwmark 0x6d70 lookup 254 proto 109",
+                    "7790: from all lookup 254 suppress_prefixlength 0 proto 109",
+                    "7791: from all lookup 7799 proto 109",
+                    "32766: from all lookup 254",
+                ]
+            );
+            assert_eq!(
+                ns.ip_lines(&["-4", "route", "show", "table", "all"], "proto 109"),
+                [
+                    "default via 10.77.1.1 dev d0 table 7701 proto 109",
+                    "default dev d1 table 7702 proto 109 scope 253",
+                    // No process holds the test's TUN open: no carrier.
+                    "default dev mpbt0 table 7799 proto 109 scope 253 linkdown",
+                ]
+            );
+            assert_eq!(
+                ns.ip_lines(&["-6", "route", "show", "table", "all"], "proto 109"),
+                ["default dev mpbt0 table 7799 proto 109 metric 1024 linkdown pref medium"]
+            );
+            assert_eq!(
+                ns.ip_lines(&["mptcp", "endpoint", "show"], ""),
+                [
+                    "10.77.9.2 id 5 signal",
+                    "10.77.1.2 id 96 subflow dev d0",
+                    "10.77.2.2 id 97 subflow backup dev d1",
+                ]
+            );
+            assert_eq!(
+                ns.ip_lines(&["mptcp", "limits", "show"], ""),
+                ["add_addr_accepted 2 subflows 2"]
+            );
+            assert_eq!(ns.sysctl("net.mptcp.enabled"), "1");
+            assert_eq!(ns.sysctl("net.ipv4.tcp_fastopen"), "1");
+
+            // Where packets go: the world into the TUN; the tunnel's
+            // subflows, the concentrator, marked sockets and the connected
+            // subnets through the uplinks.
+            let routes = [
+                (vec!["198.51.100.1"], "198.51.100.1 dev mpbt0 table 7799"),
+                (
+                    vec!["198.51.100.1", "from", "10.77.1.2"],
+                    "198.51.100.1 from 10.77.1.2 via 10.77.1.1 dev d0 table 7701",
+                ),
+                (
+                    vec!["198.51.100.1", "from", "10.77.2.2"],
+                    "198.51.100.1 from 10.77.2.2 dev d1 table 7702",
+                ),
+                (
+                    vec![CONCENTRATOR],
+                    "203.0.113.7 via 10.77.1.1 dev d0 src 10.77.1.2",
+                ),
+                (
+                    vec!["198.51.100.1", "mark", "0x6d70"],
+                    "198.51.100.1 via 10.77.1.1 dev d0 src 10.77.1.2",
+                ),
+                (vec!["10.77.2.9"], "10.77.2.9 dev d1 src 10.77.2.2"),
+                (
+                    vec!["2001:db8::1"],
+                    "2001:db8::1 from :: dev mpbt0 table 7799",
+                ),
+            ];
+            for (args, want) in routes {
+                let got = ns.route_get(&args);
+                assert!(got.starts_with(want), "ip route get {args:?}: {got}");
+            }
+
+            plumbing.remove().expect("remove");
+        });
+
+        assert_eq!(ns.leftovers(), ["10.77.9.2 id 5 signal"]);
+        assert_eq!(others(&ns), before);
+        assert_eq!(
+            ns.ip_lines(&["mptcp", "limits", "show"], ""),
+            ["add_addr_accepted 0 subflows 1"]
+        );
+        assert_eq!(ns.sysctl("net.mptcp.enabled"), "0");
+        assert_eq!(ns.sysctl("net.ipv4.tcp_fastopen"), "0");
+    }
+
+    #[test]
+    fn ipv6_concentrator_uses_ipv6_uplinks_and_drop_removes_it() {
+        let ns = two_uplink_ns("v6");
+        let before = ns.ip(&["mptcp", "limits", "show"]);
+        ns.run(|| {
+            let plumbing = Plumbing::install(&two_uplinks(), "mpbt0", ip_addr("2001:db8::7"))
+                .expect("install");
+            let addrs: Vec<_> = plumbing.uplinks().iter().map(|u| u.addr).collect();
+            assert_eq!(addrs, [ip_addr("fd77:1::2"), ip_addr("fd77:2::2")]);
+            assert_eq!(
+                ns.ip_lines(&["-6", "rule", "show"], "proto 109"),
+                [
+                    "7700: from fd77:1::2 lookup 7701 proto 109",
+                    "7701: from fd77:2::2 lookup 7702 proto 109",
+                    "7780: from all fwmark 0x6d70 lookup 254 proto 109",
+                    "7785: from all to 2001:db8::7 lookup 254 proto 109",
+                    "7790: from all lookup 254 suppress_prefixlength 0 proto 109",
+                    "7791: from all lookup 7799 proto 109",
+                ]
+            );
+            assert_eq!(
+                ns.ip_lines(&["-4", "rule", "show"], "proto 109"),
+                [
+                    "7780: from all fwmark 0x6d70 lookup 254 proto 109",
+                    "7790: from all lookup 254 suppress_prefixlength 0 proto 109",
+                    "7791: from all lookup 7799 proto 109",
+                ]
+            );
+            assert_eq!(
+                ns.ip_lines(&["-6", "route", "show", "table", "all"], "proto 109"),
+                [
+                    "default via fe80::1 dev d0 table 7701 proto 109 metric 1024 pref medium",
+                    "default dev d1 table 7702 proto 109 metric 1024 pref medium",
+                    "default dev mpbt0 table 7799 proto 109 metric 1024 linkdown pref medium",
+                ]
+            );
+            assert_eq!(
+                ns.ip_lines(&["mptcp", "endpoint", "show"], ""),
+                [
+                    "fd77:1::2 id 96 subflow dev d0",
+                    "fd77:2::2 id 97 subflow backup dev d1",
+                ]
+            );
+            drop(plumbing);
+        });
+        assert_eq!(ns.leftovers(), Vec::<String>::new());
+        assert_eq!(ns.ip(&["mptcp", "limits", "show"]), before);
+    }
+
+    #[test]
+    fn a_crashed_run_is_cleaned_up() {
+        let ns = two_uplink_ns("crash");
+        ns.run(|| {
+            let concentrator = ip_addr(CONCENTRATOR);
+            let plumbing =
+                Plumbing::install(&two_uplinks(), "mpbt0", concentrator).expect("install");
+            std::mem::forget(plumbing);
+            assert_eq!(ns.leftovers().len(), 15, "{:?}", ns.leftovers());
+
+            // A restart cleans first, so installing again just works.
+            let plumbing = Plumbing::install(&two_uplinks(), "mpbt0", concentrator)
+                .expect("install over leftovers");
+            std::mem::forget(plumbing);
+
+            // Uplink routes 2 + TUN routes 2, uplink rules 2 + capture
+            // rules 4 (IPv4) + 3 (IPv6), endpoints 2.
+            assert_eq!(cleanup_leftovers().expect("cleanup"), 4 + 9 + 2);
+            assert_eq!(ns.leftovers(), Vec::<String>::new());
+            assert_eq!(cleanup_leftovers().expect("cleanup again"), 0);
+        });
+    }
+
+    #[test]
+    fn a_missing_interface_is_named_and_nothing_stays() {
+        let ns = two_uplink_ns("noif");
+        ns.run(|| {
+            let mut uplinks = two_uplinks();
+            uplinks.push(uplink("sat", "nosuch0"));
+            let err = Plumbing::install(&uplinks, "mpbt0", ip_addr(CONCENTRATOR))
+                .expect_err("no such interface");
+            assert!(
+                matches!(&err, UplinkError::NoInterface { uplink, interface }
+                    if uplink == "sat" && interface == "nosuch0"),
+                "{err:?}"
+            );
+            let message = err.to_string();
+            assert!(
+                message.starts_with("uplink sat: interface nosuch0 does not exist"),
+                "{message}"
+            );
+        });
+        // dsl and lte were installed before sat failed, and taken away.
+        assert_eq!(ns.leftovers(), Vec::<String>::new());
+        assert_eq!(
+            ns.ip_lines(&["mptcp", "limits", "show"], ""),
+            ["add_addr_accepted 0 subflows 2"]
+        );
+    }
+
+    #[test]
+    fn someone_elses_endpoint_on_an_uplink_address_is_named() {
+        let ns = two_uplink_ns("taken");
+        ns.ip(&[
+            "mptcp",
+            "endpoint",
+            "add",
+            "10.77.2.2",
+            "id",
+            "5",
+            "subflow",
+        ]);
+        ns.run(|| {
+            let err = Plumbing::install(&two_uplinks(), "mpbt0", ip_addr(CONCENTRATOR))
+                .expect_err("10.77.2.2 is endpoint 5");
+            assert!(
+                err.to_string().starts_with(
+                    "uplink lte: address 10.77.2.2 already is MPTCP endpoint id 5, which is \
+                     not mpbond's; remove it (`ip mptcp endpoint delete id 5`)"
+                ),
+                "{err}"
+            );
+        });
+        // Theirs stays; dsl's endpoint, lte's route and rule are gone.
+        assert_eq!(ns.leftovers(), ["10.77.2.2 id 5 subflow"]);
+    }
+
+    #[test]
+    fn a_missing_tun_is_named() {
+        let ns = two_uplink_ns("notun");
+        ns.run(|| {
+            let err = Plumbing::install(&two_uplinks(), "mpbt9", ip_addr(CONCENTRATOR))
+                .expect_err("no such TUN");
+            assert!(
+                err.to_string().contains("TUN device mpbt9 does not exist"),
+                "{err}"
+            );
+
+            let nine: Vec<_> = (0..9).map(|i| uplink(&format!("u{i}"), "d0")).collect();
+            let err = Plumbing::install(&nine, "mpbt0", ip_addr(CONCENTRATOR))
+                .expect_err("more uplinks than endpoint ids");
+            assert!(
+                matches!(err, UplinkError::TooManyUplinks { count: 9 }),
+                "{err:?}"
+            );
+        });
+        assert_eq!(ns.leftovers(), Vec::<String>::new());
+    }
+
+    #[test]
+    fn an_interface_that_is_down_is_named_and_nothing_stays() {
+        let ns = two_uplink_ns("down");
+        ns.ip(&["link", "set", "d1", "down"]);
+        ns.run(|| {
+            // d1's IPv4 address stays, but without a connected route the
+            // kernel refuses a default route over it.
+            let err = Plumbing::install(&two_uplinks(), "mpbt0", ip_addr(CONCENTRATOR))
+                .expect_err("d1 is down");
+            let UplinkError::UplinkRoute { uplink, source, .. } = &err else {
+                panic!("{err:?}");
+            };
+            assert_eq!(uplink, "lte");
+            assert_eq!(source.errno(), Some(libc::ENETDOWN), "{err:?}");
+            assert!(
+                err.to_string().starts_with(
+                    "uplink lte: cannot add its default route in table 7702 via interface d1; \
+                     check that the interface is up"
+                ),
+                "{err}"
+            );
+        });
+        assert_eq!(ns.leftovers(), Vec::<String>::new());
+    }
+
+    #[test]
+    fn plumbing_can_move_between_threads() {
+        fn sendable<T: Send + Sync>() {}
+        sendable::<Plumbing>();
+    }
+
+    #[test]
+    fn an_uplink_without_an_address_is_skipped() {
+        let ns = TestNs::new("noaddr");
+        ns.uplink("d0", &[]);
+        ns.uplink("d1", &["10.77.2.2/24"]);
+        ns.run(|| {
+            let plumbing =
+                Plumbing::install(&two_uplinks(), "mpbt0", ip_addr(CONCENTRATOR)).expect("install");
+            let names: Vec<_> = plumbing.uplinks().iter().map(|u| &u.name[..]).collect();
+            assert_eq!(names, ["lte"]);
+            // lte keeps its config index: table 7702, rule 7701, id 97.
+            assert_eq!(
+                ns.ip_lines(&["-4", "rule", "show"], "from 10.77"),
+                ["7701: from 10.77.2.2 lookup 7702 proto 109"]
+            );
+            assert_eq!(
+                ns.ip_lines(&["mptcp", "endpoint", "show"], ""),
+                ["10.77.2.2 id 97 subflow backup dev d1"]
+            );
+            assert_eq!(
+                ns.ip_lines(&["mptcp", "limits", "show"], ""),
+                ["add_addr_accepted 1 subflows 2"]
+            );
+            plumbing.remove().expect("remove");
+
+            // No uplink with an IPv6 address: nothing to reach an IPv6
+            // concentrator with.
+            let err = Plumbing::install(&two_uplinks(), "mpbt0", ip_addr("2001:db8::7"))
+                .expect_err("no IPv6 uplink");
+            assert!(
+                err.to_string().starts_with(
+                    "no uplink has an IPv6 address to reach the concentrator 2001:db8::7"
+                ),
+                "{err}"
+            );
+        });
+        assert_eq!(ns.leftovers(), Vec::<String>::new());
+    }
+}
