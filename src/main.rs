@@ -12,8 +12,8 @@ use tracing_subscriber::EnvFilter;
 
 use mpbond::auth::Key;
 use mpbond::config::{ClientConfig, ConcentratorConfig};
-use mpbond::{client, concentrator};
 use mpbond::linkem::{driver, profile};
+use mpbond::{client, concentrator};
 
 #[derive(Debug, Parser)]
 #[command(

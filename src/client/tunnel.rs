@@ -19,6 +19,17 @@ use crate::wire::convert::{header_len, ClientId, DecodeError, ErrorCode, Respons
 /// and data must fit in one SYN (an MSS of 1460 less MPTCP and TCP options).
 pub(super) const MAX_EARLY: usize = 1024;
 
+/// Receive buffer of a tunnel socket: room for the bonded links'
+/// bandwidth-delay product plus the reordering between paths of different
+/// delay (60 Mbit/s over 200 ms of queue and delay is 1.5 MB; twice that).
+///
+/// Fixing it also works around a kernel problem (seen on 6.18): with
+/// receive autotuning, an MPTCP connection opened with TCP Fast Open whose
+/// server sends before the second subflow has joined collapses to about
+/// 1 Mbit/s (the receiver drops data as outside its window,
+/// `MPTcpExtNoDSSInWindow`); with a fixed buffer it runs at full speed.
+pub(super) const RECV_BUFFER: u32 = 4 << 20;
+
 /// Largest answer read before relaying starts (fixed header plus an Error
 /// TLV; anything longer is a broken concentrator).
 const MAX_RESPONSE: usize = 64;
@@ -175,7 +186,7 @@ impl Tunnels {
         first.extend_from_slice(early);
         write_all(&stream, &first).await.map_err(io_error)?;
 
-        let mut buf = vec![0; MAX_RESPONSE];
+        let mut buf = [0; MAX_RESPONSE];
         let mut have = 0;
         let total = loop {
             match header_len(&buf[..have]) {
@@ -200,12 +211,11 @@ impl Tunnels {
             }
             have += n;
         };
-        let (response, used) = Response::decode(&buf[..total]).map_err(|source| {
-            TunnelError::BadAnswer {
+        let (response, used) =
+            Response::decode(&buf[..total]).map_err(|source| TunnelError::BadAnswer {
                 concentrator,
                 source,
-            }
-        })?;
+            })?;
         match response {
             Response::Connected => Ok(Tunnel {
                 stream,
@@ -223,7 +233,9 @@ impl Tunnels {
         let socket = match Socket::new(domain, Type::STREAM, Some(Protocol::MPTCP)) {
             Ok(socket) => socket,
             Err(e) if e.raw_os_error() == Some(libc::EPROTONOSUPPORT) => {
-                warn!("the kernel has no MPTCP (net.mptcp.enabled=0?): using plain TCP, one uplink");
+                warn!(
+                    "the kernel has no MPTCP (net.mptcp.enabled=0?): using plain TCP, one uplink"
+                );
                 Socket::new(domain, Type::STREAM, Some(Protocol::TCP))?
             }
             Err(e) => return Err(e),
@@ -231,6 +243,9 @@ impl Tunnels {
         socket.set_nonblocking(true)?;
         if let Err(e) = socket.set_tcp_nodelay(true) {
             debug!(error = %e, "TCP_NODELAY not supported on the tunnel socket");
+        }
+        if let Err(e) = sys::set_recv_buffer(&socket, RECV_BUFFER) {
+            warn!(error = %e, "cannot size the tunnel's receive buffer");
         }
         if let Some(source) = self.source {
             socket.bind(&SockAddr::from(SocketAddr::new(source, 0)))?;

@@ -18,7 +18,6 @@ mod forward;
 mod listen;
 pub mod policy;
 
-
 use std::error::Error;
 use std::fmt;
 use std::future::Future;

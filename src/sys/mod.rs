@@ -18,7 +18,8 @@ pub use netlink::{
 };
 pub use netns::enter_netns;
 pub use sockopt::{
-    set_tcp_fastopen_connect, set_tcp_fastopen_listener, tcp_state, TCP_ESTABLISHED,
+    set_recv_buffer, set_tcp_fastopen_connect, set_tcp_fastopen_listener, tcp_state,
+    TCP_ESTABLISHED,
 };
 pub use sysctl::{read_sysctl, SysctlGuard};
 

@@ -70,6 +70,26 @@ pub fn tcp_state(socket: &impl AsFd) -> io::Result<u8> {
 /// `tcpi_state` of an established connection.
 pub const TCP_ESTABLISHED: u8 = 1;
 
+/// Fixes a socket's receive buffer at `bytes` (the kernel doubles it for
+/// bookkeeping), past `net.core.rmem_max` where the process may
+/// (`SO_RCVBUFFORCE` needs CAP_NET_ADMIN; else `SO_RCVBUF`, capped).
+/// A fixed buffer also turns receive-buffer autotuning off for the socket.
+pub fn set_recv_buffer(socket: &impl AsFd, bytes: u32) -> io::Result<()> {
+    let value = libc::c_int::try_from(bytes).map_err(|_| {
+        io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "receive buffer size does not fit in a C int",
+        )
+    })?;
+    let fd = socket.as_fd();
+    match set_int_option(fd, libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, value) {
+        Err(e) if e.raw_os_error() == Some(libc::EPERM) => {
+            set_int_option(fd, libc::SOL_SOCKET, libc::SO_RCVBUF, value)
+        }
+        result => result,
+    }
+}
+
 /// Sets an integer socket option: the one setsockopt wrapper in `sys`.
 pub(super) fn set_int_option(
     socket: BorrowedFd<'_>,
