@@ -8,6 +8,16 @@
 #       emulator's own ceiling (profile fast) against a plain veth (none).
 #       --quick: shorter runs, no ceiling phase (the demo uses it);
 #       --status: print the emulator's counters afterwards.
+#
+#   scripts/bench.sh tcp [--secs N] [--live]
+#       One download of N seconds (default 30) to the site on the default
+#       profiles via: plain TCP over dsl only, plain TCP over lte only, kernel
+#       MPTCP used directly from mpb-cli to mpb-srv (the baseline: no proxy),
+#       and mpbond from mpb-lan. Goodput as Mbit/s and as a fraction of the
+#       summed link rates, with the bytes each uplink carried. Then the time
+#       to first byte of a small request via mpbond (Fast Open cookie held)
+#       against the same request straight over the best single uplink.
+#       --live: print per-uplink throughput every second during mpbond's run.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 . scripts/deps.sh
@@ -161,10 +171,197 @@ PY
     [ $misses = 0 ] || echo "bench: $misses row(s) missed a target" >&2
 }
 
-[ $# -ge 1 ] || die "usage: bench.sh linkem [--quick] [--status]"
+# Bytes received so far on the client's uplinks: "DSL LTE".
+uplink_rx() {
+    echo "$(nsx mpb-cli cat /sys/class/net/dsl0/statistics/rx_bytes) $(nsx mpb-cli cat /sys/class/net/lte0/statistics/rx_bytes)"
+}
+
+# Prints per-uplink receive throughput every second until killed.
+live_rates() {
+    local prev now
+    prev=$(uplink_rx)
+    while sleep 1; do
+        now=$(uplink_rx)
+        python3 - $prev $now <<'PY'
+import sys
+d0, l0, d1, l1 = map(int, sys.argv[1:])
+d, l = (d1 - d0) * 8 / 1e6, (l1 - l0) * 8 / 1e6
+print("  dsl0 %6.1f Mbit/s  lte0 %6.1f Mbit/s  sum %6.1f Mbit/s" % (d, l, d + l), flush=True)
+PY
+        prev=$now
+    done
+}
+
+# A download of SECS seconds with iperf3 (server in mpb-srv sends).
+#   download NS SECS [--mptcp] [iperf3 client args...]  -> bit/s received
+download() {
+    local ns=$1 secs=$2 wrap=()
+    shift 2
+    if [ "${1:-}" = --mptcp ]; then
+        wrap=(mptcpize run)
+        shift
+    fi
+    nsx mpb-srv "${wrap[@]}" iperf3 -s -1 -p 5201 >/dev/null 2>&1 &
+    local srv=$!
+    sleep 0.4
+    nsx "$ns" "${wrap[@]}" iperf3 -c 198.51.100.10 -p 5201 -R -t "$secs" -O 2 -J "$@" >"$TMP/iperf.json" ||
+        { kill $srv 2>/dev/null; die "iperf3 download in $ns ($*) failed: $(tail -c 300 "$TMP/iperf.json")"; }
+    wait $srv 2>/dev/null || true
+    python3 -c 'import json,sys; print(int(json.load(open(sys.argv[1]))["end"]["sum_received"]["bits_per_second"]))' "$TMP/iperf.json"
+}
+
+# Median time to first byte in ms of COUNT small requests from NS (a 1 KiB
+# answer to a one-line request, like an HTTP GET), after one warm-up request.
+#   ttfb NS COUNT [BIND_ADDR]
+ttfb() {
+    nsx "$1" python3 - "$2" "${3:-}" <<'PY'
+import socket, statistics, sys, time
+count, bind = int(sys.argv[1]), sys.argv[2]
+samples = []
+for i in range(count + 1):
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    s.settimeout(5)
+    if bind:
+        s.bind((bind, 0))
+    t = time.monotonic()
+    s.connect(("198.51.100.10", 8080))
+    s.sendall(b"GET /1k HTTP/1.0\r\n\r\n")
+    first = s.recv(4096)
+    elapsed = time.monotonic() - t
+    if not first:
+        sys.exit("ttfb: empty answer")
+    while s.recv(4096):
+        pass
+    s.close()
+    if i > 0:
+        samples.append(elapsed * 1000)
+    time.sleep(0.05)
+print("%.1f" % statistics.median(samples))
+PY
+}
+
+# The answer ttfb asks for: 1 KiB after reading the request line.
+ttfb_server() {
+    nsx mpb-srv python3 - <<'PY' &
+import socket, threading
+s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("198.51.100.10", 8080))
+s.listen(64)
+body = b"HTTP/1.0 200 OK\r\nContent-Length: 1024\r\n\r\n" + b"x" * 1024
+def serve(c):
+    with c:
+        c.settimeout(5)
+        try:
+            c.recv(4096)
+            c.sendall(body)
+        except OSError:
+            pass
+while True:
+    conn, _ = s.accept()
+    threading.Thread(target=serve, args=(conn,), daemon=True).start()
+PY
+    TTFB_SERVER=$!
+    sleep 0.3
+}
+
+bench_tcp() {
+    local secs=30 live=0
+    while [ $# -gt 0 ]; do
+        case $1 in
+            --secs) secs=$2; shift ;;
+            --live) live=1 ;;
+            *) die "unknown option $1 for tcp" ;;
+        esac
+        shift
+    done
+    command -v mptcpize >/dev/null || die "mptcpize is missing (apt-get install mptcpize)"
+    TMP=$(mktemp -d)
+    lab_up
+    $LAB start >/dev/null
+    # The baseline's server side needs room for the client's joins.
+    nsx mpb-srv ip mptcp limits set subflows 8 add_addr_accepted 8
+    local dsl_rate lte_rate sum
+    dsl_rate=$(conf dsl down.rate_bps)
+    lte_rate=$(conf lte down.rate_bps)
+    sum=$((dsl_rate + lte_rate))
+
+    echo
+    echo "one ${secs}s download to the site per row (iperf3 -R, 2 s omitted), default profiles, congestion control $CC"
+    local rows=() b before after
+    # Plain TCP bound to an uplink address: mpbond's source rules send it
+    # straight out of that uplink, past the TUN.
+    b=$(download mpb-cli "$secs" -B 10.77.1.2)
+    rows+=("plain TCP, dsl only|$b|$dsl_rate|-|-")
+    b=$(download mpb-cli "$secs" -B 10.77.2.2)
+    rows+=("plain TCP, lte only|$b|$lte_rate|-|-")
+    before=$(uplink_rx)
+    b=$(download mpb-cli "$secs" --mptcp -B 10.77.1.2)
+    after=$(uplink_rx)
+    rows+=("kernel MPTCP direct (baseline)|$b|$sum|$before|$after")
+    local live_pid=
+    if [ $live = 1 ]; then
+        echo "mpbond download from mpb-lan, per uplink each second:"
+        live_rates &
+        live_pid=$!
+    fi
+    before=$(uplink_rx)
+    b=$(download mpb-lan "$secs")
+    after=$(uplink_rx)
+    [ -n "$live_pid" ] && { kill "$live_pid" 2>/dev/null; wait "$live_pid" 2>/dev/null || true; }
+    rows+=("mpbond (from mpb-lan)|$b|$sum|$before|$after")
+
+    printf '%-32s | %9s | %8s | %s\n' path goodput "of rate" "bytes received per uplink"
+    printf '%s\n' "------------------------------------------------------------------------------------"
+    local row base=0 mp=0
+    for row in "${rows[@]}"; do
+        IFS='|' read -r name bits rate before after <<<"$row"
+        python3 - "$name" "$bits" "$rate" "$before" "$after" <<'PY'
+import sys
+name, bits, rate, before, after = sys.argv[1:]
+bits, rate = int(bits), int(rate)
+split = "-"
+if before != "-":
+    d0, l0 = map(int, before.split()); d1, l1 = map(int, after.split())
+    d, l = d1 - d0, l1 - l0
+    split = "dsl0 %5.1f MB (%2.0f %%)  lte0 %5.1f MB (%2.0f %%)" % (d / 1e6, 100 * d / max(d + l, 1), l / 1e6, 100 * l / max(d + l, 1))
+print("%-32s | %6.2f Mb | %8.3f | %s" % (name, bits / 1e6, bits / rate, split))
+PY
+        case $name in
+            kernel*) base=$bits ;;
+            mpbond*) mp=$bits ;;
+        esac
+    done
+    python3 - "$mp" "$base" "$sum" <<'PY'
+import sys
+mp, base, total = map(int, sys.argv[1:])
+print("mpbond / baseline: %.3f   mpbond of summed rates: %.3f (goal >= 0.95 and ahead of the baseline)" % (mp / base, mp / total))
+PY
+
+    ttfb_server
+    local direct via
+    direct=$(ttfb mpb-cli 20 10.77.1.2)
+    via=$(ttfb mpb-lan 20)
+    kill "$TTFB_SERVER" 2>/dev/null || true
+    echo
+    echo "time to first byte of a small request (median of 20, after one warm-up)"
+    printf '%-40s | %8s\n' path TTFB
+    printf '%s\n' "-----------------------------------------------------"
+    printf '%-40s | %5.1f ms\n' "direct TCP over dsl (best single uplink)" "$direct"
+    printf '%-40s | %5.1f ms\n' "mpbond, fast mode (from mpb-lan)" "$via"
+    python3 -c "import sys; print('mpbond / direct: %.2f (goal <= 0.6)' % (float(sys.argv[1]) / float(sys.argv[2])))" "$via" "$direct"
+
+    $LAB stop >/dev/null
+    $LAB down
+    trap - EXIT
+    rm -rf "$TMP"
+}
+
+[ $# -ge 1 ] || die "usage: bench.sh linkem [--quick] [--status] | tcp [--secs N] [--live]"
 what=$1
 shift
 case $what in
     linkem) bench_linkem "$@" ;;
-    *) die "unknown benchmark $what; available: linkem" ;;
+    tcp) bench_tcp "$@" ;;
+    *) die "unknown benchmark $what; available: linkem, tcp" ;;
 esac

@@ -99,8 +99,14 @@ pub(crate) async fn relay(
         sockets: [client, server],
         armed: true,
     };
-    keepalive(client);
-    keepalive(server);
+    for stream in [client, server] {
+        keepalive(stream);
+        // Relayed bytes go out as they come: Nagle would hold a small write
+        // (a response after the connect answer) for a round trip.
+        if let Err(e) = stream.set_nodelay(true) {
+            debug!(error = %e, "cannot set TCP_NODELAY");
+        }
+    }
     let mut up = vec![0; BUFFER_LEN.max(early.len())].into_boxed_slice();
     up[..early.len()].copy_from_slice(early);
     let mut down = vec![0; BUFFER_LEN].into_boxed_slice();

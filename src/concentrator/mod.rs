@@ -212,6 +212,11 @@ pub async fn run(
 /// One client connection, from accept to close; runs in its span.
 async fn connection(shared: Arc<Shared>, mut stream: TcpStream, handshake: OwnedSemaphorePermit) {
     let mut header: HeaderBuf = [0; MAX_MESSAGE_LEN];
+    // The answer and the first relayed bytes must not wait for each other's
+    // ACK (Nagle); that would add a round trip to every connection.
+    if let Err(e) = stream.set_nodelay(true) {
+        debug!(error = %e, "cannot set TCP_NODELAY");
+    }
     let read = accept::read_header(&mut stream, &mut header, shared.handshake_timeout).await;
     let authenticated = read.and_then(|(request, early)| {
         let client = shared.clients.authenticate(&request, accept::unix_ms())?;
