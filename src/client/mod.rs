@@ -27,7 +27,7 @@ use tun_rs::{AsyncDevice, DeviceBuilder};
 
 use crate::config::ClientConfig;
 use redirect::{ConnectMode, FlowKey, FlowTable, RedirectAddrs};
-use tunnel::{Tunnel, Tunnels};
+use tunnel::{Tunnel, Tunnels, WarmPool};
 use uplinks::{Plumbing, UplinkError};
 
 /// The port the redirect's listeners use on the TUN's addresses.
@@ -154,6 +154,7 @@ pub async fn run(config: ClientConfig, shutdown: impl Future) -> Result<(), Clie
             key: config.key.clone(),
             source,
             timeout: config.connect_timeout,
+            warm: WarmPool::new(config.warm_connections, config.warm_max_age),
         },
         start: Instant::now(),
     });
@@ -164,6 +165,11 @@ pub async fn run(config: ClientConfig, shutdown: impl Future) -> Result<(), Clie
         tasks.spawn(flow::accept_loop(shared.clone(), listener));
     }
     tasks.spawn(expire_loop(shared.clone()));
+    let warm = shared.clone();
+    tasks.spawn(async move {
+        warm.tunnels.keep_warm().await;
+        Ok(())
+    });
     info!(
         concentrator = %config.concentrator,
         mode = ?config.connect_mode,

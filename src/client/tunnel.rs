@@ -2,13 +2,16 @@
 //! bytes are the signed connect header (in the SYN, with TCP Fast Open),
 //! and the concentrator's answer.
 
+use std::collections::VecDeque;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use socket2::{Domain, Protocol, SockAddr, SockRef, Socket, Type};
 use tokio::io::Interest;
 use tokio::net::TcpStream;
+use tokio::sync::Notify;
 use tracing::{debug, warn};
 
 use crate::auth::{self, Key};
@@ -47,6 +50,78 @@ pub(super) struct Tunnels {
     pub(super) source: Option<IpAddr>,
     /// Reaching the concentrator and, through it, the destination.
     pub(super) timeout: Duration,
+    /// Tunnels connected ahead of use.
+    pub(super) warm: WarmPool,
+}
+
+/// How long after the last new flow warm tunnels are kept: an idle site
+/// costs the concentrator nothing.
+const WARM_LINGER: Duration = Duration::from_secs(60);
+
+/// Pause after a warm tunnel could not be opened.
+const WARM_BACKOFF: Duration = Duration::from_secs(1);
+
+/// MPTCP connections to the concentrator opened before a flow needs them.
+///
+/// A Fast Open SYN carries the connect header, but the kernel's MPTCP does
+/// not send the server's first bytes before the client's third ACK (unlike
+/// plain TCP Fast Open), so a fresh tunnel still costs two round trips
+/// before the LAN host sees an answer. A warm tunnel is already
+/// established: the header and the request leave at once, the answer comes
+/// one round trip later. Warm tunnels are kept only while flows start (for
+/// [`WARM_LINGER`] after the last one) and replaced before the
+/// concentrator's handshake timeout would close them.
+#[derive(Debug)]
+pub(super) struct WarmPool {
+    target: usize,
+    max_age: Duration,
+    idle: Mutex<VecDeque<(Instant, TcpStream)>>,
+    last_use: Mutex<Option<Instant>>,
+    wanted: Notify,
+}
+
+impl WarmPool {
+    /// A pool that keeps `target` tunnels, each at most `max_age` old.
+    pub(super) fn new(target: usize, max_age: Duration) -> Self {
+        Self {
+            target,
+            max_age,
+            idle: Mutex::new(VecDeque::new()),
+            last_use: Mutex::new(None),
+            wanted: Notify::new(),
+        }
+    }
+
+    fn idle(&self) -> MutexGuard<'_, VecDeque<(Instant, TcpStream)>> {
+        self.idle.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A warm tunnel young enough to use, if any; counts as activity.
+    fn take(&self) -> Option<TcpStream> {
+        *self.last_use.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
+        self.wanted.notify_one();
+        let mut idle = self.idle();
+        while let Some((at, stream)) = idle.pop_back() {
+            if at.elapsed() < self.max_age {
+                return Some(stream);
+            }
+        }
+        None
+    }
+
+    fn active(&self) -> bool {
+        self.last_use
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_some_and(|at| at.elapsed() < WARM_LINGER)
+    }
+
+    /// Drops tunnels past their age, or all of them once the site is idle.
+    fn expire(&self) {
+        let active = self.active();
+        self.idle()
+            .retain(|(at, _)| active && at.elapsed() < self.max_age);
+    }
 }
 
 /// Why a tunnel could not be opened.
@@ -141,14 +216,34 @@ pub(super) struct Tunnel {
 
 impl Tunnels {
     /// Opens a tunnel to `destination`, sending `early` (the LAN host's
-    /// first bytes) with the header, and waits for the answer.
+    /// first bytes) with the header, and waits for the answer: on a warm
+    /// tunnel if there is one, else on a new one whose SYN carries the
+    /// header (TCP Fast Open).
     pub(super) async fn open(
         &self,
         destination: SocketAddr,
         early: &[u8],
     ) -> Result<Tunnel, TunnelError> {
         let concentrator = self.concentrator;
-        match tokio::time::timeout(self.timeout, self.open_inner(destination, early)).await {
+        let open = async {
+            if let Some(stream) = self.warm.take() {
+                match self.request(stream, destination, early).await {
+                    Ok(tunnel) => return Ok(tunnel),
+                    // The concentrator closed it without reading the header
+                    // (restart, timeout): no server saw anything yet.
+                    Err(TunnelError::Closed { .. } | TunnelError::Io { .. }) => {
+                        debug!("warm tunnel was closed; opening a new one");
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+            let stream = self.socket(true).map_err(|source| TunnelError::Socket {
+                concentrator,
+                source,
+            })?;
+            self.request(stream, destination, early).await
+        };
+        match tokio::time::timeout(self.timeout, open).await {
             Ok(result) => result,
             Err(_) => Err(TunnelError::TimedOut {
                 concentrator,
@@ -157,16 +252,51 @@ impl Tunnels {
         }
     }
 
-    async fn open_inner(
+    /// Keeps the warm pool filled while the site is active; never returns.
+    pub(super) async fn keep_warm(&self) {
+        if self.warm.target == 0 {
+            return std::future::pending().await;
+        }
+        let tick = self.warm.max_age / 4;
+        loop {
+            tokio::select! {
+                () = self.warm.wanted.notified() => {}
+                () = tokio::time::sleep(tick) => {}
+            }
+            self.warm.expire();
+            while self.warm.active() && self.warm.idle().len() < self.warm.target {
+                match self.connect_warm().await {
+                    Ok(stream) => self.warm.idle().push_front((Instant::now(), stream)),
+                    Err(e) => {
+                        debug!(error = %e, "cannot open a warm tunnel");
+                        tokio::time::sleep(WARM_BACKOFF).await;
+                        break;
+                    }
+                }
+            }
+        }
+    }
+
+    async fn connect_warm(&self) -> io::Result<TcpStream> {
+        let stream = self.socket(false)?;
+        tokio::time::timeout(self.timeout, stream.writable())
+            .await
+            .map_err(|_| io::Error::from(io::ErrorKind::TimedOut))??;
+        if let Some(e) = stream.take_error()? {
+            return Err(e);
+        }
+        stream.peer_addr()?;
+        Ok(stream)
+    }
+
+    /// Sends the signed header and `early` on `stream` and reads the answer.
+    async fn request(
         &self,
+        stream: TcpStream,
         destination: SocketAddr,
         early: &[u8],
     ) -> Result<Tunnel, TunnelError> {
         let concentrator = self.concentrator;
-        let stream = self.socket().map_err(|source| TunnelError::Socket {
-            concentrator,
-            source,
-        })?;
         let io_error = |source| TunnelError::Io {
             concentrator,
             source,
@@ -228,7 +358,7 @@ impl Tunnels {
     /// A nonblocking MPTCP socket (plain TCP where the kernel has no MPTCP)
     /// bound to the uplink's source address, "connected" with Fast Open so
     /// that the first write sends the SYN.
-    fn socket(&self) -> io::Result<TcpStream> {
+    fn socket(&self, fast_open: bool) -> io::Result<TcpStream> {
         let domain = Domain::for_address(self.concentrator);
         let socket = match Socket::new(domain, Type::STREAM, Some(Protocol::MPTCP)) {
             Ok(socket) => socket,
@@ -250,8 +380,10 @@ impl Tunnels {
         if let Some(source) = self.source {
             socket.bind(&SockAddr::from(SocketAddr::new(source, 0)))?;
         }
-        if let Err(e) = sys::set_tcp_fastopen_connect(&socket) {
-            debug!(error = %e, "no TCP Fast Open on the tunnel socket; connecting costs a round trip");
+        if fast_open {
+            if let Err(e) = sys::set_tcp_fastopen_connect(&socket) {
+                debug!(error = %e, "no TCP Fast Open on the tunnel socket; connecting costs a round trip");
+            }
         }
         match socket.connect(&SockAddr::from(self.concentrator)) {
             Ok(()) => {}

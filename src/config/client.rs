@@ -11,6 +11,12 @@
 //!                                   # the SYN until the server answered
 //! connect_timeout = "5s"            # optional: reaching the concentrator and,
 //!                                   # through it, the server
+//! warm_connections = 2              # optional: tunnels kept connected ahead of
+//!                                   # use while the site is active (0: none), so a
+//!                                   # new flow's request leaves at once
+//! warm_max_age = "3s"               # optional: a warm tunnel unused this long is
+//!                                   # replaced; keep it below the concentrator's
+//!                                   # handshake_timeout (default 5s)
 //!
 //! [tun]                             # optional
 //! name = "mpb0"                     # TUN device
@@ -56,6 +62,10 @@ pub struct ClientConfig {
     pub connect_mode: ConnectMode,
     /// How long reaching the server through the tunnel may take.
     pub connect_timeout: Duration,
+    /// Tunnels kept connected ahead of use while the site is active.
+    pub warm_connections: usize,
+    /// How long a warm tunnel may wait for a flow.
+    pub warm_max_age: Duration,
     /// The TUN device.
     pub tun: TunConfig,
     /// The uplinks, in the order written; names and interfaces are unique.
@@ -118,6 +128,12 @@ pub struct UplinkConfig {
 impl ClientConfig {
     /// Default for `connect_timeout`.
     pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+    /// Default for `warm_connections`.
+    pub const DEFAULT_WARM_CONNECTIONS: usize = 2;
+    /// Largest `warm_connections`.
+    pub const MAX_WARM_CONNECTIONS: usize = 16;
+    /// Default for `warm_max_age`.
+    pub const DEFAULT_WARM_MAX_AGE: Duration = Duration::from_secs(3);
     /// Most uplinks (the kernel path manager's subflow limit is 8).
     pub const MAX_UPLINKS: usize = 8;
 
@@ -138,6 +154,8 @@ pub struct RawClientConfig {
     key_file: Option<Spanned<String>>,
     connect_mode: Option<Spanned<String>>,
     connect_timeout: Option<Spanned<String>>,
+    warm_connections: Option<Spanned<i64>>,
+    warm_max_age: Option<Spanned<String>>,
     tun: Option<RawTun>,
     #[serde(default)]
     uplink: Vec<Spanned<RawUplink>>,
@@ -200,6 +218,28 @@ impl TryFrom<Parsed<'_, RawClientConfig>> for ClientConfig {
             Some(text) => parse_nonzero_duration(text.get_ref())
                 .map_err(|e| file.invalid("connect_timeout", text.span(), e))?,
         };
+        let warm_connections = match &raw.warm_connections {
+            None => Self::DEFAULT_WARM_CONNECTIONS,
+            Some(value) => usize::try_from(*value.get_ref())
+                .ok()
+                .filter(|n| *n <= Self::MAX_WARM_CONNECTIONS)
+                .ok_or_else(|| {
+                    file.invalid(
+                        "warm_connections",
+                        value.span(),
+                        ValueError::OutOfRange {
+                            value: *value.get_ref(),
+                            min: 0,
+                            max: Self::MAX_WARM_CONNECTIONS as i64,
+                        },
+                    )
+                })?,
+        };
+        let warm_max_age = match &raw.warm_max_age {
+            None => Self::DEFAULT_WARM_MAX_AGE,
+            Some(text) => parse_nonzero_duration(text.get_ref())
+                .map_err(|e| file.invalid("warm_max_age", text.span(), e))?,
+        };
         let tun = tun(file, raw.tun.as_ref())?;
 
         if raw.uplink.is_empty() {
@@ -251,6 +291,8 @@ impl TryFrom<Parsed<'_, RawClientConfig>> for ClientConfig {
             key,
             connect_mode,
             connect_timeout,
+            warm_connections,
+            warm_max_age,
             tun,
             uplinks,
         })
@@ -441,6 +483,8 @@ mod tests {
             ClientConfig::DEFAULT_CONNECT_TIMEOUT
         );
         assert_eq!(config.tun, TunConfig::default());
+        assert_eq!(config.warm_connections, 2);
+        assert_eq!(config.warm_max_age, Duration::from_secs(3));
         assert_eq!(config.tun.fake_v4(), Ipv4Addr::new(172, 29, 77, 2));
         assert_eq!(config.uplinks.len(), 2);
         assert_eq!(config.uplinks[0].gateway, Some(Ipv4Addr::new(10, 77, 1, 1)));
@@ -484,6 +528,10 @@ mod tests {
 
         let (key, _, _) = problem(&base("[tun]\nipv4 = \"172.29.77.1/32\""));
         assert_eq!(key, "tun.ipv4");
+        let (key, _, _) = problem(&base("warm_connections = 17"));
+        assert_eq!(key, "warm_connections");
+        let (key, _, _) = problem(&base("warm_max_age = \"0s\""));
+        assert_eq!(key, "warm_max_age");
         let (key, _, _) = problem(&base("[tun]\nmtu = 70000"));
         assert_eq!(key, "tun.mtu");
         let (key, _, _) = problem(&base("[tun]\nname = \"a/b\""));
