@@ -178,18 +178,23 @@ uplink_rx() {
 
 # Prints per-uplink receive throughput every second until killed.
 live_rates() {
-    local prev now
-    prev=$(uplink_rx)
-    while sleep 1; do
-        now=$(uplink_rx)
-        python3 - $prev $now <<'PY'
-import sys
-d0, l0, d1, l1 = map(int, sys.argv[1:])
-d, l = (d1 - d0) * 8 / 1e6, (l1 - l0) * 8 / 1e6
-print("  dsl0 %6.1f Mbit/s  lte0 %6.1f Mbit/s  sum %6.1f Mbit/s" % (d, l, d + l), flush=True)
+    # exec: the caller's kill must reach python, not a subshell.
+    exec ip netns exec mpb-cli python3 - <<'PY'
+import time
+def rx():
+    out = []
+    for dev in ("dsl0", "lte0"):
+        with open("/sys/class/net/%s/statistics/rx_bytes" % dev) as f:
+            out.append(int(f.read()))
+    return time.monotonic(), out
+t0, b0 = rx()
+while True:
+    time.sleep(1)
+    t1, b1 = rx()
+    d, l = ((b1[i] - b0[i]) * 8 / (t1 - t0) / 1e6 for i in range(2))
+    print("  dsl0 %6.1f Mbit/s  lte0 %6.1f Mbit/s  sum %6.1f Mbit/s (on the wire)" % (d, l, d + l), flush=True)
+    t0, b0 = t1, b1
 PY
-        prev=$now
-    done
 }
 
 # A download of SECS seconds with iperf3 (server in mpb-srv sends).
@@ -288,7 +293,22 @@ bench_tcp() {
 
     echo
     echo "one ${secs}s download to the site per row (iperf3 -R, 2 s omitted), default profiles, congestion control $CC"
-    local rows=() b before after
+    local rows=() b before after mp_row
+    local live_pid=
+    if [ $live = 1 ]; then
+        echo "mpbond: download to mpb-lan through the tunnel; each uplink every second:"
+        live_rates &
+        live_pid=$!
+    fi
+    before=$(uplink_rx)
+    b=$(download mpb-lan "$secs")
+    after=$(uplink_rx)
+    if [ -n "$live_pid" ]; then
+        kill "$live_pid" 2>/dev/null || true
+        wait "$live_pid" 2>/dev/null || true
+        echo "baselines: plain TCP on each line, then kernel MPTCP used directly (${secs}s each)"
+    fi
+    mp_row="mpbond (from mpb-lan)|$b|$sum|$before|$after"
     # Plain TCP bound to an uplink address: mpbond's source rules send it
     # straight out of that uplink, past the TUN.
     b=$(download mpb-cli "$secs" -B 10.77.1.2)
@@ -299,17 +319,7 @@ bench_tcp() {
     b=$(download mpb-cli "$secs" --mptcp -B 10.77.1.2)
     after=$(uplink_rx)
     rows+=("kernel MPTCP direct (baseline)|$b|$sum|$before|$after")
-    local live_pid=
-    if [ $live = 1 ]; then
-        echo "mpbond download from mpb-lan, per uplink each second:"
-        live_rates &
-        live_pid=$!
-    fi
-    before=$(uplink_rx)
-    b=$(download mpb-lan "$secs")
-    after=$(uplink_rx)
-    [ -n "$live_pid" ] && { kill "$live_pid" 2>/dev/null; wait "$live_pid" 2>/dev/null || true; }
-    rows+=("mpbond (from mpb-lan)|$b|$sum|$before|$after")
+    rows+=("$mp_row")
 
     printf '%-32s | %9s | %8s | %s\n' path goodput "of rate" "bytes received per uplink"
     printf '%s\n' "------------------------------------------------------------------------------------"
