@@ -63,6 +63,8 @@ const NOT_DEFAULT_PREF: u32 = 7790;
 const CAPTURE_PREF: u32 = 7791;
 /// Holds the default routes into the TUN.
 const CAPTURE_TABLE: u32 = 7799;
+/// The protocol the capture rules match.
+const IPPROTO_TCP: u8 = 6;
 /// `RT_TABLE_MAIN`.
 const MAIN_TABLE: u32 = 254;
 /// Linux caps both MPTCP limits at 8 (`MPTCP_PM_ADDR_MAX`).
@@ -759,6 +761,7 @@ fn our_rule(priority: u32, family: AddressFamily, table: u32) -> Rule {
         from: None,
         to: None,
         fwmark: None,
+        ip_proto: None,
         table,
         suppress_prefixlen: None,
         protocol: MPBOND_RTPROT,
@@ -814,7 +817,13 @@ fn capture_rules(concentrator: IpAddr) -> Vec<Rule> {
         });
     }
     for family in [AddressFamily::V4, AddressFamily::V6] {
-        rules.push(our_rule(CAPTURE_PREF, family, CAPTURE_TABLE));
+        // Only TCP is captured: until the datagram tunnel exists, other
+        // traffic (DNS, ICMP, QUIC) keeps using the main table's default
+        // route unbonded rather than vanishing into the TUN.
+        rules.push(Rule {
+            ip_proto: Some(IPPROTO_TCP),
+            ..our_rule(CAPTURE_PREF, family, CAPTURE_TABLE)
+        });
     }
     rules
 }
@@ -982,6 +991,8 @@ mod tests {
                 .lines()
                 .filter(|l| l.contains(needle))
                 .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
+                // Without /etc/protocols, ip names TCP "ipproto-6".
+                .map(|l| l.replace("ipproto ipproto-6", "ipproto tcp"))
                 .collect()
         }
 
@@ -1165,7 +1176,7 @@ mod tests {
                     "7780: from all fwmark 0x6d70 lookup 254 proto 109",
                     "7785: from all to 203.0.113.7 lookup 254 proto 109",
                     "7790: from all lookup 254 suppress_prefixlength 0 proto 109",
-                    "7791: from all lookup 7799 proto 109",
+                    "7791: from all ipproto tcp lookup 7799 proto 109",
                     "32766: from all lookup 254",
                     "32767: from all lookup 253",
                 ]
@@ -1176,7 +1187,7 @@ mod tests {
                     "0: from all lookup 255",
                     "7780: from all fwmark 0x6d70 lookup 254 proto 109",
                     "7790: from all lookup 254 suppress_prefixlength 0 proto 109",
-                    "7791: from all lookup 7799 proto 109",
+                    "7791: from all ipproto tcp lookup 7799 proto 109",
                     "32766: from all lookup 254",
                 ]
             );
@@ -1212,7 +1223,16 @@ mod tests {
             // subflows, the concentrator, marked sockets and the connected
             // subnets through the uplinks.
             let routes = [
-                (vec!["198.51.100.1"], "198.51.100.1 dev mpbt0 table 7799"),
+                (
+                    vec!["198.51.100.1", "ipproto", "6"],
+                    "198.51.100.1 dev mpbt0 table 7799",
+                ),
+                // Not TCP: no datagram tunnel yet, so the main table's
+                // default route, unbonded.
+                (
+                    vec!["198.51.100.1", "ipproto", "17"],
+                    "198.51.100.1 via 10.77.1.1 dev d0 src 10.77.1.2",
+                ),
                 (
                     vec!["198.51.100.1", "from", "10.77.1.2"],
                     "198.51.100.1 from 10.77.1.2 via 10.77.1.1 dev d0 table 7701",
@@ -1231,7 +1251,7 @@ mod tests {
                 ),
                 (vec!["10.77.2.9"], "10.77.2.9 dev d1 src 10.77.2.2"),
                 (
-                    vec!["2001:db8::1"],
+                    vec!["2001:db8::1", "ipproto", "6"],
                     "2001:db8::1 from :: dev mpbt0 table 7799",
                 ),
             ];
@@ -1270,7 +1290,7 @@ mod tests {
                     "7780: from all fwmark 0x6d70 lookup 254 proto 109",
                     "7785: from all to 2001:db8::7 lookup 254 proto 109",
                     "7790: from all lookup 254 suppress_prefixlength 0 proto 109",
-                    "7791: from all lookup 7799 proto 109",
+                    "7791: from all ipproto tcp lookup 7799 proto 109",
                 ]
             );
             assert_eq!(
@@ -1278,7 +1298,7 @@ mod tests {
                 [
                     "7780: from all fwmark 0x6d70 lookup 254 proto 109",
                     "7790: from all lookup 254 suppress_prefixlength 0 proto 109",
-                    "7791: from all lookup 7799 proto 109",
+                    "7791: from all ipproto tcp lookup 7799 proto 109",
                 ]
             );
             assert_eq!(

@@ -12,7 +12,7 @@ use netlink_packet_route::route::{
     RouteAddress, RouteAttribute, RouteMessage, RouteProtocol, RouteScope, RouteType,
 };
 use netlink_packet_route::rule::{RuleAction, RuleAttribute, RuleMessage};
-use netlink_packet_route::{AddressFamily as NlFamily, RouteNetlinkMessage};
+use netlink_packet_route::{AddressFamily as NlFamily, IpProtocol, RouteNetlinkMessage};
 use netlink_sys::protocols::NETLINK_ROUTE;
 
 use super::socket::{invalid_data, NlSocket};
@@ -86,7 +86,8 @@ pub struct Route {
 }
 
 /// A routing policy rule, as `ip rule add pref P [from SRC] [to DST]
-/// [fwmark M/MASK] lookup T [suppress_prefixlength N] proto P` writes it.
+/// [fwmark M/MASK] [ipproto N] lookup T [suppress_prefixlength N] proto P`
+/// writes it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Rule {
     /// Priority (`pref`); lower is consulted first.
@@ -99,6 +100,8 @@ pub struct Rule {
     pub to: Option<(IpAddr, u8)>,
     /// Firewall mark and mask to match.
     pub fwmark: Option<(u32, u32)>,
+    /// IP protocol to match (`ipproto tcp` is 6).
+    pub ip_proto: Option<u8>,
     /// Table to look up.
     pub table: u32,
     /// Ignore lookup results with a prefix this short or shorter
@@ -596,6 +599,9 @@ fn rule_message(r: &Rule) -> RuleMessage {
         a.push(RuleAttribute::FwMark(mark));
         a.push(RuleAttribute::FwMask(mask));
     }
+    if let Some(proto) = r.ip_proto {
+        a.push(RuleAttribute::IpProtocol(IpProtocol::from(proto)));
+    }
     a.push(RuleAttribute::Table(r.table));
     if let Some(len) = r.suppress_prefixlen {
         a.push(RuleAttribute::SuppressPrefixLen(len));
@@ -612,6 +618,7 @@ fn rule_from_message(msg: &RuleMessage, family: AddressFamily) -> Rule {
         from: None,
         to: None,
         fwmark: None,
+        ip_proto: None,
         table: msg.header.table.into(),
         suppress_prefixlen: None,
         protocol: 0,
@@ -628,6 +635,7 @@ fn rule_from_message(msg: &RuleMessage, family: AddressFamily) -> Rule {
             RuleAttribute::Table(t) => r.table = *t,
             RuleAttribute::SuppressPrefixLen(n) => r.suppress_prefixlen = Some(*n),
             RuleAttribute::Protocol(p) => r.protocol = (*p).into(),
+            RuleAttribute::IpProtocol(p) => r.ip_proto = Some(u8::from(*p)),
             _ => {}
         }
     }
@@ -669,6 +677,9 @@ fn describe_rule(r: &Rule) -> String {
     }
     if let Some((mark, mask)) = r.fwmark {
         let _ = write!(s, " fwmark {mark:#x}/{mask:#x}");
+    }
+    if let Some(proto) = r.ip_proto {
+        let _ = write!(s, " ipproto {proto}");
     }
     let _ = write!(s, " lookup {}", r.table);
     if let Some(len) = r.suppress_prefixlen {
@@ -717,6 +728,7 @@ mod tests {
             from: Some((v4("10.0.0.2"), 32)),
             to: None,
             fwmark: None,
+            ip_proto: None,
             table: 101,
             suppress_prefixlen: None,
             protocol: MPBOND_RTPROT,
@@ -759,6 +771,7 @@ mod tests {
             from: Some((v4("10.0.0.2"), 32)),
             to: Some((v4("203.0.113.7"), 32)),
             fwmark: Some((0x6d, 0xff)),
+            ip_proto: Some(6),
             table: 101,
             suppress_prefixlen: Some(0),
             protocol: MPBOND_RTPROT,
@@ -769,8 +782,8 @@ mod tests {
         );
         assert_eq!(
             describe_rule(&rule),
-            "pref 100 from 10.0.0.2/32 to 203.0.113.7/32 fwmark 0x6d/0xff lookup 101 \
-             suppress_prefixlength 0 proto 109 (V4)"
+            "pref 100 from 10.0.0.2/32 to 203.0.113.7/32 fwmark 0x6d/0xff ipproto 6 \
+             lookup 101 suppress_prefixlength 0 proto 109 (V4)"
         );
     }
 }

@@ -312,6 +312,7 @@ fn our_rule(priority: u32, family: AddressFamily, table: u32) -> Rule {
         from: None,
         to: None,
         fwmark: None,
+        ip_proto: None,
         table,
         suppress_prefixlen: None,
         protocol: MPBOND_RTPROT,
