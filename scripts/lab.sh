@@ -7,9 +7,11 @@
 #   scripts/lab.sh link dsl|lte down|up|blackhole         change a line's state live
 #   scripts/lab.sh link dsl|lte set RATE DELAY LOSS [up|down|both]
 #                                                         new shaping ("-" keeps a value)
-#   scripts/lab.sh start [--client-config FILE] [--concentrator-config FILE]
+#   scripts/lab.sh start [--client-config FILE] [--concentrator-config FILE] [--no-client]
 #                                                         run mpbond in the lab; returns once
-#                                                         the tunnel carries traffic
+#                                                         the tunnel carries traffic (with
+#                                                         --no-client: once the concentrator
+#                                                         listens)
 #   scripts/lab.sh stop                                   stop mpbond (SIGTERM; SIGKILL after 10 s)
 #   scripts/lab.sh probe [NS] [ADDR]                      ask the probe server which address
 #                                                         it sees (default mpb-lan, 198.51.100.10)
@@ -442,12 +444,13 @@ stop_all() {
 
 cmd_start() {
     local client_config=$ROOT/deploy/lab/client.toml
-    local conc_config=$ROOT/deploy/lab/concentrator.toml
+    local conc_config=$ROOT/deploy/lab/concentrator.toml with_client=1
     while [ $# -gt 0 ]; do
         case $1 in
             --client-config) [ $# -ge 2 ] || die "--client-config needs a file"; client_config=$2; shift 2 ;;
             --concentrator-config) [ $# -ge 2 ] || die "--concentrator-config needs a file"; conc_config=$2; shift 2 ;;
-            *) die "unknown option $1; usage: lab.sh start [--client-config FILE] [--concentrator-config FILE]" ;;
+            --no-client) with_client=0; shift ;;
+            *) die "unknown option $1; usage: lab.sh start [--client-config FILE] [--concentrator-config FILE] [--no-client]" ;;
         esac
     done
     local ns name
@@ -472,6 +475,11 @@ cmd_start() {
     spawn concentrator "$bin" concentrator --config "$conc_config"
     wait_log probe "probe server listening" 5
     wait_log concentrator "concentrator listening" 5
+    if [ "$with_client" = 0 ]; then
+        trap - EXIT
+        say "started: concentrator ($conc_config) and the probe server; no client"
+        return 0
+    fi
     spawn client "$bin" client --config "$client_config"
 
     # The tunnel carries traffic when the probe server sees the
