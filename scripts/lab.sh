@@ -313,9 +313,23 @@ cmd_link() {
 DAEMONS=(client concentrator probe)
 declare -A DAEMON_NS=([client]=mpb-cli [concentrator]=mpb-conc [probe]=mpb-srv)
 
-# The probe server (python3, no dependencies): one listener per family.
+# The probe server (python3, no dependencies): one listener per family, a
+# thread per connection. It writes the peer's address and a newline, ends
+# its side, and drains what the peer sent (so its close is a FIN, not a
+# reset) for at most 2 s.
 PROBE_PY='
-import selectors, socket
+import selectors, socket, threading
+def serve(conn, peer):
+    try:
+        conn.settimeout(2)
+        conn.sendall((peer[0] + "\n").encode())
+        conn.shutdown(socket.SHUT_WR)
+        while conn.recv(4096):
+            pass
+    except OSError:
+        pass
+    finally:
+        conn.close()
 sel = selectors.DefaultSelector()
 for family, host in ((socket.AF_INET, "0.0.0.0"), (socket.AF_INET6, "::")):
     s = socket.socket(family, socket.SOCK_STREAM)
@@ -329,20 +343,22 @@ print("probe server listening on port 7", flush=True)
 while True:
     for key, _ in sel.select():
         conn, peer = key.fileobj.accept()
-        try:
-            conn.sendall((peer[0] + "\n").encode())
-        except OSError:
-            pass
-        conn.close()
+        if threading.active_count() < 64:
+            threading.Thread(target=serve, args=(conn, peer), daemon=True).start()
+        else:
+            conn.close()
 '
 
 # Asks the probe server from namespace NS which address it sees; prints it
-# (empty on failure). Bounded: 2 s.
+# (empty on failure). Bounded: 2 s. It sends a newline first: in the
+# client's fast connect mode the tunnel may wait for the LAN host's first
+# bytes.
 PROBE_CLIENT_PY='
 import socket, sys
 try:
     with socket.create_connection((sys.argv[1], 7), timeout=2) as c:
         c.settimeout(2)
+        c.sendall(b"\n")
         data = b""
         while not data.endswith(b"\n"):
             chunk = c.recv(256)

@@ -60,6 +60,24 @@ fn strict_config() -> String {
     harness::root().join(STRICT).to_string_lossy().into_owned()
 }
 
+#[test]
+fn ss_output_is_understood() {
+    // Lines as ss 6.x prints them for an MPTCP connection's subflows.
+    let ss = "ESTAB 0 0 10.77.2.2%lte0:50179 10.77.9.2:7300\n\
+              \t bbr wscale:10,10 rtt:55.3/27.6 tcp-ulp-mptcp flags:Jjec token:a18a1274(id:0)\n\
+              ESTAB 0 0 10.77.1.2:58658 10.77.9.2:7300\n\
+              \t bbr wscale:10,10 tcp-ulp-mptcp flags:Mmc token:0000(id:0)\n\
+              ESTAB 0 0 10.77.1.2:58659 10.77.9.2:7300\n\
+              \t cubic wscale:7,7 rtt:1/1\n\
+              ESTAB 0 0 10.77.1.2:58660 10.77.9.2:7401\n\
+              \t bbr tcp-ulp-mptcp flags:Mmc\n";
+    assert_eq!(subflows(ss), vec![LTE, DSL]);
+    assert_eq!(
+        ss_ip("[fd77:1::2%dsl0]:1"),
+        Some("fd77:1::2".parse().expect("ip"))
+    );
+}
+
 // ---------------------------------------------------------------- uplinks
 
 /// Byte counters of both uplinks in mpb-cli.
@@ -163,7 +181,7 @@ fn subflows(ss: &str) -> Vec<IpAddr> {
                 [state, _, _, local, peer, ..]
                     if *state == "ESTAB" && *peer == CONCENTRATOR_LISTEN.to_string() =>
                 {
-                    local.parse::<SocketAddr>().ok().map(|a| a.ip())
+                    ss_ip(local)
                 }
                 _ => None,
             };
@@ -174,6 +192,17 @@ fn subflows(ss: &str) -> Vec<IpAddr> {
         }
     }
     found
+}
+
+/// The address of an `ss` column: `10.77.2.2%lte0:50179` (a socket bound
+/// to a device), `10.77.1.2:41234`, `[fd77:1::2]:41234`.
+fn ss_ip(column: &str) -> Option<IpAddr> {
+    let (host, _port) = column.rsplit_once(':')?;
+    let host = host.split('%').next()?;
+    host.trim_start_matches('[')
+        .trim_end_matches(']')
+        .parse()
+        .ok()
 }
 
 // ---------------------------------------------------------------- transfers
@@ -330,8 +359,8 @@ enum Mode {
     Strict,
 }
 
-/// (c) Half-close, a server's reset and a closed port, as the LAN host sees
-/// them through the tunnel.
+/// (c) Half-close, a server's reset, a server that speaks first and a
+/// closed port, as the LAN host sees them through the tunnel.
 fn tcp_semantics(mode: Mode) {
     // Half-close: the LAN host sends its request and shuts its write side;
     // the server reads to the end, then sends 1 MiB, all of which arrives.
@@ -387,6 +416,48 @@ fn tcp_semantics(mode: Mode) {
         Err(e) if e.kind() == io::ErrorKind::ConnectionReset => {}
         other => panic!(
             "{mode:?}: a server reset must reach the LAN host as ConnectionReset, got {other:?}"
+        ),
+    }
+
+    // A server that speaks first (SSH, SMTP): its greeting reaches a LAN
+    // host that has sent nothing, also in fast mode.
+    let srv = NsServer::start(
+        SRV,
+        at(SERVER, 5103),
+        Behavior::Source {
+            request: 0,
+            len: 64,
+            seed: 0x55,
+        },
+    );
+    let addr = srv.addr();
+    let greeting = run_in(
+        LAN,
+        "server speaks first",
+        Duration::from_secs(20),
+        move || {
+            let started = Instant::now();
+            let mut s = connect(addr, Duration::from_secs(5))?;
+            s.set_read_timeout(Some(Duration::from_secs(5)))?;
+            let mut buf = [0; 64];
+            s.read_exact(&mut buf)?;
+            Ok::<_, io::Error>((buf, started.elapsed()))
+        },
+    );
+    eprintln!(
+        "{mode:?}: server speaks first: {:?}",
+        greeting.as_ref().map(|g| g.1)
+    );
+    match greeting {
+        Ok((buf, _)) => assert_eq!(
+            buf.to_vec(),
+            Pattern::bytes(0x55, 64),
+            "{mode:?}: the server's greeting arrived corrupted"
+        ),
+        Err(e) => panic!(
+            "{mode:?}: a server that speaks first must reach a LAN host that has sent \
+             nothing yet (SSH, SMTP); got {e} ({:?})",
+            e.kind()
         ),
     }
 
