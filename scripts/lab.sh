@@ -248,6 +248,18 @@ cmd_up() {
     nsx mpb-cli ip -6 route add default via fd77:2::1 dev lte0 metric 200
     nsx mpb-wan ip route add 192.168.77.0/24 via 10.77.1.2
     nsx mpb-wan ip -6 route add fd77:77::/64 via fd77:1::2
+    # Link-local addresses go through duplicate address detection; until
+    # they are ready, neighbour discovery (and so the first IPv6 packets)
+    # stalls for a second or two.
+    local i tentative
+    for i in $(seq 60); do
+        tentative=""
+        for ns in "${NAMESPACES[@]}"; do
+            tentative+=$(nsx "$ns" ip -6 -o addr show tentative)
+        done
+        [ -z "$tentative" ] && break
+        sleep 0.05
+    done
     trap - EXIT
     say "up: dsl=$dsl lte=$lte congestion-control=$CC"
 }
