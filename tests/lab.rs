@@ -402,9 +402,26 @@ fn bad_input_gives_one_clear_line_and_no_lab() {
 fn down_leaves_nothing_behind_even_after_a_crash() {
     let lock = LabLock::acquire();
     harness::lab_ok(&["up"]);
-    // A crash: the emulators die, the state directory stays.
-    let _ = std::process::Command::new("pkill")
-        .args(["-9", "-f", "mpbond linkem run"])
+    // A crash: the emulators die, the state directory stays. Only this
+    // lab's emulators (by pid, from their namespaces): another checkout's
+    // processes on the machine are none of this test's business.
+    let emulators: Vec<String> = ["mpb-dsl", "mpb-lte"]
+        .iter()
+        .flat_map(|ns| {
+            let out = std::process::Command::new("ip")
+                .args(["netns", "pids", ns])
+                .output()
+                .expect("ip netns pids");
+            String::from_utf8_lossy(&out.stdout)
+                .split_whitespace()
+                .map(str::to_owned)
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    assert_eq!(emulators.len(), 2, "one emulator per line: {emulators:?}");
+    let _ = std::process::Command::new("kill")
+        .arg("-9")
+        .args(&emulators)
         .status();
     harness::lab_ok(&["down"]);
     harness::lab_ok(&["down"]); // idempotent
@@ -430,11 +447,11 @@ fn down_leaves_nothing_behind_even_after_a_crash() {
         "namespaces left: {:?}",
         namespaces_present()
     );
-    let procs = std::process::Command::new("pgrep")
-        .args(["-f", "mpbond linkem"])
-        .output()
-        .expect("pgrep");
-    assert!(procs.stdout.is_empty(), "emulator processes left behind");
+    let left: Vec<&String> = emulators
+        .iter()
+        .filter(|pid| std::path::Path::new("/proc").join(pid).exists())
+        .collect();
+    assert!(left.is_empty(), "emulator processes left behind: {left:?}");
     let links = std::process::Command::new("ip")
         .args(["-o", "link", "show"])
         .output()
