@@ -960,21 +960,38 @@ struct ClientState {
     nft: Option<String>,
 }
 
+/// The output of `cmd` in mpb-cli, its lines sorted (dump order is not
+/// part of the state).
+fn sorted(cmd: &[&str]) -> String {
+    let out = ns_ok(CLI, cmd);
+    let mut lines: Vec<&str> = out.lines().map(str::trim_end).collect();
+    lines.sort_unstable();
+    lines.iter().map(|l| format!("{l}\n")).collect()
+}
+
 fn client_state() -> ClientState {
     let nft_exists = ns_run(CLI, &["sh", "-c", "command -v nft"])
         .status
         .success();
     ClientState {
-        rules4: ns_ok(CLI, &["ip", "-4", "rule", "show"]),
-        rules6: ns_ok(CLI, &["ip", "-6", "rule", "show"]),
-        routes4: ns_ok(CLI, &["ip", "-4", "route", "show", "table", "all"]),
-        routes6: ns_ok(CLI, &["ip", "-6", "route", "show", "table", "all"]),
-        endpoints: ns_ok(CLI, &["ip", "mptcp", "endpoint", "show"]),
+        rules4: sorted(&["ip", "-4", "rule", "show"]),
+        rules6: sorted(&["ip", "-6", "rule", "show"]),
+        routes4: sorted(&["ip", "-4", "route", "show", "table", "all"]),
+        routes6: sorted(&["ip", "-6", "route", "show", "table", "all"]),
+        endpoints: sorted(&["ip", "mptcp", "endpoint", "show"]),
         mpb0: ns_run(CLI, &["ip", "link", "show", "mpb0"])
             .status
             .success(),
         nft: nft_exists.then(|| ns_ok(CLI, &["nft", "list", "ruleset"])),
     }
+}
+
+/// `ip mptcp limits` in mpb-cli: shown, not required to come back (a
+/// setting, not something installed).
+fn mptcp_limits() -> String {
+    ns_ok(CLI, &["ip", "mptcp", "limits", "show"])
+        .trim()
+        .to_owned()
 }
 
 /// Lines of `now` that `before` lacks.
@@ -1051,6 +1068,7 @@ fn assert_clean(baseline: &ClientState, when: &str) {
 fn stopping_the_client_leaves_nothing_even_after_kill_9() {
     let lab = Lab::up(&[]);
     let baseline = client_state();
+    let limits = mptcp_limits();
     assert_eq!(
         baseline.rules4.lines().count(),
         3,
@@ -1095,4 +1113,8 @@ fn stopping_the_client_leaves_nothing_even_after_kill_9() {
     lab.start(&[]);
     lab.stop();
     assert_clean(&baseline, "after kill -9, a restart and lab.sh stop");
+    eprintln!(
+        "cleanup: MPTCP limits before the client: {limits}; after: {}",
+        mptcp_limits()
+    );
 }
