@@ -562,7 +562,15 @@ cmd_status() {
         fi
     done
     [ "$any" = 1 ] || { echo "lab is down"; return 0; }
-    local name bin
+    local name bin pid
+    for name in "${DAEMONS[@]}"; do
+        pid=$(daemon_pid "$name")
+        if [ -n "$pid" ]; then
+            echo "== $name: running in ${DAEMON_NS[$name]}, pid $pid, log $RUN/$name.log"
+        else
+            echo "== $name: not running"
+        fi
+    done
     bin=$(mpbond_bin)
     for name in "${LINKS[@]}"; do
         [ -r "$RUN/$name.profile" ] || continue
