@@ -32,10 +32,16 @@ pub fn root() -> &'static Path {
 }
 
 /// The release binary the lab runs (the emulator must not be a debug build:
-/// it would distort delays). Built once per test binary.
+/// it would distort delays). Built once per test binary; `MPBOND=PATH` in
+/// the environment runs that binary instead (as `scripts/lab.sh` does).
 pub fn mpbond_bin() -> &'static Path {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
     BIN.get_or_init(|| {
+        if let Some(bin) = std::env::var_os("MPBOND").filter(|b| !b.is_empty()) {
+            let bin = PathBuf::from(bin);
+            assert!(bin.is_file(), "MPBOND={} is not a file", bin.display());
+            return bin;
+        }
         let status = Command::new(env!("CARGO"))
             .args(["build", "--release", "--quiet", "--bin", "mpbond"])
             .current_dir(root())
