@@ -574,6 +574,7 @@ pub struct NsServer {
     accepted: Arc<AtomicUsize>,
     stop: Arc<AtomicBool>,
     reports: mpsc::Receiver<Served>,
+    listener: Option<thread::JoinHandle<()>>,
 }
 
 impl NsServer {
@@ -583,7 +584,7 @@ impl NsServer {
         let stop = Arc::new(AtomicBool::new(false));
         let (ready_tx, ready_rx) = mpsc::channel();
         let (report_tx, reports) = mpsc::channel();
-        {
+        let listener = {
             let (accepted, stop) = (Arc::clone(&accepted), Arc::clone(&stop));
             in_ns(ns, move || {
                 let listener = match bind_listener(addr) {
@@ -595,8 +596,8 @@ impl NsServer {
                 };
                 let _ = ready_tx.send(Ok(()));
                 accept_loop(&listener, behavior, &accepted, &stop, &report_tx);
-            });
-        }
+            })
+        };
         match ready_rx.recv_timeout(Duration::from_secs(5)) {
             Ok(Ok(())) => {}
             Ok(Err(e)) => panic!("server in {ns} cannot listen on {addr}: {e}"),
@@ -608,6 +609,7 @@ impl NsServer {
             accepted,
             stop,
             reports,
+            listener: Some(listener),
         }
     }
 
@@ -640,8 +642,15 @@ impl NsServer {
 }
 
 impl Drop for NsServer {
+    /// Stops accepting and closes the listener before returning, so the
+    /// next server can listen on the same address. Connections being
+    /// served finish on their own threads (bounded by [`IO_TIMEOUT`]).
     fn drop(&mut self) {
         self.stop.store(true, Ordering::SeqCst);
+        if let Some(listener) = self.listener.take() {
+            // The accept loop polls the flag every 10 ms.
+            let _ = listener.join();
+        }
     }
 }
 
