@@ -7,6 +7,14 @@
 #   scripts/lab.sh link dsl|lte down|up|blackhole         change a line's state live
 #   scripts/lab.sh link dsl|lte set RATE DELAY LOSS [up|down|both]
 #                                                         new shaping ("-" keeps a value)
+#   scripts/lab.sh start [--client-config FILE] [--concentrator-config FILE] [--no-client]
+#                                                         run mpbond in the lab; returns once
+#                                                         the tunnel carries traffic (with
+#                                                         --no-client: once the concentrator
+#                                                         listens)
+#   scripts/lab.sh stop                                   stop mpbond (SIGTERM; SIGKILL after 10 s)
+#   scripts/lab.sh probe [NS] [ADDR]                      ask the probe server which address
+#                                                         it sees (default mpb-lan, 198.51.100.10)
 #
 # PROFILE: dsl, lte, fast (emulator, no shaping), none (plain veth), or a
 # profile file (TOML, see src/linkem/profile.rs).
@@ -26,6 +34,15 @@
 #            192.168.77.0/24 and fd77:77::/64 via the dsl line (no NAT in the lab)
 #   mpb-conc eth0  10.77.9.2/24     fd77:9::2/64    default via 10.77.9.1
 #   mpb-srv  eth0  198.51.100.10/24 2001:db8:100::10/64 default via .1
+#
+# start runs, each in the background with its log and pid file in $RUN:
+#   mpb-conc  mpbond concentrator --config deploy/lab/concentrator.toml  (concentrator.log)
+#   mpb-cli   mpbond client --config deploy/lab/client.toml              (client.log)
+#   mpb-srv   the probe server on port 7 (IPv4 and IPv6): writes the peer's
+#             address and a newline, then closes                        (probe.log)
+# Both configs use the key $RUN/lab.key, made by start when missing.
+# Through the tunnel the probe server sees 10.77.9.2; directly, the sender's
+# own address (192.168.77.2 from mpb-lan, 10.77.1.2 from mpb-cli).
 #
 # Every interface has a fixed MAC (02:77:<link>:<side>...), and the uplinks'
 # neighbour entries are pinned, so a join after an outage never waits on ARP.
@@ -80,6 +97,7 @@ mpbond_bin() {
 
 cmd_down() {
     local ns pids i
+    stop_all >/dev/null 2>&1 || true
     for ns in "${NAMESPACES[@]}"; do
         [ -e "/run/netns/$ns" ] || continue
         pids=$(ip netns pids "$ns" 2>/dev/null || true)
@@ -230,6 +248,18 @@ cmd_up() {
     nsx mpb-cli ip -6 route add default via fd77:2::1 dev lte0 metric 200
     nsx mpb-wan ip route add 192.168.77.0/24 via 10.77.1.2
     nsx mpb-wan ip -6 route add fd77:77::/64 via fd77:1::2
+    # Link-local addresses go through duplicate address detection; until
+    # they are ready, neighbour discovery (and so the first IPv6 packets)
+    # stalls for a second or two.
+    local i tentative
+    for i in $(seq 60); do
+        tentative=""
+        for ns in "${NAMESPACES[@]}"; do
+            tentative+=$(nsx "$ns" ip -6 -o addr show tentative)
+        done
+        [ -z "$tentative" ] && break
+        sleep 0.05
+    done
     trap - EXIT
     say "up: dsl=$dsl lte=$lte congestion-control=$CC"
 }
@@ -289,6 +319,235 @@ cmd_link() {
     say "link $name $action"
 }
 
+# ---------------------------------------------------------------- start / stop
+
+# The processes start runs: name, namespace.
+DAEMONS=(client concentrator probe)
+declare -A DAEMON_NS=([client]=mpb-cli [concentrator]=mpb-conc [probe]=mpb-srv)
+
+# The probe server (python3, no dependencies): one listener per family, a
+# thread per connection. It writes the peer's address and a newline, ends
+# its side, and drains what the peer sent (so its close is a FIN, not a
+# reset) for at most 2 s.
+PROBE_PY='
+import selectors, socket, threading
+def serve(conn, peer):
+    try:
+        conn.settimeout(2)
+        conn.sendall((peer[0] + "\n").encode())
+        conn.shutdown(socket.SHUT_WR)
+        while conn.recv(4096):
+            pass
+    except OSError:
+        pass
+    finally:
+        conn.close()
+sel = selectors.DefaultSelector()
+for family, host in ((socket.AF_INET, "0.0.0.0"), (socket.AF_INET6, "::")):
+    s = socket.socket(family, socket.SOCK_STREAM)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if family == socket.AF_INET6:
+        s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+    s.bind((host, 7))
+    s.listen(128)
+    sel.register(s, selectors.EVENT_READ)
+print("probe server listening on port 7", flush=True)
+while True:
+    for key, _ in sel.select():
+        conn, peer = key.fileobj.accept()
+        if threading.active_count() < 64:
+            threading.Thread(target=serve, args=(conn, peer), daemon=True).start()
+        else:
+            conn.close()
+'
+
+# Asks the probe server from namespace NS which address it sees; prints it
+# (empty on failure). Bounded: 2 s. It sends a newline first: in the
+# client's fast connect mode the tunnel may wait for the LAN host's first
+# bytes.
+PROBE_CLIENT_PY='
+import socket, sys
+try:
+    with socket.create_connection((sys.argv[1], 7), timeout=2) as c:
+        c.settimeout(2)
+        c.sendall(b"\n")
+        data = b""
+        while not data.endswith(b"\n"):
+            chunk = c.recv(256)
+            if not chunk:
+                break
+            data += chunk
+        print(data.decode(errors="replace").strip())
+except OSError:
+    pass
+'
+
+probe() { # NS ADDR
+    nsx "$1" timeout 5 python3 -c "$PROBE_CLIENT_PY" "$2" 2>/dev/null || true
+}
+
+# The start time of process PID (clock ticks since boot; /proc/PID/stat
+# field 22), to tell it from a later process given the same pid.
+proc_start() {
+    local stat
+    stat=$(cat "/proc/$1/stat" 2>/dev/null) || return 0
+    stat=${stat##*) } # the command name may hold spaces
+    set -- $stat
+    echo "${20}"
+}
+
+# The pid of daemon NAME if it runs (pid file present and the process the
+# one started), else nothing.
+daemon_pid() {
+    local pidfile=$RUN/$1.pid pid started
+    [ -r "$pidfile" ] || return 0
+    read -r pid started <"$pidfile" || true
+    [[ ${pid:-} =~ ^[0-9]+$ ]] || return 0
+    [ -n "${started:-}" ] && [ "$(proc_start "$pid")" = "$started" ] || return 0
+    echo "$pid"
+}
+
+log_tail() { # NAME
+    local log=$RUN/$1.log
+    echo "--- last lines of $log:"
+    tail -n 20 "$log" 2>/dev/null || echo "(no log)"
+}
+
+# spawn NAME COMMAND...: runs COMMAND in NAME's namespace in the background
+# (own session, no inherited lock descriptors), log and pid file in $RUN.
+spawn() {
+    local name=$1 ns=${DAEMON_NS[$1]}
+    shift
+    ip netns exec "$ns" setsid env NO_COLOR=1 "$@" </dev/null >"$RUN/$name.log" 2>&1 8>&- 9>&- &
+    echo "$! $(proc_start $!)" >"$RUN/$name.pid"
+}
+
+# Fails at once, with its log, if daemon NAME is gone.
+check_alive() {
+    [ -n "$(daemon_pid "$1")" ] && return 0
+    rm -f "$RUN/$1.pid"
+    log_tail "$1" >&2
+    die "$1 exited during start (log: $RUN/$1.log)"
+}
+
+# wait_log NAME PATTERN SECONDS: until PATTERN appears in NAME's log.
+wait_log() {
+    local i
+    for i in $(seq $(($3 * 20))); do
+        grep -q "$2" "$RUN/$1.log" 2>/dev/null && return 0
+        check_alive "$1"
+        sleep 0.05
+    done
+    log_tail "$1" >&2
+    die "$1 did not log \"$2\" within $3 s (log: $RUN/$1.log)"
+}
+
+# SIGTERM every daemon, wait up to 10 s, then SIGKILL what is left.
+stop_all() {
+    local name pid pids=() i left
+    for name in "${DAEMONS[@]}"; do
+        pid=$(daemon_pid "$name")
+        [ -n "$pid" ] || { rm -f "$RUN/$name.pid"; continue; }
+        kill -TERM "$pid" 2>/dev/null || true
+        pids+=("$name:$pid")
+    done
+    [ ${#pids[@]} -gt 0 ] || return 0
+    for i in $(seq 100); do
+        left=()
+        for pid in "${pids[@]}"; do
+            kill -0 "${pid#*:}" 2>/dev/null && left+=("$pid")
+        done
+        [ ${#left[@]} -eq 0 ] && break
+        sleep 0.1
+    done
+    for pid in "${left[@]}"; do
+        say "${pid%%:*} (pid ${pid#*:}) ignored SIGTERM for 10 s; sending SIGKILL"
+        kill -KILL "${pid#*:}" 2>/dev/null || true
+    done
+    for pid in "${pids[@]}"; do
+        rm -f "$RUN/${pid%%:*}.pid"
+    done
+    say "stopped: ${pids[*]%%:*}"
+}
+
+cmd_start() {
+    local client_config=$ROOT/deploy/lab/client.toml
+    local conc_config=$ROOT/deploy/lab/concentrator.toml with_client=1
+    while [ $# -gt 0 ]; do
+        case $1 in
+            --client-config) [ $# -ge 2 ] || die "--client-config needs a file"; client_config=$2; shift 2 ;;
+            --concentrator-config) [ $# -ge 2 ] || die "--concentrator-config needs a file"; conc_config=$2; shift 2 ;;
+            --no-client) with_client=0; shift ;;
+            *) die "unknown option $1; usage: lab.sh start [--client-config FILE] [--concentrator-config FILE] [--no-client]" ;;
+        esac
+    done
+    local ns name
+    for ns in "${NAMESPACES[@]}"; do
+        [ -e "/run/netns/$ns" ] || die "the lab is not up ($ns missing); run scripts/lab.sh up first"
+    done
+    [ -r "$client_config" ] || die "client config $client_config is not readable"
+    [ -r "$conc_config" ] || die "concentrator config $conc_config is not readable"
+    for name in "${DAEMONS[@]}"; do
+        [ -z "$(daemon_pid "$name")" ] || die "$name is already running; run scripts/lab.sh stop first"
+    done
+    command -v python3 >/dev/null || die "python3 is missing (the probe server); install it"
+    local bin out
+    bin=$(mpbond_bin)
+    if [ ! -e "$RUN/lab.key" ]; then
+        out=$("$bin" keygen --out "$RUN/lab.key" 2>&1) || die "keygen: ${out#mpbond: }"
+    fi
+
+    # Any failure from here on stops what was started.
+    trap 'say "start failed; stopping what was started"; stop_all' EXIT
+    spawn probe python3 -u -c "$PROBE_PY"
+    spawn concentrator "$bin" concentrator --config "$conc_config"
+    wait_log probe "probe server listening" 5
+    wait_log concentrator "concentrator listening" 5
+    if [ "$with_client" = 0 ]; then
+        trap - EXIT
+        say "started: concentrator ($conc_config) and the probe server; no client"
+        return 0
+    fi
+    spawn client "$bin" client --config "$client_config"
+
+    # The tunnel carries traffic when the probe server sees the
+    # concentrator's address for a connection from the LAN host.
+    local seen="" deadline=$((SECONDS + 15))
+    while [ "$SECONDS" -lt "$deadline" ]; do
+        check_alive concentrator
+        check_alive client
+        seen=$(probe mpb-lan 198.51.100.10)
+        [ "$seen" = 10.77.9.2 ] && break
+        sleep 0.3
+    done
+    if [ "$seen" != 10.77.9.2 ]; then
+        log_tail client >&2
+        log_tail concentrator >&2
+        die "the tunnel carries no traffic after 15 s: the probe server at 198.51.100.10:7 saw \"${seen:-nothing}\" from mpb-lan, not 10.77.9.2"
+    fi
+    trap - EXIT
+    say "started: client ($client_config), concentrator ($conc_config); the tunnel carries traffic"
+}
+
+cmd_stop() {
+    [ -d "$RUN" ] || { say "nothing to stop (the lab is down)"; return 0; }
+    local name any=0
+    for name in "${DAEMONS[@]}"; do
+        [ -n "$(daemon_pid "$name")" ] && any=1
+    done
+    [ "$any" = 1 ] || { say "nothing to stop"; rm -f "$RUN"/{client,concentrator,probe}.pid; return 0; }
+    stop_all
+}
+
+cmd_probe() {
+    local ns=${1:-mpb-lan} addr=${2:-198.51.100.10}
+    [ -e "/run/netns/$ns" ] || die "no namespace $ns; is the lab up?"
+    local seen
+    seen=$(probe "$ns" "$addr")
+    [ -n "$seen" ] || die "no answer from the probe server at $addr port 7 (from $ns)"
+    echo "$seen"
+}
+
 # ---------------------------------------------------------------- status
 
 cmd_status() {
@@ -303,7 +562,15 @@ cmd_status() {
         fi
     done
     [ "$any" = 1 ] || { echo "lab is down"; return 0; }
-    local name bin
+    local name bin pid
+    for name in "${DAEMONS[@]}"; do
+        pid=$(daemon_pid "$name")
+        if [ -n "$pid" ]; then
+            echo "== $name: running in ${DAEMON_NS[$name]}, pid $pid, log $RUN/$name.log"
+        else
+            echo "== $name: not running"
+        fi
+    done
     bin=$(mpbond_bin)
     for name in "${LINKS[@]}"; do
         [ -r "$RUN/$name.profile" ] || continue
@@ -318,7 +585,7 @@ cmd_status() {
 
 # ---------------------------------------------------------------- main
 
-[ $# -ge 1 ] || die "usage: lab.sh up|down|status|link ..."
+[ $# -ge 1 ] || die "usage: lab.sh up|down|status|link|start|stop|probe ..."
 cmd=$1
 shift
 case $cmd in
@@ -326,5 +593,8 @@ case $cmd in
     down) need_root; lock; cmd_down ;;
     status) need_root; cmd_status ;;
     link) need_root; cmd_link "$@" ;;
-    *) die "unknown command $cmd; use up, down, status or link" ;;
+    start) need_root; lock; cmd_start "$@" ;;
+    stop) need_root; lock; cmd_stop ;;
+    probe) need_root; cmd_probe "$@" ;;
+    *) die "unknown command $cmd; use up, down, status, link, start, stop or probe" ;;
 esac

@@ -402,9 +402,26 @@ fn bad_input_gives_one_clear_line_and_no_lab() {
 fn down_leaves_nothing_behind_even_after_a_crash() {
     let lock = LabLock::acquire();
     harness::lab_ok(&["up"]);
-    // A crash: the emulators die, the state directory stays.
-    let _ = std::process::Command::new("pkill")
-        .args(["-9", "-f", "mpbond linkem run"])
+    // A crash: the emulators die, the state directory stays. Only this
+    // lab's emulators (by pid, from their namespaces): another checkout's
+    // processes on the machine are none of this test's business.
+    let emulators: Vec<String> = ["mpb-dsl", "mpb-lte"]
+        .iter()
+        .flat_map(|ns| {
+            let out = std::process::Command::new("ip")
+                .args(["netns", "pids", ns])
+                .output()
+                .expect("ip netns pids");
+            String::from_utf8_lossy(&out.stdout)
+                .split_whitespace()
+                .map(str::to_owned)
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    assert_eq!(emulators.len(), 2, "one emulator per line: {emulators:?}");
+    let _ = std::process::Command::new("kill")
+        .arg("-9")
+        .args(&emulators)
         .status();
     harness::lab_ok(&["down"]);
     harness::lab_ok(&["down"]); // idempotent
@@ -430,11 +447,11 @@ fn down_leaves_nothing_behind_even_after_a_crash() {
         "namespaces left: {:?}",
         namespaces_present()
     );
-    let procs = std::process::Command::new("pgrep")
-        .args(["-f", "mpbond linkem"])
-        .output()
-        .expect("pgrep");
-    assert!(procs.stdout.is_empty(), "emulator processes left behind");
+    let left: Vec<&String> = emulators
+        .iter()
+        .filter(|pid| std::path::Path::new("/proc").join(pid).exists())
+        .collect();
+    assert!(left.is_empty(), "emulator processes left behind: {left:?}");
     let links = std::process::Command::new("ip")
         .args(["-o", "link", "show"])
         .output()
@@ -451,4 +468,52 @@ fn down_leaves_nothing_behind_even_after_a_crash() {
         "state directory left"
     );
     drop(lock);
+}
+
+/// The pid in `$RUN/NAME.pid` (written by `lab.sh start`).
+fn started_pid(name: &str) -> u32 {
+    let text = std::fs::read_to_string(format!("{}/{name}.pid", harness::RUN))
+        .unwrap_or_else(|e| panic!("no pid file for {name}: {e}"));
+    text.split_whitespace()
+        .next()
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("bad pid file for {name}: {text:?}"))
+}
+
+#[test]
+fn start_stop_and_down_leave_no_process_behind() {
+    {
+        let _lock = LabLock::acquire();
+        let out = lab_sh(&["start", "--no-client"]);
+        assert!(!out.status.success(), "start without a lab must fail");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("lab.sh up"), "start must say to run up: {err}");
+    }
+
+    let lab = Lab::up_and_start(&[], &["--no-client"]);
+    // The probe server answers with the address it sees: directly, the
+    // client's dsl address.
+    let seen = harness::lab_ok(&["probe", "mpb-cli"]);
+    assert_eq!(seen.trim(), "10.77.1.2");
+    let seen = harness::lab_ok(&["probe", "mpb-lan", "2001:db8:100::10"]);
+    assert_eq!(seen.trim(), "fd77:77::2");
+    let again = lab_sh(&["start", "--no-client"]);
+    assert!(!again.status.success(), "a second start must fail");
+    assert!(
+        String::from_utf8_lossy(&again.stderr).contains("already running"),
+        "{}",
+        String::from_utf8_lossy(&again.stderr)
+    );
+    let alive = |pid: u32| std::path::Path::new(&format!("/proc/{pid}")).exists();
+
+    let pids = [started_pid("concentrator"), started_pid("probe")];
+    lab.stop();
+    assert!(!pids.into_iter().any(alive), "stop left {pids:?} running");
+    lab.stop(); // nothing to stop: fine
+
+    lab.start(&["--no-client"]);
+    let pids = [started_pid("concentrator"), started_pid("probe")];
+    harness::lab_ok(&["down"]);
+    assert!(!pids.into_iter().any(alive), "down left {pids:?} running");
+    assert!(namespaces_present().is_empty());
 }

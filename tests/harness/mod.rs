@@ -2,17 +2,29 @@
 //! with `scripts/lab.sh`, always torn down, also when the test fails.
 //!
 //! Lab tests need root. They never skip: without root they fail and say so.
+//!
+//! Besides the lab itself: [`Lab::up_and_start`] runs mpbond in it,
+//! [`NsServer`] is a TCP server on a thread inside a namespace, [`run_in`]
+//! runs a closure (a TCP client) inside a namespace with a deadline, and
+//! [`Pattern`] / [`Sha256`] make and check deterministic payloads.
 
 #![allow(dead_code)] // each test binary uses its own subset
 #![allow(unreachable_pub)] // shared by test binaries, not an API
 
+use std::fmt;
 use std::fs::File;
+use std::io::{self, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-use std::sync::OnceLock;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::mpsc;
+use std::sync::{Arc, OnceLock};
 use std::thread;
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+use ring::digest;
 
 /// The repository root.
 pub fn root() -> &'static Path {
@@ -20,10 +32,16 @@ pub fn root() -> &'static Path {
 }
 
 /// The release binary the lab runs (the emulator must not be a debug build:
-/// it would distort delays). Built once per test binary.
+/// it would distort delays). Built once per test binary; `MPBOND=PATH` in
+/// the environment runs that binary instead (as `scripts/lab.sh` does).
 pub fn mpbond_bin() -> &'static Path {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
     BIN.get_or_init(|| {
+        if let Some(bin) = std::env::var_os("MPBOND").filter(|b| !b.is_empty()) {
+            let bin = PathBuf::from(bin);
+            assert!(bin.is_file(), "MPBOND={} is not a file", bin.display());
+            return bin;
+        }
         let status = Command::new(env!("CARGO"))
             .args(["build", "--release", "--quiet", "--bin", "mpbond"])
             .current_dir(root())
@@ -90,7 +108,12 @@ impl LabLock {
     }
 }
 
-/// A running lab; dropping it runs `lab.sh down`.
+/// The lab's state directory (`MPB_LAB_RUN` of `scripts/lab.sh`).
+pub const RUN: &str = "/run/mpbond-lab";
+
+/// A running lab; dropping it runs `lab.sh down` (which also stops mpbond).
+/// When the test is failing, the drop first prints the tails of the
+/// client's and the concentrator's logs.
 pub struct Lab {
     _lock: LabLock,
 }
@@ -106,6 +129,47 @@ impl Lab {
         lab
     }
 
+    /// Brings the lab up with `lab.sh up UP_ARGS` and starts mpbond in it
+    /// with `lab.sh start START_ARGS` (returns once the tunnel carries
+    /// traffic, or, with `--no-client`, once the concentrator listens).
+    pub fn up_and_start(up_args: &[&str], start_args: &[&str]) -> Self {
+        let lab = Self::up(up_args);
+        lab.start(start_args);
+        lab
+    }
+
+    /// `lab.sh start ARGS`; panics with its output (which holds the tails
+    /// of the logs) if the tunnel does not come up.
+    pub fn start(&self, args: &[&str]) {
+        let mut full = vec!["start"];
+        full.extend_from_slice(args);
+        let started = Instant::now();
+        lab_ok(&full);
+        eprintln!(
+            "lab: start {} took {:.1} s",
+            args.join(" "),
+            started.elapsed().as_secs_f64()
+        );
+    }
+
+    /// `lab.sh stop`, checked.
+    pub fn stop(&self) {
+        lab_ok(&["stop"]);
+    }
+
+    /// The last `lines` lines of `$RUN/NAME.log` (`client`, `concentrator`,
+    /// `probe`, `linkem-dsl`...).
+    pub fn log_tail(&self, name: &str, lines: usize) -> String {
+        log_tail(name, lines)
+    }
+
+    /// The pid of a process `lab.sh start` runs (`client`, `concentrator`,
+    /// `probe`), from its pid file.
+    pub fn pid(&self, name: &str) -> Option<u32> {
+        let text = std::fs::read_to_string(format!("{RUN}/{name}.pid")).ok()?;
+        text.split_whitespace().next()?.parse().ok()
+    }
+
     /// `lab.sh link NAME ACTION...`, checked.
     pub fn link(&self, args: &[&str]) {
         let mut full = vec!["link"];
@@ -115,7 +179,7 @@ impl Lab {
 
     /// Emulator counters of `link` as key=value pairs (`up.rx_frames` ...).
     pub fn link_stats(&self, link: &str) -> Vec<(String, String)> {
-        let sock = format!("/run/mpbond-lab/{link}.sock");
+        let sock = format!("{RUN}/{link}.sock");
         let out = Command::new(mpbond_bin())
             .args(["linkem", "ctl", "--control", &sock, "stats", "--kv"])
             .output()
@@ -135,6 +199,14 @@ impl Lab {
 
 impl Drop for Lab {
     fn drop(&mut self) {
+        if thread::panicking() {
+            for name in ["client", "concentrator"] {
+                eprintln!(
+                    "--- {RUN}/{name}.log (last 30 lines):\n{}",
+                    log_tail(name, 30)
+                );
+            }
+        }
         let out = lab_sh(&["down"]);
         if !out.status.success() && !thread::panicking() {
             panic!(
@@ -142,6 +214,16 @@ impl Drop for Lab {
                 String::from_utf8_lossy(&out.stderr)
             );
         }
+    }
+}
+
+fn log_tail(name: &str, lines: usize) -> String {
+    match std::fs::read_to_string(format!("{RUN}/{name}.log")) {
+        Ok(text) => {
+            let all: Vec<&str> = text.lines().collect();
+            all[all.len().saturating_sub(lines)..].join("\n")
+        }
+        Err(e) => format!("(no log: {e})"),
     }
 }
 
@@ -178,6 +260,34 @@ pub fn in_ns<T: Send + 'static>(
         mpbond::sys::enter_netns(&ns).unwrap_or_else(|e| panic!("enter namespace {ns}: {e}"));
         f()
     })
+}
+
+/// Runs `f` on a thread in namespace `ns` and returns its result; panics
+/// (naming `what`) if it panicked or takes longer than `limit`. A thread
+/// that overruns is left behind: the test fails anyway.
+pub fn run_in<T: Send + 'static>(
+    ns: &str,
+    what: &str,
+    limit: Duration,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> T {
+    let (tx, rx) = mpsc::channel();
+    let handle = in_ns(ns, move || {
+        let _ = tx.send(f());
+    });
+    match rx.recv_timeout(limit) {
+        Ok(value) => {
+            let _ = handle.join();
+            value
+        }
+        Err(mpsc::RecvTimeoutError::Timeout) => {
+            panic!("{what} (in {ns}) did not finish within {limit:?}")
+        }
+        Err(mpsc::RecvTimeoutError::Disconnected) => match handle.join() {
+            Err(panic) => std::panic::resume_unwind(panic),
+            Ok(()) => unreachable!("the thread ended without a result or a panic"),
+        },
+    }
 }
 
 /// Ping statistics.
@@ -244,4 +354,472 @@ fn parse_ping(text: &str) -> Option<PingStats> {
         avg_ms,
         max_ms,
     })
+}
+
+// ---------------------------------------------------------------- payloads
+
+/// Deterministic pseudo-random bytes (xorshift64), generated as they are
+/// sent, so a transfer of any size costs no memory.
+#[derive(Debug, Clone)]
+pub struct Pattern {
+    state: u64,
+}
+
+impl Pattern {
+    /// The stream for `seed`; different seeds give different streams.
+    pub fn new(seed: u64) -> Self {
+        Self {
+            state: seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1,
+        }
+    }
+
+    /// Fills `buf` with the next bytes.
+    pub fn fill(&mut self, buf: &mut [u8]) {
+        for chunk in buf.chunks_mut(8) {
+            self.state ^= self.state << 13;
+            self.state ^= self.state >> 7;
+            self.state ^= self.state << 17;
+            chunk.copy_from_slice(&self.state.to_le_bytes()[..chunk.len()]);
+        }
+    }
+
+    /// The first `len` bytes for `seed`.
+    pub fn bytes(seed: u64, len: usize) -> Vec<u8> {
+        let mut buf = vec![0; len];
+        Self::new(seed).fill(&mut buf);
+        buf
+    }
+
+    /// The SHA-256 of the first `len` bytes for `seed`.
+    pub fn sha256(seed: u64, len: u64) -> Sha256 {
+        let mut pattern = Self::new(seed);
+        let mut hash = Hasher::new();
+        let mut buf = vec![0; 64 << 10];
+        let mut left = len;
+        while left > 0 {
+            let n = usize::try_from(left.min(buf.len() as u64)).expect("fits");
+            pattern.fill(&mut buf[..n]);
+            hash.update(&buf[..n]);
+            left -= n as u64;
+        }
+        hash.finish()
+    }
+}
+
+/// A SHA-256 digest (printed in hex).
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct Sha256(pub [u8; 32]);
+
+impl Sha256 {
+    /// The digest of `data`.
+    pub fn of(data: &[u8]) -> Self {
+        let mut h = Hasher::new();
+        h.update(data);
+        h.finish()
+    }
+}
+
+impl fmt::Display for Sha256 {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // The first 8 bytes are plenty to tell two digests apart in a message.
+        for b in &self.0[..8] {
+            write!(f, "{b:02x}")?;
+        }
+        f.write_str("…")
+    }
+}
+
+impl fmt::Debug for Sha256 {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+
+/// Incremental SHA-256 that also counts bytes.
+pub struct Hasher {
+    ctx: digest::Context,
+    len: u64,
+}
+
+impl Hasher {
+    /// An empty hash.
+    pub fn new() -> Self {
+        Self {
+            ctx: digest::Context::new(&digest::SHA256),
+            len: 0,
+        }
+    }
+
+    /// Adds `data`.
+    pub fn update(&mut self, data: &[u8]) {
+        self.ctx.update(data);
+        self.len += data.len() as u64;
+    }
+
+    /// Bytes hashed so far.
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    /// The digest.
+    pub fn finish(self) -> Sha256 {
+        let mut out = [0; 32];
+        out.copy_from_slice(self.ctx.finish().as_ref());
+        Sha256(out)
+    }
+}
+
+impl Default for Hasher {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+// ---------------------------------------------------------------- TCP clients
+
+/// Read and write timeout of every socket the harness makes: a stalled
+/// transfer fails instead of hanging the suite.
+pub const IO_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Connects to `addr` within `timeout`, with [`IO_TIMEOUT`] on reads and
+/// writes and Nagle off. Call it on a thread inside the namespace (see
+/// [`run_in`]).
+pub fn connect(addr: SocketAddr, timeout: Duration) -> io::Result<TcpStream> {
+    let stream = TcpStream::connect_timeout(&addr, timeout)?;
+    stream.set_read_timeout(Some(IO_TIMEOUT))?;
+    stream.set_write_timeout(Some(IO_TIMEOUT))?;
+    stream.set_nodelay(true)?;
+    Ok(stream)
+}
+
+/// Writes the first `len` bytes of [`Pattern`] `seed`; returns their hash.
+pub fn send_pattern(stream: &mut impl Write, seed: u64, len: u64) -> io::Result<Sha256> {
+    let mut pattern = Pattern::new(seed);
+    let mut hash = Hasher::new();
+    let mut buf = vec![0; 64 << 10];
+    let mut left = len;
+    while left > 0 {
+        let n = usize::try_from(left.min(buf.len() as u64)).expect("fits");
+        pattern.fill(&mut buf[..n]);
+        stream.write_all(&buf[..n])?;
+        hash.update(&buf[..n]);
+        left -= n as u64;
+    }
+    Ok(hash.finish())
+}
+
+/// Reads to the end of the stream; returns how many bytes came and their
+/// hash. Bounded by the socket's read timeout.
+pub fn read_hashed(stream: &mut impl Read) -> io::Result<(u64, Sha256)> {
+    let mut hash = Hasher::new();
+    let mut buf = vec![0; 64 << 10];
+    loop {
+        let n = stream.read(&mut buf)?;
+        if n == 0 {
+            return Ok((hash.len(), hash.finish()));
+        }
+        hash.update(&buf[..n]);
+    }
+}
+
+// ---------------------------------------------------------------- TCP servers
+
+/// What an [`NsServer`] does with each connection it accepts.
+#[derive(Debug, Clone, Copy)]
+pub enum Behavior {
+    /// Reads to the end and reports the hash.
+    Sink,
+    /// Reads a request of `request` bytes, then sends `len` bytes of
+    /// [`Pattern`] `seed` and closes.
+    Source { request: usize, len: u64, seed: u64 },
+    /// Reads to the end (the peer's half-close), then sends `len` bytes of
+    /// [`Pattern`] `seed` and closes.
+    SendAfterEof { len: u64, seed: u64 },
+    /// Reads `after` bytes, then resets the connection (`SO_LINGER` 0).
+    Reset { after: usize },
+    /// Reads to the end, answers with the 32-byte SHA-256 of what came, and
+    /// closes.
+    HashReply,
+    /// Reads a request of `request` bytes and answers with `reply` bytes of
+    /// [`Pattern`] seeded by the request's first 8 bytes, then closes.
+    Reply { request: usize, reply: usize },
+}
+
+/// What one connection to an [`NsServer`] brought.
+#[derive(Debug, Clone)]
+pub struct Served {
+    /// The peer's address as the server saw it.
+    pub peer: SocketAddr,
+    /// Bytes received and their hash.
+    pub received: u64,
+    /// Hash of the bytes received.
+    pub sha256: Sha256,
+    /// Bytes sent.
+    pub sent: u64,
+    /// The error that ended the connection, if any.
+    pub error: Option<String>,
+}
+
+/// Most connections an [`NsServer`] serves at once (a thread each).
+pub const MAX_SERVED: usize = 512;
+/// How long an [`NsServer`] lives at most, whatever the test does.
+pub const SERVER_LIFETIME: Duration = Duration::from_secs(600);
+
+/// A TCP server on threads inside a namespace: one listener, one thread per
+/// connection (at most [`MAX_SERVED`]), each reported on a channel. Stops
+/// when dropped.
+pub struct NsServer {
+    addr: SocketAddr,
+    ns: String,
+    accepted: Arc<AtomicUsize>,
+    stop: Arc<AtomicBool>,
+    reports: mpsc::Receiver<Served>,
+    listener: Option<thread::JoinHandle<()>>,
+}
+
+impl NsServer {
+    /// Listens on `addr` in namespace `ns` (panics if it cannot).
+    pub fn start(ns: &str, addr: SocketAddr, behavior: Behavior) -> Self {
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (ready_tx, ready_rx) = mpsc::channel();
+        let (report_tx, reports) = mpsc::channel();
+        let listener = {
+            let (accepted, stop) = (Arc::clone(&accepted), Arc::clone(&stop));
+            in_ns(ns, move || {
+                let listener = match bind_listener(addr) {
+                    Ok(l) => l,
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(e));
+                        return;
+                    }
+                };
+                let _ = ready_tx.send(Ok(()));
+                accept_loop(&listener, behavior, &accepted, &stop, &report_tx);
+            })
+        };
+        match ready_rx.recv_timeout(Duration::from_secs(5)) {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => panic!("server in {ns} cannot listen on {addr}: {e}"),
+            Err(e) => panic!("server in {ns} on {addr} did not start: {e}"),
+        }
+        Self {
+            addr,
+            ns: ns.to_owned(),
+            accepted,
+            stop,
+            reports,
+            listener: Some(listener),
+        }
+    }
+
+    /// The address it listens on.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Connections accepted so far.
+    pub fn accepted(&self) -> usize {
+        self.accepted.load(Ordering::SeqCst)
+    }
+
+    /// The report of the next connection that ended; panics after `limit`.
+    pub fn next(&self, limit: Duration) -> Served {
+        self.reports.recv_timeout(limit).unwrap_or_else(|e| {
+            panic!(
+                "server {} in {}: no connection ended within {limit:?} ({e}; {} accepted)",
+                self.addr,
+                self.ns,
+                self.accepted()
+            )
+        })
+    }
+
+    /// Reports of connections that ended so far, without waiting.
+    pub fn drain(&self) -> Vec<Served> {
+        self.reports.try_iter().collect()
+    }
+}
+
+impl Drop for NsServer {
+    /// Stops accepting and closes the listener before returning, so the
+    /// next server can listen on the same address. Connections being
+    /// served finish on their own threads (bounded by [`IO_TIMEOUT`]).
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(listener) = self.listener.take() {
+            // The accept loop polls the flag every 10 ms.
+            let _ = listener.join();
+        }
+    }
+}
+
+fn bind_listener(addr: SocketAddr) -> io::Result<TcpListener> {
+    use socket2::{Domain, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+    socket.set_reuse_address(true)?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(true)?;
+    }
+    socket.bind(&addr.into())?;
+    socket.listen(1024)?;
+    let listener: TcpListener = socket.into();
+    listener.set_nonblocking(true)?;
+    Ok(listener)
+}
+
+fn accept_loop(
+    listener: &TcpListener,
+    behavior: Behavior,
+    accepted: &Arc<AtomicUsize>,
+    stop: &Arc<AtomicBool>,
+    reports: &mpsc::Sender<Served>,
+) {
+    let started = Instant::now();
+    let active = Arc::new(AtomicUsize::new(0));
+    while !stop.load(Ordering::SeqCst) && started.elapsed() < SERVER_LIFETIME {
+        let (stream, peer) = match listener.accept() {
+            Ok(conn) => conn,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                thread::sleep(Duration::from_millis(10));
+                continue;
+            }
+            Err(_) => {
+                thread::sleep(Duration::from_millis(10));
+                continue;
+            }
+        };
+        accepted.fetch_add(1, Ordering::SeqCst);
+        if active.load(Ordering::SeqCst) >= MAX_SERVED {
+            continue; // dropped: the peer sees a close
+        }
+        active.fetch_add(1, Ordering::SeqCst);
+        let (reports, active) = (reports.clone(), Arc::clone(&active));
+        thread::spawn(move || {
+            let report = serve(stream, peer, behavior);
+            let _ = reports.send(report);
+            active.fetch_sub(1, Ordering::SeqCst);
+        });
+    }
+}
+
+fn serve(mut stream: TcpStream, peer: SocketAddr, behavior: Behavior) -> Served {
+    let mut report = Served {
+        peer,
+        received: 0,
+        sha256: Hasher::new().finish(),
+        sent: 0,
+        error: None,
+    };
+    if let Err(e) = serve_io(&mut stream, behavior, &mut report) {
+        report.error = Some(format!("{:?}: {e}", e.kind()));
+    }
+    report
+}
+
+fn serve_io(stream: &mut TcpStream, behavior: Behavior, report: &mut Served) -> io::Result<()> {
+    stream.set_nonblocking(false)?;
+    stream.set_read_timeout(Some(IO_TIMEOUT))?;
+    stream.set_write_timeout(Some(IO_TIMEOUT))?;
+    stream.set_nodelay(true)?;
+    let read_exact = |stream: &mut TcpStream, report: &mut Served, n: usize| {
+        let mut buf = vec![0; n];
+        stream.read_exact(&mut buf)?;
+        report.received = n as u64;
+        report.sha256 = Sha256::of(&buf);
+        Ok::<_, io::Error>(buf)
+    };
+    match behavior {
+        Behavior::Sink => {
+            (report.received, report.sha256) = read_hashed(stream)?;
+        }
+        Behavior::Source { request, len, seed } => {
+            read_exact(stream, report, request)?;
+            send_pattern(stream, seed, len)?;
+            report.sent = len;
+            stream.shutdown(Shutdown::Write)?;
+            // Wait for the peer's close, so that our close sends no reset.
+            read_hashed(stream)?;
+        }
+        Behavior::SendAfterEof { len, seed } => {
+            (report.received, report.sha256) = read_hashed(stream)?;
+            send_pattern(stream, seed, len)?;
+            report.sent = len;
+            stream.shutdown(Shutdown::Write)?;
+        }
+        Behavior::Reset { after } => {
+            read_exact(stream, report, after)?;
+            socket2::SockRef::from(&*stream).set_linger(Some(Duration::ZERO))?;
+        }
+        Behavior::HashReply => {
+            (report.received, report.sha256) = read_hashed(stream)?;
+            stream.write_all(&report.sha256.0)?;
+            report.sent = 32;
+            stream.shutdown(Shutdown::Write)?;
+        }
+        Behavior::Reply { request, reply } => {
+            let got = read_exact(stream, report, request)?;
+            let seed = u64::from_le_bytes(
+                got.get(..8)
+                    .and_then(|b| b.try_into().ok())
+                    .unwrap_or([0; 8]),
+            );
+            stream.write_all(&Pattern::bytes(seed, reply))?;
+            report.sent = reply as u64;
+            stream.shutdown(Shutdown::Write)?;
+        }
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------- counters
+
+/// Bytes an interface received and sent (`/sys/class/net/DEV/statistics`).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct IfBytes {
+    /// `rx_bytes`.
+    pub rx: u64,
+    /// `tx_bytes`.
+    pub tx: u64,
+}
+
+/// The byte counters of `dev` in namespace `ns`.
+pub fn if_bytes(ns: &str, dev: &str) -> IfBytes {
+    let read = |what: &str| -> u64 {
+        let path = format!("/sys/class/net/{dev}/statistics/{what}");
+        let text = ns_ok(ns, &["cat", &path]);
+        text.trim()
+            .parse()
+            .unwrap_or_else(|e| panic!("{ns} {path}: {text:?}: {e}"))
+    };
+    IfBytes {
+        rx: read("rx_bytes"),
+        tx: read("tx_bytes"),
+    }
+}
+
+/// A kernel SNMP counter of namespace `ns`, as `nstat` names it
+/// (`TcpExtTCPFastOpenActive`, `TcpActiveOpens`...), read from
+/// `/proc/net/netstat` and `/proc/net/snmp` (what nstat reads, without its
+/// history file).
+pub fn netstat(ns: &str, name: &str) -> u64 {
+    for file in ["/proc/net/netstat", "/proc/net/snmp"] {
+        let text = ns_ok(ns, &["cat", file]);
+        let lines: Vec<&str> = text.lines().collect();
+        for pair in lines.chunks(2) {
+            let [names, values] = pair else { continue };
+            let Some((prefix, names)) = names.split_once(':') else {
+                continue;
+            };
+            let values = values.split_once(':').map_or("", |(_, v)| v);
+            for (n, v) in names.split_whitespace().zip(values.split_whitespace()) {
+                if format!("{prefix}{n}") == name {
+                    return v
+                        .parse()
+                        .unwrap_or_else(|e| panic!("{ns} {file} {name}={v}: {e}"));
+                }
+            }
+        }
+    }
+    panic!("no counter {name} in {ns}'s /proc/net/netstat or /proc/net/snmp")
 }
