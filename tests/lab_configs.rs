@@ -62,6 +62,7 @@ fn the_lab_clients_reach_the_lab_concentrator_over_both_lines() {
         ("client.toml", ConnectMode::Fast, false),
         ("client-strict.toml", ConnectMode::Strict, false),
         ("client-backup.toml", ConnectMode::Fast, true),
+        ("client-cold.toml", ConnectMode::Fast, false),
     ] {
         let c = client(&dir, name);
         assert_eq!(c.concentrator.to_string(), "10.77.9.2:7300", "{name}");

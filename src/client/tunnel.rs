@@ -237,11 +237,23 @@ impl Tunnels {
                     Err(e) => return Err(e),
                 }
             }
-            let stream = self.socket(true).map_err(|source| TunnelError::Socket {
-                concentrator,
-                source,
-            })?;
-            self.request(stream, destination, early).await
+            let fresh = || {
+                self.socket(true).map_err(|source| TunnelError::Socket {
+                    concentrator,
+                    source,
+                })
+            };
+            match self.request(fresh()?, destination, early).await {
+                // Closed before the header was read (it was lost and
+                // retransmitted past the concentrator's handshake timeout,
+                // on a congested line): nothing reached a server, so one
+                // more try is safe.
+                Err(TunnelError::Closed { .. }) => {
+                    debug!("tunnel closed without an answer; trying once more");
+                    self.request(fresh()?, destination, early).await
+                }
+                result => result,
+            }
         };
         match tokio::time::timeout(self.timeout, open).await {
             Ok(result) => result,

@@ -9,7 +9,7 @@
 //!                                   # once and sends the connect header in the
 //!                                   # tunnel's SYN (TCP Fast Open); "strict" holds
 //!                                   # the SYN until the server answered
-//! connect_timeout = "5s"            # optional: reaching the concentrator and,
+//! connect_timeout = "30s"           # optional: reaching the concentrator and,
 //!                                   # through it, the server
 //! warm_connections = 2              # optional: tunnels kept connected ahead of
 //!                                   # use while the site is active (0: none), so a
@@ -127,7 +127,7 @@ pub struct UplinkConfig {
 
 impl ClientConfig {
     /// Default for `connect_timeout`.
-    pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+    pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
     /// Default for `warm_connections`.
     pub const DEFAULT_WARM_CONNECTIONS: usize = 2;
     /// Largest `warm_connections`.

@@ -3,7 +3,7 @@
 //! ```toml
 //! listen = "0.0.0.0:7300"     # MPTCP listener; plain TCP clients are accepted too.
 //!                             # "[::]:7300" serves IPv6 and IPv4.
-//! handshake_timeout = "5s"    # optional: a peer must send its whole connect
+//! handshake_timeout = "10s"   # optional: a peer must send its whole connect
 //!                             # header within this, or is dropped
 //! connect_timeout = "5s"      # optional: connecting to a destination
 //!
@@ -74,7 +74,7 @@ pub struct PolicyConfig {
 
 impl ConcentratorConfig {
     /// Default for `handshake_timeout`.
-    pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+    pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
     /// Default for `connect_timeout`.
     pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
     /// Default for a client's `max_connections`.
