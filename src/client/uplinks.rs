@@ -846,7 +846,7 @@ impl fmt::Display for Chain<'_> {
 #[cfg(test)]
 mod tests {
     //! Pure numbering and choices, then the real kernel: each test in a
-    //! network namespace of its own (`mpbt-up-NAME-PID`), with veth pairs
+    //! network namespace of its own (`mpbt-up-NAME-PID-0`), with veth pairs
     //! as uplinks and a TUN device, checked with the `ip` tool. They need
     //! root and fail without it.
 
@@ -953,10 +953,10 @@ mod tests {
     }
 
     impl TestNs {
-        /// An empty namespace `mpbt-up-TAG-PID` with the TUN device
+        /// An empty namespace `mpbt-up-TAG-PID-0` with the TUN device
         /// `mpbt0`, up.
         fn new(tag: &str) -> Self {
-            let name = format!("mpbt-up-{tag}-{}", std::process::id());
+            let name = format!("mpbt-up-{tag}-{}-0", std::process::id());
             // A namespace left by a killed run of the same test.
             let _ = Command::new("ip").args(["netns", "del", &name]).output();
             run_ip(&["netns", "add", &name]);
