@@ -8,6 +8,7 @@
 
 mod capture;
 mod flow;
+mod health;
 pub mod redirect;
 mod tunnel;
 pub mod uplinks;
@@ -122,12 +123,7 @@ pub async fn run(config: ClientConfig, shutdown: impl Future) -> Result<(), Clie
     info!(name = %tun_config.name, ipv4 = %tun_config.ipv4, ipv6 = %tun_config.ipv6, "TUN device up");
 
     let plumbing = Plumbing::install(&config.uplinks, &tun_config.name, config.concentrator.ip())?;
-    let source = plumbing
-        .uplinks()
-        .iter()
-        .find(|u| !u.backup)
-        .or_else(|| plumbing.uplinks().first())
-        .map(|u| u.addr);
+    let source = health::pick_source(plumbing.uplinks().iter().map(|u| (u, true)));
 
     let addrs = RedirectAddrs {
         tun_v4: tun_config.ipv4.addr(),
@@ -152,7 +148,7 @@ pub async fn run(config: ClientConfig, shutdown: impl Future) -> Result<(), Clie
             concentrator: config.concentrator,
             id: config.id.clone(),
             key: config.key.clone(),
-            source,
+            source: Mutex::new(source),
             timeout: config.connect_timeout,
             warm: WarmPool::new(config.warm_connections, config.warm_max_age),
         },
@@ -165,6 +161,7 @@ pub async fn run(config: ClientConfig, shutdown: impl Future) -> Result<(), Clie
         tasks.spawn(flow::accept_loop(shared.clone(), listener));
     }
     tasks.spawn(expire_loop(shared.clone()));
+    tasks.spawn(health::watch(shared.clone(), plumbing.uplinks().to_vec()));
     let warm = shared.clone();
     tasks.spawn(async move {
         warm.tunnels.keep_warm().await;

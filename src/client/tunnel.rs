@@ -46,8 +46,8 @@ pub(super) struct Tunnels {
     pub(super) id: ClientId,
     /// Its key.
     pub(super) key: Key,
-    /// Source address of the first subflow (an uplink's address).
-    pub(super) source: Option<IpAddr>,
+    /// Source address of the first subflow (a usable uplink's address).
+    pub(super) source: Mutex<Option<IpAddr>>,
     /// Reaching the concentrator and, through it, the destination.
     pub(super) timeout: Duration,
     /// Tunnels connected ahead of use.
@@ -264,6 +264,17 @@ impl Tunnels {
         }
     }
 
+    /// New tunnels start from `source`; warm tunnels from elsewhere go.
+    pub(super) fn set_source(&self, source: Option<IpAddr>) {
+        let mut current = self.source.lock().unwrap_or_else(|e| e.into_inner());
+        if *current != source {
+            *current = source;
+            drop(current);
+            self.warm.idle().clear();
+            self.warm.wanted.notify_one();
+        }
+    }
+
     /// Keeps the warm pool filled while the site is active; never returns.
     pub(super) async fn keep_warm(&self) {
         if self.warm.target == 0 {
@@ -389,7 +400,8 @@ impl Tunnels {
         if let Err(e) = sys::set_recv_buffer(&socket, RECV_BUFFER) {
             warn!(error = %e, "cannot size the tunnel's receive buffer");
         }
-        if let Some(source) = self.source {
+        let source = *self.source.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(source) = source {
             socket.bind(&SockAddr::from(SocketAddr::new(source, 0)))?;
         }
         if fast_open {

@@ -276,6 +276,8 @@ pub struct Uplink {
     pub addr: IpAddr,
     /// Its endpoint is a backup one.
     pub backup: bool,
+    /// Its MPTCP endpoint as installed (to put it back after an outage).
+    pub endpoint: MptcpEndpoint,
 }
 
 /// One thing added to the system, to be undone.
@@ -521,6 +523,7 @@ impl Plumbing {
             ifindex,
             addr,
             backup: config.backup,
+            endpoint,
         });
         Ok(())
     }
@@ -1156,6 +1159,16 @@ mod tests {
                         ifindex: d0,
                         addr: ip_addr("10.77.1.2"),
                         backup: false,
+                        endpoint: MptcpEndpoint {
+                            id: 96,
+                            addr: ip_addr("10.77.1.2"),
+                            port: 0,
+                            ifindex: Some(d0),
+                            flags: EndpointFlags {
+                                subflow: true,
+                                ..EndpointFlags::default()
+                            },
+                        },
                     },
                     Uplink {
                         name: "lte".into(),
@@ -1163,6 +1176,17 @@ mod tests {
                         ifindex: d1,
                         addr: ip_addr("10.77.2.2"),
                         backup: true,
+                        endpoint: MptcpEndpoint {
+                            id: 97,
+                            addr: ip_addr("10.77.2.2"),
+                            port: 0,
+                            ifindex: Some(d1),
+                            flags: EndpointFlags {
+                                subflow: true,
+                                backup: true,
+                                ..EndpointFlags::default()
+                            },
+                        },
                     },
                 ]
             );

@@ -13,8 +13,8 @@ mod sockopt;
 mod sysctl;
 
 pub use netlink::{
-    AddressFamily, EndpointFlags, FlushReport, MptcpEndpoint, MptcpLimits, MptcpPm, NetlinkError,
-    Route, Rtnl, Rule, MPBOND_RTPROT,
+    AddressFamily, EndpointFlags, FlushReport, LinkEvent, LinkEvents, MptcpEndpoint, MptcpLimits,
+    MptcpPm, NetlinkError, Route, Rtnl, Rule, MPBOND_RTPROT,
 };
 pub use netns::enter_netns;
 pub use sockopt::{

@@ -11,6 +11,7 @@
 //! `netlink-sys` socket; only the MPTCP path manager's attributes are
 //! written here, because no crate covers its write commands.
 
+mod events;
 mod mptcp;
 mod route;
 mod socket;
@@ -21,6 +22,7 @@ use std::ffi::CStr;
 use std::io;
 use std::net::IpAddr;
 
+pub use events::{LinkEvent, LinkEvents};
 pub use mptcp::{EndpointFlags, MptcpEndpoint, MptcpLimits, MptcpPm};
 pub use route::{AddressFamily, FlushReport, Route, Rtnl, Rule, MPBOND_RTPROT};
 

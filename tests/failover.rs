@@ -1,0 +1,231 @@
+//! A line dying under a running transfer, in the lab (LAB.md): the first
+//! part of failover, driven by the kernel's link events (carrier lost or
+//! interface down). Blackholed lines (carrier up) need active probes and
+//! are not covered yet.
+//!
+//! Each test downloads 60 MiB from mpb-srv to the LAN host through the
+//! tunnel on the default profiles, changes a line mid-transfer with
+//! `scripts/lab.sh link`, and checks what a user would: every byte arrives
+//! (sha256), the connection lives to the end, and how long the receiver
+//! waited at most (printed).
+//!
+//! Needs root; one lab at a time.
+
+mod harness;
+
+use std::io::{self, Read, Write};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::mpsc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use harness::{connect, if_bytes, run_in, Behavior, Hasher, Lab, NsServer, Pattern, Sha256};
+
+const SERVER: IpAddr = IpAddr::V4(Ipv4Addr::new(198, 51, 100, 10));
+const CONCENTRATOR: IpAddr = IpAddr::V4(Ipv4Addr::new(10, 77, 9, 2));
+const SRV: &str = "mpb-srv";
+const LAN: &str = "mpb-lan";
+const CLI: &str = "mpb-cli";
+const MIB: u64 = 1 << 20;
+const LEN: u64 = 60 * MIB;
+const SEED: u64 = 0xfa11;
+
+/// What a download saw.
+#[derive(Debug)]
+struct Received {
+    len: u64,
+    sha256: Sha256,
+    /// Longest time without a byte, and when it started (since the start).
+    longest_gap: Duration,
+    gap_at: Duration,
+    took: Duration,
+}
+
+/// Starts a 60 MiB download to the LAN host; `progress` gets the byte
+/// count every 64 KiB or so.
+fn start_download(
+    server: SocketAddr,
+    progress: mpsc::Sender<u64>,
+) -> thread::JoinHandle<io::Result<Received>> {
+    thread::spawn(move || {
+        run_in(LAN, "download", Duration::from_secs(120), move || {
+            let mut s = connect(server, Duration::from_secs(5))?;
+            s.write_all(b"get\n")?;
+            let started = Instant::now();
+            let mut hasher = Hasher::new();
+            let mut buf = vec![0; 64 << 10];
+            let (mut last, mut longest_gap, mut gap_at) = (started, Duration::ZERO, Duration::ZERO);
+            loop {
+                let n = s.read(&mut buf)?;
+                let now = Instant::now();
+                if now - last > longest_gap {
+                    longest_gap = now - last;
+                    gap_at = last - started;
+                }
+                last = now;
+                if n == 0 {
+                    break;
+                }
+                hasher.update(&buf[..n]);
+                let _ = progress.send(hasher.len());
+            }
+            Ok(Received {
+                len: hasher.len(),
+                took: started.elapsed(),
+                sha256: hasher.finish(),
+                longest_gap,
+                gap_at,
+            })
+        })
+    })
+}
+
+/// Waits until the download has passed `bytes`.
+fn wait_for(progress: &mpsc::Receiver<u64>, bytes: u64) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match progress.recv_timeout(left) {
+            Ok(n) if n >= bytes => return,
+            Ok(_) => {}
+            Err(e) => panic!("the download did not pass {bytes} bytes: {e}"),
+        }
+    }
+}
+
+fn check(what: &str, got: io::Result<Received>, srv: &NsServer) {
+    let got = got.unwrap_or_else(|e| panic!("{what}: the download failed: {e}"));
+    let served = srv.next(Duration::from_secs(10));
+    eprintln!(
+        "{what}: {} MiB in {:.1} s; longest wait for a byte {:?} (at {:.1} s)",
+        got.len / MIB,
+        got.took.as_secs_f64(),
+        got.longest_gap,
+        got.gap_at.as_secs_f64()
+    );
+    assert_eq!(got.len, LEN, "{what}: length differs");
+    assert_eq!(
+        got.sha256,
+        Pattern::sha256(SEED, LEN),
+        "{what}: bytes corrupted"
+    );
+    assert_eq!(
+        served.peer.ip(),
+        CONCENTRATOR,
+        "{what}: bypassed the tunnel"
+    );
+    assert!(served.error.is_none(), "{what}: server: {:?}", served.error);
+}
+
+fn source(port: u16) -> NsServer {
+    NsServer::start(
+        SRV,
+        SocketAddr::new(SERVER, port),
+        Behavior::Source {
+            request: 4,
+            len: LEN,
+            seed: SEED,
+        },
+    )
+}
+
+/// dsl loses its carrier mid-transfer: the download completes intact on
+/// lte, and the client says why it moved.
+#[test]
+fn dsl_down_mid_transfer_loses_nothing() {
+    let lab = Lab::up_and_start(&[], &[]);
+    let srv = source(5601);
+    let (tx, rx) = mpsc::channel();
+    let download = start_download(srv.addr(), tx);
+    wait_for(&rx, 10 * MIB);
+    lab.link(&["dsl", "down"]);
+    let got = download.join().expect("download thread");
+    check("dsl down at 10 MiB", got, &srv);
+    let log = lab.log_tail("client", 50);
+    assert!(
+        log.contains("uplink down") && log.contains("uplink=dsl"),
+        "the client did not log the dsl outage:\n{log}"
+    );
+}
+
+/// dsl goes down for 2 s and comes back: within 2 s of its return the
+/// running connection carries bytes on it again (the kernel alone never
+/// re-creates a subflow a flap closed).
+#[test]
+fn dsl_returns_to_the_running_connection_after_a_flap() {
+    let lab = Lab::up_and_start(&[], &[]);
+    let srv = source(5602);
+    let (tx, rx) = mpsc::channel();
+    let download = start_download(srv.addr(), tx);
+    wait_for(&rx, 8 * MIB);
+    lab.link(&["dsl", "down"]);
+    thread::sleep(Duration::from_secs(2));
+    lab.link(&["dsl", "up"]);
+    let back = Instant::now();
+    let before = if_bytes(CLI, "dsl0").rx;
+    thread::sleep(Duration::from_secs(2));
+    let carried = if_bytes(CLI, "dsl0").rx - before;
+    eprintln!(
+        "dsl received {:.1} MiB in the {:.1} s after its return",
+        carried as f64 / MIB as f64,
+        back.elapsed().as_secs_f64()
+    );
+    let got = download.join().expect("download thread");
+    check("dsl flap (down 2 s)", got, &srv);
+    // 2 s at 20 Mbit/s is 5 MB; a working subflow moves well over 1 MiB
+    // even while it ramps up.
+    assert!(
+        carried >= MIB,
+        "dsl carried only {carried} bytes in the 2 s after it came back: the running \
+         connection did not get a subflow on it again"
+    );
+}
+
+/// While dsl is down, new connections start on lte at once: 20 small
+/// requests each complete within a second.
+#[test]
+fn new_connections_work_while_dsl_is_down() {
+    let lab = Lab::up_and_start(&[], &[]);
+    let srv = NsServer::start(
+        SRV,
+        SocketAddr::new(SERVER, 5603),
+        Behavior::Reply {
+            request: 100,
+            reply: 1024,
+        },
+    );
+    lab.link(&["dsl", "down"]);
+    // The client hears of it within milliseconds; give it a moment.
+    thread::sleep(Duration::from_millis(300));
+    let addr = srv.addr();
+    let results = run_in(LAN, "requests", Duration::from_secs(60), move || {
+        (0..20u64)
+            .map(|i| {
+                let started = Instant::now();
+                let result = (|| {
+                    let mut s = connect(addr, Duration::from_secs(2))?;
+                    s.set_read_timeout(Some(Duration::from_secs(2)))?;
+                    let mut request = Pattern::bytes(9000 + i, 100);
+                    request[..8].copy_from_slice(&(9000 + i).to_le_bytes());
+                    s.write_all(&request)?;
+                    let mut reply = Vec::new();
+                    s.read_to_end(&mut reply)?;
+                    Ok::<_, io::Error>(reply == Pattern::bytes(9000 + i, 1024))
+                })();
+                (i, result, started.elapsed())
+            })
+            .collect::<Vec<_>>()
+    });
+    let slowest = results.iter().map(|r| r.2).max().unwrap_or_default();
+    eprintln!("20 requests with dsl down: slowest {slowest:?}");
+    let bad: Vec<String> = results
+        .iter()
+        .filter(|(_, r, t)| !matches!(r, Ok(true)) || *t >= Duration::from_secs(1))
+        .map(|(i, r, t)| format!("request {i}: {r:?} after {t:?}"))
+        .collect();
+    assert!(
+        bad.is_empty(),
+        "with dsl down, requests must complete within 1 s:\n{}",
+        bad.join("\n")
+    );
+}
