@@ -121,6 +121,27 @@ pub fn sign_request(
     request
 }
 
+/// Domain separation for probe MACs (a probe is never a connect header).
+const PROBE_DOMAIN: &[u8] = b"mpbond probe v1\0";
+
+/// The MAC of a probe's `body` (see [`crate::wire::probe`]) with `key`.
+pub fn sign_probe(key: &Key, body: &[u8]) -> [u8; 32] {
+    let mut ctx = hmac::Context::with_key(&key.hmac_key());
+    ctx.update(PROBE_DOMAIN);
+    ctx.update(body);
+    let mut mac = [0; 32];
+    mac.copy_from_slice(ctx.sign().as_ref());
+    mac
+}
+
+/// Whether `mac` is `body`'s probe MAC with `key`; constant time.
+pub fn verify_probe(key: &Key, body: &[u8], mac: &[u8; 32]) -> bool {
+    let mut input = Vec::with_capacity(PROBE_DOMAIN.len() + body.len());
+    input.extend_from_slice(PROBE_DOMAIN);
+    input.extend_from_slice(body);
+    hmac::verify(&key.hmac_key(), &input, mac).is_ok()
+}
+
 /// Whether `request`'s MAC was made with `key`; the comparison takes
 /// constant time.
 ///
@@ -305,6 +326,17 @@ mod tests {
 
     fn key(byte: u8) -> Key {
         Key([byte; KEY_LEN])
+    }
+
+    #[test]
+    fn probe_macs_hold_only_for_their_key_and_body() {
+        let body = b"MPBP\x01\x01\x03lab0123456789abcdef";
+        let mac = sign_probe(&key(1), body);
+        assert!(verify_probe(&key(1), body, &mac));
+        assert!(!verify_probe(&key(2), body, &mac));
+        let mut other = body.to_vec();
+        other[10] ^= 1;
+        assert!(!verify_probe(&key(1), &other, &mac));
     }
 
     fn id() -> ClientId {

@@ -265,14 +265,17 @@ impl Tunnels {
     }
 
     /// New tunnels start from `source`; warm tunnels from elsewhere go.
-    pub(super) fn set_source(&self, source: Option<IpAddr>) {
+    /// `true` if that changed anything.
+    pub(super) fn set_source(&self, source: Option<IpAddr>) -> bool {
         let mut current = self.source.lock().unwrap_or_else(|e| e.into_inner());
-        if *current != source {
-            *current = source;
-            drop(current);
-            self.warm.idle().clear();
-            self.warm.wanted.notify_one();
+        if *current == source {
+            return false;
         }
+        *current = source;
+        drop(current);
+        self.warm.idle().clear();
+        self.warm.wanted.notify_one();
+        true
     }
 
     /// Keeps the warm pool filled while the site is active; never returns.

@@ -139,6 +139,11 @@ impl Clients {
         self.0.len()
     }
 
+    /// The key of client `id`, if it is configured.
+    pub(super) fn key(&self, id: &ClientId) -> Option<&Key> {
+        self.0.get(id).map(|client| &client.key)
+    }
+
     /// The client that sent `request` if its MAC verifies and it is fresh
     /// at `now_ms` (unix milliseconds).
     pub(super) fn authenticate(

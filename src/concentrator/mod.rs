@@ -17,6 +17,7 @@ mod accept;
 mod forward;
 mod listen;
 pub mod policy;
+mod probe;
 
 use std::error::Error;
 use std::fmt;
@@ -78,13 +79,14 @@ pub enum ConcentratorError {
 #[derive(Debug)]
 pub struct Concentrator {
     listener: listen::Listener,
+    probes: Option<tokio::net::UdpSocket>,
     shared: Arc<Shared>,
 }
 
 /// What every connection task reads.
 #[derive(Debug)]
 struct Shared {
-    clients: Clients,
+    clients: Arc<Clients>,
     policy: Policy,
     handshake_timeout: Duration,
     connect_timeout: Duration,
@@ -95,14 +97,28 @@ impl Concentrator {
     /// Opens the listener of `config` and returns it with the address it is
     /// bound to (useful with port 0). Must run inside a Tokio runtime.
     pub fn bind(config: ConcentratorConfig) -> Result<(Self, SocketAddr), ConcentratorError> {
-        let clients = Clients::new(config.clients)
-            .map_err(|dup| ConcentratorError::DuplicateClient { id: dup.0 })?;
+        let clients = Arc::new(
+            Clients::new(config.clients)
+                .map_err(|dup| ConcentratorError::DuplicateClient { id: dup.0 })?,
+        );
         let listener =
             listen::listen(config.listen).map_err(|source| ConcentratorError::Listen {
                 addr: config.listen,
                 source,
             })?;
         let local_addr = listener.local_addr;
+        // The uplink probes' echo, on the same port over UDP. Without it
+        // the concentrator still serves; clients then only see carrier
+        // loss, not blackholed lines.
+        let probes = std::net::UdpSocket::bind(local_addr)
+            .and_then(|socket| {
+                socket.set_nonblocking(true)?;
+                tokio::net::UdpSocket::from_std(socket)
+            })
+            .map_err(|e| {
+                warn!(addr = %local_addr, error = %e, "cannot open the probe echo (UDP); clients will not detect blackholed uplinks");
+            })
+            .ok();
         info!(
             listen = %local_addr,
             multipath = listener.multipath,
@@ -116,7 +132,14 @@ impl Concentrator {
             connect_timeout: config.connect_timeout,
             handshakes: Arc::new(Semaphore::new(MAX_HANDSHAKES)),
         });
-        Ok((Self { listener, shared }, local_addr))
+        Ok((
+            Self {
+                listener,
+                probes,
+                shared,
+            },
+            local_addr,
+        ))
     }
 
     /// The address the listener is bound to.
@@ -134,7 +157,13 @@ impl Concentrator {
     /// gives open connections [`SHUTDOWN_GRACE`] to finish and resets the
     /// rest.
     pub async fn serve(self, shutdown: impl Future) {
-        let Self { listener, shared } = self;
+        let Self {
+            listener,
+            probes,
+            shared,
+        } = self;
+        let probe_task =
+            probes.map(|socket| tokio::spawn(probe::serve(socket, Arc::clone(&shared.clients))));
         let mut connections = JoinSet::new();
         tokio::pin!(shutdown);
         loop {
@@ -170,6 +199,9 @@ impl Concentrator {
             }
         }
         drop(listener);
+        if let Some(task) = probe_task {
+            task.abort();
+        }
         if !connections.is_empty() {
             info!(
                 open = connections.len(),

@@ -3,7 +3,9 @@
 //!
 //! [`convert`] is the connect header (RFC 8803 layout plus mpbond's
 //! authentication TLV); [`packet`] is the IP/TCP view and in-place rewrite
-//! the client's redirect uses.
+//! the client's redirect uses; [`probe`] is the authenticated UDP echo that
+//! tells the client whether an uplink still reaches the concentrator.
 
 pub mod convert;
 pub mod packet;
+pub mod probe;
