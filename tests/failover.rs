@@ -260,3 +260,37 @@ fn new_connections_work_while_dsl_is_down() {
 fn new_connections_work_while_dsl_is_blackholed() {
     new_connections_while("blackhole", 5606);
 }
+
+/// With lte as a `backup` uplink (deploy/lab/client-backup.toml): lte
+/// carries (almost) nothing while dsl works; when dsl is blackholed, the
+/// transfer carries on over lte.
+#[test]
+fn a_backup_uplink_takes_over_only_when_needed() {
+    let config = harness::root()
+        .join("deploy/lab/client-backup.toml")
+        .to_string_lossy()
+        .into_owned();
+    let lab = Lab::up_and_start(&[], &["--client-config", &config]);
+    let srv = source(5607);
+    let (tx, rx) = mpsc::channel();
+    let (dsl0, lte0) = (if_bytes(CLI, "dsl0").rx, if_bytes(CLI, "lte0").rx);
+    let download = start_download(srv.addr(), tx);
+    wait_for(&rx, 12 * MIB);
+    let (dsl, lte) = (
+        if_bytes(CLI, "dsl0").rx - dsl0,
+        if_bytes(CLI, "lte0").rx - lte0,
+    );
+    eprintln!(
+        "while dsl works: dsl0 received {:.1} MiB, lte0 (backup) {:.3} MiB",
+        dsl as f64 / MIB as f64,
+        lte as f64 / MIB as f64
+    );
+    assert!(
+        lte * 100 < dsl + lte,
+        "the backup uplink carried {lte} of {} bytes while dsl worked (want < 1 %)",
+        dsl + lte
+    );
+    lab.link(&["dsl", "blackhole"]);
+    let got = download.join().expect("download thread");
+    check("dsl blackholed, lte backup", got, &srv);
+}
