@@ -18,6 +18,13 @@
 #       to first byte of a small request via mpbond (Fast Open cookie held)
 #       against the same request straight over the best single uplink.
 #       --live: print per-uplink throughput every second during mpbond's run.
+#
+#   scripts/bench.sh failover
+#       A 15 s transfer per row (download and upload), the busiest line (lte)
+#       cut at 4 s (down, then blackhole) and restored at 9 s; the longest
+#       wait between received bytes before the cut (noise), at the cut and in
+#       the 5 s after the return, for mpbond and for kernel MPTCP used
+#       directly (the baseline, with mpbond stopped).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 . scripts/deps.sh
@@ -367,11 +374,94 @@ PY
     rm -rf "$TMP"
 }
 
-[ $# -ge 1 ] || die "usage: bench.sh linkem [--quick] [--status] | tcp [--secs N] [--live]"
+# One transfer with lte cut at 4 s and restored at 9 s; prints the stall
+# meter's JSON.   cut_run NS HOW DIR [stall.py run options...]
+cut_run() {
+    local ns=$1 how=$2 dir=$3
+    shift 3
+    nsx "$ns" python3 scripts/lib/stall.py run 198.51.100.10 5700 "$dir" 15 "$@" >"$TMP/stall.json" &
+    local run=$!
+    sleep 4
+    $LAB link lte "$how" >/dev/null
+    sleep 5
+    $LAB link lte up >/dev/null
+    wait $run || die "the $dir transfer in $ns failed"
+    cat "$TMP/stall.json"
+}
+
+# "NOISE CUT RETURN MB" from the stall meter's JSON: longest gaps (ms)
+# starting in [1 s, 3.5 s), [3.5 s, 8.9 s), [8.9 s, 14 s), and MB moved.
+# (A stall at the cut starts at the last byte before it, a little before
+# 4 s on the meter's clock.)
+stalls() {
+    python3 - "$1" <<'PY'
+import json, sys
+events = json.load(open(sys.argv[1]))["events"]
+def longest(a, b):
+    gaps = [t2 - t1 for (t1, _), (t2, _) in zip(events, events[1:]) if a <= t1 < b]
+    return max(gaps, default=float("nan")) * 1000
+moved = events[-1][1] / 1e6 if events else 0
+print("%.0f %.0f %.0f %.1f" % (longest(1, 3.5), longest(3.5, 8.9), longest(8.9, 14), moved))
+PY
+}
+
+bench_failover() {
+    TMP=$(mktemp -d)
+    lab_up
+    $LAB start >/dev/null
+    nsx mpb-srv ip mptcp limits set subflows 8 add_addr_accepted 8
+    nsx mpb-srv python3 scripts/lib/stall.py serve 5700 &
+    local server=$!
+    sleep 0.3
+    local rows=() how dir
+    for how in down blackhole; do
+        for dir in down up; do
+            cut_run mpb-lan $how $dir >"$TMP/r.json"
+            rows+=("mpbond|$how|$dir|$(stalls "$TMP/r.json")")
+        done
+    done
+    # The baseline: mpbond stopped, the kernel set up by hand as its own
+    # documentation says (source routing, one subflow endpoint per uplink).
+    $LAB stop >/dev/null
+    local n
+    for n in 1 2; do
+        nsx mpb-cli ip rule add pref $((7700 + n)) from 10.77.$n.2 lookup $((7700 + n))
+        nsx mpb-cli ip route add default via 10.77.$n.1 table $((7700 + n))
+    done
+    nsx mpb-cli ip mptcp limits set subflows 2 add_addr_accepted 2
+    nsx mpb-cli ip mptcp endpoint add 10.77.1.2 dev dsl0 subflow
+    nsx mpb-cli ip mptcp endpoint add 10.77.2.2 dev lte0 subflow
+    for how in down blackhole; do
+        for dir in down up; do
+            cut_run mpb-cli $how $dir --mptcp --bind 10.77.1.2 >"$TMP/r.json"
+            rows+=("kernel MPTCP direct|$how|$dir|$(stalls "$TMP/r.json")")
+        done
+    done
+    kill $server 2>/dev/null || true
+
+    echo
+    echo "lte (the busiest line) cut at 4 s and back at 9 s during a 15 s transfer; longest wait"
+    echo "between received bytes (ms) before the cut, at the cut and within 5 s of the return"
+    printf '%-22s %-9s %-4s | %7s %7s %7s | %7s\n' path cut dir noise cut return MB
+    printf '%s\n' "-----------------------------------------------------------------------------"
+    local row name
+    for row in "${rows[@]}"; do
+        IFS='|' read -r name how dir values <<<"$row"
+        read -r noise cut back moved <<<"$values"
+        printf '%-22s %-9s %-4s | %7s %7s %7s | %7s\n' "$name" "$how" "$dir" "$noise" "$cut" "$back" "$moved"
+    done
+    echo "goal: mpbond <= 300 ms at the cut and at the return, both directions (kernel alone: ~1.2 s at the cut)"
+    $LAB down
+    trap - EXIT
+    rm -rf "$TMP"
+}
+
+[ $# -ge 1 ] || die "usage: bench.sh linkem [--quick] [--status] | tcp [--secs N] [--live] | failover"
 what=$1
 shift
 case $what in
     linkem) bench_linkem "$@" ;;
     tcp) bench_tcp "$@" ;;
-    *) die "unknown benchmark $what; available: linkem, tcp" ;;
+    failover) bench_failover "$@" ;;
+    *) die "unknown benchmark $what; available: linkem, tcp, failover" ;;
 esac
