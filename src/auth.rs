@@ -89,6 +89,14 @@ impl fmt::Debug for Key {
     }
 }
 
+/// Now as unix milliseconds, the clock of connect headers and probes (0 if
+/// the system clock is before 1970).
+pub fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
 /// A fresh random nonce for [`sign_request`].
 pub fn random_nonce() -> Result<[u8; 16], AuthError> {
     let mut nonce = [0; 16];

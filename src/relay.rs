@@ -156,7 +156,7 @@ async fn pump(
 }
 
 /// Reads what is available, waiting for at least one byte or end of stream.
-async fn read(stream: &TcpStream, buf: &mut [u8]) -> io::Result<usize> {
+pub(crate) async fn read(stream: &TcpStream, buf: &mut [u8]) -> io::Result<usize> {
     loop {
         stream.readable().await?;
         match stream.try_read(buf) {
@@ -166,7 +166,7 @@ async fn read(stream: &TcpStream, buf: &mut [u8]) -> io::Result<usize> {
     }
 }
 
-async fn write_all(stream: &TcpStream, mut data: &[u8]) -> io::Result<()> {
+pub(crate) async fn write_all(stream: &TcpStream, mut data: &[u8]) -> io::Result<()> {
     while !data.is_empty() {
         stream.writable().await?;
         match stream.try_write(data) {

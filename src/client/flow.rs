@@ -72,7 +72,7 @@ async fn serve(shared: Arc<Shared>, key: FlowKey, flow: Flow, lan: TcpStream) {
 
 async fn relay(flow: &Flow, lan: &TcpStream, tunnel: Tunnel) {
     if !tunnel.leftover.is_empty() {
-        if let Err(e) = write_all(lan, &tunnel.leftover).await {
+        if let Err(e) = crate::relay::write_all(lan, &tunnel.leftover).await {
             debug!(error = %e, "LAN host gone");
             reset(lan);
             reset(&tunnel.stream);
@@ -120,18 +120,6 @@ async fn first_bytes(lan: &TcpStream) -> io::Result<Vec<u8>> {
         Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(Vec::new()),
         Err(e) => Err(e),
     }
-}
-
-async fn write_all(stream: &TcpStream, mut data: &[u8]) -> io::Result<()> {
-    while !data.is_empty() {
-        stream.writable().await?;
-        match stream.try_write(data) {
-            Ok(n) => data = &data[n..],
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(())
 }
 
 /// Makes the close of `stream` a reset.

@@ -17,7 +17,7 @@
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::thread;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
@@ -181,7 +181,7 @@ async fn probe(shared: Arc<Shared>, index: usize, addr: IpAddr, tx: mpsc::Sender
                     kind: Kind::Request,
                     client_id: tunnels.id.clone(),
                     seq,
-                    sent_ms: unix_ms(),
+                    sent_ms: auth::unix_ms(),
                 };
                 let bytes = request.encode(&auth::sign_probe(&tunnels.key, &request.body()));
                 // Fails while the line is down; that shows as silence.
@@ -211,13 +211,6 @@ async fn probe(shared: Arc<Shared>, index: usize, addr: IpAddr, tx: mpsc::Sender
             }
         }
     }
-}
-
-fn unix_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-        .unwrap_or(0)
 }
 
 fn apply(pm: &MptcpPm, state: &State, why: &str) {

@@ -6,7 +6,7 @@ use std::collections::VecDeque;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Mutex, MutexGuard};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use socket2::{Domain, Protocol, SockAddr, SockRef, Socket, Type};
 use tokio::io::Interest;
@@ -327,10 +327,7 @@ impl Tunnels {
             concentrator,
             source,
         };
-        let now_ms = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-            .unwrap_or(0);
+        let now_ms = auth::unix_ms();
         let request = auth::sign_request(
             &self.key,
             self.id.clone(),
@@ -361,7 +358,9 @@ impl Tunnels {
                     })
                 }
             }
-            let n = read(&stream, &mut buf[have..]).await.map_err(io_error)?;
+            let n = crate::relay::read(&stream, &mut buf[have..])
+                .await
+                .map_err(io_error)?;
             if n == 0 {
                 return Err(TunnelError::Closed { concentrator });
             }
@@ -443,16 +442,6 @@ async fn write_all(stream: &TcpStream, mut data: &[u8]) -> io::Result<()> {
         }
     }
     Ok(())
-}
-
-async fn read(stream: &TcpStream, buf: &mut [u8]) -> io::Result<usize> {
-    loop {
-        stream.readable().await?;
-        match stream.try_read(buf) {
-            Err(e) if retry(&e) => continue,
-            result => return result,
-        }
-    }
 }
 
 /// Readiness can be spurious; `try_read`/`try_write` then say so.

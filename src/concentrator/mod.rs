@@ -251,7 +251,9 @@ async fn connection(shared: Arc<Shared>, mut stream: TcpStream, handshake: Owned
     }
     let read = accept::read_header(&mut stream, &mut header, shared.handshake_timeout).await;
     let authenticated = read.and_then(|(request, early)| {
-        let client = shared.clients.authenticate(&request, accept::unix_ms())?;
+        let client = shared
+            .clients
+            .authenticate(&request, crate::auth::unix_ms())?;
         Ok((client, request, early))
     });
     drop(handshake);

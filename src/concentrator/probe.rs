@@ -10,7 +10,7 @@ use std::sync::Arc;
 use tokio::net::UdpSocket;
 use tracing::{debug, warn};
 
-use super::accept::{unix_ms, Clients};
+use super::accept::Clients;
 use crate::auth;
 use crate::wire::probe::{Kind, Probe, MAX_LEN};
 
@@ -30,7 +30,7 @@ pub(super) async fn serve(socket: UdpSocket, clients: Arc<Clients>) {
                 return;
             }
         };
-        let Some(reply) = answer(&clients, &buf[..n], unix_ms()) else {
+        let Some(reply) = answer(&clients, &buf[..n], auth::unix_ms()) else {
             debug!(%peer, len = n, "probe dropped");
             continue;
         };
