@@ -1,6 +1,6 @@
 //! Uplink health: the kernel's link events, and a probe to the
-//! concentrator over each uplink every 30 ms (an authenticated UDP echo,
-//! [`crate::wire::probe`]). When an uplink loses its carrier (or is set
+//! concentrator over each uplink every 30 ms while the site has flows (every
+//! second when idle; an authenticated UDP echo, [`crate::wire::probe`]). When an uplink loses its carrier (or is set
 //! down, or deleted), or its probes go unanswered for 300 ms (a blackholed
 //! line keeps its carrier), its MPTCP endpoint is removed: the kernel closes the subflows on it and tells the
 //! concentrator (RM_ADDR), which re-sends what was in flight there over the
@@ -33,13 +33,20 @@ use crate::wire::probe::{Kind, Probe, MAX_LEN};
 /// How long the event thread blocks before checking whether it should end.
 const POLL: Duration = Duration::from_millis(500);
 
-/// Time between probes on each uplink.
+/// Time between probes on each uplink while the site has flows.
 const PROBE_EVERY: Duration = Duration::from_millis(30);
 
-/// An uplink whose probes went unanswered this long is not used. Ten
-/// probes: 0.5 % random loss never loses ten in a row in practice, a full
-/// 100 ms queue delays them by a third of it.
+/// An uplink whose probes went unanswered this long (counted from the
+/// first unanswered one) is not used, while the site has flows. Ten probes:
+/// 0.5 % random loss never loses ten in a row in practice, a full 100 ms
+/// queue delays them by a third of it.
 const DEAD_AFTER: Duration = Duration::from_millis(300);
+
+/// Time between probes, and the silence that makes an uplink dead, while
+/// the site is idle: a 4G line is often metered, and 30 ms probes would
+/// cost about 8 GB a month each way.
+const IDLE_PROBE_EVERY: Duration = Duration::from_secs(1);
+const IDLE_DEAD_AFTER: Duration = Duration::from_millis(3500);
 
 /// What the watcher hears.
 #[derive(Debug)]
@@ -172,24 +179,40 @@ async fn probe(shared: Arc<Shared>, index: usize, addr: IpAddr, tx: mpsc::Sender
     let mut tick = tokio::time::interval(PROBE_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     let mut buf = vec![0; MAX_LEN + 1];
-    let (mut seq, mut last_answer, mut answered) = (0u64, None::<Instant>, true);
+    let mut seq = 0u64;
+    // No verdict before the first answer; silence counts from the first
+    // probe sent after the last answer.
+    let (mut ever_answered, mut answered) = (false, true);
+    let (mut last_sent, mut waiting_since) = (None::<Instant>, None::<Instant>);
     loop {
         tokio::select! {
             _ = tick.tick() => {
-                seq += 1;
-                let request = Probe {
-                    kind: Kind::Request,
-                    client_id: tunnels.id.clone(),
-                    seq,
-                    sent_ms: auth::unix_ms(),
+                let active = !shared.table().is_empty() || tunnels.warm.active();
+                let (every, dead_after) = if active {
+                    (PROBE_EVERY, DEAD_AFTER)
+                } else {
+                    (IDLE_PROBE_EVERY, IDLE_DEAD_AFTER)
                 };
-                let bytes = request.encode(&auth::sign_probe(&tunnels.key, &request.body()));
-                // Fails while the line is down; that shows as silence.
-                let _ = socket.send_to(&bytes, concentrator).await;
-                let Some(at) = last_answer else { continue };
-                let now_answered = at.elapsed() < DEAD_AFTER;
-                if now_answered != answered {
-                    answered = now_answered;
+                // Ticks come a little early or late; half a tick of slack
+                // keeps the active rate at one probe per tick.
+                if last_sent.is_none_or(|at| at.elapsed() + PROBE_EVERY / 2 >= every) {
+                    seq += 1;
+                    let request = Probe {
+                        kind: Kind::Request,
+                        client_id: tunnels.id.clone(),
+                        seq,
+                        sent_ms: auth::unix_ms(),
+                    };
+                    let bytes = request.encode(&auth::sign_probe(&tunnels.key, &request.body()));
+                    // Fails while the line is down; that shows as silence.
+                    let _ = socket.send_to(&bytes, concentrator).await;
+                    let now = Instant::now();
+                    last_sent = Some(now);
+                    waiting_since.get_or_insert(now);
+                }
+                let silent = waiting_since.is_some_and(|at| at.elapsed() >= dead_after);
+                if ever_answered && answered && silent {
+                    answered = false;
                     if tx.send(Report::Probes { index, answered }).await.is_err() {
                         return;
                     }
@@ -201,12 +224,20 @@ async fn probe(shared: Arc<Shared>, index: usize, addr: IpAddr, tx: mpsc::Sender
                     continue;
                 }
                 let Ok((reply, body, mac)) = Probe::decode(&buf[..n]) else { continue };
-                if reply.kind == Kind::Reply
-                    && reply.client_id == tunnels.id
-                    && reply.seq <= seq
-                    && auth::verify_probe(&tunnels.key, body, &mac)
+                if reply.kind != Kind::Reply
+                    || reply.client_id != tunnels.id
+                    || reply.seq > seq
+                    || !auth::verify_probe(&tunnels.key, body, &mac)
                 {
-                    last_answer = Some(Instant::now());
+                    continue;
+                }
+                ever_answered = true;
+                waiting_since = None;
+                if !answered {
+                    answered = true;
+                    if tx.send(Report::Probes { index, answered }).await.is_err() {
+                        return;
+                    }
                 }
             }
         }

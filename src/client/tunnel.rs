@@ -109,7 +109,8 @@ impl WarmPool {
         None
     }
 
-    fn active(&self) -> bool {
+    /// Whether a flow started within the last minute.
+    pub(super) fn active(&self) -> bool {
         self.last_use
             .lock()
             .unwrap_or_else(|e| e.into_inner())
