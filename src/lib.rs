@@ -5,6 +5,7 @@
 //! the system. All `unsafe` lives in [`sys`].
 
 pub mod auth;
+mod chain;
 pub mod client;
 pub mod concentrator;
 pub mod config;

@@ -124,27 +124,28 @@ fn run(cli: Cli) -> anyhow::Result<()> {
 
 fn run_client(config: &Path) -> anyhow::Result<()> {
     let config = ClientConfig::load(config)?;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")?;
-    runtime.block_on(async {
-        let shutdown = shutdown_signal()?;
-        client::run(config, shutdown).await?;
-        Ok(())
-    })
+    until_signal(|shutdown| async move { Ok(client::run(config, shutdown).await?) })
 }
 
 fn run_concentrator(config: &Path) -> anyhow::Result<()> {
     let config = ConcentratorConfig::load(config)?;
+    until_signal(|shutdown| async move { Ok(concentrator::run(config, shutdown).await?) })
+}
+
+/// Runs `serve` on a multi-threaded runtime, handing it a future that
+/// completes on SIGINT or SIGTERM.
+fn until_signal<F, Fut>(serve: F) -> anyhow::Result<()>
+where
+    F: FnOnce(std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>) -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<()>>,
+{
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
     runtime.block_on(async {
         let shutdown = shutdown_signal()?;
-        concentrator::run(config, shutdown).await?;
-        Ok(())
+        serve(Box::pin(shutdown)).await
     })
 }
 

@@ -26,7 +26,6 @@
 //! local routes still win. The per-uplink rules and endpoints exist only
 //! for C's family.
 
-use std::error::Error;
 use std::fmt;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
@@ -34,6 +33,7 @@ use std::ops::RangeInclusive;
 
 use tracing::{debug, info, warn};
 
+use crate::chain::Chain;
 use crate::config::client::UplinkConfig;
 use crate::sys::{
     read_sysctl, AddressFamily, EndpointFlags, MptcpEndpoint, MptcpLimits, MptcpPm, NetlinkError,
@@ -829,21 +829,6 @@ fn capture_rules(concentrator: IpAddr) -> Vec<Rule> {
         });
     }
     rules
-}
-
-/// An error with its causes, `: `-separated, for log fields.
-struct Chain<'a>(&'a dyn Error);
-
-impl fmt::Display for Chain<'_> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", self.0)?;
-        let mut source = self.0.source();
-        while let Some(cause) = source {
-            write!(f, ": {cause}")?;
-            source = cause.source();
-        }
-        Ok(())
-    }
 }
 
 #[cfg(test)]

@@ -19,8 +19,6 @@ mod listen;
 pub mod policy;
 mod probe;
 
-use std::error::Error;
-use std::fmt;
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
@@ -32,6 +30,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::{JoinError, JoinSet};
 use tracing::{debug, field, info, info_span, warn, Instrument as _, Span};
 
+use crate::chain::Chain;
 use crate::config::ConcentratorConfig;
 use crate::sys::SysctlGuard;
 use crate::wire::convert::{ClientId, MAX_MESSAGE_LEN};
@@ -317,19 +316,4 @@ async fn connection(shared: Arc<Shared>, mut stream: TcpStream, handshake: Owned
         Err(e) => info!(error = %Chain(&e), "connection reset"),
     }
     drop(admitted);
-}
-
-/// An error with its causes, `: `-separated, for log fields.
-struct Chain<'a>(&'a dyn Error);
-
-impl fmt::Display for Chain<'_> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", self.0)?;
-        let mut source = self.0.source();
-        while let Some(cause) = source {
-            write!(f, ": {cause}")?;
-            source = cause.source();
-        }
-        Ok(())
-    }
 }
