@@ -18,7 +18,9 @@ use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use harness::{connect, if_bytes, run_in, Behavior, Hasher, Lab, NsServer, Pattern, Sha256};
+use harness::{
+    connect, if_bytes, run_in, short_request, Behavior, Hasher, Lab, NsServer, Pattern, Sha256,
+};
 
 const SERVER: IpAddr = IpAddr::V4(Ipv4Addr::new(198, 51, 100, 10));
 const CONCENTRATOR: IpAddr = IpAddr::V4(Ipv4Addr::new(10, 77, 9, 2));
@@ -223,16 +225,7 @@ fn new_connections_while(how: &str, port: u16) {
         (0..20u64)
             .map(|i| {
                 let started = Instant::now();
-                let result = (|| {
-                    let mut s = connect(addr, Duration::from_secs(2))?;
-                    s.set_read_timeout(Some(Duration::from_secs(2)))?;
-                    let mut request = Pattern::bytes(9000 + i, 100);
-                    request[..8].copy_from_slice(&(9000 + i).to_le_bytes());
-                    s.write_all(&request)?;
-                    let mut reply = Vec::new();
-                    s.read_to_end(&mut reply)?;
-                    Ok::<_, io::Error>(reply == Pattern::bytes(9000 + i, 1024))
-                })();
+                let result = short_request(addr, 9000 + i, 100, 1024);
                 (i, result, started.elapsed())
             })
             .collect::<Vec<_>>()

@@ -24,8 +24,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use socket2::{Domain, Protocol, Socket, Type};
 
 use harness::{
-    connect, if_bytes, in_ns, netstat, ns_ok, ns_run, read_hashed, run_in, send_pattern, Behavior,
-    IfBytes, Lab, NsServer, Pattern, Sha256, RUN,
+    connect, if_bytes, in_ns, netstat, ns_ok, ns_run, read_hashed, run_in, send_pattern,
+    short_request, Behavior, IfBytes, Lab, NsServer, Pattern, Sha256, RUN,
 };
 use mpbond::auth::{random_nonce, sign_request, Key};
 use mpbond::wire::convert::{self, ErrorCode, Response};
@@ -992,16 +992,7 @@ fn short_requests(what: &str) -> (u64, u64) {
         (0..REQUESTS)
             .map(|i| {
                 let started = Instant::now();
-                let result = (|| {
-                    let mut s = connect(addr, Duration::from_secs(2))?;
-                    s.set_read_timeout(Some(Duration::from_secs(2)))?;
-                    let mut request = Pattern::bytes(7000 + i, 100);
-                    request[..8].copy_from_slice(&(7000 + i).to_le_bytes());
-                    s.write_all(&request)?;
-                    let mut reply = Vec::new();
-                    s.read_to_end(&mut reply)?;
-                    Ok::<_, io::Error>(reply == Pattern::bytes(7000 + i, REPLY))
-                })();
+                let result = short_request(addr, 7000 + i, 100, REPLY);
                 (i, result, started.elapsed())
             })
             .collect::<Vec<_>>()

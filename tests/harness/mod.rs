@@ -493,6 +493,26 @@ pub fn connect(addr: SocketAddr, timeout: Duration) -> io::Result<TcpStream> {
 }
 
 /// Writes the first `len` bytes of [`Pattern`] `seed`; returns their hash.
+/// One short request to a [`Behavior::Reply`] server at `addr`: `request`
+/// bytes whose first 8 are `seed`, then the whole answer; `Ok(true)` if it
+/// is the `reply` bytes of [`Pattern`] `seed`. Connect and read time out
+/// after 2 s, so a hang fails at once.
+pub fn short_request(
+    addr: SocketAddr,
+    seed: u64,
+    request: usize,
+    reply: usize,
+) -> io::Result<bool> {
+    let mut s = connect(addr, Duration::from_secs(2))?;
+    s.set_read_timeout(Some(Duration::from_secs(2)))?;
+    let mut bytes = Pattern::bytes(seed, request);
+    bytes[..8].copy_from_slice(&seed.to_le_bytes());
+    s.write_all(&bytes)?;
+    let mut answer = Vec::new();
+    s.read_to_end(&mut answer)?;
+    Ok(answer == Pattern::bytes(seed, reply))
+}
+
 pub fn send_pattern(stream: &mut impl Write, seed: u64, len: u64) -> io::Result<Sha256> {
     let mut pattern = Pattern::new(seed);
     let mut hash = Hasher::new();
