@@ -598,6 +598,10 @@ fn bad_peer(first: Vec<u8>, close: bool) -> Silent {
     run_in(CLI, "bad peer", Duration::from_secs(20), move || {
         let started = Instant::now();
         let mut s = mptcp_from_dsl().expect("connect to the concentrator from 10.77.1.2");
+        // Longer than the concentrator's handshake timeout, so a silent
+        // peer sees the concentrator close rather than its own timeout.
+        s.set_read_timeout(Some(HANDSHAKE_TIMEOUT + Duration::from_secs(5)))
+            .expect("set the read timeout");
         if !first.is_empty() {
             s.write_all(&first).expect("send to the concentrator");
         }
