@@ -7,6 +7,9 @@
 #   scripts/lab.sh link dsl|lte down|up|blackhole         change a line's state live
 #   scripts/lab.sh link dsl|lte set RATE DELAY LOSS [up|down|both]
 #                                                         new shaping ("-" keeps a value)
+#   scripts/lab.sh link dsl|lte renumber HOST             the client's IPv4 address on the line
+#                                                         becomes 10.77.N.HOST (as a DHCP
+#                                                         renumbering: old address out, new in)
 #   scripts/lab.sh start [--client-config FILE] [--concentrator-config FILE] [--no-client]
 #                                                         run mpbond in the lab; returns once
 #                                                         the tunnel carries traffic (with
@@ -272,10 +275,14 @@ line_kind() {
 }
 
 cmd_link() {
-    [ $# -ge 2 ] || die "usage: lab.sh link dsl|lte down|up|blackhole|set RATE DELAY LOSS [up|down|both]"
+    [ $# -ge 2 ] || die "usage: lab.sh link dsl|lte down|up|blackhole|set RATE DELAY LOSS [up|down|both]|renumber HOST"
     local name=$1 action=$2
     shift 2
     case $name in dsl | lte) ;; *) die "unknown link $name; use dsl or lte" ;; esac
+    if [ "$action" = renumber ]; then
+        renumber "$name" "$@"
+        return
+    fi
     local kind
     kind=$(line_kind "$name")
     if [ "$kind" = emulated ]; then
@@ -317,6 +324,28 @@ cmd_link() {
         *) die "unknown action $action; use down, up, blackhole or set" ;;
     esac
     say "link $name $action"
+}
+
+# renumber NAME HOST: the client's IPv4 address on line NAME becomes
+# 10.77.N.HOST, the way a DHCP renumbering happens: the old address is
+# removed (taking the routes via the line's gateway with it), the new one
+# added, the default route put back. The wan end learns the new address's
+# MAC at once (pinned, like the first).
+renumber() {
+    [ $# = 2 ] || die "usage: lab.sh link $1 renumber HOST (2-254)"
+    local name=$1 host=$2 n=${LINK_NUM[$1]} dev=${1}0 metric=100
+    [ "$name" = lte ] && metric=200
+    case $host in '' | *[!0-9]*) die "renumber: HOST must be a number, got '$host'" ;; esac
+    [ "$host" -ge 2 ] && [ "$host" -le 254 ] || die "renumber: HOST must be 2-254, got $host"
+    [ -e /run/netns/mpb-cli ] || die "the lab is not up; run scripts/lab.sh up"
+    local old
+    for old in $(nsx mpb-cli ip -4 -o addr show dev "$dev" | awk '{print $4}'); do
+        nsx mpb-cli ip addr del "$old" dev "$dev"
+    done
+    nsx mpb-cli ip addr add "10.77.$n.$host/24" dev "$dev"
+    nsx mpb-cli ip route replace default via "10.77.$n.1" dev "$dev" metric "$metric"
+    nsx mpb-wan ip neigh replace "10.77.$n.$host" lladdr "$(mac "$n" 2)" dev "$dev" nud permanent
+    say "link $name renumbered: 10.77.$n.$host"
 }
 
 # ---------------------------------------------------------------- start / stop

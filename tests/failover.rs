@@ -19,7 +19,8 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use harness::{
-    connect, if_bytes, run_in, short_request, Behavior, Hasher, Lab, NsServer, Pattern, Sha256,
+    connect, if_bytes, ns_ok, run_in, short_request, subflows, Behavior, Hasher, Lab, NsServer,
+    Pattern, Sha256,
 };
 
 const SERVER: IpAddr = IpAddr::V4(Ipv4Addr::new(198, 51, 100, 10));
@@ -40,6 +41,28 @@ struct Received {
     longest_gap: Duration,
     gap_at: Duration,
     took: Duration,
+    /// Every wait for a byte longer than [`NOTED_GAP`]: when it started,
+    /// how long it was.
+    gaps: Vec<(Instant, Duration)>,
+}
+
+/// Waits for a byte shorter than this are not noted.
+const NOTED_GAP: Duration = Duration::from_millis(50);
+
+/// The longest a line's return (or renumbering) may stall the download:
+/// the failover goal.
+const RETURN_STALL_GOAL: Duration = Duration::from_millis(300);
+
+impl Received {
+    /// The longest wait for a byte that overlaps `from..to`.
+    fn longest_gap_within(&self, from: Instant, to: Instant) -> Duration {
+        self.gaps
+            .iter()
+            .filter(|(at, len)| *at < to && *at + *len > from)
+            .map(|(_, len)| *len)
+            .max()
+            .unwrap_or_default()
+    }
 }
 
 /// Starts a 60 MiB download to the LAN host; `progress` gets the byte
@@ -56,12 +79,16 @@ fn start_download(
             let mut hasher = Hasher::new();
             let mut buf = vec![0; 64 << 10];
             let (mut last, mut longest_gap, mut gap_at) = (started, Duration::ZERO, Duration::ZERO);
+            let mut gaps = Vec::new();
             loop {
                 let n = s.read(&mut buf)?;
                 let now = Instant::now();
                 if now - last > longest_gap {
                     longest_gap = now - last;
                     gap_at = last - started;
+                }
+                if now - last > NOTED_GAP {
+                    gaps.push((last, now - last));
                 }
                 last = now;
                 if n == 0 {
@@ -76,6 +103,7 @@ fn start_download(
                 sha256: hasher.finish(),
                 longest_gap,
                 gap_at,
+                gaps,
             })
         })
     })
@@ -94,7 +122,9 @@ fn wait_for(progress: &mpsc::Receiver<u64>, bytes: u64) {
     }
 }
 
-fn check(what: &str, got: io::Result<Received>, srv: &NsServer) {
+/// Checks a finished download (all bytes, intact, through the tunnel) and
+/// returns what it saw.
+fn check(what: &str, got: io::Result<Received>, srv: &NsServer) -> Received {
     let got = got.unwrap_or_else(|e| panic!("{what}: the download failed: {e}"));
     let served = srv.next(Duration::from_secs(10));
     eprintln!(
@@ -116,6 +146,7 @@ fn check(what: &str, got: io::Result<Received>, srv: &NsServer) {
         "{what}: bypassed the tunnel"
     );
     assert!(served.error.is_none(), "{what}: server: {:?}", served.error);
+    got
 }
 
 fn source(port: u16) -> NsServer {
@@ -163,7 +194,8 @@ fn lte_blackholed_mid_transfer_loses_nothing() {
 /// `link` fails (`how`) for `outage` at 8 MiB into a download and comes
 /// back: within 2 s of its return the running connection carries bytes on
 /// it again (the kernel alone never re-creates a subflow an outage closed,
-/// and an old one's timers have backed off to seconds).
+/// and an old one's timers have backed off to seconds), and the return
+/// stalls the download no longer than the goal.
 fn line_returns(link: &str, how: &str, outage: Duration, port: u16) {
     let lab = Lab::up_and_start(&[], &[]);
     let srv = source(port);
@@ -184,7 +216,15 @@ fn line_returns(link: &str, how: &str, outage: Duration, port: u16) {
         back.elapsed().as_secs_f64()
     );
     let got = download.join().expect("download thread");
-    check(&format!("{link} {how} for {outage:?}"), got, &srv);
+    let got = check(&format!("{link} {how} for {outage:?}"), got, &srv);
+    let stall = got.longest_gap_within(back, back + Duration::from_secs(5));
+    eprintln!("longest wait for a byte within 5 s of {link}'s return: {stall:?}");
+    assert!(
+        stall <= RETURN_STALL_GOAL,
+        "{link}'s return stalled the download for {stall:?} (goal {RETURN_STALL_GOAL:?}); \
+         gaps over {NOTED_GAP:?}: {:?}",
+        got.gaps
+    );
     // 2 s of dsl (20 Mbit/s) is 5 MB, of lte 10 MB; a working subflow
     // moves well over 1 MiB even while it ramps up.
     assert!(
@@ -202,6 +242,61 @@ fn dsl_returns_to_the_running_connection_after_a_flap() {
 #[test]
 fn lte_returns_to_the_running_connection_after_an_8s_blackhole() {
     line_returns("lte", "blackhole", Duration::from_secs(8), 5605);
+}
+
+/// lte's address changes mid-transfer (as a DHCP renumbering: the old
+/// address goes, a new one comes): the running connection gets a subflow
+/// from the new address, which carries the download's bytes again, and
+/// nothing is lost.
+#[test]
+fn a_renumbered_line_returns_to_the_running_connection() {
+    let lab = Lab::up_and_start(&[], &[]);
+    let srv = source(5608);
+    let (tx, rx) = mpsc::channel();
+    let download = start_download(srv.addr(), tx);
+    wait_for(&rx, 8 * MIB);
+    let new: IpAddr = "10.77.2.3".parse().expect("address");
+    lab.link(&["lte", "renumber", "3"]);
+    let renumbered = Instant::now();
+    // The subflow from the new address, seen by ss within 2 s.
+    let concentrator = SocketAddr::new(CONCENTRATOR, 7300);
+    let (found, seen) = loop {
+        let seen = ns_ok(CLI, &["ss", "-tinH"]);
+        if subflows(&seen, concentrator).contains(&new) {
+            break (Some(renumbered.elapsed()), seen);
+        }
+        if renumbered.elapsed() > Duration::from_secs(2) {
+            break (None, seen);
+        }
+        thread::sleep(Duration::from_millis(20));
+    };
+    let before = if_bytes(CLI, "lte0").rx;
+    thread::sleep(Duration::from_secs(2));
+    let carried = if_bytes(CLI, "lte0").rx - before;
+    eprintln!(
+        "subflow from {new} after {found:?}; lte0 received {:.1} MiB in the next 2 s",
+        carried as f64 / MIB as f64
+    );
+    let got = download.join().expect("download thread");
+    let got = check("lte renumbered at 8 MiB", got, &srv);
+    let stall = got.longest_gap_within(renumbered, renumbered + Duration::from_secs(5));
+    eprintln!("longest wait for a byte within 5 s of the renumbering: {stall:?}");
+    assert!(
+        found.is_some(),
+        "no subflow from lte's new address {new} within 2 s; ss -tinH:\n{seen}"
+    );
+    // Only the new address is on lte0: what it receives is the new
+    // subflow's.
+    assert!(
+        carried >= MIB,
+        "lte0 received only {carried} bytes in 2 s after the renumbering: the subflow from the \
+         new address carries nothing"
+    );
+    let log = lab.log_tail("client", 50);
+    assert!(
+        log.contains("uplink has a new address") && log.contains("new=10.77.2.3"),
+        "the client did not log lte's new address:\n{log}"
+    );
 }
 
 /// While dsl is down (`how`), new connections start on lte at once: 20

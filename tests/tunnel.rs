@@ -25,7 +25,7 @@ use socket2::{Domain, Protocol, Socket, Type};
 
 use harness::{
     connect, if_bytes, in_ns, netstat, ns_ok, ns_run, read_hashed, run_in, send_pattern,
-    short_request, Behavior, IfBytes, Lab, NsServer, Pattern, Sha256, RUN,
+    short_request, ss_ip, subflows, Behavior, IfBytes, Lab, NsServer, Pattern, Sha256, RUN,
 };
 use mpbond::auth::{random_nonce, sign_request, Key};
 use mpbond::wire::convert::{self, ErrorCode, Response};
@@ -77,7 +77,7 @@ fn ss_output_is_understood() {
               \t cubic wscale:7,7 rtt:1/1\n\
               ESTAB 0 0 10.77.1.2:58660 10.77.9.2:7401\n\
               \t bbr tcp-ulp-mptcp flags:Mmc\n";
-    assert_eq!(subflows(ss), vec![LTE, DSL]);
+    assert_eq!(subflows(ss, CONCENTRATOR_LISTEN), vec![LTE, DSL]);
     assert_eq!(
         ss_ip("[fd77:1::2%dsl0]:1"),
         Some("fd77:1::2".parse().expect("ip"))
@@ -166,49 +166,13 @@ fn watch_ss(stop: Arc<AtomicBool>) -> thread::JoinHandle<SsSeen> {
             {
                 seen.mptcp = true;
             }
-            seen.subflows_from.extend(subflows(&tcp));
+            seen.subflows_from
+                .extend(subflows(&tcp, CONCENTRATOR_LISTEN));
             seen.last = format!("ss -MnH:\n{mptcp}ss -tinH:\n{tcp}");
             thread::sleep(Duration::from_millis(200));
         }
         seen
     })
-}
-
-/// Local addresses of established TCP sockets to the concentrator whose
-/// info line (`ss -tinH`) says they are MPTCP subflows.
-fn subflows(ss: &str) -> Vec<IpAddr> {
-    let mut found = Vec::new();
-    let mut current: Option<IpAddr> = None;
-    for line in ss.lines() {
-        if !line.starts_with(char::is_whitespace) {
-            // "ESTAB 0 0 10.77.1.2:41234 10.77.9.2:7300"
-            let cols: Vec<&str> = line.split_whitespace().collect();
-            current = match cols.as_slice() {
-                [state, _, _, local, peer, ..]
-                    if *state == "ESTAB" && *peer == CONCENTRATOR_LISTEN.to_string() =>
-                {
-                    ss_ip(local)
-                }
-                _ => None,
-            };
-        } else if line.contains("tcp-ulp-mptcp") {
-            if let Some(ip) = current.take() {
-                found.push(ip);
-            }
-        }
-    }
-    found
-}
-
-/// The address of an `ss` column: `10.77.2.2%lte0:50179` (a socket bound
-/// to a device), `10.77.1.2:41234`, `[fd77:1::2]:41234`.
-fn ss_ip(column: &str) -> Option<IpAddr> {
-    let (host, _port) = column.rsplit_once(':')?;
-    let host = host.split('%').next()?;
-    host.trim_start_matches('[')
-        .trim_end_matches(']')
-        .parse()
-        .ok()
 }
 
 // ---------------------------------------------------------------- transfers

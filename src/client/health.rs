@@ -1,32 +1,40 @@
 //! Uplink health: the kernel's link events, and a probe to the
 //! concentrator over each uplink every 30 ms while the site has flows (every
-//! second when idle; an authenticated UDP echo, [`crate::wire::probe`]). When an uplink loses its carrier (or is set
-//! down, or deleted), or its probes go unanswered for 300 ms (a blackholed
-//! line keeps its carrier), its MPTCP endpoint is removed: the kernel closes the subflows on it and tells the
+//! second when idle; an authenticated UDP echo, [`crate::wire::probe`]).
+//! When an uplink loses its carrier (or is set down, or deleted), or its
+//! probes go unanswered (a blackholed line keeps its carrier: 120 ms when
+//! its interface received nothing else meanwhile, 300 ms otherwise), its
+//! MPTCP endpoint is removed: the kernel closes the subflows on it and tells the
 //! concentrator (RM_ADDR), which re-sends what was in flight there over the
 //! other uplinks at once instead of waiting for retransmission timeouts.
 //! When it comes back the endpoint is added again, so running connections
 //! get a fresh subflow on it (the kernel never re-creates a subflow a link
 //! flap closed). New tunnels start on a usable uplink: there is no master.
 //!
-//! Not yet: address changes, gateways, data-driven detection from the
-//! subflows' own progress. An uplink whose probes were never answered (a
-//! concentrator without the echo, or a line dead from the start) is judged
-//! by its carrier alone.
+//! When an uplink's interface gets a new address (a 4G line renumbered by
+//! DHCP), its source rule, endpoint and probes move to it; the kernel then
+//! opens a subflow from the new address on running connections.
+//!
+//! Not yet: gateways learnt from the system (the config's gateway is
+//! used), data-driven detection from the subflows' own progress, uplinks
+//! that had no address at start. An uplink whose probes were never answered
+//! (a concentrator without the echo, or a line dead from the start) is
+//! judged by its carrier alone.
 
 use std::net::{IpAddr, SocketAddr};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
-use tokio::task::JoinSet;
+use tokio::task::{AbortHandle, JoinSet};
 use tracing::{debug, info, warn};
 
-use super::uplinks::Uplink;
+use super::uplinks::{AddressChange, Plumbing, Uplink};
 use super::{ClientError, Shared};
 use crate::auth;
+use crate::chain::Chain;
 use crate::sys::{LinkEvent, LinkEvents, MptcpPm};
 use crate::wire::probe::{Kind, Probe, MAX_LEN};
 
@@ -36,11 +44,21 @@ const POLL: Duration = Duration::from_millis(500);
 /// Time between probes on each uplink while the site has flows.
 const PROBE_EVERY: Duration = Duration::from_millis(30);
 
+/// How often each uplink's probe task looks at what it heard.
+const CHECK_EVERY: Duration = Duration::from_millis(10);
+
 /// An uplink whose probes went unanswered this long (counted from the
 /// first unanswered one) is not used, while the site has flows. Ten probes:
 /// 0.5 % random loss never loses ten in a row in practice, a full 100 ms
 /// queue delays them by a third of it.
 const DEAD_AFTER: Duration = Duration::from_millis(300);
+
+/// An uplink whose probes went unanswered this long and whose interface
+/// received nothing at all meanwhile is not used, while the site has
+/// flows. Four probes: losing three in a row at 0.5 % loss each way is a
+/// one in a million event; a line that carries anything else keeps
+/// receiving it.
+const QUIET_DEAD_AFTER: Duration = Duration::from_millis(120);
 
 /// Time between probes, and the silence that makes an uplink dead, while
 /// the site is idle: a 4G line is often metered, and 30 ms probes would
@@ -51,10 +69,16 @@ const IDLE_DEAD_AFTER: Duration = Duration::from_millis(3500);
 /// What the watcher hears.
 #[derive(Debug)]
 enum Report {
-    /// The kernel's link events.
+    /// The kernel's link and address events.
     Links(Vec<LinkEvent>),
-    /// Uplink `index`'s probes started or stopped being answered.
-    Probes { index: usize, answered: bool },
+    /// Uplink `index`'s probes started or stopped being answered; from the
+    /// probe task of that `generation` (an uplink's probes restart on a new
+    /// address, and the old task's last word no longer counts).
+    Probes {
+        index: usize,
+        generation: u64,
+        answered: bool,
+    },
 }
 
 /// An uplink and what is known of it.
@@ -63,10 +87,27 @@ struct State {
     uplink: Uplink,
     /// Link up with carrier.
     carrier: bool,
+    /// Its interface has an address of the concentrator's family.
+    addressed: bool,
     /// Probes answered (or never answered at all: no verdict).
     answered: bool,
-    /// What the endpoint reflects: `carrier && answered`.
+    /// What the endpoint reflects: `carrier && addressed && answered`.
     usable: bool,
+    /// Its probe task, restarted when the address changes.
+    probe: AbortHandle,
+    generation: u64,
+}
+
+impl State {
+    /// Why the uplink is (not) usable, for the logs.
+    fn why(&self) -> &'static str {
+        match (self.carrier, self.addressed, self.answered) {
+            (false, _, _) => "no carrier, down or gone",
+            (true, false, _) => "its interface has no address of the concentrator's family",
+            (true, true, false) => "probes unanswered: blackholed?",
+            (true, true, true) => "link up with carrier and address, probes answered",
+        }
+    }
 }
 
 /// The source address new tunnels bind to: the first usable non-backup
@@ -82,10 +123,14 @@ pub(super) fn pick_source<'a>(
         .map(|u| u.addr)
 }
 
-/// Watches the uplinks' links until the client stops; never returns
-/// otherwise (a failure to watch is logged and leaves the uplinks as they
-/// are).
-pub(super) async fn watch(shared: Arc<Shared>, uplinks: Vec<Uplink>) -> Result<(), ClientError> {
+/// Watches the uplinks until the client stops; never returns otherwise (a
+/// failure to watch is logged and leaves the uplinks as they are).
+/// `plumbing` moves an uplink's rule when its address changes.
+pub(super) async fn watch(
+    shared: Arc<Shared>,
+    plumbing: Arc<Mutex<Plumbing>>,
+    uplinks: Vec<Uplink>,
+) -> Result<(), ClientError> {
     let (tx, mut rx) = mpsc::channel::<Report>(64);
     let link_tx = tx.clone();
     let reader = thread::Builder::new()
@@ -103,17 +148,17 @@ pub(super) async fn watch(shared: Arc<Shared>, uplinks: Vec<Uplink>) -> Result<(
     };
     // Dropped (and so stopped) with this task.
     let mut probes = JoinSet::new();
-    for (index, uplink) in uplinks.iter().enumerate() {
-        probes.spawn(probe(shared.clone(), index, uplink.addr, tx.clone()));
-    }
-    drop(tx);
     let mut states: Vec<State> = uplinks
         .into_iter()
-        .map(|uplink| State {
+        .enumerate()
+        .map(|(index, uplink)| State {
+            probe: probes.spawn(probe(shared.clone(), index, 0, uplink.clone(), tx.clone())),
             uplink,
             carrier: true,
+            addressed: true,
             answered: true,
             usable: true,
+            generation: 0,
         })
         .collect();
     while let Some(report) = rx.recv().await {
@@ -121,19 +166,53 @@ pub(super) async fn watch(shared: Arc<Shared>, uplinks: Vec<Uplink>) -> Result<(
         match report {
             Report::Links(events) => {
                 for event in events {
-                    for state in states
+                    let (LinkEvent::Link { ifindex, .. } | LinkEvent::Address { ifindex }) = event;
+                    for (index, state) in states
                         .iter_mut()
-                        .filter(|s| s.uplink.ifindex == event.ifindex)
+                        .enumerate()
+                        .filter(|(_, s)| s.uplink.ifindex == ifindex)
                     {
-                        state.carrier = event.usable;
-                        changed |= update(&pm, state, "link");
+                        match event {
+                            LinkEvent::Link { usable, .. } => {
+                                state.carrier = usable;
+                                changed |= update(&pm, state);
+                            }
+                            LinkEvent::Address { .. } => {
+                                let readdressed = lock(&plumbing).readdress(index);
+                                changed |= match readdressed {
+                                    Ok(change) => readdress(&pm, state, change, |state: &State| {
+                                        probes.spawn(probe(
+                                            shared.clone(),
+                                            index,
+                                            state.generation,
+                                            state.uplink.clone(),
+                                            tx.clone(),
+                                        ))
+                                    }),
+                                    Err(e) => {
+                                        warn!(
+                                            uplink = %state.uplink.name,
+                                            error = %Chain(&e),
+                                            "cannot follow the uplink's address change"
+                                        );
+                                        false
+                                    }
+                                };
+                            }
+                        }
                     }
                 }
             }
-            Report::Probes { index, answered } => {
+            Report::Probes {
+                index,
+                generation,
+                answered,
+            } => {
                 if let Some(state) = states.get_mut(index) {
-                    state.answered = answered;
-                    changed |= update(&pm, state, "probes");
+                    if state.generation == generation {
+                        state.answered = answered;
+                        changed |= update(&pm, state);
+                    }
                 }
             }
         }
@@ -147,55 +226,99 @@ pub(super) async fn watch(shared: Arc<Shared>, uplinks: Vec<Uplink>) -> Result<(
     std::future::pending().await
 }
 
+fn lock(plumbing: &Mutex<Plumbing>) -> MutexGuard<'_, Plumbing> {
+    // Every Plumbing method leaves it consistent before it could panic.
+    plumbing.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// Brings the endpoint in line with what is known; `true` if it changed.
-fn update(pm: &MptcpPm, state: &mut State, heard_from: &str) -> bool {
-    let usable = state.carrier && state.answered;
+fn update(pm: &MptcpPm, state: &mut State) -> bool {
+    let usable = state.carrier && state.addressed && state.answered;
     if usable == state.usable {
         return false;
     }
     state.usable = usable;
-    let why = match (state.carrier, state.answered) {
-        (true, true) => "link up with carrier and probes answered",
-        (false, _) => "no carrier, down or gone",
-        (true, false) => "probes unanswered for 300 ms: blackholed?",
-    };
-    debug!(uplink = %state.uplink.name, heard_from, "uplink state changed");
-    apply(pm, state, why);
+    apply(pm, state, state.why());
     true
 }
 
-/// Probes the concentrator from `addr` (uplink `index`) every
-/// [`PROBE_EVERY`] and reports when answers stop or start again.
-async fn probe(shared: Arc<Shared>, index: usize, addr: IpAddr, tx: mpsc::Sender<Report>) {
+/// Follows an address change found on the uplink's interface: the
+/// endpoint moves to the new address (the kernel then opens subflows from
+/// it on running connections) and the probes restart from it, through
+/// `respawn`. `true` if the uplink changed.
+fn readdress(
+    pm: &MptcpPm,
+    state: &mut State,
+    change: AddressChange,
+    respawn: impl FnOnce(&State) -> AbortHandle,
+) -> bool {
+    match change {
+        AddressChange::Same => false,
+        AddressChange::Gone => {
+            state.addressed = false;
+            update(pm, state)
+        }
+        AddressChange::New(uplink) => {
+            info!(
+                uplink = %uplink.name,
+                interface = %uplink.interface,
+                old = %state.uplink.addr,
+                new = %uplink.addr,
+                "uplink has a new address: moving its MPTCP endpoint and probes to it"
+            );
+            if state.usable {
+                // The old address's endpoint: its subflows go with it.
+                state.usable = false;
+                apply(pm, state, "its address changed");
+            }
+            state.uplink = uplink;
+            state.addressed = true;
+            // No verdict on the new address before its first answer.
+            state.answered = true;
+            state.probe.abort();
+            state.generation += 1;
+            state.probe = respawn(state);
+            update(pm, state);
+            true
+        }
+    }
+}
+
+/// Probes the concentrator from `uplink`'s address every [`PROBE_EVERY`]
+/// (while active) and reports when answers stop or start again.
+async fn probe(
+    shared: Arc<Shared>,
+    index: usize,
+    generation: u64,
+    uplink: Uplink,
+    tx: mpsc::Sender<Report>,
+) {
     let tunnels = &shared.tunnels;
     let concentrator: SocketAddr = tunnels.concentrator;
+    let addr = uplink.addr;
     let socket = match UdpSocket::bind(SocketAddr::new(addr, 0)).await {
         Ok(socket) => socket,
         Err(e) => {
-            warn!(%addr, error = %e, "cannot open a probe socket; this uplink is judged by its carrier alone");
+            warn!(uplink = %uplink.name, %addr, error = %e, "cannot open a probe socket; this uplink is judged by its carrier alone");
             return;
         }
     };
-    let mut tick = tokio::time::interval(PROBE_EVERY);
+    let mut tick = tokio::time::interval(CHECK_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     let mut buf = vec![0; MAX_LEN + 1];
     let mut seq = 0u64;
-    // No verdict before the first answer; silence counts from the first
-    // probe sent after the last answer.
-    let (mut ever_answered, mut answered) = (false, true);
-    let (mut last_sent, mut waiting_since) = (None::<Instant>, None::<Instant>);
+    let mut liveness = Liveness::default();
+    let mut answered = true;
+    let mut last_sent = None::<Instant>;
     loop {
         tokio::select! {
             _ = tick.tick() => {
                 let active = !shared.table().is_empty() || tunnels.warm.active();
-                let (every, dead_after) = if active {
-                    (PROBE_EVERY, DEAD_AFTER)
-                } else {
-                    (IDLE_PROBE_EVERY, IDLE_DEAD_AFTER)
-                };
+                let every = if active { PROBE_EVERY } else { IDLE_PROBE_EVERY };
+                let now = Instant::now();
                 // Ticks come a little early or late; half a tick of slack
-                // keeps the active rate at one probe per tick.
-                if last_sent.is_none_or(|at| at.elapsed() + PROBE_EVERY / 2 >= every) {
+                // keeps the rate at one probe per period.
+                if last_sent.is_none_or(|at| now - at + CHECK_EVERY / 2 >= every) {
                     seq += 1;
                     let request = Probe {
                         kind: Kind::Request,
@@ -206,14 +329,20 @@ async fn probe(shared: Arc<Shared>, index: usize, addr: IpAddr, tx: mpsc::Sender
                     let bytes = request.encode(&auth::sign_probe(&tunnels.key, &request.body()));
                     // Fails while the line is down; that shows as silence.
                     let _ = socket.send_to(&bytes, concentrator).await;
-                    let now = Instant::now();
                     last_sent = Some(now);
-                    waiting_since.get_or_insert(now);
+                    liveness.sent(now);
                 }
-                let silent = waiting_since.is_some_and(|at| at.elapsed() >= dead_after);
-                if ever_answered && answered && silent {
+                if active {
+                    liveness.received(rx_packets(&uplink.interface), now);
+                }
+                if answered && liveness.dead(now, active) {
                     answered = false;
-                    if tx.send(Report::Probes { index, answered }).await.is_err() {
+                    debug!(uplink = %uplink.name, ?liveness, "probes unanswered");
+                    if tx
+                        .send(Report::Probes { index, generation, answered })
+                        .await
+                        .is_err()
+                    {
                         return;
                     }
                 }
@@ -231,17 +360,89 @@ async fn probe(shared: Arc<Shared>, index: usize, addr: IpAddr, tx: mpsc::Sender
                 {
                     continue;
                 }
-                ever_answered = true;
-                waiting_since = None;
+                liveness.answered();
                 if !answered {
                     answered = true;
-                    if tx.send(Report::Probes { index, answered }).await.is_err() {
+                    if tx
+                        .send(Report::Probes { index, generation, answered })
+                        .await
+                        .is_err()
+                    {
                         return;
                     }
                 }
             }
         }
     }
+}
+
+/// What one uplink's probes heard, and the verdict: dead when probes go
+/// unanswered for [`DEAD_AFTER`], or sooner, after [`QUIET_DEAD_AFTER`],
+/// when its interface has received nothing at all meanwhile either (a
+/// blackholed line goes quiet at once, while a busy line whose probes wait
+/// in a full queue keeps receiving the data and acknowledgements ahead of
+/// them). No verdict before the first answer.
+#[derive(Debug, Default)]
+struct Liveness {
+    ever_answered: bool,
+    /// When the first probe after the last answer was sent.
+    waiting_since: Option<Instant>,
+    /// The interface's received packet count, and since when it has not
+    /// changed; `None` when it cannot be read.
+    rx: Option<(u64, Instant)>,
+}
+
+impl Liveness {
+    fn sent(&mut self, now: Instant) {
+        self.waiting_since.get_or_insert(now);
+    }
+
+    fn answered(&mut self) {
+        self.ever_answered = true;
+        self.waiting_since = None;
+    }
+
+    /// The interface's received packet count now, if it could be read.
+    fn received(&mut self, packets: Option<u64>, now: Instant) {
+        self.rx = match (packets, self.rx) {
+            (None, _) => None,
+            (Some(count), Some((last, since))) if count == last => Some((last, since)),
+            (Some(count), _) => Some((count, now)),
+        };
+    }
+
+    fn dead(&self, now: Instant, active: bool) -> bool {
+        let Some(waiting) = self.waiting_since.filter(|_| self.ever_answered) else {
+            return false;
+        };
+        let silent = now.saturating_duration_since(waiting);
+        if !active {
+            return silent >= IDLE_DEAD_AFTER;
+        }
+        let quiet = self.rx.map_or(Duration::ZERO, |(_, since)| {
+            now.saturating_duration_since(since)
+        });
+        silent >= DEAD_AFTER || (silent >= QUIET_DEAD_AFTER && quiet >= QUIET_DEAD_AFTER)
+    }
+}
+
+/// The packets `interface` has received, from `/proc/thread-self/net/dev`
+/// (the calling thread's network namespace); `None` if it cannot be read.
+fn rx_packets(interface: &str) -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/thread-self/net/dev").ok()?;
+    parse_rx_packets(&text, interface)
+}
+
+/// `interface`'s received packets in the text of `/proc/net/dev`: after
+/// the name and a colon come bytes, packets, ...
+fn parse_rx_packets(text: &str, interface: &str) -> Option<u64> {
+    text.lines().find_map(|line| {
+        let (name, counters) = line.split_once(':')?;
+        if name.trim() != interface {
+            return None;
+        }
+        counters.split_whitespace().nth(1)?.parse().ok()
+    })
 }
 
 fn apply(pm: &MptcpPm, state: &State, why: &str) {
@@ -310,6 +511,7 @@ mod tests {
     fn uplink(name: &str, addr: &str, backup: bool) -> Uplink {
         let addr: IpAddr = addr.parse().expect("address");
         Uplink {
+            index: 0,
             name: name.into(),
             interface: format!("{name}0"),
             ifindex: 1,
@@ -323,6 +525,93 @@ mod tests {
                 flags: EndpointFlags::default(),
             },
         }
+    }
+
+    /// A fake clock: `t(ms)` is that long after a fixed start.
+    fn clock() -> impl Fn(u64) -> Instant {
+        let start = Instant::now();
+        move |ms| start + Duration::from_millis(ms)
+    }
+
+    #[test]
+    fn no_verdict_before_the_first_answer() {
+        let t = clock();
+        let mut l = Liveness::default();
+        l.sent(t(0));
+        l.received(Some(5), t(0));
+        assert!(!l.dead(t(10_000), true));
+        assert!(!l.dead(t(10_000), false));
+    }
+
+    #[test]
+    fn a_quiet_line_is_dead_sooner_than_a_busy_one() {
+        let t = clock();
+        let mut quiet = Liveness::default();
+        let mut busy = Liveness::default();
+        for l in [&mut quiet, &mut busy] {
+            l.sent(t(0));
+            l.received(Some(100), t(0));
+            l.answered();
+            // Unanswered from here on.
+            l.sent(t(30));
+        }
+        for ms in (30..=400).step_by(10) {
+            quiet.received(Some(100), t(ms));
+            busy.received(Some(100 + ms), t(ms));
+        }
+        // Silence is counted from the first unanswered probe (30 ms).
+        assert!(!quiet.dead(t(149), true));
+        assert!(quiet.dead(t(150), true));
+        // A line still receiving waits for the full silence.
+        assert!(!busy.dead(t(150), true));
+        assert!(!busy.dead(t(329), true));
+        assert!(busy.dead(t(330), true));
+        // An answer ends it.
+        quiet.answered();
+        assert!(!quiet.dead(t(400), true));
+    }
+
+    #[test]
+    fn a_line_received_on_recently_is_not_quiet() {
+        let t = clock();
+        let mut l = Liveness::default();
+        l.sent(t(0));
+        l.answered();
+        l.received(Some(1), t(0));
+        l.sent(t(30));
+        // Something arrived at 100 ms, then nothing.
+        l.received(Some(2), t(100));
+        assert!(!l.dead(t(200), true));
+        assert!(l.dead(t(220), true));
+        // Counters that cannot be read: the full silence only.
+        l.received(None, t(220));
+        assert!(!l.dead(t(320), true));
+        assert!(l.dead(t(330), true));
+    }
+
+    #[test]
+    fn an_idle_site_waits_longer() {
+        let t = clock();
+        let mut l = Liveness::default();
+        l.sent(t(0));
+        l.answered();
+        l.sent(t(1000));
+        l.received(Some(1), t(1000));
+        assert!(!l.dead(t(1000 + 3499), false));
+        assert!(l.dead(t(1000 + 3500), false));
+    }
+
+    #[test]
+    fn proc_net_dev_is_read() {
+        let text = "Inter-|   Receive                            |  Transmit\n \
+                    face |bytes    packets errs drop fifo frame compressed multicast|bytes\n    \
+                    lo:    1000      10    0    0    0     0          0         0     1000\n  \
+                    dsl0: 9876543  54321    0    0    0     0          0         0   123\n";
+        assert_eq!(parse_rx_packets(text, "dsl0"), Some(54321));
+        assert_eq!(parse_rx_packets(text, "lo"), Some(10));
+        assert_eq!(parse_rx_packets(text, "lte0"), None);
+        assert_eq!(parse_rx_packets("dsl0: x y", "dsl0"), None);
+        assert_eq!(parse_rx_packets("", "dsl0"), None);
     }
 
     #[test]

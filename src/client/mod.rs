@@ -124,6 +124,10 @@ pub async fn run(config: ClientConfig, shutdown: impl Future) -> Result<(), Clie
 
     let plumbing = Plumbing::install(&config.uplinks, &tun_config.name, config.concentrator.ip())?;
     let source = health::pick_source(plumbing.uplinks().iter().map(|u| (u, true)));
+    let uplinks = plumbing.uplinks().to_vec();
+    // Shared with the health watcher, which moves an uplink's rule when its
+    // address changes.
+    let plumbing = Arc::new(Mutex::new(plumbing));
 
     let addrs = RedirectAddrs {
         tun_v4: tun_config.ipv4.addr(),
@@ -161,7 +165,11 @@ pub async fn run(config: ClientConfig, shutdown: impl Future) -> Result<(), Clie
         tasks.spawn(flow::accept_loop(shared.clone(), listener));
     }
     tasks.spawn(expire_loop(shared.clone()));
-    tasks.spawn(health::watch(shared.clone(), plumbing.uplinks().to_vec()));
+    tasks.spawn(health::watch(
+        shared.clone(),
+        plumbing.clone(),
+        uplinks.clone(),
+    ));
     let warm = shared.clone();
     tasks.spawn(async move {
         warm.tunnels.keep_warm().await;
@@ -170,7 +178,7 @@ pub async fn run(config: ClientConfig, shutdown: impl Future) -> Result<(), Clie
     info!(
         concentrator = %config.concentrator,
         mode = ?config.connect_mode,
-        uplinks = plumbing.uplinks().len(),
+        uplinks = uplinks.len(),
         source = ?source,
         "client ready"
     );
@@ -190,7 +198,8 @@ pub async fn run(config: ClientConfig, shutdown: impl Future) -> Result<(), Clie
     };
     tasks.shutdown().await;
     drop(shared);
-    match plumbing.remove() {
+    let removed = plumbing.lock().unwrap_or_else(|e| e.into_inner()).remove();
+    match removed {
         Ok(()) => info!("uplink set-up removed"),
         Err(e) => warn!(error = %e, "could not remove all of the uplink set-up"),
     }

@@ -266,6 +266,9 @@ pub enum UplinkError {
 /// source route and an MPTCP endpoint.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Uplink {
+    /// Its position among the configured uplinks: its table, rule priority
+    /// and endpoint id follow from it.
+    pub index: usize,
     /// Its name from the config, for logs.
     pub name: String,
     /// Its network interface.
@@ -278,6 +281,20 @@ pub struct Uplink {
     pub backup: bool,
     /// Its MPTCP endpoint as installed (to put it back after an outage).
     pub endpoint: MptcpEndpoint,
+}
+
+/// What [`Plumbing::readdress`] found on an uplink's interface.
+#[derive(Debug, PartialEq, Eq)]
+pub enum AddressChange {
+    /// The uplink keeps the address it had (or still has none).
+    Same,
+    /// Its interface has no address of the concentrator's family any more;
+    /// its source rule is gone.
+    Gone,
+    /// Its subflows now use a new address: the uplink as it is now, its
+    /// source rule moved to the new address. Its MPTCP endpoint is the
+    /// caller's to move (the caller decides when the uplink is usable).
+    New(Uplink),
 }
 
 /// One thing added to the system, to be undone.
@@ -314,6 +331,8 @@ pub struct Plumbing {
     rtnl: Rtnl,
     pm: MptcpPm,
     uplinks: Vec<Uplink>,
+    /// Each uplink's address now (`None`: it lost it), beside `uplinks`.
+    current: Vec<Option<IpAddr>>,
     /// In the order added; undone from the back.
     installed: Vec<Installed>,
     /// Dropped after `installed` is undone (field order).
@@ -352,6 +371,7 @@ impl Plumbing {
             rtnl: Rtnl::open().map_err(|source| UplinkError::Netlink { source })?,
             pm: MptcpPm::open().map_err(|source| UplinkError::Netlink { source })?,
             uplinks: Vec::new(),
+            current: Vec::new(),
             installed: Vec::new(),
             sysctls: Vec::new(),
         };
@@ -401,8 +421,81 @@ impl Plumbing {
 
     /// Removes everything now (same as drop, but returns the first error;
     /// it still tries to remove the rest).
-    pub fn remove(mut self) -> Result<(), UplinkError> {
+    pub fn remove(&mut self) -> Result<(), UplinkError> {
         self.undo()
+    }
+
+    /// Reads again the addresses of uplink `slot` (its position in
+    /// [`uplinks`](Self::uplinks)) after its interface had an address
+    /// event. When the address its subflows should use changed (a DHCP
+    /// renumbering, an address removed), its source rule moves to the new
+    /// one, and its route is put back (the kernel drops a route with the
+    /// last address of its gateway's subnet).
+    pub fn readdress(&mut self, slot: usize) -> Result<AddressChange, UplinkError> {
+        let (Some(uplink), Some(&had)) = (self.uplinks.get(slot), self.current.get(slot)) else {
+            return Ok(AddressChange::Same);
+        };
+        let (name, interface, i) = (uplink.name.clone(), uplink.interface.clone(), uplink.index);
+        let addresses =
+            self.rtnl
+                .addresses(uplink.ifindex)
+                .map_err(|source| UplinkError::Addresses {
+                    uplink: name.clone(),
+                    interface: interface.clone(),
+                    source,
+                })?;
+        let now = pick_address(&addresses, AddressFamily::of(uplink.addr));
+        if now == had {
+            return Ok(AddressChange::Same);
+        }
+        if let Some(old) = had {
+            let rule = uplink_rule(i, old);
+            match self.rtnl.del_rule(&rule) {
+                Ok(()) => debug!(%rule, "rule removed"),
+                Err(err) if err.is_not_found() => {}
+                Err(source) => {
+                    return Err(UplinkError::UplinkRule {
+                        uplink: name,
+                        addr: old,
+                        table: uplink_table(i),
+                        source,
+                    })
+                }
+            }
+            self.installed
+                .retain(|item| !matches!(item, Installed::Rule(r) if *r == rule));
+            self.current[slot] = None;
+        }
+        let Some(addr) = now else {
+            return Ok(AddressChange::Gone);
+        };
+        let table = uplink_table(i);
+        let route = self.installed.iter().find_map(|item| match item {
+            Installed::Route(route) if route.table == table => Some(route.clone()),
+            _ => None,
+        });
+        if let Some(route) = route {
+            self.rtnl
+                .add_route(&route)
+                .map_err(|source| UplinkError::UplinkRoute {
+                    uplink: name.clone(),
+                    interface,
+                    table,
+                    source,
+                })?;
+        }
+        self.add_rule(uplink_rule(i, addr))
+            .map_err(|source| UplinkError::UplinkRule {
+                uplink: name,
+                addr,
+                table,
+                source,
+            })?;
+        self.current[slot] = Some(addr);
+        let uplink = &mut self.uplinks[slot];
+        uplink.addr = addr;
+        uplink.endpoint.addr = addr;
+        Ok(AddressChange::New(uplink.clone()))
     }
 
     fn set_sysctls(&mut self) -> Result<(), UplinkError> {
@@ -517,7 +610,9 @@ impl Plumbing {
             endpoint = endpoint.id,
             "uplink installed"
         );
+        self.current.push(Some(addr));
         self.uplinks.push(Uplink {
+            index: i,
             name: config.name.clone(),
             interface: config.interface.clone(),
             ifindex,
@@ -1131,7 +1226,7 @@ mod tests {
         let before = others(&ns);
 
         ns.run(|| {
-            let plumbing =
+            let mut plumbing =
                 Plumbing::install(&two_uplinks(), "mpbt0", ip_addr(CONCENTRATOR)).expect("install");
             let d0 = crate::sys::interface_index("d0").expect("d0");
             let d1 = crate::sys::interface_index("d1").expect("d1");
@@ -1139,6 +1234,7 @@ mod tests {
                 plumbing.uplinks(),
                 [
                     Uplink {
+                        index: 0,
                         name: "dsl".into(),
                         interface: "d0".into(),
                         ifindex: d0,
@@ -1156,6 +1252,7 @@ mod tests {
                         },
                     },
                     Uplink {
+                        index: 1,
                         name: "lte".into(),
                         interface: "d1".into(),
                         ifindex: d1,
@@ -1456,6 +1553,66 @@ mod tests {
     }
 
     #[test]
+    fn a_renumbered_uplink_gets_its_rule_and_route_back() {
+        let ns = two_uplink_ns("renum");
+        ns.run(|| {
+            let mut plumbing =
+                Plumbing::install(&two_uplinks(), "mpbt0", ip_addr(CONCENTRATOR)).expect("install");
+            assert_eq!(
+                plumbing.readdress(0).expect("readdress"),
+                AddressChange::Same
+            );
+
+            // A DHCP renumbering: the old address goes (and with it the
+            // kernel drops the route via the gateway), a new one comes.
+            ns.ip(&["addr", "del", "10.77.1.2/24", "dev", "d0"]);
+            assert_eq!(
+                plumbing.readdress(0).expect("readdress"),
+                AddressChange::Gone
+            );
+            assert_eq!(
+                ns.ip_lines(&["-4", "rule", "show"], "from 10.77.1"),
+                Vec::<String>::new()
+            );
+            ns.ip(&["addr", "add", "10.77.1.5/24", "dev", "d0"]);
+            let AddressChange::New(uplink) = plumbing.readdress(0).expect("readdress") else {
+                panic!("the new address was not seen");
+            };
+            assert_eq!(
+                (uplink.addr, uplink.endpoint.addr),
+                (ip_addr("10.77.1.5"), ip_addr("10.77.1.5"))
+            );
+            assert_eq!(plumbing.uplinks()[0], uplink);
+            assert_eq!(
+                ns.ip_lines(&["-4", "rule", "show"], "from 10.77"),
+                [
+                    "7700: from 10.77.1.5 lookup 7701 proto 109",
+                    "7701: from 10.77.2.2 lookup 7702 proto 109",
+                ]
+            );
+            assert_eq!(
+                ns.ip_lines(&["-4", "route", "show", "table", "7701"], ""),
+                ["default via 10.77.1.1 dev d0 proto 109"]
+            );
+            assert_eq!(
+                plumbing.readdress(0).expect("readdress"),
+                AddressChange::Same
+            );
+            assert_eq!(
+                plumbing.readdress(1).expect("readdress"),
+                AddressChange::Same
+            );
+            // Out of range: nothing to do.
+            assert_eq!(
+                plumbing.readdress(9).expect("readdress"),
+                AddressChange::Same
+            );
+            plumbing.remove().expect("remove");
+        });
+        assert_eq!(ns.leftovers(), Vec::<String>::new());
+    }
+
+    #[test]
     fn plumbing_can_move_between_threads() {
         fn sendable<T: Send + Sync>() {}
         sendable::<Plumbing>();
@@ -1467,7 +1624,7 @@ mod tests {
         ns.uplink("d0", &[]);
         ns.uplink("d1", &["10.77.2.2/24"]);
         ns.run(|| {
-            let plumbing =
+            let mut plumbing =
                 Plumbing::install(&two_uplinks(), "mpbt0", ip_addr(CONCENTRATOR)).expect("install");
             let names: Vec<_> = plumbing.uplinks().iter().map(|u| &u.name[..]).collect();
             assert_eq!(names, ["lte"]);

@@ -14,7 +14,7 @@
 use std::fmt;
 use std::fs::File;
 use std::io::{self, Read, Write};
-use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::net::{IpAddr, Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -793,6 +793,40 @@ fn serve_io(stream: &mut TcpStream, behavior: Behavior, report: &mut Served) -> 
 }
 
 // ---------------------------------------------------------------- counters
+
+/// Local addresses of established TCP sockets to `peer` whose info line
+/// (`ss -tinH`) says they are MPTCP subflows.
+pub fn subflows(ss: &str, peer: SocketAddr) -> Vec<IpAddr> {
+    let peer = peer.to_string();
+    let mut found = Vec::new();
+    let mut current: Option<IpAddr> = None;
+    for line in ss.lines() {
+        if !line.starts_with(char::is_whitespace) {
+            // "ESTAB 0 0 10.77.1.2:41234 10.77.9.2:7300"
+            let cols: Vec<&str> = line.split_whitespace().collect();
+            current = match cols.as_slice() {
+                [state, _, _, local, to, ..] if *state == "ESTAB" && **to == peer => ss_ip(local),
+                _ => None,
+            };
+        } else if line.contains("tcp-ulp-mptcp") {
+            if let Some(ip) = current.take() {
+                found.push(ip);
+            }
+        }
+    }
+    found
+}
+
+/// The address of an `ss` column: `10.77.2.2%lte0:50179` (a socket bound
+/// to a device), `10.77.1.2:41234`, `[fd77:1::2]:41234`.
+pub fn ss_ip(column: &str) -> Option<IpAddr> {
+    let (host, _port) = column.rsplit_once(':')?;
+    let host = host.split('%').next()?;
+    host.trim_start_matches('[')
+        .trim_end_matches(']')
+        .parse()
+        .ok()
+}
 
 /// Bytes an interface received and sent (`/sys/class/net/DEV/statistics`).
 #[derive(Debug, Clone, Copy, Default)]

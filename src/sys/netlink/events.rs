@@ -1,47 +1,65 @@
-//! Link events: the kernel tells a socket subscribed to `RTNLGRP_LINK`
-//! whenever an interface changes (administrative state, carrier, name), so
-//! the client learns that a line went down within milliseconds instead of
-//! waiting for TCP to time out.
+//! Link and address events: the kernel tells a socket subscribed to
+//! `RTNLGRP_LINK` whenever an interface changes (administrative state,
+//! carrier, name), and one subscribed to the address groups whenever an
+//! address is added or removed, so the client learns that a line went down
+//! or was renumbered within milliseconds instead of waiting for TCP to time
+//! out.
 
 use std::io;
 use std::time::Duration;
 
 use netlink_packet_core::{NetlinkMessage, NetlinkPayload};
+use netlink_packet_route::address::AddressMessage;
 use netlink_packet_route::link::{LinkFlags, LinkMessage};
 use netlink_packet_route::RouteNetlinkMessage;
 use netlink_sys::{protocols::NETLINK_ROUTE, Socket, SocketAddr};
 use socket2::SockRef;
 
-/// `RTNLGRP_LINK` (`linux/rtnetlink.h`).
+/// `RTNLGRP_LINK`, `RTNLGRP_IPV4_IFADDR` and `RTNLGRP_IPV6_IFADDR`
+/// (`linux/rtnetlink.h`).
 const RTNLGRP_LINK: u32 = 1;
+const RTNLGRP_IPV4_IFADDR: u32 = 5;
+const RTNLGRP_IPV6_IFADDR: u32 = 9;
 
 /// Largest event datagram read (link messages are a few KiB).
 const BUFFER: usize = 64 * 1024;
 
-/// One interface's state as an event reported it.
+/// What changed on an interface.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct LinkEvent {
-    /// Interface index.
-    pub ifindex: u32,
-    /// Administratively up and with carrier (`IFF_UP` and `IFF_LOWER_UP`);
-    /// `false` also when the interface was deleted.
-    pub usable: bool,
+pub enum LinkEvent {
+    /// Its state, as the event reported it.
+    Link {
+        /// Interface index.
+        ifindex: u32,
+        /// Administratively up and with carrier (`IFF_UP` and
+        /// `IFF_LOWER_UP`); `false` also when the interface was deleted.
+        usable: bool,
+    },
+    /// An address was added to it or removed from it (or changed flags,
+    /// such as finishing duplicate address detection): read its addresses
+    /// again to know which it has now.
+    Address {
+        /// Interface index.
+        ifindex: u32,
+    },
 }
 
-/// A route netlink socket that receives link events, in the network
-/// namespace of the thread that opened it.
+/// A route netlink socket that receives link and address events, in the
+/// network namespace of the thread that opened it.
 pub struct LinkEvents {
     socket: Socket,
     buf: Vec<u8>,
 }
 
 impl LinkEvents {
-    /// Subscribes to link events; [`receive`](Self::receive) waits at most
+    /// Subscribes to link and address events; [`receive`](Self::receive) waits at most
     /// `poll` for one, so a thread reading them can notice it should stop.
     pub fn open(poll: Duration) -> io::Result<Self> {
         let mut socket = Socket::new(NETLINK_ROUTE)?;
         socket.bind(&SocketAddr::new(0, 0))?;
-        socket.add_membership(RTNLGRP_LINK)?;
+        for group in [RTNLGRP_LINK, RTNLGRP_IPV4_IFADDR, RTNLGRP_IPV6_IFADDR] {
+            socket.add_membership(group)?;
+        }
         SockRef::from(&socket).set_read_timeout(Some(poll))?;
         Ok(Self {
             socket,
@@ -72,8 +90,8 @@ impl LinkEvents {
     }
 }
 
-/// The link events in one datagram; anything else (or anything malformed)
-/// is skipped.
+/// The link and address events in one datagram; anything else (or
+/// anything malformed) is skipped.
 fn parse(mut buf: &[u8]) -> Vec<LinkEvent> {
     let mut events = Vec::new();
     while buf.len() >= 16 {
@@ -89,6 +107,10 @@ fn parse(mut buf: &[u8]) -> Vec<LinkEvent> {
                 NetlinkPayload::InnerMessage(RouteNetlinkMessage::DelLink(link)) => {
                     events.push(event(&link, false));
                 }
+                NetlinkPayload::InnerMessage(
+                    RouteNetlinkMessage::NewAddress(address)
+                    | RouteNetlinkMessage::DelAddress(address),
+                ) => events.push(address_event(&address)),
                 _ => {}
             }
         }
@@ -101,9 +123,15 @@ fn parse(mut buf: &[u8]) -> Vec<LinkEvent> {
 
 fn event(link: &LinkMessage, exists: bool) -> LinkEvent {
     let flags = link.header.flags;
-    LinkEvent {
+    LinkEvent::Link {
         ifindex: link.header.index,
         usable: exists && flags.contains(LinkFlags::Up) && flags.contains(LinkFlags::LowerUp),
+    }
+}
+
+fn address_event(address: &AddressMessage) -> LinkEvent {
+    LinkEvent::Address {
+        ifindex: address.header.index,
     }
 }
 
@@ -153,18 +181,38 @@ mod tests {
         assert_eq!(
             parse(&buf),
             [
-                LinkEvent {
+                LinkEvent::Link {
                     ifindex: 3,
                     usable: true
                 },
-                LinkEvent {
+                LinkEvent::Link {
                     ifindex: 4,
                     usable: false
                 },
-                LinkEvent {
+                LinkEvent::Link {
                     ifindex: 5,
                     usable: false
                 },
+            ]
+        );
+    }
+
+    #[test]
+    fn address_changes_name_their_interface() {
+        let address = |index| {
+            let mut msg = AddressMessage::default();
+            msg.header.index = index;
+            msg
+        };
+        let buf = datagram(&[
+            (RouteNetlinkMessage::NewAddress(address(7)), 0),
+            (RouteNetlinkMessage::DelAddress(address(8)), 0),
+        ]);
+        assert_eq!(
+            parse(&buf),
+            [
+                LinkEvent::Address { ifindex: 7 },
+                LinkEvent::Address { ifindex: 8 }
             ]
         );
     }
