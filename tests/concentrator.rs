@@ -49,6 +49,7 @@ fn config(key: &Key, max_connections: usize, allow: &[&str]) -> ConcentratorConf
         listen: SocketAddr::from((CONCENTRATOR_IP, 0)),
         handshake_timeout: HANDSHAKE_TIMEOUT,
         connect_timeout: Duration::from_secs(2),
+        send_buffer: ConcentratorConfig::DEFAULT_SEND_BUFFER,
         clients: vec![ClientConfig {
             id: client_id(),
             key: key.clone(),

@@ -154,6 +154,7 @@ pub async fn run(config: ClientConfig, shutdown: impl Future) -> Result<(), Clie
             key: config.key.clone(),
             source: Mutex::new(source),
             timeout: config.connect_timeout,
+            send_buffer: config.send_buffer,
             warm: WarmPool::new(config.warm_connections, config.warm_max_age),
         },
         start: Instant::now(),

@@ -50,6 +50,8 @@ pub(super) struct Tunnels {
     pub(super) source: Mutex<Option<IpAddr>>,
     /// Reaching the concentrator and, through it, the destination.
     pub(super) timeout: Duration,
+    /// `SO_SNDBUF` of each tunnel socket; 0: the kernel's autotuning.
+    pub(super) send_buffer: u32,
     /// Tunnels connected ahead of use.
     pub(super) warm: WarmPool,
 }
@@ -402,6 +404,13 @@ impl Tunnels {
         }
         if let Err(e) = sys::set_recv_buffer(&socket, RECV_BUFFER) {
             warn!(error = %e, "cannot size the tunnel's receive buffer");
+        }
+        // Bounded, so that an upload's data on a dead line is re-sent soon:
+        // it queues behind what the surviving lines already hold.
+        if self.send_buffer > 0 {
+            if let Err(e) = socket.set_send_buffer_size(self.send_buffer as usize) {
+                debug!(error = %e, "cannot set the tunnel's send buffer");
+            }
         }
         let source = *self.source.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(source) = source {

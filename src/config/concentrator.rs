@@ -6,6 +6,11 @@
 //! handshake_timeout = "10s"   # optional: a peer must send its whole connect
 //!                             # header within this, or is dropped
 //! connect_timeout = "5s"      # optional: connecting to a destination
+//! send_buffer = 786432        # optional: each tunnel's send buffer in bytes
+//!                             # (SO_SNDBUF; 0: the kernel's autotuning). Less
+//!                             # is queued on a surviving line ahead of what a
+//!                             # dead one must re-send, so failover is faster;
+//!                             # raise it for paths over ~50 Mbit/s x 100 ms
 //!
 //! [[client]]                  # one table per client, at least one
 //! id = "lab"                  # 1-64 printable ASCII characters, no spaces
@@ -31,8 +36,8 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use super::{
-    parse_nonzero_duration, parse_prefix, parse_socket_addr, ConfigError, ConfigFile, Parsed,
-    ValueError,
+    parse_nonzero_duration, parse_prefix, parse_send_buffer, parse_socket_addr, ConfigError,
+    ConfigFile, Parsed, ValueError,
 };
 use crate::auth::Key;
 use crate::wire::convert::ClientId;
@@ -46,6 +51,8 @@ pub struct ConcentratorConfig {
     pub handshake_timeout: Duration,
     /// How long connecting to a destination may take.
     pub connect_timeout: Duration,
+    /// `SO_SNDBUF` of each tunnel socket; 0: the kernel's autotuning.
+    pub send_buffer: u32,
     /// The clients allowed in; ids are unique.
     pub clients: Vec<ClientConfig>,
     /// Which destinations clients may reach.
@@ -77,6 +84,10 @@ impl ConcentratorConfig {
     pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
     /// Default for `connect_timeout`.
     pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+    /// Default for `send_buffer`: a fixed 768 KiB (the kernel doubles it
+    /// for its bookkeeping) costs about 1.5 % of the lab's 60 Mbit/s and
+    /// cuts the stall when a line dies from about 400 ms to about 250.
+    pub const DEFAULT_SEND_BUFFER: u32 = 768 << 10;
     /// Default for a client's `max_connections`.
     pub const DEFAULT_MAX_CONNECTIONS: usize = 1024;
     /// Largest `max_connections` accepted.
@@ -96,6 +107,7 @@ pub struct RawConcentratorConfig {
     listen: Spanned<String>,
     handshake_timeout: Option<Spanned<String>>,
     connect_timeout: Option<Spanned<String>>,
+    send_buffer: Option<Spanned<i64>>,
     #[serde(default)]
     client: Vec<Spanned<RawClient>>,
     #[serde(default)]
@@ -148,6 +160,11 @@ impl TryFrom<Parsed<'_, RawConcentratorConfig>> for ConcentratorConfig {
             &raw.connect_timeout,
             Self::DEFAULT_CONNECT_TIMEOUT,
         )?;
+        let send_buffer = match &raw.send_buffer {
+            None => Self::DEFAULT_SEND_BUFFER,
+            Some(value) => parse_send_buffer(*value.get_ref())
+                .map_err(|e| file.invalid("send_buffer", value.span(), e))?,
+        };
 
         if raw.client.is_empty() {
             return Err(file.missing("client", ValueError::NoClient));
@@ -193,6 +210,7 @@ impl TryFrom<Parsed<'_, RawConcentratorConfig>> for ConcentratorConfig {
             listen,
             handshake_timeout,
             connect_timeout,
+            send_buffer,
             clients,
             policy,
         })
@@ -312,6 +330,7 @@ mod tests {
                 "listen = \"[::]:7300\"\n\
                  handshake_timeout = \"300ms\"\n\
                  connect_timeout = \"2s\"\n\
+                 send_buffer = 0\n\
                  [[client]]\nid = \"lab\"\nkey = \"{KEY}\"\nmax_connections = 10\n\
                  [[client]]\nid = \"site\"\nkey_file = \"site.key\"\n\
                  [policy]\nallow = [\"198.51.100.0/24\"]\ndeny = [\"203.0.113.0/24\", \"2001:db8::/32\"]\n"
@@ -322,6 +341,7 @@ mod tests {
         assert_eq!(config.listen, "[::]:7300".parse().expect("addr"));
         assert_eq!(config.handshake_timeout, Duration::from_millis(300));
         assert_eq!(config.connect_timeout, Duration::from_secs(2));
+        assert_eq!(config.send_buffer, 0);
         assert_eq!(config.clients.len(), 2);
         assert_eq!(config.clients[0].id.as_str(), "lab");
         assert_eq!(config.clients[0].key.to_base64(), KEY);
@@ -357,6 +377,19 @@ mod tests {
             ConcentratorConfig::DEFAULT_CONNECT_TIMEOUT
         );
         assert_eq!(config.policy, PolicyConfig::default());
+        assert_eq!(config.send_buffer, ConcentratorConfig::DEFAULT_SEND_BUFFER);
+    }
+
+    #[test]
+    fn a_huge_send_buffer_is_refused() {
+        assert_eq!(
+            error(&format!(
+                "listen = \"0.0.0.0:7300\"\nsend_buffer = 100000000\n\
+                 [[client]]\nid = \"lab\"\nkey = \"{KEY}\"\n"
+            )),
+            "/etc/mpbond/concentrator.toml:2: send_buffer: 100000000 is out of range: give a \
+             number from 0 to 67108864"
+        );
     }
 
     #[test]
@@ -377,7 +410,8 @@ mod tests {
         assert_eq!(
             error("listen = \"0.0.0.0:7300\"\nlisten_port = 1\n"),
             "/etc/mpbond/concentrator.toml:2: listen_port: unknown field `listen_port`, \
-             expected one of `listen`, `handshake_timeout`, `connect_timeout`, `client`, `policy`"
+             expected one of `listen`, `handshake_timeout`, `connect_timeout`, `send_buffer`, \
+             `client`, `policy`"
         );
     }
 

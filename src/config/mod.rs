@@ -462,6 +462,22 @@ pub fn read_key_file(path: &Path) -> Result<Key, ValueError> {
     })
 }
 
+/// Largest `send_buffer` accepted, in bytes.
+pub const MAX_SEND_BUFFER: u32 = 64 << 20;
+
+/// A `send_buffer` value: bytes from 0 (the kernel's autotuning) to
+/// [`MAX_SEND_BUFFER`].
+pub fn parse_send_buffer(value: i64) -> Result<u32, ValueError> {
+    u32::try_from(value)
+        .ok()
+        .filter(|n| *n <= MAX_SEND_BUFFER)
+        .ok_or(ValueError::OutOfRange {
+            value,
+            min: 0,
+            max: i64::from(MAX_SEND_BUFFER),
+        })
+}
+
 /// Parses a duration: a whole number and a unit, `ms`, `s`, `m` or `h`
 /// (`"300ms"`, `"5s"`, `"2m"`).
 pub fn parse_duration(text: &str) -> Result<Duration, ValueError> {
