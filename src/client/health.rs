@@ -9,7 +9,8 @@
 //! other uplinks at once instead of waiting for retransmission timeouts.
 //! When it comes back the endpoint is added again, so running connections
 //! get a fresh subflow on it (the kernel never re-creates a subflow a link
-//! flap closed). New tunnels start on a usable uplink: there is no master.
+//! flap closed). New tunnels start on a usable uplink, the one with the
+//! shortest probe round trip (non-backup first): there is no master.
 //!
 //! When an uplink's interface gets a new address (a 4G line renumbered by
 //! DHCP), its source rule, endpoint and probes move to it; the kernel then
@@ -22,6 +23,7 @@
 //! judged by its carrier alone.
 
 use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -43,6 +45,10 @@ const POLL: Duration = Duration::from_millis(500);
 
 /// Time between probes on each uplink while the site has flows.
 const PROBE_EVERY: Duration = Duration::from_millis(30);
+
+/// How often the watcher looks whether another uplink has become clearly
+/// faster for new tunnels.
+const SOURCE_EVERY: Duration = Duration::from_secs(1);
 
 /// How often each uplink's probe task looks at what it heard.
 const CHECK_EVERY: Duration = Duration::from_millis(10);
@@ -96,9 +102,19 @@ struct State {
     /// Its probe task, restarted when the address changes.
     probe: AbortHandle,
     generation: u64,
+    /// Smoothed probe round trip in microseconds, kept by the probe task;
+    /// 0: none yet.
+    rtt: Arc<AtomicU64>,
 }
 
 impl State {
+    fn rtt(&self) -> Option<Duration> {
+        match self.rtt.load(Ordering::Relaxed) {
+            0 => None,
+            micros => Some(Duration::from_micros(micros)),
+        }
+    }
+
     /// Why the uplink is (not) usable, for the logs.
     fn why(&self) -> &'static str {
         match (self.carrier, self.addressed, self.answered) {
@@ -110,17 +126,39 @@ impl State {
     }
 }
 
-/// The source address new tunnels bind to: the first usable non-backup
-/// uplink, else the first usable backup, else none (the kernel picks).
-pub(super) fn pick_source<'a>(
-    uplinks: impl Iterator<Item = (&'a Uplink, bool)> + Clone,
-) -> Option<IpAddr> {
-    let usable = uplinks.filter(|(_, usable)| *usable).map(|(u, _)| u);
-    usable
-        .clone()
-        .find(|u| !u.backup)
-        .or_else(|| usable.clone().next())
-        .map(|u| u.addr)
+/// An uplink as [`pick_source`] sees it.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Candidate<'a> {
+    pub(super) uplink: &'a Uplink,
+    pub(super) usable: bool,
+    /// Smoothed probe round trip; `None` before the first answer.
+    pub(super) rtt: Option<Duration>,
+}
+
+/// How much faster another uplink must be before new tunnels move to it:
+/// each move throws the warm tunnels away, so small differences and
+/// jitter must not cause one.
+fn clearly_faster(other: Duration, current: Duration) -> bool {
+    other + other / 4 + Duration::from_millis(10) < current
+}
+
+/// The source address new tunnels bind to: a usable non-backup uplink,
+/// else a usable backup one, else none (the kernel picks). Among those,
+/// the one with the shortest probe round trip (unknown counts as slowest;
+/// then config order), but `current` stays while it qualifies and is not
+/// clearly slower.
+pub(super) fn pick_source(candidates: &[Candidate<'_>], current: Option<IpAddr>) -> Option<IpAddr> {
+    let usable = || candidates.iter().filter(|c| c.usable);
+    let backup = !usable().any(|c| !c.uplink.backup);
+    let class = || usable().filter(|c| c.uplink.backup == backup);
+    let rtt = |c: &Candidate<'_>| c.rtt.unwrap_or(Duration::MAX);
+    let best = class().min_by_key(|c| rtt(c))?;
+    match class().find(|c| Some(c.uplink.addr) == current) {
+        Some(kept) if !(best.rtt.is_some() && clearly_faster(rtt(best), rtt(kept))) => {
+            Some(kept.uplink.addr)
+        }
+        _ => Some(best.uplink.addr),
+    }
 }
 
 /// Watches the uplinks until the client stops; never returns otherwise (a
@@ -151,19 +189,41 @@ pub(super) async fn watch(
     let mut states: Vec<State> = uplinks
         .into_iter()
         .enumerate()
-        .map(|(index, uplink)| State {
-            probe: probes.spawn(probe(shared.clone(), index, 0, uplink.clone(), tx.clone())),
-            uplink,
-            carrier: true,
-            addressed: true,
-            answered: true,
-            usable: true,
-            generation: 0,
+        .map(|(index, uplink)| {
+            let rtt = Arc::new(AtomicU64::new(0));
+            let prober = Prober {
+                index,
+                generation: 0,
+                uplink: uplink.clone(),
+                rtt: rtt.clone(),
+                tx: tx.clone(),
+            };
+            State {
+                probe: probes.spawn(probe(shared.clone(), prober)),
+                uplink,
+                carrier: true,
+                addressed: true,
+                answered: true,
+                usable: true,
+                generation: 0,
+                rtt,
+            }
         })
         .collect();
-    while let Some(report) = rx.recv().await {
-        let mut changed = false;
-        match report {
+    let mut repick = tokio::time::interval(SOURCE_EVERY);
+    repick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    loop {
+        let report = tokio::select! {
+            report = rx.recv() => match report {
+                Some(report) => Some(report),
+                // Cannot happen while this task holds a sender.
+                None => return std::future::pending().await,
+            },
+            _ = repick.tick() => None,
+        };
+        // Without a report: the periodic look at the round trips.
+        let mut changed = report.is_none();
+        match report.unwrap_or(Report::Links(Vec::new())) {
             Report::Links(events) => {
                 for event in events {
                     let (LinkEvent::Link { ifindex, .. } | LinkEvent::Address { ifindex }) = event;
@@ -181,13 +241,14 @@ pub(super) async fn watch(
                                 let readdressed = lock(&plumbing).readdress(index);
                                 changed |= match readdressed {
                                     Ok(change) => readdress(&pm, state, change, |state: &State| {
-                                        probes.spawn(probe(
-                                            shared.clone(),
+                                        let prober = Prober {
                                             index,
-                                            state.generation,
-                                            state.uplink.clone(),
-                                            tx.clone(),
-                                        ))
+                                            generation: state.generation,
+                                            uplink: state.uplink.clone(),
+                                            rtt: state.rtt.clone(),
+                                            tx: tx.clone(),
+                                        };
+                                        probes.spawn(probe(shared.clone(), prober))
                                     }),
                                     Err(e) => {
                                         warn!(
@@ -217,13 +278,25 @@ pub(super) async fn watch(
             }
         }
         if changed {
-            let source = pick_source(states.iter().map(|s| (&s.uplink, s.usable)));
+            let candidates: Vec<Candidate<'_>> = states
+                .iter()
+                .map(|s| Candidate {
+                    uplink: &s.uplink,
+                    usable: s.usable,
+                    rtt: s.rtt(),
+                })
+                .collect();
+            let current = shared.tunnels.source();
+            let source = pick_source(&candidates, current);
             if shared.tunnels.set_source(source) {
-                info!(source = ?source, "new tunnels start from this address");
+                let rtts: Vec<String> = candidates
+                    .iter()
+                    .map(|c| format!("{}={:?}", c.uplink.name, c.rtt))
+                    .collect();
+                info!(source = ?source, rtts = ?rtts, "new tunnels start from this address");
             }
         }
     }
-    std::future::pending().await
 }
 
 fn lock(plumbing: &Mutex<Plumbing>) -> MutexGuard<'_, Plumbing> {
@@ -275,6 +348,7 @@ fn readdress(
             state.addressed = true;
             // No verdict on the new address before its first answer.
             state.answered = true;
+            state.rtt.store(0, Ordering::Relaxed);
             state.probe.abort();
             state.generation += 1;
             state.probe = respawn(state);
@@ -284,15 +358,27 @@ fn readdress(
     }
 }
 
-/// Probes the concentrator from `uplink`'s address every [`PROBE_EVERY`]
-/// (while active) and reports when answers stop or start again.
-async fn probe(
-    shared: Arc<Shared>,
+/// One uplink's probe task's parts.
+struct Prober {
     index: usize,
     generation: u64,
     uplink: Uplink,
+    /// Where it keeps the smoothed round trip (microseconds).
+    rtt: Arc<AtomicU64>,
     tx: mpsc::Sender<Report>,
-) {
+}
+
+/// Probes the concentrator from the uplink's address every [`PROBE_EVERY`]
+/// (while active), keeps its round trip, and reports when answers stop or
+/// start again.
+async fn probe(shared: Arc<Shared>, prober: Prober) {
+    let Prober {
+        index,
+        generation,
+        uplink,
+        rtt,
+        tx,
+    } = prober;
     let tunnels = &shared.tunnels;
     let concentrator: SocketAddr = tunnels.concentrator;
     let addr = uplink.addr;
@@ -307,6 +393,8 @@ async fn probe(
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     let mut buf = vec![0; MAX_LEN + 1];
     let mut seq = 0u64;
+    // When recent probes left, by sequence number, for round trips.
+    let mut sent_at = [(0u64, None::<Instant>); SENT_KEPT];
     let mut liveness = Liveness::default();
     let mut answered = true;
     let mut last_sent = None::<Instant>;
@@ -331,6 +419,7 @@ async fn probe(
                     let _ = socket.send_to(&bytes, concentrator).await;
                     last_sent = Some(now);
                     liveness.sent(now);
+                    sent_at[slot(seq)] = (seq, Some(now));
                 }
                 if active {
                     liveness.received(rx_packets(&uplink.interface), now);
@@ -361,6 +450,13 @@ async fn probe(
                     continue;
                 }
                 liveness.answered();
+                if let (sent, Some(at)) = sent_at[slot(reply.seq)] {
+                    if sent == reply.seq {
+                        let sample = at.elapsed().as_micros().try_into().unwrap_or(u64::MAX);
+                        let old = rtt.load(Ordering::Relaxed);
+                        rtt.store(smooth(old, sample), Ordering::Relaxed);
+                    }
+                }
                 if !answered {
                     answered = true;
                     if tx
@@ -373,6 +469,24 @@ async fn probe(
                 }
             }
         }
+    }
+}
+
+/// How many probes' send times are kept to match answers: two seconds'
+/// worth while active.
+const SENT_KEPT: usize = 64;
+
+fn slot(seq: u64) -> usize {
+    // The remainder is below SENT_KEPT.
+    (seq % SENT_KEPT as u64) as usize
+}
+
+/// The smoothed round trip (microseconds, 0: none yet) after `sample`: an
+/// average that gives the new sample an eighth, as TCP's SRTT does.
+fn smooth(old: u64, sample: u64) -> u64 {
+    match old {
+        0 => sample.max(1),
+        _ => (old - old / 8).saturating_add(sample / 8).max(1),
     }
 }
 
@@ -619,14 +733,73 @@ mod tests {
         let dsl = uplink("dsl", "10.77.1.2", false);
         let lte = uplink("lte", "10.77.2.2", false);
         let sat = uplink("sat", "10.77.3.2", true);
-        let pick = |states: &[(&Uplink, bool)]| pick_source(states.iter().copied());
-        assert_eq!(pick(&[(&dsl, true), (&lte, true)]), Some(dsl.addr));
-        assert_eq!(pick(&[(&dsl, false), (&lte, true)]), Some(lte.addr));
+        let c = |uplink, usable| Candidate {
+            uplink,
+            usable,
+            rtt: None,
+        };
+        let pick = |candidates: &[Candidate<'_>]| pick_source(candidates, None);
+        assert_eq!(pick(&[c(&dsl, true), c(&lte, true)]), Some(dsl.addr));
+        assert_eq!(pick(&[c(&dsl, false), c(&lte, true)]), Some(lte.addr));
         assert_eq!(
-            pick(&[(&sat, true), (&dsl, false), (&lte, true)]),
+            pick(&[c(&sat, true), c(&dsl, false), c(&lte, true)]),
             Some(lte.addr)
         );
-        assert_eq!(pick(&[(&sat, true), (&dsl, false)]), Some(sat.addr));
-        assert_eq!(pick(&[(&sat, false), (&dsl, false)]), None);
+        assert_eq!(pick(&[c(&sat, true), c(&dsl, false)]), Some(sat.addr));
+        assert_eq!(pick(&[c(&sat, false), c(&dsl, false)]), None);
+    }
+
+    #[test]
+    fn new_tunnels_start_on_the_fastest_uplink_without_flapping() {
+        let dsl = uplink("dsl", "10.77.1.2", false);
+        let lte = uplink("lte", "10.77.2.2", false);
+        let sat = uplink("sat", "10.77.3.2", true);
+        let ms = |n| Some(Duration::from_millis(n));
+        let c = |uplink, rtt| Candidate {
+            uplink,
+            usable: true,
+            rtt,
+        };
+        // The fastest, whatever the config order.
+        assert_eq!(
+            pick_source(&[c(&dsl, ms(60)), c(&lte, ms(20))], None),
+            Some(lte.addr)
+        );
+        // A measured uplink beats one not yet answered.
+        assert_eq!(
+            pick_source(&[c(&dsl, None), c(&lte, ms(80))], None),
+            Some(lte.addr)
+        );
+        // The current one stays unless another is clearly faster:
+        // 20 * 1.25 + 10 = 35 ms.
+        let current = Some(dsl.addr);
+        assert_eq!(
+            pick_source(&[c(&dsl, ms(35)), c(&lte, ms(20))], current),
+            Some(dsl.addr)
+        );
+        assert_eq!(
+            pick_source(&[c(&dsl, ms(36)), c(&lte, ms(20))], current),
+            Some(lte.addr)
+        );
+        // Nothing measured yet: the current one stays.
+        assert_eq!(
+            pick_source(&[c(&dsl, None), c(&lte, None)], Some(lte.addr)),
+            Some(lte.addr)
+        );
+        // A fast backup never wins over a working non-backup uplink, and a
+        // current backup gives way as soon as one works.
+        assert_eq!(
+            pick_source(&[c(&sat, ms(1)), c(&dsl, ms(200))], Some(sat.addr)),
+            Some(dsl.addr)
+        );
+    }
+
+    #[test]
+    fn round_trips_are_smoothed() {
+        assert_eq!(smooth(0, 0), 1);
+        assert_eq!(smooth(0, 20_000), 20_000);
+        assert_eq!(smooth(20_000, 100_000), 17_500 + 12_500);
+        assert_eq!(smooth(u64::MAX, u64::MAX), u64::MAX);
+        assert_eq!(slot(SENT_KEPT as u64 + 3), 3);
     }
 }

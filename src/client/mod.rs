@@ -123,7 +123,16 @@ pub async fn run(config: ClientConfig, shutdown: impl Future) -> Result<(), Clie
     info!(name = %tun_config.name, ipv4 = %tun_config.ipv4, ipv6 = %tun_config.ipv6, "TUN device up");
 
     let plumbing = Plumbing::install(&config.uplinks, &tun_config.name, config.concentrator.ip())?;
-    let source = health::pick_source(plumbing.uplinks().iter().map(|u| (u, true)));
+    let candidates: Vec<health::Candidate<'_>> = plumbing
+        .uplinks()
+        .iter()
+        .map(|uplink| health::Candidate {
+            uplink,
+            usable: true,
+            rtt: None,
+        })
+        .collect();
+    let source = health::pick_source(&candidates, None);
     let uplinks = plumbing.uplinks().to_vec();
     // Shared with the health watcher, which moves an uplink's rule when its
     // address changes.

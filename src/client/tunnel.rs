@@ -267,6 +267,11 @@ impl Tunnels {
         }
     }
 
+    /// The source address new tunnels bind to now.
+    pub(super) fn source(&self) -> Option<IpAddr> {
+        *self.source.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     /// New tunnels start from `source`; warm tunnels from elsewhere go.
     /// `true` if that changed anything.
     pub(super) fn set_source(&self, source: Option<IpAddr>) -> bool {
@@ -412,7 +417,7 @@ impl Tunnels {
                 debug!(error = %e, "cannot set the tunnel's send buffer");
             }
         }
-        let source = *self.source.lock().unwrap_or_else(|e| e.into_inner());
+        let source = self.source();
         if let Some(source) = source {
             socket.bind(&SockAddr::from(SocketAddr::new(source, 0)))?;
         }
