@@ -16,9 +16,12 @@
 //! DHCP), its source rule, endpoint and probes move to it; the kernel then
 //! opens a subflow from the new address on running connections.
 //!
-//! Not yet: gateways learnt from the system (the config's gateway is
-//! used), data-driven detection from the subflows' own progress, uplinks
-//! that had no address at start. An uplink whose probes were never answered
+//! An uplink without a gateway in the config follows the system's default
+//! route out of its interface (DHCP): its own route moves to a new gateway.
+//!
+//! Not yet: data-driven detection from the subflows' own progress (the
+//! interface's received packets stand in for it), uplinks that had no
+//! address at start. An uplink whose probes were never answered
 //! (a concentrator without the echo, or a line dead from the start) is
 //! judged by its carrier alone.
 
@@ -226,7 +229,9 @@ pub(super) async fn watch(
         match report.unwrap_or(Report::Links(Vec::new())) {
             Report::Links(events) => {
                 for event in events {
-                    let (LinkEvent::Link { ifindex, .. } | LinkEvent::Address { ifindex }) = event;
+                    let (LinkEvent::Link { ifindex, .. }
+                    | LinkEvent::Address { ifindex }
+                    | LinkEvent::Route { ifindex }) = event;
                     for (index, state) in states
                         .iter_mut()
                         .enumerate()
@@ -236,6 +241,25 @@ pub(super) async fn watch(
                             LinkEvent::Link { usable, .. } => {
                                 state.carrier = usable;
                                 changed |= update(&pm, state);
+                            }
+                            LinkEvent::Route { .. } => {
+                                let regatewayed = lock(&plumbing).regateway(index);
+                                match regatewayed {
+                                    Ok(Some((old, new))) => info!(
+                                        uplink = %state.uplink.name,
+                                        interface = %state.uplink.interface,
+                                        old = ?old,
+                                        %new,
+                                        "the system's default gateway out of the uplink changed: \
+                                         its route follows"
+                                    ),
+                                    Ok(None) => {}
+                                    Err(e) => warn!(
+                                        uplink = %state.uplink.name,
+                                        error = %Chain(&e),
+                                        "cannot follow the uplink's new gateway"
+                                    ),
+                                }
                             }
                             LinkEvent::Address { .. } => {
                                 let readdressed = lock(&plumbing).readdress(index);

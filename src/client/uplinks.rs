@@ -333,6 +333,9 @@ pub struct Plumbing {
     uplinks: Vec<Uplink>,
     /// Each uplink's address now (`None`: it lost it), beside `uplinks`.
     current: Vec<Option<IpAddr>>,
+    /// Whether each uplink's gateway comes from the config (else it
+    /// follows the system's default route out of its interface).
+    pinned: Vec<bool>,
     /// In the order added; undone from the back.
     installed: Vec<Installed>,
     /// Dropped after `installed` is undone (field order).
@@ -372,6 +375,7 @@ impl Plumbing {
             pm: MptcpPm::open().map_err(|source| UplinkError::Netlink { source })?,
             uplinks: Vec::new(),
             current: Vec::new(),
+            pinned: Vec::new(),
             installed: Vec::new(),
             sysctls: Vec::new(),
         };
@@ -562,9 +566,13 @@ impl Plumbing {
             );
             return Ok(());
         };
-        let gateway = match family {
+        let pinned = match family {
             AddressFamily::V4 => config.gateway.map(IpAddr::V4),
             AddressFamily::V6 => config.gateway6.map(IpAddr::V6),
+        };
+        let gateway = match pinned {
+            Some(gateway) => Some(gateway),
+            None => self.system_gateway(family, ifindex, &config.name),
         };
 
         let route = uplink_route(i, family, gateway, ifindex);
@@ -611,6 +619,7 @@ impl Plumbing {
             "uplink installed"
         );
         self.current.push(Some(addr));
+        self.pinned.push(pinned.is_some());
         self.uplinks.push(Uplink {
             index: i,
             name: config.name.clone(),
@@ -621,6 +630,65 @@ impl Plumbing {
             endpoint,
         });
         Ok(())
+    }
+
+    /// The gateway of the system's default route out of `ifindex` (set by
+    /// DHCP or the administrator), if any; a failure to read it is logged
+    /// and counts as none.
+    fn system_gateway(&self, family: AddressFamily, ifindex: u32, uplink: &str) -> Option<IpAddr> {
+        match self.rtnl.default_gateway(family, ifindex, MPBOND_RTPROT) {
+            Ok(gateway) => gateway,
+            Err(e) => {
+                warn!(uplink, error = %Chain(&e), "cannot read the system's default gateway; the uplink's route stays as it is");
+                None
+            }
+        }
+    }
+
+    /// Uplink `slot` (its position in [`uplinks`](Self::uplinks)) without a
+    /// gateway in the config follows the system's default route out of its
+    /// interface: when that route has a new gateway (a DHCP renewal), the
+    /// uplink's route moves to it. Returns the old and new gateway when it
+    /// moved. A system route that disappears leaves the last gateway in
+    /// place (DHCP removes and adds it again on renewal).
+    pub fn regateway(
+        &mut self,
+        slot: usize,
+    ) -> Result<Option<(Option<IpAddr>, IpAddr)>, UplinkError> {
+        let (Some(uplink), Some(false)) = (self.uplinks.get(slot), self.pinned.get(slot).copied())
+        else {
+            return Ok(None);
+        };
+        let table = uplink_table(uplink.index);
+        let Some(wanted) =
+            self.system_gateway(AddressFamily::of(uplink.addr), uplink.ifindex, &uplink.name)
+        else {
+            return Ok(None);
+        };
+        let Some(route) = self.installed.iter_mut().find_map(|item| match item {
+            Installed::Route(route) if route.table == table => Some(route),
+            _ => None,
+        }) else {
+            return Ok(None);
+        };
+        let old = route.gateway;
+        if old == Some(wanted) {
+            return Ok(None);
+        }
+        let moved = Route {
+            gateway: Some(wanted),
+            ..route.clone()
+        };
+        self.rtnl
+            .add_route(&moved)
+            .map_err(|source| UplinkError::UplinkRoute {
+                uplink: uplink.name.clone(),
+                interface: uplink.interface.clone(),
+                table,
+                source,
+            })?;
+        *route = moved;
+        Ok(Some((old, wanted)))
     }
 
     /// Adds `rule`, treating an identical rule already there as an error:
@@ -1607,6 +1675,44 @@ mod tests {
                 plumbing.readdress(9).expect("readdress"),
                 AddressChange::Same
             );
+            plumbing.remove().expect("remove");
+        });
+        assert_eq!(ns.leftovers(), Vec::<String>::new());
+    }
+
+    #[test]
+    fn an_uplink_without_a_configured_gateway_follows_the_systems() {
+        let ns = two_uplink_ns("gw");
+        // DHCP on lte (d1, no gateway in the config) set a default route.
+        ns.ip(&["route", "add", "default", "via", "10.77.2.1", "dev", "d1"]);
+        ns.run(|| {
+            let mut plumbing =
+                Plumbing::install(&two_uplinks(), "mpbt0", ip_addr(CONCENTRATOR)).expect("install");
+            let table = |t: &str| ns.ip_lines(&["-4", "route", "show", "table", t], "");
+            assert_eq!(table("7702"), ["default via 10.77.2.1 dev d1 proto 109"]);
+            assert_eq!(plumbing.regateway(1).expect("regateway"), None);
+
+            // A renewal with a new gateway; dsl's gateway is configured.
+            ns.ip(&[
+                "route",
+                "replace",
+                "default",
+                "via",
+                "10.77.2.254",
+                "dev",
+                "d1",
+            ]);
+            assert_eq!(
+                plumbing.regateway(1).expect("regateway"),
+                Some((Some(ip_addr("10.77.2.1")), ip_addr("10.77.2.254")))
+            );
+            assert_eq!(table("7702"), ["default via 10.77.2.254 dev d1 proto 109"]);
+            assert_eq!(plumbing.regateway(0).expect("regateway"), None);
+
+            // The system's route goes: the last gateway stays.
+            ns.ip(&["route", "del", "default", "dev", "d1"]);
+            assert_eq!(plumbing.regateway(1).expect("regateway"), None);
+            assert_eq!(table("7702"), ["default via 10.77.2.254 dev d1 proto 109"]);
             plumbing.remove().expect("remove");
         });
         assert_eq!(ns.leftovers(), Vec::<String>::new());

@@ -31,8 +31,11 @@
 //! [[uplink]]                        # one per line, at most 8
 //! name = "dsl"                      # for logs
 //! interface = "dsl0"
-//! gateway = "10.77.1.1"             # optional: IPv4 next hop (else on-link)
-//! gateway6 = "fe80::1"              # optional: IPv6 next hop (else on-link)
+//! gateway = "10.77.1.1"             # optional: IPv4 next hop (else the gateway of
+//!                                   # the system's default route out of the
+//!                                   # interface, followed as DHCP changes it;
+//!                                   # else on-link)
+//! gateway6 = "fe80::1"              # optional: IPv6 next hop (likewise)
 //! backup = false                    # optional: carry traffic only when no
 //!                                   # other uplink works
 //! ```
@@ -124,9 +127,9 @@ pub struct UplinkConfig {
     pub name: String,
     /// Network interface.
     pub interface: String,
-    /// IPv4 next hop; `None`: on-link.
+    /// IPv4 next hop; `None`: the system's default route's, else on-link.
     pub gateway: Option<Ipv4Addr>,
-    /// IPv6 next hop; `None`: on-link.
+    /// IPv6 next hop; `None`: the system's default route's, else on-link.
     pub gateway6: Option<Ipv6Addr>,
     /// Carries traffic only when no other uplink works.
     pub backup: bool,

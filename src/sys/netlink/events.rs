@@ -1,9 +1,10 @@
 //! Link and address events: the kernel tells a socket subscribed to
 //! `RTNLGRP_LINK` whenever an interface changes (administrative state,
 //! carrier, name), and one subscribed to the address groups whenever an
-//! address is added or removed, so the client learns that a line went down
-//! or was renumbered within milliseconds instead of waiting for TCP to time
-//! out.
+//! address is added or removed (and to the route groups whenever a default
+//! route changes), so the client learns that a line went down, was
+//! renumbered or got a new gateway within milliseconds instead of waiting
+//! for TCP to time out.
 
 use std::io;
 use std::time::Duration;
@@ -11,6 +12,7 @@ use std::time::Duration;
 use netlink_packet_core::{NetlinkMessage, NetlinkPayload};
 use netlink_packet_route::address::AddressMessage;
 use netlink_packet_route::link::{LinkFlags, LinkMessage};
+use netlink_packet_route::route::{RouteAttribute, RouteMessage};
 use netlink_packet_route::RouteNetlinkMessage;
 use netlink_sys::{protocols::NETLINK_ROUTE, Socket, SocketAddr};
 use socket2::SockRef;
@@ -20,6 +22,11 @@ use socket2::SockRef;
 const RTNLGRP_LINK: u32 = 1;
 const RTNLGRP_IPV4_IFADDR: u32 = 5;
 const RTNLGRP_IPV6_IFADDR: u32 = 9;
+/// `RTNLGRP_IPV4_ROUTE` and `RTNLGRP_IPV6_ROUTE`.
+const RTNLGRP_IPV4_ROUTE: u32 = 7;
+const RTNLGRP_IPV6_ROUTE: u32 = 11;
+/// `RT_TABLE_MAIN`.
+const MAIN_TABLE: u32 = 254;
 
 /// Largest event datagram read (link messages are a few KiB).
 const BUFFER: usize = 64 * 1024;
@@ -42,6 +49,12 @@ pub enum LinkEvent {
         /// Interface index.
         ifindex: u32,
     },
+    /// A default route of the main table out of it was added, changed or
+    /// removed (DHCP set a new gateway): read its default gateway again.
+    Route {
+        /// Interface index.
+        ifindex: u32,
+    },
 }
 
 /// A route netlink socket that receives link and address events, in the
@@ -57,7 +70,13 @@ impl LinkEvents {
     pub fn open(poll: Duration) -> io::Result<Self> {
         let mut socket = Socket::new(NETLINK_ROUTE)?;
         socket.bind(&SocketAddr::new(0, 0))?;
-        for group in [RTNLGRP_LINK, RTNLGRP_IPV4_IFADDR, RTNLGRP_IPV6_IFADDR] {
+        for group in [
+            RTNLGRP_LINK,
+            RTNLGRP_IPV4_IFADDR,
+            RTNLGRP_IPV6_IFADDR,
+            RTNLGRP_IPV4_ROUTE,
+            RTNLGRP_IPV6_ROUTE,
+        ] {
             socket.add_membership(group)?;
         }
         SockRef::from(&socket).set_read_timeout(Some(poll))?;
@@ -111,6 +130,9 @@ fn parse(mut buf: &[u8]) -> Vec<LinkEvent> {
                     RouteNetlinkMessage::NewAddress(address)
                     | RouteNetlinkMessage::DelAddress(address),
                 ) => events.push(address_event(&address)),
+                NetlinkPayload::InnerMessage(
+                    RouteNetlinkMessage::NewRoute(route) | RouteNetlinkMessage::DelRoute(route),
+                ) => events.extend(route_event(&route)),
                 _ => {}
             }
         }
@@ -127,6 +149,24 @@ fn event(link: &LinkMessage, exists: bool) -> LinkEvent {
         ifindex: link.header.index,
         usable: exists && flags.contains(LinkFlags::Up) && flags.contains(LinkFlags::LowerUp),
     }
+}
+
+/// A main-table default route with an output interface; other routes
+/// (subnets, mpbond's own tables) are of no interest.
+fn route_event(route: &RouteMessage) -> Option<LinkEvent> {
+    let mut table = u32::from(route.header.table);
+    let mut ifindex = None;
+    for attr in &route.attributes {
+        match attr {
+            RouteAttribute::Table(t) => table = *t,
+            RouteAttribute::Oif(i) => ifindex = Some(*i),
+            _ => {}
+        }
+    }
+    if table != MAIN_TABLE || route.header.destination_prefix_length != 0 {
+        return None;
+    }
+    ifindex.map(|ifindex| LinkEvent::Route { ifindex })
 }
 
 fn address_event(address: &AddressMessage) -> LinkEvent {
@@ -213,6 +253,32 @@ mod tests {
             [
                 LinkEvent::Address { ifindex: 7 },
                 LinkEvent::Address { ifindex: 8 }
+            ]
+        );
+    }
+
+    #[test]
+    fn main_default_routes_name_their_interface() {
+        let route = |table: u32, dst_len, oif| {
+            let mut msg = RouteMessage::default();
+            msg.header.table = 252;
+            msg.header.destination_prefix_length = dst_len;
+            msg.attributes.push(RouteAttribute::Table(table));
+            msg.attributes.push(RouteAttribute::Oif(oif));
+            msg
+        };
+        let buf = datagram(&[
+            (RouteNetlinkMessage::NewRoute(route(254, 0, 4)), 0),
+            // A subnet, and a default route in mpbond's own table.
+            (RouteNetlinkMessage::NewRoute(route(254, 24, 5)), 0),
+            (RouteNetlinkMessage::NewRoute(route(7702, 0, 6)), 0),
+            (RouteNetlinkMessage::DelRoute(route(254, 0, 7)), 0),
+        ]);
+        assert_eq!(
+            parse(&buf),
+            [
+                LinkEvent::Route { ifindex: 4 },
+                LinkEvent::Route { ifindex: 7 }
             ]
         );
     }

@@ -126,6 +126,15 @@ pub enum NetlinkError {
         #[source]
         source: io::Error,
     },
+    /// [`Rtnl::default_gateway`].
+    #[error("cannot list the routes to find the default gateway of interface {dev}")]
+    Routes {
+        /// The interface (name when known, else `#INDEX`).
+        dev: String,
+        /// The kernel's error.
+        #[source]
+        source: io::Error,
+    },
     /// [`Rtnl::add_route`].
     #[error("cannot add route {route}")]
     AddRoute {
@@ -222,6 +231,7 @@ impl NetlinkError {
             | Self::OpenRtnl { source }
             | Self::LinkIndex { source, .. }
             | Self::Addresses { source, .. }
+            | Self::Routes { source, .. }
             | Self::AddRoute { source, .. }
             | Self::DelRoute { source, .. }
             | Self::AddRule { source, .. }

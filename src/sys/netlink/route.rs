@@ -36,6 +36,8 @@ const RTPROT_STATIC: u8 = 4;
 /// `RT_TABLE_COMPAT`: the header's table byte for a table id above 255,
 /// whose real id travels in `RTA_TABLE` / `FRA_TABLE`.
 const RT_TABLE_COMPAT: u8 = 252;
+/// `RT_TABLE_MAIN`.
+const MAIN_TABLE: u32 = 254;
 
 /// IP version of a rule (routes take it from their destination).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -198,6 +200,35 @@ impl Rtnl {
                 .collect())
         };
         list().map_err(|source| NetlinkError::Addresses {
+            dev: interface_name(ifindex),
+            source,
+        })
+    }
+
+    /// The gateway of the main table's default `family` route out of
+    /// `ifindex` (of the lowest metric), as DHCP or the administrator set
+    /// it; routes with protocol `except` (mpbond's own) are skipped. `None`
+    /// when there is no such route or it has no gateway (on-link).
+    pub fn default_gateway(
+        &self,
+        family: AddressFamily,
+        ifindex: u32,
+        except: u8,
+    ) -> Result<Option<IpAddr>, NetlinkError> {
+        let list = || -> io::Result<Option<IpAddr>> {
+            let mut request = RouteMessage::default();
+            request.header.address_family = family.netlink();
+            let replies = self.socket.dump(&RouteNetlinkMessage::GetRoute(request))?;
+            let routes: Vec<Route> = replies
+                .iter()
+                .filter_map(|msg| match msg {
+                    RouteNetlinkMessage::NewRoute(route) => Some(route_from_message(route)),
+                    _ => None,
+                })
+                .collect();
+            Ok(pick_default_gateway(&routes, ifindex, except))
+        };
+        list().map_err(|source| NetlinkError::Routes {
             dev: interface_name(ifindex),
             source,
         })
@@ -549,6 +580,21 @@ fn route_address(addr: &RouteAddress) -> Option<IpAddr> {
 
 /// A dumped route as a [`Route`], for messages (multipath next hops and
 /// other details are left out).
+/// The gateway of the main table's lowest-metric default route out of
+/// `ifindex`, not of protocol `except`; see [`Rtnl::default_gateway`].
+fn pick_default_gateway(routes: &[Route], ifindex: u32, except: u8) -> Option<IpAddr> {
+    routes
+        .iter()
+        .filter(|r| {
+            r.table == MAIN_TABLE
+                && r.dst.1 == 0
+                && r.ifindex == Some(ifindex)
+                && r.protocol != except
+        })
+        .min_by_key(|r| r.metric.unwrap_or(0))
+        .and_then(|r| r.gateway)
+}
+
 fn route_from_message(msg: &RouteMessage) -> Route {
     let unspecified = match msg.header.address_family {
         NlFamily::Inet6 => IpAddr::from([0u16; 8]),
@@ -695,6 +741,46 @@ mod tests {
 
     fn v4(s: &str) -> IpAddr {
         s.parse().expect("address")
+    }
+
+    #[test]
+    fn the_default_gateway_is_the_main_tables_best_route_out_of_the_interface() {
+        let route =
+            |table, dst: (&str, u8), gateway: Option<&str>, ifindex, metric, protocol| Route {
+                table,
+                dst: (v4(dst.0), dst.1),
+                gateway: gateway.map(v4),
+                ifindex: Some(ifindex),
+                src: None,
+                metric,
+                protocol,
+            };
+        let any = ("0.0.0.0", 0);
+        let routes = [
+            // Another interface, a subnet, another table, mpbond's own.
+            route(MAIN_TABLE, any, Some("10.0.1.1"), 3, Some(100), 16),
+            route(MAIN_TABLE, ("10.0.2.0", 24), Some("10.0.2.9"), 4, None, 2),
+            route(7702, any, Some("10.0.2.8"), 4, None, 16),
+            route(
+                MAIN_TABLE,
+                any,
+                Some("10.0.2.7"),
+                4,
+                Some(10),
+                MPBOND_RTPROT,
+            ),
+            // The interface's two default routes: the lower metric wins.
+            route(MAIN_TABLE, any, Some("10.0.2.2"), 4, Some(300), 16),
+            route(MAIN_TABLE, any, Some("10.0.2.1"), 4, Some(200), 16),
+        ];
+        assert_eq!(
+            pick_default_gateway(&routes, 4, MPBOND_RTPROT),
+            Some(v4("10.0.2.1"))
+        );
+        assert_eq!(pick_default_gateway(&routes, 5, MPBOND_RTPROT), None);
+        // On-link: no gateway.
+        let onlink = [route(MAIN_TABLE, any, None, 4, None, 3)];
+        assert_eq!(pick_default_gateway(&onlink, 4, MPBOND_RTPROT), None);
     }
 
     #[test]
