@@ -19,9 +19,12 @@
 //! An uplink without a gateway in the config follows the system's default
 //! route out of its interface (DHCP): its own route moves to a new gateway.
 //!
+//! An uplink whose interface had no address at start joins when it gets
+//! one.
+//!
 //! Not yet: data-driven detection from the subflows' own progress (the
-//! interface's received packets stand in for it), uplinks that had no
-//! address at start. An uplink whose probes were never answered
+//! interface's received packets stand in for it); an interface missing at
+//! start is an error. An uplink whose probes were never answered
 //! (a concentrator without the echo, or a line dead from the start) is
 //! judged by its carrier alone.
 
@@ -194,20 +197,27 @@ pub(super) async fn watch(
         .enumerate()
         .map(|(index, uplink)| {
             let rtt = Arc::new(AtomicU64::new(0));
-            let prober = Prober {
-                index,
-                generation: 0,
-                uplink: uplink.clone(),
-                rtt: rtt.clone(),
-                tx: tx.clone(),
+            // An uplink without an address yet waits for one, unprobed.
+            let addressed = !uplink.addr.is_unspecified();
+            let probe = if addressed {
+                let prober = Prober {
+                    index,
+                    generation: 0,
+                    uplink: uplink.clone(),
+                    rtt: rtt.clone(),
+                    tx: tx.clone(),
+                };
+                probes.spawn(probe(shared.clone(), prober))
+            } else {
+                probes.spawn(std::future::pending())
             };
             State {
-                probe: probes.spawn(probe(shared.clone(), prober)),
+                probe,
                 uplink,
                 carrier: true,
-                addressed: true,
+                addressed,
                 answered: true,
-                usable: true,
+                usable: addressed,
                 generation: 0,
                 rtt,
             }

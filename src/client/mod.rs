@@ -128,7 +128,7 @@ pub async fn run(config: ClientConfig, shutdown: impl Future) -> Result<(), Clie
         .iter()
         .map(|uplink| health::Candidate {
             uplink,
-            usable: true,
+            usable: !uplink.addr.is_unspecified(),
             rtt: None,
         })
         .collect();

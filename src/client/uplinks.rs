@@ -336,6 +336,9 @@ pub struct Plumbing {
     /// Whether each uplink's gateway comes from the config (else it
     /// follows the system's default route out of its interface).
     pinned: Vec<bool>,
+    /// Each uplink's route as it should be (installed while it has an
+    /// address).
+    routes: Vec<Route>,
     /// In the order added; undone from the back.
     installed: Vec<Installed>,
     /// Dropped after `installed` is undone (field order).
@@ -376,6 +379,7 @@ impl Plumbing {
             uplinks: Vec::new(),
             current: Vec::new(),
             pinned: Vec::new(),
+            routes: Vec::new(),
             installed: Vec::new(),
             sysctls: Vec::new(),
         };
@@ -399,7 +403,7 @@ impl Plumbing {
         for ((i, config), id) in uplinks.iter().enumerate().zip(ENDPOINT_IDS) {
             plumbing.install_uplink(i, id, config, family)?;
         }
-        if plumbing.uplinks.is_empty() {
+        if plumbing.current.iter().all(Option::is_none) {
             return Err(UplinkError::NoAddress {
                 family: family_name(family),
                 concentrator,
@@ -474,20 +478,8 @@ impl Plumbing {
             return Ok(AddressChange::Gone);
         };
         let table = uplink_table(i);
-        let route = self.installed.iter().find_map(|item| match item {
-            Installed::Route(route) if route.table == table => Some(route.clone()),
-            _ => None,
-        });
-        if let Some(route) = route {
-            self.rtnl
-                .add_route(&route)
-                .map_err(|source| UplinkError::UplinkRoute {
-                    uplink: name.clone(),
-                    interface,
-                    table,
-                    source,
-                })?;
-        }
+        let route = self.routes[slot].clone();
+        self.install_route(&route, &name, &interface)?;
         self.add_rule(uplink_rule(i, addr))
             .map_err(|source| UplinkError::UplinkRule {
                 uplink: name,
@@ -557,15 +549,15 @@ impl Plumbing {
                 interface: config.interface.clone(),
                 source,
             })?;
-        let Some(addr) = pick_address(&addresses, family) else {
+        let addr = pick_address(&addresses, family);
+        if addr.is_none() {
             warn!(
                 uplink = %config.name,
                 interface = %config.interface,
-                "uplink has no {} address; not using it",
+                "uplink has no {} address yet; it is used once it gets one",
                 family_name(family)
             );
-            return Ok(());
-        };
+        }
         let pinned = match family {
             AddressFamily::V4 => config.gateway.map(IpAddr::V4),
             AddressFamily::V6 => config.gateway6.map(IpAddr::V6),
@@ -574,31 +566,11 @@ impl Plumbing {
             Some(gateway) => Some(gateway),
             None => self.system_gateway(family, ifindex, &config.name),
         };
-
         let route = uplink_route(i, family, gateway, ifindex);
-        self.rtnl
-            .add_route(&route)
-            .map_err(|source| UplinkError::UplinkRoute {
-                uplink: config.name.clone(),
-                interface: config.interface.clone(),
-                table: route.table,
-                source,
-            })?;
-        debug!(uplink = %config.name, %route, "route added");
-        self.installed.push(Installed::Route(route));
-
-        let rule = uplink_rule(i, addr);
-        self.add_rule(rule)
-            .map_err(|source| UplinkError::UplinkRule {
-                uplink: config.name.clone(),
-                addr,
-                table: uplink_table(i),
-                source,
-            })?;
-
+        // Without an address yet the unspecified address stands in.
         let endpoint = MptcpEndpoint {
             id,
-            addr,
+            addr: addr.unwrap_or(default_dst(family).0),
             port: 0,
             ifindex: Some(ifindex),
             flags: EndpointFlags {
@@ -607,28 +579,67 @@ impl Plumbing {
                 ..EndpointFlags::default()
             },
         };
-        self.add_endpoint(&endpoint, &config.name)?;
+        if let Some(addr) = addr {
+            self.install_route(&route, &config.name, &config.interface)?;
+            let rule = uplink_rule(i, addr);
+            self.add_rule(rule)
+                .map_err(|source| UplinkError::UplinkRule {
+                    uplink: config.name.clone(),
+                    addr,
+                    table: uplink_table(i),
+                    source,
+                })?;
+            self.add_endpoint(&endpoint, &config.name)?;
+        }
 
         info!(
             uplink = %config.name,
             interface = %config.interface,
-            %addr,
+            addr = ?addr,
             backup = config.backup,
             table = uplink_table(i),
             endpoint = endpoint.id,
             "uplink installed"
         );
-        self.current.push(Some(addr));
+        self.current.push(addr);
         self.pinned.push(pinned.is_some());
+        self.routes.push(route);
         self.uplinks.push(Uplink {
             index: i,
             name: config.name.clone(),
             interface: config.interface.clone(),
             ifindex,
-            addr,
+            addr: endpoint.addr,
             backup: config.backup,
             endpoint,
         });
+        Ok(())
+    }
+
+    /// Adds (or replaces) an uplink's route, remembering it once.
+    fn install_route(
+        &mut self,
+        route: &Route,
+        uplink: &str,
+        interface: &str,
+    ) -> Result<(), UplinkError> {
+        self.rtnl
+            .add_route(route)
+            .map_err(|source| UplinkError::UplinkRoute {
+                uplink: uplink.to_owned(),
+                interface: interface.to_owned(),
+                table: route.table,
+                source,
+            })?;
+        debug!(uplink, %route, "route added");
+        let table = route.table;
+        match self.installed.iter_mut().find_map(|item| match item {
+            Installed::Route(r) if r.table == table => Some(r),
+            _ => None,
+        }) {
+            Some(installed) => *installed = route.clone(),
+            None => self.installed.push(Installed::Route(route.clone())),
+        }
         Ok(())
     }
 
@@ -655,20 +666,16 @@ impl Plumbing {
         &mut self,
         slot: usize,
     ) -> Result<Option<(Option<IpAddr>, IpAddr)>, UplinkError> {
-        let (Some(uplink), Some(false)) = (self.uplinks.get(slot), self.pinned.get(slot).copied())
-        else {
+        let (Some(uplink), Some(false), Some(route)) = (
+            self.uplinks.get(slot),
+            self.pinned.get(slot).copied(),
+            self.routes.get(slot),
+        ) else {
             return Ok(None);
         };
-        let table = uplink_table(uplink.index);
         let Some(wanted) =
             self.system_gateway(AddressFamily::of(uplink.addr), uplink.ifindex, &uplink.name)
         else {
-            return Ok(None);
-        };
-        let Some(route) = self.installed.iter_mut().find_map(|item| match item {
-            Installed::Route(route) if route.table == table => Some(route),
-            _ => None,
-        }) else {
             return Ok(None);
         };
         let old = route.gateway;
@@ -679,15 +686,12 @@ impl Plumbing {
             gateway: Some(wanted),
             ..route.clone()
         };
-        self.rtnl
-            .add_route(&moved)
-            .map_err(|source| UplinkError::UplinkRoute {
-                uplink: uplink.name.clone(),
-                interface: uplink.interface.clone(),
-                table,
-                source,
-            })?;
-        *route = moved;
+        let (name, interface) = (uplink.name.clone(), uplink.interface.clone());
+        // Without an address the route waits for one (readdress adds it).
+        if self.current[slot].is_some() {
+            self.install_route(&moved, &name, &interface)?;
+        }
+        self.routes[slot] = moved;
         Ok(Some((old, wanted)))
     }
 
@@ -1725,16 +1729,17 @@ mod tests {
     }
 
     #[test]
-    fn an_uplink_without_an_address_is_skipped() {
+    fn an_uplink_without_an_address_joins_when_it_gets_one() {
         let ns = TestNs::new("noaddr");
         ns.uplink("d0", &[]);
         ns.uplink("d1", &["10.77.2.2/24"]);
         ns.run(|| {
             let mut plumbing =
                 Plumbing::install(&two_uplinks(), "mpbt0", ip_addr(CONCENTRATOR)).expect("install");
-            let names: Vec<_> = plumbing.uplinks().iter().map(|u| &u.name[..]).collect();
-            assert_eq!(names, ["lte"]);
-            // lte keeps its config index: table 7702, rule 7701, id 97.
+            let addrs: Vec<_> = plumbing.uplinks().iter().map(|u| u.addr).collect();
+            assert_eq!(addrs, [ip_addr("0.0.0.0"), ip_addr("10.77.2.2")]);
+            // lte keeps its config index: table 7702, rule 7701, id 97;
+            // dsl has nothing yet.
             assert_eq!(
                 ns.ip_lines(&["-4", "rule", "show"], "from 10.77"),
                 ["7701: from 10.77.2.2 lookup 7702 proto 109"]
@@ -1744,8 +1749,31 @@ mod tests {
                 ["10.77.2.2 id 97 subflow backup dev d1"]
             );
             assert_eq!(
+                ns.ip_lines(&["-4", "route", "show", "table", "all"], "table 7701"),
+                Vec::<String>::new()
+            );
+            assert_eq!(
                 ns.ip_lines(&["mptcp", "limits", "show"], ""),
-                ["add_addr_accepted 1 subflows 2"]
+                ["add_addr_accepted 2 subflows 2"]
+            );
+
+            // dsl gets its address: its route and rule come (the endpoint
+            // is the health watcher's to add).
+            ns.ip(&["addr", "add", "10.77.1.2/24", "dev", "d0"]);
+            let AddressChange::New(dsl) = plumbing.readdress(0).expect("readdress") else {
+                panic!("dsl's address was not seen");
+            };
+            assert_eq!(dsl.endpoint.addr, ip_addr("10.77.1.2"));
+            assert_eq!(
+                ns.ip_lines(&["-4", "rule", "show"], "from 10.77"),
+                [
+                    "7700: from 10.77.1.2 lookup 7701 proto 109",
+                    "7701: from 10.77.2.2 lookup 7702 proto 109",
+                ]
+            );
+            assert_eq!(
+                ns.ip_lines(&["-4", "route", "show", "table", "7701"], ""),
+                ["default via 10.77.1.1 dev d0 proto 109"]
             );
             plumbing.remove().expect("remove");
 
