@@ -19,8 +19,8 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use harness::{
-    connect, if_bytes, ns_ok, run_in, short_request, subflows, Behavior, Hasher, Lab, NsServer,
-    Pattern, Sha256,
+    bad_requests, connect, if_bytes, ns_ok, run_in, short_request, subflows, Behavior, Hasher, Lab,
+    NsServer, Pattern, Sha256,
 };
 
 const SERVER: IpAddr = IpAddr::V4(Ipv4Addr::new(198, 51, 100, 10));
@@ -327,11 +327,7 @@ fn new_connections_while(how: &str, port: u16) {
     });
     let slowest = results.iter().map(|r| r.2).max().unwrap_or_default();
     eprintln!("20 requests with dsl {how}: slowest {slowest:?}");
-    let bad: Vec<String> = results
-        .iter()
-        .filter(|(_, r, t)| !matches!(r, Ok(true)) || *t >= Duration::from_secs(1))
-        .map(|(i, r, t)| format!("request {i}: {r:?} after {t:?}"))
-        .collect();
+    let bad = bad_requests(&results, Duration::from_secs(1));
     assert!(
         bad.is_empty(),
         "with dsl {how}, requests must complete within 1 s:\n{}",

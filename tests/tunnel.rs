@@ -24,8 +24,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use socket2::{Domain, Protocol, Socket, Type};
 
 use harness::{
-    connect, if_bytes, in_ns, netstat, ns_ok, ns_run, read_hashed, run_in, send_pattern,
-    short_request, ss_ip, subflows, Behavior, IfBytes, Lab, NsServer, Pattern, Sha256, RUN,
+    bad_requests, connect, if_bytes, in_ns, netstat, ns_ok, ns_run, read_hashed, run_in,
+    send_pattern, short_request, ss_ip, subflows, Behavior, IfBytes, Lab, NsServer, Pattern,
+    Sha256, RUN,
 };
 use mpbond::auth::{random_nonce, sign_request, Key};
 use mpbond::wire::convert::{self, ErrorCode, Response};
@@ -974,11 +975,7 @@ fn short_requests(what: &str) -> (u64, u64) {
         "{what}: {REQUESTS} requests: average {avg:?}, slowest {max:?}; TFO active (mpb-cli) \
          +{active}, passive (mpb-conc) +{passive}"
     );
-    let bad: Vec<String> = results
-        .iter()
-        .filter(|(_, r, t)| !matches!(r, Ok(true)) || *t >= Duration::from_secs(1))
-        .map(|(i, r, t)| format!("request {i}: {r:?} after {t:?}"))
-        .collect();
+    let bad = bad_requests(&results, Duration::from_secs(1));
     assert!(
         bad.is_empty(),
         "{what}: requests must be byte-exact and take < 1 s each:\n{}",

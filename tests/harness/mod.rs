@@ -513,6 +513,17 @@ pub fn short_request(
     Ok(answer == Pattern::bytes(seed, reply))
 }
 
+/// The requests among `results` (number, outcome of [`short_request`],
+/// time taken) that failed, answered wrong or took `limit` or longer, one
+/// line each for an assertion message.
+pub fn bad_requests(results: &[(u64, io::Result<bool>, Duration)], limit: Duration) -> Vec<String> {
+    results
+        .iter()
+        .filter(|(_, r, t)| !matches!(r, Ok(true)) || *t >= limit)
+        .map(|(i, r, t)| format!("request {i}: {r:?} after {t:?}"))
+        .collect()
+}
+
 pub fn send_pattern(stream: &mut impl Write, seed: u64, len: u64) -> io::Result<Sha256> {
     let mut pattern = Pattern::new(seed);
     let mut hash = Hasher::new();
