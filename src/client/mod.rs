@@ -123,8 +123,8 @@ pub async fn run(config: ClientConfig, shutdown: impl Future) -> Result<(), Clie
     info!(name = %tun_config.name, ipv4 = %tun_config.ipv4, ipv6 = %tun_config.ipv6, "TUN device up");
 
     let plumbing = Plumbing::install(&config.uplinks, &tun_config.name, config.concentrator.ip())?;
-    let candidates: Vec<health::Candidate<'_>> = plumbing
-        .uplinks()
+    let uplinks = plumbing.uplinks();
+    let candidates: Vec<health::Candidate<'_>> = uplinks
         .iter()
         .map(|uplink| health::Candidate {
             uplink,
@@ -133,7 +133,6 @@ pub async fn run(config: ClientConfig, shutdown: impl Future) -> Result<(), Clie
         })
         .collect();
     let source = health::pick_source(&candidates, None);
-    let uplinks = plumbing.uplinks().to_vec();
     // Shared with the health watcher, which moves an uplink's rule when its
     // address changes.
     let plumbing = Arc::new(Mutex::new(plumbing));

@@ -37,7 +37,7 @@ use crate::chain::Chain;
 use crate::config::client::UplinkConfig;
 use crate::sys::{
     read_sysctl, AddressFamily, EndpointFlags, MptcpEndpoint, MptcpLimits, MptcpPm, NetlinkError,
-    Route, Rtnl, Rule, SysctlGuard, MPBOND_RTPROT,
+    Route, Rtnl, Rule, SysctlGuard, MAIN_TABLE, MPBOND_RTPROT,
 };
 
 /// The MPTCP endpoint ids mpbond uses: uplink `i` (config order) gets
@@ -65,8 +65,6 @@ const CAPTURE_PREF: u32 = 7791;
 const CAPTURE_TABLE: u32 = 7799;
 /// The protocol the capture rules match.
 const IPPROTO_TCP: u8 = 6;
-/// `RT_TABLE_MAIN`.
-const MAIN_TABLE: u32 = 254;
 /// Linux caps both MPTCP limits at 8 (`MPTCP_PM_ADDR_MAX`).
 const MAX_MPTCP_LIMIT: u32 = 8;
 
@@ -322,6 +320,19 @@ impl fmt::Display for Installed {
     }
 }
 
+/// An uplink and what its plumbing follows.
+#[derive(Debug)]
+struct Slot {
+    uplink: Uplink,
+    /// Its address now (`None`: none yet, or it lost it).
+    current: Option<IpAddr>,
+    /// Its gateway comes from the config (else it follows the system's
+    /// default route out of its interface).
+    pinned: bool,
+    /// Its route as it should be (installed while it has an address).
+    route: Route,
+}
+
 /// Everything installed for the uplinks. Dropping it removes it all (in
 /// reverse order, logging what it cannot remove) and restores the sysctls;
 /// drop it in the network namespace it was installed in (the process's, in
@@ -330,15 +341,8 @@ impl fmt::Display for Installed {
 pub struct Plumbing {
     rtnl: Rtnl,
     pm: MptcpPm,
-    uplinks: Vec<Uplink>,
-    /// Each uplink's address now (`None`: it lost it), beside `uplinks`.
-    current: Vec<Option<IpAddr>>,
-    /// Whether each uplink's gateway comes from the config (else it
-    /// follows the system's default route out of its interface).
-    pinned: Vec<bool>,
-    /// Each uplink's route as it should be (installed while it has an
-    /// address).
-    routes: Vec<Route>,
+    /// The uplinks, in config order.
+    slots: Vec<Slot>,
     /// In the order added; undone from the back.
     installed: Vec<Installed>,
     /// Dropped after `installed` is undone (field order).
@@ -348,7 +352,7 @@ pub struct Plumbing {
 impl fmt::Debug for Plumbing {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Plumbing")
-            .field("uplinks", &self.uplinks)
+            .field("slots", &self.slots)
             .field("installed", &self.installed)
             .field("sysctls", &self.sysctls)
             .finish_non_exhaustive()
@@ -376,10 +380,7 @@ impl Plumbing {
         let mut plumbing = Plumbing {
             rtnl: Rtnl::open().map_err(|source| UplinkError::Netlink { source })?,
             pm: MptcpPm::open().map_err(|source| UplinkError::Netlink { source })?,
-            uplinks: Vec::new(),
-            current: Vec::new(),
-            pinned: Vec::new(),
-            routes: Vec::new(),
+            slots: Vec::new(),
             installed: Vec::new(),
             sysctls: Vec::new(),
         };
@@ -403,7 +404,7 @@ impl Plumbing {
         for ((i, config), id) in uplinks.iter().enumerate().zip(ENDPOINT_IDS) {
             plumbing.install_uplink(i, id, config, family)?;
         }
-        if plumbing.current.iter().all(Option::is_none) {
+        if plumbing.slots.iter().all(|slot| slot.current.is_none()) {
             return Err(UplinkError::NoAddress {
                 family: family_name(family),
                 concentrator,
@@ -412,8 +413,8 @@ impl Plumbing {
         plumbing.raise_limits()?;
         plumbing.install_capture(tun, tun_index, concentrator)?;
         info!(
-            uplinks = plumbing.uplinks.len(),
-            skipped = uplinks.len() - plumbing.uplinks.len(),
+            uplinks = plumbing.slots.len(),
+            skipped = uplinks.len() - plumbing.slots.len(),
             %concentrator,
             tun,
             "uplinks set up; the site's traffic goes into the TUN"
@@ -421,10 +422,10 @@ impl Plumbing {
         Ok(plumbing)
     }
 
-    /// The uplinks in use (those with an address of the concentrator's
-    /// family), in config order.
-    pub fn uplinks(&self) -> &[Uplink] {
-        &self.uplinks
+    /// The uplinks, in config order; one without an address yet has the
+    /// unspecified address.
+    pub fn uplinks(&self) -> Vec<Uplink> {
+        self.slots.iter().map(|slot| slot.uplink.clone()).collect()
     }
 
     /// Removes everything now (same as drop, but returns the first error;
@@ -440,9 +441,16 @@ impl Plumbing {
     /// one, and its route is put back (the kernel drops a route with the
     /// last address of its gateway's subnet).
     pub fn readdress(&mut self, slot: usize) -> Result<AddressChange, UplinkError> {
-        let (Some(uplink), Some(&had)) = (self.uplinks.get(slot), self.current.get(slot)) else {
+        let Some(Slot {
+            uplink,
+            current: had,
+            route,
+            ..
+        }) = self.slots.get(slot)
+        else {
             return Ok(AddressChange::Same);
         };
+        let (had, route) = (*had, route.clone());
         let (name, interface, i) = (uplink.name.clone(), uplink.interface.clone(), uplink.index);
         let addresses =
             self.rtnl
@@ -472,13 +480,12 @@ impl Plumbing {
             }
             self.installed
                 .retain(|item| !matches!(item, Installed::Rule(r) if *r == rule));
-            self.current[slot] = None;
+            self.slots[slot].current = None;
         }
         let Some(addr) = now else {
             return Ok(AddressChange::Gone);
         };
         let table = uplink_table(i);
-        let route = self.routes[slot].clone();
         self.install_route(&route, &name, &interface)?;
         self.add_rule(uplink_rule(i, addr))
             .map_err(|source| UplinkError::UplinkRule {
@@ -487,8 +494,10 @@ impl Plumbing {
                 table,
                 source,
             })?;
-        self.current[slot] = Some(addr);
-        let uplink = &mut self.uplinks[slot];
+        let Slot {
+            uplink, current, ..
+        } = &mut self.slots[slot];
+        *current = Some(addr);
         uplink.addr = addr;
         uplink.endpoint.addr = addr;
         Ok(AddressChange::New(uplink.clone()))
@@ -601,17 +610,19 @@ impl Plumbing {
             endpoint = endpoint.id,
             "uplink installed"
         );
-        self.current.push(addr);
-        self.pinned.push(pinned.is_some());
-        self.routes.push(route);
-        self.uplinks.push(Uplink {
-            index: i,
-            name: config.name.clone(),
-            interface: config.interface.clone(),
-            ifindex,
-            addr: endpoint.addr,
-            backup: config.backup,
-            endpoint,
+        self.slots.push(Slot {
+            uplink: Uplink {
+                index: i,
+                name: config.name.clone(),
+                interface: config.interface.clone(),
+                ifindex,
+                addr: endpoint.addr,
+                backup: config.backup,
+                endpoint,
+            },
+            current: addr,
+            pinned: pinned.is_some(),
+            route,
         });
         Ok(())
     }
@@ -666,11 +677,13 @@ impl Plumbing {
         &mut self,
         slot: usize,
     ) -> Result<Option<(Option<IpAddr>, IpAddr)>, UplinkError> {
-        let (Some(uplink), Some(false), Some(route)) = (
-            self.uplinks.get(slot),
-            self.pinned.get(slot).copied(),
-            self.routes.get(slot),
-        ) else {
+        let Some(Slot {
+            uplink,
+            current,
+            pinned: false,
+            route,
+        }) = self.slots.get(slot)
+        else {
             return Ok(None);
         };
         let Some(wanted) =
@@ -688,10 +701,10 @@ impl Plumbing {
         };
         let (name, interface) = (uplink.name.clone(), uplink.interface.clone());
         // Without an address the route waits for one (readdress adds it).
-        if self.current[slot].is_some() {
+        if current.is_some() {
             self.install_route(&moved, &name, &interface)?;
         }
-        self.routes[slot] = moved;
+        self.slots[slot].route = moved;
         Ok(Some((old, wanted)))
     }
 
@@ -742,7 +755,7 @@ impl Plumbing {
     fn raise_limits(&mut self) -> Result<(), UplinkError> {
         let limits = |source| UplinkError::Limits { source };
         let current = self.pm.limits().map_err(limits)?;
-        let wanted = raised_limits(current, self.uplinks.len());
+        let wanted = raised_limits(current, self.slots.len());
         if wanted == current {
             debug!(?current, "MPTCP limits already high enough");
             return Ok(());

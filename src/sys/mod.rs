@@ -14,7 +14,7 @@ mod sysctl;
 
 pub use netlink::{
     AddressFamily, EndpointFlags, FlushReport, LinkEvent, LinkEvents, MptcpEndpoint, MptcpLimits,
-    MptcpPm, NetlinkError, Route, Rtnl, Rule, MPBOND_RTPROT,
+    MptcpPm, NetlinkError, Route, Rtnl, Rule, MAIN_TABLE, MPBOND_RTPROT,
 };
 pub use netns::enter_netns;
 pub use sockopt::{

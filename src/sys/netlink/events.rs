@@ -13,6 +13,8 @@ use netlink_packet_core::{NetlinkMessage, NetlinkPayload};
 use netlink_packet_route::address::AddressMessage;
 use netlink_packet_route::link::{LinkFlags, LinkMessage};
 use netlink_packet_route::route::{RouteAttribute, RouteMessage};
+
+use super::route::MAIN_TABLE;
 use netlink_packet_route::RouteNetlinkMessage;
 use netlink_sys::{protocols::NETLINK_ROUTE, Socket, SocketAddr};
 use socket2::SockRef;
@@ -25,8 +27,6 @@ const RTNLGRP_IPV6_IFADDR: u32 = 9;
 /// `RTNLGRP_IPV4_ROUTE` and `RTNLGRP_IPV6_ROUTE`.
 const RTNLGRP_IPV4_ROUTE: u32 = 7;
 const RTNLGRP_IPV6_ROUTE: u32 = 11;
-/// `RT_TABLE_MAIN`.
-const MAIN_TABLE: u32 = 254;
 
 /// Largest event datagram read (link messages are a few KiB).
 const BUFFER: usize = 64 * 1024;

@@ -24,7 +24,7 @@ use std::net::IpAddr;
 
 pub use events::{LinkEvent, LinkEvents};
 pub use mptcp::{EndpointFlags, MptcpEndpoint, MptcpLimits, MptcpPm};
-pub use route::{AddressFamily, FlushReport, Route, Rtnl, Rule, MPBOND_RTPROT};
+pub use route::{AddressFamily, FlushReport, Route, Rtnl, Rule, MAIN_TABLE, MPBOND_RTPROT};
 
 /// A netlink operation that failed: which one, on what, and the kernel's
 /// errno as the source.

@@ -36,8 +36,8 @@ const RTPROT_STATIC: u8 = 4;
 /// `RT_TABLE_COMPAT`: the header's table byte for a table id above 255,
 /// whose real id travels in `RTA_TABLE` / `FRA_TABLE`.
 const RT_TABLE_COMPAT: u8 = 252;
-/// `RT_TABLE_MAIN`.
-const MAIN_TABLE: u32 = 254;
+/// `RT_TABLE_MAIN`: the table `ip route` shows.
+pub const MAIN_TABLE: u32 = 254;
 
 /// IP version of a rule (routes take it from their destination).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
