@@ -392,17 +392,7 @@ impl Pattern {
 
     /// The SHA-256 of the first `len` bytes for `seed`.
     pub fn sha256(seed: u64, len: u64) -> Sha256 {
-        let mut pattern = Self::new(seed);
-        let mut hash = Hasher::new();
-        let mut buf = vec![0; 64 << 10];
-        let mut left = len;
-        while left > 0 {
-            let n = usize::try_from(left.min(buf.len() as u64)).expect("fits");
-            pattern.fill(&mut buf[..n]);
-            hash.update(&buf[..n]);
-            left -= n as u64;
-        }
-        hash.finish()
+        send_pattern(&mut io::sink(), seed, len).expect("writing to a sink cannot fail")
     }
 }
 
