@@ -10,6 +10,7 @@ pub mod client;
 pub mod concentrator;
 pub mod config;
 pub mod linkem;
+pub mod path;
 mod relay;
 #[allow(unsafe_code)]
 pub mod sys;

@@ -13,8 +13,8 @@ mod sockopt;
 mod sysctl;
 
 pub use netlink::{
-    AddressFamily, EndpointFlags, FlushReport, LinkEvent, LinkEvents, MptcpEndpoint, MptcpLimits,
-    MptcpPm, NetlinkError, Route, Rtnl, Rule, MAIN_TABLE, MPBOND_RTPROT,
+    AddressFamily, EndpointFlags, FlushReport, LinkEvent, LinkEvents, LinkStats, MptcpEndpoint,
+    MptcpLimits, MptcpPm, NetlinkError, Route, Rtnl, Rule, MAIN_TABLE, MPBOND_RTPROT,
 };
 pub use netns::enter_netns;
 pub use sockopt::{

@@ -24,7 +24,9 @@ use std::net::IpAddr;
 
 pub use events::{LinkEvent, LinkEvents};
 pub use mptcp::{EndpointFlags, MptcpEndpoint, MptcpLimits, MptcpPm};
-pub use route::{AddressFamily, FlushReport, Route, Rtnl, Rule, MAIN_TABLE, MPBOND_RTPROT};
+pub use route::{
+    AddressFamily, FlushReport, LinkStats, Route, Rtnl, Rule, MAIN_TABLE, MPBOND_RTPROT,
+};
 
 /// A netlink operation that failed: which one, on what, and the kernel's
 /// errno as the source.
@@ -114,6 +116,15 @@ pub enum NetlinkError {
         /// The interface name asked for.
         name: String,
         /// The kernel's error, or why the name cannot be one.
+        #[source]
+        source: io::Error,
+    },
+    /// [`Rtnl::link_stats`].
+    #[error("cannot read the counters of interface {dev}")]
+    LinkStats {
+        /// The interface (name when known, else `#INDEX`).
+        dev: String,
+        /// The kernel's error.
         #[source]
         source: io::Error,
     },
@@ -230,6 +241,7 @@ impl NetlinkError {
             | Self::SetEndpointBackup { source, .. }
             | Self::OpenRtnl { source }
             | Self::LinkIndex { source, .. }
+            | Self::LinkStats { source, .. }
             | Self::Addresses { source, .. }
             | Self::Routes { source, .. }
             | Self::AddRoute { source, .. }

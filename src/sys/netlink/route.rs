@@ -137,6 +137,19 @@ pub struct FlushReport {
     pub rules: usize,
 }
 
+/// An interface's traffic counters since it was created.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LinkStats {
+    /// Packets received.
+    pub rx_packets: u64,
+    /// Bytes received.
+    pub rx_bytes: u64,
+    /// Packets sent.
+    pub tx_packets: u64,
+    /// Bytes sent.
+    pub tx_bytes: u64,
+}
+
 /// A route netlink socket in the network namespace of the thread that
 /// opened it.
 pub struct Rtnl {
@@ -173,6 +186,44 @@ impl Rtnl {
         };
         lookup().map_err(|source| NetlinkError::LinkIndex {
             name: name.to_owned(),
+            source,
+        })
+    }
+
+    /// The kernel's 64-bit counters of interface `ifindex` (`IFLA_STATS64`),
+    /// or `None` if there is no such interface.
+    pub fn link_stats(&self, ifindex: u32) -> Result<Option<LinkStats>, NetlinkError> {
+        let lookup = || -> io::Result<Option<LinkStats>> {
+            let mut link = LinkMessage::default();
+            link.header.index = ifindex;
+            let replies = match self.socket.request(&RouteNetlinkMessage::GetLink(link), 0) {
+                Err(err) if err.raw_os_error() == Some(libc::ENODEV) => return Ok(None),
+                other => other?,
+            };
+            let link = replies
+                .into_iter()
+                .find_map(|msg| match msg {
+                    RouteNetlinkMessage::NewLink(link) => Some(link),
+                    _ => None,
+                })
+                .ok_or_else(|| invalid_data("RTM_GETLINK answered without a link"))?;
+            let stats = link
+                .attributes
+                .iter()
+                .find_map(|attr| match attr {
+                    LinkAttribute::Stats64(s) => Some(LinkStats {
+                        rx_packets: s.rx_packets,
+                        rx_bytes: s.rx_bytes,
+                        tx_packets: s.tx_packets,
+                        tx_bytes: s.tx_bytes,
+                    }),
+                    _ => None,
+                })
+                .ok_or_else(|| invalid_data("RTM_GETLINK answered without IFLA_STATS64"))?;
+            Ok(Some(stats))
+        };
+        lookup().map_err(|source| NetlinkError::LinkStats {
+            dev: interface_name(ifindex),
             source,
         })
     }

@@ -1,0 +1,295 @@
+//! The estimators the path core keeps per uplink: round trip (RFC 6298),
+//! a decaying peak of the silences and delivery gaps the line has shown,
+//! flap damping, and a receive/transmit rate meter. All pure: every
+//! method takes `now`.
+
+use std::time::{Duration, Instant};
+
+/// Smoothed round trip and its variation, as TCP keeps them (RFC 6298:
+/// gains 1/8 and 1/4), plus the smallest sample seen lately.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct RttEstimator {
+    srtt: Option<Duration>,
+    rttvar: Duration,
+    min: Option<(Duration, Instant)>,
+}
+
+/// How long the smallest round trip is remembered before a larger sample
+/// replaces it (a route change can lengthen the base delay).
+const MIN_RTT_WINDOW: Duration = Duration::from_secs(30);
+
+impl RttEstimator {
+    /// Adds one round-trip sample taken at `now`.
+    pub fn sample(&mut self, now: Instant, rtt: Duration) {
+        match self.srtt {
+            None => {
+                self.srtt = Some(rtt);
+                self.rttvar = rtt / 2;
+            }
+            Some(srtt) => {
+                let diff = srtt.abs_diff(rtt);
+                self.rttvar = self.rttvar * 3 / 4 + diff / 4;
+                self.srtt = Some(srtt * 7 / 8 + rtt / 8);
+            }
+        }
+        self.min = match self.min {
+            Some((min, at)) if min <= rtt && now.saturating_duration_since(at) < MIN_RTT_WINDOW => {
+                Some((min, at))
+            }
+            _ => Some((rtt, now)),
+        };
+    }
+
+    /// The smoothed round trip; `None` before the first sample.
+    pub fn srtt(&self) -> Option<Duration> {
+        self.srtt
+    }
+
+    /// The round trip's mean deviation.
+    pub fn rttvar(&self) -> Duration {
+        self.rttvar
+    }
+
+    /// The smallest recent sample.
+    pub fn min(&self) -> Option<Duration> {
+        self.min.map(|(min, _)| min)
+    }
+
+    /// TCP's retransmission timeout without its floor: `srtt + 4·rttvar`.
+    pub fn rto(&self) -> Option<Duration> {
+        self.srtt.map(|srtt| srtt + self.rttvar * 4)
+    }
+}
+
+/// The largest sample seen, decaying by half every `half_life` since it was
+/// taken: it remembers a line's worst normal pause for minutes and forgets
+/// it when the line has been calm for long.
+#[derive(Clone, Copy, Debug)]
+pub struct Envelope {
+    half_life: Duration,
+    peak: Option<(Duration, Instant)>,
+}
+
+impl Envelope {
+    /// An empty envelope (value zero).
+    pub fn new(half_life: Duration) -> Self {
+        Self {
+            half_life,
+            peak: None,
+        }
+    }
+
+    /// The envelope's value at `now`.
+    pub fn value(&self, now: Instant) -> Duration {
+        let Some((peak, at)) = self.peak else {
+            return Duration::ZERO;
+        };
+        peak.mul_f64(decay(now.saturating_duration_since(at), self.half_life))
+    }
+
+    /// Takes a sample: the envelope rises to it if it is above the current
+    /// value.
+    pub fn sample(&mut self, now: Instant, value: Duration) {
+        if value > self.value(now) {
+            self.peak = Some((value, now));
+        }
+    }
+}
+
+/// `2^(-elapsed / half_life)`, in `(0, 1]`.
+fn decay(elapsed: Duration, half_life: Duration) -> f64 {
+    if half_life.is_zero() {
+        return 0.0;
+    }
+    (-elapsed.as_secs_f64() / half_life.as_secs_f64()).exp2()
+}
+
+/// Flap damping, as BGP's route-flap damping: each false alarm adds to a
+/// penalty that halves every `half_life`; the penalty stretches the line's
+/// silence limits by `1 + penalty`.
+#[derive(Clone, Copy, Debug)]
+pub struct Damping {
+    half_life: Duration,
+    max: f64,
+    penalty: f64,
+    at: Option<Instant>,
+}
+
+impl Damping {
+    /// No penalty yet; it never exceeds `max`.
+    pub fn new(half_life: Duration, max: f64) -> Self {
+        Self {
+            half_life,
+            max,
+            penalty: 0.0,
+            at: None,
+        }
+    }
+
+    /// The penalty at `now`.
+    pub fn penalty(&self, now: Instant) -> f64 {
+        match self.at {
+            None => 0.0,
+            Some(at) => self.penalty * decay(now.saturating_duration_since(at), self.half_life),
+        }
+    }
+
+    /// What the limits are multiplied by at `now`.
+    pub fn factor(&self, now: Instant) -> f64 {
+        1.0 + self.penalty(now)
+    }
+
+    /// Adds `amount` to the penalty at `now`.
+    pub fn add(&mut self, now: Instant, amount: f64) {
+        self.penalty = (self.penalty(now) + amount).min(self.max);
+        self.at = Some(now);
+    }
+}
+
+/// Bytes per second through a counter, smoothed over intervals of at least
+/// [`RateMeter::INTERVAL`] with gain 1/4.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct RateMeter {
+    last: Option<(u64, Instant)>,
+    rate: f64,
+}
+
+impl RateMeter {
+    /// The shortest interval a rate is computed over.
+    pub const INTERVAL: Duration = Duration::from_millis(100);
+
+    /// The counter read `total` at `now`. A counter that went backwards
+    /// (an interface re-created) starts over.
+    pub fn update(&mut self, now: Instant, total: u64) {
+        let Some((last, at)) = self.last else {
+            self.last = Some((total, now));
+            return;
+        };
+        if total < last {
+            self.last = Some((total, now));
+            return;
+        }
+        let elapsed = now.saturating_duration_since(at);
+        if elapsed < Self::INTERVAL {
+            return;
+        }
+        let sample = (total - last) as f64 / elapsed.as_secs_f64();
+        self.rate += (sample - self.rate) / 4.0;
+        self.last = Some((total, now));
+    }
+
+    /// The smoothed rate in bytes per second.
+    pub fn bytes_per_sec(&self) -> u64 {
+        // Non-negative and finite by construction; the cast saturates.
+        self.rate.max(0.0) as u64
+    }
+}
+
+/// Counts of delivery gaps by length: how often the line pauses, for the
+/// status view and for a scheduler that wants to know how bursty a line is.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct GapHistogram {
+    /// Gaps of at least 50, 100, 200, 500, 1000 and 2000 ms, in that order.
+    pub at_least: [u64; 6],
+}
+
+impl GapHistogram {
+    /// The lower bounds of the buckets, in milliseconds.
+    pub const BOUNDS_MS: [u64; 6] = [50, 100, 200, 500, 1000, 2000];
+
+    /// Counts one gap.
+    pub fn record(&mut self, gap: Duration) {
+        let ms = u64::try_from(gap.as_millis()).unwrap_or(u64::MAX);
+        for (count, bound) in self.at_least.iter_mut().zip(Self::BOUNDS_MS) {
+            if ms >= bound {
+                *count += 1;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn clock() -> impl Fn(u64) -> Instant {
+        let start = Instant::now();
+        move |ms| start + Duration::from_millis(ms)
+    }
+
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+
+    #[test]
+    fn rtt_follows_rfc6298() {
+        let t = clock();
+        let mut rtt = RttEstimator::default();
+        assert_eq!(rtt.srtt(), None);
+        rtt.sample(t(0), ms(100));
+        assert_eq!((rtt.srtt(), rtt.rttvar()), (Some(ms(100)), ms(50)));
+        assert_eq!(rtt.rto(), Some(ms(300)));
+        rtt.sample(t(10), ms(20));
+        // rttvar = 3/4 * 50 + 1/4 * 80; srtt = 7/8 * 100 + 1/8 * 20
+        assert_eq!(rtt.rttvar(), ms(57) + Duration::from_micros(500));
+        assert_eq!(rtt.srtt(), Some(ms(90)));
+        assert_eq!(rtt.min(), Some(ms(20)));
+        rtt.sample(t(20), ms(40));
+        assert_eq!(rtt.min(), Some(ms(20)));
+        // A larger sample replaces an old minimum.
+        rtt.sample(t(40_000), ms(40));
+        assert_eq!(rtt.min(), Some(ms(40)));
+    }
+
+    #[test]
+    fn the_envelope_keeps_the_peak_and_halves_it_every_half_life() {
+        let t = clock();
+        let mut e = Envelope::new(Duration::from_secs(60));
+        assert_eq!(e.value(t(0)), Duration::ZERO);
+        e.sample(t(0), ms(800));
+        e.sample(t(1000), ms(200));
+        assert!(e.value(t(1000)) > ms(780));
+        assert_eq!(e.value(t(60_000)), ms(400));
+        assert_eq!(e.value(t(120_000)), ms(200));
+        e.sample(t(120_000), ms(300));
+        assert_eq!(e.value(t(120_000)), ms(300));
+    }
+
+    #[test]
+    fn damping_adds_decays_and_saturates() {
+        let t = clock();
+        let mut d = Damping::new(Duration::from_secs(30), 3.0);
+        assert_eq!(d.factor(t(0)), 1.0);
+        d.add(t(0), 1.0);
+        assert_eq!(d.factor(t(0)), 2.0);
+        assert!((d.penalty(t(30_000)) - 0.5).abs() < 1e-9);
+        for _ in 0..10 {
+            d.add(t(30_000), 1.0);
+        }
+        assert_eq!(d.penalty(t(30_000)), 3.0);
+    }
+
+    #[test]
+    fn rates_are_measured_and_survive_a_counter_reset() {
+        let t = clock();
+        let mut r = RateMeter::default();
+        r.update(t(0), 1000);
+        r.update(t(50), 2000);
+        assert_eq!(r.bytes_per_sec(), 0, "below the interval");
+        r.update(t(100), 101_000);
+        assert_eq!(r.bytes_per_sec(), 250_000);
+        r.update(t(200), 5);
+        assert_eq!(r.bytes_per_sec(), 250_000);
+        r.update(t(300), 100_005);
+        assert_eq!(r.bytes_per_sec(), 250_000 + 750_000 / 4);
+    }
+
+    #[test]
+    fn gaps_are_counted_by_length() {
+        let mut h = GapHistogram::default();
+        h.record(ms(30));
+        h.record(ms(150));
+        h.record(ms(1500));
+        assert_eq!(h.at_least, [2, 2, 1, 1, 1, 0]);
+    }
+}

@@ -1,0 +1,349 @@
+//! The path core on a fake clock, one behaviour at a time. The seeded
+//! simulations of whole lines are in [`super::sim`].
+
+use super::*;
+
+fn clock() -> impl Fn(u64) -> Instant {
+    let start = Instant::now();
+    move |ms| start + Duration::from_millis(ms)
+}
+
+fn ms(n: u64) -> Duration {
+    Duration::from_millis(n)
+}
+
+/// Drives `path` from `from` to `to` (ms) in 1 ms steps: probes answered
+/// after `rtt` ms while `answering(t)`, the interface receiving a packet every
+/// ms while `receiving(t)`. Returns the events seen.
+struct Driver {
+    rx: u64,
+    /// The probes' round trip, ms.
+    rtt: u64,
+    /// Probes in flight: (seq, answer due at ms).
+    flight: Vec<(u64, u64)>,
+}
+
+impl Driver {
+    fn new() -> Self {
+        Self {
+            rx: 0,
+            rtt: 20,
+            flight: Vec::new(),
+        }
+    }
+
+    fn run(
+        &mut self,
+        path: &mut Path,
+        t: &impl Fn(u64) -> Instant,
+        from: u64,
+        to: u64,
+        answering: impl Fn(u64) -> bool,
+        receiving: impl Fn(u64) -> bool,
+    ) -> Vec<Event> {
+        let mut events = Vec::new();
+        for now in from..to {
+            let mut i = 0;
+            while i < self.flight.len() {
+                let (seq, due) = self.flight[i];
+                if due <= now {
+                    self.flight.swap_remove(i);
+                    if answering(now) {
+                        path.on_answer(t(now), seq);
+                        self.rx += 1;
+                    }
+                } else {
+                    i += 1;
+                }
+            }
+            if receiving(now) {
+                self.rx += 1;
+            }
+            path.on_counters(
+                t(now),
+                Counters {
+                    rx_packets: self.rx,
+                    rx_bytes: self.rx * 1500,
+                    tx_bytes: 0,
+                },
+            );
+            path.handle_timeout(t(now));
+            while let Some(seq) = path.poll_transmit(t(now)) {
+                self.flight.push((seq, now + self.rtt));
+            }
+            events.extend(std::iter::from_fn(|| path.poll_event()));
+        }
+        events
+    }
+}
+
+fn dead_at(events: &[Event]) -> Option<Instant> {
+    events.iter().find(|e| e.to == Verdict::Dead).map(|e| e.at)
+}
+
+fn active_path(t: &impl Fn(u64) -> Instant) -> Path {
+    let mut path = Path::new(Config::default(), t(0));
+    path.set_active(t(0), true);
+    path
+}
+
+#[test]
+fn no_verdict_before_the_first_answer() {
+    let t = clock();
+    let mut path = active_path(&t);
+    let mut d = Driver::new();
+    let events = d.run(&mut path, &t, 0, 10_000, |_| false, |_| false);
+    assert!(events.is_empty(), "{events:?}");
+    assert_eq!(path.verdict(), Verdict::Usable);
+}
+
+#[test]
+fn a_quiet_line_is_dead_after_120_ms_and_a_busy_one_after_600() {
+    let t = clock();
+    let mut quiet = active_path(&t);
+    let mut busy = active_path(&t);
+    let (mut dq, mut db) = (Driver::new(), Driver::new());
+    // Two seconds of a clean 20 ms line, then probes go unanswered at 2000.
+    let answering = |now| now < 2000;
+    let q = dq.run(&mut quiet, &t, 0, 3000, answering, answering);
+    let b = db.run(&mut busy, &t, 0, 3000, answering, |_| true);
+    // The first unanswered probe left at most 30 ms before the cut, minus
+    // the round trip.
+    let quiet_dead = dead_at(&q).expect("quiet line dead");
+    assert!(
+        quiet_dead >= t(2000 + 120 - 30) && quiet_dead <= t(2000 + 130),
+        "{q:?}"
+    );
+    let busy_dead = dead_at(&b).expect("busy line dead");
+    assert!(
+        busy_dead >= t(2000 + 600 - 30) && busy_dead <= t(2000 + 610),
+        "{b:?}"
+    );
+    assert!(matches!(
+        q.iter().find(|e| e.to == Verdict::Dead).map(|e| e.reason),
+        Some(Reason::Silent { quiet: true, .. })
+    ));
+    // Suspect first, at half the limit.
+    assert_eq!(q[0].to, Verdict::Suspect, "{q:?}");
+}
+
+#[test]
+fn an_idle_site_waits_longer() {
+    let t = clock();
+    let mut path = Path::new(Config::default(), t(0));
+    let mut d = Driver::new();
+    let events = d.run(&mut path, &t, 0, 12_000, |now| now < 5000, |_| false);
+    let dead = dead_at(&events).expect("dead");
+    // Probes every second: the first unanswered one left within a second
+    // of the cut at 5000.
+    assert!(
+        dead >= t(5000 + 3500 - 1000) && dead <= t(5000 + 1000 + 3500),
+        "{events:?}"
+    );
+}
+
+#[test]
+fn carrier_loss_is_dead_at_once_and_its_return_is_back_then_usable() {
+    let t = clock();
+    let mut path = active_path(&t);
+    let mut d = Driver::new();
+    d.run(&mut path, &t, 0, 1000, |_| true, |_| true);
+    path.set_link(t(1000), false, true);
+    assert_eq!(path.verdict(), Verdict::Dead);
+    assert_eq!(
+        path.poll_transmit(t(1000)),
+        None,
+        "no probes without carrier"
+    );
+    let events = d.run(&mut path, &t, 1000, 3000, |_| true, |_| true);
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert_eq!(events[0].reason, Reason::NoCarrier);
+    path.set_link(t(3000), true, true);
+    assert_eq!(path.verdict(), Verdict::Back);
+    let events = d.run(&mut path, &t, 3000, 5000, |_| true, |_| true);
+    assert_eq!(
+        events.iter().map(|e| (e.to, e.reason)).collect::<Vec<_>>(),
+        [
+            (Verdict::Back, Reason::LinkBack),
+            (Verdict::Usable, Reason::Settled)
+        ]
+    );
+    assert_eq!(events[1].at, t(4000));
+    // No penalty: carrier events say nothing about the line's habits.
+    assert_eq!(path.estimates(t(5000)).false_alarms, 0);
+    path.set_link(t(5000), true, false);
+    assert_eq!(path.poll_event().map(|e| e.reason), Some(Reason::NoAddress));
+}
+
+#[test]
+fn a_quick_return_is_damped_and_learned() {
+    let t = clock();
+    let mut path = active_path(&t);
+    let mut d = Driver::new();
+    d.run(&mut path, &t, 0, 2000, |_| true, |_| true);
+    assert_eq!(path.limits(t(2000)).quiet, ms(120));
+    // A 400 ms pause in delivery (nothing arrives, answers included).
+    let pause = |now| !(2000..2400).contains(&now);
+    let events = d.run(&mut path, &t, 2000, 4000, pause, pause);
+    let verdicts: Vec<Verdict> = events.iter().map(|e| e.to).collect();
+    assert_eq!(
+        verdicts,
+        [
+            Verdict::Suspect,
+            Verdict::Dead,
+            Verdict::Back,
+            Verdict::Usable
+        ],
+        "{events:?}"
+    );
+    let e = path.estimates(t(4000));
+    assert_eq!(e.false_alarms, 1);
+    assert!(e.damping > 0.9, "{e:?}");
+    // Learned (2 × about 400 ms) and damped (× about 2): the same pause
+    // again is no longer an outage.
+    assert!(e.limits.quiet >= ms(1500), "{e:?}");
+    let pause = |now| !(4000..4400).contains(&now);
+    let events = d.run(&mut path, &t, 4000, 6000, pause, pause);
+    assert!(dead_at(&events).is_none(), "{events:?}");
+}
+
+#[test]
+fn a_true_outage_is_not_learned() {
+    let t = clock();
+    let mut path = active_path(&t);
+    let mut d = Driver::new();
+    d.run(&mut path, &t, 0, 2000, |_| true, |_| true);
+    // Blackholed for 8 s.
+    let outage = |now| !(2000..10_000).contains(&now);
+    let events = d.run(&mut path, &t, 2000, 12_000, outage, outage);
+    let verdicts: Vec<Verdict> = events.iter().map(|e| e.to).collect();
+    assert_eq!(
+        verdicts,
+        [
+            Verdict::Suspect,
+            Verdict::Dead,
+            Verdict::Back,
+            Verdict::Usable
+        ],
+        "{events:?}"
+    );
+    let e = path.estimates(t(12_000));
+    assert_eq!(e.false_alarms, 0);
+    assert_eq!(e.limits.quiet, ms(120), "{e:?}");
+    // The next outage is seen as fast as the first.
+    let outage = |now| !(12_000..13_000).contains(&now);
+    let events = d.run(&mut path, &t, 12_000, 14_000, outage, outage);
+    let dead = dead_at(&events).expect("dead");
+    assert!(dead <= t(12_130), "{events:?}");
+}
+
+#[test]
+fn damping_and_learning_fade() {
+    let t = clock();
+    let mut path = active_path(&t);
+    let mut d = Driver::new();
+    d.run(&mut path, &t, 0, 2000, |_| true, |_| true);
+    let pause = |now| !(2000..2400).contains(&now);
+    d.run(&mut path, &t, 2000, 4000, pause, pause);
+    assert!(path.limits(t(4000)).quiet >= ms(1500));
+    // Ten calm minutes later the line is judged as a clean one again.
+    d.run(&mut path, &t, 4000, 600_000, |_| true, |_| true);
+    let limits = path.limits(t(600_000));
+    assert!(limits.quiet <= ms(130), "{limits:?}");
+}
+
+#[test]
+fn limits_never_pass_the_ceiling() {
+    let t = clock();
+    let mut path = active_path(&t);
+    let mut d = Driver::new();
+    d.run(&mut path, &t, 0, 1000, |_| true, |_| true);
+    // Repeated 1.4 s pauses, each a false alarm at first.
+    let mut now = 1000;
+    for _ in 0..6 {
+        let (a, b) = (now, now + 1400);
+        d.run(
+            &mut path,
+            &t,
+            now,
+            now + 3000,
+            move |x| !(a..b).contains(&x),
+            move |x| !(a..b).contains(&x),
+        );
+        now += 3000;
+    }
+    let e = path.estimates(t(now));
+    assert_eq!(e.limits.quiet, Config::default().ceiling);
+    assert_eq!(e.limits.busy, Config::default().ceiling * 2);
+    assert!(e.false_alarms <= 2, "{e:?}");
+}
+
+#[test]
+fn answers_must_match_a_probe_in_flight() {
+    let t = clock();
+    let mut path = active_path(&t);
+    let seq = path.poll_transmit(t(0)).expect("a probe is due");
+    assert_eq!(path.poll_transmit(t(1)), None, "one per period");
+    assert!(!path.on_answer(t(5), 0));
+    assert!(!path.on_answer(t(5), seq + 1), "not sent yet");
+    assert!(path.on_answer(t(20), seq));
+    assert!(!path.on_answer(t(21), seq), "a duplicate");
+    assert_eq!(path.estimates(t(21)).srtt, Some(ms(20)));
+    // A probe from before the ring wrapped is forgotten.
+    let mut last = seq;
+    for i in 1..=(RING as u64 + 1) {
+        last = path.poll_transmit(t(30 * i)).expect("due");
+    }
+    assert!(!path.on_answer(t(30 * 130), last - RING as u64));
+    assert!(path.on_answer(t(30 * 130), last));
+}
+
+#[test]
+fn silence_counts_from_the_oldest_probe_after_the_newest_answer() {
+    let t = clock();
+    let mut path = active_path(&t);
+    let a = path.poll_transmit(t(0)).expect("due");
+    let b = path.poll_transmit(t(30)).expect("due");
+    let _c = path.poll_transmit(t(60)).expect("due");
+    assert!(path.on_answer(t(40), a));
+    assert_eq!(path.waiting_since, Some(t(30)));
+    // A late answer to an older probe moves nothing back.
+    assert!(path.on_answer(t(70), b));
+    assert_eq!(path.waiting_since, Some(t(60)));
+}
+
+#[test]
+fn loss_and_rates_are_estimated() {
+    let t = clock();
+    let mut path = active_path(&t);
+    let mut d = Driver::new();
+    // Every other 30 ms probe period answered: drop answers when the
+    // answer lands in an odd 30 ms slot.
+    d.run(&mut path, &t, 0, 5000, |now| (now / 30) % 2 == 0, |_| true);
+    let e = path.estimates(t(5000));
+    assert!((0.3..0.7).contains(&e.loss), "{e:?}");
+    // A packet of 1500 bytes every ms, plus answers.
+    assert!(
+        (1_400_000..2_300_000).contains(&e.rx_bytes_per_sec),
+        "{e:?}"
+    );
+}
+
+#[test]
+fn a_new_address_starts_without_a_verdict_but_keeps_the_habits() {
+    let t = clock();
+    let mut path = active_path(&t);
+    let mut d = Driver::new();
+    d.run(&mut path, &t, 0, 2000, |_| true, |_| true);
+    let pause = |now| !(2000..2400).contains(&now);
+    d.run(&mut path, &t, 2000, 4000, pause, pause);
+    let learned = path.limits(t(4000));
+    path.readdressed(t(4000));
+    assert_eq!(path.verdict(), Verdict::Back);
+    assert_eq!(path.estimates(t(4000)).srtt, None);
+    let l = path.limits(t(4000));
+    assert_eq!(l.quiet, learned.quiet);
+    let mut d = Driver::new();
+    let events = d.run(&mut path, &t, 4000, 20_000, |_| false, |_| false);
+    assert!(dead_at(&events).is_none(), "{events:?}");
+}
