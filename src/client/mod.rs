@@ -27,6 +27,7 @@ use tracing::{info, warn};
 use tun_rs::{AsyncDevice, DeviceBuilder};
 
 use crate::config::ClientConfig;
+use crate::sys::{LinkEvents, MptcpPm};
 use redirect::{ConnectMode, FlowKey, FlowTable, RedirectAddrs};
 use tunnel::{Tunnel, Tunnels, WarmPool};
 use uplinks::{Plumbing, UplinkError};
@@ -60,6 +61,30 @@ pub enum ClientError {
     Listen {
         /// The address.
         addr: SocketAddr,
+        /// What the system said.
+        #[source]
+        source: io::Error,
+    },
+    /// The kernel's MPTCP path manager could not be opened.
+    #[error(
+        "cannot open the kernel's MPTCP path manager, which failover needs: is this kernel \
+         built with CONFIG_MPTCP and is net.mptcp.enabled=1?"
+    )]
+    PathManager {
+        /// What netlink said.
+        #[source]
+        source: crate::sys::NetlinkError,
+    },
+    /// The kernel's link and address events could not be subscribed to.
+    #[error("cannot subscribe to the kernel's link and address events, which failover needs")]
+    LinkEvents {
+        /// What the system said.
+        #[source]
+        source: io::Error,
+    },
+    /// The uplink health watcher's thread could not be started.
+    #[error("cannot start the uplink health watcher")]
+    Health {
         /// What the system said.
         #[source]
         source: io::Error,
@@ -128,7 +153,7 @@ pub async fn run(config: ClientConfig, shutdown: impl Future) -> Result<(), Clie
         .iter()
         .map(|uplink| health::Candidate {
             uplink,
-            usable: !uplink.addr.is_unspecified(),
+            rank: (!uplink.addr.is_unspecified()).then_some(0),
             rtt: None,
         })
         .collect();
@@ -168,6 +193,11 @@ pub async fn run(config: ClientConfig, shutdown: impl Future) -> Result<(), Clie
         start: Instant::now(),
     });
 
+    // Failover depends on these: without them the client must not start.
+    let pm = MptcpPm::open().map_err(|source| ClientError::PathManager { source })?;
+    let events = LinkEvents::open(health::EVENT_POLL)
+        .map_err(|source| ClientError::LinkEvents { source })?;
+
     let mut tasks = JoinSet::new();
     tasks.spawn(capture::run(shared.clone()));
     for listener in listeners {
@@ -178,6 +208,8 @@ pub async fn run(config: ClientConfig, shutdown: impl Future) -> Result<(), Clie
         shared.clone(),
         plumbing.clone(),
         uplinks.clone(),
+        pm,
+        events,
     ));
     let warm = shared.clone();
     tasks.spawn(async move {

@@ -616,19 +616,38 @@ impl Path {
     }
 
     /// When the driver should next call [`Path::handle_timeout`] (and feed
-    /// counters, while active).
+    /// counters, while active). Never before the last wake-up: a deadline
+    /// that has passed without effect (a dead line's silence, a line that
+    /// came back but was never answered) is not returned again.
     pub fn poll_timeout(&self) -> Instant {
-        let mut next = match self.last_sent {
-            Some(at) => at + self.probe_interval(),
-            None => self.last_wake,
-        };
-        if self.active {
-            next = next.min(self.last_wake + self.config.check_every);
-        } else if let Some(waiting) = self.waiting_since.filter(|_| self.ever_answered) {
-            next = next.min(waiting + self.config.idle_dead_after);
+        let c = &self.config;
+        let after = |at: Instant| (at > self.last_wake).then_some(at);
+        let mut next = self.last_wake
+            + if self.active {
+                c.check_every
+            } else {
+                c.idle_probe_every
+            };
+        if !(self.carrier && self.addressed) {
+            return next;
         }
-        if self.verdict == Verdict::Back {
-            next = next.min(self.since + self.config.probation);
+        match self.last_sent {
+            // Due now: the driver's poll_transmit sends it.
+            None => return self.last_wake,
+            Some(at) => next = next.min((at + self.probe_interval()).max(self.last_wake)),
+        }
+        if !self.active && self.verdict != Verdict::Dead && self.ever_answered {
+            if let Some(deadline) = self
+                .waiting_since
+                .and_then(|w| after(w + c.idle_dead_after))
+            {
+                next = next.min(deadline);
+            }
+        }
+        if self.verdict == Verdict::Back && self.ever_answered {
+            if let Some(deadline) = after(self.since + c.probation) {
+                next = next.min(deadline);
+            }
         }
         next
     }
