@@ -47,7 +47,7 @@ use crate::sys::{LinkEvent, LinkEvents, MptcpPm};
 use crate::wire::probe::{Kind, Probe, MAX_LEN};
 
 /// How long the event thread blocks before checking whether it should end.
-const POLL: Duration = Duration::from_millis(500);
+pub(super) const POLL: Duration = Duration::from_millis(500);
 
 /// Time between probes on each uplink while the site has flows.
 const PROBE_EVERY: Duration = Duration::from_millis(30);
@@ -169,27 +169,24 @@ pub(super) fn pick_source(candidates: &[Candidate<'_>], current: Option<IpAddr>)
 
 /// Watches the uplinks until the client stops; never returns otherwise (a
 /// failure to watch is logged and leaves the uplinks as they are).
-/// `plumbing` moves an uplink's rule when its address changes.
+/// `plumbing` moves an uplink's rule when its address changes. `pm` and
+/// `link_events` are opened by the caller before the client is ready, so
+/// that failing to open them is a start-up error.
 pub(super) async fn watch(
     shared: Arc<Shared>,
     plumbing: Arc<Mutex<Plumbing>>,
     uplinks: Vec<Uplink>,
+    pm: MptcpPm,
+    link_events: LinkEvents,
 ) -> Result<(), ClientError> {
     let (tx, mut rx) = mpsc::channel::<Report>(64);
     let link_tx = tx.clone();
     let reader = thread::Builder::new()
         .name("mpbond-links".into())
-        .spawn(move || read_events(link_tx));
+        .spawn(move || read_events(link_events, link_tx));
     if let Err(e) = reader {
         warn!(error = %e, "cannot start the link watcher; carrier loss goes unnoticed");
     }
-    let pm = match MptcpPm::open() {
-        Ok(pm) => pm,
-        Err(e) => {
-            warn!(error = %e, "cannot open the MPTCP path manager; uplink outages go unnoticed");
-            return std::future::pending().await;
-        }
-    };
     // Dropped (and so stopped) with this task.
     let mut probes = JoinSet::new();
     let mut states: Vec<State> = uplinks
@@ -626,14 +623,7 @@ fn apply(pm: &MptcpPm, state: &State, why: &str) {
 }
 
 /// Reads link events and passes them on until the receiver is gone.
-fn read_events(tx: mpsc::Sender<Report>) {
-    let mut events = match LinkEvents::open(POLL) {
-        Ok(events) => events,
-        Err(e) => {
-            warn!(error = %e, "cannot subscribe to link events; uplink outages go unnoticed");
-            return;
-        }
-    };
+fn read_events(mut events: LinkEvents, tx: mpsc::Sender<Report>) {
     while !tx.is_closed() {
         match events.receive() {
             Ok(batch) if batch.is_empty() => {}
