@@ -194,8 +194,8 @@ impl Concentrator {
                 _ = &mut shutdown => break,
                 Some(joined) = async { Some((&mut probe_task.as_mut()?).await) } => {
                     probe_task = None;
-                    if let Err(source) = joined {
-                        result = Err(ConcentratorError::TaskPanicked { task: "probe echo", source });
+                    result = task_ended("probe echo", joined);
+                    if result.is_err() {
                         break;
                     }
                 }
@@ -269,6 +269,13 @@ pub async fn run(
     };
     let (concentrator, _) = Concentrator::bind(config)?;
     concentrator.serve(shutdown).await
+}
+
+/// What the end of a task the concentrator cannot run without means: a
+/// return is fine (the task logged why it stopped), a panic is
+/// [`ConcentratorError::TaskPanicked`].
+fn task_ended(task: &'static str, joined: Result<(), JoinError>) -> Result<(), ConcentratorError> {
+    joined.map_err(|source| ConcentratorError::TaskPanicked { task, source })
 }
 
 /// One client connection, from accept to close; runs in its span.
@@ -357,4 +364,26 @@ async fn connection(shared: Arc<Shared>, mut stream: TcpStream, handshake: Owned
         Err(e) => info!(error = %Chain(&e), "connection reset"),
     }
     drop(admitted);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_panicked_task_is_an_error_naming_it() {
+        let joined = tokio::spawn(async { panic!("test panic in the probe echo") }).await;
+        let error = task_ended("probe echo", joined).expect_err("a panic is an error");
+        assert_eq!(
+            error.to_string(),
+            "the concentrator's probe echo task panicked; exiting so that a supervisor \
+             restarts the concentrator"
+        );
+        let source = std::error::Error::source(&error).expect("the panic is the source");
+        assert!(
+            source.to_string().contains("test panic in the probe echo"),
+            "{source}"
+        );
+        assert!(task_ended("probe echo", tokio::spawn(async {}).await).is_ok());
+    }
 }
