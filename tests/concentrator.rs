@@ -623,7 +623,10 @@ async fn shutdown_stops_accepting() {
         let (stop, stopped) = oneshot::channel::<()>();
         let serving = tokio::spawn(concentrator.serve(stopped));
         stop.send(()).expect("concentrator running");
-        serving.await.expect("serve returns after shutdown");
+        serving
+            .await
+            .expect("serve returns after shutdown")
+            .expect("serve ends without error");
         let err = TcpStream::connect(addr)
             .await
             .expect_err("the listener must be closed");

@@ -1,4 +1,5 @@
-//! Fuzzes the TUN packet views: classification, the checked TCP view and its
+//! Fuzzes the TUN packet views: classification, the per-protocol views
+//! (`wire::{ipv4, ipv6, tcp, icmp}`), the combined TCP view and its
 //! accessors, the in-place rewrite, and the RST and ICMP builders.
 //!
 //! Besides "no panic", it checks that a rewrite keeps correct checksums
@@ -10,8 +11,9 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use libfuzzer_sys::fuzz_target;
-use mpbond::wire::packet::{
-    build_icmp_unreachable_for, build_rst_for, classify, Protocol, TcpPacket,
+use mpbond::wire::{
+    build_icmp_unreachable_for, build_rst_for, classify, icmp, ipv4, ipv6, tcp, Protocol,
+    TcpPacket,
 };
 
 /// Addresses to rewrite to, taken from the input's last bytes so the fuzzer
@@ -45,7 +47,36 @@ fn targets(data: &[u8], ipv6: bool) -> (SocketAddr, SocketAddr) {
     }
 }
 
+/// Every accessor of every per-protocol view that accepts `data`; they
+/// must not panic, and the lengths they report must lie in the buffer.
+fn views(data: &[u8]) {
+    if let Ok(packet) = ipv4::Packet::new_checked(data) {
+        assert!(packet.header_len() <= packet.total_len() && packet.total_len() <= data.len());
+        assert_eq!(packet.header().len() + packet.payload().len(), packet.total_len());
+        let _ = (packet.protocol(), packet.src_addr(), packet.dst_addr());
+        let _ = (packet.fragment_offset(), packet.more_fragments());
+        let _ = packet.verify_checksum();
+    }
+    if let Ok(packet) = ipv6::Packet::new_checked(data) {
+        assert_eq!(packet.packet().len(), packet.packet_len());
+        let _ = (packet.next_header(), packet.src_addr(), packet.dst_addr());
+        if let Ok(upper) = packet.upper_layer() {
+            assert!(upper.offset <= packet.packet_len());
+        }
+    }
+    if let Ok(segment) = tcp::Packet::new_checked(data) {
+        assert_eq!(segment.header_len() + segment.payload().len(), data.len());
+        let _ = (segment.src_port(), segment.dst_port(), segment.flags());
+        let _ = (segment.seq_number(), segment.ack_number());
+    }
+    if let Ok(message) = icmp::Packet::new_checked(data) {
+        let _ = (message.msg_type(), message.code(), message.checksum());
+        assert_eq!(message.data().len() + icmp::HEADER_LEN, data.len());
+    }
+}
+
 fuzz_target!(|data: &[u8]| {
+    views(data);
     let protocol = classify(data);
 
     for from in [

@@ -10,7 +10,7 @@ use tracing::{debug, info, trace};
 
 use super::redirect::{Decision, Flow, FlowKey};
 use super::{ClientError, Shared};
-use crate::wire::packet::{build_icmp_unreachable_for, build_rst_for, TcpPacket};
+use crate::wire::{build_icmp_unreachable_for, build_rst_for, TcpPacket};
 
 /// Largest packet read from the TUN (no offloads: at most the MTU).
 const MAX_PACKET: usize = 65_535;

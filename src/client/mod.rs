@@ -22,12 +22,12 @@ use std::time::{Duration, Instant};
 
 use socket2::{Domain, SockAddr, Socket, Type};
 use tokio::net::TcpListener;
-use tokio::task::JoinSet;
+use tokio::task::{JoinError, JoinSet};
 use tracing::{info, warn};
 use tun_rs::{AsyncDevice, DeviceBuilder};
 
 use crate::config::ClientConfig;
-use crate::sys::{LinkEvents, MptcpPm};
+use crate::sys::{LinkEvents, MptcpPm, NetlinkError};
 use redirect::{ConnectMode, FlowKey, FlowTable, RedirectAddrs};
 use tunnel::{Tunnel, Tunnels, WarmPool};
 use uplinks::{Plumbing, UplinkError};
@@ -65,23 +65,6 @@ pub enum ClientError {
         #[source]
         source: io::Error,
     },
-    /// The kernel's MPTCP path manager could not be opened.
-    #[error(
-        "cannot open the kernel's MPTCP path manager, which failover needs: is this kernel \
-         built with CONFIG_MPTCP and is net.mptcp.enabled=1?"
-    )]
-    PathManager {
-        /// What netlink said.
-        #[source]
-        source: crate::sys::NetlinkError,
-    },
-    /// The kernel's link and address events could not be subscribed to.
-    #[error("cannot subscribe to the kernel's link and address events, which failover needs")]
-    LinkEvents {
-        /// What the system said.
-        #[source]
-        source: io::Error,
-    },
     /// The uplink health watcher's thread could not be started.
     #[error("cannot start the uplink health watcher")]
     Health {
@@ -97,6 +80,36 @@ pub enum ClientError {
         /// What the system said.
         #[source]
         source: io::Error,
+    },
+    /// Uplink health could not open its own handle on the path manager,
+    /// without which it cannot move traffic off a failed uplink.
+    #[error(
+        "uplink health cannot reach the kernel's MPTCP path manager, so failover would \
+         never happen: check that the kernel has CONFIG_MPTCP and that \
+         net.mptcp.enabled=1 (sysctl)"
+    )]
+    HealthPathManager(#[source] NetlinkError),
+    /// Uplink health could not subscribe to the kernel's link and address
+    /// events.
+    #[error(
+        "uplink health cannot subscribe to the kernel's link and address events \
+         (rtnetlink), so carrier loss would go unnoticed: check the process's \
+         file descriptor limit and that no sandbox denies netlink sockets"
+    )]
+    HealthLinkEvents(#[source] io::Error),
+    /// A task the client cannot run without panicked (or was cancelled,
+    /// which nothing does before shutdown). One flow's relay task is not
+    /// such a task: its panic ends that flow alone.
+    #[error(
+        "the client's {task} task panicked; exiting so that a supervisor \
+         restarts the client"
+    )]
+    TaskPanicked {
+        /// Which task: "capture", "accept", "expire", "health" or "warm pool".
+        task: &'static str,
+        /// The panic, with its message.
+        #[source]
+        source: JoinError,
     },
 }
 
@@ -147,6 +160,11 @@ pub async fn run(config: ClientConfig, shutdown: impl Future) -> Result<(), Clie
         })?;
     info!(name = %tun_config.name, ipv4 = %tun_config.ipv4, ipv6 = %tun_config.ipv6, "TUN device up");
 
+    // Opened before anything is installed: without them health would only
+    // log and failover would silently never happen.
+    let pm = MptcpPm::open().map_err(ClientError::HealthPathManager)?;
+    let link_events = LinkEvents::open(health::EVENT_POLL).map_err(ClientError::HealthLinkEvents)?;
+
     let plumbing = Plumbing::install(&config.uplinks, &tun_config.name, config.concentrator.ip())?;
     let uplinks = plumbing.uplinks();
     let candidates: Vec<health::Candidate<'_>> = uplinks
@@ -193,26 +211,24 @@ pub async fn run(config: ClientConfig, shutdown: impl Future) -> Result<(), Clie
         start: Instant::now(),
     });
 
-    // Failover depends on these: without them the client must not start.
-    let pm = MptcpPm::open().map_err(|source| ClientError::PathManager { source })?;
-    let events = LinkEvents::open(health::EVENT_POLL)
-        .map_err(|source| ClientError::LinkEvents { source })?;
-
-    let mut tasks = JoinSet::new();
-    tasks.spawn(capture::run(shared.clone()));
+    let mut tasks = Tasks::default();
+    tasks.spawn("capture", capture::run(shared.clone()));
     for listener in listeners {
-        tasks.spawn(flow::accept_loop(shared.clone(), listener));
+        tasks.spawn("accept", flow::accept_loop(shared.clone(), listener));
     }
-    tasks.spawn(expire_loop(shared.clone()));
-    tasks.spawn(health::watch(
-        shared.clone(),
-        plumbing.clone(),
-        uplinks.clone(),
-        pm,
-        events,
-    ));
+    tasks.spawn("expire", expire_loop(shared.clone()));
+    tasks.spawn(
+        "health",
+        health::watch(
+            shared.clone(),
+            plumbing.clone(),
+            uplinks.clone(),
+            pm,
+            link_events,
+        ),
+    );
     let warm = shared.clone();
-    tasks.spawn(async move {
+    tasks.spawn("warm pool", async move {
         warm.tunnels.keep_warm().await;
         Ok(())
     });
@@ -229,15 +245,9 @@ pub async fn run(config: ClientConfig, shutdown: impl Future) -> Result<(), Clie
             info!("stopping");
             Ok(())
         }
-        Some(ended) = tasks.join_next() => match ended {
-            Ok(result) => result,
-            Err(e) => {
-                warn!(error = %e, "a client task panicked");
-                Ok(())
-            }
-        },
+        Some(ended) = tasks.join_next() => ended,
     };
-    tasks.shutdown().await;
+    tasks.set.shutdown().await;
     drop(shared);
     let removed = plumbing.lock().unwrap_or_else(|e| e.into_inner()).remove();
     match removed {
@@ -245,6 +255,39 @@ pub async fn run(config: ClientConfig, shutdown: impl Future) -> Result<(), Clie
         Err(e) => warn!(error = %e, "could not remove all of the uplink set-up"),
     }
     result
+}
+
+/// The client's top-level tasks, each with a name for the error that says
+/// which one panicked.
+#[derive(Default)]
+struct Tasks {
+    set: JoinSet<Result<(), ClientError>>,
+    names: HashMap<tokio::task::Id, &'static str>,
+}
+
+impl Tasks {
+    fn spawn(
+        &mut self,
+        name: &'static str,
+        task: impl Future<Output = Result<(), ClientError>> + Send + 'static,
+    ) {
+        let id = self.set.spawn(task).id();
+        self.names.insert(id, name);
+    }
+
+    /// Waits for the next task to end and says what that means for the
+    /// client: the task's own result, or [`ClientError::TaskPanicked`].
+    /// `None` when no task is left.
+    async fn join_next(&mut self) -> Option<Result<(), ClientError>> {
+        let joined = self.set.join_next_with_id().await?;
+        Some(match joined {
+            Ok((_, result)) => result,
+            Err(source) => Err(ClientError::TaskPanicked {
+                task: self.names.get(&source.id()).copied().unwrap_or("unnamed"),
+                source,
+            }),
+        })
+    }
 }
 
 /// A listener on a TUN address. Bound with `IP_FREEBIND`: the TUN's IPv6
@@ -276,5 +319,44 @@ async fn expire_loop(shared: Arc<Shared>) -> Result<(), ClientError> {
         shared
             .parked()
             .retain(|_, (at, _)| at.elapsed() < redirect::UNCLAIMED_TIMEOUT);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_panicked_task_is_an_error_naming_it() {
+        let mut tasks = Tasks::default();
+        tasks.spawn("expire", std::future::pending());
+        tasks.spawn("capture", async { panic!("test panic in capture") });
+        let ended = tasks.join_next().await.expect("a task ended");
+        let Err(
+            error @ ClientError::TaskPanicked {
+                task: "capture", ..
+            },
+        ) = ended
+        else {
+            panic!("expected the capture task's panic, got {ended:?}");
+        };
+        assert_eq!(
+            error.to_string(),
+            "the client's capture task panicked; exiting so that a supervisor restarts the client"
+        );
+        let source = std::error::Error::source(&error).expect("the panic is the source");
+        assert!(
+            source.to_string().contains("test panic in capture"),
+            "{source}"
+        );
+        tasks.set.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn a_task_that_ends_gives_its_own_result() {
+        let mut tasks = Tasks::default();
+        tasks.spawn("expire", async { Ok(()) });
+        assert!(matches!(tasks.join_next().await, Some(Ok(()))));
+        assert!(tasks.join_next().await.is_none());
     }
 }

@@ -17,7 +17,7 @@ use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::Duration;
 
-use crate::wire::packet::{build_rst_for, PacketError, TcpPacket};
+use crate::wire::{build_rst_for, PacketError, TcpPacket};
 
 /// Lowest fake peer port handed out.
 const FIRST_PORT: u16 = 1024;

@@ -72,6 +72,20 @@ pub enum ConcentratorError {
         /// The id.
         id: ClientId,
     },
+    /// A task the concentrator cannot run without panicked. One
+    /// connection's task is not such a task: its panic ends that connection
+    /// alone.
+    #[error(
+        "the concentrator's {task} task panicked; exiting so that a supervisor \
+         restarts the concentrator"
+    )]
+    TaskPanicked {
+        /// Which task.
+        task: &'static str,
+        /// The panic, with its message.
+        #[source]
+        source: JoinError,
+    },
 }
 
 /// A concentrator bound to its listen address, ready to serve.
@@ -158,19 +172,33 @@ impl Concentrator {
     /// Serves clients until `shutdown` completes; then stops accepting,
     /// gives open connections [`SHUTDOWN_GRACE`] to finish and resets the
     /// rest.
-    pub async fn serve(self, shutdown: impl Future) {
+    ///
+    /// # Errors
+    ///
+    /// [`ConcentratorError::TaskPanicked`] if the probe echo's task
+    /// panicked; connections are then wound down as on shutdown. A
+    /// connection task's panic is only logged.
+    pub async fn serve(self, shutdown: impl Future) -> Result<(), ConcentratorError> {
         let Self {
             listener,
             probes,
             shared,
         } = self;
-        let probe_task =
+        let mut probe_task =
             probes.map(|socket| tokio::spawn(probe::serve(socket, Arc::clone(&shared.clients))));
         let mut connections = JoinSet::new();
+        let mut result = Ok(());
         tokio::pin!(shutdown);
         loop {
             tokio::select! {
                 _ = &mut shutdown => break,
+                Some(joined) = async { Some((&mut probe_task.as_mut()?).await) } => {
+                    probe_task = None;
+                    result = task_ended("probe echo", joined);
+                    if result.is_err() {
+                        break;
+                    }
+                }
                 Some(joined) = connections.join_next(), if !connections.is_empty() => {
                     if let Some(e) = joined.err().filter(JoinError::is_panic) {
                         warn!(error = %e, "a connection task panicked");
@@ -220,6 +248,7 @@ impl Concentrator {
             connections.shutdown().await;
         }
         info!("concentrator stopped");
+        result
     }
 }
 
@@ -239,8 +268,14 @@ pub async fn run(
         }
     };
     let (concentrator, _) = Concentrator::bind(config)?;
-    concentrator.serve(shutdown).await;
-    Ok(())
+    concentrator.serve(shutdown).await
+}
+
+/// What the end of a task the concentrator cannot run without means: a
+/// return is fine (the task logged why it stopped), a panic is
+/// [`ConcentratorError::TaskPanicked`].
+fn task_ended(task: &'static str, joined: Result<(), JoinError>) -> Result<(), ConcentratorError> {
+    joined.map_err(|source| ConcentratorError::TaskPanicked { task, source })
 }
 
 /// One client connection, from accept to close; runs in its span.
@@ -329,4 +364,26 @@ async fn connection(shared: Arc<Shared>, mut stream: TcpStream, handshake: Owned
         Err(e) => info!(error = %Chain(&e), "connection reset"),
     }
     drop(admitted);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_panicked_task_is_an_error_naming_it() {
+        let joined = tokio::spawn(async { panic!("test panic in the probe echo") }).await;
+        let error = task_ended("probe echo", joined).expect_err("a panic is an error");
+        assert_eq!(
+            error.to_string(),
+            "the concentrator's probe echo task panicked; exiting so that a supervisor \
+             restarts the concentrator"
+        );
+        let source = std::error::Error::source(&error).expect("the panic is the source");
+        assert!(
+            source.to_string().contains("test panic in the probe echo"),
+            "{source}"
+        );
+        assert!(task_ended("probe echo", tokio::spawn(async {}).await).is_ok());
+    }
 }

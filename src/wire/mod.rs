@@ -2,10 +2,52 @@
 //! TUN device, each with a fuzz target in `fuzz/`.
 //!
 //! [`convert`] is the connect header (RFC 8803 layout plus mpbond's
-//! authentication TLV); [`packet`] is the IP/TCP view and in-place rewrite
-//! the client's redirect uses; [`probe`] is the authenticated UDP echo that
-//! tells the client whether an uplink still reaches the concentrator.
+//! authentication TLV); [`probe`] is the authenticated UDP echo that tells
+//! the client whether an uplink still reaches the concentrator.
+//!
+//! The packets the client reads from its TUN device, one module per
+//! protocol as smoltcp's `wire` has them: [`ipv4`], [`ipv6`] and [`tcp`]
+//! are checked views of one header each, [`icmp`] the ICMP messages, and
+//! [`checksum`] the Internet checksum with RFC 1624 incremental updates.
+//! [`ip`] joins them for the redirect: [`classify`] sorts packets by
+//! protocol, [`TcpPacket`] is an IPv4 or IPv6 packet carrying one TCP
+//! segment, rewritten in place; [`build_rst_for`] and
+//! [`build_icmp_unreachable_for`] answer a LAN host when the tunnel
+//! refuses a connection.
 
+pub mod checksum;
 pub mod convert;
-pub mod packet;
+pub mod icmp;
+pub mod ip;
+pub mod ipv4;
+pub mod ipv6;
 pub mod probe;
+pub mod tcp;
+
+#[cfg(test)]
+mod test_packets;
+
+pub use icmp::build_icmp_unreachable_for;
+pub use ip::{classify, PacketError, Protocol, TcpPacket};
+pub use tcp::{build_rst_for, TcpFlags};
+
+/// The `N` bytes at `at`, if the buffer has them.
+fn bytes<const N: usize>(buf: &[u8], at: usize) -> Option<[u8; N]> {
+    buf.get(at..at.checked_add(N)?)?.try_into().ok()
+}
+
+/// The byte at `at`, or 0 past the end. Views read only what `new_checked`
+/// made sure is there; the 0 keeps even a misuse from panicking.
+fn byte(buf: &[u8], at: usize) -> u8 {
+    buf.get(at).copied().unwrap_or(0)
+}
+
+/// The big-endian 16-bit word at `at`, or 0 past the end.
+fn be16(buf: &[u8], at: usize) -> u16 {
+    bytes(buf, at).map_or(0, u16::from_be_bytes)
+}
+
+/// The big-endian 32-bit word at `at`, or 0 past the end.
+fn be32(buf: &[u8], at: usize) -> u32 {
+    bytes(buf, at).map_or(0, u32::from_be_bytes)
+}

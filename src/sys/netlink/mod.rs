@@ -15,8 +15,6 @@ mod events;
 mod mptcp;
 mod route;
 mod socket;
-#[cfg(test)]
-mod tests;
 
 use std::ffi::CStr;
 use std::io;

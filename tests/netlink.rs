@@ -1,97 +1,33 @@
-//! The netlink code against the real kernel, each test in a network
-//! namespace of its own (`mpbt-nl-PID-N`, apart from the lab's `mpb-*`),
-//! checked with the `ip` tool. They need root and fail without it.
+//! The netlink code of `mpbond::sys` against the real kernel, each test in
+//! a network namespace of its own (`mpbt-nl-PID-N`, apart from the lab's
+//! `mpb-*`), checked with the `ip` tool. They need root and fail without
+//! it.
+
+mod netns;
 
 use std::net::IpAddr;
-use std::panic;
-use std::process::Command;
-use std::sync::atomic::{AtomicUsize, Ordering};
 
-use super::*;
-use crate::sys::{enter_netns, interface_index};
+use mpbond::sys::{
+    AddressFamily, EndpointFlags, FlushReport, MptcpEndpoint, MptcpLimits, MptcpPm, Route, Rtnl,
+    Rule, MPBOND_RTPROT,
+};
+use netns::{lines, TestNs};
 
-static NEXT_NS: AtomicUsize = AtomicUsize::new(0);
-
-/// A named network namespace, deleted on drop (also when a test fails).
-struct TestNs {
-    name: String,
-}
-
-impl TestNs {
-    /// A namespace with one uplink-like interface `d0`: the end of a veth
-    /// pair (this kernel has no `dummy` driver) with carrier, 10.77.1.2/24
-    /// and fd77:1::2/64.
-    fn with_uplink() -> Self {
-        let name = format!(
-            "mpbt-nl-{}-{}",
-            std::process::id(),
-            NEXT_NS.fetch_add(1, Ordering::Relaxed)
-        );
-        run_ip(&["netns", "add", &name]);
-        let ns = Self { name };
-        ns.ip(&["link", "add", "d0", "type", "veth", "peer", "name", "d0p"]);
-        ns.ip(&["link", "set", "d0p", "up"]);
-        ns.ip(&["link", "set", "d0", "up"]);
-        ns.ip(&["addr", "add", "10.77.1.2/24", "dev", "d0"]);
-        ns.ip(&["addr", "add", "fd77:1::2/64", "dev", "d0", "nodad"]);
-        ns
-    }
-
-    /// `ip -N -n NAME ARGS`, which must succeed; its output.
-    fn ip(&self, args: &[&str]) -> String {
-        let mut all = vec!["-N", "-n", &self.name];
-        all.extend_from_slice(args);
-        run_ip(&all)
-    }
-
-    /// Runs `f` on a thread inside the namespace; a panic there fails the
-    /// test after the namespace is gone.
-    fn run<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
-        std::thread::scope(|scope| {
-            let thread = scope.spawn(|| {
-                enter_netns(&self.name).expect("enter the test namespace");
-                f()
-            });
-            thread
-                .join()
-                .unwrap_or_else(|panic| panic::resume_unwind(panic))
-        })
-    }
-}
-
-impl Drop for TestNs {
-    fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .status();
-    }
-}
-
-fn run_ip(args: &[&str]) -> String {
-    let out = Command::new("ip")
-        .args(args)
-        .output()
-        .expect("run ip (iproute2)");
-    assert!(
-        out.status.success(),
-        "ip {} failed (these tests need root): {}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// The output's lines, trimmed, for exact comparisons.
-fn lines(out: &str) -> Vec<String> {
-    out.lines().map(|l| l.trim().to_owned()).collect()
+/// A namespace with one uplink-like interface `d0` with carrier,
+/// 10.77.1.2/24 and fd77:1::2/64.
+fn with_uplink() -> TestNs {
+    let ns = TestNs::new("nl");
+    ns.veth("d0", &["10.77.1.2/24", "fd77:1::2/64"]);
+    ns
 }
 
 fn addr(s: &str) -> IpAddr {
     s.parse().expect("address")
 }
 
-fn d0() -> u32 {
-    interface_index("d0").expect("d0 exists")
+/// `d0`'s index, from `ip` rather than the code under test.
+fn d0(ns: &TestNs) -> u32 {
+    ns.link_index("d0")
 }
 
 fn endpoint(id: u8, a: &str, ifindex: Option<u32>, flags: EndpointFlags) -> MptcpEndpoint {
@@ -121,7 +57,7 @@ fn handles_can_be_shared_between_threads() {
 
 #[test]
 fn mptcp_limits_roundtrip() {
-    let ns = TestNs::with_uplink();
+    let ns = with_uplink();
     ns.run(|| {
         let pm = MptcpPm::open().expect("open mptcp_pm");
         let limits = MptcpLimits {
@@ -151,10 +87,10 @@ fn mptcp_limits_roundtrip() {
 
 #[test]
 fn mptcp_endpoints_add_list_change_delete() {
-    let ns = TestNs::with_uplink();
+    let ns = with_uplink();
     ns.run(|| {
         let pm = MptcpPm::open().expect("open mptcp_pm");
-        let d0 = d0();
+        let d0 = d0(&ns);
         let backup = EndpointFlags {
             backup: true,
             ..SUBFLOW
@@ -251,10 +187,10 @@ fn our_route(table: u32, dst: (&str, u8), gw: Option<&str>, ifindex: Option<u32>
 
 #[test]
 fn routes_v4_and_v6_in_a_table() {
-    let ns = TestNs::with_uplink();
+    let ns = with_uplink();
     ns.run(|| {
         let rtnl = Rtnl::open().expect("open rtnl");
-        let d0 = Some(d0());
+        let d0 = Some(d0(&ns));
         let v4 = our_route(101, ("0.0.0.0", 0), Some("10.77.1.1"), d0);
         let v6 = our_route(101, ("::", 0), Some("fd77:1::1"), d0);
         let onlink = Route {
@@ -348,7 +284,7 @@ fn client_rules() -> Vec<Rule> {
 
 #[test]
 fn rules_v4_and_v6() {
-    let ns = TestNs::with_uplink();
+    let ns = with_uplink();
     ns.run(|| {
         let rtnl = Rtnl::open().expect("open rtnl");
         let rules = client_rules();
@@ -384,10 +320,10 @@ fn rules_v4_and_v6() {
 
 #[test]
 fn flush_owned_removes_ours_and_nothing_else() {
-    let ns = TestNs::with_uplink();
+    let ns = with_uplink();
     ns.run(|| {
         let rtnl = Rtnl::open().expect("open rtnl");
-        let d0 = Some(d0());
+        let d0 = Some(d0(&ns));
         let routes = [
             our_route(101, ("0.0.0.0", 0), Some("10.77.1.1"), d0),
             our_route(101, ("::", 0), Some("fd77:1::1"), d0),
@@ -507,7 +443,7 @@ fn flush_owned_removes_ours_and_nothing_else() {
 
 #[test]
 fn link_index_and_global_addresses() {
-    let ns = TestNs::with_uplink();
+    let ns = with_uplink();
     ns.ip(&["addr", "add", "10.77.2.2/24", "dev", "d0"]);
     ns.ip(&[
         "addr",
@@ -522,10 +458,10 @@ fn link_index_and_global_addresses() {
     ns.run(|| {
         let rtnl = Rtnl::open().expect("open rtnl");
         let index = rtnl.link_index("d0").expect("look up d0");
-        assert_eq!(index, Some(d0()));
+        assert_eq!(index, Some(d0(&ns)));
         assert_eq!(rtnl.link_index("nosuch0").expect("look up"), None);
 
-        let mut addrs = rtnl.addresses(d0()).expect("addresses of d0");
+        let mut addrs = rtnl.addresses(d0(&ns)).expect("addresses of d0");
         addrs.sort();
         // Not the link-local ones (fe80::/64, 169.254/16) nor d0p's.
         assert_eq!(
@@ -544,7 +480,7 @@ fn link_index_and_global_addresses() {
 
 #[test]
 fn bad_input_gives_clean_errors() {
-    let ns = TestNs::with_uplink();
+    let ns = with_uplink();
     ns.run(|| {
         let rtnl = Rtnl::open().expect("open rtnl");
         let err = rtnl.link_index("bad/name").expect_err("not a name");
@@ -575,7 +511,7 @@ fn bad_input_gives_clean_errors() {
             "cannot add route 0.0.0.0/0 via 10.77.1.1 dev #9999 table 101 proto 109"
         );
         let err = rtnl
-            .add_route(&our_route(101, ("10.1.2.3", 8), None, Some(d0())))
+            .add_route(&our_route(101, ("10.1.2.3", 8), None, Some(d0(&ns))))
             .expect_err("host bits");
         assert_eq!(err.errno(), None);
         let err = rtnl
@@ -583,7 +519,7 @@ fn bad_input_gives_clean_errors() {
                 101,
                 ("0.0.0.0", 0),
                 Some("10.200.0.1"),
-                Some(d0()),
+                Some(d0(&ns)),
             ))
             .expect_err("unreachable gateway");
         assert!(err.errno().is_some(), "{err:?}");
@@ -605,4 +541,28 @@ fn bad_input_gives_clean_errors() {
         assert_eq!(err.errno(), Some(libc::EINVAL));
         assert_eq!(ns.ip(&["mptcp", "endpoint", "show"]), "");
     });
+}
+
+#[test]
+fn test_namespaces_are_deleted_when_the_test_fails() {
+    let listed = |name: &str| {
+        netns::run_ip(&["netns", "list"])
+            .lines()
+            .any(|l| l.split_whitespace().next() == Some(name))
+    };
+    let mut name = String::new();
+    let failed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let ns = with_uplink();
+        name = ns.name().to_owned();
+        assert!(listed(&name), "{name} exists while in use");
+        let pid = name.rsplit('-').nth(1).expect("a PID field");
+        assert_eq!(
+            pid,
+            std::process::id().to_string(),
+            "test.sh's leak check reads it"
+        );
+        ns.run(|| panic!("a failing test"));
+    }));
+    assert!(failed.is_err());
+    assert!(!listed(&name), "{name} left behind by a failed test");
 }
