@@ -14,10 +14,10 @@
 //! - **back**: the endpoint is added again, so running connections get a
 //!   fresh subflow on it (the kernel never re-creates a subflow a link flap
 //!   closed);
-//! - **suspect** costs nothing: only new tunnels prefer other lines.
+//! - **suspect** costs nothing: it is only reported.
 //!
-//! New tunnels start on the best line: usable before back before suspect,
-//! non-backup before backup, then the shortest probe round trip. There is
+//! New tunnels start on the best line: settled before back, non-backup
+//! before backup, then the shortest probe round trip. There is
 //! no master.
 //!
 //! When an uplink's interface gets a new address (a 4G line renumbered by
@@ -631,7 +631,7 @@ mod tests {
     }
 
     #[test]
-    fn new_tunnels_prefer_a_settled_line_over_one_on_probation_or_suspect() {
+    fn new_tunnels_prefer_a_settled_line_over_one_on_probation() {
         let dsl = uplink("dsl", "10.77.1.2", false);
         let lte = uplink("lte", "10.77.2.2", false);
         let ms = |n| Some(Duration::from_millis(n));
@@ -640,33 +640,20 @@ mod tests {
             rank: verdict.rank(),
             rtt,
         };
-        // A faster line that just came back, or is suspect, waits.
-        for waiting in [Verdict::Back, Verdict::Suspect] {
-            assert_eq!(
-                pick_source(
-                    &[c(&dsl, Verdict::Usable, ms(80)), c(&lte, waiting, ms(20))],
-                    Some(dsl.addr)
-                ),
-                Some(dsl.addr)
-            );
-        }
-        // Back beats suspect; anything beats dead.
+        // A faster line that just came back waits; a suspect one counts
+        // as usable.
+        let pick = |lte_verdict| {
+            pick_source(
+                &[c(&dsl, Verdict::Usable, ms(80)), c(&lte, lte_verdict, ms(20))],
+                Some(dsl.addr),
+            )
+        };
+        assert_eq!(pick(Verdict::Back), Some(dsl.addr));
+        assert_eq!(pick(Verdict::Suspect), Some(lte.addr));
+        assert_eq!(pick(Verdict::Dead), Some(dsl.addr));
         assert_eq!(
             pick_source(
-                &[
-                    c(&dsl, Verdict::Suspect, ms(20)),
-                    c(&lte, Verdict::Back, ms(80))
-                ],
-                Some(dsl.addr)
-            ),
-            Some(lte.addr)
-        );
-        assert_eq!(
-            pick_source(
-                &[
-                    c(&dsl, Verdict::Dead, ms(20)),
-                    c(&lte, Verdict::Suspect, ms(80))
-                ],
+                &[c(&dsl, Verdict::Dead, ms(20)), c(&lte, Verdict::Back, ms(80))],
                 None
             ),
             Some(lte.addr)

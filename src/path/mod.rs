@@ -12,8 +12,8 @@
 //! # Verdicts
 //!
 //! - **usable**: the line carries traffic and new tunnels may start on it.
-//! - **suspect**: silent for half its limit: traffic stays, new tunnels
-//!   prefer other lines. Costs nothing if it was a hiccup.
+//! - **suspect**: silent for half its limit: nothing changes yet (a
+//!   status view shows it). Costs nothing if it was a hiccup.
 //! - **dead**: silent past its limit, or no carrier or address: the driver
 //!   takes the line out (its MPTCP endpoint is removed, so both ends move
 //!   its traffic at once).
@@ -147,11 +147,13 @@ impl Verdict {
     }
 
     /// Preference for new tunnels: lower is better, `None` for a dead line.
+    /// A suspect line ranks as a usable one: moving new tunnels off it on
+    /// every hiccup throws the warm tunnels away, and tunnels opened
+    /// elsewhere while it is still in the path manager try to join it.
     pub fn rank(self) -> Option<u8> {
         match self {
-            Verdict::Usable => Some(0),
+            Verdict::Usable | Verdict::Suspect => Some(0),
             Verdict::Back => Some(1),
-            Verdict::Suspect => Some(2),
             Verdict::Dead => None,
         }
     }
