@@ -293,7 +293,7 @@ cleanup() {
     done
     BG_PIDS=()
     $LAB down || true
-    [ -n "${TMP:-}" ] && rm -rf "$TMP"
+    if [ -n "${TMP:-}" ]; then rm -rf "$TMP"; fi
 }
 
 # Runs lab.sh quietly; on failure dies with what it said.
@@ -463,8 +463,8 @@ bench_tcp() {
     fi
     [ ${#ltes[@]} -gt 0 ] || ltes=(lte)
     local groups=$((${#ltes[@]} * ${#flows_arr[@]}))
-    # Measured here: about 5 s to rebuild the lab per row, 3 s more to start
-    # mpbond, and 2 s omitted from each download.
+    # Measured here: about 6 s per row beyond the download and the 2 s
+    # omitted (rebuilding the lab, starting mpbond, connecting the flows).
     local estimate=$((groups * (4 * (secs + 2 + 5) + 3)))
     local want_ttfb=0
     [ $all = 0 ] && want_ttfb=1 && estimate=$((estimate + 10))
@@ -580,7 +580,9 @@ bench_failover() {
     kill $server 2>/dev/null || true
 
     echo
-    echo "lte (the busiest line; profile $lte) cut at 4 s and back at 9 s during a 15 s transfer; longest wait"
+    local which="lte (the busiest line)"
+    [ "$lte" = lte ] || which="lte (profile $(profile_label "$lte"))"
+    echo "$which cut at 4 s and back at 9 s during a 15 s transfer; longest wait"
     echo "between received bytes (ms) before the cut, at the cut and within 5 s of the return"
     printf '%-22s %-9s %-4s | %7s %7s %7s | %7s\n' path cut dir noise cut return MB
     printf '%s\n' "-----------------------------------------------------------------------------"
