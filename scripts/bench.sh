@@ -9,22 +9,37 @@
 #       --quick: shorter runs, no ceiling phase (the demo uses it);
 #       --status: print the emulator's counters afterwards.
 #
-#   scripts/bench.sh tcp [--secs N] [--live]
-#       One download of N seconds (default 30) to the site on the default
-#       profiles via: plain TCP over dsl only, plain TCP over lte only, kernel
-#       MPTCP used directly from mpb-cli to mpb-srv (the baseline: no proxy),
-#       and mpbond from mpb-lan. Goodput as Mbit/s and as a fraction of the
-#       summed link rates, with the bytes each uplink carried. Then the time
-#       to first byte of a small request via mpbond (Fast Open cookie held)
-#       against the same request straight over the best single uplink.
-#       --live: print per-uplink throughput every second during mpbond's run.
+#   scripts/bench.sh tcp [--secs N] [--live] [--dsl PROFILE] [--lte PROFILE]...
+#                        [--flows N[,N...]] [--all]
+#       Per profile and flow count, four rows, each on a freshly built lab (so
+#       every row sees a trace from its start): a download of N seconds
+#       (default 30, after 2 s omitted) to the site over FLOWS parallel
+#       connections (default 1) via plain TCP over dsl only, plain TCP over
+#       lte only, kernel MPTCP used directly from mpb-cli to mpb-srv (the
+#       baseline: no proxy), and mpbond from mpb-lan. Columns: goodput (all
+#       flows summed), its ratio to the best single line, to kernel MPTCP and
+#       to the MPTCP payload ceiling of the summed configured down rates
+#       (x 1420/1500); the uplink state changes mpbond's client logged
+#       (down/back); the longest time the receiver got no byte on any flow
+#       (after 1 s); the bytes each uplink carried. mpbond rows are marked
+#       PASS/MISS against the goals. Then (not with --all) the time to first
+#       byte of a small request via mpbond (Fast Open cookie held) against
+#       the same request straight over the best single uplink.
+#       --dsl/--lte: a built-in profile name or a profile file (lab.sh up);
+#       --lte may be repeated, one set of tables each.
+#       --flows: parallel connections per row; a list runs each.
+#       --all: lte, every bursty built-in profile lab.sh accepts (lte-bursty,
+#       lte-drive, lte-weak, found at run time) and any --lte given, each
+#       with 1, 4 and 16 flows (unless --flows), 20 s per row (unless --secs).
+#       --live: print per-uplink throughput every second during mpbond's rows.
 #
-#   scripts/bench.sh failover
+#   scripts/bench.sh failover [--lte PROFILE]
 #       A 15 s transfer per row (download and upload), the busiest line (lte)
 #       cut at 4 s (down, then blackhole) and restored at 9 s; the longest
 #       wait between received bytes before the cut (noise), at the cut and in
 #       the 5 s after the return, for mpbond and for kernel MPTCP used
-#       directly (the baseline, with mpbond stopped).
+#       directly (the baseline, with mpbond stopped). --lte: lte's profile
+#       (default lte), a built-in name or a profile file.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 . scripts/deps.sh
@@ -35,6 +50,8 @@ export MPB_CC=$CC
 
 die() { echo "bench: $*" >&2; exit 1; }
 nsx() { local ns=$1; shift; ip netns exec "$ns" "$@"; }
+# As nsx, replacing the calling (sub)shell: for background servers.
+exec_in() { local ns=$1; shift; exec ip netns exec "$ns" "$@"; }
 
 [ "$(id -u)" = 0 ] || die "needs root (the lab); run as root"
 # One user of the lab at a time (tests, benchmarks, demo): they all tear it down.
@@ -45,7 +62,7 @@ export MPBOND=$PWD/target/release/mpbond
 
 lab_up() {
     $LAB down
-    trap '$LAB down' EXIT
+    trap cleanup EXIT
     $LAB up "$@"
 }
 
@@ -204,24 +221,6 @@ while True:
 PY
 }
 
-# A download of SECS seconds with iperf3 (server in mpb-srv sends).
-#   download NS SECS [--mptcp] [iperf3 client args...]  -> bit/s received
-download() {
-    local ns=$1 secs=$2 wrap=()
-    shift 2
-    if [ "${1:-}" = --mptcp ]; then
-        wrap=(mptcpize run)
-        shift
-    fi
-    nsx mpb-srv "${wrap[@]}" iperf3 -s -1 -p 5201 >/dev/null 2>&1 &
-    local srv=$!
-    sleep 0.4
-    nsx "$ns" "${wrap[@]}" iperf3 -c 198.51.100.10 -p 5201 -R -t "$secs" -O 2 -J "$@" >"$TMP/iperf.json" ||
-        { kill $srv 2>/dev/null; die "iperf3 download in $ns ($*) failed: $(tail -c 300 "$TMP/iperf.json")"; }
-    wait $srv 2>/dev/null || true
-    python3 -c 'import json,sys; print(int(json.load(open(sys.argv[1]))["end"]["sum_received"]["bits_per_second"]))' "$TMP/iperf.json"
-}
-
 # Median time to first byte in ms of COUNT small requests from NS (a 1 KiB
 # answer to a one-line request, like an HTTP GET), after one warm-up request.
 #   ttfb NS COUNT [BIND_ADDR]
@@ -254,7 +253,8 @@ PY
 
 # The answer ttfb asks for: 1 KiB after reading the request line.
 ttfb_server() {
-    nsx mpb-srv python3 - <<'PY' &
+    # exec: the pid is python's, so a kill reaches it, not a subshell.
+    exec_in mpb-srv python3 - <<'PY' &
 import socket, threading
 s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
 s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -277,101 +277,233 @@ PY
     sleep 0.3
 }
 
-bench_tcp() {
-    local secs=30 live=0
-    while [ $# -gt 0 ]; do
-        case $1 in
-            --secs) secs=$2; shift ;;
-            --live) live=1 ;;
-            *) die "unknown option $1 for tcp" ;;
-        esac
-        shift
+# The lab's state directory (lab.sh's MPB_LAB_RUN): logs of lab.sh start.
+LAB_RUN=${MPB_LAB_RUN:-/run/mpbond-lab}
+
+# Background processes to end on exit (their pids).
+BG_PIDS=()
+
+# Ends what this script started in the background, removes the lab and the
+# scratch directory. The EXIT trap of every benchmark that builds a lab.
+cleanup() {
+    local pid
+    for pid in "${BG_PIDS[@]}"; do
+        kill "$pid" 2>/dev/null || true
+        wait "$pid" 2>/dev/null || true
     done
-    command -v mptcpize >/dev/null || die "mptcpize is missing (apt-get install mptcpize)"
-    TMP=$(mktemp -d)
-    lab_up
-    $LAB start >/dev/null
-    # The baseline's server side needs room for the client's joins.
+    BG_PIDS=()
+    $LAB down || true
+    if [ -n "${TMP:-}" ]; then rm -rf "$TMP"; fi
+}
+
+# Runs lab.sh quietly; on failure dies with what it said.
+#   labq up|start|stop|down ARGS...
+labq() {
+    "$LAB" "$@" >"$TMP/lab.out" 2>&1 || die "scripts/lab.sh $* failed:
+$(tail -n 30 "$TMP/lab.out")"
+}
+
+# Source routing and one MPTCP subflow endpoint per uplink in mpb-cli, as
+# the kernel's documentation says (no mpbond): plain TCP bound to an
+# uplink's address leaves through that uplink, and an MPTCP connection gets
+# a subflow on each. Also lets the server accept the joins.
+kernel_mptcp_setup() {
+    local n
+    for n in 1 2; do
+        nsx mpb-cli ip rule add pref $((7700 + n)) from 10.77.$n.2 lookup $((7700 + n))
+        nsx mpb-cli ip route add default via 10.77.$n.1 table $((7700 + n))
+    done
+    nsx mpb-cli ip mptcp limits set subflows 2 add_addr_accepted 2
+    nsx mpb-cli ip mptcp endpoint add 10.77.1.2 dev dsl0 subflow
+    nsx mpb-cli ip mptcp endpoint add 10.77.2.2 dev lte0 subflow
     nsx mpb-srv ip mptcp limits set subflows 8 add_addr_accepted 8
-    local dsl_rate lte_rate sum
+}
+
+# Starts the bulk sender in mpb-srv on port 5300 (MPTCP listener with
+# --mptcp) and waits until it listens (at most 5 s). Sets BULK_SERVER.
+bulk_server() {
+    # exec: the pid is python's, so a kill reaches it, not a subshell.
+    exec_in mpb-srv python3 scripts/lib/bulk.py serve 5300 "$@" >"$TMP/bulk-server.log" 2>&1 &
+    BULK_SERVER=$!
+    BG_PIDS+=("$BULK_SERVER")
+    local i
+    for i in $(seq 100); do
+        grep -q listening "$TMP/bulk-server.log" && return 0
+        kill -0 "$BULK_SERVER" 2>/dev/null || die "the bulk sender in mpb-srv exited: $(tail -n 5 "$TMP/bulk-server.log")"
+        sleep 0.05
+    done
+    die "the bulk sender in mpb-srv did not listen within 5 s: $(tail -n 5 "$TMP/bulk-server.log")"
+}
+
+# Counts the client's log lines about uplinks going down and coming back
+# (src/client/health.rs) after line SKIP of its log: "DOWN/BACK".
+uplink_changes() {
+    local log=$LAB_RUN/client.log
+    [ -r "$log" ] || die "the client's log $log is missing"
+    tail -n +"$(($1 + 1))" "$log" |
+        awk '/uplink down/ {d++} /uplink back/ {b++} END {printf "%d/%d\n", d, b}'
+}
+
+# One row of bench.sh tcp on a freshly built lab: a download of SECS seconds
+# (after 2 s omitted) over FLOWS connections; appends a line to $TMP/rows.tsv.
+#   tcp_row GROUP DEFAULT PATH DSL LTE FLOWS SECS LIVE TTFB
+# PATH: dsl, lte (plain TCP over that line), mptcp (kernel MPTCP used
+# directly from mpb-cli), mpbond (from mpb-lan through the client's TUN).
+tcp_row() {
+    local group=$1 default=$2 path=$3 dsl=$4 lte=$5 flows=$6 secs=$7 live=$8 want_ttfb=$9
+    local ns=mpb-cli args=() server=() skip=0 changes=- before=- after=- live_pid=
+    labq down
+    labq up --dsl "$dsl" --lte "$lte"
+    case $path in
+        dsl) kernel_mptcp_setup; args=(--bind 10.77.1.2) ;;
+        lte) kernel_mptcp_setup; args=(--bind 10.77.2.2) ;;
+        mptcp) kernel_mptcp_setup; args=(--mptcp --bind 10.77.1.2); server=(--mptcp) ;;
+        mpbond)
+            labq start
+            ns=mpb-lan
+            skip=$(wc -l <"$LAB_RUN/client.log")
+            ;;
+    esac
+    local dsl_rate lte_rate
     dsl_rate=$(conf dsl down.rate_bps)
     lte_rate=$(conf lte down.rate_bps)
-    sum=$((dsl_rate + lte_rate))
-
-    echo
-    echo "one ${secs}s download to the site per row (iperf3 -R, 2 s omitted), default profiles, congestion control $CC"
-    local rows=() b before after mp_row
-    local live_pid=
-    if [ $live = 1 ]; then
-        echo "mpbond: download to mpb-lan through the tunnel; each uplink every second:"
+    bulk_server "${server[@]}"
+    if [ "$live" = 1 ] && [ "$path" = mpbond ]; then
+        echo "  mpbond, $flows flow(s): each uplink every second:"
         live_rates &
         live_pid=$!
+        BG_PIDS+=("$live_pid")
     fi
-    before=$(uplink_rx)
-    b=$(download mpb-lan "$secs")
-    after=$(uplink_rx)
+    [ "$path" = dsl ] || [ "$path" = lte ] || before=$(uplink_rx)
+    nsx "$ns" timeout $((secs + 60)) python3 scripts/lib/bulk.py run 198.51.100.10 5300 "$secs" \
+        --flows "$flows" "${args[@]}" >"$TMP/bulk.json" 2>"$TMP/bulk.err" ||
+        die "the $path download ($group, $flows flows) failed: $(tail -n 3 "$TMP/bulk.err")"
+    [ "$path" = dsl ] || [ "$path" = lte ] || after=$(uplink_rx)
+    [ "$path" = mpbond ] && changes=$(uplink_changes "$skip")
     if [ -n "$live_pid" ]; then
         kill "$live_pid" 2>/dev/null || true
         wait "$live_pid" 2>/dev/null || true
-        echo "baselines: plain TCP on each line, then kernel MPTCP used directly (${secs}s each)"
     fi
-    mp_row="mpbond (from mpb-lan)|$b|$sum|$before|$after"
-    # Plain TCP bound to an uplink address: mpbond's source rules send it
-    # straight out of that uplink, past the TUN.
-    b=$(download mpb-cli "$secs" -B 10.77.1.2)
-    rows+=("plain TCP, dsl only|$b|$dsl_rate|-|-")
-    b=$(download mpb-cli "$secs" -B 10.77.2.2)
-    rows+=("plain TCP, lte only|$b|$lte_rate|-|-")
-    before=$(uplink_rx)
-    b=$(download mpb-cli "$secs" --mptcp -B 10.77.1.2)
-    after=$(uplink_rx)
-    rows+=("kernel MPTCP direct (baseline)|$b|$sum|$before|$after")
-    rows+=("$mp_row")
-
-    printf '%-32s | %9s | %8s | %s\n' path goodput "of rate" "bytes received per uplink"
-    printf '%s\n' "------------------------------------------------------------------------------------"
-    local row base=0 mp=0
-    for row in "${rows[@]}"; do
-        IFS='|' read -r name bits rate before after <<<"$row"
-        python3 - "$name" "$bits" "$rate" "$before" "$after" <<'PY'
-import sys
-name, bits, rate, before, after = sys.argv[1:]
-bits, rate = int(bits), int(rate)
+    kill "$BULK_SERVER" 2>/dev/null || true
+    wait "$BULK_SERVER" 2>/dev/null || true
+    if [ "$want_ttfb" = 1 ]; then
+        ttfb_server
+        BG_PIDS+=("$TTFB_SERVER")
+        TTFB_DIRECT=$(ttfb mpb-cli 20 10.77.1.2)
+        TTFB_VIA=$(ttfb mpb-lan 20)
+        kill "$TTFB_SERVER" 2>/dev/null || true
+    fi
+    [ "$path" = mpbond ] && labq stop
+    python3 - "$TMP/bulk.json" "$group" "$flows" "$path" "$dsl_rate" "$lte_rate" "$default" "$changes" "$before" "$after" \
+        >>"$TMP/rows.tsv" <<'PY'
+import json, sys
+r = json.load(open(sys.argv[1]))
+group, flows, path, dsl_rate, lte_rate, default, changes, before, after = sys.argv[2:]
 split = "-"
 if before != "-":
     d0, l0 = map(int, before.split()); d1, l1 = map(int, after.split())
     d, l = d1 - d0, l1 - l0
-    split = "dsl0 %5.1f MB (%2.0f %%)  lte0 %5.1f MB (%2.0f %%)" % (d / 1e6, 100 * d / max(d + l, 1), l / 1e6, 100 * l / max(d + l, 1))
-print("%-32s | %6.2f Mb | %8.3f | %s" % (name, bits / 1e6, bits / rate, split))
+    split = "%2.0f:%2.0f" % (100 * d / max(d + l, 1), 100 * l / max(d + l, 1))
+print("\t".join(map(str, [group, flows, path, r["goodput_bps"], int(dsl_rate) + int(lte_rate),
+                          default, changes, r["stall_ms"], r["stall_at"], split])))
 PY
-        case $name in
-            kernel*) base=$bits ;;
-            mpbond*) mp=$bits ;;
+    echo "  done: $group, $flows flow(s), $path" >&2
+}
+
+# Whether lab.sh accepts NAME as an lte profile: builds a lab with it (the
+# only test lab.sh's contract offers), then removes it. Prints why not.
+profile_ok() {
+    $LAB down >/dev/null 2>&1 || true
+    if "$LAB" up --lte "$1" >"$TMP/lab.out" 2>&1; then
+        $LAB down >/dev/null 2>&1 || true
+        return 0
+    fi
+    echo "  profile $1: not available ($(grep -m1 'lab:' "$TMP/lab.out" | sed 's/^lab: //'))"
+    return 1
+}
+
+# Short name of a profile for the tables: a file's base name.
+profile_label() {
+    local p=${1##*/}
+    echo "${p%.toml}"
+}
+
+bench_tcp() {
+    local secs= live=0 all=0 dsl=dsl ltes=() flows_list=
+    while [ $# -gt 0 ]; do
+        case $1 in
+            --secs) [ $# -ge 2 ] || die "--secs needs a number"; secs=$2; shift ;;
+            --live) live=1 ;;
+            --all) all=1 ;;
+            --dsl) [ $# -ge 2 ] || die "--dsl needs a profile"; dsl=$2; shift ;;
+            --lte) [ $# -ge 2 ] || die "--lte needs a profile"; ltes+=("$2"); shift ;;
+            --flows) [ $# -ge 2 ] || die "--flows needs a number (or a list: 1,4,16)"; flows_list=$2; shift ;;
+            *) die "unknown option $1 for tcp; usage: bench.sh tcp [--secs N] [--live] [--dsl PROFILE] [--lte PROFILE]... [--flows N[,N...]] [--all]" ;;
         esac
+        shift
     done
-    python3 - "$mp" "$base" "$sum" <<'PY'
-import sys
-mp, base, total = map(int, sys.argv[1:])
-print("mpbond / baseline: %.3f   mpbond of summed rates: %.3f (goal >= 0.95 and ahead of the baseline)" % (mp / base, mp / total))
-PY
-
-    ttfb_server
-    local direct via
-    direct=$(ttfb mpb-cli 20 10.77.1.2)
-    via=$(ttfb mpb-lan 20)
-    kill "$TTFB_SERVER" 2>/dev/null || true
+    [ -n "$secs" ] || { secs=30; [ $all = 1 ] && secs=20; }
+    [[ $secs =~ ^[0-9]+$ ]] && [ "$secs" -ge 3 ] && [ "$secs" -le 600 ] || die "--secs must be 3-600 seconds, got '$secs'"
+    [ -n "$flows_list" ] || { flows_list=1; [ $all = 1 ] && flows_list=1,4,16; }
+    local flows_arr=() f
+    IFS=, read -r -a flows_arr <<<"$flows_list"
+    for f in "${flows_arr[@]}"; do
+        [[ $f =~ ^[0-9]+$ ]] && [ "$f" -ge 1 ] && [ "$f" -le 64 ] || die "--flows takes 1-64 (or a list: 1,4,16), got '$flows_list'"
+    done
+    TMP=$(mktemp -d)
+    trap cleanup EXIT
+    local p
+    if [ $all = 1 ]; then
+        echo "looking for the bursty lte profiles (lab.sh up --lte NAME):"
+        local found=(lte)
+        for p in lte-bursty lte-drive lte-weak; do
+            profile_ok "$p" && found+=("$p") && echo "  profile $p: available"
+        done
+        ltes=("${found[@]}" "${ltes[@]}")
+    fi
+    [ ${#ltes[@]} -gt 0 ] || ltes=(lte)
+    local groups=$((${#ltes[@]} * ${#flows_arr[@]}))
+    # Measured here: about 6 s per row beyond the download and the 2 s
+    # omitted (rebuilding the lab, starting mpbond, connecting the flows).
+    local estimate=$((groups * (4 * (secs + 2 + 5) + 3)))
+    local want_ttfb=0
+    [ $all = 0 ] && want_ttfb=1 && estimate=$((estimate + 10))
     echo
-    echo "time to first byte of a small request (median of 20, after one warm-up)"
-    printf '%-40s | %8s\n' path TTFB
-    printf '%s\n' "-----------------------------------------------------"
-    printf '%-40s | %5.1f ms\n' "direct TCP over dsl (best single uplink)" "$direct"
-    printf '%-40s | %5.1f ms\n' "mpbond, fast mode (from mpb-lan)" "$via"
-    python3 -c "import sys; print('mpbond / direct: %.2f (goal <= 0.6)' % (float(sys.argv[1]) / float(sys.argv[2])))" "$via" "$direct"
-
-    $LAB stop >/dev/null
-    $LAB down
+    echo "bench tcp: dsl=$dsl, lte=${ltes[*]}; flows ${flows_list}; ${secs}s per row (after 2 s omitted), congestion control $CC"
+    echo "$groups table(s) of 4 rows, each row on a freshly built lab: expect about $(((estimate + 59) / 60)) min"
+    local lte group rc=0 default
+    for lte in "${ltes[@]}"; do
+        group="dsl=$(profile_label "$dsl") lte=$(profile_label "$lte")"
+        default=0
+        [ "$dsl" = dsl ] && [ "$lte" = lte ] && default=1
+        for f in "${flows_arr[@]}"; do
+            local path ttfb_now
+            for path in dsl lte mptcp mpbond; do
+                ttfb_now=0
+                # The time to first byte once, after the last mpbond row.
+                [ $want_ttfb = 1 ] && [ $path = mpbond ] && [ "$lte" = "${ltes[-1]}" ] &&
+                    [ "$f" = "${flows_arr[-1]}" ] && ttfb_now=1
+                tcp_row "$group" $default $path "$dsl" "$lte" "$f" "$secs" $live $ttfb_now
+            done
+            python3 scripts/lib/tcp_table.py table "$TMP/rows.tsv" "$group" "$f" || rc=1
+        done
+    done
+    labq down
+    if [ "$groups" -gt 1 ]; then
+        python3 scripts/lib/tcp_table.py summary "$TMP/rows.tsv"
+    fi
+    if [ $want_ttfb = 1 ]; then
+        echo
+        echo "time to first byte of a small request (median of 20, after one warm-up; dsl=$(profile_label "$dsl") lte=$(profile_label "${ltes[-1]}"))"
+        printf '%-40s | %8s\n' path TTFB
+        printf '%s\n' "-----------------------------------------------------"
+        printf '%-40s | %5.1f ms\n' "direct TCP over dsl (best single uplink)" "$TTFB_DIRECT"
+        printf '%-40s | %5.1f ms\n' "mpbond, fast mode (from mpb-lan)" "$TTFB_VIA"
+        python3 -c "import sys; print('mpbond / direct: %.2f (goal <= 0.6)' % (float(sys.argv[1]) / float(sys.argv[2])))" "$TTFB_VIA" "$TTFB_DIRECT"
+    fi
     trap - EXIT
-    rm -rf "$TMP"
+    cleanup
+    [ $rc = 0 ] || echo "bench: an mpbond row missed a goal (see MISS above)" >&2
 }
 
 # One transfer with lte cut at 4 s and restored at 9 s; prints the stall
@@ -406,8 +538,16 @@ PY
 }
 
 bench_failover() {
+    local lte=lte
+    while [ $# -gt 0 ]; do
+        case $1 in
+            --lte) [ $# -ge 2 ] || die "--lte needs a profile"; lte=$2; shift ;;
+            *) die "unknown option $1 for failover; usage: bench.sh failover [--lte PROFILE]" ;;
+        esac
+        shift
+    done
     TMP=$(mktemp -d)
-    lab_up
+    lab_up --lte "$lte"
     $LAB start >/dev/null
     nsx mpb-srv ip mptcp limits set subflows 8 add_addr_accepted 8
     nsx mpb-srv python3 scripts/lib/stall.py serve 5700 &
@@ -440,7 +580,9 @@ bench_failover() {
     kill $server 2>/dev/null || true
 
     echo
-    echo "lte (the busiest line) cut at 4 s and back at 9 s during a 15 s transfer; longest wait"
+    local which="lte (the busiest line)"
+    [ "$lte" = lte ] || which="lte (profile $(profile_label "$lte"))"
+    echo "$which cut at 4 s and back at 9 s during a 15 s transfer; longest wait"
     echo "between received bytes (ms) before the cut, at the cut and within 5 s of the return"
     printf '%-22s %-9s %-4s | %7s %7s %7s | %7s\n' path cut dir noise cut return MB
     printf '%s\n' "-----------------------------------------------------------------------------"
@@ -456,7 +598,7 @@ bench_failover() {
     rm -rf "$TMP"
 }
 
-[ $# -ge 1 ] || die "usage: bench.sh linkem [--quick] [--status] | tcp [--secs N] [--live] | failover"
+[ $# -ge 1 ] || die "usage: bench.sh linkem [--quick] [--status] | tcp [--secs N] [--live] [--dsl PROFILE] [--lte PROFILE]... [--flows N[,N...]] [--all] | failover [--lte PROFILE]"
 what=$1
 shift
 case $what in
