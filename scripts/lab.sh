@@ -20,7 +20,7 @@
 #                                                         it sees (default mpb-lan, 198.51.100.10)
 #
 # PROFILE: dsl, lte, fast (emulator, no shaping), none (plain veth), or a
-# profile file (TOML, see src/linkem/profile.rs).
+# profile file (TOML, see linkem/src/profile.rs).
 #
 # Topology and addresses (IPv6 alongside, same shape):
 #
@@ -51,8 +51,10 @@
 # neighbour entries are pinned, so a join after an outage never waits on ARP.
 #
 # Environment: MPBOND (binary to use; default target/release/mpbond, built
-# when missing), MPB_CC (TCP congestion control pinned in every namespace;
-# default bbr), MPB_LAB_RUN (state directory; default /run/mpbond-lab).
+# when missing), MPBOND_LINKEM (the link emulator; default mpbond-linkem
+# next to the mpbond binary), MPB_CC (TCP congestion control pinned in every
+# namespace; default bbr), MPB_LAB_RUN (state directory; default
+# /run/mpbond-lab).
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -93,6 +95,20 @@ mpbond_bin() {
         (cd "$ROOT" && cargo build --release --quiet) >&2 || die "cargo build --release failed"
     fi
     [ -x "$bin" ] || die "$bin is missing and cargo is not installed; build mpbond first"
+    echo "$bin"
+}
+
+# The link emulator: MPBOND_LINKEM, or mpbond-linkem from the directory of
+# the mpbond binary in use (the workspace builds both there).
+linkem_bin() {
+    if [ -n "${MPBOND_LINKEM:-}" ]; then
+        [ -x "$MPBOND_LINKEM" ] || die "MPBOND_LINKEM=$MPBOND_LINKEM is not an executable"
+        echo "$MPBOND_LINKEM"
+        return
+    fi
+    local bin
+    bin=$(dirname "$(mpbond_bin)")/mpbond-linkem
+    [ -x "$bin" ] || die "$bin is missing; build it (cargo build --release) or set MPBOND_LINKEM"
     echo "$bin"
 }
 
@@ -175,7 +191,7 @@ line() {
     echo "$spec" >"$RUN/$name.profile"
     if [ "$kind" = emulated ]; then
         local sock=$RUN/$name.sock log=$RUN/linkem-$name.log
-        nsx "$ns" setsid "$bin" linkem run --name "$name" --client-if cli --wan-if wan \
+        nsx "$ns" setsid "$bin" run --name "$name" --client-if cli --wan-if wan \
             --profile "$spec" --control "$sock" </dev/null >"$log" 2>&1 8>&- 9>&- &
         local i
         for i in $(seq 100); do
@@ -201,7 +217,7 @@ cmd_up() {
         [ -e "/run/netns/$ns" ] && die "the lab is already up ($ns exists); run scripts/lab.sh down first"
     done
     local bin
-    bin=$(mpbond_bin)
+    bin=$(linkem_bin)
     # Validate everything before building anything: a bad profile leaves no
     # half-built lab.
     declare -A kind
@@ -209,7 +225,7 @@ cmd_up() {
     for name in "${LINKS[@]}"; do
         spec=$dsl
         [ "$name" = lte ] && spec=$lte
-        out=$("$bin" linkem check "$spec" 2>&1) || die "--$name: ${out#mpbond: }"
+        out=$("$bin" check "$spec" 2>&1) || die "--$name: ${out#mpbond-linkem: }"
         case $out in *"plain veth"*) kind[$name]=veth ;; *) kind[$name]=emulated ;; esac
     done
     [ -r /proc/sys/net/ipv4/tcp_available_congestion_control ] &&
@@ -287,7 +303,7 @@ cmd_link() {
     kind=$(line_kind "$name")
     if [ "$kind" = emulated ]; then
         local bin out
-        bin=$(mpbond_bin)
+        bin=$(linkem_bin)
         case $action in
             down | up | blackhole) [ $# = 0 ] || die "$action takes no arguments" ;;
             set)
@@ -296,7 +312,7 @@ cmd_link() {
                 ;;
             *) die "unknown action $action; use down, up, blackhole or set" ;;
         esac
-        out=$("$bin" linkem ctl --control "$RUN/$name.sock" "$action" "$@" 2>&1) || die "link $name $action: ${out#mpbond: }"
+        out=$("$bin" ctl --control "$RUN/$name.sock" "$action" "$@" 2>&1) || die "link $name $action: ${out#mpbond-linkem: }"
         say "link $name $action $*"
         return
     fi
@@ -600,12 +616,12 @@ cmd_status() {
             echo "== $name: not running"
         fi
     done
-    bin=$(mpbond_bin)
+    bin=$(linkem_bin)
     for name in "${LINKS[@]}"; do
         [ -r "$RUN/$name.profile" ] || continue
         echo "== line $name: profile $(cat "$RUN/$name.profile")"
         if [ -S "$RUN/$name.sock" ]; then
-            "$bin" linkem ctl --control "$RUN/$name.sock" stats || true
+            "$bin" ctl --control "$RUN/$name.sock" stats || true
         else
             nsx mpb-wan ip -s -br link show "${name}0" 2>/dev/null || true
         fi

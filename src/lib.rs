@@ -9,7 +9,6 @@ mod chain;
 pub mod client;
 pub mod concentrator;
 pub mod config;
-pub mod linkem;
 mod relay;
 #[allow(unsafe_code)]
 pub mod sys;

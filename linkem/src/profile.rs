@@ -42,7 +42,7 @@
 //! line, each a delivery opportunity of 1500 bytes; several lines may repeat
 //! a value. Values never decrease, and the last one is the period after
 //! which the trace repeats, so it must be greater than 0. Blank lines and
-//! lines starting with `#` are ignored. See [`super::model`] for how a trace
+//! lines starting with `#` are ignored. See [`crate::model`] for how a trace
 //! shapes traffic.
 
 use std::fmt;
@@ -55,7 +55,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use toml::Spanned;
 
-use super::model::{
+use crate::model::{
     DirectionParams, Loss, QueueLimit, Shaping, Trace, TraceError, MAX_QUEUE_FRAMES,
     MAX_TRACE_OPPORTUNITIES, MAX_TRACE_PERIOD_MS,
 };

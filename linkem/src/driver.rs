@@ -28,8 +28,8 @@ use std::time::{Duration, Instant};
 use thiserror::Error;
 use tracing::{debug, info, warn};
 
-use super::model::{Direction, DirectionParams, DirectionStats, LinkState, Shaping};
-use super::profile::{self, LinkProfile};
+use crate::model::{Direction, DirectionParams, DirectionStats, LinkState, Shaping};
+use crate::profile::{self, LinkProfile};
 use crate::sys::{self, EventFd, PacketSocket};
 
 /// Largest frame read from an interface (jumbo frames fit); a longer one
