@@ -324,6 +324,8 @@ pub enum ProfileError {
 }
 
 /// How the lab joins the two sides of a link.
+// Made once per run: the size of `Emulated` costs nothing worth a box.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Profile {
     /// `none`: a plain veth, no emulator.
@@ -404,7 +406,7 @@ pub fn builtin(name: &str) -> Option<Profile> {
                 jitter: Duration::from_millis(5),
                 loss: Loss::from_ppm(5_000).unwrap_or(Loss::ZERO),
                 queue: QueueLimit::Time(Duration::from_millis(100)),
-                allow_reorder: false,
+                ..DirectionParams::default()
             };
             ("lte", lte(40), lte(10))
         }
@@ -841,6 +843,7 @@ impl SourceFile<'_> {
                 .optional(section, "queue", raw.queue, parse_queue)?
                 .unwrap_or(DEFAULT_QUEUE),
             allow_reorder: raw.reorder.unwrap_or(false),
+            burst_loss: None,
         })
     }
 }
