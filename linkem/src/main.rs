@@ -1,6 +1,6 @@
 //! The `mpbond-linkem` command line: the lab's link emulator.
 
-use std::io::IsTerminal as _;
+use std::io::{IsTerminal as _, Write as _};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -8,6 +8,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 
+use linkem::gen::{self, Dir, Model, TraceStats};
 use linkem::{driver, profile};
 
 #[derive(Debug, Parser)]
@@ -58,6 +59,34 @@ enum Command {
         /// The command and its arguments.
         #[arg(required = true, num_args = 1.., allow_hyphen_values = true)]
         command: Vec<String>,
+    },
+    /// Generate or describe delivery traces (mahimahi format).
+    #[command(subcommand)]
+    Trace(TraceCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum TraceCommand {
+    /// Write a trace of a bursty cellular model to standard output.
+    Gen {
+        /// The model: lte-bursty, lte-drive or lte-weak.
+        #[arg(long)]
+        model: Model,
+        /// Seed of the model's draws.
+        #[arg(long, default_value_t = profile::DEFAULT_SEED)]
+        seed: u64,
+        /// Length in seconds (the trace's period).
+        #[arg(long, default_value_t = 300)]
+        secs: u64,
+        /// Direction: down (wan to client) or up (slower).
+        #[arg(long, default_value = "down")]
+        dir: Dir,
+    },
+    /// Print a trace file's mean rate, gaps per minute, longest gap and
+    /// per-second rate percentiles.
+    Stats {
+        /// The trace file.
+        file: PathBuf,
     },
 }
 
@@ -121,6 +150,24 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Ctl { control, command } => {
             let reply = driver::send_command(&control, &command.join(" "))?;
             print!("{reply}");
+            Ok(())
+        }
+        Command::Trace(TraceCommand::Gen {
+            model,
+            seed,
+            secs,
+            dir,
+        }) => {
+            let trace = gen::generate(model, dir, seed, secs)?;
+            let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+            for ms in trace.opportunities_ms() {
+                writeln!(out, "{ms}").context("cannot write the trace")?;
+            }
+            out.flush().context("cannot write the trace")
+        }
+        Command::Trace(TraceCommand::Stats { file }) => {
+            let trace = profile::load_trace(&file)?;
+            print!("{}", TraceStats::of(&trace));
             Ok(())
         }
     }

@@ -977,11 +977,16 @@ fn chance(rng: &mut SplitMix64, loss: Loss) -> bool {
 
 /// The splitmix64 generator: tiny, fast, deterministic; not cryptographic.
 #[derive(Clone, Debug)]
-struct SplitMix64(u64);
+pub(crate) struct SplitMix64(u64);
 
 impl SplitMix64 {
+    /// A generator starting from `seed`.
+    pub(crate) fn new(seed: u64) -> Self {
+        Self(seed)
+    }
+
     /// The next 64 random bits.
-    fn next_u64(&mut self) -> u64 {
+    pub(crate) fn next_u64(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
         let mut z = self.0;
         z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
@@ -991,7 +996,7 @@ impl SplitMix64 {
 
     /// Uniform in `0..n` (Lemire's multiply-shift; bias below 2^-40 for the
     /// ranges used here). `n` must be > 0.
-    fn below(&mut self, n: u64) -> u64 {
+    pub(crate) fn below(&mut self, n: u64) -> u64 {
         // The product is below n * 2^64, so the high half is below n.
         ((u128::from(self.next_u64()) * u128::from(n)) >> 64) as u64
     }
