@@ -19,8 +19,22 @@
 #   scripts/lab.sh probe [NS] [ADDR]                      ask the probe server which address
 #                                                         it sees (default mpb-lan, 198.51.100.10)
 #
-# PROFILE: dsl, lte, fast (emulator, no shaping), none (plain veth), or a
-# profile file (TOML, see linkem/src/profile.rs).
+# PROFILE: a built-in name or a profile file (TOML, see
+# linkem/src/profile.rs; any mahimahi trace works with trace = "FILE").
+# `mpbond-linkem check PROFILE` prints what a profile means. Built in:
+#   dsl         20/5 Mbit/s, 10 ms one way, 50 ms queue
+#   lte         40/10 Mbit/s, 30 ms ±5 ms, 0.5 % random loss, 100 ms queue
+#   fast        the emulator without shaping; none: a plain veth, no emulator
+#   lte-bursty  urban LTE: mean 16/4.7 Mbit/s (down/up), per second 7.5-26
+#               Mbit/s down (p10-p90); per minute 23 gaps >= 100 ms, 7 >=
+#               200 ms, 1 >= 500 ms; 30 ms one way, 150 ms queue
+#   lte-drive   driving: mean 9/3.7 Mbit/s, 1.3-21 Mbit/s down; 21 gaps >=
+#               100 ms, 9 >= 200 ms, 3 >= 500 ms, a 1-3 s outage every two
+#               minutes; 35/40 ms, 384/128 KiB queues, burst loss (0.26 %)
+#   lte-weak    cell edge: mean 4.5/1.3 Mbit/s, 2.3-7 Mbit/s down; 21 gaps
+#               >= 100 ms, 6 >= 200 ms; 40 ms, 300 ms queue, burst loss (1 %)
+# The lte-* traces are generated (300 s, from the profile's seed): see
+# `mpbond-linkem trace gen` and `trace stats` to make and measure them.
 #
 # Topology and addresses (IPv6 alongside, same shape):
 #

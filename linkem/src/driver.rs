@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 use thiserror::Error;
 use tracing::{debug, info, warn};
 
-use crate::model::{Direction, DirectionParams, DirectionStats, LinkState, Shaping};
+use crate::model::{Direction, DirectionParams, DirectionStats, LinkState};
 use crate::profile::{self, LinkProfile};
 use crate::sys::{self, EventFd, PacketSocket};
 
@@ -655,15 +655,18 @@ fn keep_or<T, E>(text: &str, parse: impl Fn(&str) -> Result<T, E>) -> Result<Opt
 }
 
 /// One-line summary of a direction's shaping, e.g.
-/// `20 Mbit/s 10ms ±0ms loss 0% queue 50ms`.
+/// `20 Mbit/s 10 ms ±0 ms loss 0%` or `trace (mean 16 Mbit/s) 30 ms ±0 ms
+/// loss 0% burst loss p 0.5% r 25% good 0% bad 50% (mean 0.98%)`.
 pub fn describe(params: &DirectionParams) -> String {
-    let shaping = match &params.shaping {
-        Shaping::Unlimited => "unlimited".to_owned(),
-        Shaping::Rate { bits_per_sec } => profile::format_rate(*bits_per_sec),
-        Shaping::Trace(_) => "trace".to_owned(),
-    };
+    let burst = params
+        .burst_loss
+        .as_ref()
+        .map_or_else(String::new, |burst| {
+            format!(" {}", profile::format_burst_loss(burst))
+        });
     format!(
-        "{shaping} {} ±{} loss {}",
+        "{} {} ±{} loss {}{burst}",
+        profile::format_shaping(&params.shaping),
         profile::format_duration(params.delay),
         profile::format_duration(params.jitter),
         profile::format_loss(params.loss),

@@ -35,10 +35,12 @@ enum Command {
         /// Interface towards the wan router.
         #[arg(long)]
         wan_if: String,
-        /// Built-in profile (dsl, lte, fast) or a profile file.
+        /// Built-in profile (dsl, lte, fast, lte-bursty, lte-drive,
+        /// lte-weak) or a profile file.
         #[arg(long)]
         profile: String,
-        /// Seed for loss and jitter (overrides the profile's).
+        /// Seed for loss, jitter and generated traces (overrides the
+        /// profile's).
         #[arg(long)]
         seed: Option<u64>,
         /// Control socket path.
@@ -119,15 +121,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             seed,
             control,
         } => {
-            let profile::Profile::Emulated(mut profile) = profile::resolve(&spec)? else {
+            let profile::Profile::Emulated(profile) = profile::resolve_with_seed(&spec, seed)?
+            else {
                 anyhow::bail!(
                     "profile {spec:?} is a plain veth and needs no emulator; \
                      scripts/lab.sh wires it directly"
                 );
             };
-            if let Some(seed) = seed {
-                profile.seed = seed;
-            }
             driver::run(driver::LinkConfig {
                 name: name.clone(),
                 client_if,
