@@ -141,8 +141,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             match profile::resolve(&spec)? {
                 profile::Profile::Veth => println!("{spec}: plain veth, no emulator"),
                 profile::Profile::Emulated(p) => {
-                    println!("{spec}: down {}", driver::describe(&p.down));
-                    println!("{spec}: up   {}", driver::describe(&p.up));
+                    println!("{spec}: down {}", profile::format_direction(&p.down));
+                    println!("{spec}: up   {}", profile::format_direction(&p.up));
                 }
             }
             Ok(())

@@ -826,7 +826,18 @@ pub fn format_shaping(shaping: &Shaping) -> String {
     match shaping {
         Shaping::Unlimited => "unlimited".to_owned(),
         Shaping::Rate { bits_per_sec } => format_rate(*bits_per_sec),
-        Shaping::Trace(trace) => format!("trace (mean {})", format_rate(trace.mean_bits_per_sec())),
+        Shaping::Trace(trace) => {
+            // Three or four significant digits: a mean to the bit says
+            // nothing more about a bursty trace.
+            let mean = trace.mean_bits_per_sec();
+            let step = match mean {
+                1_000_000.. => 10_000,
+                1_000.. => 10,
+                _ => 1,
+            };
+            let rounded = (mean + step / 2) / step * step;
+            format!("trace (mean {})", format_rate(rounded))
+        }
     }
 }
 
@@ -1639,6 +1650,15 @@ delay = "1.5ms"
         let Some(Profile::Emulated(weak)) = builtin("lte-weak") else {
             panic!("lte-weak is built in");
         };
+        // A trace's mean shows to four digits: 1337 opportunities in a
+        // second are 16.044 Mbit/s.
+        let mut offsets = vec![0; 1336];
+        offsets.push(1000);
+        let trace = Trace::new(offsets).expect("trace");
+        assert_eq!(
+            format_shaping(&Shaping::Trace(Arc::new(trace))),
+            "trace (mean 16.04 Mbit/s)"
+        );
         let burst = weak.down.burst_loss.expect("lte-weak loses in bursts");
         assert!((0.005..=0.02).contains(&burst.mean_loss()), "{burst:?}");
     }
