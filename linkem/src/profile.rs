@@ -1062,17 +1062,8 @@ impl SourceFile<'_> {
         };
         let section_at = self.at(raw.span().start);
         let raw = raw.into_inner();
-        if let (Some(model), true) = (&raw.model, raw.rate.is_some() || raw.trace.is_some()) {
-            return Err(ProfileError::RateAndTrace {
-                at: self.at(model.span().start),
-                section,
-            });
-        }
-        let shaping = match (raw.rate, raw.trace) {
-            (None, None) if raw.model.is_some() => {
-                let Some(model) = raw.model else {
-                    unreachable!("checked")
-                };
+        let shaping = match (raw.rate, raw.trace, raw.model) {
+            (None, None, Some(model)) => {
                 let name: Model =
                     model
                         .get_ref()
@@ -1093,8 +1084,8 @@ impl SourceFile<'_> {
                     })?;
                 Shaping::Trace(Arc::new(trace))
             }
-            (Some(rate), None) => self.value(section, "rate", &rate, parse_rate)?,
-            (None, Some(trace)) => {
+            (Some(rate), None, None) => self.value(section, "rate", &rate, parse_rate)?,
+            (None, Some(trace), None) => {
                 let path = self
                     .path
                     .parent()
@@ -1107,13 +1098,15 @@ impl SourceFile<'_> {
                 })?;
                 Shaping::Trace(Arc::new(trace_file))
             }
-            (Some(_), Some(trace)) => {
+            // Two or three at once: point at the later key of rate/trace,
+            // or at model.
+            (Some(_), Some(second), None) | (_, _, Some(second)) => {
                 return Err(ProfileError::RateAndTrace {
-                    at: self.at(trace.span().start),
+                    at: self.at(second.span().start),
                     section,
                 })
             }
-            (None, None) => {
+            (None, None, None) => {
                 return Err(ProfileError::NoRateOrTrace {
                     at: section_at,
                     section,
