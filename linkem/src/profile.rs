@@ -350,7 +350,7 @@ pub enum ProfileError {
         #[source]
         source: gen::UnknownModel,
     },
-    /// A `burst_loss` table lacks a key it needs or has one it should not.
+    /// A `burst_loss` table lacks a key it needs, or its `r` is 0.
     #[error("{at}: {key}: {problem}")]
     BurstLoss {
         /// File and line of the table.
