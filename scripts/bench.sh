@@ -59,6 +59,7 @@ exec 8>/run/mpbond-lab-user.lock
 flock -w 900 8 || die "another lab user (test or benchmark) holds /run/mpbond-lab-user.lock"
 cargo build --release --quiet
 export MPBOND=$PWD/target/release/mpbond
+export MPBOND_LINKEM=$PWD/target/release/mpbond-linkem
 
 lab_up() {
     $LAB down
@@ -114,7 +115,7 @@ rtt() {
 
 # Configured value from the running emulator: conf LINK KEY (e.g. up.rate_bps).
 conf() {
-    "$MPBOND" linkem ctl --control /run/mpbond-lab/"$1".sock stats --kv | awk -F= -v k="$2" '$1 == k {print $2}'
+    "$MPBOND_LINKEM" ctl --control /run/mpbond-lab/"$1".sock stats --kv | awk -F= -v k="$2" '$1 == k {print $2}'
 }
 
 bench_linkem() {

@@ -19,8 +19,22 @@
 #   scripts/lab.sh probe [NS] [ADDR]                      ask the probe server which address
 #                                                         it sees (default mpb-lan, 198.51.100.10)
 #
-# PROFILE: dsl, lte, fast (emulator, no shaping), none (plain veth), or a
-# profile file (TOML, see src/linkem/profile.rs).
+# PROFILE: a built-in name or a profile file (TOML, see
+# linkem/src/profile.rs; any mahimahi trace works with trace = "FILE").
+# `mpbond-linkem check PROFILE` prints what a profile means. Built in:
+#   dsl         20/5 Mbit/s, 10 ms one way, 50 ms queue
+#   lte         40/10 Mbit/s, 30 ms ±5 ms, 0.5 % random loss, 100 ms queue
+#   fast        the emulator without shaping; none: a plain veth, no emulator
+#   lte-bursty  urban LTE: mean 16/4.7 Mbit/s (down/up), per second 7.5-26
+#               Mbit/s down (p10-p90); per minute 23 gaps >= 100 ms, 7 >=
+#               200 ms, 1 >= 500 ms; 30 ms one way, 150 ms queue
+#   lte-drive   driving: mean 9/3.7 Mbit/s, 1.3-21 Mbit/s down; 21 gaps >=
+#               100 ms, 9 >= 200 ms, 3 >= 500 ms, a 1-3 s outage every two
+#               minutes; 35/40 ms, 384/128 KiB queues, burst loss (0.26 %)
+#   lte-weak    cell edge: mean 4.5/1.3 Mbit/s, 2.3-7 Mbit/s down; 21 gaps
+#               >= 100 ms, 6 >= 200 ms; 40 ms, 300 ms queue, burst loss (1 %)
+# The lte-* traces are generated (300 s, from the profile's seed): see
+# `mpbond-linkem trace gen` and `trace stats` to make and measure them.
 #
 # Topology and addresses (IPv6 alongside, same shape):
 #
@@ -51,8 +65,10 @@
 # neighbour entries are pinned, so a join after an outage never waits on ARP.
 #
 # Environment: MPBOND (binary to use; default target/release/mpbond, built
-# when missing), MPB_CC (TCP congestion control pinned in every namespace;
-# default bbr), MPB_LAB_RUN (state directory; default /run/mpbond-lab).
+# when missing), MPBOND_LINKEM (the link emulator; default mpbond-linkem
+# next to the mpbond binary), MPB_CC (TCP congestion control pinned in every
+# namespace; default bbr), MPB_LAB_RUN (state directory; default
+# /run/mpbond-lab).
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -93,6 +109,20 @@ mpbond_bin() {
         (cd "$ROOT" && cargo build --release --quiet) >&2 || die "cargo build --release failed"
     fi
     [ -x "$bin" ] || die "$bin is missing and cargo is not installed; build mpbond first"
+    echo "$bin"
+}
+
+# The link emulator: MPBOND_LINKEM, or mpbond-linkem from the directory of
+# the mpbond binary in use (the workspace builds both there).
+linkem_bin() {
+    if [ -n "${MPBOND_LINKEM:-}" ]; then
+        [ -x "$MPBOND_LINKEM" ] || die "MPBOND_LINKEM=$MPBOND_LINKEM is not an executable"
+        echo "$MPBOND_LINKEM"
+        return
+    fi
+    local bin
+    bin=$(dirname "$(mpbond_bin)")/mpbond-linkem
+    [ -x "$bin" ] || die "$bin is missing; build it (cargo build --release) or set MPBOND_LINKEM"
     echo "$bin"
 }
 
@@ -175,7 +205,7 @@ line() {
     echo "$spec" >"$RUN/$name.profile"
     if [ "$kind" = emulated ]; then
         local sock=$RUN/$name.sock log=$RUN/linkem-$name.log
-        nsx "$ns" setsid "$bin" linkem run --name "$name" --client-if cli --wan-if wan \
+        nsx "$ns" setsid "$bin" run --name "$name" --client-if cli --wan-if wan \
             --profile "$spec" --control "$sock" </dev/null >"$log" 2>&1 8>&- 9>&- &
         local i
         for i in $(seq 100); do
@@ -201,7 +231,7 @@ cmd_up() {
         [ -e "/run/netns/$ns" ] && die "the lab is already up ($ns exists); run scripts/lab.sh down first"
     done
     local bin
-    bin=$(mpbond_bin)
+    bin=$(linkem_bin)
     # Validate everything before building anything: a bad profile leaves no
     # half-built lab.
     declare -A kind
@@ -209,7 +239,7 @@ cmd_up() {
     for name in "${LINKS[@]}"; do
         spec=$dsl
         [ "$name" = lte ] && spec=$lte
-        out=$("$bin" linkem check "$spec" 2>&1) || die "--$name: ${out#mpbond: }"
+        out=$("$bin" check "$spec" 2>&1) || die "--$name: ${out#mpbond-linkem: }"
         case $out in *"plain veth"*) kind[$name]=veth ;; *) kind[$name]=emulated ;; esac
     done
     [ -r /proc/sys/net/ipv4/tcp_available_congestion_control ] &&
@@ -287,7 +317,7 @@ cmd_link() {
     kind=$(line_kind "$name")
     if [ "$kind" = emulated ]; then
         local bin out
-        bin=$(mpbond_bin)
+        bin=$(linkem_bin)
         case $action in
             down | up | blackhole) [ $# = 0 ] || die "$action takes no arguments" ;;
             set)
@@ -296,7 +326,7 @@ cmd_link() {
                 ;;
             *) die "unknown action $action; use down, up, blackhole or set" ;;
         esac
-        out=$("$bin" linkem ctl --control "$RUN/$name.sock" "$action" "$@" 2>&1) || die "link $name $action: ${out#mpbond: }"
+        out=$("$bin" ctl --control "$RUN/$name.sock" "$action" "$@" 2>&1) || die "link $name $action: ${out#mpbond-linkem: }"
         say "link $name $action $*"
         return
     fi
@@ -600,12 +630,12 @@ cmd_status() {
             echo "== $name: not running"
         fi
     done
-    bin=$(mpbond_bin)
+    bin=$(linkem_bin)
     for name in "${LINKS[@]}"; do
         [ -r "$RUN/$name.profile" ] || continue
         echo "== line $name: profile $(cat "$RUN/$name.profile")"
         if [ -S "$RUN/$name.sock" ]; then
-            "$bin" linkem ctl --control "$RUN/$name.sock" stats || true
+            "$bin" ctl --control "$RUN/$name.sock" stats || true
         else
             nsx mpb-wan ip -s -br link show "${name}0" 2>/dev/null || true
         fi

@@ -11,13 +11,14 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy"
-cargo clippy --locked --all-targets -- -D warnings
+cargo clippy --locked --workspace --all-targets -- -D warnings
 echo "== cargo build --release"
-cargo build --locked --release
+cargo build --locked --workspace --release
 echo "== cargo test"
+# --workspace: the link emulator (linkem/) is a crate of its own.
 # No doc tests (there are none): their empty run would close the output.
 status=0
-cargo test --locked --lib --bins --tests 2>&1 | tee /tmp/mpbond-test.log || status=$?
+cargo test --locked --workspace --lib --bins --tests 2>&1 | tee /tmp/mpbond-test.log || status=$?
 
 left=$(ip netns list | awk '/^mpb-/ {print $1}')
 if [ -n "$left" ]; then

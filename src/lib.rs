@@ -9,7 +9,6 @@ mod chain;
 pub mod client;
 pub mod concentrator;
 pub mod config;
-pub mod linkem;
 pub mod path;
 mod relay;
 #[allow(unsafe_code)]

@@ -12,7 +12,6 @@ use tracing_subscriber::EnvFilter;
 
 use mpbond::auth::Key;
 use mpbond::config::{ClientConfig, ConcentratorConfig};
-use mpbond::linkem::{driver, profile};
 use mpbond::{client, concentrator};
 
 #[derive(Debug, Parser)]
@@ -49,49 +48,6 @@ enum Command {
         #[arg(long, value_name = "FILE")]
         out: Option<PathBuf>,
     },
-    /// The lab's link emulator (used by scripts/lab.sh).
-    #[command(subcommand)]
-    Linkem(LinkemCommand),
-}
-
-#[derive(Debug, Subcommand)]
-enum LinkemCommand {
-    /// Bridge two interfaces, shaping each direction with a profile.
-    Run {
-        /// Link name for logs and stats (dsl, lte).
-        #[arg(long)]
-        name: String,
-        /// Interface towards the client.
-        #[arg(long)]
-        client_if: String,
-        /// Interface towards the wan router.
-        #[arg(long)]
-        wan_if: String,
-        /// Built-in profile (dsl, lte, fast) or a profile file.
-        #[arg(long)]
-        profile: String,
-        /// Seed for loss and jitter (overrides the profile's).
-        #[arg(long)]
-        seed: Option<u64>,
-        /// Control socket path.
-        #[arg(long)]
-        control: PathBuf,
-    },
-    /// Check a profile and print what it means; exit 1 with the reason if it is bad.
-    Check {
-        /// Built-in profile name or profile file.
-        profile: String,
-    },
-    /// Send a command to a running emulator: up, down, blackhole,
-    /// set [up|down|both] RATE DELAY LOSS, stats [--kv].
-    Ctl {
-        /// Control socket path.
-        #[arg(long)]
-        control: PathBuf,
-        /// The command and its arguments.
-        #[arg(required = true, num_args = 1.., allow_hyphen_values = true)]
-        command: Vec<String>,
-    },
 }
 
 fn main() -> ExitCode {
@@ -118,7 +74,6 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Client { config } => run_client(&config),
         Command::Concentrator { config } => run_concentrator(&config),
         Command::Keygen { out } => keygen(out.as_deref()),
-        Command::Linkem(cmd) => linkem(cmd),
     }
 }
 
@@ -189,50 +144,4 @@ fn keygen(out: Option<&Path>) -> anyhow::Result<()> {
         .and_then(|()| file.sync_all())
         .with_context(|| format!("cannot write key file {}", path.display()))?;
     Ok(())
-}
-
-fn linkem(cmd: LinkemCommand) -> anyhow::Result<()> {
-    match cmd {
-        LinkemCommand::Run {
-            name,
-            client_if,
-            wan_if,
-            profile: spec,
-            seed,
-            control,
-        } => {
-            let profile::Profile::Emulated(mut profile) = profile::resolve(&spec)? else {
-                anyhow::bail!(
-                    "profile {spec:?} is a plain veth and needs no emulator; \
-                     scripts/lab.sh wires it directly"
-                );
-            };
-            if let Some(seed) = seed {
-                profile.seed = seed;
-            }
-            driver::run(driver::LinkConfig {
-                name: name.clone(),
-                client_if,
-                wan_if,
-                profile,
-                control,
-            })
-            .with_context(|| format!("link emulator {name}"))
-        }
-        LinkemCommand::Check { profile: spec } => {
-            match profile::resolve(&spec)? {
-                profile::Profile::Veth => println!("{spec}: plain veth, no emulator"),
-                profile::Profile::Emulated(p) => {
-                    println!("{spec}: down {}", driver::describe(&p.down));
-                    println!("{spec}: up   {}", driver::describe(&p.up));
-                }
-            }
-            Ok(())
-        }
-        LinkemCommand::Ctl { control, command } => {
-            let reply = driver::send_command(&control, &command.join(" "))?;
-            print!("{reply}");
-            Ok(())
-        }
-    }
 }

@@ -378,4 +378,3 @@ fn a_backup_uplink_takes_over_only_when_needed() {
     let got = download.join().expect("download thread");
     check("dsl blackholed, lte backup", got, &srv);
 }
-

@@ -341,6 +341,31 @@ fn plain_veth_profile_and_trace_profile() {
 }
 
 #[test]
+fn bursty_cellular_profile_carries_tcp_intact() {
+    let _lab = Lab::up(&["--dsl", "dsl", "--lte", "lte-bursty"]);
+    // 30 ms each way, plus whatever the trace's next opportunity adds.
+    let lte = ping("mpb-cli", "10.77.2.1", 5, Duration::from_millis(200));
+    assert!(
+        lte.received >= 3 && lte.min_ms >= 60.0,
+        "lte-bursty line: {lte:?}"
+    );
+    tcp_transfer(
+        "mpb-wan",
+        "mpb-cli",
+        "10.77.2.2:5205".parse().expect("addr"),
+        4 << 20,
+        5,
+    );
+    tcp_transfer(
+        "mpb-cli",
+        "mpb-wan",
+        "10.77.2.1:5206".parse().expect("addr"),
+        1 << 20,
+        6,
+    );
+}
+
+#[test]
 fn bad_input_gives_one_clear_line_and_no_lab() {
     let _lock = LabLock::acquire();
     let dir = std::env::temp_dir().join(format!("mpbond-lab-bad-{}", std::process::id()));

@@ -6,9 +6,9 @@
 //! ([`OwnedFd`](std::os::fd::OwnedFd)), so nothing leaks on error paths.
 //! Callers above this module stay safe Rust.
 
+mod iface;
 mod netlink;
 mod netns;
-mod packet;
 mod sockopt;
 mod sysctl;
 
@@ -23,10 +23,7 @@ pub use sockopt::{
 };
 pub use sysctl::{read_sysctl, SysctlGuard};
 
-pub use packet::{
-    interface_index, set_interface_up, set_timer_slack, wait_readable, EventFd, PacketSocket,
-    MAX_BATCH,
-};
+pub use iface::interface_index;
 
 use std::io;
 
@@ -36,15 +33,5 @@ fn cvt(ret: libc::c_int) -> io::Result<libc::c_int> {
         Err(io::Error::last_os_error())
     } else {
         Ok(ret)
-    }
-}
-
-/// Same as [`cvt`] for calls returning `ssize_t`.
-fn cvt_size(ret: libc::ssize_t) -> io::Result<usize> {
-    if ret < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        // A non-negative ssize_t always fits in usize.
-        Ok(ret as usize)
     }
 }

@@ -31,9 +31,10 @@ pub fn root() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
 }
 
-/// The release binary the lab runs (the emulator must not be a debug build:
-/// it would distort delays). Built once per test binary; `MPBOND=PATH` in
-/// the environment runs that binary instead (as `scripts/lab.sh` does).
+/// The release binary the lab runs. Built once per test binary, with the
+/// link emulator beside it (which must not be a debug build: it would
+/// distort delays); `MPBOND=PATH` in the environment runs that binary
+/// instead (as `scripts/lab.sh` does).
 pub fn mpbond_bin() -> &'static Path {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
     BIN.get_or_init(|| {
@@ -44,12 +45,22 @@ pub fn mpbond_bin() -> &'static Path {
         }
         let status = Command::new(env!("CARGO"))
             .args(["build", "--release", "--quiet", "--bin", "mpbond"])
+            .args(["--bin", "mpbond-linkem"])
             .current_dir(root())
             .status()
             .expect("run cargo build --release");
         assert!(status.success(), "cargo build --release failed");
         root().join("target/release/mpbond")
     })
+}
+
+/// The link emulator the lab runs, found as `scripts/lab.sh` finds it:
+/// `MPBOND_LINKEM=PATH`, else `mpbond-linkem` next to [`mpbond_bin`].
+pub fn linkem_bin() -> PathBuf {
+    if let Some(bin) = std::env::var_os("MPBOND_LINKEM").filter(|b| !b.is_empty()) {
+        return PathBuf::from(bin);
+    }
+    mpbond_bin().with_file_name("mpbond-linkem")
 }
 
 fn require_root() {
@@ -180,10 +191,10 @@ impl Lab {
     /// Emulator counters of `link` as key=value pairs (`up.rx_frames` ...).
     pub fn link_stats(&self, link: &str) -> Vec<(String, String)> {
         let sock = format!("{RUN}/{link}.sock");
-        let out = Command::new(mpbond_bin())
-            .args(["linkem", "ctl", "--control", &sock, "stats", "--kv"])
+        let out = Command::new(linkem_bin())
+            .args(["ctl", "--control", &sock, "stats", "--kv"])
             .output()
-            .expect("run mpbond linkem ctl");
+            .expect("run mpbond-linkem ctl");
         assert!(
             out.status.success(),
             "stats of {link}: {}",

@@ -12,8 +12,12 @@
 //! 1. **Link state.** Unless the link is [`LinkState::Up`] the frame is
 //!    dropped ([`Verdict::DroppedLinkDown`]).
 //! 2. **Random loss.** With probability [`DirectionParams::loss`] the frame
-//!    is dropped ([`Verdict::DroppedLoss`]). The draws come from a PRNG
-//!    seeded in [`Direction::new`], so a run is exactly reproducible.
+//!    is dropped ([`Verdict::DroppedLoss`]). With
+//!    [`DirectionParams::burst_loss`], a Gilbert-Elliott chain
+//!    ([`BurstLoss`]) also takes one step per frame and drops it with its
+//!    state's loss: loss in bursts, as on a radio link fading in and out.
+//!    The draws come from PRNGs seeded in [`Direction::new`], so a run is
+//!    exactly reproducible.
 //! 3. **Bottleneck queue.** Frames wait here until the shaper has serialized
 //!    them. Drop-tail: if the frames waiting (arrived, not yet fully
 //!    serialized) plus this one exceed the [`QueueLimit`], the frame is
@@ -311,6 +315,36 @@ impl Loss {
     }
 }
 
+/// Gilbert-Elliott loss: a good and a bad state, each with its own loss.
+///
+/// Each frame first moves the chain (good to bad with probability `p`, bad
+/// to good with `r`), then is lost with the loss of the state it is in. In
+/// the long run the chain is bad `p / (p + r)` of the frames, and a stay in
+/// the bad state lasts `1 / r` frames on average.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BurstLoss {
+    /// Per frame, the probability of going from good to bad.
+    pub p: Loss,
+    /// Per frame, the probability of going from bad back to good.
+    pub r: Loss,
+    /// Loss in the good state (usually 0).
+    pub loss_good: Loss,
+    /// Loss in the bad state.
+    pub loss_bad: Loss,
+}
+
+impl BurstLoss {
+    /// The long-run fraction of frames lost, 0 to 1.
+    pub fn mean_loss(&self) -> f64 {
+        let (p, r) = (f64::from(self.p.ppm()), f64::from(self.r.ppm()));
+        if p + r == 0.0 {
+            return self.loss_good.percent() / 100.0;
+        }
+        let bad = p / (p + r);
+        (bad * self.loss_bad.percent() + (1.0 - bad) * self.loss_good.percent()) / 100.0
+    }
+}
+
 /// Everything that shapes one direction of a link.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DirectionParams {
@@ -322,6 +356,8 @@ pub struct DirectionParams {
     pub jitter: Duration,
     /// Random loss probability.
     pub loss: Loss,
+    /// Loss in bursts, on top of `loss`.
+    pub burst_loss: Option<BurstLoss>,
     /// Size of the bottleneck queue.
     pub queue: QueueLimit,
     /// Whether jitter may reorder frames.
@@ -336,6 +372,7 @@ impl Default for DirectionParams {
             delay: Duration::ZERO,
             jitter: Duration::ZERO,
             loss: Loss::ZERO,
+            burst_loss: None,
             queue: QueueLimit::Unlimited,
             allow_reorder: false,
         }
@@ -400,7 +437,7 @@ pub struct DirectionStats {
     pub tx_frames: u64,
     /// Bytes returned by [`Direction::poll_transmit`].
     pub tx_bytes: u64,
-    /// Frames dropped by random loss.
+    /// Frames dropped by random or burst loss.
     pub drop_loss: u64,
     /// Frames dropped because the queue (or the model's memory cap) was full.
     pub drop_queue: u64,
@@ -442,6 +479,9 @@ pub struct Direction<F> {
     next_seq: u64,
     loss_rng: SplitMix64,
     jitter_rng: SplitMix64,
+    burst_rng: SplitMix64,
+    /// Whether the burst-loss chain is in its bad state.
+    burst_bad: bool,
     counters: DirectionStats,
 }
 
@@ -451,6 +491,7 @@ impl<F: AsRef<[u8]>> Direction<F> {
         let mut seeder = SplitMix64(seed);
         let loss_rng = SplitMix64(seeder.next_u64());
         let jitter_rng = SplitMix64(seeder.next_u64());
+        let burst_rng = SplitMix64(seeder.next_u64());
         Self {
             shaper: Shaper::new(&params.shaping, 0, 0),
             params,
@@ -467,6 +508,8 @@ impl<F: AsRef<[u8]>> Direction<F> {
             next_seq: 0,
             loss_rng,
             jitter_rng,
+            burst_rng,
+            burst_bad: false,
             counters: DirectionStats::default(),
         }
     }
@@ -483,6 +526,9 @@ impl<F: AsRef<[u8]>> Direction<F> {
         let now = self.advance(now);
         if !self.shaper.is(&params.shaping) {
             self.shaper = Shaper::new(&params.shaping, now, self.last_departure);
+        }
+        if params.burst_loss.is_none() {
+            self.burst_bad = false;
         }
         self.params = params;
     }
@@ -643,11 +689,22 @@ impl<F: AsRef<[u8]>> Direction<F> {
     }
 
     fn lose(&mut self) -> bool {
-        match self.params.loss.ppm() {
-            0 => false,
-            ppm if ppm >= PPM => true,
-            ppm => self.loss_rng.below(u64::from(PPM)) < u64::from(ppm),
+        let random = chance(&mut self.loss_rng, self.params.loss);
+        let Some(burst) = self.params.burst_loss else {
+            return random;
+        };
+        let flip = if self.burst_bad { burst.r } else { burst.p };
+        if chance(&mut self.burst_rng, flip) {
+            self.burst_bad = !self.burst_bad;
         }
+        let loss = if self.burst_bad {
+            burst.loss_bad
+        } else {
+            burst.loss_good
+        };
+        // Drawn even when `random` already lost the frame, so that the
+        // burst pattern does not depend on the random loss.
+        chance(&mut self.burst_rng, loss) || random
     }
 
     fn has_room(&self, ip_len: u64) -> bool {
@@ -909,12 +966,27 @@ impl TraceClock {
     }
 }
 
+/// True with probability `loss`; draws nothing when it is 0 or 1.
+fn chance(rng: &mut SplitMix64, loss: Loss) -> bool {
+    match loss.ppm() {
+        0 => false,
+        ppm if ppm >= PPM => true,
+        ppm => rng.below(u64::from(PPM)) < u64::from(ppm),
+    }
+}
+
 /// The splitmix64 generator: tiny, fast, deterministic; not cryptographic.
 #[derive(Clone, Debug)]
-struct SplitMix64(u64);
+pub(crate) struct SplitMix64(u64);
 
 impl SplitMix64 {
-    fn next_u64(&mut self) -> u64 {
+    /// A generator starting from `seed`.
+    pub(crate) fn new(seed: u64) -> Self {
+        Self(seed)
+    }
+
+    /// The next 64 random bits.
+    pub(crate) fn next_u64(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
         let mut z = self.0;
         z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
@@ -924,7 +996,7 @@ impl SplitMix64 {
 
     /// Uniform in `0..n` (Lemire's multiply-shift; bias below 2^-40 for the
     /// ranges used here). `n` must be > 0.
-    fn below(&mut self, n: u64) -> u64 {
+    pub(crate) fn below(&mut self, n: u64) -> u64 {
         // The product is below n * 2^64, so the high half is below n.
         ((u128::from(self.next_u64()) * u128::from(n)) >> 64) as u64
     }
@@ -1370,6 +1442,117 @@ mod tests {
         assert!((850..=1150).contains(&lost), "{lost}");
         assert_eq!(pattern, loss_pattern(loss, 3, 100_000));
         assert_ne!(pattern, loss_pattern(loss, 4, 100_000));
+    }
+
+    fn burst(p: f64, r: f64, good: f64, bad: f64) -> BurstLoss {
+        let loss = |percent| Loss::from_percent(percent).expect("in range");
+        BurstLoss {
+            p: loss(p),
+            r: loss(r),
+            loss_good: loss(good),
+            loss_bad: loss(bad),
+        }
+    }
+
+    fn burst_pattern(burst: BurstLoss, loss: Loss, seed: u64, frames: u64) -> Vec<Verdict> {
+        let mut link = Direction::new(
+            DirectionParams {
+                loss,
+                burst_loss: Some(burst),
+                ..DirectionParams::default()
+            },
+            seed,
+        );
+        let verdicts = (0..frames)
+            .map(|id| {
+                let verdict = link.on_frame(us(id * 100), frame(id, 100));
+                while link.poll_transmit(us(id * 100)).is_some() {}
+                verdict
+            })
+            .collect();
+        assert_accounted(link.stats());
+        verdicts
+    }
+
+    /// Lengths of the runs of consecutive losses.
+    fn loss_runs(verdicts: &[Verdict]) -> Vec<usize> {
+        verdicts
+            .split(|&v| v != Verdict::DroppedLoss)
+            .map(<[Verdict]>::len)
+            .filter(|&len| len > 0)
+            .collect()
+    }
+
+    #[test]
+    fn burst_loss_edge_cases_are_exact() {
+        // Never bad: nothing lost.
+        let never = burst_pattern(burst(0.0, 50.0, 0.0, 100.0), Loss::ZERO, 1, 10_000);
+        assert_eq!(count(&never, Verdict::Queued), 10_000);
+        // Bad from the first frame on and never back: everything lost.
+        let stuck = burst(100.0, 0.0, 0.0, 100.0);
+        let all = burst_pattern(stuck, Loss::ZERO, 1, 10_000);
+        assert_eq!(count(&all, Verdict::DroppedLoss), 10_000);
+        // Alternating states: every second frame lost.
+        let flip = burst_pattern(burst(100.0, 100.0, 0.0, 100.0), Loss::ZERO, 1, 10);
+        assert_eq!(loss_runs(&flip), [1; 5]);
+        assert_eq!(flip[0], Verdict::DroppedLoss);
+        assert_eq!(flip[1], Verdict::Queued);
+    }
+
+    #[test]
+    fn burst_loss_comes_in_bursts_of_the_configured_length() {
+        // Bad 1 / (1 + 25) of the time, stays 4 frames: 3.85 % lost in runs
+        // of 4 on average.
+        let params = burst(1.0, 25.0, 0.0, 100.0);
+        let pattern = burst_pattern(params, Loss::ZERO, 7, 400_000);
+        let lost = count(&pattern, Verdict::DroppedLoss) as f64 / 400_000.0;
+        assert!((0.034..=0.043).contains(&lost), "{lost}");
+        assert!((params.mean_loss() - 1.0 / 26.0).abs() < 1e-9);
+        let runs = loss_runs(&pattern);
+        let mean_run = runs.iter().sum::<usize>() as f64 / runs.len() as f64;
+        assert!((3.6..=4.4).contains(&mean_run), "{mean_run}");
+        // Independent loss of the same mean: runs of about one frame.
+        let random = loss_pattern(Loss::from_percent(3.85).expect("in range"), 7, 400_000);
+        let runs = loss_runs(&random);
+        let mean_run = runs.iter().sum::<usize>() as f64 / runs.len() as f64;
+        assert!(mean_run < 1.1, "{mean_run}");
+    }
+
+    #[test]
+    fn burst_loss_is_reproducible_and_adds_to_random_loss() {
+        let params = burst(0.5, 25.0, 0.0, 50.0);
+        let a = burst_pattern(params, Loss::ZERO, 3, 50_000);
+        assert_eq!(a, burst_pattern(params, Loss::ZERO, 3, 50_000));
+        assert_ne!(a, burst_pattern(params, Loss::ZERO, 4, 50_000));
+        // The burst pattern does not depend on the random loss: adding 1 %
+        // only loses more, never less.
+        let both = burst_pattern(
+            params,
+            Loss::from_percent(1.0).expect("in range"),
+            3,
+            50_000,
+        );
+        for (alone, with_random) in a.iter().zip(&both) {
+            if *alone == Verdict::DroppedLoss {
+                assert_eq!(*with_random, Verdict::DroppedLoss);
+            }
+        }
+        assert!(count(&both, Verdict::DroppedLoss) > count(&a, Verdict::DroppedLoss));
+    }
+
+    #[test]
+    fn removing_burst_loss_live_ends_the_burst() {
+        let mut link = Direction::new(
+            DirectionParams {
+                burst_loss: Some(burst(100.0, 0.0, 0.0, 100.0)),
+                ..DirectionParams::default()
+            },
+            1,
+        );
+        assert_eq!(link.on_frame(ms(0), frame(0, 100)), Verdict::DroppedLoss);
+        link.set_params(ms(1), DirectionParams::default());
+        assert_eq!(link.on_frame(ms(2), frame(1, 100)), Verdict::Queued);
+        assert_eq!(link.poll_transmit(ms(2)), Some(frame(1, 100)));
     }
 
     #[test]

@@ -28,8 +28,8 @@ use std::time::{Duration, Instant};
 use thiserror::Error;
 use tracing::{debug, info, warn};
 
-use super::model::{Direction, DirectionParams, DirectionStats, LinkState, Shaping};
-use super::profile::{self, LinkProfile};
+use crate::model::{Direction, DirectionParams, DirectionStats, LinkState};
+use crate::profile::{self, LinkProfile};
 use crate::sys::{self, EventFd, PacketSocket};
 
 /// Largest frame read from an interface (jumbo frames fit); a longer one
@@ -576,7 +576,7 @@ impl ControlState {
         let mut out = String::new();
         if !kv {
             out.push_str(&format!(
-                "link {}  state {}\n{:<5} {:<40} {:>10} {:>12} {:>10} {:>12} {:>9} {:>9} {:>9} {:>7}\n",
+                "link {}  state {}\n{:<5} {:<52} {:>10} {:>12} {:>10} {:>12} {:>9} {:>9} {:>9} {:>7}\n",
                 self.link,
                 self.state.as_str(),
                 "dir",
@@ -602,12 +602,14 @@ impl ControlState {
             if kv {
                 let p = &d.params;
                 out.push_str(&format!(
-                    "{0}.rate_bps={1}\n{0}.delay_us={2}\n{0}.jitter_us={3}\n{0}.loss_percent={4}\n",
+                    "{0}.rate_bps={1}\n{0}.delay_us={2}\n{0}.jitter_us={3}\n{0}.loss_percent={4}\n\
+                     {0}.burst_loss_percent={5}\n",
                     d.name,
                     p.shaping.mean_bits_per_sec().unwrap_or(0),
                     p.delay.as_micros(),
                     p.jitter.as_micros(),
                     p.loss.percent(),
+                    p.burst_loss.map_or(0.0, |b| b.mean_loss() * 100.0),
                 ));
                 for (key, value) in [
                     ("rx_frames", s.rx_frames),
@@ -627,7 +629,7 @@ impl ControlState {
                 }
             } else {
                 out.push_str(&format!(
-                    "{:<5} {:<40} {:>10} {:>12} {:>10} {:>12} {:>9} {:>9} {:>9} {:>7}\n",
+                    "{:<5} {:<52} {:>10} {:>12} {:>10} {:>12} {:>9} {:>9} {:>9} {:>7}\n",
                     d.name,
                     describe(&d.params),
                     s.rx_frames,
@@ -654,16 +656,19 @@ fn keep_or<T, E>(text: &str, parse: impl Fn(&str) -> Result<T, E>) -> Result<Opt
     }
 }
 
-/// One-line summary of a direction's shaping, e.g.
-/// `20 Mbit/s 10ms ±0ms loss 0% queue 50ms`.
+/// One-line summary of a direction's shaping for the stats table, e.g.
+/// `20 Mbit/s 10 ms ±0 ms loss 0%` or `trace (mean 9.06 Mbit/s) 35 ms ±0 ms
+/// loss 0% burst 0.26%` (the burst loss's mean).
 pub fn describe(params: &DirectionParams) -> String {
-    let shaping = match &params.shaping {
-        Shaping::Unlimited => "unlimited".to_owned(),
-        Shaping::Rate { bits_per_sec } => profile::format_rate(*bits_per_sec),
-        Shaping::Trace(_) => "trace".to_owned(),
-    };
+    let burst = params
+        .burst_loss
+        .as_ref()
+        .map_or_else(String::new, |burst| {
+            format!(" burst {:.2}%", burst.mean_loss() * 100.0)
+        });
     format!(
-        "{shaping} {} ±{} loss {}",
+        "{} {} ±{} loss {}{burst}",
+        profile::format_shaping(&params.shaping),
         profile::format_duration(params.delay),
         profile::format_duration(params.jitter),
         profile::format_loss(params.loss),

@@ -19,22 +19,38 @@
 //!
 //! ```toml
 //! # down = wan -> client, up = client -> wan
-//! seed = 7               # optional: seeds loss and jitter (default 1)
+//! seed = 7               # optional: seeds loss, jitter and models (default 1)
 //! [down]
 //! trace = "traces/lte.down"  # relative to this file's directory; or rate = "20mbit"
 //! delay = "10ms"         # required
 //! jitter = "2ms"         # optional, default 0
 //! loss = "0.1%"          # optional, default 0
+//! burst_loss = { p = "0.5%", r = "25%", loss_bad = "50%" }  # optional, see below
 //! queue = "50ms"         # optional, default 100ms
 //! reorder = false        # optional: may jitter reorder frames? default false
 //! [up]
-//! rate = "5mbit"         # exactly one of rate and trace
+//! model = "lte-bursty"   # exactly one of rate, trace and model
 //! delay = "10ms"
 //! ```
+//!
+//! `model` generates a [`BUILTIN_TRACE_SECS`]-second trace of one of the
+//! bursty cellular models of [`crate::gen`] (for this direction, from the
+//! profile's seed). `burst_loss` is Gilbert-Elliott loss
+//! ([`BurstLoss`]): per frame, `p` is the chance of going from the good
+//! state to the bad one, `r` of coming back (required, above 0), and
+//! `loss_bad` (required) and `loss_good` (default 0) the loss in each.
 //!
 //! Both sections are required and unknown keys are errors. Errors name the
 //! file, line and key: `profiles/x.toml:4: down.rate: "20mbitz" is not a
 //! rate; use e.g. 20mbit, 500kbit, 1gbit or unlimited`.
+//!
+//! # Built-in profiles
+//!
+//! `dsl`, `lte`, `fast` and `none` have fixed rates (see [`builtin`]).
+//! `lte-bursty`, `lte-drive` and `lte-weak` shape each direction with a
+//! trace generated from the model of the same name when the profile is
+//! resolved, from the profile's seed ([`DEFAULT_SEED`] unless overridden),
+//! so a built-in is the same on every run.
 //!
 //! # Traces
 //!
@@ -42,7 +58,7 @@
 //! line, each a delivery opportunity of 1500 bytes; several lines may repeat
 //! a value. Values never decrease, and the last one is the period after
 //! which the trace repeats, so it must be greater than 0. Blank lines and
-//! lines starting with `#` are ignored. See [`super::model`] for how a trace
+//! lines starting with `#` are ignored. See [`crate::model`] for how a trace
 //! shapes traffic.
 
 use std::fmt;
@@ -55,13 +71,26 @@ use std::time::Duration;
 use serde::Deserialize;
 use toml::Spanned;
 
-use super::model::{
-    DirectionParams, Loss, QueueLimit, Shaping, Trace, TraceError, MAX_QUEUE_FRAMES,
+use crate::gen::{self, Dir, Model};
+use crate::model::{
+    BurstLoss, DirectionParams, Loss, QueueLimit, Shaping, Trace, TraceError, MAX_QUEUE_FRAMES,
     MAX_TRACE_OPPORTUNITIES, MAX_TRACE_PERIOD_MS,
 };
 
 /// Names [`resolve`] knows without a file.
-pub const BUILTIN_NAMES: [&str; 4] = ["dsl", "lte", "none", "fast"];
+pub const BUILTIN_NAMES: [&str; 7] = [
+    "dsl",
+    "lte",
+    "none",
+    "fast",
+    "lte-bursty",
+    "lte-drive",
+    "lte-weak",
+];
+
+/// Length of the traces generated for built-in profiles and `model` keys:
+/// long enough that a test or benchmark does not see it repeat.
+pub const BUILTIN_TRACE_SECS: u64 = 300;
 
 /// Seed of the built-in profiles and of files that do not set one.
 pub const DEFAULT_SEED: u64 = 1;
@@ -275,16 +304,16 @@ pub enum ProfileError {
         /// `down` or `up`.
         section: &'static str,
     },
-    /// A section has both `rate` and `trace`.
-    #[error("{at}: [{section}] has both rate and trace; keep one")]
+    /// A section has more than one of `rate`, `trace` and `model`.
+    #[error("{at}: [{section}] has more than one of rate, trace and model; keep one")]
     RateAndTrace {
-        /// File and line of the `trace` key.
+        /// File and line of the second key.
         at: Location,
         /// `down` or `up`.
         section: &'static str,
     },
-    /// A section has neither `rate` nor `trace`.
-    #[error("{at}: [{section}] has neither rate nor trace; add e.g. rate = \"20mbit\"")]
+    /// A section has neither `rate` nor `trace` nor `model`.
+    #[error("{at}: [{section}] has none of rate, trace and model; add e.g. rate = \"20mbit\"")]
     NoRateOrTrace {
         /// File and line of the section.
         at: Location,
@@ -310,6 +339,38 @@ pub enum ProfileError {
         #[source]
         source: ValueError,
     },
+    /// A `model` key names no model.
+    #[error("{at}: {key}")]
+    Model {
+        /// File and line of the value.
+        at: Location,
+        /// The key, e.g. `down.model`.
+        key: String,
+        /// Which models exist.
+        #[source]
+        source: gen::UnknownModel,
+    },
+    /// A `burst_loss` table lacks a key it needs, or its `r` is 0.
+    #[error("{at}: {key}: {problem}")]
+    BurstLoss {
+        /// File and line of the table.
+        at: Location,
+        /// The key, e.g. `down.burst_loss.r`.
+        key: String,
+        /// What is wrong and what to do.
+        problem: &'static str,
+    },
+    /// A built-in trace model could not generate its trace (a bug).
+    #[error("cannot generate the {model} trace for {dir}")]
+    Generate {
+        /// The model.
+        model: Model,
+        /// The direction.
+        dir: Dir,
+        /// Why.
+        #[source]
+        source: gen::GenError,
+    },
     /// The trace named by a `trace` key is invalid.
     #[error("{at}: {key}")]
     Trace {
@@ -324,6 +385,8 @@ pub enum ProfileError {
 }
 
 /// How the lab joins the two sides of a link.
+// Made once per run: the size of `Emulated` costs nothing worth a box.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Profile {
     /// `none`: a plain veth, no emulator.
@@ -368,8 +431,14 @@ impl fmt::Display for Profile {
 
 /// A built-in profile or the profile file at `spec`.
 pub fn resolve(spec: &str) -> Result<Profile, ProfileError> {
-    if let Some(profile) = builtin(spec) {
-        return Ok(profile);
+    resolve_with_seed(spec, None)
+}
+
+/// Like [`resolve`], with `seed` (when given) in place of the profile's
+/// own: it seeds loss, jitter and generated traces.
+pub fn resolve_with_seed(spec: &str, seed: Option<u64>) -> Result<Profile, ProfileError> {
+    if let Some(profile) = builtin_seeded(spec, seed.unwrap_or(DEFAULT_SEED)) {
+        return profile;
     }
     let path = Path::new(spec);
     if !path.exists() {
@@ -377,13 +446,110 @@ pub fn resolve(spec: &str) -> Result<Profile, ProfileError> {
             spec: spec.to_owned(),
         });
     }
-    load_profile(path).map(Profile::Emulated)
+    let text = std::fs::read_to_string(path).map_err(|source| ProfileError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    parse_profile_seeded(&text, path, seed).map(Profile::Emulated)
 }
 
-/// The built-in profile called `name` (see [`BUILTIN_NAMES`]).
+/// The built-in profile called `name` (see [`BUILTIN_NAMES`]), with the
+/// default seed; `None` for other names. A bursty profile whose trace
+/// cannot be generated (a bug) is `None` too; [`resolve`] reports why.
 pub fn builtin(name: &str) -> Option<Profile> {
+    builtin_seeded(name, DEFAULT_SEED)?.ok()
+}
+
+/// A bursty built-in: its trace model, and per direction (down, up) the
+/// one-way delay, queue and burst loss.
+struct Bursty {
+    model: Model,
+    delays: [Duration; 2],
+    queues: [QueueLimit; 2],
+    burst_losses: [Option<BurstLoss>; 2],
+}
+
+/// The bursty built-in called `name`.
+fn bursty(name: &str) -> Option<Bursty> {
+    let ms = Duration::from_millis;
+    let loss = |ppm| Loss::from_ppm(ppm).unwrap_or(Loss::ZERO);
+    let burst = |p, r, bad| BurstLoss {
+        p: loss(p),
+        r: loss(r),
+        loss_good: Loss::ZERO,
+        loss_bad: loss(bad),
+    };
+    let (model, delays, queues, burst_losses) = match name {
+        // Urban LTE: the radio's gaps, little loss (the link layer retries),
+        // a bloated buffer.
+        "lte-bursty" => (
+            Model::LteBursty,
+            [ms(30), ms(30)],
+            [QueueLimit::Time(ms(150)), QueueLimit::Time(ms(150))],
+            [None, None],
+        ),
+        // Driving: handover losses come in short bursts.
+        "lte-drive" => (
+            Model::LteDrive,
+            [ms(35), ms(40)],
+            [QueueLimit::Bytes(384 << 10), QueueLimit::Bytes(128 << 10)],
+            [
+                Some(burst(2_000, 300_000, 400_000)),
+                Some(burst(2_000, 300_000, 400_000)),
+            ],
+        ),
+        // Cell edge: deep buffers, fading that loses frames in bursts.
+        "lte-weak" => (
+            Model::LteWeak,
+            [ms(40), ms(40)],
+            [QueueLimit::Time(ms(300)), QueueLimit::Time(ms(300))],
+            [
+                Some(burst(5_000, 250_000, 500_000)),
+                Some(burst(5_000, 250_000, 500_000)),
+            ],
+        ),
+        _ => return None,
+    };
+    Some(Bursty {
+        model,
+        delays,
+        queues,
+        burst_losses,
+    })
+}
+
+/// The built-in profile called `name` with `seed`; `None` for other names.
+fn builtin_seeded(name: &str, seed: u64) -> Option<Result<Profile, ProfileError>> {
+    if let Some(Bursty {
+        model,
+        delays,
+        queues,
+        burst_losses,
+    }) = bursty(name)
+    {
+        let direction = |dir: Dir, index: usize| {
+            let trace = gen::generate(model, dir, seed, BUILTIN_TRACE_SECS)
+                .map_err(|source| ProfileError::Generate { model, dir, source })?;
+            Ok(DirectionParams {
+                shaping: Shaping::Trace(Arc::new(trace)),
+                delay: delays[index],
+                queue: queues[index],
+                burst_loss: burst_losses[index],
+                ..DirectionParams::default()
+            })
+        };
+        let profile = direction(Dir::Down, 0).and_then(|down| {
+            Ok(Profile::Emulated(LinkProfile {
+                name: name.to_owned(),
+                down,
+                up: direction(Dir::Up, 1)?,
+                seed,
+            }))
+        });
+        return Some(profile);
+    }
     let (name, down, up) = match name {
-        "none" => return Some(Profile::Veth),
+        "none" => return Some(Ok(Profile::Veth)),
         "dsl" => {
             let dsl = |mbit: u64| DirectionParams {
                 shaping: Shaping::Rate {
@@ -404,7 +570,7 @@ pub fn builtin(name: &str) -> Option<Profile> {
                 jitter: Duration::from_millis(5),
                 loss: Loss::from_ppm(5_000).unwrap_or(Loss::ZERO),
                 queue: QueueLimit::Time(Duration::from_millis(100)),
-                allow_reorder: false,
+                ..DirectionParams::default()
             };
             ("lte", lte(40), lte(10))
         }
@@ -415,12 +581,12 @@ pub fn builtin(name: &str) -> Option<Profile> {
         ),
         _ => return None,
     };
-    Some(Profile::Emulated(LinkProfile {
+    Some(Ok(Profile::Emulated(LinkProfile {
         name: name.to_owned(),
         up,
         down,
-        seed: DEFAULT_SEED,
-    }))
+        seed,
+    })))
 }
 
 /// Reads and validates the profile file at `path`.
@@ -435,6 +601,15 @@ pub fn load_profile(path: &Path) -> Result<LinkProfile, ProfileError> {
 /// Validates `text` as the profile file at `path` (which names the profile,
 /// locates its traces and appears in errors).
 pub fn parse_profile(text: &str, path: &Path) -> Result<LinkProfile, ProfileError> {
+    parse_profile_seeded(text, path, None)
+}
+
+/// Like [`parse_profile`], with `seed` (when given) in place of the file's.
+fn parse_profile_seeded(
+    text: &str,
+    path: &Path,
+    seed: Option<u64>,
+) -> Result<LinkProfile, ProfileError> {
     let file = SourceFile { path, text };
     let raw: RawProfile = toml::from_str(text).map_err(|err| ProfileError::Toml {
         at: Location {
@@ -444,7 +619,7 @@ pub fn parse_profile(text: &str, path: &Path) -> Result<LinkProfile, ProfileErro
         // toml's messages may span lines; keep the error on one.
         message: err.message().trim().replace('\n', "; "),
     })?;
-    LinkProfile::try_from(InFile { file, raw })
+    LinkProfile::try_from(InFile { file, raw, seed })
 }
 
 /// Reads and validates the trace file at `path`.
@@ -651,7 +826,18 @@ pub fn format_shaping(shaping: &Shaping) -> String {
     match shaping {
         Shaping::Unlimited => "unlimited".to_owned(),
         Shaping::Rate { bits_per_sec } => format_rate(*bits_per_sec),
-        Shaping::Trace(trace) => format!("trace (mean {})", format_rate(trace.mean_bits_per_sec())),
+        Shaping::Trace(trace) => {
+            // Three or four significant digits: a mean to the bit says
+            // nothing more about a bursty trace.
+            let mean = trace.mean_bits_per_sec();
+            let step = match mean {
+                1_000_000.. => 10_000,
+                1_000.. => 10,
+                _ => 1,
+            };
+            let rounded = (mean + step / 2) / step * step;
+            format!("trace (mean {})", format_rate(rounded))
+        }
     }
 }
 
@@ -671,6 +857,19 @@ pub fn format_duration(duration: Duration) -> String {
 /// A loss rate for people: `0.5%`.
 pub fn format_loss(loss: Loss) -> String {
     format!("{}%", decimal(loss.ppm().into(), 10_000))
+}
+
+/// Burst loss for people: `burst loss p 0.5% r 25% good 0% bad 50% (mean
+/// 0.98%)`.
+pub fn format_burst_loss(burst: &BurstLoss) -> String {
+    format!(
+        "burst loss p {} r {} good {} bad {} (mean {:.2}%)",
+        format_loss(burst.p),
+        format_loss(burst.r),
+        format_loss(burst.loss_good),
+        format_loss(burst.loss_bad),
+        burst.mean_loss() * 100.0
+    )
 }
 
 /// A queue size for people: `50 ms`, `64 KiB`, `1500 B`, `100 packets`,
@@ -694,7 +893,7 @@ pub fn format_queue(queue: &QueueLimit) -> String {
 /// queue 50 ms`.
 pub fn format_direction(params: &DirectionParams) -> String {
     format!(
-        "{}, delay {}, jitter {}{}, loss {}, queue {}",
+        "{}, delay {}, jitter {}{}, loss {}{}, queue {}",
         format_shaping(&params.shaping),
         format_duration(params.delay),
         format_duration(params.jitter),
@@ -704,6 +903,13 @@ pub fn format_direction(params: &DirectionParams) -> String {
             ""
         },
         format_loss(params.loss),
+        params
+            .burst_loss
+            .as_ref()
+            .map_or_else(String::new, |burst| format!(
+                ", {}",
+                format_burst_loss(burst)
+            )),
         format_queue(&params.queue),
     )
 }
@@ -726,8 +932,20 @@ struct RawDirection {
     delay: Option<Spanned<String>>,
     jitter: Option<Spanned<String>>,
     loss: Option<Spanned<String>>,
+    burst_loss: Option<Spanned<RawBurstLoss>>,
+    model: Option<Spanned<String>>,
     queue: Option<Spanned<String>>,
     reorder: Option<bool>,
+}
+
+/// A `burst_loss = { ... }` table as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawBurstLoss {
+    p: Option<Spanned<String>>,
+    r: Option<Spanned<String>>,
+    loss_good: Option<Spanned<String>>,
+    loss_bad: Option<Spanned<String>>,
 }
 
 /// The text of a profile file and where it is.
@@ -780,11 +998,61 @@ impl SourceFile<'_> {
             .transpose()
     }
 
+    /// Validates `section.burst_loss`.
+    fn burst_loss(
+        &self,
+        section: &'static str,
+        raw: Spanned<RawBurstLoss>,
+    ) -> Result<BurstLoss, ProfileError> {
+        let at = self.at(raw.span().start);
+        let raw = raw.into_inner();
+        let key = |name: &str| format!("{section}.burst_loss.{name}");
+        let required = |name: &str, value: Option<Spanned<String>>, problem| {
+            let Some(value) = value else {
+                return Err(ProfileError::BurstLoss {
+                    at: at.clone(),
+                    key: key(name),
+                    problem,
+                });
+            };
+            self.value(section, &format!("burst_loss.{name}"), &value, parse_loss)
+        };
+        let burst = BurstLoss {
+            p: required(
+                "p",
+                raw.p,
+                "missing; add the chance per frame of a loss burst starting, e.g. p = \"0.5%\"",
+            )?,
+            r: required(
+                "r",
+                raw.r,
+                "missing; add the chance per frame of a burst ending, e.g. r = \"25%\"",
+            )?,
+            loss_bad: required(
+                "loss_bad",
+                raw.loss_bad,
+                "missing; add the loss during a burst, e.g. loss_bad = \"50%\"",
+            )?,
+            loss_good: self
+                .optional(section, "burst_loss.loss_good", raw.loss_good, parse_loss)?
+                .unwrap_or_default(),
+        };
+        if burst.r == Loss::ZERO {
+            return Err(ProfileError::BurstLoss {
+                at,
+                key: key("r"),
+                problem: "is 0, so the first burst would never end; use e.g. r = \"25%\"",
+            });
+        }
+        Ok(burst)
+    }
+
     /// Validates the section called `section`.
     fn direction(
         &self,
         section: &'static str,
         raw: Option<Spanned<RawDirection>>,
+        seed: u64,
     ) -> Result<DirectionParams, ProfileError> {
         let Some(raw) = raw else {
             return Err(ProfileError::MissingSection {
@@ -794,9 +1062,30 @@ impl SourceFile<'_> {
         };
         let section_at = self.at(raw.span().start);
         let raw = raw.into_inner();
-        let shaping = match (raw.rate, raw.trace) {
-            (Some(rate), None) => self.value(section, "rate", &rate, parse_rate)?,
-            (None, Some(trace)) => {
+        let shaping = match (raw.rate, raw.trace, raw.model) {
+            (None, None, Some(model)) => {
+                let name: Model =
+                    model
+                        .get_ref()
+                        .parse()
+                        .map_err(|source| ProfileError::Model {
+                            at: self.at(model.span().start),
+                            key: format!("{section}.model"),
+                            source,
+                        })?;
+                let dir = if section == "up" { Dir::Up } else { Dir::Down };
+                let trace =
+                    gen::generate(name, dir, seed, BUILTIN_TRACE_SECS).map_err(|source| {
+                        ProfileError::Generate {
+                            model: name,
+                            dir,
+                            source,
+                        }
+                    })?;
+                Shaping::Trace(Arc::new(trace))
+            }
+            (Some(rate), None, None) => self.value(section, "rate", &rate, parse_rate)?,
+            (None, Some(trace), None) => {
                 let path = self
                     .path
                     .parent()
@@ -809,13 +1098,15 @@ impl SourceFile<'_> {
                 })?;
                 Shaping::Trace(Arc::new(trace_file))
             }
-            (Some(_), Some(trace)) => {
+            // Two or three at once: point at the later key of rate/trace,
+            // or at model.
+            (Some(_), Some(second), None) | (_, _, Some(second)) => {
                 return Err(ProfileError::RateAndTrace {
-                    at: self.at(trace.span().start),
+                    at: self.at(second.span().start),
                     section,
                 })
             }
-            (None, None) => {
+            (None, None, None) => {
                 return Err(ProfileError::NoRateOrTrace {
                     at: section_at,
                     section,
@@ -837,6 +1128,10 @@ impl SourceFile<'_> {
             loss: self
                 .optional(section, "loss", raw.loss, parse_loss)?
                 .unwrap_or_default(),
+            burst_loss: raw
+                .burst_loss
+                .map(|raw| self.burst_loss(section, raw))
+                .transpose()?,
             queue: self
                 .optional(section, "queue", raw.queue, parse_queue)?
                 .unwrap_or(DEFAULT_QUEUE),
@@ -850,20 +1145,23 @@ impl SourceFile<'_> {
 struct InFile<'a> {
     file: SourceFile<'a>,
     raw: RawProfile,
+    /// Replaces the file's seed.
+    seed: Option<u64>,
 }
 
 impl TryFrom<InFile<'_>> for LinkProfile {
     type Error = ProfileError;
 
-    fn try_from(InFile { file, raw }: InFile<'_>) -> Result<Self, ProfileError> {
+    fn try_from(InFile { file, raw, seed }: InFile<'_>) -> Result<Self, ProfileError> {
+        let seed = seed.or(raw.seed).unwrap_or(DEFAULT_SEED);
         Ok(LinkProfile {
             name: file
                 .path
                 .file_stem()
                 .map_or_else(String::new, |stem| stem.to_string_lossy().into_owned()),
-            down: file.direction("down", raw.down)?,
-            up: file.direction("up", raw.up)?,
-            seed: raw.seed.unwrap_or(DEFAULT_SEED),
+            down: file.direction("down", raw.down, seed)?,
+            up: file.direction("up", raw.up, seed)?,
+            seed,
         })
     }
 }
@@ -1250,8 +1548,8 @@ mod tests {
         let err = resolve("cable").expect_err("unknown");
         assert_eq!(
             err.to_string(),
-            "unknown link profile \"cable\": not a built-in profile (dsl, lte, none, fast) \
-             and no such file"
+            "unknown link profile \"cable\": not a built-in profile (dsl, lte, none, fast, \
+             lte-bursty, lte-drive, lte-weak) and no such file"
         );
     }
 
@@ -1314,6 +1612,147 @@ delay = "1.5ms"
         );
     }
 
+    #[test]
+    fn bursty_builtins_are_generated_traces_reproducible_from_the_seed() {
+        for name in ["lte-bursty", "lte-drive", "lte-weak"] {
+            let Some(Profile::Emulated(profile)) = builtin(name) else {
+                panic!("{name} is built in");
+            };
+            assert_eq!(profile.name, name);
+            for (dir, params) in [("down", &profile.down), ("up", &profile.up)] {
+                let Shaping::Trace(trace) = &params.shaping else {
+                    panic!("{name} {dir} is traced");
+                };
+                assert_eq!(trace.period(), Duration::from_secs(BUILTIN_TRACE_SECS));
+                assert!(
+                    (Duration::from_millis(30)..=Duration::from_millis(40)).contains(&params.delay),
+                    "{name} {dir}"
+                );
+            }
+            let (down, up) = (&profile.down.shaping, &profile.up.shaping);
+            assert!(up.mean_bits_per_sec() < down.mean_bits_per_sec(), "{name}");
+            // Same seed, same profile; another seed, other traces.
+            assert_eq!(resolve(name).ok(), builtin(name), "{name}");
+            let Ok(Profile::Emulated(other)) = resolve_with_seed(name, Some(2)) else {
+                panic!("{name} with seed 2");
+            };
+            assert_eq!(other.seed, 2);
+            assert_ne!(other.down.shaping, profile.down.shaping, "{name}");
+            assert_eq!(other.down.delay, profile.down.delay, "{name}");
+        }
+        let Some(Profile::Emulated(weak)) = builtin("lte-weak") else {
+            panic!("lte-weak is built in");
+        };
+        // A trace's mean shows to four digits: 1337 opportunities in a
+        // second are 16.044 Mbit/s.
+        let mut offsets = vec![0; 1336];
+        offsets.push(1000);
+        let trace = Trace::new(offsets).expect("trace");
+        assert_eq!(
+            format_shaping(&Shaping::Trace(Arc::new(trace))),
+            "trace (mean 16.04 Mbit/s)"
+        );
+        let burst = weak.down.burst_loss.expect("lte-weak loses in bursts");
+        assert!((0.005..=0.02).contains(&burst.mean_loss()), "{burst:?}");
+    }
+
+    #[test]
+    fn profile_file_with_a_model_and_burst_loss_resolves() {
+        let dir = TempDir::new();
+        let text = r#"seed = 5
+[down]
+model = "lte-drive"
+delay = "35ms"
+burst_loss = { p = "0.5%", r = "25%", loss_bad = "50%" }
+queue = "256kb"
+[up]
+model = "lte-drive"
+delay = "40ms"
+burst_loss = { p = "1%", r = "20%", loss_good = "0.1%", loss_bad = "30%" }
+"#;
+        let path = dir.write("drive.toml", text);
+        let spec = path.to_str().expect("utf-8 temp path");
+        let Ok(Profile::Emulated(profile)) = resolve(spec) else {
+            panic!("{:?}", resolve(spec));
+        };
+        let expected =
+            gen::generate(Model::LteDrive, Dir::Down, 5, BUILTIN_TRACE_SECS).expect("generate");
+        assert_eq!(profile.down.shaping, Shaping::Trace(Arc::new(expected)));
+        let loss = |percent| Loss::from_percent(percent).expect("in range");
+        assert_eq!(
+            profile.down.burst_loss,
+            Some(BurstLoss {
+                p: loss(0.5),
+                r: loss(25.0),
+                loss_good: Loss::ZERO,
+                loss_bad: loss(50.0),
+            })
+        );
+        assert_eq!(profile.up.burst_loss.map(|b| b.loss_good), Some(loss(0.1)));
+        assert!(profile
+            .to_string()
+            .contains("burst loss p 0.5% r 25% good 0% bad 50% (mean 0.98%)"));
+        // A seed given on the command line replaces the file's.
+        let Ok(Profile::Emulated(reseeded)) = resolve_with_seed(spec, Some(6)) else {
+            panic!("reseeded");
+        };
+        assert_eq!(reseeded.seed, 6);
+        assert_ne!(reseeded.down.shaping, profile.down.shaping);
+    }
+
+    #[test]
+    fn model_and_burst_loss_errors_name_file_line_and_key() {
+        let cases = [
+            (
+                format!("[down]\nmodel = \"lte-fast\"\ndelay = \"1ms\"\n{UP}"),
+                "profiles/x.toml:2: down.model: unknown trace model \"lte-fast\"; \
+                 use one of lte-bursty, lte-drive, lte-weak",
+            ),
+            (
+                format!("[down]\nrate = \"1mbit\"\nmodel = \"lte-weak\"\ndelay = \"1ms\"\n{UP}"),
+                "profiles/x.toml:3: [down] has more than one of rate, trace and model; keep one",
+            ),
+            (
+                format!(
+                    "[down]\nrate = \"1mbit\"\ndelay = \"1ms\"\n\
+                     burst_loss = {{ p = \"1%\", loss_bad = \"50%\" }}\n{UP}"
+                ),
+                "profiles/x.toml:4: down.burst_loss.r: missing; add the chance per frame of a \
+                 burst ending, e.g. r = \"25%\"",
+            ),
+            (
+                format!(
+                    "[down]\nrate = \"1mbit\"\ndelay = \"1ms\"\n\
+                     burst_loss = {{ p = \"1%\", r = \"0%\", loss_bad = \"50%\" }}\n{UP}"
+                ),
+                "profiles/x.toml:4: down.burst_loss.r: is 0, so the first burst would never \
+                 end; use e.g. r = \"25%\"",
+            ),
+            (
+                format!(
+                    "[down]\nrate = \"1mbit\"\ndelay = \"1ms\"\n{UP}\
+                     burst_loss = {{ p = \"1%\", r = \"5\", loss_bad = \"50%\" }}\n"
+                ),
+                "profiles/x.toml:7: up.burst_loss.r: \"5\" is not a loss rate; \
+                 use a percentage such as 0.5% or 0%",
+            ),
+            (
+                format!(
+                    "[down]\nrate = \"1mbit\"\ndelay = \"1ms\"\n\
+                     burst_loss = {{ p = \"1%\", r = \"5%\", bad = \"50%\" }}\n{UP}"
+                ),
+                "profiles/x.toml:4: unknown field `bad`, expected one of",
+            ),
+        ];
+        for (text, expected) in cases {
+            let err = profile_error(&text);
+            assert!(
+                err.starts_with(expected),
+                "{err:?} should start with {expected:?}"
+            );
+        }
+    }
+
     const UP: &str = "[up]\nrate = \"5mbit\"\ndelay = \"10ms\"\n";
 
     /// The error for profile `text` read from `profiles/x.toml`.
@@ -1370,11 +1809,11 @@ delay = "1.5ms"
             ),
             (
                 format!("{UP}\n[down]\nrate = \"1mbit\"\ntrace = \"t\"\ndelay = \"0\"\n"),
-                "profiles/x.toml:7: [down] has both rate and trace; keep one",
+                "profiles/x.toml:7: [down] has more than one of rate, trace and model; keep one",
             ),
             (
                 format!("{UP}\n[down]\ndelay = \"0\"\n"),
-                "profiles/x.toml:5: [down] has neither rate nor trace; add e.g. rate = \"20mbit\"",
+                "profiles/x.toml:5: [down] has none of rate, trace and model; add e.g. rate = \"20mbit\"",
             ),
             (
                 format!("{UP}\n[down]\nrate = \"1mbit\"\n"),

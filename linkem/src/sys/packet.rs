@@ -129,7 +129,19 @@ impl PacketSocket {
     }
 
     fn set_int(&self, level: libc::c_int, name: libc::c_int, value: libc::c_int) -> io::Result<()> {
-        super::sockopt::set_int_option(self.fd.as_fd(), level, name, value)
+        // SAFETY: setsockopt reads exactly `size_of::<c_int>()` bytes from
+        // `value`, which lives across the call; the descriptor is owned by
+        // `self` and open.
+        cvt(unsafe {
+            libc::setsockopt(
+                self.fd.as_raw_fd(),
+                level,
+                name,
+                (&raw const value).cast(),
+                mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        })?;
+        Ok(())
     }
 
     fn bind(&self, ifindex: u32, protocol_be: u16) -> io::Result<()> {
