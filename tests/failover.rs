@@ -378,3 +378,40 @@ fn a_backup_uplink_takes_over_only_when_needed() {
     let got = download.join().expect("download thread");
     check("dsl blackholed, lte backup", got, &srv);
 }
+
+/// On a bursty cellular lte (profile `lte-bursty`: delivery pauses of
+/// 50 ms to 1.5 s tens of times a minute while the line is alive), a 60 MiB
+/// download arrives intact, and the client calls lte dead only while it
+/// learns the line's pauses: a handful of times at most, where fixed
+/// limits called it dead every few seconds.
+#[test]
+fn a_bursty_lte_is_not_mistaken_for_a_dead_one() {
+    let lab = Lab::up_and_start(&["--lte", "lte-bursty"], &[]);
+    let srv = source(5609);
+    let (tx, _rx) = mpsc::channel();
+    let download = start_download(srv.addr(), tx);
+    let got = download.join().expect("download thread");
+    let got = check("60 MiB over dsl and a bursty lte", got, &srv);
+    let log = lab.log_tail("client", 2000);
+    let downs = log
+        .lines()
+        .filter(|l| l.contains("uplink down") && l.contains("uplink=lte"))
+        .count();
+    let backs = log
+        .lines()
+        .filter(|l| l.contains("uplink back") && l.contains("uplink=lte"))
+        .count();
+    eprintln!(
+        "lte called dead {downs} times, back {backs} times in {:.1} s; {:.1} Mbit/s",
+        got.took.as_secs_f64(),
+        LEN as f64 * 8.0 / got.took.as_secs_f64() / 1e6
+    );
+    assert!(
+        downs <= 3,
+        "lte was called dead {downs} times during the download; its verdicts:\n{}",
+        log.lines()
+            .filter(|l| l.contains("uplink verdict"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+}

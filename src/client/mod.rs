@@ -65,6 +65,13 @@ pub enum ClientError {
         #[source]
         source: io::Error,
     },
+    /// The uplink health watcher's thread could not be started.
+    #[error("cannot start the uplink health watcher")]
+    Health {
+        /// What the system said.
+        #[source]
+        source: io::Error,
+    },
     /// Reading or writing the TUN device failed.
     #[error("the TUN device {name} failed")]
     TunIo {
@@ -156,7 +163,7 @@ pub async fn run(config: ClientConfig, shutdown: impl Future) -> Result<(), Clie
     // Opened before anything is installed: without them health would only
     // log and failover would silently never happen.
     let pm = MptcpPm::open().map_err(ClientError::HealthPathManager)?;
-    let link_events = LinkEvents::open(health::POLL).map_err(ClientError::HealthLinkEvents)?;
+    let link_events = LinkEvents::open(health::EVENT_POLL).map_err(ClientError::HealthLinkEvents)?;
 
     let plumbing = Plumbing::install(&config.uplinks, &tun_config.name, config.concentrator.ip())?;
     let uplinks = plumbing.uplinks();
@@ -164,7 +171,7 @@ pub async fn run(config: ClientConfig, shutdown: impl Future) -> Result<(), Clie
         .iter()
         .map(|uplink| health::Candidate {
             uplink,
-            usable: !uplink.addr.is_unspecified(),
+            rank: (!uplink.addr.is_unspecified()).then_some(0),
             rtt: None,
         })
         .collect();
