@@ -48,6 +48,10 @@ use crate::wire::probe::{Kind, Probe, MAX_LEN};
 /// How long the event thread blocks before checking whether it should end.
 pub(super) const EVENT_POLL: Duration = Duration::from_millis(500);
 
+/// How often the watcher looks whether the site has flows (the probes go
+/// faster and counters are read while it has).
+const ACTIVITY_EVERY: Duration = Duration::from_millis(10);
+
 /// How often the watcher looks whether another uplink has become clearly
 /// faster for new tunnels.
 const SOURCE_EVERY: Duration = Duration::from_secs(1);
@@ -190,8 +194,11 @@ pub(super) async fn watch(
             .map(|l| l.path.poll_timeout())
             .min()
             .unwrap_or_else(|| Instant::now() + SOURCE_EVERY)
-            // A core that is due at once is served once per millisecond
-            // at most.
+            // Whether the site is active is looked at every ACTIVITY_EVERY:
+            // an idle core would otherwise sleep for a second and probe at
+            // the idle rate while flows start. A core that is due at once
+            // is served once per millisecond at most.
+            .min(Instant::now() + ACTIVITY_EVERY)
             .max(Instant::now() + Duration::from_millis(1));
         let mut changed = false;
         tokio::select! {
