@@ -39,7 +39,7 @@ use tokio::sync::mpsc;
 use tokio::task::{AbortHandle, JoinSet};
 use tracing::{debug, info, warn};
 
-use super::uplinks::{AddressChange, Plumbing, Uplink};
+use super::system::{AddressChange, Plumbing, Uplink};
 use super::{ClientError, Shared};
 use crate::auth;
 use crate::chain::Chain;

@@ -1,7 +1,7 @@
 //! The client: captures the site's TCP in a TUN device, lets the kernel
 //! terminate each flow on a local listener ([`redirect`]), and carries each
 //! flow to the concentrator as one MPTCP connection whose subflows use every
-//! uplink ([`uplinks`] installs the routing and path manager set-up).
+//! uplink ([`system`] installs the routing and path manager set-up).
 //!
 //! Tasks: one reads the TUN and rewrites packets; one accepts per address
 //! family; one per flow opens its tunnel and relays; one expires old flows.
@@ -10,8 +10,8 @@ mod capture;
 mod flow;
 mod health;
 pub mod redirect;
+pub mod system;
 mod tunnel;
-pub mod uplinks;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -29,8 +29,8 @@ use tun_rs::{AsyncDevice, DeviceBuilder};
 use crate::config::ClientConfig;
 use crate::sys::{LinkEvents, MptcpPm, NetlinkError};
 use redirect::{ConnectMode, FlowKey, FlowTable, RedirectAddrs};
+use system::{Plumbing, UplinkError};
 use tunnel::{Tunnel, Tunnels, WarmPool};
-use uplinks::{Plumbing, UplinkError};
 
 /// The port the redirect's listeners use on the TUN's addresses.
 pub const LISTEN_PORT: u16 = 7301;
