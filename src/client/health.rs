@@ -30,7 +30,7 @@
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -39,11 +39,11 @@ use tokio::sync::mpsc;
 use tokio::task::{AbortHandle, JoinSet};
 use tracing::{debug, info, warn};
 
-use super::system::{AddressChange, Plumbing, Uplink};
+use super::system::{AddressChange, Handle, Uplink};
 use super::{ClientError, Shared};
 use crate::auth;
 use crate::chain::Chain;
-use crate::sys::{LinkEvent, LinkEvents, MptcpPm};
+use crate::sys::{LinkEvent, LinkEvents};
 use crate::wire::probe::{Kind, Probe, MAX_LEN};
 
 /// How long the event thread blocks before checking whether it should end.
@@ -169,14 +169,14 @@ pub(super) fn pick_source(candidates: &[Candidate<'_>], current: Option<IpAddr>)
 
 /// Watches the uplinks until the client stops; never returns otherwise (a
 /// failure to watch is logged and leaves the uplinks as they are).
-/// `plumbing` moves an uplink's rule when its address changes. `pm` and
-/// `link_events` are opened by the caller before the client is ready, so
-/// that failing to open them is a start-up error.
+/// `system`, the owner of system state, changes the endpoints and moves an
+/// uplink's rule when its address changes. `link_events` is opened by the
+/// caller before the client is ready, so that failing to open it is a
+/// start-up error.
 pub(super) async fn watch(
     shared: Arc<Shared>,
-    plumbing: Arc<Mutex<Plumbing>>,
+    system: Handle,
     uplinks: Vec<Uplink>,
-    pm: MptcpPm,
     link_events: LinkEvents,
 ) -> Result<(), ClientError> {
     let (tx, mut rx) = mpsc::channel::<Report>(64);
@@ -247,10 +247,10 @@ pub(super) async fn watch(
                         match event {
                             LinkEvent::Link { usable, .. } => {
                                 state.carrier = usable;
-                                changed |= update(&pm, state);
+                                changed |= update(&system, state).await;
                             }
                             LinkEvent::Route { .. } => {
-                                let regatewayed = lock(&plumbing).regateway(index);
+                                let regatewayed = system.regateway(index).await;
                                 match regatewayed {
                                     Ok(Some((old, new))) => info!(
                                         uplink = %state.uplink.name,
@@ -269,18 +269,21 @@ pub(super) async fn watch(
                                 }
                             }
                             LinkEvent::Address { .. } => {
-                                let readdressed = lock(&plumbing).readdress(index);
+                                let readdressed = system.readdress(index).await;
                                 changed |= match readdressed {
-                                    Ok(change) => readdress(&pm, state, change, |state: &State| {
-                                        let prober = Prober {
-                                            index,
-                                            generation: state.generation,
-                                            uplink: state.uplink.clone(),
-                                            rtt: state.rtt.clone(),
-                                            tx: tx.clone(),
-                                        };
-                                        probes.spawn(probe(shared.clone(), prober))
-                                    }),
+                                    Ok(change) => {
+                                        readdress(&system, state, change, |state: &State| {
+                                            let prober = Prober {
+                                                index,
+                                                generation: state.generation,
+                                                uplink: state.uplink.clone(),
+                                                rtt: state.rtt.clone(),
+                                                tx: tx.clone(),
+                                            };
+                                            probes.spawn(probe(shared.clone(), prober))
+                                        })
+                                        .await
+                                    }
                                     Err(e) => {
                                         warn!(
                                             uplink = %state.uplink.name,
@@ -303,7 +306,7 @@ pub(super) async fn watch(
                 if let Some(state) = states.get_mut(index) {
                     if state.generation == generation {
                         state.answered = answered;
-                        changed |= update(&pm, state);
+                        changed |= update(&system, state).await;
                     }
                 }
             }
@@ -330,19 +333,14 @@ pub(super) async fn watch(
     }
 }
 
-fn lock(plumbing: &Mutex<Plumbing>) -> MutexGuard<'_, Plumbing> {
-    // Every Plumbing method leaves it consistent before it could panic.
-    plumbing.lock().unwrap_or_else(|e| e.into_inner())
-}
-
 /// Brings the endpoint in line with what is known; `true` if it changed.
-fn update(pm: &MptcpPm, state: &mut State) -> bool {
+async fn update(system: &Handle, state: &mut State) -> bool {
     let usable = state.carrier && state.addressed && state.answered;
     if usable == state.usable {
         return false;
     }
     state.usable = usable;
-    apply(pm, state, state.why());
+    apply(system, state, state.why()).await;
     true
 }
 
@@ -350,8 +348,8 @@ fn update(pm: &MptcpPm, state: &mut State) -> bool {
 /// endpoint moves to the new address (the kernel then opens subflows from
 /// it on running connections) and the probes restart from it, through
 /// `respawn`. `true` if the uplink changed.
-fn readdress(
-    pm: &MptcpPm,
+async fn readdress(
+    system: &Handle,
     state: &mut State,
     change: AddressChange,
     respawn: impl FnOnce(&State) -> AbortHandle,
@@ -360,7 +358,7 @@ fn readdress(
         AddressChange::Same => false,
         AddressChange::Gone => {
             state.addressed = false;
-            update(pm, state)
+            update(system, state).await
         }
         AddressChange::New(uplink) => {
             info!(
@@ -373,7 +371,7 @@ fn readdress(
             if state.usable {
                 // The old address's endpoint: its subflows go with it.
                 state.usable = false;
-                apply(pm, state, "its address changed");
+                apply(system, state, "its address changed").await;
             }
             state.uplink = uplink;
             state.addressed = true;
@@ -383,7 +381,7 @@ fn readdress(
             state.probe.abort();
             state.generation += 1;
             state.probe = respawn(state);
-            update(pm, state);
+            update(system, state).await;
             true
         }
     }
@@ -590,9 +588,8 @@ fn parse_rx_packets(text: &str, interface: &str) -> Option<u64> {
     })
 }
 
-fn apply(pm: &MptcpPm, state: &State, why: &str) {
+async fn apply(system: &Handle, state: &State, why: &str) {
     let uplink = &state.uplink;
-    let id = uplink.endpoint.id;
     if state.usable {
         info!(
             uplink = %uplink.name,
@@ -601,10 +598,8 @@ fn apply(pm: &MptcpPm, state: &State, why: &str) {
             "uplink back: adding its MPTCP endpoint again so running connections get a \
              subflow on it"
         );
-        match pm.add_endpoint(&uplink.endpoint) {
-            Ok(()) => {}
-            Err(e) if e.is_already_exists() => debug!(id, "endpoint already there"),
-            Err(e) => warn!(uplink = %uplink.name, error = %e, "cannot add the endpoint back"),
+        if let Err(e) = system.set_endpoint(uplink.index, true).await {
+            warn!(uplink = %uplink.name, error = %Chain(&e), "cannot add the endpoint back");
         }
     } else {
         info!(
@@ -614,10 +609,8 @@ fn apply(pm: &MptcpPm, state: &State, why: &str) {
             "uplink down: removing its MPTCP endpoint so both ends move its traffic to the \
              other uplinks"
         );
-        match pm.del_endpoint(id) {
-            Ok(()) => {}
-            Err(e) if e.is_not_found() => debug!(id, "endpoint already gone"),
-            Err(e) => warn!(uplink = %uplink.name, error = %e, "cannot remove the endpoint"),
+        if let Err(e) = system.set_endpoint(uplink.index, false).await {
+            warn!(uplink = %uplink.name, error = %Chain(&e), "cannot remove the endpoint");
         }
     }
 }

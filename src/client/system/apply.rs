@@ -64,7 +64,7 @@ struct Slot {
 /// drop it in the network namespace it was installed in (the process's, in
 /// normal use), since the sysctls are restored through `/proc/sys` of the
 /// dropping thread.
-pub struct Plumbing {
+pub(super) struct Plumbing {
     rtnl: Rtnl,
     pm: MptcpPm,
     /// The uplinks, in config order.
@@ -87,14 +87,17 @@ impl fmt::Debug for Plumbing {
 
 impl Plumbing {
     /// Cleans leftovers of a crashed run, then installs. `tun` is the TUN
-    /// device name (already created and up). On error, whatever was
-    /// installed is removed again before returning.
-    pub fn install(
+    /// device name (already created and up); `pm` is the one handle on the
+    /// path manager, kept for the endpoints' changes and removal. On error,
+    /// whatever was installed is removed again before returning.
+    pub(super) fn install(
         uplinks: &[UplinkConfig],
         tun: &str,
         concentrator: IpAddr,
+        pm: MptcpPm,
     ) -> Result<Plumbing, UplinkError> {
-        let removed = cleanup_leftovers()?;
+        let rtnl = Rtnl::open().map_err(|source| UplinkError::Netlink { source })?;
+        let removed = remove_leftovers(&rtnl, &pm)?;
         if removed > 0 {
             info!(removed, "removed what an earlier run left behind");
         }
@@ -104,8 +107,8 @@ impl Plumbing {
             });
         }
         let mut plumbing = Plumbing {
-            rtnl: Rtnl::open().map_err(|source| UplinkError::Netlink { source })?,
-            pm: MptcpPm::open().map_err(|source| UplinkError::Netlink { source })?,
+            rtnl,
+            pm,
             slots: Vec::new(),
             installed: Vec::new(),
             sysctls: Vec::new(),
@@ -150,13 +153,13 @@ impl Plumbing {
 
     /// The uplinks, in config order; one without an address yet has the
     /// unspecified address.
-    pub fn uplinks(&self) -> Vec<Uplink> {
+    pub(super) fn uplinks(&self) -> Vec<Uplink> {
         self.slots.iter().map(|slot| slot.uplink.clone()).collect()
     }
 
     /// Removes everything now (same as drop, but returns the first error;
     /// it still tries to remove the rest).
-    pub fn remove(&mut self) -> Result<(), UplinkError> {
+    pub(super) fn remove(&mut self) -> Result<(), UplinkError> {
         self.undo()
     }
 
@@ -166,7 +169,7 @@ impl Plumbing {
     /// renumbering, an address removed), its source rule moves to the new
     /// one, and its route is put back (the kernel drops a route with the
     /// last address of its gateway's subnet).
-    pub fn readdress(&mut self, slot: usize) -> Result<AddressChange, UplinkError> {
+    pub(super) fn readdress(&mut self, slot: usize) -> Result<AddressChange, UplinkError> {
         let Some(Slot {
             uplink,
             current: had,
@@ -227,6 +230,73 @@ impl Plumbing {
         uplink.addr = addr;
         uplink.endpoint.addr = addr;
         Ok(AddressChange::New(uplink.clone()))
+    }
+
+    /// Adds (`on`) or removes uplink `slot`'s MPTCP endpoint, as it is now
+    /// (after [`readdress`](Self::readdress)), and remembers it for the
+    /// removal at the end. Idempotent: an endpoint already there (or
+    /// already gone) is not an error. Nothing to do for an uplink without
+    /// an address (it has no endpoint) or past the last one.
+    pub(super) fn set_endpoint(&mut self, slot: usize, on: bool) -> Result<(), UplinkError> {
+        let Some(Slot {
+            uplink, current, ..
+        }) = self.slots.get(slot)
+        else {
+            return Ok(());
+        };
+        let endpoint = &uplink.endpoint;
+        let id = endpoint.id;
+        if on {
+            if current.is_none() {
+                return Ok(());
+            }
+            match self.pm.add_endpoint(endpoint) {
+                Ok(()) => debug!(id, addr = %endpoint.addr, "MPTCP endpoint added"),
+                // The kernel refuses an endpoint that is already there with
+                // EEXIST or (its id taken) EBUSY: look whether it is ours.
+                Err(_) if self.has_endpoint(endpoint) => debug!(id, "endpoint already there"),
+                Err(source) => {
+                    return Err(UplinkError::Endpoint {
+                        uplink: uplink.name.clone(),
+                        addr: endpoint.addr,
+                        id,
+                        source,
+                    })
+                }
+            }
+            if !self
+                .installed
+                .iter()
+                .any(|item| matches!(item, Installed::Endpoint(i) if *i == id))
+            {
+                self.installed.push(Installed::Endpoint(id));
+            }
+        } else {
+            match self.pm.del_endpoint(id) {
+                Ok(()) => debug!(id, "MPTCP endpoint removed"),
+                Err(err) if err.is_not_found() => debug!(id, "endpoint already gone"),
+                Err(source) => {
+                    return Err(UplinkError::RemoveEndpoint {
+                        uplink: uplink.name.clone(),
+                        id,
+                        source,
+                    })
+                }
+            }
+            self.installed
+                .retain(|item| !matches!(item, Installed::Endpoint(i) if *i == id));
+        }
+        Ok(())
+    }
+
+    /// The kernel has `endpoint` (its id at its address); a failure to
+    /// list the endpoints counts as no.
+    fn has_endpoint(&self, endpoint: &MptcpEndpoint) -> bool {
+        self.pm.endpoints().is_ok_and(|endpoints| {
+            endpoints
+                .iter()
+                .any(|ep| ep.id == endpoint.id && ep.addr == endpoint.addr)
+        })
     }
 
     fn set_sysctls(&mut self) -> Result<(), UplinkError> {
@@ -388,7 +458,7 @@ impl Plumbing {
     /// uplink's route moves to it. Returns the old and new gateway when it
     /// moved. A system route that disappears leaves the last gateway in
     /// place (DHCP removes and adds it again on renewal).
-    pub fn regateway(
+    pub(super) fn regateway(
         &mut self,
         slot: usize,
     ) -> Result<Option<(Option<IpAddr>, IpAddr)>, UplinkError> {
@@ -556,11 +626,19 @@ impl Drop for Plumbing {
 /// protocol [`MPBOND_RTPROT`] (all tables, IPv4 and IPv6) and MPTCP
 /// endpoints with ids in [`ENDPOINT_IDS`]. Returns how many things it
 /// removed, for logging. MPTCP limits raised by a crashed run stay raised.
+///
+/// It opens netlink handles of its own (in the calling thread's network
+/// namespace); [`start`](super::start) cleans through the owner's.
 pub fn cleanup_leftovers() -> Result<usize, UplinkError> {
-    let leftovers = |source| UplinkError::Leftovers { source };
     let rtnl = Rtnl::open().map_err(|source| UplinkError::Netlink { source })?;
-    let report = rtnl.flush_owned(MPBOND_RTPROT).map_err(leftovers)?;
     let pm = MptcpPm::open().map_err(|source| UplinkError::Netlink { source })?;
+    remove_leftovers(&rtnl, &pm)
+}
+
+/// [`cleanup_leftovers`] through the given handles.
+fn remove_leftovers(rtnl: &Rtnl, pm: &MptcpPm) -> Result<usize, UplinkError> {
+    let leftovers = |source| UplinkError::Leftovers { source };
+    let report = rtnl.flush_owned(MPBOND_RTPROT).map_err(leftovers)?;
     let mut endpoints = 0;
     for endpoint in pm.endpoints().map_err(leftovers)? {
         if !ENDPOINT_IDS.contains(&endpoint.id) {
@@ -576,710 +654,4 @@ pub fn cleanup_leftovers() -> Result<usize, UplinkError> {
         }
     }
     Ok(report.routes + report.rules + endpoints)
-}
-
-#[cfg(test)]
-mod tests {
-    //! The real kernel: each test in a network namespace of its own
-    //! (`mpbt-up-NAME-PID-0`), with veth pairs as uplinks and a TUN device,
-    //! checked with the `ip` tool. They need root and fail without it.
-
-    use std::panic;
-    use std::process::Command;
-
-    use super::*;
-    use crate::sys::{enter_netns, EndpointFlags};
-
-    fn ip_addr(s: &str) -> IpAddr {
-        s.parse().expect("address")
-    }
-
-    /// A named network namespace, deleted on drop (also when a test fails).
-    struct TestNs {
-        name: String,
-    }
-
-    impl TestNs {
-        /// An empty namespace `mpbt-up-TAG-PID-0` with the TUN device
-        /// `mpbt0`, up.
-        fn new(tag: &str) -> Self {
-            let name = format!("mpbt-up-{tag}-{}-0", std::process::id());
-            // A namespace left by a killed run of the same test.
-            let _ = Command::new("ip").args(["netns", "del", &name]).output();
-            run_ip(&["netns", "add", &name]);
-            let ns = Self { name };
-            ns.ip(&["tuntap", "add", "mode", "tun", "name", "mpbt0"]);
-            ns.ip(&["link", "set", "mpbt0", "up"]);
-            ns
-        }
-
-        /// An uplink-like interface `dev`: the end of a veth pair with
-        /// carrier (this kernel has no `dummy` driver), with `addrs`.
-        fn uplink(&self, dev: &str, addrs: &[&str]) {
-            let peer = format!("{dev}p");
-            self.ip(&["link", "add", dev, "type", "veth", "peer", "name", &peer]);
-            self.ip(&["link", "set", &peer, "up"]);
-            self.ip(&["link", "set", dev, "up"]);
-            for addr in addrs {
-                self.ip(&["addr", "add", addr, "dev", dev, "nodad"]);
-            }
-        }
-
-        /// `ip -N -n NAME ARGS`, which must succeed; its output.
-        fn ip(&self, args: &[&str]) -> String {
-            let mut all = vec!["-N", "-n", &self.name];
-            all.extend_from_slice(args);
-            run_ip(&all)
-        }
-
-        /// The output's trimmed lines that mention `needle`.
-        fn ip_lines(&self, args: &[&str], needle: &str) -> Vec<String> {
-            self.ip(args)
-                .lines()
-                .filter(|l| l.contains(needle))
-                .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
-                // Without /etc/protocols, ip names TCP "ipproto-6".
-                .map(|l| l.replace("ipproto ipproto-6", "ipproto tcp"))
-                .collect()
-        }
-
-        /// The first line of `ip route get ARGS`: where a packet goes.
-        fn route_get(&self, args: &[&str]) -> String {
-            let mut all = vec!["route", "get"];
-            all.extend_from_slice(args);
-            let out = self.ip(&all);
-            let first = out.lines().next().unwrap_or_default();
-            first.split_whitespace().collect::<Vec<_>>().join(" ")
-        }
-
-        /// Everything of mpbond's an operator would find.
-        fn leftovers(&self) -> Vec<String> {
-            let mut all = Vec::new();
-            for family in ["-4", "-6"] {
-                all.extend(self.ip_lines(&[family, "rule", "show"], "proto 109"));
-                all.extend(self.ip_lines(&[family, "route", "show", "table", "all"], "proto 109"));
-            }
-            all.extend(self.ip_lines(&["mptcp", "endpoint", "show"], " id "));
-            all
-        }
-
-        fn sysctl(&self, key: &str) -> String {
-            let out = Command::new("ip")
-                .args(["netns", "exec", &self.name, "sysctl", "-n", key])
-                .output()
-                .expect("run sysctl");
-            assert!(out.status.success(), "sysctl -n {key}");
-            String::from_utf8_lossy(&out.stdout).trim().to_owned()
-        }
-
-        fn set_sysctl(&self, key: &str, value: &str) {
-            let status = Command::new("ip")
-                .args(["netns", "exec", &self.name, "sysctl", "-qw"])
-                .arg(format!("{key}={value}"))
-                .status()
-                .expect("run sysctl");
-            assert!(status.success(), "sysctl -w {key}={value}");
-        }
-
-        /// Runs `f` on a thread inside the namespace, its logs shown when
-        /// the test fails; a panic there fails the test after the namespace
-        /// is gone.
-        fn run<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
-            std::thread::scope(|scope| {
-                let thread = scope.spawn(|| {
-                    let _logs = tracing::subscriber::set_default(
-                        tracing_subscriber::fmt()
-                            .with_test_writer()
-                            .with_max_level(tracing::Level::DEBUG)
-                            .finish(),
-                    );
-                    enter_netns(&self.name).expect("enter the test namespace");
-                    f()
-                });
-                thread
-                    .join()
-                    .unwrap_or_else(|panic| panic::resume_unwind(panic))
-            })
-        }
-    }
-
-    impl Drop for TestNs {
-        fn drop(&mut self) {
-            let _ = Command::new("ip")
-                .args(["netns", "del", &self.name])
-                .status();
-        }
-    }
-
-    fn run_ip(args: &[&str]) -> String {
-        let out = Command::new("ip")
-            .args(args)
-            .output()
-            .expect("run ip (iproute2)");
-        assert!(
-            out.status.success(),
-            "ip {} failed (these tests need root): {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-
-    fn uplink(name: &str, interface: &str) -> UplinkConfig {
-        UplinkConfig {
-            name: name.to_owned(),
-            interface: interface.to_owned(),
-            gateway: None,
-            gateway6: None,
-            backup: false,
-        }
-    }
-
-    /// Two uplinks: `dsl` on d0 with a gateway, `lte` on d1 on-link and
-    /// backup.
-    fn two_uplinks() -> Vec<UplinkConfig> {
-        vec![
-            UplinkConfig {
-                gateway: Some("10.77.1.1".parse().expect("address")),
-                gateway6: Some("fe80::1".parse().expect("address")),
-                ..uplink("dsl", "d0")
-            },
-            UplinkConfig {
-                backup: true,
-                ..uplink("lte", "d1")
-            },
-        ]
-    }
-
-    fn two_uplink_ns(tag: &str) -> TestNs {
-        let ns = TestNs::new(tag);
-        ns.uplink("d0", &["10.77.1.2/24", "fd77:1::2/64"]);
-        ns.uplink("d1", &["10.77.2.2/24", "fd77:2::2/64"]);
-        ns
-    }
-
-    const CONCENTRATOR: &str = "203.0.113.7";
-
-    #[test]
-    fn install_sets_up_everything_and_remove_takes_it_away() {
-        let ns = two_uplink_ns("all");
-        // Someone else's things, which must survive.
-        ns.uplink("d9", &["10.77.9.2/24"]);
-        ns.ip(&["mptcp", "endpoint", "add", "10.77.9.2", "id", "5", "signal"]);
-        ns.ip(&["route", "add", "default", "via", "10.77.9.1", "table", "50"]);
-        // The system's own default route, in main.
-        ns.ip(&["route", "add", "default", "via", "10.77.1.1"]);
-        ns.ip(&[
-            "mptcp",
-            "limits",
-            "set",
-            "subflows",
-            "1",
-            "add_addr_accepted",
-            "0",
-        ]);
-        ns.set_sysctl("net.mptcp.enabled", "0");
-        ns.set_sysctl("net.ipv4.tcp_fastopen", "0");
-        let others = |ns: &TestNs| {
-            (
-                ns.ip(&["mptcp", "endpoint", "show"]),
-                ns.ip(&["route", "show", "table", "50"]),
-                ns.ip(&["route", "show", "table", "main"]),
-            )
-        };
-        let before = others(&ns);
-
-        ns.run(|| {
-            let mut plumbing =
-                Plumbing::install(&two_uplinks(), "mpbt0", ip_addr(CONCENTRATOR)).expect("install");
-            let d0 = crate::sys::interface_index("d0").expect("d0");
-            let d1 = crate::sys::interface_index("d1").expect("d1");
-            assert_eq!(
-                plumbing.uplinks(),
-                [
-                    Uplink {
-                        index: 0,
-                        name: "dsl".into(),
-                        interface: "d0".into(),
-                        ifindex: d0,
-                        addr: ip_addr("10.77.1.2"),
-                        backup: false,
-                        endpoint: MptcpEndpoint {
-                            id: 96,
-                            addr: ip_addr("10.77.1.2"),
-                            port: 0,
-                            ifindex: Some(d0),
-                            flags: EndpointFlags {
-                                subflow: true,
-                                ..EndpointFlags::default()
-                            },
-                        },
-                    },
-                    Uplink {
-                        index: 1,
-                        name: "lte".into(),
-                        interface: "d1".into(),
-                        ifindex: d1,
-                        addr: ip_addr("10.77.2.2"),
-                        backup: true,
-                        endpoint: MptcpEndpoint {
-                            id: 97,
-                            addr: ip_addr("10.77.2.2"),
-                            port: 0,
-                            ifindex: Some(d1),
-                            flags: EndpointFlags {
-                                subflow: true,
-                                backup: true,
-                                ..EndpointFlags::default()
-                            },
-                        },
-                    },
-                ]
-            );
-
-            assert_eq!(
-                ns.ip_lines(&["-4", "rule", "show"], ""),
-                [
-                    "0: from all lookup 255",
-                    "7700: from 10.77.1.2 lookup 7701 proto 109",
-                    "7701: from 10.77.2.2 lookup 7702 proto 109",
-                    "7780: from all fwmark 0x6d70 lookup 254 proto 109",
-                    "7785: from all to 203.0.113.7 lookup 254 proto 109",
-                    "7790: from all lookup 254 suppress_prefixlength 0 proto 109",
-                    "7791: from all ipproto tcp lookup 7799 proto 109",
-                    "32766: from all lookup 254",
-                    "32767: from all lookup 253",
-                ]
-            );
-            assert_eq!(
-                ns.ip_lines(&["-6", "rule", "show"], ""),
-                [
-                    "0: from all lookup 255",
-                    "7780: from all fwmark 0x6d70 lookup 254 proto 109",
-                    "7790: from all lookup 254 suppress_prefixlength 0 proto 109",
-                    "7791: from all ipproto tcp lookup 7799 proto 109",
-                    "32766: from all lookup 254",
-                ]
-            );
-            assert_eq!(
-                ns.ip_lines(&["-4", "route", "show", "table", "all"], "proto 109"),
-                [
-                    "default via 10.77.1.1 dev d0 table 7701 proto 109",
-                    "default dev d1 table 7702 proto 109 scope 253",
-                    // No process holds the test's TUN open: no carrier.
-                    "default dev mpbt0 table 7799 proto 109 scope 253 linkdown",
-                ]
-            );
-            assert_eq!(
-                ns.ip_lines(&["-6", "route", "show", "table", "all"], "proto 109"),
-                ["default dev mpbt0 table 7799 proto 109 metric 1024 linkdown pref medium"]
-            );
-            assert_eq!(
-                ns.ip_lines(&["mptcp", "endpoint", "show"], ""),
-                [
-                    "10.77.9.2 id 5 signal",
-                    "10.77.1.2 id 96 subflow dev d0",
-                    "10.77.2.2 id 97 subflow backup dev d1",
-                ]
-            );
-            assert_eq!(
-                ns.ip_lines(&["mptcp", "limits", "show"], ""),
-                ["add_addr_accepted 2 subflows 2"]
-            );
-            assert_eq!(ns.sysctl("net.mptcp.enabled"), "1");
-            assert_eq!(ns.sysctl("net.ipv4.tcp_fastopen"), "1");
-
-            // Where packets go: the world into the TUN; the tunnel's
-            // subflows, the concentrator, marked sockets and the connected
-            // subnets through the uplinks.
-            let routes = [
-                (
-                    vec!["198.51.100.1", "ipproto", "6"],
-                    "198.51.100.1 dev mpbt0 table 7799",
-                ),
-                // Not TCP: no datagram tunnel yet, so the main table's
-                // default route, unbonded.
-                (
-                    vec!["198.51.100.1", "ipproto", "17"],
-                    "198.51.100.1 via 10.77.1.1 dev d0 src 10.77.1.2",
-                ),
-                (
-                    vec!["198.51.100.1", "from", "10.77.1.2"],
-                    "198.51.100.1 from 10.77.1.2 via 10.77.1.1 dev d0 table 7701",
-                ),
-                (
-                    vec!["198.51.100.1", "from", "10.77.2.2"],
-                    "198.51.100.1 from 10.77.2.2 dev d1 table 7702",
-                ),
-                (
-                    vec![CONCENTRATOR],
-                    "203.0.113.7 via 10.77.1.1 dev d0 src 10.77.1.2",
-                ),
-                (
-                    vec!["198.51.100.1", "mark", "0x6d70"],
-                    "198.51.100.1 via 10.77.1.1 dev d0 src 10.77.1.2",
-                ),
-                (vec!["10.77.2.9"], "10.77.2.9 dev d1 src 10.77.2.2"),
-                (
-                    vec!["2001:db8::1", "ipproto", "6"],
-                    "2001:db8::1 from :: dev mpbt0 table 7799",
-                ),
-            ];
-            for (args, want) in routes {
-                let got = ns.route_get(&args);
-                assert!(got.starts_with(want), "ip route get {args:?}: {got}");
-            }
-
-            plumbing.remove().expect("remove");
-        });
-
-        assert_eq!(ns.leftovers(), ["10.77.9.2 id 5 signal"]);
-        assert_eq!(others(&ns), before);
-        assert_eq!(
-            ns.ip_lines(&["mptcp", "limits", "show"], ""),
-            ["add_addr_accepted 0 subflows 1"]
-        );
-        assert_eq!(ns.sysctl("net.mptcp.enabled"), "0");
-        assert_eq!(ns.sysctl("net.ipv4.tcp_fastopen"), "0");
-    }
-
-    #[test]
-    fn ipv6_concentrator_uses_ipv6_uplinks_and_drop_removes_it() {
-        let ns = two_uplink_ns("v6");
-        let before = ns.ip(&["mptcp", "limits", "show"]);
-        ns.run(|| {
-            let plumbing = Plumbing::install(&two_uplinks(), "mpbt0", ip_addr("2001:db8::7"))
-                .expect("install");
-            let addrs: Vec<_> = plumbing.uplinks().iter().map(|u| u.addr).collect();
-            assert_eq!(addrs, [ip_addr("fd77:1::2"), ip_addr("fd77:2::2")]);
-            assert_eq!(
-                ns.ip_lines(&["-6", "rule", "show"], "proto 109"),
-                [
-                    "7700: from fd77:1::2 lookup 7701 proto 109",
-                    "7701: from fd77:2::2 lookup 7702 proto 109",
-                    "7780: from all fwmark 0x6d70 lookup 254 proto 109",
-                    "7785: from all to 2001:db8::7 lookup 254 proto 109",
-                    "7790: from all lookup 254 suppress_prefixlength 0 proto 109",
-                    "7791: from all ipproto tcp lookup 7799 proto 109",
-                ]
-            );
-            assert_eq!(
-                ns.ip_lines(&["-4", "rule", "show"], "proto 109"),
-                [
-                    "7780: from all fwmark 0x6d70 lookup 254 proto 109",
-                    "7790: from all lookup 254 suppress_prefixlength 0 proto 109",
-                    "7791: from all ipproto tcp lookup 7799 proto 109",
-                ]
-            );
-            assert_eq!(
-                ns.ip_lines(&["-6", "route", "show", "table", "all"], "proto 109"),
-                [
-                    "default via fe80::1 dev d0 table 7701 proto 109 metric 1024 pref medium",
-                    "default dev d1 table 7702 proto 109 metric 1024 pref medium",
-                    "default dev mpbt0 table 7799 proto 109 metric 1024 linkdown pref medium",
-                ]
-            );
-            assert_eq!(
-                ns.ip_lines(&["mptcp", "endpoint", "show"], ""),
-                [
-                    "fd77:1::2 id 96 subflow dev d0",
-                    "fd77:2::2 id 97 subflow backup dev d1",
-                ]
-            );
-            drop(plumbing);
-        });
-        assert_eq!(ns.leftovers(), Vec::<String>::new());
-        assert_eq!(ns.ip(&["mptcp", "limits", "show"]), before);
-    }
-
-    #[test]
-    fn a_crashed_run_is_cleaned_up() {
-        let ns = two_uplink_ns("crash");
-        ns.run(|| {
-            let concentrator = ip_addr(CONCENTRATOR);
-            let plumbing =
-                Plumbing::install(&two_uplinks(), "mpbt0", concentrator).expect("install");
-            std::mem::forget(plumbing);
-            assert_eq!(ns.leftovers().len(), 15, "{:?}", ns.leftovers());
-
-            // A restart cleans first, so installing again just works.
-            let plumbing = Plumbing::install(&two_uplinks(), "mpbt0", concentrator)
-                .expect("install over leftovers");
-            std::mem::forget(plumbing);
-
-            // Uplink routes 2 + TUN routes 2, uplink rules 2 + capture
-            // rules 4 (IPv4) + 3 (IPv6), endpoints 2.
-            assert_eq!(cleanup_leftovers().expect("cleanup"), 4 + 9 + 2);
-            assert_eq!(ns.leftovers(), Vec::<String>::new());
-            assert_eq!(cleanup_leftovers().expect("cleanup again"), 0);
-        });
-    }
-
-    #[test]
-    fn a_missing_interface_is_named_and_nothing_stays() {
-        let ns = two_uplink_ns("noif");
-        ns.run(|| {
-            let mut uplinks = two_uplinks();
-            uplinks.push(uplink("sat", "nosuch0"));
-            let err = Plumbing::install(&uplinks, "mpbt0", ip_addr(CONCENTRATOR))
-                .expect_err("no such interface");
-            assert!(
-                matches!(&err, UplinkError::NoInterface { uplink, interface }
-                    if uplink == "sat" && interface == "nosuch0"),
-                "{err:?}"
-            );
-            let message = err.to_string();
-            assert!(
-                message.starts_with("uplink sat: interface nosuch0 does not exist"),
-                "{message}"
-            );
-        });
-        // dsl and lte were installed before sat failed, and taken away.
-        assert_eq!(ns.leftovers(), Vec::<String>::new());
-        assert_eq!(
-            ns.ip_lines(&["mptcp", "limits", "show"], ""),
-            ["add_addr_accepted 0 subflows 2"]
-        );
-    }
-
-    #[test]
-    fn someone_elses_endpoint_on_an_uplink_address_is_named() {
-        let ns = two_uplink_ns("taken");
-        ns.ip(&[
-            "mptcp",
-            "endpoint",
-            "add",
-            "10.77.2.2",
-            "id",
-            "5",
-            "subflow",
-        ]);
-        ns.run(|| {
-            let err = Plumbing::install(&two_uplinks(), "mpbt0", ip_addr(CONCENTRATOR))
-                .expect_err("10.77.2.2 is endpoint 5");
-            assert!(
-                err.to_string().starts_with(
-                    "uplink lte: address 10.77.2.2 already is MPTCP endpoint id 5, which is \
-                     not mpbond's; remove it (`ip mptcp endpoint delete id 5`)"
-                ),
-                "{err}"
-            );
-        });
-        // Theirs stays; dsl's endpoint, lte's route and rule are gone.
-        assert_eq!(ns.leftovers(), ["10.77.2.2 id 5 subflow"]);
-    }
-
-    #[test]
-    fn a_missing_tun_is_named() {
-        let ns = two_uplink_ns("notun");
-        ns.run(|| {
-            let err = Plumbing::install(&two_uplinks(), "mpbt9", ip_addr(CONCENTRATOR))
-                .expect_err("no such TUN");
-            assert!(
-                err.to_string().contains("TUN device mpbt9 does not exist"),
-                "{err}"
-            );
-
-            let nine: Vec<_> = (0..9).map(|i| uplink(&format!("u{i}"), "d0")).collect();
-            let err = Plumbing::install(&nine, "mpbt0", ip_addr(CONCENTRATOR))
-                .expect_err("more uplinks than endpoint ids");
-            assert!(
-                matches!(err, UplinkError::TooManyUplinks { count: 9 }),
-                "{err:?}"
-            );
-        });
-        assert_eq!(ns.leftovers(), Vec::<String>::new());
-    }
-
-    #[test]
-    fn an_interface_that_is_down_is_named_and_nothing_stays() {
-        let ns = two_uplink_ns("down");
-        ns.ip(&["link", "set", "d1", "down"]);
-        ns.run(|| {
-            // d1's IPv4 address stays, but without a connected route the
-            // kernel refuses a default route over it.
-            let err = Plumbing::install(&two_uplinks(), "mpbt0", ip_addr(CONCENTRATOR))
-                .expect_err("d1 is down");
-            let UplinkError::UplinkRoute { uplink, source, .. } = &err else {
-                panic!("{err:?}");
-            };
-            assert_eq!(uplink, "lte");
-            assert_eq!(source.errno(), Some(libc::ENETDOWN), "{err:?}");
-            assert!(
-                err.to_string().starts_with(
-                    "uplink lte: cannot add its default route in table 7702 via interface d1; \
-                     check that the interface is up"
-                ),
-                "{err}"
-            );
-        });
-        assert_eq!(ns.leftovers(), Vec::<String>::new());
-    }
-
-    #[test]
-    fn a_renumbered_uplink_gets_its_rule_and_route_back() {
-        let ns = two_uplink_ns("renum");
-        ns.run(|| {
-            let mut plumbing =
-                Plumbing::install(&two_uplinks(), "mpbt0", ip_addr(CONCENTRATOR)).expect("install");
-            assert_eq!(
-                plumbing.readdress(0).expect("readdress"),
-                AddressChange::Same
-            );
-
-            // A DHCP renumbering: the old address goes (and with it the
-            // kernel drops the route via the gateway), a new one comes.
-            ns.ip(&["addr", "del", "10.77.1.2/24", "dev", "d0"]);
-            assert_eq!(
-                plumbing.readdress(0).expect("readdress"),
-                AddressChange::Gone
-            );
-            assert_eq!(
-                ns.ip_lines(&["-4", "rule", "show"], "from 10.77.1"),
-                Vec::<String>::new()
-            );
-            ns.ip(&["addr", "add", "10.77.1.5/24", "dev", "d0"]);
-            let AddressChange::New(uplink) = plumbing.readdress(0).expect("readdress") else {
-                panic!("the new address was not seen");
-            };
-            assert_eq!(
-                (uplink.addr, uplink.endpoint.addr),
-                (ip_addr("10.77.1.5"), ip_addr("10.77.1.5"))
-            );
-            assert_eq!(plumbing.uplinks()[0], uplink);
-            assert_eq!(
-                ns.ip_lines(&["-4", "rule", "show"], "from 10.77"),
-                [
-                    "7700: from 10.77.1.5 lookup 7701 proto 109",
-                    "7701: from 10.77.2.2 lookup 7702 proto 109",
-                ]
-            );
-            assert_eq!(
-                ns.ip_lines(&["-4", "route", "show", "table", "7701"], ""),
-                ["default via 10.77.1.1 dev d0 proto 109"]
-            );
-            assert_eq!(
-                plumbing.readdress(0).expect("readdress"),
-                AddressChange::Same
-            );
-            assert_eq!(
-                plumbing.readdress(1).expect("readdress"),
-                AddressChange::Same
-            );
-            // Out of range: nothing to do.
-            assert_eq!(
-                plumbing.readdress(9).expect("readdress"),
-                AddressChange::Same
-            );
-            plumbing.remove().expect("remove");
-        });
-        assert_eq!(ns.leftovers(), Vec::<String>::new());
-    }
-
-    #[test]
-    fn an_uplink_without_a_configured_gateway_follows_the_systems() {
-        let ns = two_uplink_ns("gw");
-        // DHCP on lte (d1, no gateway in the config) set a default route.
-        ns.ip(&["route", "add", "default", "via", "10.77.2.1", "dev", "d1"]);
-        ns.run(|| {
-            let mut plumbing =
-                Plumbing::install(&two_uplinks(), "mpbt0", ip_addr(CONCENTRATOR)).expect("install");
-            let table = |t: &str| ns.ip_lines(&["-4", "route", "show", "table", t], "");
-            assert_eq!(table("7702"), ["default via 10.77.2.1 dev d1 proto 109"]);
-            assert_eq!(plumbing.regateway(1).expect("regateway"), None);
-
-            // A renewal with a new gateway; dsl's gateway is configured.
-            ns.ip(&[
-                "route",
-                "replace",
-                "default",
-                "via",
-                "10.77.2.254",
-                "dev",
-                "d1",
-            ]);
-            assert_eq!(
-                plumbing.regateway(1).expect("regateway"),
-                Some((Some(ip_addr("10.77.2.1")), ip_addr("10.77.2.254")))
-            );
-            assert_eq!(table("7702"), ["default via 10.77.2.254 dev d1 proto 109"]);
-            assert_eq!(plumbing.regateway(0).expect("regateway"), None);
-
-            // The system's route goes: the last gateway stays.
-            ns.ip(&["route", "del", "default", "dev", "d1"]);
-            assert_eq!(plumbing.regateway(1).expect("regateway"), None);
-            assert_eq!(table("7702"), ["default via 10.77.2.254 dev d1 proto 109"]);
-            plumbing.remove().expect("remove");
-        });
-        assert_eq!(ns.leftovers(), Vec::<String>::new());
-    }
-
-    #[test]
-    fn plumbing_can_move_between_threads() {
-        fn sendable<T: Send + Sync>() {}
-        sendable::<Plumbing>();
-    }
-
-    #[test]
-    fn an_uplink_without_an_address_joins_when_it_gets_one() {
-        let ns = TestNs::new("noaddr");
-        ns.uplink("d0", &[]);
-        ns.uplink("d1", &["10.77.2.2/24"]);
-        ns.run(|| {
-            let mut plumbing =
-                Plumbing::install(&two_uplinks(), "mpbt0", ip_addr(CONCENTRATOR)).expect("install");
-            let addrs: Vec<_> = plumbing.uplinks().iter().map(|u| u.addr).collect();
-            assert_eq!(addrs, [ip_addr("0.0.0.0"), ip_addr("10.77.2.2")]);
-            // lte keeps its config index: table 7702, rule 7701, id 97;
-            // dsl has nothing yet.
-            assert_eq!(
-                ns.ip_lines(&["-4", "rule", "show"], "from 10.77"),
-                ["7701: from 10.77.2.2 lookup 7702 proto 109"]
-            );
-            assert_eq!(
-                ns.ip_lines(&["mptcp", "endpoint", "show"], ""),
-                ["10.77.2.2 id 97 subflow backup dev d1"]
-            );
-            assert_eq!(
-                ns.ip_lines(&["-4", "route", "show", "table", "all"], "table 7701"),
-                Vec::<String>::new()
-            );
-            assert_eq!(
-                ns.ip_lines(&["mptcp", "limits", "show"], ""),
-                ["add_addr_accepted 2 subflows 2"]
-            );
-
-            // dsl gets its address: its route and rule come (the endpoint
-            // is the health watcher's to add).
-            ns.ip(&["addr", "add", "10.77.1.2/24", "dev", "d0"]);
-            let AddressChange::New(dsl) = plumbing.readdress(0).expect("readdress") else {
-                panic!("dsl's address was not seen");
-            };
-            assert_eq!(dsl.endpoint.addr, ip_addr("10.77.1.2"));
-            assert_eq!(
-                ns.ip_lines(&["-4", "rule", "show"], "from 10.77"),
-                [
-                    "7700: from 10.77.1.2 lookup 7701 proto 109",
-                    "7701: from 10.77.2.2 lookup 7702 proto 109",
-                ]
-            );
-            assert_eq!(
-                ns.ip_lines(&["-4", "route", "show", "table", "7701"], ""),
-                ["default via 10.77.1.1 dev d0 proto 109"]
-            );
-            plumbing.remove().expect("remove");
-
-            // No uplink with an IPv6 address: nothing to reach an IPv6
-            // concentrator with.
-            let err = Plumbing::install(&two_uplinks(), "mpbt0", ip_addr("2001:db8::7"))
-                .expect_err("no IPv6 uplink");
-            assert!(
-                err.to_string().starts_with(
-                    "no uplink has an IPv6 address to reach the concentrator 2001:db8::7"
-                ),
-                "{err}"
-            );
-        });
-        assert_eq!(ns.leftovers(), Vec::<String>::new());
-    }
 }

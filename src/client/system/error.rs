@@ -149,6 +149,21 @@ pub enum UplinkError {
         #[source]
         source: NetlinkError,
     },
+    /// An uplink's MPTCP endpoint could not be removed (the uplink went
+    /// down, or its address changed).
+    #[error(
+        "uplink {uplink}: cannot remove MPTCP endpoint id {id}, so its connections keep \
+         using it; remove it by hand (`ip mptcp endpoint delete id {id}`)"
+    )]
+    RemoveEndpoint {
+        /// The uplink's name.
+        uplink: String,
+        /// The endpoint id.
+        id: u8,
+        /// The netlink failure.
+        #[source]
+        source: NetlinkError,
+    },
     /// An uplink's address already is someone else's MPTCP endpoint.
     #[error(
         "uplink {uplink}: address {addr} already is MPTCP endpoint id {id}, which is not \
@@ -185,6 +200,23 @@ pub enum UplinkError {
         #[source]
         source: NetlinkError,
     },
+    /// The thread that owns the system state could not be started.
+    #[error(
+        "cannot start the thread that owns the uplinks' routes, rules and MPTCP endpoints; \
+         check the process's thread limit (`ulimit -u`)"
+    )]
+    Spawn {
+        /// What the system said.
+        #[source]
+        source: io::Error,
+    },
+    /// The owner of the system state is no longer there to ask: it was shut
+    /// down, or it panicked (a bug; removing what it installed on the way).
+    #[error(
+        "the owner of the uplinks' routes, rules and MPTCP endpoints has stopped; \
+         restart mpbond (if it was not shutting down, this is a bug: see the log)"
+    )]
+    OwnerGone,
     /// Something installed could not be removed.
     #[error(
         "cannot remove what mpbond installed for its uplinks; the next start of mpbond \

@@ -60,7 +60,7 @@ pub struct Uplink {
     pub endpoint: MptcpEndpoint,
 }
 
-/// What [`Plumbing::readdress`](super::Plumbing::readdress) found on an uplink's interface.
+/// What [`Handle::readdress`](super::Handle::readdress) found on an uplink's interface.
 #[derive(Debug, PartialEq, Eq)]
 pub enum AddressChange {
     /// The uplink keeps the address it had (or still has none).
@@ -69,8 +69,10 @@ pub enum AddressChange {
     /// its source rule is gone.
     Gone,
     /// Its subflows now use a new address: the uplink as it is now, its
-    /// source rule moved to the new address. Its MPTCP endpoint is the
-    /// caller's to move (the caller decides when the uplink is usable).
+    /// source rule moved to the new address. Its MPTCP endpoint moves when
+    /// the caller says so with
+    /// [`Handle::set_endpoint`](super::Handle::set_endpoint) (the caller
+    /// decides when the uplink is usable).
     New(Uplink),
 }
 
