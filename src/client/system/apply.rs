@@ -63,7 +63,8 @@ struct Slot {
 /// reverse order, logging what it cannot remove) and restores the sysctls;
 /// drop it in the network namespace it was installed in (the process's, in
 /// normal use), since the sysctls are restored through `/proc/sys` of the
-/// dropping thread.
+/// dropping thread. The owner's thread installs, changes and drops it, and
+/// nothing else touches it.
 pub(super) struct Plumbing {
     rtnl: Rtnl,
     pm: MptcpPm,
