@@ -28,7 +28,7 @@
 //! start joins when it gets one.
 
 use std::net::{IpAddr, SocketAddr};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -37,12 +37,12 @@ use tokio::sync::mpsc;
 use tokio::task::{AbortHandle, JoinSet};
 use tracing::{debug, info, warn};
 
-use super::uplinks::{AddressChange, Plumbing, Uplink};
+use super::system::{AddressChange, Handle, Uplink};
 use super::{ClientError, Shared};
 use crate::auth;
 use crate::chain::Chain;
 use crate::path::{self, Counters, Event, Path, Verdict};
-use crate::sys::{LinkEvent, LinkEvents, MptcpPm, Rtnl};
+use crate::sys::{LinkEvent, LinkEvents, Rtnl};
 use crate::wire::probe::{Kind, Probe, MAX_LEN};
 
 /// How long the event thread blocks before checking whether it should end.
@@ -130,14 +130,14 @@ pub(super) fn pick_source(candidates: &[Candidate<'_>], current: Option<IpAddr>)
 }
 
 /// Watches the uplinks until the client stops; never returns otherwise.
-/// `pm` is the kernel's path manager (its endpoints follow the verdicts),
-/// `events` the kernel's link and address events, `plumbing` moves an
-/// uplink's rule and route when its address or gateway changes.
+/// `system` is the owner of what is installed: endpoints follow the
+/// verdicts through it, and it moves an uplink's rule, route and endpoint
+/// when its address or gateway changes; `events` are the kernel's link and
+/// address events.
 pub(super) async fn watch(
     shared: Arc<Shared>,
-    plumbing: Arc<Mutex<Plumbing>>,
+    system: Handle,
     uplinks: Vec<Uplink>,
-    pm: MptcpPm,
     events: LinkEvents,
 ) -> Result<(), ClientError> {
     let (tx, mut rx) = mpsc::channel::<Report>(256);
@@ -182,7 +182,7 @@ pub(super) async fn watch(
         if line.addressed {
             open_probes(&shared, &mut readers, &tx, index, line).await;
         }
-        // The initial "no address" verdict has been acted on by Plumbing.
+        // The initial "no address" verdict: its endpoint was never installed.
         while line.path.poll_event().is_some() {}
     }
     let mut repick = tokio::time::interval(SOURCE_EVERY);
@@ -205,7 +205,7 @@ pub(super) async fn watch(
             report = rx.recv() => match report {
                 Some(Report::Links(events)) => {
                     for event in events {
-                        changed |= on_link_event(&shared, &pm, &plumbing, &mut lines, &mut readers, &tx, event).await;
+                        changed |= on_link_event(&shared, &system, &mut lines, &mut readers, &tx, event).await;
                     }
                 }
                 Some(Report::Answer { index, generation, seq, at }) => {
@@ -247,7 +247,7 @@ pub(super) async fn watch(
             let carries = line.path.verdict().carries();
             if carries != line.endpoint {
                 let why = line.last_reason.clone();
-                set_endpoint(&pm, line, carries, &why);
+                set_endpoint(&system, line, carries, &why).await;
             }
         }
         if changed {
@@ -259,8 +259,7 @@ pub(super) async fn watch(
 /// Follows one kernel event; `true` if an uplink changed.
 async fn on_link_event(
     shared: &Arc<Shared>,
-    pm: &MptcpPm,
-    plumbing: &Mutex<Plumbing>,
+    system: &Handle,
     lines: &mut [Line],
     readers: &mut JoinSet<()>,
     tx: &mpsc::Sender<Report>,
@@ -282,7 +281,7 @@ async fn on_link_event(
                 line.path.set_link(now, line.carrier, line.addressed);
             }
             LinkEvent::Route { .. } => {
-                let regatewayed = lock(plumbing).regateway(index);
+                let regatewayed = system.regateway(index).await;
                 match regatewayed {
                     Ok(Some((old, new))) => info!(
                         uplink = %line.uplink.name,
@@ -300,7 +299,7 @@ async fn on_link_event(
                 }
             }
             LinkEvent::Address { .. } => {
-                let readdressed = lock(plumbing).readdress(index);
+                let readdressed = system.readdress(index).await;
                 match readdressed {
                     Ok(AddressChange::Same) => {}
                     Ok(AddressChange::Gone) => {
@@ -317,7 +316,7 @@ async fn on_link_event(
                         );
                         if line.endpoint {
                             // The old address's endpoint: its subflows go with it.
-                            set_endpoint(pm, line, false, "its address changed");
+                            set_endpoint(system, line, false, "its address changed").await;
                         }
                         line.uplink = uplink;
                         line.addressed = true;
@@ -366,10 +365,10 @@ fn log_event(line: &mut Line, event: &Event) {
     );
 }
 
-/// Installs or removes the uplink's MPTCP endpoint.
-fn set_endpoint(pm: &MptcpPm, line: &mut Line, on: bool, why: &str) {
+/// Installs or removes the uplink's MPTCP endpoint, through the owner of
+/// system state.
+async fn set_endpoint(system: &Handle, line: &mut Line, on: bool, why: &str) {
     let uplink = &line.uplink;
-    let id = uplink.endpoint.id;
     line.endpoint = on;
     if on {
         info!(
@@ -379,13 +378,6 @@ fn set_endpoint(pm: &MptcpPm, line: &mut Line, on: bool, why: &str) {
             "uplink back: adding its MPTCP endpoint again so running connections get a \
              subflow on it"
         );
-        match pm.add_endpoint(&uplink.endpoint) {
-            Ok(()) => {}
-            Err(e) if e.is_already_exists() => debug!(id, "endpoint already there"),
-            Err(e) => {
-                warn!(uplink = %uplink.name, error = %Chain(&e), "cannot add the endpoint back")
-            }
-        }
     } else {
         info!(
             uplink = %uplink.name,
@@ -394,13 +386,9 @@ fn set_endpoint(pm: &MptcpPm, line: &mut Line, on: bool, why: &str) {
             "uplink down: removing its MPTCP endpoint so both ends move its traffic to the \
              other uplinks"
         );
-        match pm.del_endpoint(id) {
-            Ok(()) => {}
-            Err(e) if e.is_not_found() => debug!(id, "endpoint already gone"),
-            Err(e) => {
-                warn!(uplink = %uplink.name, error = %Chain(&e), "cannot remove the endpoint")
-            }
-        }
+    }
+    if let Err(e) = system.set_endpoint(uplink.index, on).await {
+        warn!(uplink = %uplink.name, error = %Chain(&e), "cannot change the uplink's MPTCP endpoint");
     }
 }
 
@@ -521,11 +509,6 @@ fn repick_source(shared: &Shared, lines: &[Line]) {
             .collect();
         info!(source = ?source, rtts = ?rtts, "new tunnels start from this address");
     }
-}
-
-fn lock(plumbing: &Mutex<Plumbing>) -> MutexGuard<'_, Plumbing> {
-    // Every Plumbing method leaves it consistent before it could panic.
-    plumbing.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// Reads link events and passes them on until the receiver is gone.
@@ -651,7 +634,10 @@ mod tests {
         // as usable.
         let pick = |lte_verdict| {
             pick_source(
-                &[c(&dsl, Verdict::Usable, ms(80)), c(&lte, lte_verdict, ms(20))],
+                &[
+                    c(&dsl, Verdict::Usable, ms(80)),
+                    c(&lte, lte_verdict, ms(20)),
+                ],
                 Some(dsl.addr),
             )
         };
@@ -660,7 +646,10 @@ mod tests {
         assert_eq!(pick(Verdict::Dead), Some(dsl.addr));
         assert_eq!(
             pick_source(
-                &[c(&dsl, Verdict::Dead, ms(20)), c(&lte, Verdict::Back, ms(80))],
+                &[
+                    c(&dsl, Verdict::Dead, ms(20)),
+                    c(&lte, Verdict::Back, ms(80))
+                ],
                 None
             ),
             Some(lte.addr)

@@ -1,7 +1,8 @@
 //! The client: captures the site's TCP in a TUN device, lets the kernel
 //! terminate each flow on a local listener ([`redirect`]), and carries each
 //! flow to the concentrator as one MPTCP connection whose subflows use every
-//! uplink ([`uplinks`] installs the routing and path manager set-up).
+//! uplink ([`system`] is the one owner of the routing and path manager
+//! set-up).
 //!
 //! Tasks: one reads the TUN and rewrites packets; one accepts per address
 //! family; one per flow opens its tunnel and relays; one expires old flows.
@@ -10,8 +11,8 @@ mod capture;
 mod flow;
 mod health;
 pub mod redirect;
+pub mod system;
 mod tunnel;
-pub mod uplinks;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -29,8 +30,8 @@ use tun_rs::{AsyncDevice, DeviceBuilder};
 use crate::config::ClientConfig;
 use crate::sys::{LinkEvents, MptcpPm, NetlinkError};
 use redirect::{ConnectMode, FlowKey, FlowTable, RedirectAddrs};
+use system::UplinkError;
 use tunnel::{Tunnel, Tunnels, WarmPool};
-use uplinks::{Plumbing, UplinkError};
 
 /// The port the redirect's listeners use on the TUN's addresses.
 pub const LISTEN_PORT: u16 = 7301;
@@ -161,12 +162,22 @@ pub async fn run(config: ClientConfig, shutdown: impl Future) -> Result<(), Clie
     info!(name = %tun_config.name, ipv4 = %tun_config.ipv4, ipv6 = %tun_config.ipv6, "TUN device up");
 
     // Opened before anything is installed: without them health would only
-    // log and failover would silently never happen.
+    // log and failover would silently never happen. The path manager handle
+    // goes to the owner of system state, through which health changes the
+    // endpoints.
     let pm = MptcpPm::open().map_err(ClientError::HealthPathManager)?;
-    let link_events = LinkEvents::open(health::EVENT_POLL).map_err(ClientError::HealthLinkEvents)?;
+    let link_events =
+        LinkEvents::open(health::EVENT_POLL).map_err(ClientError::HealthLinkEvents)?;
 
-    let plumbing = Plumbing::install(&config.uplinks, &tun_config.name, config.concentrator.ip())?;
-    let uplinks = plumbing.uplinks();
+    // Dropping it (an early return below) removes everything again.
+    let system = system::start(
+        &config.uplinks,
+        &tun_config.name,
+        config.concentrator.ip(),
+        pm,
+    )
+    .await?;
+    let uplinks = system.uplinks().await;
     let candidates: Vec<health::Candidate<'_>> = uplinks
         .iter()
         .map(|uplink| health::Candidate {
@@ -176,9 +187,6 @@ pub async fn run(config: ClientConfig, shutdown: impl Future) -> Result<(), Clie
         })
         .collect();
     let source = health::pick_source(&candidates, None);
-    // Shared with the health watcher, which moves an uplink's rule when its
-    // address changes.
-    let plumbing = Arc::new(Mutex::new(plumbing));
 
     let addrs = RedirectAddrs {
         tun_v4: tun_config.ipv4.addr(),
@@ -219,13 +227,7 @@ pub async fn run(config: ClientConfig, shutdown: impl Future) -> Result<(), Clie
     tasks.spawn("expire", expire_loop(shared.clone()));
     tasks.spawn(
         "health",
-        health::watch(
-            shared.clone(),
-            plumbing.clone(),
-            uplinks.clone(),
-            pm,
-            link_events,
-        ),
+        health::watch(shared.clone(), system.clone(), uplinks.clone(), link_events),
     );
     let warm = shared.clone();
     tasks.spawn("warm pool", async move {
@@ -249,8 +251,8 @@ pub async fn run(config: ClientConfig, shutdown: impl Future) -> Result<(), Clie
     };
     tasks.set.shutdown().await;
     drop(shared);
-    let removed = plumbing.lock().unwrap_or_else(|e| e.into_inner()).remove();
-    match removed {
+    // Also after a task failed or panicked; waits until it is all gone.
+    match system.shutdown().await {
         Ok(()) => info!("uplink set-up removed"),
         Err(e) => warn!(error = %e, "could not remove all of the uplink set-up"),
     }

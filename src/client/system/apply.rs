@@ -1,0 +1,658 @@
+//! The application of the plan: [`Plumbing`] installs what
+//! [`super::plan`] describes over netlink, follows address and gateway
+//! changes, and removes it all again; [`cleanup_leftovers`] removes what a
+//! crashed run left behind.
+
+use std::fmt;
+use std::io;
+use std::net::IpAddr;
+
+use tracing::{debug, info, warn};
+
+use super::error::UplinkError;
+use super::plan::{
+    capture_routes, capture_rules, family_name, pick_address, raised_limits, uplink_endpoint,
+    uplink_route, uplink_rule, uplink_table, AddressChange, Uplink, ENDPOINT_IDS,
+};
+use crate::chain::Chain;
+use crate::config::client::UplinkConfig;
+use crate::sys::{
+    read_sysctl, AddressFamily, MptcpEndpoint, MptcpLimits, MptcpPm, NetlinkError, Route, Rtnl,
+    Rule, SysctlGuard, MPBOND_RTPROT,
+};
+
+/// One thing added to the system, to be undone.
+#[derive(Debug)]
+enum Installed {
+    Route(Route),
+    Rule(Rule),
+    Endpoint(u8),
+    /// The limits were raised from these.
+    Limits(MptcpLimits),
+}
+
+impl fmt::Display for Installed {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Route(route) => write!(f, "route {route}"),
+            Self::Rule(rule) => write!(f, "rule {rule}"),
+            Self::Endpoint(id) => write!(f, "MPTCP endpoint id {id}"),
+            Self::Limits(previous) => write!(
+                f,
+                "MPTCP limits (back to subflows {} add_addr_accepted {})",
+                previous.subflows, previous.add_addr_accepted
+            ),
+        }
+    }
+}
+
+/// An uplink and what its plumbing follows.
+#[derive(Debug)]
+struct Slot {
+    uplink: Uplink,
+    /// Its address now (`None`: none yet, or it lost it).
+    current: Option<IpAddr>,
+    /// Its gateway comes from the config (else it follows the system's
+    /// default route out of its interface).
+    pinned: bool,
+    /// Its route as it should be (installed while it has an address).
+    route: Route,
+}
+
+/// Everything installed for the uplinks. Dropping it removes it all (in
+/// reverse order, logging what it cannot remove) and restores the sysctls;
+/// drop it in the network namespace it was installed in (the process's, in
+/// normal use), since the sysctls are restored through `/proc/sys` of the
+/// dropping thread. The owner's thread installs, changes and drops it, and
+/// nothing else touches it.
+pub(super) struct Plumbing {
+    rtnl: Rtnl,
+    pm: MptcpPm,
+    /// The uplinks, in config order.
+    slots: Vec<Slot>,
+    /// In the order added; undone from the back.
+    installed: Vec<Installed>,
+    /// Dropped after `installed` is undone (field order).
+    sysctls: Vec<SysctlGuard>,
+}
+
+impl fmt::Debug for Plumbing {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Plumbing")
+            .field("slots", &self.slots)
+            .field("installed", &self.installed)
+            .field("sysctls", &self.sysctls)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Plumbing {
+    /// Cleans leftovers of a crashed run, then installs. `tun` is the TUN
+    /// device name (already created and up); `pm` is the one handle on the
+    /// path manager, kept for the endpoints' changes and removal. On error,
+    /// whatever was installed is removed again before returning.
+    pub(super) fn install(
+        uplinks: &[UplinkConfig],
+        tun: &str,
+        concentrator: IpAddr,
+        pm: MptcpPm,
+    ) -> Result<Plumbing, UplinkError> {
+        let rtnl = Rtnl::open().map_err(|source| UplinkError::Netlink { source })?;
+        let removed = remove_leftovers(&rtnl, &pm)?;
+        if removed > 0 {
+            info!(removed, "removed what an earlier run left behind");
+        }
+        if uplinks.len() > ENDPOINT_IDS.len() {
+            return Err(UplinkError::TooManyUplinks {
+                count: uplinks.len(),
+            });
+        }
+        let mut plumbing = Plumbing {
+            rtnl,
+            pm,
+            slots: Vec::new(),
+            installed: Vec::new(),
+            sysctls: Vec::new(),
+        };
+        plumbing.set_sysctls()?;
+        let tun_index = match plumbing.rtnl.link_index(tun) {
+            Ok(Some(index)) => index,
+            Ok(None) => {
+                return Err(UplinkError::NoTun {
+                    tun: tun.to_owned(),
+                })
+            }
+            Err(source) => {
+                return Err(UplinkError::LookupTun {
+                    tun: tun.to_owned(),
+                    source,
+                })
+            }
+        };
+        let family = AddressFamily::of(concentrator);
+        // Checked above: every uplink has an id.
+        for ((i, config), id) in uplinks.iter().enumerate().zip(ENDPOINT_IDS) {
+            plumbing.install_uplink(i, id, config, family)?;
+        }
+        if plumbing.slots.iter().all(|slot| slot.current.is_none()) {
+            return Err(UplinkError::NoAddress {
+                family: family_name(family),
+                concentrator,
+            });
+        }
+        plumbing.raise_limits()?;
+        plumbing.install_capture(tun, tun_index, concentrator)?;
+        info!(
+            uplinks = plumbing.slots.len(),
+            skipped = uplinks.len() - plumbing.slots.len(),
+            %concentrator,
+            tun,
+            "uplinks set up; the site's traffic goes into the TUN"
+        );
+        Ok(plumbing)
+    }
+
+    /// The uplinks, in config order; one without an address yet has the
+    /// unspecified address.
+    pub(super) fn uplinks(&self) -> Vec<Uplink> {
+        self.slots.iter().map(|slot| slot.uplink.clone()).collect()
+    }
+
+    /// Removes everything now (same as drop, but returns the first error;
+    /// it still tries to remove the rest).
+    pub(super) fn remove(&mut self) -> Result<(), UplinkError> {
+        self.undo()
+    }
+
+    /// Reads again the addresses of uplink `slot` (its position in
+    /// [`uplinks`](Self::uplinks)) after its interface had an address
+    /// event. When the address its subflows should use changed (a DHCP
+    /// renumbering, an address removed), its source rule moves to the new
+    /// one, and its route is put back (the kernel drops a route with the
+    /// last address of its gateway's subnet).
+    pub(super) fn readdress(&mut self, slot: usize) -> Result<AddressChange, UplinkError> {
+        let Some(Slot {
+            uplink,
+            current: had,
+            route,
+            ..
+        }) = self.slots.get(slot)
+        else {
+            return Ok(AddressChange::Same);
+        };
+        let (had, route) = (*had, route.clone());
+        let (name, interface, i) = (uplink.name.clone(), uplink.interface.clone(), uplink.index);
+        let addresses =
+            self.rtnl
+                .addresses(uplink.ifindex)
+                .map_err(|source| UplinkError::Addresses {
+                    uplink: name.clone(),
+                    interface: interface.clone(),
+                    source,
+                })?;
+        let now = pick_address(&addresses, AddressFamily::of(uplink.addr));
+        if now == had {
+            return Ok(AddressChange::Same);
+        }
+        if let Some(old) = had {
+            let rule = uplink_rule(i, old);
+            match self.rtnl.del_rule(&rule) {
+                Ok(()) => debug!(%rule, "rule removed"),
+                Err(err) if err.is_not_found() => {}
+                Err(source) => {
+                    return Err(UplinkError::UplinkRule {
+                        uplink: name,
+                        addr: old,
+                        table: uplink_table(i),
+                        source,
+                    })
+                }
+            }
+            self.installed
+                .retain(|item| !matches!(item, Installed::Rule(r) if *r == rule));
+            self.slots[slot].current = None;
+        }
+        let Some(addr) = now else {
+            return Ok(AddressChange::Gone);
+        };
+        let table = uplink_table(i);
+        self.install_route(&route, &name, &interface)?;
+        self.add_rule(uplink_rule(i, addr))
+            .map_err(|source| UplinkError::UplinkRule {
+                uplink: name,
+                addr,
+                table,
+                source,
+            })?;
+        let Slot {
+            uplink, current, ..
+        } = &mut self.slots[slot];
+        *current = Some(addr);
+        uplink.addr = addr;
+        uplink.endpoint.addr = addr;
+        Ok(AddressChange::New(uplink.clone()))
+    }
+
+    /// Adds (`on`) or removes uplink `slot`'s MPTCP endpoint, as it is now
+    /// (after [`readdress`](Self::readdress)), and remembers it for the
+    /// removal at the end. Idempotent: an endpoint already there (or
+    /// already gone) is not an error. Nothing to do for an uplink without
+    /// an address (it has no endpoint) or past the last one.
+    pub(super) fn set_endpoint(&mut self, slot: usize, on: bool) -> Result<(), UplinkError> {
+        let Some(Slot {
+            uplink, current, ..
+        }) = self.slots.get(slot)
+        else {
+            return Ok(());
+        };
+        let endpoint = &uplink.endpoint;
+        let id = endpoint.id;
+        if on {
+            if current.is_none() {
+                return Ok(());
+            }
+            match self.pm.add_endpoint(endpoint) {
+                Ok(()) => debug!(id, addr = %endpoint.addr, "MPTCP endpoint added"),
+                // The kernel refuses an endpoint that is already there with
+                // EEXIST or (its id taken) EBUSY: look whether it is ours.
+                Err(_) if self.has_endpoint(endpoint) => debug!(id, "endpoint already there"),
+                Err(source) => {
+                    return Err(UplinkError::Endpoint {
+                        uplink: uplink.name.clone(),
+                        addr: endpoint.addr,
+                        id,
+                        source,
+                    })
+                }
+            }
+            if !self
+                .installed
+                .iter()
+                .any(|item| matches!(item, Installed::Endpoint(i) if *i == id))
+            {
+                self.installed.push(Installed::Endpoint(id));
+            }
+        } else {
+            match self.pm.del_endpoint(id) {
+                Ok(()) => debug!(id, "MPTCP endpoint removed"),
+                Err(err) if err.is_not_found() => debug!(id, "endpoint already gone"),
+                Err(source) => {
+                    return Err(UplinkError::RemoveEndpoint {
+                        uplink: uplink.name.clone(),
+                        id,
+                        source,
+                    })
+                }
+            }
+            self.installed
+                .retain(|item| !matches!(item, Installed::Endpoint(i) if *i == id));
+        }
+        Ok(())
+    }
+
+    /// The kernel has `endpoint` (its id at its address); a failure to
+    /// list the endpoints counts as no.
+    fn has_endpoint(&self, endpoint: &MptcpEndpoint) -> bool {
+        self.pm.endpoints().is_ok_and(|endpoints| {
+            endpoints
+                .iter()
+                .any(|ep| ep.id == endpoint.id && ep.addr == endpoint.addr)
+        })
+    }
+
+    fn set_sysctls(&mut self) -> Result<(), UplinkError> {
+        let sysctl =
+            |key: &'static str| move |source: io::Error| UplinkError::Sysctl { key, source };
+        const MPTCP: &str = "net.mptcp.enabled";
+        self.sysctls
+            .extend(SysctlGuard::set(MPTCP, "1").map_err(sysctl(MPTCP))?);
+        const FASTOPEN: &str = "net.ipv4.tcp_fastopen";
+        // Bit 0x1: TCP Fast Open on the client side of connections.
+        self.sysctls
+            .extend(SysctlGuard::set_bits(FASTOPEN, 0x1).map_err(sysctl(FASTOPEN))?);
+        const FORWARD: &str = "net.ipv4.ip_forward";
+        match read_sysctl(FORWARD) {
+            Ok(value) if value == "0" => warn!(
+                "net.ipv4.ip_forward is 0: LAN hosts' traffic cannot be bonded until forwarding \
+                 is on (sysctl -w net.ipv4.ip_forward=1); only this machine's own is"
+            ),
+            Ok(_) => {}
+            Err(e) => warn!(error = %e, "cannot read net.ipv4.ip_forward"),
+        }
+        Ok(())
+    }
+
+    /// Route, rule and endpoint `id` of uplink `i`; skips (with a warning)
+    /// an uplink without an address of `family`.
+    fn install_uplink(
+        &mut self,
+        i: usize,
+        id: u8,
+        config: &UplinkConfig,
+        family: AddressFamily,
+    ) -> Result<(), UplinkError> {
+        let ifindex = match self.rtnl.link_index(&config.interface) {
+            Ok(Some(index)) => index,
+            Ok(None) => {
+                return Err(UplinkError::NoInterface {
+                    uplink: config.name.clone(),
+                    interface: config.interface.clone(),
+                })
+            }
+            Err(source) => {
+                return Err(UplinkError::LookupInterface {
+                    uplink: config.name.clone(),
+                    interface: config.interface.clone(),
+                    source,
+                })
+            }
+        };
+        let addresses = self
+            .rtnl
+            .addresses(ifindex)
+            .map_err(|source| UplinkError::Addresses {
+                uplink: config.name.clone(),
+                interface: config.interface.clone(),
+                source,
+            })?;
+        let addr = pick_address(&addresses, family);
+        if addr.is_none() {
+            warn!(
+                uplink = %config.name,
+                interface = %config.interface,
+                "uplink has no {} address yet; it is used once it gets one",
+                family_name(family)
+            );
+        }
+        let pinned = match family {
+            AddressFamily::V4 => config.gateway.map(IpAddr::V4),
+            AddressFamily::V6 => config.gateway6.map(IpAddr::V6),
+        };
+        let gateway = match pinned {
+            Some(gateway) => Some(gateway),
+            None => self.system_gateway(family, ifindex, &config.name),
+        };
+        let route = uplink_route(i, family, gateway, ifindex);
+        let endpoint = uplink_endpoint(id, addr, family, ifindex, config.backup);
+        if let Some(addr) = addr {
+            self.install_route(&route, &config.name, &config.interface)?;
+            let rule = uplink_rule(i, addr);
+            self.add_rule(rule)
+                .map_err(|source| UplinkError::UplinkRule {
+                    uplink: config.name.clone(),
+                    addr,
+                    table: uplink_table(i),
+                    source,
+                })?;
+            self.add_endpoint(&endpoint, &config.name)?;
+        }
+
+        info!(
+            uplink = %config.name,
+            interface = %config.interface,
+            addr = ?addr,
+            backup = config.backup,
+            table = uplink_table(i),
+            endpoint = endpoint.id,
+            "uplink installed"
+        );
+        self.slots.push(Slot {
+            uplink: Uplink {
+                index: i,
+                name: config.name.clone(),
+                interface: config.interface.clone(),
+                ifindex,
+                addr: endpoint.addr,
+                backup: config.backup,
+                endpoint,
+            },
+            current: addr,
+            pinned: pinned.is_some(),
+            route,
+        });
+        Ok(())
+    }
+
+    /// Adds (or replaces) an uplink's route, remembering it once.
+    fn install_route(
+        &mut self,
+        route: &Route,
+        uplink: &str,
+        interface: &str,
+    ) -> Result<(), UplinkError> {
+        self.rtnl
+            .add_route(route)
+            .map_err(|source| UplinkError::UplinkRoute {
+                uplink: uplink.to_owned(),
+                interface: interface.to_owned(),
+                table: route.table,
+                source,
+            })?;
+        debug!(uplink, %route, "route added");
+        let table = route.table;
+        match self.installed.iter_mut().find_map(|item| match item {
+            Installed::Route(r) if r.table == table => Some(r),
+            _ => None,
+        }) {
+            Some(installed) => *installed = route.clone(),
+            None => self.installed.push(Installed::Route(route.clone())),
+        }
+        Ok(())
+    }
+
+    /// The gateway of the system's default route out of `ifindex` (set by
+    /// DHCP or the administrator), if any; a failure to read it is logged
+    /// and counts as none.
+    fn system_gateway(&self, family: AddressFamily, ifindex: u32, uplink: &str) -> Option<IpAddr> {
+        match self.rtnl.default_gateway(family, ifindex, MPBOND_RTPROT) {
+            Ok(gateway) => gateway,
+            Err(e) => {
+                warn!(uplink, error = %Chain(&e), "cannot read the system's default gateway; the uplink's route stays as it is");
+                None
+            }
+        }
+    }
+
+    /// Uplink `slot` (its position in [`uplinks`](Self::uplinks)) without a
+    /// gateway in the config follows the system's default route out of its
+    /// interface: when that route has a new gateway (a DHCP renewal), the
+    /// uplink's route moves to it. Returns the old and new gateway when it
+    /// moved. A system route that disappears leaves the last gateway in
+    /// place (DHCP removes and adds it again on renewal).
+    pub(super) fn regateway(
+        &mut self,
+        slot: usize,
+    ) -> Result<Option<(Option<IpAddr>, IpAddr)>, UplinkError> {
+        let Some(Slot {
+            uplink,
+            current,
+            pinned: false,
+            route,
+        }) = self.slots.get(slot)
+        else {
+            return Ok(None);
+        };
+        let Some(wanted) =
+            self.system_gateway(AddressFamily::of(uplink.addr), uplink.ifindex, &uplink.name)
+        else {
+            return Ok(None);
+        };
+        let old = route.gateway;
+        if old == Some(wanted) {
+            return Ok(None);
+        }
+        let moved = Route {
+            gateway: Some(wanted),
+            ..route.clone()
+        };
+        let (name, interface) = (uplink.name.clone(), uplink.interface.clone());
+        // Without an address the route waits for one (readdress adds it).
+        if current.is_some() {
+            self.install_route(&moved, &name, &interface)?;
+        }
+        self.slots[slot].route = moved;
+        Ok(Some((old, wanted)))
+    }
+
+    /// Adds `rule`, treating an identical rule already there as an error:
+    /// leftovers were cleaned, so it would be someone else's, and removing
+    /// it later would break theirs.
+    fn add_rule(&mut self, rule: Rule) -> Result<(), NetlinkError> {
+        self.rtnl.add_rule(&rule)?;
+        debug!(%rule, "rule added");
+        self.installed.push(Installed::Rule(rule));
+        Ok(())
+    }
+
+    /// Adds `endpoint`; an implicit endpoint the kernel made for the same
+    /// address is replaced, anyone else's is an error.
+    fn add_endpoint(&mut self, endpoint: &MptcpEndpoint, uplink: &str) -> Result<(), UplinkError> {
+        let failed = |source| UplinkError::Endpoint {
+            uplink: uplink.to_owned(),
+            addr: endpoint.addr,
+            id: endpoint.id,
+            source,
+        };
+        match self.pm.add_endpoint(endpoint) {
+            Ok(()) => {}
+            Err(err) if err.is_already_exists() => {
+                let existing = self.pm.endpoints().map_err(failed)?;
+                let Some(other) = existing.iter().find(|ep| ep.addr == endpoint.addr) else {
+                    return Err(failed(err));
+                };
+                if !other.flags.implicit {
+                    return Err(UplinkError::EndpointTaken {
+                        uplink: uplink.to_owned(),
+                        addr: endpoint.addr,
+                        id: other.id,
+                    });
+                }
+                debug!(id = other.id, addr = %other.addr, "replacing the kernel's implicit endpoint");
+                self.pm.del_endpoint(other.id).map_err(failed)?;
+                self.pm.add_endpoint(endpoint).map_err(failed)?;
+            }
+            Err(err) => return Err(failed(err)),
+        }
+        debug!(id = endpoint.id, addr = %endpoint.addr, backup = endpoint.flags.backup, "MPTCP endpoint added");
+        self.installed.push(Installed::Endpoint(endpoint.id));
+        Ok(())
+    }
+
+    fn raise_limits(&mut self) -> Result<(), UplinkError> {
+        let limits = |source| UplinkError::Limits { source };
+        let current = self.pm.limits().map_err(limits)?;
+        let wanted = raised_limits(current, self.slots.len());
+        if wanted == current {
+            debug!(?current, "MPTCP limits already high enough");
+            return Ok(());
+        }
+        self.pm.set_limits(wanted).map_err(limits)?;
+        info!(
+            subflows = wanted.subflows,
+            add_addr_accepted = wanted.add_addr_accepted,
+            previous_subflows = current.subflows,
+            previous_add_addr_accepted = current.add_addr_accepted,
+            "MPTCP limits raised"
+        );
+        self.installed.push(Installed::Limits(current));
+        Ok(())
+    }
+
+    /// The capture: routes first, the rule that diverts everything last, so
+    /// that traffic never meets a half-built setup.
+    fn install_capture(
+        &mut self,
+        tun: &str,
+        tun_index: u32,
+        concentrator: IpAddr,
+    ) -> Result<(), UplinkError> {
+        for route in capture_routes(tun_index) {
+            self.rtnl
+                .add_route(&route)
+                .map_err(|source| UplinkError::CaptureRoute {
+                    tun: tun.to_owned(),
+                    source,
+                })?;
+            debug!(%route, "route added");
+            self.installed.push(Installed::Route(route));
+        }
+        for rule in capture_rules(concentrator) {
+            self.add_rule(rule)
+                .map_err(|source| UplinkError::CaptureRule { source })?;
+        }
+        Ok(())
+    }
+
+    /// Undoes everything, newest first; logs each failure and returns the
+    /// first. Things already gone (a route that left with its interface)
+    /// are not failures.
+    fn undo(&mut self) -> Result<(), UplinkError> {
+        let mut first = None;
+        while let Some(item) = self.installed.pop() {
+            let result = match &item {
+                Installed::Route(route) => self.rtnl.del_route(route),
+                Installed::Rule(rule) => self.rtnl.del_rule(rule),
+                Installed::Endpoint(id) => self.pm.del_endpoint(*id),
+                Installed::Limits(previous) => self.pm.set_limits(*previous),
+            };
+            match result {
+                Ok(()) => debug!(%item, "removed"),
+                Err(err) if err.is_not_found() => debug!(%item, "already gone"),
+                Err(err) => {
+                    warn!(error = %Chain(&err), "cannot remove what mpbond installed");
+                    first.get_or_insert(err);
+                }
+            }
+        }
+        match first {
+            None => Ok(()),
+            Some(source) => Err(UplinkError::Remove { source }),
+        }
+    }
+}
+
+impl Drop for Plumbing {
+    fn drop(&mut self) {
+        if self.installed.is_empty() {
+            return;
+        }
+        // Failures were logged one by one.
+        if self.undo().is_ok() {
+            info!("uplink routes, rules and MPTCP endpoints removed");
+        }
+    }
+}
+
+/// Removes whatever a previous run left behind: routes and rules with
+/// protocol [`MPBOND_RTPROT`] (all tables, IPv4 and IPv6) and MPTCP
+/// endpoints with ids in [`ENDPOINT_IDS`]. Returns how many things it
+/// removed, for logging. MPTCP limits raised by a crashed run stay raised.
+///
+/// It opens netlink handles of its own (in the calling thread's network
+/// namespace); [`start`](super::start) cleans through the owner's.
+pub fn cleanup_leftovers() -> Result<usize, UplinkError> {
+    let rtnl = Rtnl::open().map_err(|source| UplinkError::Netlink { source })?;
+    let pm = MptcpPm::open().map_err(|source| UplinkError::Netlink { source })?;
+    remove_leftovers(&rtnl, &pm)
+}
+
+/// [`cleanup_leftovers`] through the given handles.
+fn remove_leftovers(rtnl: &Rtnl, pm: &MptcpPm) -> Result<usize, UplinkError> {
+    let leftovers = |source| UplinkError::Leftovers { source };
+    let report = rtnl.flush_owned(MPBOND_RTPROT).map_err(leftovers)?;
+    let mut endpoints = 0;
+    for endpoint in pm.endpoints().map_err(leftovers)? {
+        if !ENDPOINT_IDS.contains(&endpoint.id) {
+            continue;
+        }
+        match pm.del_endpoint(endpoint.id) {
+            Ok(()) => {
+                info!(id = endpoint.id, addr = %endpoint.addr, "removed a leftover MPTCP endpoint");
+                endpoints += 1;
+            }
+            Err(err) if err.is_not_found() => {}
+            Err(err) => return Err(leftovers(err)),
+        }
+    }
+    Ok(report.routes + report.rules + endpoints)
+}
