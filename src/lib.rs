@@ -11,6 +11,7 @@ pub mod concentrator;
 pub mod config;
 pub mod path;
 mod relay;
+pub mod sendbuf;
 #[allow(unsafe_code)]
 pub mod sys;
 pub mod wire;

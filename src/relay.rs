@@ -24,6 +24,8 @@ use socket2::{SockRef, TcpKeepalive};
 use tokio::net::TcpStream;
 use tracing::debug;
 
+use crate::sendbuf::Sizer;
+
 /// Bytes buffered per direction, allocated once per connection.
 pub(crate) const BUFFER_LEN: usize = 64 * 1024;
 
@@ -88,12 +90,17 @@ pub(crate) enum RelayError {
 /// `early` (payload that arrived with the connect header) goes to the server
 /// first.
 ///
+/// `sized`: the side whose socket is an MPTCP tunnel whose send buffer
+/// follows its subflows ([`crate::sendbuf`]), re-evaluated as the relay
+/// writes to it.
+///
 /// On `Err`, both sockets are set to reset on close; the caller closes them
 /// by dropping them.
 pub(crate) async fn relay(
     client: &TcpStream,
     server: &TcpStream,
     early: &[u8],
+    sized: Option<(Side, Sizer)>,
 ) -> Result<Transferred, RelayError> {
     let mut guard = ResetOnDrop {
         sockets: [client, server],
@@ -110,22 +117,30 @@ pub(crate) async fn relay(
     let mut up = vec![0; BUFFER_LEN.max(early.len())].into_boxed_slice();
     up[..early.len()].copy_from_slice(early);
     let mut down = vec![0; BUFFER_LEN].into_boxed_slice();
+    let (mut to_server, mut to_client) = (None, None);
+    match sized {
+        Some((Side::Server, sizer)) => to_server = Some(sizer),
+        Some((Side::Client, sizer)) => to_client = Some(sizer),
+        None => {}
+    }
     let (up, down) = tokio::try_join!(
-        pump(client, server, &mut up, early.len(), Side::Client),
-        pump(server, client, &mut down, 0, Side::Server),
+        pump(client, server, &mut up, early.len(), Side::Client, to_server),
+        pump(server, client, &mut down, 0, Side::Server, to_client),
     )?;
     guard.armed = false;
     Ok(Transferred { up, down })
 }
 
 /// Copies `from` → `to` until `from` ends, starting with `buf[..pending]`,
-/// then half-closes `to`. Returns the bytes written.
+/// then half-closes `to`; `sizer` sizes `to`'s send buffer as it goes.
+/// Returns the bytes written.
 async fn pump(
     from: &TcpStream,
     to: &TcpStream,
     buf: &mut [u8],
     mut pending: usize,
     from_side: Side,
+    mut sizer: Option<Sizer>,
 ) -> Result<u64, RelayError> {
     let to_side = match from_side {
         Side::Client => Side::Server,
@@ -140,6 +155,9 @@ async fn pump(
         if pending > 0 {
             write_all(to, &buf[..pending]).await.map_err(write_error)?;
             total += pending as u64;
+            if let Some(sizer) = sizer.as_mut() {
+                sizer.tick(std::time::Instant::now(), to);
+            }
         }
         pending = read(from, buf).await.map_err(|source| RelayError::Read {
             side: from_side,
@@ -242,7 +260,7 @@ mod tests {
             let (mut client, client_end) = pair().await;
             let (server_end, mut server) = pair().await;
             let relay =
-                tokio::spawn(async move { relay(&client_end, &server_end, b"early ").await });
+                tokio::spawn(async move { relay(&client_end, &server_end, b"early ", None).await });
 
             client.write_all(b"late").await.expect("write");
             client.shutdown().await.expect("half-close");
@@ -270,7 +288,7 @@ mod tests {
         bounded(async {
             let (mut client, client_end) = pair().await;
             let (server_end, server) = pair().await;
-            let relay = tokio::spawn(async move { relay(&client_end, &server_end, b"").await });
+            let relay = tokio::spawn(async move { relay(&client_end, &server_end, b"", None).await });
 
             SockRef::from(&server)
                 .set_linger(Some(Duration::ZERO))
@@ -295,7 +313,7 @@ mod tests {
         bounded(async {
             let (mut client, client_end) = pair().await;
             let (server_end, mut server) = pair().await;
-            let relay = tokio::spawn(async move { relay(&client_end, &server_end, b"").await });
+            let relay = tokio::spawn(async move { relay(&client_end, &server_end, b"", None).await });
             client.write_all(b"x").await.expect("write");
             let mut one = [0; 1];
             server.read_exact(&mut one).await.expect("relayed");

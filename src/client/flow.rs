@@ -13,6 +13,9 @@ use tracing::{debug, info, warn};
 use super::redirect::{ConnectMode, Flow, FlowKey};
 use super::tunnel::{Tunnel, TunnelError, MAX_EARLY};
 use super::{ClientError, Shared};
+use crate::config::SendBuffer;
+use crate::relay::Side;
+use crate::sendbuf::{Policy, Sizer};
 
 /// How long to wait for the LAN host's first bytes so they ride in the
 /// tunnel's SYN; a host that speaks first (HTTP, TLS) sends them at once.
@@ -64,13 +67,13 @@ async fn serve(shared: Arc<Shared>, key: FlowKey, flow: Flow, lan: TcpStream) {
         },
     };
     match opened {
-        Ok(tunnel) => relay(&flow, &lan, tunnel).await,
+        Ok(tunnel) => relay(&flow, &lan, tunnel, shared.tunnels.send_buffer).await,
         Err(e) => refused(&flow, &lan, &e),
     }
     shared.table().closed(shared.now(), key);
 }
 
-async fn relay(flow: &Flow, lan: &TcpStream, tunnel: Tunnel) {
+async fn relay(flow: &Flow, lan: &TcpStream, tunnel: Tunnel, send_buffer: SendBuffer) {
     if !tunnel.leftover.is_empty() {
         if let Err(e) = crate::relay::write_all(lan, &tunnel.leftover).await {
             debug!(error = %e, "LAN host gone");
@@ -80,7 +83,9 @@ async fn relay(flow: &Flow, lan: &TcpStream, tunnel: Tunnel) {
         }
     }
     debug!(client = %flow.client, server = %flow.server, "relaying");
-    match crate::relay::relay(lan, &tunnel.stream, &[]).await {
+    let sized = (send_buffer == SendBuffer::Auto)
+        .then(|| (Side::Server, Sizer::new(Policy::default(), 0)));
+    match crate::relay::relay(lan, &tunnel.stream, &[], sized).await {
         Ok(done) => debug!(
             client = %flow.client,
             server = %flow.server,

@@ -15,6 +15,7 @@ use tokio::sync::Notify;
 use tracing::{debug, warn};
 
 use crate::auth::{self, Key};
+use crate::config::SendBuffer;
 use crate::sys;
 use crate::wire::convert::{header_len, ClientId, DecodeError, ErrorCode, Response};
 
@@ -51,7 +52,7 @@ pub(super) struct Tunnels {
     /// Reaching the concentrator and, through it, the destination.
     pub(super) timeout: Duration,
     /// `SO_SNDBUF` of each tunnel socket; 0: the kernel's autotuning.
-    pub(super) send_buffer: u32,
+    pub(super) send_buffer: SendBuffer,
     /// Tunnels connected ahead of use.
     pub(super) warm: WarmPool,
 }
@@ -412,8 +413,8 @@ impl Tunnels {
         }
         // Bounded, so that an upload's data on a dead line is re-sent soon:
         // it queues behind what the surviving lines already hold.
-        if self.send_buffer > 0 {
-            if let Err(e) = socket.set_send_buffer_size(self.send_buffer as usize) {
+        if let SendBuffer::Fixed(bytes) = self.send_buffer {
+            if let Err(e) = socket.set_send_buffer_size(bytes as usize) {
                 debug!(error = %e, "cannot set the tunnel's send buffer");
             }
         }

@@ -31,7 +31,9 @@ use tokio::task::{JoinError, JoinSet};
 use tracing::{debug, field, info, info_span, warn, Instrument as _, Span};
 
 use crate::chain::Chain;
-use crate::config::ConcentratorConfig;
+use crate::config::{ConcentratorConfig, SendBuffer};
+use crate::relay::Side;
+use crate::sendbuf::{self, Sizer};
 use crate::sys::SysctlGuard;
 use crate::wire::convert::{ClientId, MAX_MESSAGE_LEN};
 use accept::{Clients, HeaderBuf};
@@ -103,8 +105,8 @@ struct Shared {
     policy: Policy,
     handshake_timeout: Duration,
     connect_timeout: Duration,
-    /// `SO_SNDBUF` of accepted tunnels; 0: the kernel's autotuning.
-    send_buffer: u32,
+    /// How accepted tunnels' send buffers are sized.
+    send_buffer: SendBuffer,
     handshakes: Arc<Semaphore>,
 }
 
@@ -289,10 +291,8 @@ async fn connection(shared: Arc<Shared>, mut stream: TcpStream, handshake: Owned
     // A bounded send buffer: what a dead line had in flight is re-sent
     // behind what is queued on the surviving ones, so less queued means a
     // shorter stall (FIELD-NOTES). Autotuning would grow it to megabytes.
-    if shared.send_buffer > 0 {
-        if let Err(e) =
-            socket2::SockRef::from(&stream).set_send_buffer_size(shared.send_buffer as usize)
-        {
+    if let SendBuffer::Fixed(bytes) = shared.send_buffer {
+        if let Err(e) = socket2::SockRef::from(&stream).set_send_buffer_size(bytes as usize) {
             debug!(error = %e, "cannot set the tunnel's send buffer");
         }
     }
@@ -359,7 +359,9 @@ async fn connection(shared: Arc<Shared>, mut stream: TcpStream, handshake: Owned
         let _ = socket2::SockRef::from(&server).set_linger(Some(Duration::ZERO));
         return;
     }
-    match crate::relay::relay(&stream, &server, &header[early]).await {
+    let sized = (shared.send_buffer == SendBuffer::Auto)
+        .then(|| (Side::Client, Sizer::new(sendbuf::Policy::default(), 0)));
+    match crate::relay::relay(&stream, &server, &header[early], sized).await {
         Ok(done) => info!(up = done.up, down = done.down, "connection closed"),
         Err(e) => info!(error = %Chain(&e), "connection reset"),
     }

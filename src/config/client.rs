@@ -50,7 +50,7 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use super::{
-    parse_nonzero_duration, parse_send_buffer, parse_socket_addr, ConfigError, ConfigFile, Parsed,
+    parse_nonzero_duration, parse_send_buffer, parse_socket_addr, RawSendBuffer, SendBuffer, ConfigError, ConfigFile, Parsed,
     ValueError,
 };
 use crate::auth::Key;
@@ -73,7 +73,7 @@ pub struct ClientConfig {
     /// Tunnels kept connected ahead of use while the site is active.
     pub warm_connections: usize,
     /// `SO_SNDBUF` of each tunnel socket; 0: the kernel's autotuning.
-    pub send_buffer: u32,
+    pub send_buffer: SendBuffer,
     /// How long a warm tunnel may wait for a flow.
     pub warm_max_age: Duration,
     /// The TUN device.
@@ -145,7 +145,7 @@ impl ClientConfig {
     /// Default for `send_buffer`: a fixed 192 KiB (the kernel doubles it)
     /// costs about 4 % of the lab's 15 Mbit/s upload and cuts the stall
     /// when a line dies from about 500 ms to under 200 (256 KiB: 300-500).
-    pub const DEFAULT_SEND_BUFFER: u32 = 192 << 10;
+    pub const DEFAULT_SEND_BUFFER: SendBuffer = SendBuffer::Auto;
     /// Default for `warm_max_age`.
     pub const DEFAULT_WARM_MAX_AGE: Duration = Duration::from_secs(3);
     /// Most uplinks (the kernel path manager's subflow limit is 8).
@@ -170,7 +170,7 @@ pub struct RawClientConfig {
     connect_timeout: Option<Spanned<String>>,
     warm_connections: Option<Spanned<i64>>,
     warm_max_age: Option<Spanned<String>>,
-    send_buffer: Option<Spanned<i64>>,
+    send_buffer: Option<Spanned<RawSendBuffer>>,
     tun: Option<RawTun>,
     #[serde(default)]
     uplink: Vec<Spanned<RawUplink>>,
@@ -257,7 +257,7 @@ impl TryFrom<Parsed<'_, RawClientConfig>> for ClientConfig {
         };
         let send_buffer = match &raw.send_buffer {
             None => Self::DEFAULT_SEND_BUFFER,
-            Some(value) => parse_send_buffer(*value.get_ref())
+            Some(value) => parse_send_buffer(value.get_ref())
                 .map_err(|e| file.invalid("send_buffer", value.span(), e))?,
         };
         let tun = tun(file, raw.tun.as_ref())?;
@@ -559,8 +559,19 @@ mod tests {
         assert!(message.contains("from 0 to 67108864"), "{message}");
         assert_eq!(
             load(&base("send_buffer = 0")).expect("valid").send_buffer,
-            0
+            SendBuffer::Kernel
         );
+        assert_eq!(
+            load(&base("send_buffer = 262144")).expect("valid").send_buffer,
+            SendBuffer::Fixed(262_144)
+        );
+        assert_eq!(
+            load(&base("send_buffer = \"auto\"")).expect("valid").send_buffer,
+            SendBuffer::Auto
+        );
+        let (key, _, message) = problem(&base("send_buffer = \"big\""));
+        assert_eq!(key, "send_buffer");
+        assert!(message.contains("\"big\" is not a send buffer"), "{message}");
         let (key, _, _) = problem(&base("[tun]\nmtu = 70000"));
         assert_eq!(key, "tun.mtu");
         let (key, _, _) = problem(&base("[tun]\nname = \"a/b\""));

@@ -36,7 +36,7 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use super::{
-    parse_nonzero_duration, parse_prefix, parse_send_buffer, parse_socket_addr, ConfigError,
+    parse_nonzero_duration, parse_prefix, parse_send_buffer, parse_socket_addr, RawSendBuffer, SendBuffer, ConfigError,
     ConfigFile, Parsed, ValueError,
 };
 use crate::auth::Key;
@@ -52,7 +52,7 @@ pub struct ConcentratorConfig {
     /// How long connecting to a destination may take.
     pub connect_timeout: Duration,
     /// `SO_SNDBUF` of each tunnel socket; 0: the kernel's autotuning.
-    pub send_buffer: u32,
+    pub send_buffer: SendBuffer,
     /// The clients allowed in; ids are unique.
     pub clients: Vec<ClientConfig>,
     /// Which destinations clients may reach.
@@ -87,7 +87,7 @@ impl ConcentratorConfig {
     /// Default for `send_buffer`: a fixed 768 KiB (the kernel doubles it
     /// for its bookkeeping) costs 2-9 % of the lab's 60 Mbit/s and
     /// cuts the stall when a line dies from about 400 ms to about 250.
-    pub const DEFAULT_SEND_BUFFER: u32 = 768 << 10;
+    pub const DEFAULT_SEND_BUFFER: SendBuffer = SendBuffer::Auto;
     /// Default for a client's `max_connections`.
     pub const DEFAULT_MAX_CONNECTIONS: usize = 1024;
     /// Largest `max_connections` accepted.
@@ -107,7 +107,7 @@ pub struct RawConcentratorConfig {
     listen: Spanned<String>,
     handshake_timeout: Option<Spanned<String>>,
     connect_timeout: Option<Spanned<String>>,
-    send_buffer: Option<Spanned<i64>>,
+    send_buffer: Option<Spanned<RawSendBuffer>>,
     #[serde(default)]
     client: Vec<Spanned<RawClient>>,
     #[serde(default)]
@@ -162,7 +162,7 @@ impl TryFrom<Parsed<'_, RawConcentratorConfig>> for ConcentratorConfig {
         )?;
         let send_buffer = match &raw.send_buffer {
             None => Self::DEFAULT_SEND_BUFFER,
-            Some(value) => parse_send_buffer(*value.get_ref())
+            Some(value) => parse_send_buffer(value.get_ref())
                 .map_err(|e| file.invalid("send_buffer", value.span(), e))?,
         };
 
@@ -341,7 +341,7 @@ mod tests {
         assert_eq!(config.listen, "[::]:7300".parse().expect("addr"));
         assert_eq!(config.handshake_timeout, Duration::from_millis(300));
         assert_eq!(config.connect_timeout, Duration::from_secs(2));
-        assert_eq!(config.send_buffer, 0);
+        assert_eq!(config.send_buffer, SendBuffer::Kernel);
         assert_eq!(config.clients.len(), 2);
         assert_eq!(config.clients[0].id.as_str(), "lab");
         assert_eq!(config.clients[0].key.to_base64(), KEY);

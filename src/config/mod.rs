@@ -125,6 +125,15 @@ impl ConfigError {
 /// What is wrong with one value of a config file.
 #[derive(Debug, thiserror::Error)]
 pub enum ValueError {
+    /// A `send_buffer` that is neither a number of bytes nor "auto".
+    #[error(
+        "{text:?} is not a send buffer: write \"auto\" (sized from what the kernel \
+         measures), 0 (the kernel's autotuning) or a number of bytes"
+    )]
+    SendBuffer {
+        /// The value as written.
+        text: String,
+    },
     /// Not a duration.
     #[error(
         "{text:?} is not a duration: write a whole number and a unit, \
@@ -465,17 +474,45 @@ pub fn read_key_file(path: &Path) -> Result<Key, ValueError> {
 /// Largest `send_buffer` accepted, in bytes.
 pub const MAX_SEND_BUFFER: u32 = 64 << 20;
 
-/// A `send_buffer` value: bytes from 0 (the kernel's autotuning) to
-/// [`MAX_SEND_BUFFER`].
-pub fn parse_send_buffer(value: i64) -> Result<u32, ValueError> {
-    u32::try_from(value)
-        .ok()
-        .filter(|n| *n <= MAX_SEND_BUFFER)
-        .ok_or(ValueError::OutOfRange {
-            value,
-            min: 0,
-            max: i64::from(MAX_SEND_BUFFER),
-        })
+/// How a tunnel's send buffer is sized (`send_buffer`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SendBuffer {
+    /// `"auto"`: from what the kernel measures of the connection's
+    /// subflows, re-evaluated while data flows ([`crate::sendbuf`]).
+    Auto,
+    /// `0`: the kernel's autotuning.
+    Kernel,
+    /// A fixed size in bytes (the kernel doubles it for bookkeeping).
+    Fixed(u32),
+}
+
+/// `send_buffer` as written: a number or a word.
+#[derive(Clone, Debug, serde::Deserialize)]
+#[serde(untagged)]
+pub(crate) enum RawSendBuffer {
+    /// A number of bytes.
+    Bytes(i64),
+    /// A word ("auto").
+    Word(String),
+}
+
+/// A `send_buffer` value: `"auto"`, or bytes from 0 (the kernel's
+/// autotuning) to [`MAX_SEND_BUFFER`].
+pub(crate) fn parse_send_buffer(value: &RawSendBuffer) -> Result<SendBuffer, ValueError> {
+    match value {
+        RawSendBuffer::Word(word) if word == "auto" => Ok(SendBuffer::Auto),
+        RawSendBuffer::Word(word) => Err(ValueError::SendBuffer { text: word.clone() }),
+        RawSendBuffer::Bytes(0) => Ok(SendBuffer::Kernel),
+        RawSendBuffer::Bytes(value) => u32::try_from(*value)
+            .ok()
+            .filter(|n| *n <= MAX_SEND_BUFFER)
+            .map(SendBuffer::Fixed)
+            .ok_or(ValueError::OutOfRange {
+                value: *value,
+                min: 0,
+                max: i64::from(MAX_SEND_BUFFER),
+            }),
+    }
 }
 
 /// Parses a duration: a whole number and a unit, `ms`, `s`, `m` or `h`

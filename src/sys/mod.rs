@@ -18,8 +18,8 @@ pub use netlink::{
 };
 pub use netns::enter_netns;
 pub use sockopt::{
-    set_recv_buffer, set_tcp_fastopen_connect, set_tcp_fastopen_listener, tcp_state,
-    TCP_ESTABLISHED,
+    mptcp_subflows, set_recv_buffer, set_tcp_fastopen_connect, set_tcp_fastopen_listener,
+    tcp_state, SubflowInfo, SUBFLOW_INFO_LEN, TCP_ESTABLISHED,
 };
 pub use sysctl::{read_sysctl, SysctlGuard};
 

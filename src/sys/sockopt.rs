@@ -90,6 +90,122 @@ pub fn set_recv_buffer(socket: &impl AsFd, bytes: u32) -> io::Result<()> {
     }
 }
 
+/// `SOL_MPTCP` (`include/linux/socket.h`).
+const SOL_MPTCP: libc::c_int = 284;
+/// `MPTCP_TCPINFO` (`include/uapi/linux/mptcp.h`): each subflow's
+/// `struct tcp_info`, behind a `struct mptcp_subflow_data` header.
+const MPTCP_TCPINFO: libc::c_int = 2;
+/// `sizeof(struct mptcp_subflow_data)`.
+const SUBFLOW_DATA_LEN: usize = 16;
+/// How much of each subflow's `struct tcp_info` is asked for: up to and
+/// including `tcpi_snd_wnd` (Linux 5.19); older kernels fill less.
+pub const SUBFLOW_INFO_LEN: usize = 232;
+
+/// What a sender needs to know of one subflow of an MPTCP connection, from
+/// its `struct tcp_info`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SubflowInfo {
+    /// `tcpi_state` (1: established).
+    pub state: u8,
+    /// Smoothed round trip, microseconds.
+    pub rtt_us: u32,
+    /// Congestion window, segments.
+    pub snd_cwnd: u32,
+    /// Sender's segment size, bytes.
+    pub snd_mss: u32,
+    /// Segments sent and not yet acknowledged.
+    pub unacked: u32,
+    /// Bytes queued on the subflow and not yet sent.
+    pub notsent_bytes: u32,
+    /// The pacing rate, bytes per second.
+    pub pacing_rate: u64,
+    /// The most recent delivery rate sample, bytes per second.
+    pub delivery_rate: u64,
+}
+
+impl SubflowInfo {
+    /// Reads a kernel `struct tcp_info` prefix of `bytes` (native endian).
+    /// Fields the kernel did not fill (an older, shorter struct) read as 0.
+    pub fn parse(bytes: &[u8]) -> Self {
+        let u32_at = |at: usize| {
+            bytes
+                .get(at..at + 4)
+                .and_then(|b| b.try_into().ok())
+                .map_or(0, u32::from_ne_bytes)
+        };
+        let u64_at = |at: usize| {
+            bytes
+                .get(at..at + 8)
+                .and_then(|b| b.try_into().ok())
+                .map_or(0, u64::from_ne_bytes)
+        };
+        Self {
+            state: bytes.first().copied().unwrap_or(0),
+            rtt_us: u32_at(68),
+            snd_cwnd: u32_at(80),
+            snd_mss: u32_at(16),
+            unacked: u32_at(24),
+            notsent_bytes: u32_at(144),
+            pacing_rate: u64_at(104),
+            delivery_rate: u64_at(160),
+        }
+    }
+}
+
+/// Each subflow of the MPTCP connection `socket` (`MPTCP_TCPINFO`), into
+/// `out` (cleared first); `buf` is scratch space, grown as needed. Fails on
+/// a plain TCP socket (an MPTCP connection that fell back reports its one
+/// subflow).
+pub fn mptcp_subflows(
+    socket: &impl AsFd,
+    buf: &mut Vec<u8>,
+    out: &mut Vec<SubflowInfo>,
+) -> io::Result<()> {
+    out.clear();
+    // Room for 8 subflows: mpbond allows at most 8 uplinks.
+    let len = SUBFLOW_DATA_LEN + 8 * SUBFLOW_INFO_LEN;
+    buf.clear();
+    buf.resize(len, 0);
+    let header: [u32; 4] = [SUBFLOW_DATA_LEN as u32, 0, 0, SUBFLOW_INFO_LEN as u32];
+    for (i, word) in header.iter().enumerate() {
+        buf[i * 4..i * 4 + 4].copy_from_slice(&word.to_ne_bytes());
+    }
+    let mut optlen = len as libc::socklen_t;
+    // SAFETY: getsockopt writes at most `optlen` bytes into `buf`, which is
+    // that long and lives across the call; the descriptor is borrowed from
+    // an open socket.
+    cvt(unsafe {
+        libc::getsockopt(
+            socket.as_fd().as_raw_fd(),
+            SOL_MPTCP,
+            MPTCP_TCPINFO,
+            buf.as_mut_ptr().cast(),
+            &mut optlen,
+        )
+    })?;
+    let filled = (optlen as usize).min(buf.len());
+    let word = |i: usize| {
+        buf.get(i * 4..i * 4 + 4)
+            .and_then(|b| b.try_into().ok())
+            .map_or(0, u32::from_ne_bytes) as usize
+    };
+    let (count, size_user) = (word(1), word(3));
+    if size_user == 0 {
+        return Ok(());
+    }
+    for i in 0..count {
+        let at = SUBFLOW_DATA_LEN + i * size_user;
+        let Some(entry) = buf.get(at..(at + size_user).min(filled)) else {
+            break;
+        };
+        if entry.is_empty() {
+            break;
+        }
+        out.push(SubflowInfo::parse(entry));
+    }
+    Ok(())
+}
+
 /// Sets an integer socket option: the one setsockopt wrapper in `sys`.
 pub(super) fn set_int_option(
     socket: BorrowedFd<'_>,
@@ -140,6 +256,44 @@ mod tests {
         let socket = Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP)).expect("socket");
         set_tcp_fastopen_listener(&socket, 256).expect("TCP_FASTOPEN");
         assert_eq!(fastopen_queue(&socket), 256);
+    }
+
+    #[test]
+    fn subflow_info_reads_the_kernel_layout_and_tolerates_short_structs() {
+        let mut bytes = vec![0u8; SUBFLOW_INFO_LEN];
+        bytes[0] = 1;
+        bytes[16..20].copy_from_slice(&1420u32.to_ne_bytes());
+        bytes[24..28].copy_from_slice(&33u32.to_ne_bytes());
+        bytes[68..72].copy_from_slice(&20_000u32.to_ne_bytes());
+        bytes[80..84].copy_from_slice(&40u32.to_ne_bytes());
+        bytes[104..112].copy_from_slice(&3_000_000u64.to_ne_bytes());
+        bytes[144..148].copy_from_slice(&65_536u32.to_ne_bytes());
+        bytes[160..168].copy_from_slice(&2_500_000u64.to_ne_bytes());
+        let info = SubflowInfo::parse(&bytes);
+        assert_eq!(
+            info,
+            SubflowInfo {
+                state: 1,
+                rtt_us: 20_000,
+                snd_cwnd: 40,
+                snd_mss: 1420,
+                unacked: 33,
+                notsent_bytes: 65_536,
+                pacing_rate: 3_000_000,
+                delivery_rate: 2_500_000,
+            }
+        );
+        let short = SubflowInfo::parse(&bytes[..104]);
+        assert_eq!((short.rtt_us, short.pacing_rate, short.delivery_rate), (20_000, 0, 0));
+        assert_eq!(SubflowInfo::parse(&[]), SubflowInfo::default());
+    }
+
+    #[test]
+    fn a_plain_tcp_socket_has_no_mptcp_subflows() {
+        let socket = Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP)).expect("socket");
+        let (mut buf, mut out) = (Vec::new(), Vec::new());
+        assert!(mptcp_subflows(&socket, &mut buf, &mut out).is_err());
+        assert!(out.is_empty());
     }
 
     #[test]
