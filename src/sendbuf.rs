@@ -7,14 +7,15 @@
 //! deep: sixteen times the queue). The kernel applies an MPTCP socket's
 //! `SO_SNDBUF` to each of its subflows and its scheduler spreads data over
 //! them by drain time, so what matters is the connection's total: it should
-//! cover what the connection's subflows deliver in a round trip, with
-//! room to grow, and no more.
+//! cover what the connection's subflows deliver in a round trip of the
+//! paths without their queues (what BBR calls the bandwidth-delay product)
+//! with room for the window a sender keeps, and no more: what a deep
+//! bottleneck queue holds on top is what a dead line's data would wait
+//! behind.
 //!
 //! [`target`] is that rule, pure: the sum over established subflows of
-//! delivery rate × (round trip + [`Policy::slack`]) times
-//! [`Policy::factor`], at least twice what is in flight (so the window can
-//! double every round trip while it ramps up), within
-//! [`Policy::floor`]..[`Policy::ceiling`]. [`Sizer`] applies it to a
+//! delivery rate × (smallest round trip + [`Policy::slack`]) times
+//! [`Policy::factor`], within [`Policy::floor`]..[`Policy::ceiling`]. [`Sizer`] applies it to a
 //! socket every [`Policy::every`] while the relay writes to it, changing
 //! the option only when the target moved by more than an eighth.
 
@@ -23,6 +24,7 @@ use std::os::fd::AsFd;
 use std::time::{Duration, Instant};
 
 use socket2::SockRef;
+use tracing::debug;
 
 use crate::sys::{self, SubflowInfo};
 
@@ -65,14 +67,15 @@ pub fn target(subflows: &[SubflowInfo], policy: &Policy) -> Option<u32> {
     live().next()?;
     let per_trip: f64 = live()
         .map(|s| {
-            let rtt = Duration::from_micros(u64::from(s.rtt_us)) + policy.slack;
+            let base = match s.min_rtt_us {
+                0 => s.rtt_us,
+                min => min,
+            };
+            let rtt = Duration::from_micros(u64::from(base)) + policy.slack;
             s.delivery_rate as f64 * rtt.as_secs_f64()
         })
         .sum();
-    let in_flight: f64 = live()
-        .map(|s| f64::from(s.unacked) * f64::from(s.snd_mss))
-        .sum();
-    let want = (per_trip * policy.factor).max(in_flight * 2.0);
+    let want = per_trip * policy.factor;
     // In range by the clamp; the cast cannot wrap.
     Some(want.clamp(f64::from(policy.floor), f64::from(policy.ceiling)) as u32)
 }
@@ -125,6 +128,12 @@ impl Sizer {
             return;
         }
         if set(socket, want).is_ok() {
+            debug!(
+                from = self.current,
+                to = want,
+                subflows = ?self.subflows,
+                "tunnel send buffer resized"
+            );
             self.current = want;
         }
     }
@@ -141,7 +150,8 @@ mod tests {
     fn subflow(rate_mbit: u64, rtt_ms: u32, unacked: u32) -> SubflowInfo {
         SubflowInfo {
             state: sys::TCP_ESTABLISHED,
-            rtt_us: rtt_ms * 1000,
+            rtt_us: rtt_ms * 3000,
+            min_rtt_us: rtt_ms * 1000,
             snd_cwnd: unacked,
             snd_mss: 1420,
             unacked,
@@ -164,11 +174,18 @@ mod tests {
     }
 
     #[test]
-    fn a_window_that_ramps_up_may_double() {
+    fn queueing_delay_does_not_count() {
         let p = Policy::default();
-        // Slow start: little delivered yet, 400 segments in flight.
-        let ramping = [subflow(1, 20, 400)];
-        assert_eq!(target(&ramping, &p), Some(2 * 400 * 1420));
+        // The same paths with their bottleneck queues full (srtt three
+        // times the smallest round trip): the same buffer.
+        let mut bloated = [subflow(20, 30, 10), subflow(40, 70, 20)];
+        for s in &mut bloated {
+            s.rtt_us *= 3;
+        }
+        assert_eq!(target(&bloated, &p), Some(1_000_000));
+        // Without a smallest round trip (older kernels), srtt stands in.
+        bloated[0].min_rtt_us = 0;
+        assert!(target(&bloated, &p) > Some(1_000_000));
     }
 
     #[test]

@@ -109,6 +109,9 @@ pub struct SubflowInfo {
     pub state: u8,
     /// Smoothed round trip, microseconds.
     pub rtt_us: u32,
+    /// The smallest round trip seen lately (the path without its queue),
+    /// microseconds.
+    pub min_rtt_us: u32,
     /// Congestion window, segments.
     pub snd_cwnd: u32,
     /// Sender's segment size, bytes.
@@ -142,6 +145,7 @@ impl SubflowInfo {
         Self {
             state: bytes.first().copied().unwrap_or(0),
             rtt_us: u32_at(68),
+            min_rtt_us: u32_at(148),
             snd_cwnd: u32_at(80),
             snd_mss: u32_at(16),
             unacked: u32_at(24),
@@ -268,6 +272,7 @@ mod tests {
         bytes[80..84].copy_from_slice(&40u32.to_ne_bytes());
         bytes[104..112].copy_from_slice(&3_000_000u64.to_ne_bytes());
         bytes[144..148].copy_from_slice(&65_536u32.to_ne_bytes());
+        bytes[148..152].copy_from_slice(&12_000u32.to_ne_bytes());
         bytes[160..168].copy_from_slice(&2_500_000u64.to_ne_bytes());
         let info = SubflowInfo::parse(&bytes);
         assert_eq!(
@@ -275,6 +280,7 @@ mod tests {
             SubflowInfo {
                 state: 1,
                 rtt_us: 20_000,
+                min_rtt_us: 12_000,
                 snd_cwnd: 40,
                 snd_mss: 1420,
                 unacked: 33,
