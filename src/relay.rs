@@ -124,7 +124,14 @@ pub(crate) async fn relay(
         None => {}
     }
     let (up, down) = tokio::try_join!(
-        pump(client, server, &mut up, early.len(), Side::Client, to_server),
+        pump(
+            client,
+            server,
+            &mut up,
+            early.len(),
+            Side::Client,
+            to_server
+        ),
         pump(server, client, &mut down, 0, Side::Server, to_client),
     )?;
     guard.armed = false;
@@ -288,7 +295,8 @@ mod tests {
         bounded(async {
             let (mut client, client_end) = pair().await;
             let (server_end, server) = pair().await;
-            let relay = tokio::spawn(async move { relay(&client_end, &server_end, b"", None).await });
+            let relay =
+                tokio::spawn(async move { relay(&client_end, &server_end, b"", None).await });
 
             SockRef::from(&server)
                 .set_linger(Some(Duration::ZERO))
@@ -313,7 +321,8 @@ mod tests {
         bounded(async {
             let (mut client, client_end) = pair().await;
             let (server_end, mut server) = pair().await;
-            let relay = tokio::spawn(async move { relay(&client_end, &server_end, b"", None).await });
+            let relay =
+                tokio::spawn(async move { relay(&client_end, &server_end, b"", None).await });
             client.write_all(b"x").await.expect("write");
             let mut one = [0; 1];
             server.read_exact(&mut one).await.expect("relayed");

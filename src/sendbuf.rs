@@ -59,6 +59,19 @@ impl Default for Policy {
     }
 }
 
+impl Policy {
+    /// For the concentrator's tunnels, which carry downloads: a deeper
+    /// buffer (three round trips' worth) keeps lte's window full with one
+    /// flow, and the download still fails over well within its budget
+    /// (`scripts/bench.sh failover`).
+    pub fn downloads() -> Self {
+        Self {
+            factor: 3.0,
+            ..Self::default()
+        }
+    }
+}
+
 /// The send buffer (the value given to `SO_SNDBUF`) for a connection whose
 /// subflows are `subflows`; `None` when no subflow is established (keep
 /// what is set).
@@ -80,12 +93,17 @@ pub fn target(subflows: &[SubflowInfo], policy: &Policy) -> Option<u32> {
     Some(want.clamp(f64::from(policy.floor), f64::from(policy.ceiling)) as u32)
 }
 
+/// How many evaluations the applied size is the maximum of.
+pub const WINDOW: usize = 10;
+
 /// Applies [`target`] to one connection's socket as its subflows change.
 #[derive(Debug)]
 pub struct Sizer {
     policy: Policy,
     next: Option<Instant>,
     current: u32,
+    recent: [u32; WINDOW],
+    at: usize,
     scratch: Vec<u8>,
     subflows: Vec<SubflowInfo>,
 }
@@ -97,6 +115,8 @@ impl Sizer {
             policy,
             next: None,
             current,
+            recent: [0; WINDOW],
+            at: 0,
             scratch: Vec::new(),
             subflows: Vec::new(),
         }
@@ -121,9 +141,10 @@ impl Sizer {
         if sys::mptcp_subflows(socket, &mut self.scratch, &mut self.subflows).is_err() {
             return;
         }
-        let Some(want) = target(&self.subflows, &self.policy) else {
+        let Some(sample) = target(&self.subflows, &self.policy) else {
             return;
         };
+        let want = self.windowed(sample);
         if self.current > 0 && want.abs_diff(self.current) <= self.current / 8 {
             return;
         }
@@ -136,6 +157,15 @@ impl Sizer {
             );
             self.current = want;
         }
+    }
+}
+
+impl Sizer {
+    /// Records `sample` and returns the largest of the last [`WINDOW`].
+    fn windowed(&mut self, sample: u32) -> u32 {
+        self.recent[self.at] = sample;
+        self.at = (self.at + 1) % WINDOW;
+        self.recent.iter().copied().max().unwrap_or(sample)
     }
 }
 
@@ -197,6 +227,17 @@ mod tests {
         assert_eq!(target(&[closing], &p), None);
         assert_eq!(target(&[closing, subflow(1, 1, 1)], &p), Some(p.floor));
         assert_eq!(target(&[subflow(10_000, 500, 0)], &p), Some(p.ceiling));
+    }
+
+    #[test]
+    fn the_size_grows_at_once_and_shrinks_after_a_window() {
+        let mut sizer = Sizer::new(Policy::default(), 0);
+        assert_eq!(sizer.windowed(500_000), 500_000);
+        assert_eq!(sizer.windowed(900_000), 900_000);
+        for _ in 0..WINDOW - 1 {
+            assert_eq!(sizer.windowed(300_000), 900_000);
+        }
+        assert_eq!(sizer.windowed(300_000), 300_000);
     }
 
     #[test]

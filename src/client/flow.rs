@@ -83,8 +83,8 @@ async fn relay(flow: &Flow, lan: &TcpStream, tunnel: Tunnel, send_buffer: SendBu
         }
     }
     debug!(client = %flow.client, server = %flow.server, "relaying");
-    let sized = (send_buffer == SendBuffer::Auto)
-        .then(|| (Side::Server, Sizer::new(Policy::default(), 0)));
+    let sized =
+        (send_buffer == SendBuffer::Auto).then(|| (Side::Server, Sizer::new(Policy::default(), 0)));
     match crate::relay::relay(lan, &tunnel.stream, &[], sized).await {
         Ok(done) => debug!(
             client = %flow.client,

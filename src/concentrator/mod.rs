@@ -360,7 +360,7 @@ async fn connection(shared: Arc<Shared>, mut stream: TcpStream, handshake: Owned
         return;
     }
     let sized = (shared.send_buffer == SendBuffer::Auto)
-        .then(|| (Side::Client, Sizer::new(sendbuf::Policy::default(), 0)));
+        .then(|| (Side::Client, Sizer::new(sendbuf::Policy::downloads(), 0)));
     match crate::relay::relay(&stream, &server, &header[early], sized).await {
         Ok(done) => info!(up = done.up, down = done.down, "connection closed"),
         Err(e) => info!(error = %Chain(&e), "connection reset"),

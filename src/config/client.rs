@@ -17,7 +17,7 @@
 //! warm_max_age = "3s"               # optional: a warm tunnel unused this long is
 //!                                   # replaced; keep it below the concentrator's
 //!                                   # handshake_timeout (default 5s)
-//! send_buffer = 196608              # optional: each tunnel's send buffer in bytes
+//! send_buffer = "auto"              # optional: "auto" (default), 0 (kernel autotuning) or bytes
 //!                                   # (SO_SNDBUF; 0: the kernel's autotuning); less
 //!                                   # queued on a surviving line means faster
 //!                                   # failover of uploads
@@ -50,8 +50,8 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use super::{
-    parse_nonzero_duration, parse_send_buffer, parse_socket_addr, RawSendBuffer, SendBuffer, ConfigError, ConfigFile, Parsed,
-    ValueError,
+    parse_nonzero_duration, parse_send_buffer, parse_socket_addr, ConfigError, ConfigFile, Parsed,
+    RawSendBuffer, SendBuffer, ValueError,
 };
 use crate::auth::Key;
 use crate::client::redirect::ConnectMode;
@@ -142,9 +142,9 @@ impl ClientConfig {
     pub const DEFAULT_WARM_CONNECTIONS: usize = 2;
     /// Largest `warm_connections`.
     pub const MAX_WARM_CONNECTIONS: usize = 16;
-    /// Default for `send_buffer`: a fixed 192 KiB (the kernel doubles it)
-    /// costs about 4 % of the lab's 15 Mbit/s upload and cuts the stall
-    /// when a line dies from about 500 ms to under 200 (256 KiB: 300-500).
+    /// Default for `send_buffer`: sized from what the kernel measures of
+    /// each tunnel's subflows ([`crate::sendbuf`]); see the README for what
+    /// fixed sizes and autotuning cost.
     pub const DEFAULT_SEND_BUFFER: SendBuffer = SendBuffer::Auto;
     /// Default for `warm_max_age`.
     pub const DEFAULT_WARM_MAX_AGE: Duration = Duration::from_secs(3);
@@ -562,16 +562,23 @@ mod tests {
             SendBuffer::Kernel
         );
         assert_eq!(
-            load(&base("send_buffer = 262144")).expect("valid").send_buffer,
+            load(&base("send_buffer = 262144"))
+                .expect("valid")
+                .send_buffer,
             SendBuffer::Fixed(262_144)
         );
         assert_eq!(
-            load(&base("send_buffer = \"auto\"")).expect("valid").send_buffer,
+            load(&base("send_buffer = \"auto\""))
+                .expect("valid")
+                .send_buffer,
             SendBuffer::Auto
         );
         let (key, _, message) = problem(&base("send_buffer = \"big\""));
         assert_eq!(key, "send_buffer");
-        assert!(message.contains("\"big\" is not a send buffer"), "{message}");
+        assert!(
+            message.contains("\"big\" is not a send buffer"),
+            "{message}"
+        );
         let (key, _, _) = problem(&base("[tun]\nmtu = 70000"));
         assert_eq!(key, "tun.mtu");
         let (key, _, _) = problem(&base("[tun]\nname = \"a/b\""));

@@ -6,7 +6,7 @@
 //! handshake_timeout = "10s"   # optional: a peer must send its whole connect
 //!                             # header within this, or is dropped
 //! connect_timeout = "5s"      # optional: connecting to a destination
-//! send_buffer = 786432        # optional: each tunnel's send buffer in bytes
+//! send_buffer = "auto"        # optional: "auto" (default), 0 (kernel autotuning) or bytes
 //!                             # (SO_SNDBUF; 0: the kernel's autotuning). Less
 //!                             # is queued on a surviving line ahead of what a
 //!                             # dead one must re-send, so failover is faster;
@@ -36,8 +36,8 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use super::{
-    parse_nonzero_duration, parse_prefix, parse_send_buffer, parse_socket_addr, RawSendBuffer, SendBuffer, ConfigError,
-    ConfigFile, Parsed, ValueError,
+    parse_nonzero_duration, parse_prefix, parse_send_buffer, parse_socket_addr, ConfigError,
+    ConfigFile, Parsed, RawSendBuffer, SendBuffer, ValueError,
 };
 use crate::auth::Key;
 use crate::wire::convert::ClientId;
@@ -84,9 +84,9 @@ impl ConcentratorConfig {
     pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
     /// Default for `connect_timeout`.
     pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-    /// Default for `send_buffer`: a fixed 768 KiB (the kernel doubles it
-    /// for its bookkeeping) costs 2-9 % of the lab's 60 Mbit/s and
-    /// cuts the stall when a line dies from about 400 ms to about 250.
+    /// Default for `send_buffer`: sized from what the kernel measures of
+    /// each tunnel's subflows ([`crate::sendbuf`]); see the README for what
+    /// fixed sizes and autotuning cost.
     pub const DEFAULT_SEND_BUFFER: SendBuffer = SendBuffer::Auto;
     /// Default for a client's `max_connections`.
     pub const DEFAULT_MAX_CONNECTIONS: usize = 1024;

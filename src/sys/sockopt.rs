@@ -290,7 +290,10 @@ mod tests {
             }
         );
         let short = SubflowInfo::parse(&bytes[..104]);
-        assert_eq!((short.rtt_us, short.pacing_rate, short.delivery_rate), (20_000, 0, 0));
+        assert_eq!(
+            (short.rtt_us, short.pacing_rate, short.delivery_rate),
+            (20_000, 0, 0)
+        );
         assert_eq!(SubflowInfo::parse(&[]), SubflowInfo::default());
     }
 
