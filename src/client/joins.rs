@@ -214,6 +214,7 @@ impl Book {
     }
 
     fn on_event(&mut self, now: Instant, event: &MptcpEvent) {
+        tracing::trace!(?event, "MPTCP path manager event");
         if event.server_side {
             return;
         }

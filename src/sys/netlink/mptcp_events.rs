@@ -210,7 +210,10 @@ fn event(payload: &[u8]) -> Option<MptcpEvent> {
     };
     let (mut saddr, mut daddr, mut sport, mut dport) = (None, None, 0, 0);
     for nla in NlasIterator::new(payload.get(GENL_HDRLEN..)?) {
-        let nla: NlaBuffer<&[u8]> = nla.ok()?;
+        // A malformed attribute ends the list; what came before counts.
+        let Ok(nla): Result<NlaBuffer<&[u8]>, _> = nla else {
+            break;
+        };
         let value = nla.value();
         match nla.kind() {
             ATTR_TOKEN => event.token = u32::from_ne_bytes(value.try_into().ok()?),
@@ -251,7 +254,7 @@ mod tests {
         out.extend_from_slice(&((4 + value.len()) as u16).to_ne_bytes());
         out.extend_from_slice(&kind.to_ne_bytes());
         out.extend_from_slice(value);
-        while out.len() % 4 != 0 {
+        while !out.len().is_multiple_of(4) {
             out.push(0);
         }
     }
@@ -318,5 +321,44 @@ mod tests {
         let truncated = message(FAMILY, EVENT_SUB_CLOSED, &[(ATTR_SADDR4, &[1, 2, 3])]);
         assert!(parse(&truncated, FAMILY).is_empty());
         assert!(parse(&buf[..buf.len() - 3], FAMILY).is_empty());
+    }
+}
+
+#[cfg(test)]
+mod live {
+    use super::*;
+
+    /// Needs MPTCP in this namespace and CAP_NET_ADMIN.
+    #[test]
+    #[ignore]
+    fn a_loopback_connection_is_seen() {
+        let mut events = MptcpEvents::open(Duration::from_millis(200)).expect("open");
+        let listener = socket2::Socket::new(
+            socket2::Domain::IPV4,
+            socket2::Type::STREAM,
+            Some(socket2::Protocol::MPTCP),
+        )
+        .expect("listener");
+        let addr: std::net::SocketAddr = "127.0.0.1:0".parse().expect("addr");
+        listener.bind(&addr.into()).expect("bind");
+        listener.listen(8).expect("listen");
+        let local = listener.local_addr().expect("local");
+        let client = socket2::Socket::new(
+            socket2::Domain::IPV4,
+            socket2::Type::STREAM,
+            Some(socket2::Protocol::MPTCP),
+        )
+        .expect("client");
+        client.connect(&local).expect("connect");
+        let (server, _) = listener.accept().expect("accept");
+        client.send(b"x").expect("send");
+        let mut buf = [std::mem::MaybeUninit::new(0u8); 1];
+        server.recv(&mut buf).expect("recv");
+        let mut seen = Vec::new();
+        for _ in 0..5 {
+            seen.extend(events.receive().expect("receive"));
+        }
+        eprintln!("{seen:#?}");
+        assert!(seen.iter().any(|e| e.kind == MptcpEventKind::Created));
     }
 }
