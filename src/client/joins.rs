@@ -50,6 +50,9 @@ const WARN_EVERY: Duration = Duration::from_secs(600);
 /// not counted.
 const MAX_CONNECTIONS: usize = 1 << 16;
 
+/// A connection remembered this long is forgotten when room is needed.
+const FORGET_AFTER: Duration = Duration::from_secs(3600);
+
 /// After events were lost (socket overrun), closures of unknown subflows
 /// are not counted for this long.
 const UNSURE_AFTER_LOSS: Duration = Duration::from_secs(30);
@@ -84,8 +87,9 @@ pub(super) struct JoinWatch {
 #[derive(Debug)]
 struct Book {
     lines: Vec<Line>,
-    /// Established subflows (and initial subflows) by connection token.
-    subflows: HashMap<u32, Vec<(IpAddr, u16)>>,
+    /// Established subflows (and initial subflows) by connection token,
+    /// with when the connection was first seen.
+    subflows: HashMap<u32, (Instant, Vec<(IpAddr, u16)>)>,
     /// Until then, a closed subflow not known as established is not
     /// counted as a failed join.
     unsure_until: Option<Instant>,
@@ -226,14 +230,14 @@ impl Book {
             MptcpEventKind::Established => {}
             MptcpEventKind::Created => {
                 let Some(local) = event.local else { return };
-                self.remember(token, local);
+                self.remember(now, token, local);
                 if let Some(line) = self.line_of(local.0) {
                     line.joins.on_tunnel(now, false);
                 }
             }
             MptcpEventKind::SubflowEstablished => {
                 let Some(local) = event.local else { return };
-                self.remember(token, local);
+                self.remember(now, token, local);
                 if let Some(line) = self.line_of(local.0) {
                     line.joins.on_join_established(now);
                 }
@@ -263,11 +267,18 @@ impl Book {
         }
     }
 
-    fn remember(&mut self, token: u32, local: (IpAddr, u16)) {
+    fn remember(&mut self, now: Instant, token: u32, local: (IpAddr, u16)) {
         if self.subflows.len() >= MAX_CONNECTIONS && !self.subflows.contains_key(&token) {
-            return;
+            // The path manager's events for one connection can come out
+            // of order (ESTABLISHED after CLOSED), leaving entries behind:
+            // old ones go.
+            self.subflows
+                .retain(|_, (since, _)| now.saturating_duration_since(*since) < FORGET_AFTER);
+            if self.subflows.len() >= MAX_CONNECTIONS {
+                return;
+            }
         }
-        let known = self.subflows.entry(token).or_default();
+        let (_, known) = self.subflows.entry(token).or_insert((now, Vec::new()));
         // The in-kernel path manager opens at most 8 subflows per
         // connection; a runaway list would be the kernel's bug.
         if known.len() < 16 {
@@ -277,7 +288,7 @@ impl Book {
 
     /// Forgets an established subflow; `false` if it was not known.
     fn forget(&mut self, token: u32, local: (IpAddr, u16)) -> bool {
-        let Some(known) = self.subflows.get_mut(&token) else {
+        let Some((_, known)) = self.subflows.get_mut(&token) else {
             return false;
         };
         let Some(at) = known.iter().position(|k| *k == local) else {
@@ -548,7 +559,22 @@ mod tests {
         assert_eq!(lte.verdict, JoinVerdict::Fine);
         assert_eq!(lte.counts.failed, 0);
         assert_eq!(lte.counts.established, 5);
-        assert!(watch.book().subflows.values().all(|v| v.is_empty()));
+        assert!(watch.book().subflows.values().all(|(_, v)| v.is_empty()));
+    }
+
+    #[test]
+    fn connections_left_behind_are_forgotten_when_room_is_needed() {
+        use MptcpEventKind::*;
+        let watch = JoinWatch::new(&[uplink(0, "lte", "10.77.2.2")]);
+        let t0 = Instant::now();
+        let created: Vec<_> = (0..MAX_CONNECTIONS as u32)
+            .map(|i| event(Created, i, ("10.77.1.2", 1)))
+            .collect();
+        watch.on_events(t0, &created);
+        assert_eq!(watch.book().subflows.len(), MAX_CONNECTIONS);
+        let later = t0 + FORGET_AFTER + Duration::from_secs(1);
+        watch.on_events(later, &[event(Created, u32::MAX, ("10.77.2.2", 2))]);
+        assert_eq!(watch.book().subflows.len(), 1);
     }
 
     #[test]

@@ -133,7 +133,8 @@ impl Joins {
         }
     }
 
-    /// Whether the path core says the line carries traffic now.
+    /// Whether the path core says the line carries traffic now: failures
+    /// count, and a verdict is given, only while it does.
     pub fn set_line_works(&mut self, works: bool) {
         self.works = works;
     }
@@ -174,6 +175,7 @@ impl Joins {
     pub fn handle_timeout(&mut self, now: Instant) {
         let Some(streak) = self.streak else { return };
         if self.stripped
+            || !self.works
             || streak.failures() < self.config.failures
             || now < streak.since + self.config.span
         {
@@ -370,5 +372,17 @@ mod tests {
         joins.set_line_works(true);
         joins.on_join_failed(t0 + s(11.0));
         assert_eq!(joins.verdict(), JoinVerdict::Doubtful);
+        // Nor is a verdict given while it is down.
+        joins.on_join_failed(t0 + s(12.0));
+        joins.on_join_failed(t0 + s(13.0));
+        joins.set_line_works(false);
+        joins.handle_timeout(t0 + s(20.0));
+        assert_eq!(joins.poll_event(), None);
+        joins.set_line_works(true);
+        joins.handle_timeout(t0 + s(20.1));
+        assert!(matches!(
+            joins.poll_event(),
+            Some(JoinEvent::Stripped { .. })
+        ));
     }
 }
