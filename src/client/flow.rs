@@ -67,7 +67,10 @@ async fn serve(shared: Arc<Shared>, key: FlowKey, flow: Flow, lan: TcpStream) {
         },
     };
     match opened {
-        Ok(tunnel) => relay(&flow, &lan, tunnel, shared.tunnels.send_buffer).await,
+        Ok(tunnel) => {
+            shared.joins.tunnel_opened(&tunnel.stream);
+            relay(&flow, &lan, tunnel, shared.tunnels.send_buffer).await
+        }
         Err(e) => refused(&flow, &lan, &e),
     }
     shared.table().closed(shared.now(), key);

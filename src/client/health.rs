@@ -245,6 +245,9 @@ pub(super) async fn watch(
                 log_event(line, &event);
             }
             let carries = line.path.verdict().carries();
+            shared
+                .joins
+                .observe(&line.uplink, carries && line.addressed);
             if carries != line.endpoint {
                 let why = line.last_reason.clone();
                 set_endpoint(&system, line, carries, &why).await;
@@ -496,7 +499,10 @@ fn repick_source(shared: &Shared, lines: &[Line]) {
         .iter()
         .map(|l| Candidate {
             uplink: &l.uplink,
-            rank: l.path.verdict().rank().filter(|_| l.addressed),
+            rank: shared.joins.rank(
+                l.uplink.index,
+                l.path.verdict().rank().filter(|_| l.addressed),
+            ),
             rtt: l.path.estimates(Instant::now()).srtt,
         })
         .collect();

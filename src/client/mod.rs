@@ -10,6 +10,7 @@
 mod capture;
 mod flow;
 mod health;
+mod joins;
 pub mod redirect;
 pub mod system;
 mod tunnel;
@@ -28,7 +29,7 @@ use tracing::{info, warn};
 use tun_rs::{AsyncDevice, DeviceBuilder};
 
 use crate::config::ClientConfig;
-use crate::sys::{LinkEvents, MptcpPm, NetlinkError};
+use crate::sys::{LinkEvents, MptcpEvents, MptcpPm, NetlinkError};
 use redirect::{ConnectMode, FlowKey, FlowTable, RedirectAddrs};
 use system::UplinkError;
 use tunnel::{Tunnel, Tunnels, WarmPool};
@@ -125,6 +126,8 @@ struct Shared {
     /// to accept their flow.
     parked: Mutex<HashMap<FlowKey, (Instant, Tunnel)>>,
     tunnels: Tunnels,
+    /// Whether each uplink's MPTCP subflows join.
+    joins: Arc<joins::JoinWatch>,
     start: Instant,
 }
 
@@ -187,6 +190,19 @@ pub async fn run(config: ClientConfig, shutdown: impl Future) -> Result<(), Clie
         })
         .collect();
     let source = health::pick_source(&candidates, None);
+    let joins = joins::JoinWatch::new(&uplinks);
+    match MptcpEvents::open(joins::EVENT_POLL) {
+        Ok(events) => {
+            if let Err(e) = joins::spawn(&joins, events) {
+                warn!(error = %e, "cannot start the MPTCP join watcher; a line that strips MPTCP options goes unreported");
+            }
+        }
+        Err(e) => warn!(
+            error = %e,
+            "cannot subscribe to the MPTCP path manager's events; a line that strips MPTCP \
+             options goes unreported"
+        ),
+    }
 
     let addrs = RedirectAddrs {
         tun_v4: tun_config.ipv4.addr(),
@@ -216,6 +232,7 @@ pub async fn run(config: ClientConfig, shutdown: impl Future) -> Result<(), Clie
             send_buffer: config.send_buffer,
             warm: WarmPool::new(config.warm_connections, config.warm_max_age),
         },
+        joins,
         start: Instant::now(),
     });
 

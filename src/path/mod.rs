@@ -56,6 +56,7 @@
 //! receive and transmit rates, the gap histogram and the current limits.
 
 pub mod estimate;
+pub mod joins;
 #[cfg(test)]
 mod sim;
 

@@ -7,14 +7,17 @@
 //! Callers above this module stay safe Rust.
 
 mod iface;
+mod mptcp_info;
 mod netlink;
 mod netns;
 mod sockopt;
 mod sysctl;
 
+pub use mptcp_info::mptcp_fell_back;
 pub use netlink::{
     AddressFamily, EndpointFlags, FlushReport, LinkEvent, LinkEvents, LinkStats, MptcpEndpoint,
-    MptcpLimits, MptcpPm, NetlinkError, Route, Rtnl, Rule, MAIN_TABLE, MPBOND_RTPROT,
+    MptcpEvent, MptcpEventKind, MptcpEvents, MptcpLimits, MptcpPm, NetlinkError, Route, Rtnl, Rule,
+    MAIN_TABLE, MPBOND_RTPROT,
 };
 pub use netns::enter_netns;
 pub use sockopt::{

@@ -13,6 +13,7 @@
 
 mod events;
 mod mptcp;
+mod mptcp_events;
 mod route;
 mod socket;
 
@@ -22,6 +23,7 @@ use std::net::IpAddr;
 
 pub use events::{LinkEvent, LinkEvents};
 pub use mptcp::{EndpointFlags, MptcpEndpoint, MptcpLimits, MptcpPm};
+pub use mptcp_events::{MptcpEvent, MptcpEventKind, MptcpEvents};
 pub use route::{
     AddressFamily, FlushReport, LinkStats, Route, Rtnl, Rule, MAIN_TABLE, MPBOND_RTPROT,
 };
