@@ -185,8 +185,8 @@ addr() { # NS IF V4/PREFIX V6/PREFIX
 
 # The client's end of line NAME: NAME0 in mpb-cli with its peer (the
 # emulator's cli in mpb-NAME, or with a plain veth NAME0 in mpb-wan, which
-# then gets its address and pinned neighbours too), its addresses and its
-# pinned neighbour entries. Used by up and by plug.
+# then gets its address and pinned neighbours too), up, without addresses
+# (client_addr). Used by up and by plug.
 client_end() { # NAME KIND(veth|emulated)
     local name=$1 kind=$2 n=${LINK_NUM[$1]}
     local cli_if=${name}0 ns=mpb-$name cli_mac wan_mac
@@ -201,6 +201,13 @@ client_end() { # NAME KIND(veth|emulated)
         nsx mpb-cli ethtool -K "$cli_if" tx off >/dev/null
         nsx "$ns" ethtool -K cli gro off tso off gso off >/dev/null 2>&1 || true
     fi
+}
+
+# The addresses of the client's end of line NAME and its pinned neighbour
+# entries.
+client_addr() { # NAME
+    local n=${LINK_NUM[$1]} cli_if=${1}0 wan_mac
+    wan_mac=$(mac "$n" 1)
     addr mpb-cli "$cli_if" "10.77.$n.2/24" "fd77:$n::2/64"
     nsx mpb-cli ip neigh replace "10.77.$n.1" lladdr "$wan_mac" dev "$cli_if" nud permanent
     nsx mpb-cli ip -6 neigh replace "fd77:$n::1" lladdr "$wan_mac" dev "$cli_if" nud permanent
@@ -244,6 +251,7 @@ line() {
         wan_end "$name"
     fi
     client_end "$name" "$kind"
+    client_addr "$name"
     echo "$spec" >"$RUN/$name.profile"
     echo "$kind" >"$RUN/$name.kind"
     if [ "$kind" = emulated ]; then
@@ -433,11 +441,14 @@ plug() {
     [ -r "$RUN/$name.unplugged" ] || die "link $name is plugged in; unplug it first"
     kind=$(cat "$RUN/$name.unplugged")
     client_end "$name" "$kind"
-    nsx mpb-cli ip route replace default via "10.77.$n.1" dev "$dev" metric "$metric"
-    nsx mpb-cli ip -6 route replace default via "fd77:$n::1" dev "$dev" metric "$metric"
+    # The line forwards before the client gets its address, as a modem
+    # that is online once DHCP answers.
     if [ "$kind" = emulated ]; then
         start_linkem "$name" "$(cat "$RUN/$name.profile")" "$(linkem_bin)"
     fi
+    client_addr "$name"
+    nsx mpb-cli ip route replace default via "10.77.$n.1" dev "$dev" metric "$metric"
+    nsx mpb-cli ip -6 route replace default via "fd77:$n::1" dev "$dev" metric "$metric"
     rm -f "$RUN/$name.unplugged"
     say "link $name plugged in again: $dev is back in mpb-cli"
 }

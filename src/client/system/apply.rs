@@ -543,7 +543,8 @@ impl Plumbing {
     /// Looks uplink `slot`'s interface up by name again after a link event
     /// (it may have appeared, gone, or come back with a new index) and
     /// follows: installs for a new interface, removes what was installed
-    /// for one that went. Logs each join and leave once.
+    /// for one that went. Logs each join and leave once. Fails only when
+    /// the name cannot be looked up (then nothing changed).
     pub(super) fn relink(&mut self, slot: usize) -> Result<LinkChange, UplinkError> {
         let Some(Slot { uplink, .. }) = self.slots.get(slot) else {
             return Ok(LinkChange::Same);
@@ -559,7 +560,11 @@ impl Plumbing {
                 "uplink leaves: its interface is gone (unplugged?); its route, rule and MPTCP \
                  endpoint are removed, and it rejoins when the interface appears again"
             );
-            self.leave(slot)?;
+            // The uplink is gone all the same; the next start removes what
+            // stayed.
+            if let Err(e) = self.leave(slot) {
+                warn!(uplink = %name, error = %Chain(&e), "cannot remove all that was installed for the uplink");
+            }
         }
         let Some(ifindex) = join else {
             return Ok(if leave {

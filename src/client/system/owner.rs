@@ -242,8 +242,8 @@ impl Handle {
 
     /// The uplinks as they are now, in config order; one without an
     /// address has the unspecified address, one without an interface
-    /// [`NO_INTERFACE`](super::NO_INTERFACE) as its index. None once the owner has
-    /// stopped (nothing is installed any more).
+    /// [`NO_INTERFACE`](super::NO_INTERFACE) as its index. None once the
+    /// owner has stopped (nothing is installed any more).
     pub async fn uplinks(&self) -> Vec<Uplink> {
         self.ask(|reply| Command::Uplinks { reply })
             .await
