@@ -449,6 +449,11 @@ plug() {
     client_addr "$name"
     nsx mpb-cli ip route replace default via "10.77.$n.1" dev "$dev" metric "$metric"
     nsx mpb-cli ip -6 route replace default via "fd77:$n::1" dev "$dev" metric "$metric"
+    # A plain veth's wan end was re-created: the LAN's route back is on dsl.
+    if [ "$name" = dsl ]; then
+        nsx mpb-wan ip route replace 192.168.77.0/24 via 10.77.1.2
+        nsx mpb-wan ip -6 route replace fd77:77::/64 via fd77:1::2
+    fi
     rm -f "$RUN/$name.unplugged"
     say "link $name plugged in again: $dev is back in mpb-cli"
 }
