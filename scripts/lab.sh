@@ -10,6 +10,12 @@
 #   scripts/lab.sh link dsl|lte renumber HOST             the client's IPv4 address on the line
 #                                                         becomes 10.77.N.HOST (as a DHCP
 #                                                         renumbering: old address out, new in)
+#   scripts/lab.sh link dsl|lte unplug|plug               the client's interface (dsl0/lte0) is
+#                                                         deleted / created again with the same
+#                                                         name and addresses (a new ifindex), as
+#                                                         a USB modem pulled out and plugged back
+#                                                         in; unplug before start: the client
+#                                                         starts without it
 #   scripts/lab.sh start [--client-config FILE] [--concentrator-config FILE] [--no-client]
 #                                                         run mpbond in the lab; returns once
 #                                                         the tunnel carries traffic (with
@@ -177,43 +183,79 @@ addr() { # NS IF V4/PREFIX V6/PREFIX
     nsx "$1" ip -6 addr add "$4" dev "$2" nodad
 }
 
+# The client's end of line NAME: NAME0 in mpb-cli with its peer (the
+# emulator's cli in mpb-NAME, or with a plain veth NAME0 in mpb-wan, which
+# then gets its address and pinned neighbours too), up, without addresses
+# (client_addr). Used by up and by plug.
+client_end() { # NAME KIND(veth|emulated)
+    local name=$1 kind=$2 n=${LINK_NUM[$1]}
+    local cli_if=${name}0 ns=mpb-$name cli_mac wan_mac
+    cli_mac=$(mac "$n" 2) wan_mac=$(mac "$n" 1)
+    if [ "$kind" = veth ]; then
+        veth "$cli_if" mpb-cli "$cli_if" mpb-wan "$cli_mac" "$wan_mac"
+        wan_end "$name"
+    else
+        veth "$cli_if" mpb-cli cli "$ns" "$cli_mac" "$(mac "$n" 0x12)"
+        # Frames cross the emulator whole: no partial checksums from the
+        # endpoints (tx off also disables TSO) and no GRO on the bridge.
+        nsx mpb-cli ethtool -K "$cli_if" tx off >/dev/null
+        nsx "$ns" ethtool -K cli gro off tso off gso off >/dev/null 2>&1 || true
+    fi
+}
+
+# The addresses of the client's end of line NAME and its pinned neighbour
+# entries.
+client_addr() { # NAME
+    local n=${LINK_NUM[$1]} cli_if=${1}0 wan_mac
+    wan_mac=$(mac "$n" 1)
+    addr mpb-cli "$cli_if" "10.77.$n.2/24" "fd77:$n::2/64"
+    nsx mpb-cli ip neigh replace "10.77.$n.1" lladdr "$wan_mac" dev "$cli_if" nud permanent
+    nsx mpb-cli ip -6 neigh replace "fd77:$n::1" lladdr "$wan_mac" dev "$cli_if" nud permanent
+}
+
+# The wan's end of line NAME (NAME0 in mpb-wan): addresses, pinned
+# neighbours.
+wan_end() { # NAME
+    local n=${LINK_NUM[$1]} dev=${1}0
+    addr mpb-wan "$dev" "10.77.$n.1/24" "fd77:$n::1/64"
+    nsx mpb-wan ip neigh replace "10.77.$n.2" lladdr "$(mac "$n" 2)" dev "$dev" nud permanent
+    nsx mpb-wan ip -6 neigh replace "fd77:$n::2" lladdr "$(mac "$n" 2)" dev "$dev" nud permanent
+}
+
+# The link emulator of line NAME in mpb-NAME, between its cli and wan
+# interfaces, with profile SPEC; returns once its control socket is there.
+start_linkem() { # NAME SPEC BIN
+    local name=$1 spec=$2 bin=$3 ns=mpb-$1
+    local sock=$RUN/$name.sock log=$RUN/linkem-$name.log
+    rm -f "$sock"
+    nsx "$ns" setsid "$bin" run --name "$name" --client-if cli --wan-if wan \
+        --profile "$spec" --control "$sock" </dev/null >>"$log" 2>&1 8>&- 9>&- &
+    local i
+    for i in $(seq 100); do
+        [ -S "$sock" ] && return 0
+        kill -0 $! 2>/dev/null || die "link emulator $name failed: $(tail -n 3 "$log")"
+        sleep 0.05
+    done
+    die "link emulator $name did not come up within 5 s (log: $log)"
+}
+
 # line NAME PROFILE_KIND(veth|emulated) PROFILE_SPEC BIN
 line() {
     local name=$1 kind=$2 spec=$3 bin=$4 n=${LINK_NUM[$1]}
     local cli_if=${name}0 ns=mpb-$name
-    local cli_mac wan_mac
-    cli_mac=$(mac "$n" 2) wan_mac=$(mac "$n" 1)
-    if [ "$kind" = veth ]; then
-        veth "$cli_if" mpb-cli "$cli_if" mpb-wan "$cli_mac" "$wan_mac"
-    else
-        nsx "$ns" sysctl -qw net.ipv6.conf.all.disable_ipv6=1 net.ipv6.conf.default.disable_ipv6=1
-        veth "$cli_if" mpb-cli cli "$ns" "$cli_mac" "$(mac "$n" 0x12)"
-        veth wan "$ns" "$cli_if" mpb-wan "$(mac "$n" 0x11)" "$wan_mac"
-        # Frames cross the emulator whole: no partial checksums from the
-        # endpoints (tx off also disables TSO) and no GRO on the bridge.
-        nsx mpb-cli ethtool -K "$cli_if" tx off >/dev/null
-        nsx mpb-wan ethtool -K "$cli_if" tx off >/dev/null
-        nsx "$ns" ethtool -K cli gro off tso off gso off >/dev/null 2>&1 || true
-        nsx "$ns" ethtool -K wan gro off tso off gso off >/dev/null 2>&1 || true
-    fi
-    addr mpb-cli "$cli_if" "10.77.$n.2/24" "fd77:$n::2/64"
-    addr mpb-wan "$cli_if" "10.77.$n.1/24" "fd77:$n::1/64"
-    nsx mpb-cli ip neigh replace "10.77.$n.1" lladdr "$wan_mac" dev "$cli_if" nud permanent
-    nsx mpb-cli ip -6 neigh replace "fd77:$n::1" lladdr "$wan_mac" dev "$cli_if" nud permanent
-    nsx mpb-wan ip neigh replace "10.77.$n.2" lladdr "$cli_mac" dev "$cli_if" nud permanent
-    nsx mpb-wan ip -6 neigh replace "fd77:$n::2" lladdr "$cli_mac" dev "$cli_if" nud permanent
-    echo "$spec" >"$RUN/$name.profile"
     if [ "$kind" = emulated ]; then
-        local sock=$RUN/$name.sock log=$RUN/linkem-$name.log
-        nsx "$ns" setsid "$bin" run --name "$name" --client-if cli --wan-if wan \
-            --profile "$spec" --control "$sock" </dev/null >"$log" 2>&1 8>&- 9>&- &
-        local i
-        for i in $(seq 100); do
-            [ -S "$sock" ] && return 0
-            kill -0 $! 2>/dev/null || die "link emulator $name failed: $(tail -n 3 "$log")"
-            sleep 0.05
-        done
-        die "link emulator $name did not come up within 5 s (log: $log)"
+        nsx "$ns" sysctl -qw net.ipv6.conf.all.disable_ipv6=1 net.ipv6.conf.default.disable_ipv6=1
+        veth wan "$ns" "$cli_if" mpb-wan "$(mac "$n" 0x11)" "$(mac "$n" 1)"
+        nsx mpb-wan ethtool -K "$cli_if" tx off >/dev/null
+        nsx "$ns" ethtool -K wan gro off tso off gso off >/dev/null 2>&1 || true
+        wan_end "$name"
+    fi
+    client_end "$name" "$kind"
+    client_addr "$name"
+    echo "$spec" >"$RUN/$name.profile"
+    echo "$kind" >"$RUN/$name.kind"
+    if [ "$kind" = emulated ]; then
+        start_linkem "$name" "$spec" "$bin"
     fi
 }
 
@@ -300,15 +342,23 @@ cmd_up() {
 # ---------------------------------------------------------------- link
 
 line_kind() {
-    [ -e "/run/netns/mpb-$1" ] && [ -r "$RUN/$1.profile" ] || die "the lab is not up; run scripts/lab.sh up"
-    if [ -S "$RUN/$1.sock" ]; then echo emulated; else echo veth; fi
+    [ -e "/run/netns/mpb-$1" ] && [ -r "$RUN/$1.kind" ] || die "the lab is not up; run scripts/lab.sh up"
+    cat "$RUN/$1.kind"
 }
 
 cmd_link() {
-    [ $# -ge 2 ] || die "usage: lab.sh link dsl|lte down|up|blackhole|set RATE DELAY LOSS [up|down|both]|renumber HOST"
+    [ $# -ge 2 ] || die "usage: lab.sh link dsl|lte down|up|blackhole|set RATE DELAY LOSS [up|down|both]|renumber HOST|unplug|plug"
     local name=$1 action=$2
     shift 2
     case $name in dsl | lte) ;; *) die "unknown link $name; use dsl or lte" ;; esac
+    case $action in
+        unplug | plug)
+            [ $# = 0 ] || die "$action takes no arguments"
+            "$action" "$name"
+            return
+            ;;
+    esac
+    [ ! -e "$RUN/$name.unplugged" ] || die "link $name is unplugged; plug it first (lab.sh link $name plug)"
     if [ "$action" = renumber ]; then
         renumber "$name" "$@"
         return
@@ -354,6 +404,58 @@ cmd_link() {
         *) die "unknown action $action; use down, up, blackhole or set" ;;
     esac
     say "link $name $action"
+}
+
+# unplug NAME: the client's interface of line NAME (dsl0/lte0 in mpb-cli)
+# disappears, as a USB modem pulled out: the interface and its peer are
+# deleted (with them its addresses and routes); an emulated line's emulator
+# stops (it cannot follow a new interface).
+unplug() {
+    local name=$1 dev=${1}0 kind pids i
+    kind=$(line_kind "$name")
+    [ ! -e "$RUN/$name.unplugged" ] || die "link $name is already unplugged"
+    if [ "$kind" = emulated ]; then
+        pids=$(ip netns pids "mpb-$name")
+        [ -z "$pids" ] || kill $pids 2>/dev/null || true
+        for i in $(seq 50); do
+            [ -z "$(ip netns pids "mpb-$name")" ] && break
+            sleep 0.1
+        done
+        [ -z "$(ip netns pids "mpb-$name")" ] || die "the link emulator of $name did not stop within 5 s"
+        rm -f "$RUN/$name.sock"
+    fi
+    echo "$kind" >"$RUN/$name.unplugged"
+    nsx mpb-cli ip link del "$dev"
+    say "link $name unplugged: $dev is gone from mpb-cli"
+}
+
+# plug NAME: the interface comes back with the same name, MAC and addresses
+# (a new interface index), as the modem plugged in again: created, up, its
+# addresses (as DHCP would give them), its neighbours pinned, its default
+# route in the main table, and the emulator started again with the line's
+# profile (changes made with `set`, `down` or `blackhole` are not kept).
+plug() {
+    local name=$1 n=${LINK_NUM[$1]} dev=${1}0 kind metric=100
+    [ "$name" = lte ] && metric=200
+    [ -e /run/netns/mpb-cli ] && [ -r "$RUN/$name.profile" ] || die "the lab is not up; run scripts/lab.sh up"
+    [ -r "$RUN/$name.unplugged" ] || die "link $name is plugged in; unplug it first"
+    kind=$(cat "$RUN/$name.unplugged")
+    client_end "$name" "$kind"
+    # The line forwards before the client gets its address, as a modem
+    # that is online once DHCP answers.
+    if [ "$kind" = emulated ]; then
+        start_linkem "$name" "$(cat "$RUN/$name.profile")" "$(linkem_bin)"
+    fi
+    client_addr "$name"
+    nsx mpb-cli ip route replace default via "10.77.$n.1" dev "$dev" metric "$metric"
+    nsx mpb-cli ip -6 route replace default via "fd77:$n::1" dev "$dev" metric "$metric"
+    # A plain veth's wan end was re-created: the LAN's route back is on dsl.
+    if [ "$name" = dsl ]; then
+        nsx mpb-wan ip route replace 192.168.77.0/24 via 10.77.1.2
+        nsx mpb-wan ip -6 route replace fd77:77::/64 via fd77:1::2
+    fi
+    rm -f "$RUN/$name.unplugged"
+    say "link $name plugged in again: $dev is back in mpb-cli"
 }
 
 # renumber NAME HOST: the client's IPv4 address on line NAME becomes

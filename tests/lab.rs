@@ -542,3 +542,61 @@ fn start_stop_and_down_leave_no_process_behind() {
     assert!(!pids.into_iter().any(alive), "down left {pids:?} running");
     assert!(namespaces_present().is_empty());
 }
+
+/// The index of `dev` in namespace `ns`, if it exists.
+fn ifindex(ns: &str, dev: &str) -> Option<String> {
+    let out = harness::ns_run(ns, &["cat", &format!("/sys/class/net/{dev}/ifindex")]);
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_owned())
+}
+
+/// `link lte unplug` deletes lte0 (a modem pulled out); `plug` brings it
+/// back under the same name and addresses with a new index, working, on
+/// an emulated line (the emulator restarted: its commands work again) and
+/// on a plain veth (the wan's end re-created too).
+#[test]
+fn unplug_and_plug_take_the_interface_away_and_bring_it_back() {
+    let fast = Duration::from_millis(100);
+    for profile in ["lte", "none"] {
+        let lab = Lab::up(&["--lte", profile]);
+        let before = ifindex("mpb-cli", "lte0").expect("lte0 is there after up");
+        lab.link(&["lte", "unplug"]);
+        assert_eq!(ifindex("mpb-cli", "lte0"), None, "{profile}: lte0 stayed");
+        let refused = lab_sh(&["link", "lte", "down"]);
+        assert!(
+            !refused.status.success()
+                && String::from_utf8_lossy(&refused.stderr).contains("unplugged"),
+            "{profile}: link lte down while unplugged must say it is unplugged"
+        );
+        assert!(
+            ping("mpb-cli", "10.77.1.1", 3, fast).received >= 2,
+            "{profile}: dsl must keep working while lte is unplugged"
+        );
+
+        lab.link(&["lte", "plug"]);
+        let after = ifindex("mpb-cli", "lte0").expect("lte0 is back after plug");
+        assert_ne!(
+            before, after,
+            "{profile}: a plugged-in lte0 is a new interface"
+        );
+        let lte = ping("mpb-cli", "10.77.2.1", 5, fast);
+        assert!(
+            lte.received >= 4,
+            "{profile}: lte does not work after plug: {lte:?}"
+        );
+        let routes = ns_ok("mpb-cli", &["ip", "route", "show", "default"]);
+        assert!(
+            routes.contains("via 10.77.2.1 dev lte0 metric 200"),
+            "{profile}: lte0's default route is not back:\n{routes}"
+        );
+        lab.link(&["lte", "down"]);
+        let lte = ping("mpb-cli", "10.77.2.1", 2, fast);
+        assert_eq!(
+            lte.received, 0,
+            "{profile}: lte answers while down: {lte:?}"
+        );
+        lab.link(&["lte", "up"]);
+        drop(lab);
+    }
+}

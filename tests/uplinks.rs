@@ -11,7 +11,9 @@ mod netns;
 use std::future::Future;
 use std::net::IpAddr;
 
-use mpbond::client::system::{self, cleanup_leftovers, AddressChange, Handle, Uplink, UplinkError};
+use mpbond::client::system::{
+    self, cleanup_leftovers, AddressChange, Handle, LinkChange, Uplink, UplinkError,
+};
 use mpbond::config::client::UplinkConfig;
 use mpbond::sys::{EndpointFlags, MptcpEndpoint, MptcpPm};
 use netns::TestNs;
@@ -362,29 +364,104 @@ fn a_crashed_run_is_cleaned_up() {
     });
 }
 
+/// An uplink whose interface is missing at start waits for it; when it
+/// appears it joins with its config numbering; unplugged, it leaves
+/// nothing behind; plugged in again (a new index), it joins again.
 #[test]
-fn a_missing_interface_is_named_and_nothing_stays() {
-    let ns = two_uplink_ns("noif");
+fn a_missing_interface_joins_when_it_appears_and_leaves_when_unplugged() {
+    let ns = two_uplink_ns("hotplug");
     ns.run(|| {
         block_on(async {
             let mut uplinks = two_uplinks();
-            uplinks.push(uplink("sat", "nosuch0"));
-            let err = install(&uplinks, "mpbt0", ip_addr(CONCENTRATOR))
+            uplinks.push(uplink("sat", "s0"));
+            let system = install(&uplinks, "mpbt0", ip_addr(CONCENTRATOR))
                 .await
-                .expect_err("no such interface");
-            assert!(
-                matches!(&err, UplinkError::NoInterface { uplink, interface }
-                if uplink == "sat" && interface == "nosuch0"),
-                "{err:?}"
+                .expect("a missing interface does not stop the start");
+            let sat = |all: Vec<Uplink>| all.into_iter().nth(2).expect("sat");
+            let waiting = sat(system.uplinks().await);
+            assert_eq!(waiting.ifindex, system::NO_INTERFACE);
+            assert!(waiting.addr.is_unspecified());
+            // Room for its subflow when it comes.
+            assert_eq!(
+                ns.ip_lines(&["mptcp", "limits", "show"], ""),
+                ["add_addr_accepted 3 subflows 3"]
             );
-            let message = err.to_string();
-            assert!(
-                message.starts_with("uplink sat: interface nosuch0 does not exist"),
-                "{message}"
+            assert_eq!(system.relink(2).await.expect("relink"), LinkChange::Same);
+            assert_eq!(
+                system.readdress(2).await.expect("readdress"),
+                AddressChange::Same
             );
+            let installed = leftovers(&ns);
+
+            // Plugged in: its route and rule come; its endpoint when the
+            // health watcher says so.
+            ns.veth("s0", &["10.77.3.2/24"]);
+            let LinkChange::Joined(joined) = system.relink(2).await.expect("relink") else {
+                panic!("s0 was not joined");
+            };
+            assert_eq!(joined.addr, ip_addr("10.77.3.2"));
+            assert_ne!(joined.ifindex, system::NO_INTERFACE);
+            assert_eq!(joined.endpoint.ifindex, Some(joined.ifindex));
+            assert_eq!(system.relink(2).await.expect("relink"), LinkChange::Same);
+            system.set_endpoint(2, true).await.expect("sat's endpoint");
+            assert_eq!(
+                ns.ip_lines(&["-4", "rule", "show"], "from 10.77.3"),
+                ["7702: from 10.77.3.2 lookup 7703 proto 109"]
+            );
+            assert_eq!(
+                ns.ip_lines(&["-4", "route", "show", "table", "7703"], ""),
+                ["default dev s0 proto 109 scope 253"]
+            );
+            assert_eq!(
+                ns.ip_lines(&["mptcp", "endpoint", "show"], "10.77.3"),
+                ["10.77.3.2 id 98 subflow dev s0"]
+            );
+
+            // Unplugged: everything of sat's goes, the rest stays.
+            ns.ip(&["link", "del", "s0"]);
+            assert_eq!(system.relink(2).await.expect("relink"), LinkChange::Gone);
+            assert_eq!(leftovers(&ns), installed);
+            assert_eq!(system.relink(2).await.expect("relink"), LinkChange::Same);
+
+            // Plugged in again, and out and in again before anyone looked:
+            // each time a new index, followed.
+            ns.veth("s0", &["10.77.3.2/24"]);
+            let LinkChange::Joined(again) = system.relink(2).await.expect("relink") else {
+                panic!("s0 was not joined again");
+            };
+            assert_ne!(again.ifindex, joined.ifindex);
+            system.set_endpoint(2, true).await.expect("sat's endpoint");
+            ns.ip(&["link", "del", "s0"]);
+            ns.veth("s0", &["10.77.3.5/24"]);
+            let LinkChange::Joined(third) = system.relink(2).await.expect("relink") else {
+                panic!("s0 was not joined a third time");
+            };
+            assert_ne!(third.ifindex, again.ifindex);
+            assert_eq!(third.addr, ip_addr("10.77.3.5"));
+            assert_eq!(
+                ns.ip_lines(&["-4", "rule", "show"], "from 10.77.3"),
+                ["7702: from 10.77.3.5 lookup 7703 proto 109"]
+            );
+            // The old endpoint went with the old interface; the new one is
+            // the watcher's to add.
+            assert_eq!(
+                ns.ip_lines(&["mptcp", "endpoint", "show"], "10.77.3"),
+                Vec::<String>::new()
+            );
+            system.set_endpoint(2, true).await.expect("sat's endpoint");
+            system.shutdown().await.expect("remove");
+            assert_eq!(leftovers(&ns), Vec::<String>::new());
+
+            // No uplink's interface there at all: a router whose only
+            // modem is not plugged in yet starts and waits.
+            ns.ip(&["link", "del", "s0"]);
+            let system = install(&[uplink("sat", "s0")], "mpbt0", ip_addr(CONCENTRATOR))
+                .await
+                .expect("start with no interface at all");
+            assert_eq!(leftovers(&ns).len(), 9, "{:?}", leftovers(&ns));
+            system.shutdown().await.expect("remove");
         })
     });
-    // dsl and lte were installed before sat failed, and taken away.
     assert_eq!(leftovers(&ns), Vec::<String>::new());
     assert_eq!(
         ns.ip_lines(&["mptcp", "limits", "show"], ""),

@@ -26,6 +26,12 @@
 //! without a gateway in the config follows the system's default route out
 //! of its interface (DHCP). An uplink whose interface had no address at
 //! start joins when it gets one.
+//!
+//! An uplink's interface is followed by name: on every link event that may
+//! concern it, the owner looks the name up again. One missing at start,
+//! or unplugged (its route, rule and endpoint then go), joins when an
+//! interface of that name appears, whatever its new index; until then it
+//! is dead for want of carrier.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -37,7 +43,7 @@ use tokio::sync::mpsc;
 use tokio::task::{AbortHandle, JoinSet};
 use tracing::{debug, info, warn};
 
-use super::system::{AddressChange, Handle, Uplink};
+use super::system::{AddressChange, Handle, LinkChange, Uplink, NO_INTERFACE};
 use super::{ClientError, Shared};
 use crate::auth;
 use crate::chain::Chain;
@@ -161,13 +167,15 @@ pub(super) async fn watch(
         .into_iter()
         .map(|uplink| {
             let addressed = !uplink.addr.is_unspecified();
+            let carrier = uplink.present();
             let mut path = Path::new(path::Config::default(), start);
-            // An uplink without an address yet waits for one, unprobed.
-            path.set_link(start, true, addressed);
+            // An uplink without an address (or an interface) yet waits for
+            // one, unprobed.
+            path.set_link(start, carrier, addressed);
             Line {
                 uplink,
                 path,
-                carrier: true,
+                carrier,
                 addressed,
                 endpoint: addressed,
                 socket: None,
@@ -259,6 +267,22 @@ pub(super) async fn watch(
     }
 }
 
+/// Whether a kernel event about interface `ifindex` concerns an uplink
+/// whose interface has index `uplink_ifindex`: its own interface's events,
+/// and for an uplink waiting for its interface every link event (one may
+/// be its interface appearing; only the name tells, looked up by the
+/// owner).
+fn concerns(uplink_ifindex: u32, event: &LinkEvent) -> bool {
+    match *event {
+        LinkEvent::Link { ifindex, .. } => {
+            ifindex == uplink_ifindex || uplink_ifindex == NO_INTERFACE
+        }
+        LinkEvent::Address { ifindex } | LinkEvent::Route { ifindex } => {
+            ifindex == uplink_ifindex && ifindex != NO_INTERFACE
+        }
+    }
+}
+
 /// Follows one kernel event; `true` if an uplink changed.
 async fn on_link_event(
     shared: &Arc<Shared>,
@@ -268,20 +292,64 @@ async fn on_link_event(
     tx: &mpsc::Sender<Report>,
     event: LinkEvent,
 ) -> bool {
-    let (LinkEvent::Link { ifindex, .. }
-    | LinkEvent::Address { ifindex }
-    | LinkEvent::Route { ifindex }) = event;
     let mut changed = false;
     for (index, line) in lines
         .iter_mut()
         .enumerate()
-        .filter(|(_, l)| l.uplink.ifindex == ifindex)
+        .filter(|(_, l)| concerns(l.uplink.ifindex, &event))
     {
         let now = Instant::now();
         match event {
-            LinkEvent::Link { usable, .. } => {
+            LinkEvent::Link { ifindex, usable } => {
+                // The interface may have gone, appeared, or come back under
+                // a new index: the owner looks its name up.
+                let relinked = system.relink(index).await;
+                match relinked {
+                    Ok(LinkChange::Same) => {}
+                    Ok(LinkChange::Gone) => {
+                        close_probes(line);
+                        // The owner removed its endpoint with the rest.
+                        line.endpoint = false;
+                        line.uplink.ifindex = NO_INTERFACE;
+                        line.carrier = false;
+                        line.addressed = false;
+                        line.path.set_link(now, false, false);
+                        changed = true;
+                        continue;
+                    }
+                    Ok(LinkChange::Joined(uplink)) => {
+                        close_probes(line);
+                        line.endpoint = false;
+                        line.addressed = !uplink.addr.is_unspecified();
+                        line.uplink = uplink;
+                        // An event about the old interface says nothing of
+                        // the new one's carrier; its own events follow.
+                        line.carrier = usable && ifindex == line.uplink.ifindex;
+                        line.path.set_link(now, line.carrier, line.addressed);
+                        if line.addressed {
+                            line.path.readdressed(now);
+                            open_probes(shared, readers, tx, index, line).await;
+                        }
+                        changed = true;
+                        continue;
+                    }
+                    Err(e) => warn!(
+                        uplink = %line.uplink.name,
+                        interface = %line.uplink.interface,
+                        error = %Chain(&e),
+                        "cannot look up the uplink's interface again"
+                    ),
+                }
+                if ifindex != line.uplink.ifindex {
+                    continue;
+                }
                 line.carrier = usable;
                 line.path.set_link(now, line.carrier, line.addressed);
+                // An address that could not be routed while the interface
+                // was down (a replugged modem) is taken up now.
+                if usable && !line.addressed {
+                    changed |= follow_address(shared, system, readers, tx, index, line).await;
+                }
             }
             LinkEvent::Route { .. } => {
                 let regatewayed = system.regateway(index).await;
@@ -302,42 +370,70 @@ async fn on_link_event(
                 }
             }
             LinkEvent::Address { .. } => {
-                let readdressed = system.readdress(index).await;
-                match readdressed {
-                    Ok(AddressChange::Same) => {}
-                    Ok(AddressChange::Gone) => {
-                        line.addressed = false;
-                        line.path.set_link(now, line.carrier, false);
-                    }
-                    Ok(AddressChange::New(uplink)) => {
-                        info!(
-                            uplink = %uplink.name,
-                            interface = %uplink.interface,
-                            old = %line.uplink.addr,
-                            new = %uplink.addr,
-                            "uplink has a new address: moving its MPTCP endpoint and probes to it"
-                        );
-                        if line.endpoint {
-                            // The old address's endpoint: its subflows go with it.
-                            set_endpoint(system, line, false, "its address changed").await;
-                        }
-                        line.uplink = uplink;
-                        line.addressed = true;
-                        line.path.set_link(now, line.carrier, true);
-                        line.path.readdressed(now);
-                        open_probes(shared, readers, tx, index, line).await;
-                        changed = true;
-                    }
-                    Err(e) => warn!(
-                        uplink = %line.uplink.name,
-                        error = %Chain(&e),
-                        "cannot follow the uplink's address change"
-                    ),
-                }
+                changed |= follow_address(shared, system, readers, tx, index, line).await;
             }
         }
     }
     changed
+}
+
+/// Has the owner read the uplink's addresses again and follows what it
+/// found; `true` if the uplink has a new address.
+async fn follow_address(
+    shared: &Arc<Shared>,
+    system: &Handle,
+    readers: &mut JoinSet<()>,
+    tx: &mpsc::Sender<Report>,
+    index: usize,
+    line: &mut Line,
+) -> bool {
+    let now = Instant::now();
+    let readdressed = system.readdress(index).await;
+    match readdressed {
+        Ok(AddressChange::Same) => false,
+        Ok(AddressChange::Gone) => {
+            line.addressed = false;
+            line.path.set_link(now, line.carrier, false);
+            false
+        }
+        Ok(AddressChange::New(uplink)) => {
+            info!(
+                uplink = %uplink.name,
+                interface = %uplink.interface,
+                old = %line.uplink.addr,
+                new = %uplink.addr,
+                "uplink has a new address: moving its MPTCP endpoint and probes to it"
+            );
+            if line.endpoint {
+                // The old address's endpoint: its subflows go with it.
+                set_endpoint(system, line, false, "its address changed").await;
+            }
+            line.uplink = uplink;
+            line.addressed = true;
+            line.path.set_link(now, line.carrier, true);
+            line.path.readdressed(now);
+            open_probes(shared, readers, tx, index, line).await;
+            true
+        }
+        Err(e) => {
+            warn!(
+                uplink = %line.uplink.name,
+                error = %Chain(&e),
+                "cannot follow the uplink's address change"
+            );
+            false
+        }
+    }
+}
+
+/// Stops the uplink's probes: its interface (and so its address) is gone
+/// or replaced.
+fn close_probes(line: &mut Line) {
+    if let Some(reader) = line.reader.take() {
+        reader.abort();
+    }
+    line.generation += 1;
+    line.socket = None;
 }
 
 /// Logs a verdict change: suspicion at debug level (it costs nothing and
@@ -404,11 +500,7 @@ async fn open_probes(
     index: usize,
     line: &mut Line,
 ) {
-    if let Some(reader) = line.reader.take() {
-        reader.abort();
-    }
-    line.generation += 1;
-    line.socket = None;
+    close_probes(line);
     let addr = line.uplink.addr;
     let socket = match UdpSocket::bind(SocketAddr::new(addr, 0)).await {
         Ok(socket) => Arc::new(socket),
@@ -558,6 +650,26 @@ mod tests {
                 flags: EndpointFlags::default(),
             },
         }
+    }
+
+    #[test]
+    fn an_uplink_hears_its_interfaces_events_and_a_waiting_one_every_link_event() {
+        let link = |ifindex| LinkEvent::Link {
+            ifindex,
+            usable: true,
+        };
+        // Present on interface 4: its own events only.
+        assert!(concerns(4, &link(4)));
+        assert!(!concerns(4, &link(5)));
+        assert!(concerns(4, &LinkEvent::Address { ifindex: 4 }));
+        assert!(!concerns(4, &LinkEvent::Route { ifindex: 5 }));
+        // Waiting for its interface: any new link may be it (the owner
+        // looks the name up); addresses and routes wait until it is there.
+        assert!(concerns(NO_INTERFACE, &link(9)));
+        assert!(!concerns(NO_INTERFACE, &LinkEvent::Address { ifindex: 9 }));
+        assert!(!concerns(NO_INTERFACE, &LinkEvent::Route { ifindex: 0 }));
+        // After a replug the old index's late events are no longer its.
+        assert!(!concerns(12, &LinkEvent::Address { ifindex: 4 }));
     }
 
     #[test]

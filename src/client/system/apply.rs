@@ -11,8 +11,9 @@ use tracing::{debug, info, warn};
 
 use super::error::UplinkError;
 use super::plan::{
-    capture_routes, capture_rules, family_name, pick_address, raised_limits, uplink_endpoint,
-    uplink_route, uplink_rule, uplink_table, AddressChange, Uplink, ENDPOINT_IDS,
+    capture_routes, capture_rules, default_dst, family_name, pick_address, raised_limits, relink,
+    uplink_endpoint, uplink_route, uplink_rule, uplink_table, AddressChange, LinkChange, Relink,
+    Uplink, ENDPOINT_IDS, NO_INTERFACE,
 };
 use crate::chain::Chain;
 use crate::config::client::UplinkConfig;
@@ -134,7 +135,13 @@ impl Plumbing {
         for ((i, config), id) in uplinks.iter().enumerate().zip(ENDPOINT_IDS) {
             plumbing.install_uplink(i, id, config, family)?;
         }
-        if plumbing.slots.iter().all(|slot| slot.current.is_none()) {
+        // An uplink whose interface is missing may bring an address when it
+        // appears; uplinks that are all there without one cannot.
+        if plumbing
+            .slots
+            .iter()
+            .all(|slot| slot.uplink.present() && slot.current.is_none())
+        {
             return Err(UplinkError::NoAddress {
                 family: family_name(family),
                 concentrator,
@@ -144,7 +151,7 @@ impl Plumbing {
         plumbing.install_capture(tun, tun_index, concentrator)?;
         info!(
             uplinks = plumbing.slots.len(),
-            skipped = uplinks.len() - plumbing.slots.len(),
+            waiting = plumbing.slots.iter().filter(|s| !s.uplink.present()).count(),
             %concentrator,
             tun,
             "uplinks set up; the site's traffic goes into the TUN"
@@ -180,16 +187,24 @@ impl Plumbing {
         else {
             return Ok(AddressChange::Same);
         };
+        // Index 0 would list every interface's addresses.
+        if !uplink.present() {
+            return Ok(AddressChange::Same);
+        }
         let (had, route) = (*had, route.clone());
         let (name, interface, i) = (uplink.name.clone(), uplink.interface.clone(), uplink.index);
-        let addresses =
-            self.rtnl
-                .addresses(uplink.ifindex)
-                .map_err(|source| UplinkError::Addresses {
-                    uplink: name.clone(),
-                    interface: interface.clone(),
+        let addresses = match self.rtnl.addresses(uplink.ifindex) {
+            Ok(addresses) => addresses,
+            // The interface is being removed: relink takes the uplink away.
+            Err(err) if err.is_not_found() => return Ok(AddressChange::Same),
+            Err(source) => {
+                return Err(UplinkError::Addresses {
+                    uplink: name,
+                    interface,
                     source,
-                })?;
+                })
+            }
+        };
         let now = pick_address(&addresses, AddressFamily::of(uplink.addr));
         if now == had {
             return Ok(AddressChange::Same);
@@ -200,7 +215,7 @@ impl Plumbing {
                 Ok(()) => debug!(%rule, "rule removed"),
                 Err(err) if err.is_not_found() => {}
                 Err(source) => {
-                    return Err(UplinkError::UplinkRule {
+                    return Err(UplinkError::RemoveUplinkRule {
                         uplink: name,
                         addr: old,
                         table: uplink_table(i),
@@ -323,7 +338,9 @@ impl Plumbing {
     }
 
     /// Route, rule and endpoint `id` of uplink `i`; skips (with a warning)
-    /// an uplink without an address of `family`.
+    /// an uplink without an address of `family`, and one whose interface
+    /// does not exist yet (it joins when the interface appears, see
+    /// [`relink`](Self::relink)).
     fn install_uplink(
         &mut self,
         i: usize,
@@ -331,32 +348,52 @@ impl Plumbing {
         config: &UplinkConfig,
         family: AddressFamily,
     ) -> Result<(), UplinkError> {
-        let ifindex = match self.rtnl.link_index(&config.interface) {
-            Ok(Some(index)) => index,
-            Ok(None) => {
-                return Err(UplinkError::NoInterface {
-                    uplink: config.name.clone(),
-                    interface: config.interface.clone(),
-                })
-            }
-            Err(source) => {
-                return Err(UplinkError::LookupInterface {
-                    uplink: config.name.clone(),
-                    interface: config.interface.clone(),
-                    source,
-                })
-            }
+        let ifindex = self.lookup(&config.name, &config.interface)?;
+        let pinned = match family {
+            AddressFamily::V4 => config.gateway.map(IpAddr::V4),
+            AddressFamily::V6 => config.gateway6.map(IpAddr::V6),
         };
-        let addresses = self
-            .rtnl
-            .addresses(ifindex)
-            .map_err(|source| UplinkError::Addresses {
-                uplink: config.name.clone(),
+        let endpoint = uplink_endpoint(
+            id,
+            None,
+            family,
+            ifindex.unwrap_or(NO_INTERFACE),
+            config.backup,
+        );
+        let slot = self.slots.len();
+        self.slots.push(Slot {
+            uplink: Uplink {
+                index: i,
+                name: config.name.clone(),
                 interface: config.interface.clone(),
-                source,
-            })?;
-        let addr = pick_address(&addresses, family);
-        if addr.is_none() {
+                ifindex: NO_INTERFACE,
+                addr: endpoint.addr,
+                backup: config.backup,
+                endpoint,
+            },
+            current: None,
+            pinned: pinned.is_some(),
+            route: uplink_route(i, family, pinned, NO_INTERFACE),
+        });
+        let Some(ifindex) = ifindex else {
+            warn!(
+                uplink = %config.name,
+                interface = %config.interface,
+                "uplink waits for its interface, which does not exist yet; it joins when \
+                 the interface appears (check `interface` in its [[uplink]] section if it \
+                 never does)"
+            );
+            return Ok(());
+        };
+        self.attach(slot, ifindex);
+        self.readdress(slot)?;
+        let Slot {
+            uplink, current, ..
+        } = &self.slots[slot];
+        let (addr, endpoint) = (*current, uplink.endpoint.clone());
+        if addr.is_some() {
+            self.add_endpoint(&endpoint, &config.name)?;
+        } else {
             warn!(
                 uplink = %config.name,
                 interface = %config.interface,
@@ -364,29 +401,6 @@ impl Plumbing {
                 family_name(family)
             );
         }
-        let pinned = match family {
-            AddressFamily::V4 => config.gateway.map(IpAddr::V4),
-            AddressFamily::V6 => config.gateway6.map(IpAddr::V6),
-        };
-        let gateway = match pinned {
-            Some(gateway) => Some(gateway),
-            None => self.system_gateway(family, ifindex, &config.name),
-        };
-        let route = uplink_route(i, family, gateway, ifindex);
-        let endpoint = uplink_endpoint(id, addr, family, ifindex, config.backup);
-        if let Some(addr) = addr {
-            self.install_route(&route, &config.name, &config.interface)?;
-            let rule = uplink_rule(i, addr);
-            self.add_rule(rule)
-                .map_err(|source| UplinkError::UplinkRule {
-                    uplink: config.name.clone(),
-                    addr,
-                    table: uplink_table(i),
-                    source,
-                })?;
-            self.add_endpoint(&endpoint, &config.name)?;
-        }
-
         info!(
             uplink = %config.name,
             interface = %config.interface,
@@ -396,21 +410,188 @@ impl Plumbing {
             endpoint = endpoint.id,
             "uplink installed"
         );
-        self.slots.push(Slot {
-            uplink: Uplink {
-                index: i,
-                name: config.name.clone(),
-                interface: config.interface.clone(),
-                ifindex,
-                addr: endpoint.addr,
-                backup: config.backup,
-                endpoint,
-            },
-            current: addr,
-            pinned: pinned.is_some(),
-            route,
-        });
         Ok(())
+    }
+
+    /// The index of uplink `uplink`'s `interface`; `None` if there is none
+    /// of that name.
+    fn lookup(&self, uplink: &str, interface: &str) -> Result<Option<u32>, UplinkError> {
+        self.rtnl
+            .link_index(interface)
+            .map_err(|source| UplinkError::LookupInterface {
+                uplink: uplink.to_owned(),
+                interface: interface.to_owned(),
+                source,
+            })
+    }
+
+    /// Uplink `slot`, which has no interface, takes interface `ifindex`:
+    /// its route and endpoint point there (and its route, without a
+    /// gateway in the config, follows the system's default route out of
+    /// it). Its address, route and rule come with
+    /// [`readdress`](Self::readdress).
+    fn attach(&mut self, slot: usize, ifindex: u32) {
+        let Slot {
+            uplink,
+            pinned,
+            route,
+            ..
+        } = &self.slots[slot];
+        let gateway = match pinned {
+            true => route.gateway,
+            false => self.system_gateway(AddressFamily::of(uplink.addr), ifindex, &uplink.name),
+        };
+        let Slot { uplink, route, .. } = &mut self.slots[slot];
+        uplink.ifindex = ifindex;
+        uplink.endpoint.ifindex = Some(ifindex);
+        route.ifindex = Some(ifindex);
+        route.gateway = gateway;
+    }
+
+    /// Uplink `slot`'s interface went away: removes its endpoint, source
+    /// rule and route (each already gone is fine: the kernel removes a
+    /// deleted device's routes itself, and health may have removed the
+    /// endpoint when the carrier went), and forgets the interface. Tries
+    /// all three; returns the first failure.
+    fn leave(&mut self, slot: usize) -> Result<(), UplinkError> {
+        let Slot {
+            uplink,
+            current,
+            route,
+            ..
+        } = &self.slots[slot];
+        let (name, interface, i, id) = (
+            uplink.name.clone(),
+            uplink.interface.clone(),
+            uplink.index,
+            uplink.endpoint.id,
+        );
+        let family = AddressFamily::of(uplink.addr);
+        let (current, route) = (*current, route.clone());
+        let mut first = None;
+        match self.pm.del_endpoint(id) {
+            Ok(()) => debug!(id, "MPTCP endpoint removed"),
+            Err(err) if err.is_not_found() => debug!(id, "endpoint already gone"),
+            Err(source) => {
+                first.get_or_insert(UplinkError::RemoveEndpoint {
+                    uplink: name.clone(),
+                    id,
+                    source,
+                });
+            }
+        }
+        self.installed
+            .retain(|item| !matches!(item, Installed::Endpoint(e) if *e == id));
+        if let Some(addr) = current {
+            let rule = uplink_rule(i, addr);
+            match self.rtnl.del_rule(&rule) {
+                Ok(()) => debug!(%rule, "rule removed"),
+                Err(err) if err.is_not_found() => {}
+                Err(source) => {
+                    first.get_or_insert(UplinkError::RemoveUplinkRule {
+                        uplink: name.clone(),
+                        addr,
+                        table: uplink_table(i),
+                        source,
+                    });
+                }
+            }
+            self.installed
+                .retain(|item| !matches!(item, Installed::Rule(r) if *r == rule));
+        }
+        let table = uplink_table(i);
+        let installed = self
+            .installed
+            .iter()
+            .any(|item| matches!(item, Installed::Route(r) if r.table == table));
+        if installed {
+            // With its device gone the kernel has removed it (ESRCH), or
+            // refuses to resolve its output interface (ENODEV).
+            match self.rtnl.del_route(&route) {
+                Ok(()) => debug!(%route, "route removed"),
+                Err(err) if err.is_not_found() || err.errno() == Some(libc::ENODEV) => {
+                    debug!(%route, "route already gone with its interface")
+                }
+                Err(source) => {
+                    first.get_or_insert(UplinkError::RemoveUplinkRoute {
+                        uplink: name.clone(),
+                        interface: interface.clone(),
+                        table,
+                        source,
+                    });
+                }
+            }
+            self.installed
+                .retain(|item| !matches!(item, Installed::Route(r) if r.table == table));
+        }
+        let unspecified = default_dst(family).0;
+        let Slot {
+            uplink,
+            current,
+            route,
+            ..
+        } = &mut self.slots[slot];
+        *current = None;
+        uplink.ifindex = NO_INTERFACE;
+        uplink.addr = unspecified;
+        uplink.endpoint.addr = unspecified;
+        uplink.endpoint.ifindex = Some(NO_INTERFACE);
+        route.ifindex = Some(NO_INTERFACE);
+        first.map_or(Ok(()), Err)
+    }
+
+    /// Looks uplink `slot`'s interface up by name again after a link event
+    /// (it may have appeared, gone, or come back with a new index) and
+    /// follows: installs for a new interface, removes what was installed
+    /// for one that went. Logs each join and leave once. Fails only when
+    /// the name cannot be looked up (then nothing changed).
+    pub(super) fn relink(&mut self, slot: usize) -> Result<LinkChange, UplinkError> {
+        let Some(Slot { uplink, .. }) = self.slots.get(slot) else {
+            return Ok(LinkChange::Same);
+        };
+        let (name, interface) = (uplink.name.clone(), uplink.interface.clone());
+        let known = uplink.present().then_some(uplink.ifindex);
+        let found = self.lookup(&name, &interface)?;
+        let Relink { leave, join } = relink(known, found);
+        if leave {
+            info!(
+                uplink = %name,
+                %interface,
+                "uplink leaves: its interface is gone (unplugged?); its route, rule and MPTCP \
+                 endpoint are removed, and it rejoins when the interface appears again"
+            );
+            // The uplink is gone all the same; the next start removes what
+            // stayed.
+            if let Err(e) = self.leave(slot) {
+                warn!(uplink = %name, error = %Chain(&e), "cannot remove all that was installed for the uplink");
+            }
+        }
+        let Some(ifindex) = join else {
+            return Ok(if leave {
+                LinkChange::Gone
+            } else {
+                LinkChange::Same
+            });
+        };
+        self.attach(slot, ifindex);
+        if let Err(e) = self.readdress(slot) {
+            // Not for long: its next address or carrier change tries again.
+            warn!(
+                uplink = %name,
+                %interface,
+                error = %Chain(&e),
+                "the uplink's interface appeared, but its route or rule cannot be installed yet"
+            );
+        }
+        let joined = self.slots[slot].uplink.clone();
+        info!(
+            uplink = %name,
+            %interface,
+            ifindex,
+            addr = ?self.slots[slot].current,
+            "uplink joins: its interface appeared; its MPTCP endpoint follows once the line works"
+        );
+        Ok(LinkChange::Joined(joined))
     }
 
     /// Adds (or replaces) an uplink's route, remembering it once.
@@ -468,7 +649,7 @@ impl Plumbing {
             current,
             pinned: false,
             route,
-        }) = self.slots.get(slot)
+        }) = self.slots.get(slot).filter(|s| s.uplink.present())
         else {
             return Ok(None);
         };

@@ -61,17 +61,6 @@ pub enum UplinkError {
         /// How many were configured.
         count: usize,
     },
-    /// An uplink's interface is not there.
-    #[error(
-        "uplink {uplink}: interface {interface} does not exist; check `interface` in its \
-         [[uplink]] section, or create the interface before starting mpbond"
-    )]
-    NoInterface {
-        /// The uplink's name.
-        uplink: String,
-        /// The interface configured.
-        interface: String,
-    },
     /// Looking up an uplink's interface failed.
     #[error("uplink {uplink}: cannot look up interface {interface}")]
     LookupInterface {
@@ -130,6 +119,41 @@ pub enum UplinkError {
         uplink: String,
         /// Its address.
         addr: IpAddr,
+        /// The table.
+        table: u32,
+        /// The netlink failure.
+        #[source]
+        source: NetlinkError,
+    },
+    /// An uplink's source rule could not be removed (its address changed,
+    /// or its interface went away).
+    #[error(
+        "uplink {uplink}: cannot remove the rule sending traffic from {addr} to table {table}, \
+         so that address's traffic keeps using the table; remove it by hand \
+         (`ip rule del from {addr} lookup {table}`)"
+    )]
+    RemoveUplinkRule {
+        /// The uplink's name.
+        uplink: String,
+        /// The address the rule matches.
+        addr: IpAddr,
+        /// The table.
+        table: u32,
+        /// The netlink failure.
+        #[source]
+        source: NetlinkError,
+    },
+    /// An uplink's default route could not be removed after its interface
+    /// went away.
+    #[error(
+        "uplink {uplink}: cannot remove its default route in table {table} (interface \
+         {interface} is gone); remove it by hand (`ip route flush table {table}`)"
+    )]
+    RemoveUplinkRoute {
+        /// The uplink's name.
+        uplink: String,
+        /// Its interface.
+        interface: String,
         /// The table.
         table: u32,
         /// The netlink failure.

@@ -50,6 +50,12 @@
 //! default route of either family leads into the TUN, while connected and
 //! local routes still win. The per-uplink rules and endpoints exist only
 //! for C's family.
+//!
+//! An uplink's interface is known by its name: one that does not exist at
+//! start waits for it (its index is [`NO_INTERFACE`]), and one that goes
+//! away (a USB modem unplugged) loses its route, rule and endpoint; when
+//! an interface of that name appears, with whatever index, the uplink
+//! joins with its config numbering ([`Handle::relink`]).
 
 mod apply;
 mod error;
@@ -59,4 +65,4 @@ mod plan;
 pub use apply::cleanup_leftovers;
 pub use error::UplinkError;
 pub use owner::{start, Handle};
-pub use plan::{AddressChange, Uplink, ENDPOINT_IDS, TUNNEL_FWMARK};
+pub use plan::{AddressChange, LinkChange, Uplink, ENDPOINT_IDS, NO_INTERFACE, TUNNEL_FWMARK};

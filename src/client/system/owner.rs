@@ -13,7 +13,7 @@ use tracing::{info, warn};
 
 use super::apply::Plumbing;
 use super::error::UplinkError;
-use super::plan::{AddressChange, Uplink};
+use super::plan::{AddressChange, LinkChange, Uplink};
 use crate::config::client::UplinkConfig;
 use crate::sys::MptcpPm;
 
@@ -35,6 +35,10 @@ enum Command {
     Regateway {
         index: usize,
         reply: oneshot::Sender<Regatewayed>,
+    },
+    Relink {
+        index: usize,
+        reply: oneshot::Sender<Result<LinkChange, UplinkError>>,
     },
     Uplinks {
         reply: oneshot::Sender<Vec<Uplink>>,
@@ -106,6 +110,9 @@ fn serve(mut plumbing: Plumbing, mut commands: mpsc::UnboundedReceiver<Command>)
             }
             Command::Regateway { index, reply } => {
                 let _ = reply.send(plumbing.regateway(index));
+            }
+            Command::Relink { index, reply } => {
+                let _ = reply.send(plumbing.relink(index));
             }
             Command::Uplinks { reply } => {
                 let _ = reply.send(plumbing.uplinks());
@@ -222,9 +229,21 @@ impl Handle {
             .await?
     }
 
+    /// Looks uplink `index`'s interface up by name again, after a link
+    /// event, and follows it: an interface that appeared (for the first
+    /// time, or again with a new index after it was unplugged) gets the
+    /// uplink's route and source rule once it has an address, and its
+    /// endpoint with the next [`set_endpoint`](Self::set_endpoint); one
+    /// that went away loses what was installed for it (endpoint, rule,
+    /// route). `Same` for an `index` past the last uplink.
+    pub async fn relink(&self, index: usize) -> Result<LinkChange, UplinkError> {
+        self.ask(|reply| Command::Relink { index, reply }).await?
+    }
+
     /// The uplinks as they are now, in config order; one without an
-    /// address has the unspecified address. None once the owner has
-    /// stopped (nothing is installed any more).
+    /// address has the unspecified address, one without an interface
+    /// [`NO_INTERFACE`](super::NO_INTERFACE) as its index. None once the
+    /// owner has stopped (nothing is installed any more).
     pub async fn uplinks(&self) -> Vec<Uplink> {
         self.ask(|reply| Command::Uplinks { reply })
             .await

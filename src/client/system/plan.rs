@@ -48,9 +48,11 @@ pub struct Uplink {
     pub index: usize,
     /// Its name from the config, for logs.
     pub name: String,
-    /// Its network interface.
+    /// Its network interface, by name (the config's).
     pub interface: String,
-    /// The interface's index.
+    /// The interface's index now, looked up by name: it changes when the
+    /// interface is removed and created again (a USB modem plugged back
+    /// in). [`NO_INTERFACE`] while the interface does not exist.
     pub ifindex: u32,
     /// The address its subflows use.
     pub addr: IpAddr,
@@ -58,6 +60,64 @@ pub struct Uplink {
     pub backup: bool,
     /// Its MPTCP endpoint as installed (to put it back after an outage).
     pub endpoint: MptcpEndpoint,
+}
+
+/// [`Uplink::ifindex`] of an uplink whose interface does not exist (the
+/// kernel never gives an interface index 0).
+pub const NO_INTERFACE: u32 = 0;
+
+impl Uplink {
+    /// Its interface exists (it may still lack carrier or an address).
+    pub fn present(&self) -> bool {
+        self.ifindex != NO_INTERFACE
+    }
+}
+
+/// What [`Handle::relink`](super::Handle::relink) found when it looked an
+/// uplink's interface up by name again after a link event.
+#[derive(Debug, PartialEq, Eq)]
+pub enum LinkChange {
+    /// The same interface as before (or still none).
+    Same,
+    /// The interface is gone (unplugged, deleted or renamed): what was
+    /// installed for the uplink (endpoint, source rule, route) is removed,
+    /// and it rejoins when an interface of that name appears.
+    Gone,
+    /// An interface of the configured name appeared (at its first
+    /// appearance, or with a new index after it was gone): the uplink as it
+    /// is now, with its route and source rule installed if the interface
+    /// already has an address. Its MPTCP endpoint is added when the caller
+    /// says so with [`Handle::set_endpoint`](super::Handle::set_endpoint),
+    /// as after [`AddressChange::New`].
+    Joined(Uplink),
+}
+
+/// What to do with an uplink whose interface had index `known` (`None`:
+/// it had none) and is now `found` by name.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) struct Relink {
+    /// Remove what was installed for the old interface.
+    pub(super) leave: bool,
+    /// Install for this interface index.
+    pub(super) join: Option<u32>,
+}
+
+/// Compares an uplink's known interface index with the one its name has
+/// now: a new index is a different interface (the old one went away, even
+/// if its deletion has not been heard of yet).
+pub(super) fn relink(known: Option<u32>, found: Option<u32>) -> Relink {
+    let found = found.filter(|&i| i != NO_INTERFACE);
+    let known = known.filter(|&i| i != NO_INTERFACE);
+    if known == found {
+        return Relink {
+            leave: false,
+            join: None,
+        };
+    }
+    Relink {
+        leave: known.is_some(),
+        join: found,
+    }
 }
 
 /// What [`Handle::readdress`](super::Handle::readdress) found on an uplink's interface.
@@ -270,6 +330,53 @@ mod tests {
         // Every uplink's table and rule stay below the capture rules.
         assert!(uplink_rule_pref(ENDPOINT_IDS.len() - 1) < BYPASS_MARK_PREF);
         assert!(uplink_table(ENDPOINT_IDS.len() - 1) < CAPTURE_TABLE);
+    }
+
+    #[test]
+    fn an_interface_is_followed_by_its_index() {
+        let r = |leave, join| Relink { leave, join };
+        // Missing at start, and still.
+        assert_eq!(relink(None, None), r(false, None));
+        // It appears: a late uplink joins.
+        assert_eq!(relink(None, Some(7)), r(false, Some(7)));
+        // The same interface: nothing to do.
+        assert_eq!(relink(Some(7), Some(7)), r(false, None));
+        // Unplugged.
+        assert_eq!(relink(Some(7), None), r(true, None));
+        // Plugged in again before the deletion was heard of: a new index
+        // is a new interface.
+        assert_eq!(relink(Some(7), Some(9)), r(true, Some(9)));
+        // Index 0 is no interface.
+        assert_eq!(relink(Some(NO_INTERFACE), Some(0)), r(false, None));
+        assert_eq!(relink(Some(NO_INTERFACE), Some(3)), r(false, Some(3)));
+    }
+
+    #[test]
+    fn a_late_uplink_keeps_its_config_numbering_and_follows_its_index() {
+        // Uplink 1 joins late on interface 12: the numbering comes from its
+        // config position, the interface from the index found.
+        let route = uplink_route(1, AddressFamily::V4, None, 12);
+        assert_eq!((route.table, route.ifindex), (7702, Some(12)));
+        let endpoint = uplink_endpoint(97, None, AddressFamily::V4, 12, false);
+        assert_eq!(endpoint.ifindex, Some(12));
+        assert!(endpoint.addr.is_unspecified());
+        let rule = uplink_rule(1, ip_addr("10.77.2.2"));
+        assert_eq!((rule.priority, rule.table), (7701, 7702));
+        let uplink = Uplink {
+            index: 1,
+            name: "lte".into(),
+            interface: "lte0".into(),
+            ifindex: NO_INTERFACE,
+            addr: endpoint.addr,
+            backup: false,
+            endpoint,
+        };
+        assert!(!uplink.present());
+        assert!(Uplink {
+            ifindex: 12,
+            ..uplink
+        }
+        .present());
     }
 
     #[test]

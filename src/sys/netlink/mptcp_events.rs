@@ -328,9 +328,9 @@ mod tests {
 mod live {
     use super::*;
 
-    /// Needs MPTCP in this namespace and CAP_NET_ADMIN.
+    /// Needs MPTCP in this namespace and CAP_NET_ADMIN (the suite runs as
+    /// root).
     #[test]
-    #[ignore]
     fn a_loopback_connection_is_seen() {
         let mut events = MptcpEvents::open(Duration::from_millis(200)).expect("open");
         let listener = socket2::Socket::new(
