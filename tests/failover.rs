@@ -12,16 +12,14 @@
 
 mod harness;
 
-use std::io::{self, Read, Write};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use harness::{
-    bad_requests, connect, if_bytes, ns_ok, run_in, short_request, subflows, Behavior, Hasher, Lab,
-    NsServer, Pattern, Sha256,
-};
+use harness::download::{check_download, start_download, wait_for, NOTED_GAP};
+use harness::NsServer;
+use harness::{bad_requests, if_bytes, ns_ok, run_in, short_request, subflows, Behavior, Lab};
 
 const SERVER: IpAddr = IpAddr::V4(Ipv4Addr::new(198, 51, 100, 10));
 const CONCENTRATOR: IpAddr = IpAddr::V4(Ipv4Addr::new(10, 77, 9, 2));
@@ -32,122 +30,9 @@ const MIB: u64 = 1 << 20;
 const LEN: u64 = 60 * MIB;
 const SEED: u64 = 0xfa11;
 
-/// What a download saw.
-#[derive(Debug)]
-struct Received {
-    len: u64,
-    sha256: Sha256,
-    /// Longest time without a byte, and when it started (since the start).
-    longest_gap: Duration,
-    gap_at: Duration,
-    took: Duration,
-    /// Every wait for a byte longer than [`NOTED_GAP`]: when it started,
-    /// how long it was.
-    gaps: Vec<(Instant, Duration)>,
-}
-
-/// Waits for a byte shorter than this are not noted.
-const NOTED_GAP: Duration = Duration::from_millis(50);
-
 /// The longest a line's return (or renumbering) may stall the download:
 /// the failover goal.
 const RETURN_STALL_GOAL: Duration = Duration::from_millis(300);
-
-impl Received {
-    /// The longest wait for a byte that overlaps `from..to`.
-    fn longest_gap_within(&self, from: Instant, to: Instant) -> Duration {
-        self.gaps
-            .iter()
-            .filter(|(at, len)| *at < to && *at + *len > from)
-            .map(|(_, len)| *len)
-            .max()
-            .unwrap_or_default()
-    }
-}
-
-/// Starts a 60 MiB download to the LAN host; `progress` gets the byte
-/// count every 64 KiB or so.
-fn start_download(
-    server: SocketAddr,
-    progress: mpsc::Sender<u64>,
-) -> thread::JoinHandle<io::Result<Received>> {
-    thread::spawn(move || {
-        run_in(LAN, "download", Duration::from_secs(120), move || {
-            let mut s = connect(server, Duration::from_secs(5))?;
-            s.write_all(b"get\n")?;
-            let started = Instant::now();
-            let mut hasher = Hasher::new();
-            let mut buf = vec![0; 64 << 10];
-            let (mut last, mut longest_gap, mut gap_at) = (started, Duration::ZERO, Duration::ZERO);
-            let mut gaps = Vec::new();
-            loop {
-                let n = s.read(&mut buf)?;
-                let now = Instant::now();
-                if now - last > longest_gap {
-                    longest_gap = now - last;
-                    gap_at = last - started;
-                }
-                if now - last > NOTED_GAP {
-                    gaps.push((last, now - last));
-                }
-                last = now;
-                if n == 0 {
-                    break;
-                }
-                hasher.update(&buf[..n]);
-                let _ = progress.send(hasher.len());
-            }
-            Ok(Received {
-                len: hasher.len(),
-                took: started.elapsed(),
-                sha256: hasher.finish(),
-                longest_gap,
-                gap_at,
-                gaps,
-            })
-        })
-    })
-}
-
-/// Waits until the download has passed `bytes`.
-fn wait_for(progress: &mpsc::Receiver<u64>, bytes: u64) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        match progress.recv_timeout(left) {
-            Ok(n) if n >= bytes => return,
-            Ok(_) => {}
-            Err(e) => panic!("the download did not pass {bytes} bytes: {e}"),
-        }
-    }
-}
-
-/// Checks a finished download (all bytes, intact, through the tunnel) and
-/// returns what it saw.
-fn check(what: &str, got: io::Result<Received>, srv: &NsServer) -> Received {
-    let got = got.unwrap_or_else(|e| panic!("{what}: the download failed: {e}"));
-    let served = srv.next(Duration::from_secs(10));
-    eprintln!(
-        "{what}: {} MiB in {:.1} s; longest wait for a byte {:?} (at {:.1} s)",
-        got.len / MIB,
-        got.took.as_secs_f64(),
-        got.longest_gap,
-        got.gap_at.as_secs_f64()
-    );
-    assert_eq!(got.len, LEN, "{what}: length differs");
-    assert_eq!(
-        got.sha256,
-        Pattern::sha256(SEED, LEN),
-        "{what}: bytes corrupted"
-    );
-    assert_eq!(
-        served.peer.ip(),
-        CONCENTRATOR,
-        "{what}: bypassed the tunnel"
-    );
-    assert!(served.error.is_none(), "{what}: server: {:?}", served.error);
-    got
-}
 
 fn source(port: u16) -> NsServer {
     NsServer::start(
@@ -172,7 +57,7 @@ fn outage_mid_transfer(link: &str, how: &str, port: u16, why: &str) {
     wait_for(&rx, 10 * MIB);
     lab.link(&[link, how]);
     let got = download.join().expect("download thread");
-    check(&format!("{link} {how} at 10 MiB"), got, &srv);
+    check_download(&format!("{link} {how} at 10 MiB"), got, &srv, LEN, SEED);
     let log = lab.log_tail("client", 50);
     assert!(
         log.contains("uplink down") && log.contains(&format!("uplink={link}")) && log.contains(why),
@@ -216,7 +101,13 @@ fn line_returns(link: &str, how: &str, outage: Duration, port: u16) {
         back.elapsed().as_secs_f64()
     );
     let got = download.join().expect("download thread");
-    let got = check(&format!("{link} {how} for {outage:?}"), got, &srv);
+    let got = check_download(
+        &format!("{link} {how} for {outage:?}"),
+        got,
+        &srv,
+        LEN,
+        SEED,
+    );
     let stall = got.longest_gap_within(back, back + Duration::from_secs(5));
     eprintln!("longest wait for a byte within 5 s of {link}'s return: {stall:?}");
     assert!(
@@ -278,7 +169,7 @@ fn a_renumbered_line_returns_to_the_running_connection() {
         carried as f64 / MIB as f64
     );
     let got = download.join().expect("download thread");
-    let got = check("lte renumbered at 8 MiB", got, &srv);
+    let got = check_download("lte renumbered at 8 MiB", got, &srv, LEN, SEED);
     let stall = got.longest_gap_within(renumbered, renumbered + Duration::from_secs(5));
     eprintln!("longest wait for a byte within 5 s of the renumbering: {stall:?}");
     assert!(
@@ -376,7 +267,7 @@ fn a_backup_uplink_takes_over_only_when_needed() {
     );
     lab.link(&["dsl", "blackhole"]);
     let got = download.join().expect("download thread");
-    check("dsl blackholed, lte backup", got, &srv);
+    check_download("dsl blackholed, lte backup", got, &srv, LEN, SEED);
 }
 
 /// On a bursty cellular lte (profile `lte-bursty`: delivery pauses of
@@ -391,7 +282,7 @@ fn a_bursty_lte_is_not_mistaken_for_a_dead_one() {
     let (tx, _rx) = mpsc::channel();
     let download = start_download(srv.addr(), tx);
     let got = download.join().expect("download thread");
-    let got = check("60 MiB over dsl and a bursty lte", got, &srv);
+    let got = check_download("60 MiB over dsl and a bursty lte", got, &srv, LEN, SEED);
     let log = lab.log_tail("client", 2000);
     let downs = log
         .lines()

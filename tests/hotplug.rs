@@ -12,96 +12,21 @@
 
 mod harness;
 
-use std::io::{self, Read, Write};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use harness::{connect, if_bytes, ns_ok, run_in, subflows, Behavior, Hasher, Lab, NsServer};
-use harness::{Pattern, Sha256};
+use harness::download::{check_download, start_download, wait_for};
+use harness::{if_bytes, ns_ok, subflows, Behavior, Lab, NsServer};
 
 const SERVER: IpAddr = IpAddr::V4(Ipv4Addr::new(198, 51, 100, 10));
 const CONCENTRATOR: IpAddr = IpAddr::V4(Ipv4Addr::new(10, 77, 9, 2));
 const LTE: IpAddr = IpAddr::V4(Ipv4Addr::new(10, 77, 2, 2));
-const LAN: &str = "mpb-lan";
 const CLI: &str = "mpb-cli";
 const MIB: u64 = 1 << 20;
 const LEN: u64 = 40 * MIB;
 const SEED: u64 = 0x4071;
-
-/// A download's length, hash and duration.
-struct Received {
-    len: u64,
-    sha256: Sha256,
-    took: Duration,
-}
-
-/// Starts a download of [`LEN`] bytes to the LAN host; `progress` gets the
-/// byte count after each read.
-fn start_download(
-    server: SocketAddr,
-    progress: mpsc::Sender<u64>,
-) -> thread::JoinHandle<io::Result<Received>> {
-    thread::spawn(move || {
-        run_in(LAN, "download", Duration::from_secs(120), move || {
-            let mut s = connect(server, Duration::from_secs(5))?;
-            s.write_all(b"get\n")?;
-            let started = Instant::now();
-            let mut hasher = Hasher::new();
-            let mut buf = vec![0; 64 << 10];
-            loop {
-                let n = s.read(&mut buf)?;
-                if n == 0 {
-                    break;
-                }
-                hasher.update(&buf[..n]);
-                let _ = progress.send(hasher.len());
-            }
-            Ok(Received {
-                len: hasher.len(),
-                took: started.elapsed(),
-                sha256: hasher.finish(),
-            })
-        })
-    })
-}
-
-/// Waits until the download has passed `bytes`.
-fn wait_for(progress: &mpsc::Receiver<u64>, bytes: u64) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        match progress.recv_timeout(left) {
-            Ok(n) if n >= bytes => return,
-            Ok(_) => {}
-            Err(e) => panic!("the download did not pass {bytes} bytes: {e}"),
-        }
-    }
-}
-
-/// Checks a finished download: every byte, intact, through the tunnel.
-fn check(what: &str, got: io::Result<Received>, srv: &NsServer) {
-    let got = got.unwrap_or_else(|e| panic!("{what}: the download failed: {e}"));
-    let served = srv.next(Duration::from_secs(10));
-    eprintln!(
-        "{what}: {} MiB in {:.1} s",
-        got.len / MIB,
-        got.took.as_secs_f64()
-    );
-    assert_eq!(got.len, LEN, "{what}: length differs");
-    assert_eq!(
-        got.sha256,
-        Pattern::sha256(SEED, LEN),
-        "{what}: bytes corrupted"
-    );
-    assert_eq!(
-        served.peer.ip(),
-        CONCENTRATOR,
-        "{what}: bypassed the tunnel"
-    );
-    assert!(served.error.is_none(), "{what}: server: {:?}", served.error);
-}
 
 fn source(port: u16) -> NsServer {
     NsServer::start(
@@ -209,10 +134,12 @@ fn a_modem_missing_at_start_joins_when_plugged_in() {
     wait_for(&rx, 6 * MIB);
     lab.link(&["lte", "plug"]);
     lte_carries_again(Instant::now(), Duration::from_secs(5));
-    check(
+    check_download(
         "40 MiB, lte plugged in at 6 MiB",
         download.join().expect("download thread"),
         &srv,
+        LEN,
+        SEED,
     );
 
     // A new connection uses both lines from its start.
@@ -220,10 +147,12 @@ fn a_modem_missing_at_start_joins_when_plugged_in() {
     let (tx, _rx) = mpsc::channel();
     let before = if_bytes(CLI, "lte0").rx;
     let download = start_download(srv.addr(), tx);
-    check(
+    check_download(
         "40 MiB after the plug",
         download.join().expect("download thread"),
         &srv,
+        LEN,
+        SEED,
     );
     let carried = if_bytes(CLI, "lte0").rx - before;
     eprintln!(
@@ -262,10 +191,12 @@ fn an_unplugged_modem_leaves_cleanly_and_rejoins() {
     wait_for(&rx, 16 * MIB);
     lab.link(&["lte", "plug"]);
     lte_carries_again(Instant::now(), Duration::from_secs(3));
-    check(
+    check_download(
         "40 MiB, lte unplugged at 6 MiB and plugged in at 16 MiB",
         download.join().expect("download thread"),
         &srv,
+        LEN,
+        SEED,
     );
 
     lab.stop();

@@ -26,6 +26,8 @@ use std::time::{Duration, Instant};
 
 use ring::digest;
 
+pub mod download;
+
 /// The repository root.
 pub fn root() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
