@@ -91,8 +91,6 @@ struct Line {
     /// The task reading answers from `socket`.
     reader: Option<AbortHandle>,
     generation: u64,
-    /// Probes sent: the sequence numbers are the path core's.
-    sent: u64,
     /// Why its verdict last changed, for the endpoint's log line.
     last_reason: String,
 }
@@ -181,7 +179,6 @@ pub(super) async fn watch(
                 socket: None,
                 reader: None,
                 generation: 0,
-                sent: 0,
                 last_reason: String::from("start"),
             }
         })
@@ -195,7 +192,6 @@ pub(super) async fn watch(
     }
     let mut repick = tokio::time::interval(SOURCE_EVERY);
     repick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-    let mut buf = Vec::with_capacity(MAX_LEN);
     loop {
         let wake = lines
             .iter()
@@ -246,7 +242,7 @@ pub(super) async fn watch(
             }
             line.path.handle_timeout(now);
             while let Some(seq) = line.path.poll_transmit(now) {
-                send_probe(&shared, line, seq, &mut buf);
+                send_probe(&shared, line, seq);
             }
             while let Some(event) = line.path.poll_event() {
                 changed = true;
@@ -522,7 +518,7 @@ async fn open_probes(
 
 /// Sends probe `seq` over the uplink. A failure (the line is down, the
 /// socket buffer full) shows as silence.
-fn send_probe(shared: &Shared, line: &mut Line, seq: u64, buf: &mut Vec<u8>) {
+fn send_probe(shared: &Shared, line: &Line, seq: u64) {
     let Some(socket) = &line.socket else { return };
     let tunnels = &shared.tunnels;
     let request = Probe {
@@ -531,10 +527,8 @@ fn send_probe(shared: &Shared, line: &mut Line, seq: u64, buf: &mut Vec<u8>) {
         seq,
         sent_ms: auth::unix_ms(),
     };
-    buf.clear();
-    buf.extend_from_slice(&request.encode(&auth::sign_probe(&tunnels.key, &request.body())));
-    line.sent += 1;
-    if let Err(e) = socket.try_send_to(buf, tunnels.concentrator) {
+    let bytes = request.encode(&auth::sign_probe(&tunnels.key, &request.body()));
+    if let Err(e) = socket.try_send_to(&bytes, tunnels.concentrator) {
         debug!(uplink = %line.uplink.name, error = %e, "probe not sent");
     }
 }
@@ -595,7 +589,7 @@ fn repick_source(shared: &Shared, lines: &[Line]) {
                 l.uplink.index,
                 l.path.verdict().rank().filter(|_| l.addressed),
             ),
-            rtt: l.path.estimates(Instant::now()).srtt,
+            rtt: l.path.srtt(),
         })
         .collect();
     let current = shared.tunnels.source();

@@ -384,6 +384,11 @@ impl Path {
         self.verdict
     }
 
+    /// The smoothed probe round trip; `None` before the first answer.
+    pub fn srtt(&self) -> Option<Duration> {
+        self.rtt.srtt()
+    }
+
     /// Whether the site has traffic: probes go faster and the interface's
     /// counters are watched.
     pub fn set_active(&mut self, now: Instant, active: bool) {
