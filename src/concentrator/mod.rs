@@ -14,6 +14,7 @@
 //! 4. `relay`: copy bytes both ways, propagating half-close and reset.
 
 mod accept;
+pub mod exit;
 mod forward;
 mod listen;
 pub mod policy;

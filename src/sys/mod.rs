@@ -10,6 +10,7 @@ mod iface;
 mod mptcp_info;
 mod netlink;
 mod netns;
+mod nft;
 mod sockopt;
 mod sysctl;
 
@@ -20,6 +21,7 @@ pub use netlink::{
     MAIN_TABLE, MPBOND_RTPROT,
 };
 pub use netns::enter_netns;
+pub use nft::{NftError, NftTable};
 pub use sockopt::{
     mptcp_subflows, set_recv_buffer, set_tcp_fastopen_connect, set_tcp_fastopen_listener,
     tcp_state, SubflowInfo, SUBFLOW_INFO_LEN, TCP_ESTABLISHED,

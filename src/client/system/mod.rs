@@ -58,6 +58,7 @@
 //! joins with its config numbering ([`Handle::relink`]).
 
 mod apply;
+pub mod nat;
 mod error;
 mod owner;
 mod plan;
