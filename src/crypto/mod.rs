@@ -21,6 +21,7 @@
 //!
 //! The message layouts are in [`crate::wire::tunnel`].
 
+pub mod cookie;
 pub mod keys;
 pub mod replay;
 
