@@ -104,8 +104,6 @@ impl StaticSecret {
     }
 
     /// The raw bytes, for the handshake; zeroed when dropped.
-    // Used by the handshake, which lands in the next commit.
-    #[allow(dead_code)]
     pub(crate) fn to_bytes(&self) -> Zeroizing<[u8; KEY_LEN]> {
         Zeroizing::new(self.0.to_bytes())
     }

@@ -22,8 +22,10 @@
 //! The message layouts are in [`crate::wire::tunnel`].
 
 pub mod cookie;
+pub mod handshake;
 pub mod keys;
 pub mod replay;
+pub mod session;
 
 use std::time::Duration;
 
