@@ -18,10 +18,14 @@
 //! - [`replay`]: the anti-replay bitmap window, wide enough for multipath
 //!   reordering.
 //! - [`cookie`]: mac1/mac2, cookie replies and the per-source rate limiter.
+//! - [`endpoint`]: the two ends, [`Initiator`] (client) and [`Responder`]
+//!   (concentrator), which tie the rest together behind `handle_datagram`,
+//!   `seal`, `poll_transmit`, `poll_timeout` and `handle_timeout`.
 //!
 //! The message layouts are in [`crate::wire::tunnel`].
 
 pub mod cookie;
+pub mod endpoint;
 pub mod handshake;
 pub mod keys;
 pub mod replay;
@@ -29,6 +33,10 @@ pub mod session;
 
 use std::time::Duration;
 
+pub use endpoint::{
+    Dropped, Initiator, InitiatorTransmit, PeerId, Received, Responder, ResponderError,
+    ResponderTransmit, SealError,
+};
 pub use keys::{connect_key, keygen_text, KeyError, PublicKey, StaticSecret};
 
 /// WireGuard's timers and limits (WireGuard paper § 6.1, "Timers").
@@ -126,6 +134,9 @@ impl Random for TestRng {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tunnel_tests;
 
 #[cfg(test)]
 mod tests {
