@@ -64,6 +64,12 @@ impl Key {
         Ok(Self(key))
     }
 
+    /// The key with these bytes (for instance derived by
+    /// [`crate::crypto::connect_key`]).
+    pub fn from_bytes(bytes: [u8; KEY_LEN]) -> Self {
+        Self(bytes)
+    }
+
     /// Reads a key in standard base64 (with padding); surrounding whitespace
     /// is ignored.
     pub fn from_base64(text: &str) -> Result<Self, AuthError> {

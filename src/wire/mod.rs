@@ -4,6 +4,9 @@
 //! [`convert`] is the connect header (RFC 8803 layout plus mpbond's
 //! authentication TLV); [`probe`] is the authenticated UDP echo that tells
 //! the client whether an uplink still reaches the concentrator.
+//! [`tunnel`] is the datagram tunnel's messages on the concentrator's one
+//! UDP port (handshake, cookie reply, data) and the payloads inside data
+//! messages (IP packets and the path probe control message).
 //!
 //! The packets the client reads from its TUN device, one module per
 //! protocol as smoltcp's `wire` has them: [`ipv4`], [`ipv6`] and [`tcp`]
@@ -23,6 +26,7 @@ pub mod ipv4;
 pub mod ipv6;
 pub mod probe;
 pub mod tcp;
+pub mod tunnel;
 
 #[cfg(test)]
 mod test_packets;
