@@ -17,7 +17,8 @@
 //!
 //! For the datagram tunnel: [`udp`] is the checked UDP header view, and
 //! [`flow`] sorts every packet that is not TCP into flows ([`flow_of`]),
-//! telling DNS and QUIC apart.
+//! telling DNS and QUIC apart, and [`build_icmp_port_unreachable_for`]
+//! refuses QUIC when the config blocks it.
 
 pub mod checksum;
 pub mod convert;
@@ -34,7 +35,7 @@ pub mod udp;
 mod test_packets;
 
 pub use flow::{flow_of, Demux, Flow, FlowError, FlowKey};
-pub use icmp::build_icmp_unreachable_for;
+pub use icmp::{build_icmp_port_unreachable_for, build_icmp_unreachable_for};
 pub use ip::{classify, PacketError, Protocol, TcpPacket};
 pub use tcp::{build_rst_for, TcpFlags};
 
