@@ -9,6 +9,7 @@ mod chain;
 pub mod client;
 pub mod concentrator;
 pub mod config;
+pub mod datagram;
 pub mod path;
 mod relay;
 pub mod sendbuf;
