@@ -650,7 +650,7 @@ fn parse_uplink(
 }
 
 /// Whether `name` is a valid Linux interface name.
-fn is_interface_name(name: &str) -> bool {
+pub(super) fn is_interface_name(name: &str) -> bool {
     (1..=15).contains(&name.len())
         && name != "."
         && name != ".."

@@ -373,6 +373,12 @@ pub enum ValueError {
         /// The key that gives the pool (`datagram.ipv4`).
         pool: &'static str,
     },
+    /// A client's `tunnel_v6` without `tunnel_v4`.
+    #[error(
+        "tunnel_v6 without tunnel_v4: add tunnel_v4 = \"...\" from the datagram.ipv4 pool \
+         (the client's tunnel needs an IPv4 address)"
+    )]
+    TunnelV6WithoutV4,
     /// A client's tunnel address outside the pool.
     #[error("{addr} is outside the pool {pool}: give an address in {pool}")]
     OutsidePool {
