@@ -648,3 +648,12 @@ fn the_flow_table_survives_random_churn() {
     assert_eq!(t.index.iter().filter(|&&v| v != 0).count(), t.len);
     assert_eq!(b.s.paths[A.index()].flows as usize, t.len);
 }
+
+/// What the README promises: at most about 5 MB for 65,536 flows.
+#[test]
+fn a_full_table_stays_near_five_megabytes() {
+    let table = FlowTable::new(SchedulerConfig::default().max_flows);
+    let bytes = table.entries.capacity() * std::mem::size_of::<Entry>()
+        + table.index.len() * std::mem::size_of::<u32>();
+    assert!(bytes <= 5_300_000, "{bytes} bytes");
+}
