@@ -70,7 +70,7 @@ use super::{
 };
 use crate::auth::Key;
 use crate::client::redirect::ConnectMode;
-use crate::datagram::{Mode, QuicPolicy};
+use crate::datagram::{Mode, QuicPolicy, SchedulerConfig};
 use crate::wire::convert::ClientId;
 
 /// The client's validated configuration.
@@ -127,6 +127,17 @@ impl DatagramConfig {
     /// Default for `quic`: carried, until measurements say blocking is
     /// better for browsers over bonded lines.
     pub const DEFAULT_QUIC: QuicPolicy = QuicPolicy::Tunnel;
+
+    /// The scheduler's settings for this config; the rest keep their
+    /// defaults.
+    pub fn scheduler(&self) -> SchedulerConfig {
+        SchedulerConfig {
+            mode: self.mode,
+            dns_redundant: self.dns_redundant,
+            quic: self.quic,
+            ..SchedulerConfig::default()
+        }
+    }
 }
 
 /// The TUN device that captures the site's traffic.
@@ -820,6 +831,11 @@ mod tests {
         ))
         .expect("valid");
         let datagram = config.datagram.expect("on");
+        let scheduler = datagram.scheduler();
+        assert_eq!(
+            (scheduler.mode, scheduler.dns_redundant, scheduler.quic),
+            (Mode::Aggregate, false, QuicPolicy::Block)
+        );
         assert_eq!(datagram.port, 7400);
         assert_eq!(datagram.mode, Mode::Aggregate);
         assert!(!datagram.dns_redundant);

@@ -616,8 +616,11 @@ impl Scheduler {
             return Err(ScheduleError::AddPath { id: id.0 });
         };
         if !path.present {
+            // Flows pinned before a removal are still in the table and
+            // still counted, until they move or expire.
             *path = PathState {
                 present: true,
+                flows: path.flows,
                 ..PathState::ABSENT
             };
         }

@@ -249,6 +249,12 @@ fn removed_paths_hand_their_flows_over() {
     b.set(A, Verdict::Usable, Some(1));
     b.advance(ms(5000));
     assert_eq!(b.path(&f), B, "updates of a removed path are ignored");
+    // Plugged back in, it is a fresh path; the flow's count moved with it.
+    b.s.add_path(b.now, A, PathSettings::default())
+        .expect("in range");
+    assert_eq!(b.s.paths[A.index()].flows, 0);
+    assert_eq!(b.s.paths[B.index()].flows, 1);
+    assert_eq!(b.path(&flow(8)), B, "unknown round trip ranks last");
     assert_eq!(
         b.s.add_path(b.now, PathId(8), PathSettings::default()),
         Err(ScheduleError::AddPath { id: 8 })
