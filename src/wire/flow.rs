@@ -104,8 +104,10 @@ pub struct Flow {
     /// The flow.
     pub key: FlowKey,
     /// UDP from or to port 53: small and latency-critical, sent redundantly.
+    /// Never a fragment, whose ports are not known.
     pub dns: bool,
     /// UDP to port 443: probably QUIC, which `quic = "block"` refuses.
+    /// Never a fragment either (QUIC does not fragment: it sets DF).
     pub quic: bool,
 }
 
