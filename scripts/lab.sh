@@ -56,6 +56,10 @@
 #            srv0  198.51.100.1/24  2001:db8:100::1/64
 #            192.168.77.0/24 and fd77:77::/64 via the dsl line (no NAT in the lab)
 #   mpb-conc eth0  10.77.9.2/24     fd77:9::2/64    default via 10.77.9.1
+#            mpbc0 10.77.0.1/24     fd77::1/64      the datagram tunnel's TUN, made by
+#                                                   mpbond concentrator; the lab client's
+#                                                   tunnel addresses are 10.77.0.2 and
+#                                                   fd77::2 (deploy/lab/*.toml)
 #   mpb-srv  eth0  198.51.100.10/24 2001:db8:100::10/64 default via .1
 #
 # start runs, each in the background with its log and pid file in $RUN:

@@ -10,6 +10,7 @@ pub mod client;
 pub mod concentrator;
 pub mod config;
 pub mod crypto;
+pub mod datagram;
 pub mod path;
 mod relay;
 pub mod sendbuf;

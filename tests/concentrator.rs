@@ -54,11 +54,13 @@ fn config(key: &Key, max_connections: usize, allow: &[&str]) -> ConcentratorConf
             id: client_id(),
             key: key.clone(),
             max_connections,
+            tunnel: None,
         }],
         policy: PolicyConfig {
             allow: allow.iter().map(|p| p.parse().expect("prefix")).collect(),
             deny: Vec::new(),
         },
+        datagram: None,
     }
 }
 

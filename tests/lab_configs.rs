@@ -84,6 +84,14 @@ fn the_lab_clients_reach_the_lab_concentrator_over_both_lines() {
                 )
             })
             .collect();
+        let datagram = c.datagram.expect("the lab client has the datagram tunnel");
+        assert_eq!(datagram.address_v4.to_string(), "10.77.0.2", "{name}");
+        assert_eq!(
+            datagram.address_v6.map(|a| a.to_string()),
+            Some("fd77::2".to_owned()),
+            "{name}"
+        );
+        assert_eq!(datagram.port, 7300, "{name}");
         let some = |s: &str| Some(s.to_owned());
         assert_eq!(
             uplinks,
@@ -110,6 +118,20 @@ fn the_lab_concentrator_allows_the_lab_server_only() {
     assert_eq!(c.listen.to_string(), "0.0.0.0:7300");
     assert_eq!(c.clients.len(), 1);
     assert_eq!(c.clients[0].id.as_str(), "lab");
+    let tunnel = c.clients[0].tunnel.expect("tunnel addresses");
+    assert_eq!(tunnel.v4.to_string(), "10.77.0.2");
+    assert_eq!(tunnel.v6.map(|a| a.to_string()), Some("fd77::2".to_owned()));
+    let datagram = c
+        .datagram
+        .as_ref()
+        .expect("the lab concentrator has the exit");
+    assert_eq!(datagram.tun, "mpbc0");
+    assert_eq!(datagram.ipv4.to_string(), "10.77.0.1/24");
+    assert_eq!(
+        datagram.ipv6.map(|n| n.to_string()),
+        Some("fd77::1/64".to_owned())
+    );
+    assert_eq!(datagram.port, 7300);
     let allow: Vec<String> = c.policy.allow.iter().map(ToString::to_string).collect();
     assert_eq!(allow, ["198.51.100.0/24", "2001:db8:100::/64"]);
     assert!(c.policy.deny.is_empty());
@@ -123,6 +145,8 @@ fn the_lab_concentrator_allows_the_lab_server_only() {
         ("[::1]:22", false),
         ("[fd77:9::2]:22", false),
         ("169.254.169.254:80", false),
+        ("10.77.0.3:9", false),
+        ("[fd77::3]:9", false),
     ] {
         let addr = dst.parse().expect("address");
         assert_eq!(policy.check(addr).is_ok(), allowed, "{dst}");

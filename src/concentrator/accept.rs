@@ -260,6 +260,7 @@ mod tests {
             id: id("lab"),
             key: key(),
             max_connections,
+            tunnel: None,
         }])
         .expect("unique ids")
     }
@@ -327,6 +328,7 @@ mod tests {
             id: id("lab"),
             key: key(),
             max_connections: 1,
+            tunnel: None,
         };
         assert!(Clients::new(vec![config.clone(), config]).is_err());
     }

@@ -87,6 +87,7 @@ mod tests {
             id: ClientId::try_from("lab").expect("id"),
             key: key(1),
             max_connections: 4,
+            tunnel: None,
         }])
         .expect("clients")
     }

@@ -38,6 +38,21 @@
 //! gateway6 = "fe80::1"              # optional: IPv6 next hop (likewise)
 //! backup = false                    # optional: carry traffic only when no
 //!                                   # other uplink works
+//!
+//! [datagram]                        # optional: the datagram tunnel, for all
+//!                                   # that is not TCP; without this table
+//!                                   # it stays off and non-TCP traffic keeps
+//!                                   # the normal default route, unbonded
+//! address_v4 = "10.77.0.2"          # this client's tunnel addresses, as the
+//! address_v6 = "fd77::2"            # concentrator's tunnel_v4 / tunnel_v6 give
+//!                                   # them (v6 optional)
+//! enabled = true                    # optional: false turns it off, table kept
+//! port = 7300                       # optional: the concentrator's UDP port
+//!                                   # (default: the port of `concentrator`)
+//! mode = "latency"                  # optional: "latency", "redundant" or "aggregate"
+//! dns_redundant = true              # optional: DNS on the best two lines in any mode
+//! quic = "tunnel"                   # optional: "tunnel" or "block" (browsers
+//!                                   # then fall back to TCP, bonded by MPTCP)
 //! ```
 
 use std::collections::HashMap;
@@ -50,11 +65,12 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use super::{
-    parse_nonzero_duration, parse_send_buffer, parse_socket_addr, ConfigError, ConfigFile, Parsed,
-    RawSendBuffer, SendBuffer, ValueError,
+    is_unicast_host, parse_nonzero_duration, parse_port, parse_send_buffer, parse_socket_addr,
+    ConfigError, ConfigFile, Parsed, RawSendBuffer, SendBuffer, ValueError,
 };
 use crate::auth::Key;
 use crate::client::redirect::ConnectMode;
+use crate::datagram::{Mode, QuicPolicy, SchedulerConfig};
 use crate::wire::convert::ClientId;
 
 /// The client's validated configuration.
@@ -80,6 +96,48 @@ pub struct ClientConfig {
     pub tun: TunConfig,
     /// The uplinks, in the order written; names and interfaces are unique.
     pub uplinks: Vec<UplinkConfig>,
+    /// The datagram tunnel; `None`: off (no `[datagram]` table, or
+    /// `enabled = false`).
+    pub datagram: Option<DatagramConfig>,
+}
+
+/// The datagram tunnel's settings (`[datagram]`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DatagramConfig {
+    /// The concentrator's UDP port (handshakes, data and probes).
+    pub port: u16,
+    /// How flows use the uplinks.
+    pub mode: Mode,
+    /// DNS on the best two uplinks whatever the mode.
+    pub dns_redundant: bool,
+    /// What happens to QUIC (UDP to port 443).
+    pub quic: QuicPolicy,
+    /// This client's IPv4 address inside the tunnel, as the concentrator
+    /// assigned it: LAN hosts are presented under it.
+    pub address_v4: Ipv4Addr,
+    /// Its IPv6 address inside the tunnel, if the concentrator gives one.
+    pub address_v6: Option<Ipv6Addr>,
+}
+
+impl DatagramConfig {
+    /// Default for `mode`.
+    pub const DEFAULT_MODE: Mode = Mode::Latency;
+    /// Default for `dns_redundant`.
+    pub const DEFAULT_DNS_REDUNDANT: bool = true;
+    /// Default for `quic`: carried, until measurements say blocking is
+    /// better for browsers over bonded lines.
+    pub const DEFAULT_QUIC: QuicPolicy = QuicPolicy::Tunnel;
+
+    /// The scheduler's settings for this config; the rest keep their
+    /// defaults.
+    pub fn scheduler(&self) -> SchedulerConfig {
+        SchedulerConfig {
+            mode: self.mode,
+            dns_redundant: self.dns_redundant,
+            quic: self.quic,
+            ..SchedulerConfig::default()
+        }
+    }
 }
 
 /// The TUN device that captures the site's traffic.
@@ -174,6 +232,20 @@ pub struct RawClientConfig {
     tun: Option<RawTun>,
     #[serde(default)]
     uplink: Vec<Spanned<RawUplink>>,
+    datagram: Option<Spanned<RawDatagram>>,
+}
+
+/// The `[datagram]` table as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawDatagram {
+    enabled: Option<bool>,
+    port: Option<Spanned<i64>>,
+    mode: Option<Spanned<String>>,
+    dns_redundant: Option<bool>,
+    quic: Option<Spanned<String>>,
+    address_v4: Option<Spanned<String>>,
+    address_v6: Option<Spanned<String>>,
 }
 
 /// The `[tun]` table as written.
@@ -305,6 +377,11 @@ impl TryFrom<Parsed<'_, RawClientConfig>> for ClientConfig {
             ));
         }
 
+        let datagram = match &raw.datagram {
+            None => None,
+            Some(table) => datagram(file, table, concentrator.port(), &tun)?,
+        };
+
         Ok(Self {
             concentrator,
             id,
@@ -316,8 +393,127 @@ impl TryFrom<Parsed<'_, RawClientConfig>> for ClientConfig {
             send_buffer,
             tun,
             uplinks,
+            datagram,
         })
     }
+}
+
+/// The `[datagram]` table: `None` when `enabled = false`. The values are
+/// checked even then, so that turning it on later finds no surprise.
+fn datagram(
+    file: &ConfigFile,
+    table: &Spanned<RawDatagram>,
+    concentrator_port: u16,
+    tun: &TunConfig,
+) -> Result<Option<DatagramConfig>, ConfigError> {
+    let raw = table.get_ref();
+    let port = match &raw.port {
+        None => concentrator_port,
+        Some(value) => parse_port(*value.get_ref())
+            .map_err(|e| file.invalid("datagram.port", value.span(), e))?,
+    };
+    let mode = match &raw.mode {
+        None => DatagramConfig::DEFAULT_MODE,
+        Some(text) => match text.get_ref().as_str() {
+            "latency" => Mode::Latency,
+            "redundant" => Mode::Redundant,
+            "aggregate" => Mode::Aggregate,
+            other => {
+                return Err(file.invalid(
+                    "datagram.mode",
+                    text.span(),
+                    ValueError::DatagramMode {
+                        text: other.to_owned(),
+                    },
+                ))
+            }
+        },
+    };
+    let quic = match &raw.quic {
+        None => DatagramConfig::DEFAULT_QUIC,
+        Some(text) => match text.get_ref().as_str() {
+            "tunnel" => QuicPolicy::Tunnel,
+            "block" => QuicPolicy::Block,
+            other => {
+                return Err(file.invalid(
+                    "datagram.quic",
+                    text.span(),
+                    ValueError::QuicPolicy {
+                        text: other.to_owned(),
+                    },
+                ))
+            }
+        },
+    };
+    let Some(v4_text) = &raw.address_v4 else {
+        return Err(file.invalid("datagram", table.span(), ValueError::NoTunnelAddress));
+    };
+    let address_v4 = match tunnel_address(v4_text.get_ref(), tun) {
+        Ok(IpAddr::V4(addr)) => addr,
+        Ok(IpAddr::V6(_)) => {
+            return Err(file.invalid(
+                "datagram.address_v4",
+                v4_text.span(),
+                ValueError::IpAddr {
+                    text: v4_text.get_ref().clone(),
+                    example: "10.77.0.2",
+                },
+            ))
+        }
+        Err(e) => return Err(file.invalid("datagram.address_v4", v4_text.span(), e)),
+    };
+    let address_v6 = match &raw.address_v6 {
+        None => None,
+        Some(text) => match tunnel_address(text.get_ref(), tun) {
+            Ok(IpAddr::V6(addr)) => Some(addr),
+            Ok(IpAddr::V4(_)) => {
+                return Err(file.invalid(
+                    "datagram.address_v6",
+                    text.span(),
+                    ValueError::IpAddr {
+                        text: text.get_ref().clone(),
+                        example: "fd77::2",
+                    },
+                ))
+            }
+            Err(e) => return Err(file.invalid("datagram.address_v6", text.span(), e)),
+        },
+    };
+    let config = DatagramConfig {
+        port,
+        mode,
+        dns_redundant: raw
+            .dns_redundant
+            .unwrap_or(DatagramConfig::DEFAULT_DNS_REDUNDANT),
+        quic,
+        address_v4,
+        address_v6,
+    };
+    Ok(raw.enabled.unwrap_or(true).then_some(config))
+}
+
+/// A tunnel address: one unicast host, outside the client's TUN subnet.
+fn tunnel_address(text: &str, tun: &TunConfig) -> Result<IpAddr, ValueError> {
+    let example = if text.contains(':') {
+        "fd77::2"
+    } else {
+        "10.77.0.2"
+    };
+    let addr: IpAddr = text.parse().map_err(|_| ValueError::IpAddr {
+        text: text.to_owned(),
+        example,
+    })?;
+    if !is_unicast_host(addr) {
+        return Err(ValueError::NotUnicast { addr });
+    }
+    let tun_net: ipnet::IpNet = match addr {
+        IpAddr::V4(_) => tun.ipv4.trunc().into(),
+        IpAddr::V6(_) => tun.ipv6.trunc().into(),
+    };
+    if tun_net.contains(&addr) {
+        return Err(ValueError::TunnelAddressInTun { addr, tun: tun_net });
+    }
+    Ok(addr)
 }
 
 fn tun(file: &ConfigFile, raw: Option<&RawTun>) -> Result<TunConfig, ConfigError> {
@@ -465,7 +661,7 @@ fn parse_uplink(
 }
 
 /// Whether `name` is a valid Linux interface name.
-fn is_interface_name(name: &str) -> bool {
+pub(super) fn is_interface_name(name: &str) -> bool {
     (1..=15).contains(&name.len())
         && name != "."
         && name != ".."
@@ -605,6 +801,105 @@ mod tests {
         let (key, _, message) = problem(&text);
         assert_eq!(key, "uplink[0].backup");
         assert!(message.contains("backup"), "{message}");
+    }
+
+    #[test]
+    fn the_datagram_tunnel_is_off_without_its_table() {
+        assert_eq!(load(&base("")).expect("valid").datagram, None);
+        let config = load(&base("[datagram]\naddress_v4 = \"10.77.0.2\"")).expect("valid");
+        assert_eq!(
+            config.datagram,
+            Some(DatagramConfig {
+                port: 7300,
+                mode: Mode::Latency,
+                dns_redundant: true,
+                quic: QuicPolicy::Tunnel,
+                address_v4: Ipv4Addr::new(10, 77, 0, 2),
+                address_v6: None,
+            })
+        );
+        let off = "[datagram]\nenabled = false\naddress_v4 = \"10.77.0.2\"";
+        assert_eq!(load(&base(off)).expect("valid").datagram, None);
+    }
+
+    #[test]
+    fn every_datagram_key_reads_back() {
+        let config = load(&base(
+            "[datagram]\nenabled = true\nport = 7400\nmode = \"aggregate\"\n\
+             dns_redundant = false\nquic = \"block\"\naddress_v4 = \"10.77.0.2\"\n\
+             address_v6 = \"fd77::2\"",
+        ))
+        .expect("valid");
+        let datagram = config.datagram.expect("on");
+        let scheduler = datagram.scheduler();
+        assert_eq!(
+            (scheduler.mode, scheduler.dns_redundant, scheduler.quic),
+            (Mode::Aggregate, false, QuicPolicy::Block)
+        );
+        assert_eq!(datagram.port, 7400);
+        assert_eq!(datagram.mode, Mode::Aggregate);
+        assert!(!datagram.dns_redundant);
+        assert_eq!(datagram.quic, QuicPolicy::Block);
+        assert_eq!(
+            datagram.address_v6,
+            Some("fd77::2".parse().expect("address"))
+        );
+        let redundant = base("[datagram]\nmode = \"redundant\"\naddress_v4 = \"10.77.0.2\"");
+        assert_eq!(
+            load(&redundant).expect("valid").datagram.map(|d| d.mode),
+            Some(Mode::Redundant)
+        );
+    }
+
+    #[test]
+    fn bad_datagram_values_name_their_key() {
+        let table = |body: &str| base(&format!("[datagram]\naddress_v4 = \"10.77.0.2\"\n{body}"));
+        for (body, key, says) in [
+            (
+                "mode = \"fastest\"",
+                "datagram.mode",
+                "is not a datagram mode",
+            ),
+            ("quic = \"drop\"", "datagram.quic", "is not a QUIC policy"),
+            ("port = 0", "datagram.port", "port 0"),
+            ("port = 70000", "datagram.port", "from 1 to 65535"),
+            (
+                "address_v6 = \"10.77.0.3\"",
+                "datagram.address_v6",
+                "not an IP address",
+            ),
+            (
+                "address_v6 = \"ff02::1\"",
+                "datagram.address_v6",
+                "not a host address",
+            ),
+            (
+                "address_v6 = \"fd00:6d70:62::2\"",
+                "datagram.address_v6",
+                "lies in the TUN's subnet fd00:6d70:62::/126",
+            ),
+            ("colour = 1", "datagram.colour", "unknown field"),
+        ] {
+            let (k, line, message) = problem(&table(body));
+            assert_eq!(k, key, "{body}");
+            assert_eq!(line, Some(6), "{body}");
+            assert!(message.contains(says), "{body}: {message}");
+        }
+        for (v4, says) in [
+            ("fd77::2", "not an IP address"),
+            ("224.0.0.1", "not a host address"),
+            ("172.29.77.2", "lies in the TUN's subnet 172.29.77.0/30"),
+            ("banana", "not an IP address"),
+        ] {
+            let (k, line, message) = problem(&base(&format!("[datagram]\naddress_v4 = \"{v4}\"")));
+            assert_eq!(k, "datagram.address_v4", "{v4}");
+            assert_eq!(line, Some(5), "{v4}");
+            assert!(message.contains(says), "{v4}: {message}");
+        }
+        let (k, line, message) = problem(&base("[datagram]\nmode = \"latency\""));
+        assert_eq!(k, "datagram");
+        assert_eq!(line, Some(4));
+        assert!(message.contains("no address_v4"), "{message}");
     }
 
     #[test]

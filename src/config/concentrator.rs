@@ -17,6 +17,17 @@
 //! key = "base64..."           # from `mpbond keygen`; or instead:
 //! # key_file = "lab.key"      # relative to this file's directory, mode 0600
 //! max_connections = 1024      # optional: concurrent connections of this client
+//! tunnel_v4 = "10.77.0.2"     # optional: its addresses in the datagram tunnel,
+//! tunnel_v6 = "fd77::2"       # from the [datagram] pools (v6 needs v4 too);
+//!                             # without them it has TCP only
+//!
+//! [datagram]                  # optional: the datagram tunnel's exit; without
+//!                             # it the concentrator carries TCP only
+//! tun = "mpbc0"               # optional: its TUN device
+//! ipv4 = "10.77.0.1/24"       # the TUN's address and the pool the clients'
+//! ipv6 = "fd77::1/64"         # tunnel addresses come from (v6 optional)
+//! port = 7300                 # optional: UDP port for handshakes, data and
+//!                             # probes (default: the port of `listen`)
 //!
 //! [policy]                    # optional: which destinations clients may reach
 //! allow = ["198.51.100.0/24"] # exceptions to every deny rule, checked first
@@ -27,17 +38,18 @@
 //! `crate::concentrator::policy::DEFAULT_DENY`.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::Path;
 use std::time::Duration;
 
-use ipnet::IpNet;
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use serde::Deserialize;
 use toml::Spanned;
 
+use super::client::is_interface_name;
 use super::{
-    parse_nonzero_duration, parse_prefix, parse_send_buffer, parse_socket_addr, ConfigError,
-    ConfigFile, Parsed, RawSendBuffer, SendBuffer, ValueError,
+    parse_nonzero_duration, parse_port, parse_prefix, parse_send_buffer, parse_socket_addr,
+    ConfigError, ConfigFile, Parsed, PoolAddress, RawSendBuffer, SendBuffer, ValueError,
 };
 use crate::auth::Key;
 use crate::wire::convert::ClientId;
@@ -57,6 +69,37 @@ pub struct ConcentratorConfig {
     pub clients: Vec<ClientConfig>,
     /// Which destinations clients may reach.
     pub policy: PolicyConfig,
+    /// The datagram tunnel's exit; `None`: TCP only.
+    pub datagram: Option<DatagramExitConfig>,
+}
+
+/// The datagram tunnel's exit (`[datagram]`): the concentrator's TUN,
+/// whose subnets are the pools of the clients' tunnel addresses.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DatagramExitConfig {
+    /// The TUN device.
+    pub tun: String,
+    /// The TUN's IPv4 address; its subnet is the pool of `tunnel_v4`.
+    pub ipv4: Ipv4Net,
+    /// The TUN's IPv6 address; its subnet is the pool of `tunnel_v6`.
+    pub ipv6: Option<Ipv6Net>,
+    /// The UDP port for handshakes, data and probes.
+    pub port: u16,
+}
+
+impl DatagramExitConfig {
+    /// Default for `tun`.
+    pub const DEFAULT_TUN: &'static str = "mpbc0";
+}
+
+/// A client's addresses inside the datagram tunnel: what its packets
+/// come from, and where the TUN routes its replies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TunnelAddresses {
+    /// IPv4, from the `datagram.ipv4` pool.
+    pub v4: Ipv4Addr,
+    /// IPv6, from the `datagram.ipv6` pool.
+    pub v6: Option<Ipv6Addr>,
 }
 
 /// One client allowed to use the concentrator.
@@ -68,6 +111,9 @@ pub struct ClientConfig {
     pub key: Key,
     /// How many connections it may have open at once.
     pub max_connections: usize,
+    /// Its datagram tunnel addresses; `None`: TCP only. Unique across
+    /// clients, inside the pools, not the TUN's own.
+    pub tunnel: Option<TunnelAddresses>,
 }
 
 /// Destination policy as configured, on top of the built-in deny list.
@@ -112,6 +158,17 @@ pub struct RawConcentratorConfig {
     client: Vec<Spanned<RawClient>>,
     #[serde(default)]
     policy: RawPolicy,
+    datagram: Option<Spanned<RawDatagram>>,
+}
+
+/// The `[datagram]` table as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawDatagram {
+    tun: Option<Spanned<String>>,
+    ipv4: Spanned<String>,
+    ipv6: Option<Spanned<String>>,
+    port: Option<Spanned<i64>>,
 }
 
 /// One `[[client]]` table as written.
@@ -122,6 +179,8 @@ pub struct RawClient {
     key: Option<Spanned<String>>,
     key_file: Option<Spanned<String>>,
     max_connections: Option<Spanned<i64>>,
+    tunnel_v4: Option<Spanned<String>>,
+    tunnel_v6: Option<Spanned<String>>,
 }
 
 /// The `[policy]` table as written.
@@ -166,14 +225,49 @@ impl TryFrom<Parsed<'_, RawConcentratorConfig>> for ConcentratorConfig {
                 .map_err(|e| file.invalid("send_buffer", value.span(), e))?,
         };
 
+        let datagram = match &raw.datagram {
+            None => None,
+            Some(table) => Some(datagram(file, table.get_ref(), listen.port())?),
+        };
+
         if raw.client.is_empty() {
             return Err(file.missing("client", ValueError::NoClient));
         }
         let mut clients = Vec::with_capacity(raw.client.len());
         let mut first_use: HashMap<String, (String, usize)> = HashMap::new();
+        let mut tunnel_use: HashMap<IpAddr, (String, usize)> = HashMap::new();
         for (i, table) in raw.client.iter().enumerate() {
             let prefix = format!("client[{i}]");
-            let client = client(file, &prefix, table)?;
+            let client = client(file, &prefix, table, datagram.as_ref())?;
+            let raw_client = table.get_ref();
+            let addresses = [
+                (
+                    &raw_client.tunnel_v4,
+                    client.tunnel.map(|t| IpAddr::V4(t.v4)),
+                ),
+                (
+                    &raw_client.tunnel_v6,
+                    client.tunnel.and_then(|t| t.v6).map(IpAddr::V6),
+                ),
+            ];
+            for (text, addr) in addresses {
+                let (Some(text), Some(addr)) = (text, addr) else {
+                    continue;
+                };
+                let key = format!("{prefix}.tunnel_v{}", if addr.is_ipv4() { 4 } else { 6 });
+                if let Some((first, line)) = tunnel_use.get(&addr) {
+                    return Err(file.invalid(
+                        key,
+                        text.span(),
+                        ValueError::DuplicateTunnelAddress {
+                            addr,
+                            first: first.clone(),
+                            line: *line,
+                        },
+                    ));
+                }
+                tunnel_use.insert(addr, (key, file.line(text.span().start)));
+            }
             let id = table.get_ref().id.clone();
             let line = file.line(id.span().start);
             if let Some((first, line)) = first_use.get(id.get_ref()) {
@@ -213,7 +307,123 @@ impl TryFrom<Parsed<'_, RawConcentratorConfig>> for ConcentratorConfig {
             send_buffer,
             clients,
             policy,
+            datagram,
         })
+    }
+}
+
+fn datagram(
+    file: &ConfigFile,
+    raw: &RawDatagram,
+    listen_port: u16,
+) -> Result<DatagramExitConfig, ConfigError> {
+    let tun = match &raw.tun {
+        None => DatagramExitConfig::DEFAULT_TUN.to_owned(),
+        Some(name) if is_interface_name(name.get_ref()) => name.get_ref().clone(),
+        Some(name) => {
+            return Err(file.invalid(
+                "datagram.tun",
+                name.span(),
+                ValueError::InterfaceName {
+                    text: name.get_ref().clone(),
+                },
+            ))
+        }
+    };
+    let bad_v4 = || {
+        file.invalid(
+            "datagram.ipv4",
+            raw.ipv4.span(),
+            ValueError::DatagramTun {
+                text: raw.ipv4.get_ref().clone(),
+                example: "10.77.0.1/24",
+            },
+        )
+    };
+    let ipv4: Ipv4Net = raw.ipv4.get_ref().parse().map_err(|_| bad_v4())?;
+    // Room for the TUN and at least one client, the TUN on a host address.
+    let addr = ipv4.addr();
+    if ipv4.prefix_len() > 30
+        || addr == ipv4.network()
+        || addr == ipv4.broadcast()
+        || !super::is_unicast_host(addr.into())
+    {
+        return Err(bad_v4());
+    }
+    let ipv6 = match &raw.ipv6 {
+        None => None,
+        Some(text) => {
+            let bad = || {
+                file.invalid(
+                    "datagram.ipv6",
+                    text.span(),
+                    ValueError::DatagramTun {
+                        text: text.get_ref().clone(),
+                        example: "fd77::1/64",
+                    },
+                )
+            };
+            let net: Ipv6Net = text.get_ref().parse().map_err(|_| bad())?;
+            if net.prefix_len() > 126
+                || net.addr() == net.network()
+                || !super::is_unicast_host(net.addr().into())
+            {
+                return Err(bad());
+            }
+            Some(net)
+        }
+    };
+    let port = match &raw.port {
+        None => listen_port,
+        Some(value) => parse_port(*value.get_ref())
+            .map_err(|e| file.invalid("datagram.port", value.span(), e))?,
+    };
+    Ok(DatagramExitConfig {
+        tun,
+        ipv4,
+        ipv6,
+        port,
+    })
+}
+
+/// A client's tunnel address: of the pool's family, inside it, and not
+/// the TUN's, network or broadcast address.
+fn tunnel_address(text: &str, pool: IpNet, tun: IpAddr) -> Result<IpAddr, ValueError> {
+    let example = if pool.addr().is_ipv4() {
+        "10.77.0.2"
+    } else {
+        "fd77::2"
+    };
+    let addr: IpAddr = text
+        .parse()
+        .ok()
+        .filter(|a: &IpAddr| a.is_ipv4() == pool.addr().is_ipv4())
+        .ok_or_else(|| ValueError::IpAddr {
+            text: text.to_owned(),
+            example,
+        })?;
+    if !pool.contains(&addr) {
+        return Err(ValueError::OutsidePool {
+            addr,
+            pool: pool.trunc(),
+        });
+    }
+    let what = if addr == tun {
+        Some(PoolAddress::Tun)
+    } else if addr == pool.network() {
+        Some(PoolAddress::Network)
+    } else if pool.addr().is_ipv4() && addr == pool.broadcast() {
+        Some(PoolAddress::Broadcast)
+    } else {
+        None
+    };
+    match what {
+        Some(what) => Err(ValueError::ReservedPoolAddress {
+            addr,
+            pool: pool.trunc(),
+            what,
+        }),
+        None => Ok(addr),
     }
 }
 
@@ -221,6 +431,7 @@ fn client(
     file: &ConfigFile,
     prefix: &str,
     table: &Spanned<RawClient>,
+    datagram: Option<&DatagramExitConfig>,
 ) -> Result<ClientConfig, ConfigError> {
     let raw = table.get_ref();
     let id = ClientId::try_from(raw.id.get_ref().as_str()).map_err(|e| {
@@ -253,11 +464,80 @@ fn client(
                 )
             })?,
     };
+    let tunnel = tunnel(file, prefix, table, datagram)?;
     Ok(ClientConfig {
         id,
         key,
         max_connections,
+        tunnel,
     })
+}
+
+/// `tunnel_address` checks the family already; this keeps a mismatch an
+/// error rather than a panic.
+fn wrong_family(file: &ConfigFile, key: &str, text: &Spanned<String>) -> ConfigError {
+    file.invalid(
+        key,
+        text.span(),
+        ValueError::IpAddr {
+            text: text.get_ref().clone(),
+            example: if key.ends_with("v4") {
+                "10.77.0.2"
+            } else {
+                "fd77::2"
+            },
+        },
+    )
+}
+
+/// A client's `tunnel_v4` and `tunnel_v6`, checked against the pools.
+fn tunnel(
+    file: &ConfigFile,
+    prefix: &str,
+    table: &Spanned<RawClient>,
+    datagram: Option<&DatagramExitConfig>,
+) -> Result<Option<TunnelAddresses>, ConfigError> {
+    let raw = table.get_ref();
+    let (v4_text, v6_text) = (&raw.tunnel_v4, &raw.tunnel_v6);
+    let Some(v4_text) = v4_text else {
+        return match v6_text {
+            None => Ok(None),
+            Some(_) => Err(file.invalid(prefix, table.span(), ValueError::TunnelV6WithoutV4)),
+        };
+    };
+    let Some(datagram) = datagram else {
+        return Err(file.invalid(
+            format!("{prefix}.tunnel_v4"),
+            v4_text.span(),
+            ValueError::NoPool { pool: "ipv4" },
+        ));
+    };
+    let v4 = match tunnel_address(
+        v4_text.get_ref(),
+        datagram.ipv4.into(),
+        datagram.ipv4.addr().into(),
+    ) {
+        Ok(IpAddr::V4(v4)) => v4,
+        Ok(IpAddr::V6(_)) => {
+            return Err(wrong_family(file, &format!("{prefix}.tunnel_v4"), v4_text))
+        }
+        Err(e) => return Err(file.invalid(format!("{prefix}.tunnel_v4"), v4_text.span(), e)),
+    };
+    let v6 = match v6_text {
+        None => None,
+        Some(text) => {
+            let key = format!("{prefix}.tunnel_v6");
+            let Some(pool) = datagram.ipv6 else {
+                return Err(file.invalid(key, text.span(), ValueError::NoPool { pool: "ipv6" }));
+            };
+            match tunnel_address(text.get_ref(), pool.into(), pool.addr().into()) {
+                Ok(IpAddr::V6(v6)) => Some(v6),
+                Ok(IpAddr::V4(_)) => return Err(wrong_family(file, &key, text)),
+                Err(e) => return Err(file.invalid(key, text.span(), e)),
+            }
+        }
+    };
+    Ok(Some(TunnelAddresses { v4, v6 }))
 }
 
 #[cfg(test)]
@@ -405,13 +685,14 @@ mod tests {
         assert_eq!(
             message(&err),
             "/etc/mpbond/concentrator.toml:8: client[1].max_conections: unknown field \
-             `max_conections`, expected one of `id`, `key`, `key_file`, `max_connections`"
+             `max_conections`, expected one of `id`, `key`, `key_file`, `max_connections`, \
+             `tunnel_v4`, `tunnel_v6`"
         );
         assert_eq!(
             error("listen = \"0.0.0.0:7300\"\nlisten_port = 1\n"),
             "/etc/mpbond/concentrator.toml:2: listen_port: unknown field `listen_port`, \
              expected one of `listen`, `handshake_timeout`, `connect_timeout`, `send_buffer`, \
-             `client`, `policy`"
+             `client`, `policy`, `datagram`"
         );
     }
 
@@ -597,6 +878,187 @@ mod tests {
         dir.write("lab.key", &format!("{KEY}\n"), 0o400);
         let config = parse_at(&config, text).expect("private key file");
         assert_eq!(config.clients[0].key.to_base64(), KEY);
+    }
+
+    const HEAD: &str = "listen = \"0.0.0.0:7300\"\n\
+                        [datagram]\nipv4 = \"10.77.0.1/24\"\nipv6 = \"fd77::1/64\"\n";
+
+    fn with_clients(clients: &[&str]) -> String {
+        let mut text = HEAD.to_owned();
+        for (i, extra) in clients.iter().enumerate() {
+            text.push_str(&format!(
+                "[[client]]\nid = \"c{i}\"\nkey = \"{KEY}\"\n{extra}\n"
+            ));
+        }
+        text
+    }
+
+    #[test]
+    fn the_datagram_exit_and_tunnel_addresses_read_back() {
+        let config = parse(&with_clients(&[
+            "tunnel_v4 = \"10.77.0.2\"\ntunnel_v6 = \"fd77::2\"",
+            "tunnel_v4 = \"10.77.0.3\"",
+            "",
+        ]))
+        .expect("valid");
+        assert_eq!(
+            config.datagram,
+            Some(DatagramExitConfig {
+                tun: "mpbc0".to_owned(),
+                ipv4: "10.77.0.1/24".parse().expect("net"),
+                ipv6: Some("fd77::1/64".parse().expect("net")),
+                port: 7300,
+            })
+        );
+        assert_eq!(
+            config.clients[0].tunnel,
+            Some(TunnelAddresses {
+                v4: Ipv4Addr::new(10, 77, 0, 2),
+                v6: Some("fd77::2".parse().expect("v6")),
+            })
+        );
+        assert_eq!(
+            config.clients[1].tunnel,
+            Some(TunnelAddresses {
+                v4: Ipv4Addr::new(10, 77, 0, 3),
+                v6: None,
+            })
+        );
+        assert_eq!(config.clients[2].tunnel, None, "a TCP-only client");
+
+        let config = parse(&format!(
+            "listen = \"0.0.0.0:7300\"\n[datagram]\ntun = \"exit0\"\nipv4 = \"100.64.77.1/24\"\n\
+             port = 7400\n[[client]]\nid = \"a\"\nkey = \"{KEY}\"\n"
+        ))
+        .expect("valid");
+        let datagram = config.datagram.expect("configured");
+        assert_eq!((datagram.tun.as_str(), datagram.port), ("exit0", 7400));
+        assert_eq!(datagram.ipv6, None);
+        assert_eq!(
+            parse(&format!(
+                "listen = \"0.0.0.0:7300\"\n[[client]]\nid = \"a\"\nkey = \"{KEY}\"\n"
+            ))
+            .expect("valid")
+            .datagram,
+            None
+        );
+    }
+
+    #[test]
+    fn tunnel_addresses_must_come_from_the_pools_once() {
+        for (extra, says) in [
+            (
+                "tunnel_v4 = \"10.77.1.2\"",
+                "client[0].tunnel_v4: 10.77.1.2 is outside the pool 10.77.0.0/24: give an \
+                 address in 10.77.0.0/24",
+            ),
+            (
+                "tunnel_v4 = \"10.77.0.1\"",
+                "client[0].tunnel_v4: 10.77.0.1 is the concentrator TUN's own address of the \
+                 pool 10.77.0.0/24: give each client another address of the pool",
+            ),
+            (
+                "tunnel_v4 = \"10.77.0.0\"",
+                "client[0].tunnel_v4: 10.77.0.0 is the network address of the pool",
+            ),
+            (
+                "tunnel_v4 = \"10.77.0.255\"",
+                "client[0].tunnel_v4: 10.77.0.255 is the broadcast address of the pool",
+            ),
+            (
+                "tunnel_v4 = \"fd77::2\"",
+                "client[0].tunnel_v4: \"fd77::2\" is not an IP address of the right family",
+            ),
+            (
+                "tunnel_v4 = \"10.77.0.2\"\ntunnel_v6 = \"fd78::2\"",
+                "client[0].tunnel_v6: fd78::2 is outside the pool fd77::/64",
+            ),
+            (
+                "tunnel_v4 = \"10.77.0.2\"\ntunnel_v6 = \"fd77::1\"",
+                "client[0].tunnel_v6: fd77::1 is the concentrator TUN's own address",
+            ),
+            (
+                "tunnel_v6 = \"fd77::2\"",
+                "client[0]: tunnel_v6 without tunnel_v4",
+            ),
+        ] {
+            let text = error(&with_clients(&[extra]));
+            assert!(text.contains(says), "{extra}: {text}");
+            assert!(text.starts_with("/etc/mpbond/concentrator.toml:"), "{text}");
+        }
+
+        assert_eq!(
+            error(&with_clients(&[
+                "tunnel_v4 = \"10.77.0.2\"\ntunnel_v6 = \"fd77::2\"",
+                "tunnel_v4 = \"10.77.0.3\"\ntunnel_v6 = \"fd77:0::2\"",
+            ])),
+            "/etc/mpbond/concentrator.toml:14: client[1].tunnel_v6: fd77::2 is already the \
+             tunnel address of client[0].tunnel_v6 (line 9): give each client its own"
+        );
+        assert!(error(&with_clients(&[
+            "tunnel_v4 = \"10.77.0.2\"",
+            "tunnel_v4 = \"10.77.0.2\""
+        ]))
+        .starts_with(
+            "/etc/mpbond/concentrator.toml:12: client[1].tunnel_v4: 10.77.0.2 is already"
+        ));
+
+        // Tunnel addresses without the pools they come from.
+        let no_table = format!(
+            "listen = \"0.0.0.0:7300\"\n[[client]]\nid = \"a\"\nkey = \"{KEY}\"\ntunnel_v4 = \"10.77.0.2\"\n"
+        );
+        assert!(error(&no_table).starts_with(
+            "/etc/mpbond/concentrator.toml:5: client[0].tunnel_v4: there is no pool for this \
+             address: add ipv4 = "
+        ));
+        let no_v6 = format!(
+            "listen = \"0.0.0.0:7300\"\n[datagram]\nipv4 = \"10.77.0.1/24\"\n\
+             [[client]]\nid = \"a\"\nkey = \"{KEY}\"\ntunnel_v4 = \"10.77.0.2\"\ntunnel_v6 = \"fd77::2\"\n"
+        );
+        assert!(error(&no_v6)
+            .contains("client[0].tunnel_v6: there is no pool for this address: add ipv6"));
+    }
+
+    #[test]
+    fn a_bad_datagram_table_is_located() {
+        let client = format!("[[client]]\nid = \"a\"\nkey = \"{KEY}\"\n");
+        for (table, key) in [
+            ("ipv4 = \"10.77.0.0/24\"", "datagram.ipv4"),
+            ("ipv4 = \"10.77.0.255/24\"", "datagram.ipv4"),
+            ("ipv4 = \"10.77.0.1/31\"", "datagram.ipv4"),
+            ("ipv4 = \"10.77.0.1\"", "datagram.ipv4"),
+            ("ipv4 = \"fd77::1/64\"", "datagram.ipv4"),
+            (
+                "ipv4 = \"10.77.0.1/24\"\nipv6 = \"fd77::/64\"",
+                "datagram.ipv6",
+            ),
+            (
+                "ipv4 = \"10.77.0.1/24\"\nipv6 = \"fd77::1/127\"",
+                "datagram.ipv6",
+            ),
+            ("ipv4 = \"10.77.0.1/24\"\ntun = \"a/b\"", "datagram.tun"),
+            ("ipv4 = \"10.77.0.1/24\"\nport = 0", "datagram.port"),
+            ("ipv4 = \"10.77.0.1/24\"\nport = 65536", "datagram.port"),
+        ] {
+            let err = parse(&format!(
+                "listen = \"0.0.0.0:7300\"\n[datagram]\n{table}\n{client}"
+            ))
+            .expect_err("refused");
+            assert_eq!(err.key(), Some(key), "{table}");
+            assert!(err.location().line.is_some(), "{table}");
+        }
+        assert_eq!(
+            error(&format!(
+                "listen = \"0.0.0.0:7300\"\n[datagram]\nipv4 = \"10.77.0.0/24\"\n{client}"
+            )),
+            "/etc/mpbond/concentrator.toml:3: datagram.ipv4: \"10.77.0.0/24\" is not a TUN \
+             address: write the TUN's own address and the prefix the clients' tunnel addresses \
+             come from (\"10.77.0.1/24\")"
+        );
+        assert!(error(&format!(
+            "listen = \"0.0.0.0:7300\"\n[datagram]\ntun = \"x\"\n{client}"
+        ))
+        .contains("missing field `ipv4`"));
     }
 
     #[test]

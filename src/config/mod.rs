@@ -26,7 +26,7 @@ pub use concentrator::ConcentratorConfig;
 use std::fmt;
 use std::fs::File;
 use std::io::{self, Read as _};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::ops::Range;
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
@@ -90,9 +90,10 @@ pub enum ConfigError {
         at: Location,
         /// The key concerned, as a path (`client[0].key`).
         key: String,
-        /// What is wrong with it and what to write instead.
+        /// What is wrong with it and what to write instead (boxed: errors
+        /// travel in every `Result` of parsing, so they stay small).
         #[source]
-        problem: ValueError,
+        problem: Box<ValueError>,
     },
 }
 
@@ -307,6 +308,129 @@ pub enum ValueError {
     /// Every uplink is a backup.
     #[error("every uplink is a backup: at least one must carry traffic while it works")]
     OnlyBackups,
+    /// Not a datagram scheduling mode.
+    #[error(
+        "{text:?} is not a datagram mode: write \"latency\" (each flow on the fastest \
+         working line), \"redundant\" (every packet on every line) or \"aggregate\" \
+         (flows spread over the lines by their rate)"
+    )]
+    DatagramMode {
+        /// The value as written.
+        text: String,
+    },
+    /// Not a QUIC policy.
+    #[error(
+        "{text:?} is not a QUIC policy: write \"tunnel\" (carry QUIC like any UDP) or \
+         \"block\" (refuse it, so that browsers fall back to TCP)"
+    )]
+    QuicPolicy {
+        /// The value as written.
+        text: String,
+    },
+    /// An address that is not one unicast host.
+    #[error(
+        "{addr} is not a host address: give a unicast address (not unspecified, loopback, \
+         multicast or broadcast)"
+    )]
+    NotUnicast {
+        /// The address.
+        addr: IpAddr,
+    },
+    /// A tunnel address inside the client's own TUN subnet.
+    #[error(
+        "{addr} lies in the TUN's subnet {tun}: the tunnel address comes from the \
+         concentrator's pool (its tunnel_v4 / tunnel_v6 for this client)"
+    )]
+    TunnelAddressInTun {
+        /// The address.
+        addr: IpAddr,
+        /// The TUN's subnet.
+        tun: IpNet,
+    },
+    /// A `[datagram]` table without the client's tunnel address.
+    #[error(
+        "no address_v4: add address_v4 = \"...\", the address the concentrator's \
+         tunnel_v4 gives this client (or enabled = false to keep the tunnel off)"
+    )]
+    NoTunnelAddress,
+    /// Not an address and prefix for the concentrator's datagram TUN.
+    #[error(
+        "{text:?} is not a TUN address: write the TUN's own address and the prefix the \
+         clients' tunnel addresses come from (\"{example}\")"
+    )]
+    DatagramTun {
+        /// The value as written.
+        text: String,
+        /// An example of what is expected.
+        example: &'static str,
+    },
+    /// A client's tunnel address given without the pool it comes from.
+    #[error(
+        "there is no pool for this address: add {pool} = \"ADDRESS/PREFIX\" to the \
+         [datagram] table (the concentrator's TUN address and the clients' pool)"
+    )]
+    NoPool {
+        /// The key that gives the pool (`datagram.ipv4`).
+        pool: &'static str,
+    },
+    /// A client's `tunnel_v6` without `tunnel_v4`.
+    #[error(
+        "tunnel_v6 without tunnel_v4: add tunnel_v4 = \"...\" from the datagram.ipv4 pool \
+         (the client's tunnel needs an IPv4 address)"
+    )]
+    TunnelV6WithoutV4,
+    /// A client's tunnel address outside the pool.
+    #[error("{addr} is outside the pool {pool}: give an address in {pool}")]
+    OutsidePool {
+        /// The address.
+        addr: IpAddr,
+        /// The pool.
+        pool: IpNet,
+    },
+    /// A client's tunnel address that the pool cannot give to a host.
+    #[error("{addr} is {what} of the pool {pool}: give each client another address of the pool")]
+    ReservedPoolAddress {
+        /// The address.
+        addr: IpAddr,
+        /// The pool.
+        pool: IpNet,
+        /// Which address of the pool it is.
+        what: PoolAddress,
+    },
+    /// A tunnel address given to two clients.
+    #[error(
+        "{addr} is already the tunnel address of {first} (line {line}): give each client \
+         its own"
+    )]
+    DuplicateTunnelAddress {
+        /// The address.
+        addr: IpAddr,
+        /// The key path of the first use.
+        first: String,
+        /// Line of the first use.
+        line: usize,
+    },
+}
+
+/// An address of a pool that no client can have.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PoolAddress {
+    /// The concentrator's TUN has it.
+    Tun,
+    /// The IPv4 network address (all host bits zero).
+    Network,
+    /// The IPv4 broadcast address (all host bits one).
+    Broadcast,
+}
+
+impl fmt::Display for PoolAddress {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Tun => "the concentrator TUN's own address",
+            Self::Network => "the network address",
+            Self::Broadcast => "the broadcast address",
+        })
+    }
 }
 
 /// A config file's text and where it came from.
@@ -394,7 +518,7 @@ impl ConfigFile {
         ConfigError::Invalid {
             at: self.location(Some(span.start)),
             key: key.into(),
-            problem,
+            problem: Box::new(problem),
         }
     }
 
@@ -404,7 +528,7 @@ impl ConfigFile {
         ConfigError::Invalid {
             at: self.location(None),
             key: key.into(),
-            problem,
+            problem: Box::new(problem),
         }
     }
 
@@ -542,6 +666,34 @@ pub fn parse_nonzero_duration(text: &str) -> Result<Duration, ValueError> {
         return Err(ValueError::ZeroDuration);
     }
     Ok(duration)
+}
+
+/// A UDP or TCP port that must be fixed: 1 to 65535.
+pub fn parse_port(value: i64) -> Result<u16, ValueError> {
+    match u16::try_from(value) {
+        Ok(0) => Err(ValueError::PortZero),
+        Ok(port) => Ok(port),
+        Err(_) => Err(ValueError::OutOfRange {
+            value,
+            min: 1,
+            max: i64::from(u16::MAX),
+        }),
+    }
+}
+
+/// Whether `addr` can be one host's address: not unspecified, loopback,
+/// multicast, the IPv4 broadcast address or class E.
+pub fn is_unicast_host(addr: IpAddr) -> bool {
+    match addr {
+        IpAddr::V4(v4) => {
+            !(v4.is_unspecified()
+                || v4.is_loopback()
+                || v4.is_multicast()
+                || v4.is_broadcast()
+                || v4.octets()[0] >= 240)
+        }
+        IpAddr::V6(v6) => !(v6.is_unspecified() || v6.is_loopback() || v6.is_multicast()),
+    }
 }
 
 /// Parses an address and port: `0.0.0.0:7300`, `[::]:7300`.
@@ -724,6 +876,13 @@ mod tests {
                 "{bad:?} parsed"
             );
         }
+    }
+
+    #[test]
+    fn errors_stay_small() {
+        // Results of config parsing carry a ConfigError; clippy's
+        // result_large_err starts at 128 bytes.
+        assert!(std::mem::size_of::<ConfigError>() < 128);
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! ICMP (RFC 792) and ICMPv6 (RFC 4443) messages: a checked view of the
 //! common header, and the Destination Unreachable errors the client sends
-//! a LAN host whose connection the tunnel refused.
+//! a LAN host whose connection the tunnel refused (host unreachable) or
+//! whose QUIC the config blocks (port unreachable).
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
@@ -101,19 +102,54 @@ impl<T: AsRef<[u8]>> Packet<T> {
 /// unicast host (unspecified, loopback, multicast, broadcast, class E).
 pub fn build_icmp_unreachable_for(packet: &[u8], from: IpAddr) -> Option<Vec<u8>> {
     match (packet.first()? >> 4, from) {
-        (4, IpAddr::V4(from)) => icmpv4_unreachable(packet, from),
-        (6, IpAddr::V6(from)) => icmpv6_unreachable(packet, from),
+        (4, IpAddr::V4(from)) => icmpv4_unreachable(packet, from, Unreachable::Host),
+        (6, IpAddr::V6(from)) => icmpv6_unreachable(packet, from, Unreachable::Host),
         _ => None,
     }
+}
+
+/// Builds the ICMP error a host sends for a UDP datagram to a port nobody
+/// listens on, from the packet's destination to its source: ICMP type 3
+/// code 3 (port unreachable), or ICMPv6 type 1 code 4. The datagram
+/// tunnel answers QUIC with it under `quic = "block"`: a browser's
+/// connected UDP socket then fails at once (`ECONNREFUSED`) and the
+/// browser falls back to TCP instead of waiting for QUIC to time out.
+///
+/// Quoting and the cases where nothing may be sent are those of
+/// [`build_icmp_unreachable_for`].
+pub fn build_icmp_port_unreachable_for(packet: &[u8]) -> Option<Vec<u8>> {
+    match packet.first()? >> 4 {
+        4 => {
+            let dst = Ipv4Addr::from(bytes::<4>(packet, ipv4::field::DST)?);
+            icmpv4_unreachable(packet, dst, Unreachable::Port)
+        }
+        6 => {
+            let dst = Ipv6Addr::from(bytes::<16>(packet, ipv6::field::DST)?);
+            icmpv6_unreachable(packet, dst, Unreachable::Port)
+        }
+        _ => None,
+    }
+}
+
+/// Which Destination Unreachable error to build.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Unreachable {
+    /// From a router: the host (IPv4) or address (IPv6) cannot be reached.
+    Host,
+    /// From the destination: no one listens on the port.
+    Port,
 }
 
 /// The IPv4 half of [`build_icmp_unreachable_for`]. Lenient where the view
 /// is strict: a datagram cut short of its total length is still answered,
 /// quoting what there is.
-fn icmpv4_unreachable(packet: &[u8], from: Ipv4Addr) -> Option<Vec<u8>> {
+fn icmpv4_unreachable(packet: &[u8], from: Ipv4Addr, kind: Unreachable) -> Option<Vec<u8>> {
     use ipv4::field as v4;
     const DESTINATION_UNREACHABLE: u8 = 3;
-    const HOST_UNREACHABLE: u8 = 1;
+    let code = match kind {
+        Unreachable::Host => 1,
+        Unreachable::Port => 3,
+    };
     /// Unreachable, source quench, redirect, time exceeded, parameter problem.
     const ERROR_TYPES: [u8; 5] = [3, 4, 5, 11, 12];
 
@@ -147,7 +183,7 @@ fn icmpv4_unreachable(packet: &[u8], from: Ipv4Addr) -> Option<Vec<u8>> {
     }
     let quoted = packet.get(..total_len.min(header_len + 8))?;
     let mut message = Vec::with_capacity(HEADER_LEN + quoted.len());
-    message.extend_from_slice(&[DESTINATION_UNREACHABLE, HOST_UNREACHABLE, 0, 0, 0, 0, 0, 0]);
+    message.extend_from_slice(&[DESTINATION_UNREACHABLE, code, 0, 0, 0, 0, 0, 0]);
     message.extend_from_slice(quoted);
     ip::emit(
         IpAddr::V4(from),
@@ -161,10 +197,13 @@ fn icmpv4_unreachable(packet: &[u8], from: Ipv4Addr) -> Option<Vec<u8>> {
 
 /// The IPv6 half of [`build_icmp_unreachable_for`], as lenient as the IPv4
 /// one about a packet cut short.
-fn icmpv6_unreachable(packet: &[u8], from: Ipv6Addr) -> Option<Vec<u8>> {
+fn icmpv6_unreachable(packet: &[u8], from: Ipv6Addr, kind: Unreachable) -> Option<Vec<u8>> {
     use ipv6::{ext_field, field as v6};
     const DESTINATION_UNREACHABLE: u8 = 1;
-    const ADDRESS_UNREACHABLE: u8 = 3;
+    let code = match kind {
+        Unreachable::Host => 3,
+        Unreachable::Port => 4,
+    };
     const FIRST_INFORMATIONAL_TYPE: u8 = 128;
     const REDIRECT: u8 = 137;
 
@@ -207,16 +246,7 @@ fn icmpv6_unreachable(packet: &[u8], from: Ipv6Addr) -> Option<Vec<u8>> {
     let room = IPV6_MIN_MTU - ipv6::HEADER_LEN - HEADER_LEN;
     let quoted = packet.get(..packet_len.min(room))?;
     let mut message = Vec::with_capacity(HEADER_LEN + quoted.len());
-    message.extend_from_slice(&[
-        DESTINATION_UNREACHABLE,
-        ADDRESS_UNREACHABLE,
-        0,
-        0,
-        0,
-        0,
-        0,
-        0,
-    ]);
+    message.extend_from_slice(&[DESTINATION_UNREACHABLE, code, 0, 0, 0, 0, 0, 0]);
     message.extend_from_slice(quoted);
     ip::emit(
         IpAddr::V6(from),
@@ -352,6 +382,65 @@ mod tests {
         assert_eq!(header.checksum, expected.checksum);
         let slice = etherparse::Icmpv6Slice::from_slice(&icmp[40..]).expect("slice");
         assert!(slice.is_checksum_valid(ip.source, ip.destination));
+    }
+
+    #[test]
+    fn port_unreachable_comes_from_the_destination_and_parses() {
+        let v4 = udp_packet(false);
+        let icmp = build_icmp_port_unreachable_for(&v4).expect("answered");
+        let headers = PacketHeaders::from_ip_slice(&icmp).expect("parses");
+        let Some(NetHeaders::Ipv4(ip, _)) = headers.net else {
+            panic!("not IPv4");
+        };
+        assert_eq!(ip.header_checksum, ip.calc_header_checksum());
+        assert_eq!(
+            (ip.source, ip.destination),
+            ([9, 9, 9, 9], [192, 168, 1, 23])
+        );
+        let Some(TransportHeader::Icmpv4(header)) = headers.transport else {
+            panic!("not ICMP");
+        };
+        assert_eq!(
+            header.icmp_type,
+            etherparse::Icmpv4Type::DestinationUnreachable(
+                etherparse::icmpv4::DestUnreachableHeader::Port
+            )
+        );
+        let quoted = headers.payload.slice();
+        let expected = etherparse::Icmpv4Header::with_checksum(header.icmp_type.clone(), quoted);
+        assert_eq!(header.checksum, expected.checksum);
+        assert_eq!(quoted, &v4[..20 + 8], "the IP header and 8 bytes");
+
+        let v6 = udp_packet(true);
+        let icmp = build_icmp_port_unreachable_for(&v6).expect("answered");
+        let headers = PacketHeaders::from_ip_slice(&icmp).expect("parses");
+        let Some(NetHeaders::Ipv6(ip, _)) = headers.net else {
+            panic!("not IPv6");
+        };
+        assert_eq!(ip.source, addr_octets(SERVER6));
+        assert_eq!(ip.destination, addr_octets(LAN6));
+        let Some(TransportHeader::Icmpv6(header)) = headers.transport else {
+            panic!("not ICMPv6");
+        };
+        assert_eq!(
+            header.icmp_type,
+            etherparse::Icmpv6Type::DestinationUnreachable(
+                etherparse::icmpv6::DestUnreachableCode::Port
+            )
+        );
+        let slice = etherparse::Icmpv6Slice::from_slice(&icmp[40..]).expect("slice");
+        assert!(slice.is_checksum_valid(ip.source, ip.destination));
+        assert_eq!(headers.payload.slice(), &v6[..]);
+
+        // Never to or from a multicast address, nor for garbage.
+        let mut multicast = v4.clone();
+        multicast[16..20].copy_from_slice(&[239, 1, 2, 3]);
+        assert_eq!(build_icmp_port_unreachable_for(&multicast), None);
+        assert_eq!(build_icmp_port_unreachable_for(&[]), None);
+        assert_eq!(build_icmp_port_unreachable_for(&[0x45; 10]), None);
+        assert_eq!(build_icmp_port_unreachable_for(&[0x60; 30]), None);
+        let unreachable = build_icmp_port_unreachable_for(&v4).expect("answered");
+        assert_eq!(build_icmp_port_unreachable_for(&unreachable), None);
     }
 
     #[test]

@@ -17,9 +17,15 @@
 //! segment, rewritten in place; [`build_rst_for`] and
 //! [`build_icmp_unreachable_for`] answer a LAN host when the tunnel
 //! refuses a connection.
+//!
+//! For the datagram tunnel: [`udp`] is the checked UDP header view, and
+//! [`flow`] sorts every packet that is not TCP into flows ([`flow_of`]),
+//! telling DNS and QUIC apart, and [`build_icmp_port_unreachable_for`]
+//! refuses QUIC when the config blocks it.
 
 pub mod checksum;
 pub mod convert;
+pub mod flow;
 pub mod icmp;
 pub mod ip;
 pub mod ipv4;
@@ -27,11 +33,13 @@ pub mod ipv6;
 pub mod probe;
 pub mod tcp;
 pub mod tunnel;
+pub mod udp;
 
 #[cfg(test)]
 mod test_packets;
 
-pub use icmp::build_icmp_unreachable_for;
+pub use flow::{flow_of, Demux, Flow, FlowError, FlowKey};
+pub use icmp::{build_icmp_port_unreachable_for, build_icmp_unreachable_for};
 pub use ip::{classify, PacketError, Protocol, TcpPacket};
 pub use tcp::{build_rst_for, TcpFlags};
 

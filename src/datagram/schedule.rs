@@ -1,0 +1,948 @@
+//! The datagram scheduler: which paths (uplinks) carry each packet.
+//!
+//! Pure and sans-IO: the driver feeds each path's [`Estimates`] from the
+//! path core ([`Scheduler::update`]), optionally its delivery rate
+//! ([`Scheduler::set_rate`]), and asks [`Scheduler::schedule`] for every
+//! packet, `now` passed in. The answer is a [`Decision`]: a small set of
+//! paths ([`Paths`], no allocation), [`Decision::Drop`] when no path
+//! carries, or [`Decision::Block`] for QUIC under `quic = "block"` (the
+//! driver answers with an ICMP port unreachable,
+//! [`crate::wire::build_icmp_port_unreachable_for`], so the browser falls
+//! back to TCP, which MPTCP bonds).
+//!
+//! # Which paths may carry
+//!
+//! A path carries unless its verdict is dead. Backup paths carry only when
+//! no other path does ("tier"): while one non-backup path carries, backups
+//! get nothing, not even DNS or redundant copies. Within the tier, new flows
+//! prefer usable paths, then paths back on probation, then suspect ones.
+//!
+//! # Modes
+//!
+//! - **latency** (default): each flow is pinned to one path, so its packets
+//!   are never reordered while paths are steady. A new flow takes the
+//!   current best path: the lowest smoothed probe round trip among the
+//!   best-verdict paths of the tier. A pinned flow moves (to the best path)
+//!   only when its path stops carrying (dead, or removed: at the next
+//!   packet after the update that says so), when its path has been suspect
+//!   for [`SchedulerConfig::suspect_grace`], or when another path of the
+//!   tier has been clearly faster than its own, `rtt × 1.25 + 10 ms`
+//!   below (the rule new TCP tunnels follow), for
+//!   [`SchedulerConfig::switch_hold`] (1 s). So jitter between two similar
+//!   lines never moves a flow, a flow moves back to a line that returned
+//!   once it proved itself, and leaves a backup once a non-backup line has
+//!   carried for that long.
+//! - **redundant**: every packet on every carrying path of the tier; the
+//!   receiver's replay window drops the duplicates.
+//! - **aggregate**: flows (never one flow's packets) spread over the tier's
+//!   paths in proportion to their delivery rate: a new flow goes where
+//!   `(pinned flows + 1) / rate` is lowest. Flows move only when their path
+//!   stops carrying (re-spread the same way) or leaves a backup, never to
+//!   re-balance: a moved flow is reordered.
+//!
+//! DNS (UDP from or to port 53), small and latency-critical, goes on the
+//! best two carrying paths of the tier whatever the mode, unless
+//! [`SchedulerConfig::dns_redundant`] is off.
+//!
+//! # Suspect paths
+//!
+//! A suspect path (silent for half its limit) keeps its pinned flows for
+//! [`SchedulerConfig::suspect_grace`] (50 ms), then they move if a path that
+//! is not suspect carries: most suspicions end within a few probe periods
+//! (then nothing moved, nothing was reordered), and one that lasts is
+//! usually an outage whose dead verdict would come later still (up to
+//! seconds on a bursty cellular line). New flows go elsewhere at once if
+//! another path is not suspect. Redundant copies and DNS still use a
+//! suspect path: a copy costs only bandwidth.
+//!
+//! # The flow table
+//!
+//! Pinned flows live in a table of at most [`SchedulerConfig::max_flows`]
+//! entries (65,536), all allocated when the scheduler is made: open
+//! addressing over a slab with a least-recently-used list, so a lookup, an
+//! insertion and an eviction are O(1) and a packet allocates nothing. A
+//! flow idle for [`SchedulerConfig::idle_timeout`] (60 s) is forgotten
+//! (at most a few per packet, oldest first); when the table is full the
+//! least recently used flow makes room. Keys are hashed with the standard
+//! library's randomly keyed SipHash, so a LAN host cannot aim collisions.
+//! Redundant and DNS packets need no entry.
+
+use std::collections::hash_map::RandomState;
+use std::hash::BuildHasher;
+use std::time::{Duration, Instant};
+
+use crate::path::{Estimates, Verdict};
+use crate::wire::{Flow, FlowKey};
+
+/// The most paths a scheduler handles (the client's most uplinks).
+pub const MAX_PATHS: usize = 8;
+
+/// How many idle flows one call forgets at most, so that work per packet
+/// stays bounded after a long pause.
+const EXPIRE_PER_CALL: usize = 8;
+
+/// No entry (a list end, an empty index slot is 0 instead).
+const NIL: u32 = u32::MAX;
+
+/// A path: the index of its uplink in the client's config.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PathId(pub u8);
+
+impl PathId {
+    fn index(self) -> usize {
+        usize::from(self.0)
+    }
+}
+
+/// `datagram.mode`: how flows use the paths.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Mode {
+    /// Each flow on the healthy path with the lowest round trip.
+    #[default]
+    Latency,
+    /// Every packet on every carrying path.
+    Redundant,
+    /// Flows spread over paths in proportion to their delivery rate.
+    Aggregate,
+}
+
+impl Mode {
+    /// The mode's name, as in the config file.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Latency => "latency",
+            Mode::Redundant => "redundant",
+            Mode::Aggregate => "aggregate",
+        }
+    }
+}
+
+/// `datagram.quic`: what happens to UDP to port 443.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum QuicPolicy {
+    /// Carried like any UDP.
+    #[default]
+    Tunnel,
+    /// Refused at once, so that browsers fall back to TCP (bonded by MPTCP).
+    Block,
+}
+
+impl QuicPolicy {
+    /// The policy's name, as in the config file.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            QuicPolicy::Tunnel => "tunnel",
+            QuicPolicy::Block => "block",
+        }
+    }
+}
+
+/// The scheduler's settings; [`SchedulerConfig::default`] is what the
+/// client uses unless its config says otherwise.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SchedulerConfig {
+    /// How flows use the paths.
+    pub mode: Mode,
+    /// DNS goes on the best two paths whatever the mode.
+    pub dns_redundant: bool,
+    /// What happens to QUIC.
+    pub quic: QuicPolicy,
+    /// Most flows remembered.
+    pub max_flows: usize,
+    /// A flow idle this long is forgotten.
+    pub idle_timeout: Duration,
+    /// How long another path must have been clearly better before pinned
+    /// flows move to it (latency mode) or leave a backup for it.
+    pub switch_hold: Duration,
+    /// How long a suspect path keeps its pinned flows.
+    pub suspect_grace: Duration,
+}
+
+impl Default for SchedulerConfig {
+    fn default() -> Self {
+        Self {
+            mode: Mode::Latency,
+            dns_redundant: true,
+            quic: QuicPolicy::Tunnel,
+            max_flows: 65_536,
+            idle_timeout: Duration::from_secs(60),
+            switch_hold: Duration::from_secs(1),
+            suspect_grace: Duration::from_millis(50),
+        }
+    }
+}
+
+/// What the config says of a path.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PathSettings {
+    /// Carries traffic only when no other path does.
+    pub backup: bool,
+}
+
+/// A set of at most [`MAX_PATHS`] paths, best first. Copy, no allocation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Paths {
+    ids: [PathId; MAX_PATHS],
+    len: u8,
+}
+
+impl Paths {
+    /// No path.
+    pub const EMPTY: Paths = Paths {
+        ids: [PathId(0); MAX_PATHS],
+        len: 0,
+    };
+
+    /// One path.
+    pub fn one(id: PathId) -> Self {
+        let mut paths = Self::EMPTY;
+        paths.push(id);
+        paths
+    }
+
+    fn push(&mut self, id: PathId) {
+        if let Some(slot) = self.ids.get_mut(usize::from(self.len)) {
+            *slot = id;
+            self.len += 1;
+        }
+    }
+
+    /// The paths, best first.
+    pub fn as_slice(&self) -> &[PathId] {
+        self.ids.get(..usize::from(self.len)).unwrap_or_default()
+    }
+
+    /// The paths, best first.
+    pub fn iter(&self) -> impl Iterator<Item = PathId> + '_ {
+        self.as_slice().iter().copied()
+    }
+
+    /// How many paths.
+    pub fn len(&self) -> usize {
+        usize::from(self.len)
+    }
+
+    /// Whether there is no path.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Whether `id` is one of them.
+    pub fn contains(&self, id: PathId) -> bool {
+        self.as_slice().contains(&id)
+    }
+
+    /// The best one.
+    pub fn first(&self) -> Option<PathId> {
+        self.as_slice().first().copied()
+    }
+}
+
+/// What to do with a packet.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Decision {
+    /// Send it on each of these paths (one, unless redundant).
+    Send(Paths),
+    /// No path carries: drop it (the driver counts it).
+    Drop,
+    /// QUIC under `quic = "block"`: answer with an ICMP port unreachable.
+    Block,
+}
+
+/// Why the scheduler refused a request.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ScheduleError {
+    /// [`Scheduler::add_path`] with an id past [`MAX_PATHS`].
+    #[error("path id {id} is out of range: the scheduler handles paths 0 to {}", MAX_PATHS - 1)]
+    AddPath {
+        /// The id asked for.
+        id: u8,
+    },
+}
+
+/// Counters for the status view.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Flows in the table now.
+    pub flows: usize,
+    /// Flows forgotten after being idle.
+    pub expired: u64,
+    /// Flows evicted to make room in a full table.
+    pub evicted: u64,
+    /// Pinned flows moved to another path.
+    pub moved: u64,
+    /// Packets dropped because no path carried.
+    pub dropped: u64,
+    /// QUIC packets blocked.
+    pub blocked: u64,
+    /// Packets sent per path (a redundant packet counts on each).
+    pub packets: [u64; MAX_PATHS],
+    /// Bytes sent per path.
+    pub bytes: [u64; MAX_PATHS],
+}
+
+/// What the scheduler knows of one path.
+#[derive(Clone, Copy, Debug)]
+struct PathState {
+    present: bool,
+    backup: bool,
+    verdict: Verdict,
+    srtt: Option<Duration>,
+    /// Since when the path has been suspect.
+    suspect_since: Option<Instant>,
+    /// Delivery rate in bytes per second; 0: unknown.
+    rate: u64,
+    /// Flows pinned to it.
+    flows: u32,
+}
+
+impl PathState {
+    const ABSENT: PathState = PathState {
+        present: false,
+        backup: false,
+        verdict: Verdict::Usable,
+        srtt: None,
+        suspect_since: None,
+        rate: 0,
+        flows: 0,
+    };
+
+    fn carries(&self) -> bool {
+        self.present && self.verdict.carries()
+    }
+
+    /// Preference for new flows, lower is better.
+    fn class(&self) -> u8 {
+        match self.verdict {
+            Verdict::Usable => 0,
+            Verdict::Back => 1,
+            Verdict::Suspect | Verdict::Dead => 2,
+        }
+    }
+
+    fn rtt(&self) -> Duration {
+        self.srtt.unwrap_or(Duration::MAX)
+    }
+}
+
+/// Where the flows pinned to a path go at their next packet.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Route {
+    /// They stay.
+    Stay,
+    /// They move: to the best path (latency) or re-spread (aggregate).
+    Leave,
+}
+
+/// Whether `other` is faster than `current` by enough to move flows: the
+/// same rule as new TCP tunnels (`client::health`), so that jitter between
+/// two similar lines never moves a flow.
+fn clearly_faster(other: Duration, current: Duration) -> bool {
+    other
+        .saturating_add(other / 4)
+        .saturating_add(Duration::from_millis(10))
+        < current
+}
+
+/// One pinned flow.
+#[derive(Clone, Copy, Debug)]
+struct Entry {
+    key: FlowKey,
+    hash: u64,
+    /// Last packet, in milliseconds since the scheduler's epoch.
+    last_ms: u64,
+    /// Towards the most recently used entry.
+    prev: u32,
+    /// Towards the least recently used entry (or the next free entry).
+    next: u32,
+    path: PathId,
+}
+
+/// The flow table: a slab of entries, an open-addressing index over it
+/// (linear probing, backward-shift deletion, at most half full) and a
+/// least-recently-used list through the entries.
+#[derive(Debug)]
+struct FlowTable {
+    entries: Vec<Entry>,
+    /// Entry index + 1 per slot; 0: empty. A power of two long.
+    index: Vec<u32>,
+    free: u32,
+    len: usize,
+    max: usize,
+    /// Most recently used.
+    head: u32,
+    /// Least recently used.
+    tail: u32,
+}
+
+impl FlowTable {
+    fn new(max: usize) -> Self {
+        // Entry indices (+1) must fit in a u32 index slot.
+        let max = max.clamp(1, (u32::MAX / 4) as usize);
+        let slots = (max * 2).next_power_of_two();
+        Self {
+            entries: Vec::with_capacity(max),
+            index: vec![0; slots],
+            free: NIL,
+            len: 0,
+            max,
+            head: NIL,
+            tail: NIL,
+        }
+    }
+
+    fn mask(&self) -> usize {
+        self.index.len() - 1
+    }
+
+    fn entry(&self, at: u32) -> Option<&Entry> {
+        self.entries.get(at as usize)
+    }
+
+    fn entry_mut(&mut self, at: u32) -> Option<&mut Entry> {
+        self.entries.get_mut(at as usize)
+    }
+
+    /// The entry holding `key`, and its index slot.
+    fn find(&self, key: &FlowKey, hash: u64) -> Option<(u32, usize)> {
+        let mask = self.mask();
+        let mut slot = hash as usize & mask;
+        loop {
+            let value = *self.index.get(slot)?;
+            if value == 0 {
+                return None;
+            }
+            let at = value - 1;
+            let entry = self.entry(at)?;
+            if entry.hash == hash && entry.key == *key {
+                return Some((at, slot));
+            }
+            slot = (slot + 1) & mask;
+        }
+    }
+
+    /// Makes `at` the most recently used entry.
+    fn touch(&mut self, at: u32, now_ms: u64) {
+        self.unlink(at);
+        self.push_front(at);
+        if let Some(entry) = self.entry_mut(at) {
+            entry.last_ms = now_ms;
+        }
+    }
+
+    fn unlink(&mut self, at: u32) {
+        let Some(&Entry { prev, next, .. }) = self.entry(at) else {
+            return;
+        };
+        match self.entry_mut(prev) {
+            Some(p) => p.next = next,
+            None => self.head = next,
+        }
+        match self.entry_mut(next) {
+            Some(n) => n.prev = prev,
+            None => self.tail = prev,
+        }
+    }
+
+    fn push_front(&mut self, at: u32) {
+        let head = self.head;
+        if let Some(entry) = self.entry_mut(at) {
+            entry.prev = NIL;
+            entry.next = head;
+        }
+        match self.entry_mut(head) {
+            Some(h) => h.prev = at,
+            None => self.tail = at,
+        }
+        self.head = at;
+    }
+
+    /// Adds a flow known not to be in the table, which must have room.
+    fn insert(&mut self, key: FlowKey, hash: u64, path: PathId, now_ms: u64) -> Option<u32> {
+        let entry = Entry {
+            key,
+            hash,
+            last_ms: now_ms,
+            prev: NIL,
+            next: NIL,
+            path,
+        };
+        let at = if self.free != NIL {
+            let at = self.free;
+            let slot = self.entry_mut(at)?;
+            let next_free = slot.next;
+            *slot = entry;
+            self.free = next_free;
+            at
+        } else if self.entries.len() < self.max {
+            self.entries.push(entry);
+            u32::try_from(self.entries.len() - 1).ok()?
+        } else {
+            return None;
+        };
+        let mask = self.mask();
+        let mut slot = hash as usize & mask;
+        while self.index.get(slot).is_some_and(|&v| v != 0) {
+            slot = (slot + 1) & mask;
+        }
+        *self.index.get_mut(slot)? = at + 1;
+        self.push_front(at);
+        self.len += 1;
+        Some(at)
+    }
+
+    /// Removes the least recently used flow if `expired` says so of its
+    /// last use; returns its path.
+    fn pop_oldest_if(&mut self, expired: impl Fn(u64) -> bool) -> Option<PathId> {
+        let at = self.tail;
+        let entry = *self.entry(at)?;
+        if !expired(entry.last_ms) {
+            return None;
+        }
+        let (_, slot) = self.find(&entry.key, entry.hash)?;
+        self.remove(at, slot);
+        Some(entry.path)
+    }
+
+    fn remove(&mut self, at: u32, slot: usize) {
+        self.unlink(at);
+        self.remove_slot(slot);
+        let free = self.free;
+        if let Some(entry) = self.entry_mut(at) {
+            entry.next = free;
+            entry.prev = NIL;
+        }
+        self.free = at;
+        self.len -= 1;
+    }
+
+    /// Empties `slot` and shifts back the entries of its probe run that
+    /// would no longer be found (no tombstones, so lookups stay short).
+    fn remove_slot(&mut self, mut hole: usize) {
+        let mask = self.mask();
+        if let Some(v) = self.index.get_mut(hole) {
+            *v = 0;
+        }
+        let mut slot = hole;
+        loop {
+            slot = (slot + 1) & mask;
+            let value = self.index.get(slot).copied().unwrap_or(0);
+            if value == 0 {
+                return;
+            }
+            let home = self
+                .entry(value - 1)
+                .map_or(slot, |e| e.hash as usize & mask);
+            // The entry at `slot` may fill the hole unless its home lies
+            // cyclically in (hole, slot].
+            let stays = if hole <= slot {
+                hole < home && home <= slot
+            } else {
+                hole < home || home <= slot
+            };
+            if !stays {
+                if let Some(v) = self.index.get_mut(hole) {
+                    *v = value;
+                }
+                if let Some(v) = self.index.get_mut(slot) {
+                    *v = 0;
+                }
+                hole = slot;
+            }
+        }
+    }
+}
+
+/// The datagram scheduler (see the module documentation).
+#[derive(Debug)]
+pub struct Scheduler {
+    config: SchedulerConfig,
+    epoch: Instant,
+    hasher: RandomState,
+    paths: [PathState; MAX_PATHS],
+    /// Since when path `q` has been clearly better than path `p`:
+    /// `better_since[q][p]`.
+    better_since: [[Option<Instant>; MAX_PATHS]; MAX_PATHS],
+    /// Whether backups are the tier (no other path carries).
+    backup_tier: bool,
+    /// Where new and moving flows go in latency mode: the first of
+    /// `ranked`.
+    best: Option<PathId>,
+    /// Where the flows pinned to each path go.
+    routes: [Route; MAX_PATHS],
+    /// The paths of the tier, best first.
+    ranked: Paths,
+    /// When a hold or grace period ends and the routes must be worked out
+    /// again even without an update.
+    next_refresh: Option<Instant>,
+    table: FlowTable,
+    stats: Stats,
+}
+
+impl Scheduler {
+    /// A scheduler with no paths yet; `now` is its epoch.
+    pub fn new(config: SchedulerConfig, now: Instant) -> Self {
+        Self {
+            config,
+            epoch: now,
+            hasher: RandomState::new(),
+            paths: [PathState::ABSENT; MAX_PATHS],
+            better_since: [[None; MAX_PATHS]; MAX_PATHS],
+            backup_tier: false,
+            best: None,
+            routes: [Route::Stay; MAX_PATHS],
+            ranked: Paths::EMPTY,
+            next_refresh: None,
+            table: FlowTable::new(config.max_flows),
+            stats: Stats::default(),
+        }
+    }
+
+    /// The settings it was made with.
+    pub fn config(&self) -> &SchedulerConfig {
+        &self.config
+    }
+
+    /// Adds path `id` (or changes its settings). Until its first
+    /// [`Scheduler::update`] it counts as usable with an unknown round
+    /// trip, as the path core does.
+    pub fn add_path(
+        &mut self,
+        now: Instant,
+        id: PathId,
+        settings: PathSettings,
+    ) -> Result<(), ScheduleError> {
+        let Some(path) = self.paths.get_mut(id.index()) else {
+            return Err(ScheduleError::AddPath { id: id.0 });
+        };
+        if !path.present {
+            // Flows pinned before a removal are still in the table and
+            // still counted, until they move or expire.
+            *path = PathState {
+                present: true,
+                flows: path.flows,
+                ..PathState::ABSENT
+            };
+        }
+        path.backup = settings.backup;
+        self.refresh(now);
+        Ok(())
+    }
+
+    /// Removes path `id`: its flows move at their next packet.
+    pub fn remove_path(&mut self, now: Instant, id: PathId) {
+        if let Some(path) = self.paths.get_mut(id.index()) {
+            path.present = false;
+            path.suspect_since = None;
+        }
+        self.refresh(now);
+    }
+
+    /// What the path core says of path `id` at `now`; ignored for a path
+    /// not added.
+    pub fn update(&mut self, id: PathId, now: Instant, estimates: &Estimates) {
+        let Some(path) = self.paths.get_mut(id.index()).filter(|p| p.present) else {
+            return;
+        };
+        path.verdict = estimates.verdict;
+        path.srtt = estimates.srtt;
+        path.suspect_since = match estimates.verdict {
+            Verdict::Suspect => Some(path.suspect_since.unwrap_or(now)),
+            _ => None,
+        };
+        self.refresh(now);
+    }
+
+    /// The delivery rate of path `id` in bytes per second, which
+    /// aggregate mode spreads flows by (0: unknown; a path with an
+    /// unknown rate counts as the average of the known ones).
+    pub fn set_rate(&mut self, id: PathId, bytes_per_sec: u64) {
+        if let Some(path) = self.paths.get_mut(id.index()) {
+            path.rate = bytes_per_sec;
+        }
+    }
+
+    /// Counters for the status view.
+    pub fn stats(&self) -> Stats {
+        Stats {
+            flows: self.table.len,
+            ..self.stats
+        }
+    }
+
+    /// The path flow `key` is pinned to, if it is in the table.
+    pub fn path_of(&self, key: &FlowKey) -> Option<PathId> {
+        let hash = self.hasher.hash_one(key);
+        let (at, _) = self.table.find(key, hash)?;
+        self.table.entry(at).map(|e| e.path)
+    }
+
+    /// When the scheduler's routes change without an update (a hold or a
+    /// grace period ends). Nothing needs a wake-up: [`Scheduler::schedule`]
+    /// catches up by itself; this is for a status view.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.next_refresh
+    }
+
+    /// Which paths carry a `len`-byte packet of `flow` at `now`.
+    pub fn schedule(&mut self, now: Instant, flow: &Flow, len: usize) -> Decision {
+        if flow.quic && self.config.quic == QuicPolicy::Block {
+            self.stats.blocked += 1;
+            return Decision::Block;
+        }
+        if self.next_refresh.is_some_and(|at| now >= at) {
+            self.refresh(now);
+        }
+        self.expire(now);
+        if self.ranked.is_empty() {
+            self.stats.dropped += 1;
+            return Decision::Drop;
+        }
+        let paths = if flow.dns && self.config.dns_redundant {
+            self.best_two()
+        } else {
+            match self.config.mode {
+                Mode::Redundant => self.ranked,
+                Mode::Latency | Mode::Aggregate => match self.pinned(now, &flow.key) {
+                    Some(id) => Paths::one(id),
+                    None => {
+                        self.stats.dropped += 1;
+                        return Decision::Drop;
+                    }
+                },
+            }
+        };
+        let bytes = u64::try_from(len).unwrap_or(u64::MAX);
+        for id in paths.iter() {
+            if let Some(n) = self.stats.packets.get_mut(id.index()) {
+                *n += 1;
+            }
+            if let Some(n) = self.stats.bytes.get_mut(id.index()) {
+                *n = n.saturating_add(bytes);
+            }
+        }
+        Decision::Send(paths)
+    }
+
+    /// The first two paths of the tier.
+    fn best_two(&self) -> Paths {
+        let mut paths = Paths::EMPTY;
+        for id in self.ranked.iter().take(2) {
+            paths.push(id);
+        }
+        paths
+    }
+
+    fn now_ms(&self, now: Instant) -> u64 {
+        u64::try_from(now.saturating_duration_since(self.epoch).as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// Forgets a few flows idle past the timeout, oldest first.
+    fn expire(&mut self, now: Instant) {
+        let now_ms = self.now_ms(now);
+        let timeout = u64::try_from(self.config.idle_timeout.as_millis()).unwrap_or(u64::MAX);
+        for _ in 0..EXPIRE_PER_CALL {
+            let expired = |last: u64| now_ms.saturating_sub(last) >= timeout;
+            let Some(path) = self.table.pop_oldest_if(expired) else {
+                break;
+            };
+            self.unpin(path);
+            self.stats.expired += 1;
+        }
+    }
+
+    fn unpin(&mut self, id: PathId) {
+        if let Some(path) = self.paths.get_mut(id.index()) {
+            path.flows = path.flows.saturating_sub(1);
+        }
+    }
+
+    fn pin(&mut self, id: PathId) {
+        if let Some(path) = self.paths.get_mut(id.index()) {
+            path.flows = path.flows.saturating_add(1);
+        }
+    }
+
+    /// The path of a pinned flow (latency or aggregate), pinning it first
+    /// if it is new or its path's flows leave.
+    fn pinned(&mut self, now: Instant, key: &FlowKey) -> Option<PathId> {
+        let now_ms = self.now_ms(now);
+        let hash = self.hasher.hash_one(key);
+        if let Some((at, _)) = self.table.find(key, hash) {
+            let current = self.table.entry(at)?.path;
+            let stays = self.routes.get(current.index()) == Some(&Route::Stay)
+                && self.paths.get(current.index()).is_some_and(|p| p.carries());
+            let id = if stays {
+                current
+            } else {
+                let id = self.new_flow_path()?;
+                if id != current {
+                    self.unpin(current);
+                    self.pin(id);
+                    self.stats.moved += 1;
+                    if let Some(entry) = self.table.entry_mut(at) {
+                        entry.path = id;
+                    }
+                }
+                id
+            };
+            self.table.touch(at, now_ms);
+            return Some(id);
+        }
+        let id = self.new_flow_path()?;
+        if self.table.len >= self.table.max {
+            if let Some(path) = self.table.pop_oldest_if(|_| true) {
+                self.unpin(path);
+                self.stats.evicted += 1;
+            }
+        }
+        if self.table.insert(*key, hash, id, now_ms).is_some() {
+            self.pin(id);
+        }
+        Some(id)
+    }
+
+    /// Where a new (or moving) flow goes.
+    fn new_flow_path(&self) -> Option<PathId> {
+        match self.config.mode {
+            Mode::Aggregate => self.least_loaded(),
+            Mode::Latency | Mode::Redundant => self.best,
+        }
+    }
+
+    /// Aggregate mode: the path of the tier's best verdict class whose
+    /// pinned flows per unit of rate would be fewest with one more.
+    fn least_loaded(&self) -> Option<PathId> {
+        let best_class = self
+            .ranked
+            .iter()
+            .filter_map(|id| self.paths.get(id.index()))
+            .map(PathState::class)
+            .min()?;
+        let candidates = || {
+            self.ranked.iter().filter(move |id| {
+                self.paths
+                    .get(id.index())
+                    .is_some_and(|p| p.class() == best_class)
+            })
+        };
+        let (known, sum) = candidates()
+            .filter_map(|id| self.paths.get(id.index()))
+            .filter(|p| p.rate > 0)
+            .fold((0u64, 0u64), |(n, sum), p| {
+                (n + 1, sum.saturating_add(p.rate))
+            });
+        let fallback = sum.checked_div(known).map_or(1, |mean| mean.max(1));
+        let weight = |p: &PathState| u128::from(if p.rate > 0 { p.rate } else { fallback });
+        // Lowest (flows + 1) / weight, compared without division; ties go
+        // to the better-ranked path.
+        candidates().min_by(|a, b| {
+            let (Some(pa), Some(pb)) = (self.paths.get(a.index()), self.paths.get(b.index()))
+            else {
+                return std::cmp::Ordering::Equal;
+            };
+            let load_a = (u128::from(pa.flows) + 1) * weight(pb);
+            let load_b = (u128::from(pb.flows) + 1) * weight(pa);
+            load_a.cmp(&load_b)
+        })
+    }
+
+    /// Works out the tier, the ranking, the best path and the routes of
+    /// pinned flows from what is known at `now`.
+    fn refresh(&mut self, now: Instant) {
+        let paths = self.paths;
+        self.backup_tier = !paths.iter().any(|p| p.carries() && !p.backup);
+        let in_tier = |p: &PathState| p.carries() && p.backup == self.backup_tier;
+
+        let mut ranked: [Option<PathId>; MAX_PATHS] = [None; MAX_PATHS];
+        for (i, p) in paths.iter().enumerate() {
+            if in_tier(p) {
+                ranked[i] = u8::try_from(i).ok().map(PathId);
+            }
+        }
+        let key = |id: &PathId| {
+            let p = &paths[id.index()];
+            (p.class(), p.rtt(), *id)
+        };
+        let mut ids: [PathId; MAX_PATHS] = [PathId(0); MAX_PATHS];
+        let mut n = 0;
+        for id in ranked.iter().flatten() {
+            ids[n] = *id;
+            n += 1;
+        }
+        ids[..n].sort_unstable_by_key(key);
+        self.ranked = Paths::EMPTY;
+        for id in &ids[..n] {
+            self.ranked.push(*id);
+        }
+
+        // Pairwise "clearly better", and since when.
+        let hold = self.config.switch_hold;
+        let mut next_refresh: Option<Instant> = None;
+        let mut soonest = |at: Instant| {
+            if at > now {
+                next_refresh = Some(next_refresh.map_or(at, |n: Instant| n.min(at)));
+            }
+        };
+        for (q, pq) in paths.iter().enumerate() {
+            for (p, pp) in paths.iter().enumerate() {
+                let better = q != p
+                    && in_tier(pq)
+                    && pq.class() < 2
+                    && pq.srtt.is_some()
+                    && ((pp.backup && !pq.backup) || clearly_faster(pq.rtt(), pp.rtt()));
+                let since = &mut self.better_since[q][p];
+                *since = if better {
+                    Some(since.unwrap_or(now))
+                } else {
+                    None
+                };
+                if let Some(since) = *since {
+                    soonest(since + hold);
+                }
+            }
+        }
+        let matured = |q: PathId, p: PathId, table: &[[Option<Instant>; MAX_PATHS]; MAX_PATHS]| {
+            table[q.index()][p.index()]
+                .is_some_and(|since| now.saturating_duration_since(since) >= hold)
+        };
+
+        // New flows take the best path as it is now (each is pinned, so
+        // this reorders nothing); moving pinned flows is what waits.
+        self.best = self.ranked.first();
+
+        // Where pinned flows go.
+        let best = self.best;
+        let best_settled = best.is_some_and(|b| paths[b.index()].class() < 2);
+        for (i, p) in paths.iter().enumerate() {
+            let id = PathId(u8::try_from(i).unwrap_or(0));
+            let suspect_too_long = p.suspect_since.is_some_and(|since| {
+                soonest(since + self.config.suspect_grace);
+                now.saturating_duration_since(since) >= self.config.suspect_grace
+            });
+            let leaving = if !p.carries() {
+                true
+            } else if p.backup && !self.backup_tier {
+                // A backup keeps its flows until a non-backup path has
+                // carried for the hold: a line that just came back may flap.
+                self.ranked
+                    .iter()
+                    .any(|q| matured(q, id, &self.better_since))
+            } else if suspect_too_long && best_settled && best != Some(id) {
+                true
+            } else {
+                self.config.mode == Mode::Latency
+                    && best != Some(id)
+                    && self
+                        .ranked
+                        .iter()
+                        .any(|q| matured(q, id, &self.better_since))
+            };
+            self.routes[i] = if leaving { Route::Leave } else { Route::Stay };
+        }
+        self.next_refresh = next_refresh;
+    }
+}
+
+#[cfg(test)]
+mod tests;
