@@ -663,3 +663,137 @@ fn a_full_table_stays_near_five_megabytes() {
         + table.index.len() * std::mem::size_of::<u32>();
     assert!(bytes <= 5_300_000, "{bytes} bytes");
 }
+
+/// One simulated line driven by the real path core: probes answered after
+/// `rtt` while the line is up, the interface receiving steadily (the site
+/// is busy); blackholed, nothing comes back and nothing is received.
+struct Line {
+    path: crate::path::Path,
+    rtt: Duration,
+    up: bool,
+    rx: u64,
+    answers: std::collections::VecDeque<(Instant, u64)>,
+    last_counters: Instant,
+}
+
+impl Line {
+    fn new(now: Instant, rtt: Duration) -> Self {
+        let mut path = crate::path::Path::new(crate::path::Config::default(), now);
+        path.set_active(now, true);
+        Self {
+            path,
+            rtt,
+            up: true,
+            rx: 0,
+            answers: std::collections::VecDeque::new(),
+            last_counters: now,
+        }
+    }
+
+    fn step(&mut self, now: Instant) {
+        while let Some(seq) = self.path.poll_transmit(now) {
+            if self.up {
+                self.answers.push_back((now + self.rtt, seq));
+            }
+        }
+        while self.answers.front().is_some_and(|&(at, _)| at <= now) {
+            if let Some((_, seq)) = self.answers.pop_front() {
+                if self.up {
+                    self.path.on_answer(now, seq);
+                }
+            }
+        }
+        if self.up {
+            self.rx += 1;
+        }
+        if now.saturating_duration_since(self.last_counters) >= ms(10) {
+            self.last_counters = now;
+            self.path.on_counters(
+                now,
+                crate::path::Counters {
+                    rx_packets: self.rx,
+                    rx_bytes: self.rx * 1200,
+                    tx_bytes: self.rx * 1200,
+                },
+            );
+        }
+        if now >= self.path.poll_timeout() {
+            self.path.handle_timeout(now);
+        }
+    }
+}
+
+/// The failover budget at the scheduler's level: a 50 packets/s
+/// stream over a 20 ms dsl and a 60 ms lte, both judged by the real path
+/// core. When dsl is blackholed, latency mode loses at most 300 ms of
+/// packets and redundant mode none; when dsl returns the stream moves back
+/// once dsl proved itself.
+#[test]
+fn a_blackholed_line_costs_at_most_300_ms_in_latency_mode_and_nothing_redundant() {
+    for mode in [Mode::Latency, Mode::Redundant] {
+        let start = Instant::now();
+        let mut now = start;
+        let mut s = Scheduler::new(
+            SchedulerConfig {
+                mode,
+                ..SchedulerConfig::default()
+            },
+            now,
+        );
+        let mut lines = [Line::new(now, ms(20)), Line::new(now, ms(60))];
+        for id in [A, B] {
+            s.add_path(now, id, PathSettings::default())
+                .expect("in range");
+        }
+        let stream = flow(5);
+        let (cut, heal) = (Duration::from_secs(10), Duration::from_secs(20));
+        let mut lost: Vec<Duration> = Vec::new();
+        let mut back_on_dsl: Option<Duration> = None;
+        let mut tick = 0u64;
+        while now.saturating_duration_since(start) < Duration::from_secs(30) {
+            now += ms(5);
+            tick += 1;
+            let t = now.saturating_duration_since(start);
+            lines[0].up = !(cut..heal).contains(&t);
+            for (i, line) in lines.iter_mut().enumerate() {
+                line.step(now);
+                s.update(PathId(i as u8), now, &line.path.estimates(now));
+            }
+            if !tick.is_multiple_of(4) {
+                continue;
+            }
+            let Decision::Send(paths) = s.schedule(now, &stream, 200) else {
+                panic!("{mode:?} at {t:?}: both lines cannot be dead");
+            };
+            if !paths.iter().any(|id| lines[id.index()].up) {
+                lost.push(t);
+            }
+            if t > heal && back_on_dsl.is_none() && paths.first() == Some(A) {
+                back_on_dsl = Some(t - heal);
+            }
+            if t < cut && t > Duration::from_secs(1) {
+                assert_eq!(paths.first(), Some(A), "{mode:?}: on dsl, the faster line");
+            }
+        }
+        match mode {
+            Mode::Redundant => assert!(lost.is_empty(), "redundant lost {lost:?}"),
+            _ => {
+                let (first, last) = (lost.first().copied(), lost.last().copied());
+                let (Some(first), Some(last)) = (first, last) else {
+                    panic!("a blackhole loses something in latency mode");
+                };
+                assert!(first >= cut, "lost before the cut: {lost:?}");
+                assert!(
+                    last - cut <= ms(300),
+                    "packets lost for {:?} after the cut: {lost:?}",
+                    last - cut
+                );
+            }
+        }
+        let back = back_on_dsl.expect("the stream returns to dsl");
+        assert!(
+            back <= Duration::from_secs(3),
+            "{mode:?}: back after {back:?}"
+        );
+    }
+}
