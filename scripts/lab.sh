@@ -67,7 +67,10 @@
 #   mpb-cli   mpbond client --config deploy/lab/client.toml              (client.log)
 #   mpb-srv   the probe server on port 7 (IPv4 and IPv6): writes the peer's
 #             address and a newline, then closes                        (probe.log)
-# Both configs use the key $RUN/lab.key, made by start when missing.
+# The configs use the key pairs $RUN/client.key(.pub) and
+# $RUN/concentrator.key(.pub), made by start when missing.
+# Datagram tunnel: TUN mpbc0 in mpb-conc (10.77.0.1/24, fd77::1/64, made by
+# the concentrator); the client's tunnel addresses are 10.77.0.2 and fd77::2.
 # Through the tunnel the probe server sees 10.77.9.2; directly, the sender's
 # own address (192.168.77.2 from mpb-lan, 10.77.1.2 from mpb-cli).
 #
@@ -658,9 +661,12 @@ cmd_start() {
     command -v python3 >/dev/null || die "python3 is missing (the probe server); install it"
     local bin out
     bin=$(mpbond_bin)
-    if [ ! -e "$RUN/lab.key" ]; then
-        out=$("$bin" keygen --out "$RUN/lab.key" 2>&1) || die "keygen: ${out#mpbond: }"
-    fi
+    local end
+    for end in client concentrator; do
+        if [ ! -e "$RUN/$end.key" ]; then
+            out=$("$bin" keygen --out "$RUN/$end.key" 2>&1) || die "keygen: ${out#mpbond: }"
+        fi
+    done
 
     # Any failure from here on stops what was started.
     trap 'say "start failed; stopping what was started"; stop_all' EXIT

@@ -79,6 +79,11 @@ impl Key {
         Ok(Self(key))
     }
 
+    /// The key's bytes, to derive others from (never to log).
+    pub fn as_bytes(&self) -> &[u8; KEY_LEN] {
+        &self.0
+    }
+
     /// The key in standard base64, as `mpbond keygen` prints it.
     pub fn to_base64(&self) -> String {
         BASE64.encode(self.0)

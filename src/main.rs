@@ -12,6 +12,7 @@ use tracing_subscriber::EnvFilter;
 
 use mpbond::auth::Key;
 use mpbond::config::{ClientConfig, ConcentratorConfig};
+use mpbond::crypto::{keygen_text, StaticSecret};
 use mpbond::{client, concentrator};
 
 #[derive(Debug, Parser)]
@@ -41,12 +42,17 @@ enum Command {
         #[arg(long, value_name = "FILE")]
         config: PathBuf,
     },
-    /// Make a new client key and print it in base64 (or write it to a file).
+    /// Make a new X25519 key pair and print it as config lines (or write
+    /// the private key to a file and the public key beside it).
     Keygen {
-        /// Write the key to FILE (created with mode 0600; must not exist)
-        /// instead of printing it.
+        /// Write the private key to FILE (created with mode 0600; must not
+        /// exist) and the public key to FILE.pub, and print the public key.
         #[arg(long, value_name = "FILE")]
         out: Option<PathBuf>,
+        /// Make a shared key for `key` / `key_file` instead (TCP only, the
+        /// scheme before key pairs).
+        #[arg(long)]
+        shared: bool,
     },
 }
 
@@ -73,7 +79,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Client { config } => run_client(&config),
         Command::Concentrator { config } => run_concentrator(&config),
-        Command::Keygen { out } => keygen(out.as_deref()),
+        Command::Keygen { out, shared } => keygen(out.as_deref(), shared),
     }
 }
 
@@ -120,9 +126,20 @@ fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
     })
 }
 
-fn keygen(out: Option<&Path>) -> anyhow::Result<()> {
-    let key = Key::generate()?;
-    let line = format!("{}\n", key.to_base64());
+fn keygen(out: Option<&Path>, shared: bool) -> anyhow::Result<()> {
+    let (line, public) = if shared {
+        (format!("{}\n", Key::generate()?.to_base64()), None)
+    } else {
+        let secret = StaticSecret::generate()?;
+        let Some(_) = out else {
+            print!("{}", keygen_text(&secret));
+            return Ok(());
+        };
+        (
+            format!("{}\n", secret.to_base64()),
+            Some(format!("{}\n", secret.public_key())),
+        )
+    };
     let Some(path) = out else {
         print!("{line}");
         return Ok(());
@@ -143,5 +160,13 @@ fn keygen(out: Option<&Path>) -> anyhow::Result<()> {
     file.write_all(line.as_bytes())
         .and_then(|()| file.sync_all())
         .with_context(|| format!("cannot write key file {}", path.display()))?;
+    if let Some(public) = &public {
+        let mut pub_path = path.as_os_str().to_owned();
+        pub_path.push(".pub");
+        let pub_path = PathBuf::from(pub_path);
+        std::fs::write(&pub_path, public)
+            .with_context(|| format!("cannot write public key file {}", pub_path.display()))?;
+        println!("public_key = \"{}\"", public.trim());
+    }
     Ok(())
 }

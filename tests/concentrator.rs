@@ -55,12 +55,14 @@ fn config(key: &Key, max_connections: usize, allow: &[&str]) -> ConcentratorConf
             key: key.clone(),
             max_connections,
             tunnel: None,
+            public_key: None,
         }],
         policy: PolicyConfig {
             allow: allow.iter().map(|p| p.parse().expect("prefix")).collect(),
             deny: Vec::new(),
         },
         datagram: None,
+        private_key: None,
     }
 }
 

@@ -7,11 +7,12 @@ use std::fs;
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
 
-use mpbond::auth::Key;
 use mpbond::client::redirect::ConnectMode;
 use mpbond::config::{ClientConfig, ConcentratorConfig};
+use mpbond::crypto::StaticSecret;
 
-const LAB_KEY: &str = "/run/mpbond-lab/lab.key";
+/// Where the lab's key files live (`scripts/lab.sh start` makes them).
+const LAB_RUN: &str = "/run/mpbond-lab/";
 
 /// A temporary directory holding a key, removed on drop.
 struct Dir(PathBuf);
@@ -21,10 +22,17 @@ impl Dir {
         let dir =
             std::env::temp_dir().join(format!("mpbond-lab-configs-{}-{test}", std::process::id()));
         fs::create_dir_all(&dir).expect("temp dir");
-        let key = dir.join("lab.key");
-        let text = format!("{}\n", Key::generate().expect("key").to_base64());
-        fs::write(&key, text).expect("write key");
-        fs::set_permissions(&key, fs::Permissions::from_mode(0o600)).expect("chmod key");
+        for end in ["client", "concentrator"] {
+            let secret = StaticSecret::generate().expect("key");
+            let key = dir.join(format!("{end}.key"));
+            fs::write(&key, format!("{}\n", secret.to_base64())).expect("write key");
+            fs::set_permissions(&key, fs::Permissions::from_mode(0o600)).expect("chmod key");
+            fs::write(
+                dir.join(format!("{end}.key.pub")),
+                format!("{}\n", secret.public_key()),
+            )
+            .expect("write public key");
+        }
         Self(dir)
     }
 
@@ -35,12 +43,13 @@ impl Dir {
             .join(name);
         let text = fs::read_to_string(&src).expect("read deploy/lab config");
         assert!(
-            text.contains(LAB_KEY),
-            "{name} must use the key lab.sh makes, {LAB_KEY}"
+            text.contains(&format!("{LAB_RUN}client.key"))
+                || text.contains(&format!("{LAB_RUN}concentrator.key")),
+            "{name} must use the keys lab.sh makes in {LAB_RUN}"
         );
-        let key = self.0.join("lab.key");
         let path = self.0.join(name);
-        fs::write(&path, text.replace(LAB_KEY, &key.to_string_lossy())).expect("write config");
+        let dir = format!("{}/", self.0.display());
+        fs::write(&path, text.replace(LAB_RUN, &dir)).expect("write config");
         path
     }
 }

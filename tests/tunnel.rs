@@ -495,9 +495,17 @@ fn tcp_semantics_in_strict_mode() {
 
 // ---------------------------------------------------------------- bad peers
 
+/// The lab client's connect-header key, derived as both ends derive it.
 fn lab_key() -> Key {
-    let text = std::fs::read_to_string(format!("{RUN}/lab.key")).expect("read the lab key");
-    Key::from_base64(&text).expect("the lab key is valid base64")
+    let read = |name: &str| {
+        std::fs::read_to_string(format!("{RUN}/{name}"))
+            .unwrap_or_else(|e| panic!("read the lab key {name}: {e}"))
+    };
+    let secret = mpbond::crypto::StaticSecret::from_base64(&read("client.key"))
+        .expect("the lab's client key is valid base64");
+    let public = mpbond::crypto::PublicKey::from_base64(&read("concentrator.key.pub"))
+        .expect("the lab's concentrator key is valid base64");
+    mpbond::crypto::connect_key(&secret, &public).expect("the lab keys make a shared secret")
 }
 
 fn now_ms() -> u64 {

@@ -40,7 +40,7 @@ async fn install(
     concentrator: IpAddr,
 ) -> Result<Handle, UplinkError> {
     let pm = MptcpPm::open().expect("open the MPTCP path manager");
-    system::start(uplinks, tun, concentrator, pm).await
+    system::start(uplinks, tun, concentrator, pm, None).await
 }
 
 /// A namespace `mpbt-up-TAG-PID-N` with the TUN device `mpbt0`, up.

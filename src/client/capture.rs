@@ -8,9 +8,10 @@ use std::sync::Arc;
 
 use tracing::{debug, info, trace};
 
+use super::datagram::Outgoing;
 use super::redirect::{Decision, Flow, FlowKey};
 use super::{ClientError, Shared};
-use crate::wire::{build_icmp_unreachable_for, build_rst_for, TcpPacket};
+use crate::wire::{build_icmp_unreachable_for, build_rst_for, classify, Protocol, TcpPacket};
 
 /// Largest packet read from the TUN (no offloads: at most the MTU).
 const MAX_PACKET: usize = 65_535;
@@ -28,6 +29,16 @@ pub(super) async fn run(shared: Arc<Shared>) -> Result<(), ClientError> {
                 source,
             })?;
         let packet = &mut buf[..n];
+        if let Some(datagrams) = &shared.datagrams {
+            if !matches!(classify(packet), Protocol::Tcp | Protocol::Invalid) {
+                match datagrams.on_tun_packet(packet) {
+                    Outgoing::Send(sends) => super::datagram::send(datagrams.concentrator, sends),
+                    Outgoing::Reply(reply) => send(&shared, &reply).await,
+                    Outgoing::Nothing => {}
+                }
+                continue;
+            }
+        }
         let decision = shared.table().handle(shared.now(), packet);
         match decision {
             Decision::Forward => send(&shared, packet).await,

@@ -49,7 +49,7 @@ use crate::auth;
 use crate::chain::Chain;
 use crate::path::{self, Counters, Event, Path, Verdict};
 use crate::sys::{LinkEvent, LinkEvents, Rtnl};
-use crate::wire::probe::{Kind, Probe, MAX_LEN};
+use crate::wire::probe::{Kind, Probe, MAGIC, MAX_LEN};
 
 /// How long the event thread blocks before checking whether it should end.
 pub(super) const EVENT_POLL: Duration = Duration::from_millis(500);
@@ -224,8 +224,10 @@ pub(super) async fn watch(
             _ = repick.tick() => changed = true,
         }
         let now = Instant::now();
-        let active = !shared.table().is_empty() || shared.tunnels.warm.active();
-        for line in &mut lines {
+        let active = !shared.table().is_empty()
+            || shared.tunnels.warm.active()
+            || shared.datagrams.as_ref().is_some_and(|d| d.active(now));
+        for (index, line) in lines.iter_mut().enumerate() {
             line.path.set_active(now, active);
             if active && line.carrier && line.addressed {
                 match rtnl.as_ref().map(|r| r.link_stats(line.uplink.ifindex)) {
@@ -247,6 +249,9 @@ pub(super) async fn watch(
             while let Some(event) = line.path.poll_event() {
                 changed = true;
                 log_event(line, &event);
+            }
+            if let Some(datagrams) = &shared.datagrams {
+                datagrams.update(index, now, &line.path.estimates(now));
             }
             let carries = line.path.verdict().carries();
             shared
@@ -303,7 +308,7 @@ async fn on_link_event(
                 match relinked {
                     Ok(LinkChange::Same) => {}
                     Ok(LinkChange::Gone) => {
-                        close_probes(line);
+                        close_probes(shared, index, line);
                         // The owner removed its endpoint with the rest.
                         line.endpoint = false;
                         line.uplink.ifindex = NO_INTERFACE;
@@ -314,7 +319,7 @@ async fn on_link_event(
                         continue;
                     }
                     Ok(LinkChange::Joined(uplink)) => {
-                        close_probes(line);
+                        close_probes(shared, index, line);
                         line.endpoint = false;
                         line.addressed = !uplink.addr.is_unspecified();
                         line.uplink = uplink;
@@ -424,7 +429,10 @@ async fn follow_address(
 
 /// Stops the uplink's probes: its interface (and so its address) is gone
 /// or replaced.
-fn close_probes(line: &mut Line) {
+fn close_probes(shared: &Shared, index: usize, line: &mut Line) {
+    if let Some(datagrams) = &shared.datagrams {
+        datagrams.set_socket(index, None);
+    }
     if let Some(reader) = line.reader.take() {
         reader.abort();
     }
@@ -496,7 +504,7 @@ async fn open_probes(
     index: usize,
     line: &mut Line,
 ) {
-    close_probes(line);
+    close_probes(shared, index, line);
     let addr = line.uplink.addr;
     let socket = match UdpSocket::bind(SocketAddr::new(addr, 0)).await {
         Ok(socket) => Arc::new(socket),
@@ -506,6 +514,9 @@ async fn open_probes(
         }
     };
     line.socket = Some(socket.clone());
+    if let Some(datagrams) = &shared.datagrams {
+        datagrams.set_socket(index, Some(socket.clone()));
+    }
     let reader = Reader {
         shared: shared.clone(),
         index,
@@ -548,16 +559,30 @@ impl Reader {
     /// else is dropped.
     async fn run(self) {
         let tunnels = &self.shared.tunnels;
-        let mut buf = vec![0; MAX_LEN + 1];
+        let datagram_port = self.shared.datagrams.as_ref().map(|d| d.concentrator);
+        // Room for a sealed datagram as well as a probe.
+        let mut buf = vec![0; 65_536];
         loop {
             let Ok((n, from)) = self.socket.recv_from(&mut buf).await else {
                 continue;
             };
             let at = Instant::now();
-            if from != tunnels.concentrator {
+            if from != tunnels.concentrator && Some(from) != datagram_port {
                 continue;
             }
-            let Ok((reply, body, mac)) = Probe::decode(&buf[..n]) else {
+            if !buf[..n].starts_with(&MAGIC) {
+                if let Some(datagrams) = &self.shared.datagrams {
+                    let (packet, sends) = datagrams.on_datagram(self.index, &mut buf[..n]);
+                    if let Some(packet) = packet {
+                        if let Err(e) = self.shared.tun.send(packet).await {
+                            debug!(error = %e, "writing a datagram to the TUN failed");
+                        }
+                    }
+                    super::datagram::send(datagrams.concentrator, sends);
+                }
+                continue;
+            }
+            let Ok((reply, body, mac)) = Probe::decode(&buf[..n.min(MAX_LEN + 1)]) else {
                 continue;
             };
             if reply.kind != Kind::Reply

@@ -8,6 +8,7 @@
 //! family; one per flow opens its tunnel and relays; one expires old flows.
 
 mod capture;
+mod datagram;
 mod flow;
 mod health;
 mod joins;
@@ -128,6 +129,8 @@ struct Shared {
     tunnels: Tunnels,
     /// Whether each uplink's MPTCP subflows join.
     joins: Arc<joins::JoinWatch>,
+    /// The datagram tunnel, if the config has one.
+    datagrams: Option<Arc<datagram::Datagrams>>,
     start: Instant,
 }
 
@@ -173,13 +176,36 @@ pub async fn run(config: ClientConfig, shutdown: impl Future) -> Result<(), Clie
         LinkEvents::open(health::EVENT_POLL).map_err(ClientError::HealthLinkEvents)?;
 
     // Dropping it (an early return below) removes everything again.
+    let nat = config
+        .datagram
+        .as_ref()
+        .map(|d| (d.address_v4, d.address_v6));
     let system = system::start(
         &config.uplinks,
         &tun_config.name,
         config.concentrator.ip(),
         pm,
+        nat,
     )
     .await?;
+    let datagrams = match (&config.datagram, &config.identity) {
+        (Some(dg), Some(identity)) => {
+            let settings: Vec<_> = config
+                .uplinks
+                .iter()
+                .map(|u| crate::datagram::schedule::PathSettings { backup: u.backup })
+                .collect();
+            Some(Arc::new(datagram::Datagrams::new(
+                identity.clone(),
+                SocketAddr::new(config.concentrator.ip(), dg.port),
+                dg.scheduler(),
+                &settings,
+                dg.address_v4.into(),
+                dg.address_v6.map(Into::into),
+            )))
+        }
+        _ => None,
+    };
     let uplinks = system.uplinks().await;
     let candidates: Vec<health::Candidate<'_>> = uplinks
         .iter()
@@ -233,6 +259,7 @@ pub async fn run(config: ClientConfig, shutdown: impl Future) -> Result<(), Clie
             warm: WarmPool::new(config.warm_connections, config.warm_max_age),
         },
         joins,
+        datagrams,
         start: Instant::now(),
     });
 
@@ -242,6 +269,9 @@ pub async fn run(config: ClientConfig, shutdown: impl Future) -> Result<(), Clie
         tasks.spawn("accept", flow::accept_loop(shared.clone(), listener));
     }
     tasks.spawn("expire", expire_loop(shared.clone()));
+    if let Some(datagrams) = &shared.datagrams {
+        tasks.spawn("datagram timers", datagram::timers(Arc::clone(datagrams)));
+    }
     tasks.spawn(
         "health",
         health::watch(shared.clone(), system.clone(), uplinks.clone(), link_events),

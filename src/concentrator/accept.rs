@@ -261,6 +261,7 @@ mod tests {
             key: key(),
             max_connections,
             tunnel: None,
+            public_key: None,
         }])
         .expect("unique ids")
     }
@@ -329,6 +330,7 @@ mod tests {
             key: key(),
             max_connections: 1,
             tunnel: None,
+            public_key: None,
         };
         assert!(Clients::new(vec![config.clone(), config]).is_err());
     }

@@ -33,6 +33,10 @@ use tun_rs::{AsyncDevice, DeviceBuilder};
 use crate::chain::Chain;
 use crate::sys::{NftError, NftTable, SysctlGuard};
 
+/// The TUN's MTU: a sealed packet of this size plus the tunnel's header,
+/// UDP and IPv6 fits a 1500-byte uplink.
+pub const TUN_MTU: u16 = 1500 - 40 - 8 - crate::wire::tunnel::DATA_OVERHEAD as u16 - 1;
+
 /// The nftables table the concentrator owns (family `inet`).
 pub const NFT_TABLE: &str = "mpbond_conc";
 
@@ -146,11 +150,31 @@ pub fn cleanup_leftovers() {
     }
 }
 
+/// What stays in place while the exit runs, apart from the TUN.
+#[derive(Debug)]
+pub struct ExitGuards {
+    _table: NftTable,
+    _sysctls: Vec<SysctlGuard>,
+}
+
 impl Exit {
+    /// The TUN and the rest, apart.
+    pub fn into_parts(self) -> (AsyncDevice, ExitGuards) {
+        (
+            self.tun,
+            ExitGuards {
+                _table: self._table,
+                _sysctls: self._sysctls,
+            },
+        )
+    }
+
     /// Creates the TUN with its addresses, turns forwarding on and
     /// installs the masquerade.
     pub fn open(config: &ExitConfig) -> Result<Self, ExitError> {
-        let mut builder = DeviceBuilder::new().name(config.tun.clone()).mtu(config.mtu);
+        let mut builder = DeviceBuilder::new()
+            .name(config.tun.clone())
+            .mtu(config.mtu);
         if let Some(v4) = config.ipv4 {
             builder = builder.ipv4(v4.addr(), v4.prefix_len(), None);
         }
@@ -193,8 +217,8 @@ mod tests {
     fn the_ruleset_masquerades_each_pool_and_fences_the_tun() {
         let config = ExitConfig {
             tun: "mpbc0".into(),
-            ipv4: Some("100.64.77.1/24".parse().unwrap()),
-            ipv6: Some("fd00:6d70:62:77::1/64".parse().unwrap()),
+            ipv4: Some("100.64.77.1/24".parse().expect("prefix")),
+            ipv6: Some("fd00:6d70:62:77::1/64".parse().expect("prefix")),
             mtu: 1420,
         };
         let text = ruleset(&config.tun, &config.pools());
@@ -202,7 +226,10 @@ mod tests {
         assert!(text.contains("ip6 saddr fd00:6d70:62:77::/64 oifname != \"mpbc0\" masquerade"));
         assert!(text.contains("iifname \"mpbc0\" oifname \"mpbc0\" drop"));
         assert!(text.contains("iifname \"mpbc0\" drop"));
-        let v4_only = ExitConfig { ipv6: None, ..config };
+        let v4_only = ExitConfig {
+            ipv6: None,
+            ..config
+        };
         assert_eq!(v4_only.pools().len(), 1);
         assert!(!ruleset("mpbc0", &v4_only.pools()).contains("ip6 saddr"));
     }

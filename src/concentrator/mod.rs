@@ -14,6 +14,7 @@
 //! 4. `relay`: copy bytes both ways, propagating half-close and reset.
 
 mod accept;
+mod datagram;
 pub mod exit;
 mod forward;
 mod listen;
@@ -22,7 +23,7 @@ mod probe;
 
 use std::future::Future;
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -75,6 +76,25 @@ pub enum ConcentratorError {
         /// The id.
         id: ClientId,
     },
+    /// The datagram tunnel's exit could not be set up.
+    #[error("cannot set up the datagram tunnel")]
+    Exit(#[source] exit::ExitError),
+    /// `[datagram]` without the concentrator's private key (possible only
+    /// in a config built in code; a config file without one does not load).
+    #[error("the datagram tunnel needs the concentrator's private_key")]
+    NoPrivateKey,
+    /// The datagram tunnel's keys are unusable.
+    #[error("cannot set up the datagram tunnel's keys")]
+    Keys(#[source] crate::crypto::ResponderError),
+    /// The datagram tunnel's UDP port could not be opened.
+    #[error("cannot open the datagram tunnel's UDP port {addr}: is another process using it?")]
+    DatagramPort {
+        /// The address.
+        addr: SocketAddr,
+        /// What the system said.
+        #[source]
+        source: io::Error,
+    },
     /// A task the concentrator cannot run without panicked. One
     /// connection's task is not such a task: its panic ends that connection
     /// alone.
@@ -95,15 +115,27 @@ pub enum ConcentratorError {
 #[derive(Debug)]
 pub struct Concentrator {
     listener: listen::Listener,
-    probes: Option<tokio::net::UdpSocket>,
+    probes: Option<Arc<tokio::net::UdpSocket>>,
+    datagram: Option<DatagramSide>,
     shared: Arc<Shared>,
+}
+
+/// The datagram tunnel while it runs: its socket (the probes' unless it
+/// has a port of its own), its state, and the exit (TUN, table, sysctls),
+/// dropped when the concentrator stops.
+#[derive(Debug)]
+struct DatagramSide {
+    socket: Arc<tokio::net::UdpSocket>,
+    own_socket: bool,
+    datagrams: Arc<datagram::Datagrams>,
+    _exit: exit::ExitGuards,
 }
 
 /// What every connection task reads.
 #[derive(Debug)]
 struct Shared {
     clients: Arc<Clients>,
-    policy: Policy,
+    policy: Arc<Policy>,
     handshake_timeout: Duration,
     connect_timeout: Duration,
     /// How accepted tunnels' send buffers are sized.
@@ -116,7 +148,7 @@ impl Concentrator {
     /// bound to (useful with port 0). Must run inside a Tokio runtime.
     pub fn bind(config: ConcentratorConfig) -> Result<(Self, SocketAddr), ConcentratorError> {
         let clients = Arc::new(
-            Clients::new(config.clients)
+            Clients::new(config.clients.clone())
                 .map_err(|dup| ConcentratorError::DuplicateClient { id: dup.0 })?,
         );
         let listener =
@@ -128,15 +160,26 @@ impl Concentrator {
         // The uplink probes' echo, on the same port over UDP. Without it
         // the concentrator still serves; clients then only see carrier
         // loss, not blackholed lines.
-        let probes = std::net::UdpSocket::bind(local_addr)
-            .and_then(|socket| {
-                socket.set_nonblocking(true)?;
-                tokio::net::UdpSocket::from_std(socket)
-            })
+        let probes = udp_socket(local_addr)
             .map_err(|e| {
                 warn!(addr = %local_addr, error = %e, "cannot open the probe echo (UDP); clients will not detect blackholed uplinks");
             })
-            .ok();
+            .ok()
+            .map(Arc::new);
+        let policy = Arc::new(Policy::new(
+            config.policy.allow.clone(),
+            config.policy.deny.clone(),
+        ));
+        let datagram = match &config.datagram {
+            None => None,
+            Some(dg) => Some(datagram_side(
+                &config,
+                dg,
+                local_addr,
+                probes.as_ref(),
+                &policy,
+            )?),
+        };
         info!(
             listen = %local_addr,
             multipath = listener.multipath,
@@ -145,7 +188,7 @@ impl Concentrator {
         );
         let shared = Arc::new(Shared {
             clients,
-            policy: Policy::new(config.policy.allow, config.policy.deny),
+            policy: Arc::clone(&policy),
             handshake_timeout: config.handshake_timeout,
             connect_timeout: config.connect_timeout,
             send_buffer: config.send_buffer,
@@ -155,6 +198,7 @@ impl Concentrator {
             Self {
                 listener,
                 probes,
+                datagram,
                 shared,
             },
             local_addr,
@@ -185,10 +229,32 @@ impl Concentrator {
         let Self {
             listener,
             probes,
+            datagram,
             shared,
         } = self;
-        let mut probe_task =
-            probes.map(|socket| tokio::spawn(probe::serve(socket, Arc::clone(&shared.clients))));
+        let shared_port = datagram.as_ref().filter(|d| !d.own_socket);
+        let mut probe_task = probes.map(|socket| {
+            tokio::spawn(datagram::serve_udp(
+                socket,
+                Arc::clone(&shared.clients),
+                shared_port.map(|d| Arc::clone(&d.datagrams)),
+            ))
+        });
+        let mut datagram_tasks = JoinSet::new();
+        if let Some(side) = &datagram {
+            if side.own_socket {
+                datagram_tasks.spawn(datagram::serve_udp(
+                    Arc::clone(&side.socket),
+                    Arc::clone(&shared.clients),
+                    Some(Arc::clone(&side.datagrams)),
+                ));
+            }
+            datagram_tasks.spawn(datagram::serve_tun(
+                Arc::clone(&side.socket),
+                Arc::clone(&side.datagrams),
+            ));
+            datagram_tasks.spawn(datagram::tick(Arc::clone(&side.datagrams)));
+        }
         let mut connections = JoinSet::new();
         let mut result = Ok(());
         tokio::pin!(shutdown);
@@ -198,6 +264,12 @@ impl Concentrator {
                 Some(joined) = async { Some((&mut probe_task.as_mut()?).await) } => {
                     probe_task = None;
                     result = task_ended("probe echo", joined);
+                    if result.is_err() {
+                        break;
+                    }
+                }
+                Some(joined) = datagram_tasks.join_next(), if !datagram_tasks.is_empty() => {
+                    result = task_ended("datagram tunnel", joined);
                     if result.is_err() {
                         break;
                     }
@@ -235,6 +307,8 @@ impl Concentrator {
         if let Some(task) = probe_task {
             task.abort();
         }
+        datagram_tasks.shutdown().await;
+        drop(datagram);
         if !connections.is_empty() {
             info!(
                 open = connections.len(),
@@ -253,6 +327,85 @@ impl Concentrator {
         info!("concentrator stopped");
         result
     }
+}
+
+fn udp_socket(addr: SocketAddr) -> io::Result<tokio::net::UdpSocket> {
+    let socket = std::net::UdpSocket::bind(addr)?;
+    socket.set_nonblocking(true)?;
+    tokio::net::UdpSocket::from_std(socket)
+}
+
+/// Opens the datagram tunnel: the exit (TUN, masquerade, forwarding), the
+/// responder with the clients' public keys, and the UDP socket (the
+/// probes' when the port is the same).
+fn datagram_side(
+    config: &ConcentratorConfig,
+    dg: &crate::config::concentrator::DatagramExitConfig,
+    local_addr: SocketAddr,
+    probes: Option<&Arc<tokio::net::UdpSocket>>,
+    policy: &Arc<Policy>,
+) -> Result<DatagramSide, ConcentratorError> {
+    let Some(secret) = config.private_key.clone() else {
+        // The config refuses [datagram] without a private key.
+        return Err(ConcentratorError::NoPrivateKey);
+    };
+    let tunnel_clients: Vec<datagram::TunnelClient> = config
+        .clients
+        .iter()
+        .filter_map(|c| {
+            let tunnel = c.tunnel?;
+            Some(datagram::TunnelClient {
+                public_key: c.public_key?,
+                v4: Some(IpAddr::V4(tunnel.v4)),
+                v6: tunnel.v6.map(IpAddr::V6),
+            })
+        })
+        .collect();
+    let responder = crate::crypto::Responder::new(
+        secret,
+        tunnel_clients.iter().map(|c| c.public_key),
+        crate::crypto::SystemRng::new(),
+    )
+    .map_err(ConcentratorError::Keys)?;
+    let addr = SocketAddr::new(local_addr.ip(), dg.port);
+    let (socket, own_socket) = match probes {
+        Some(probes) if dg.port == local_addr.port() => (Arc::clone(probes), false),
+        _ => (
+            Arc::new(
+                udp_socket(addr)
+                    .map_err(|source| ConcentratorError::DatagramPort { addr, source })?,
+            ),
+            true,
+        ),
+    };
+    exit::cleanup_leftovers();
+    let exit_config = exit::ExitConfig {
+        tun: dg.tun.clone(),
+        ipv4: Some(dg.ipv4),
+        ipv6: dg.ipv6,
+        mtu: exit::TUN_MTU,
+    };
+    let (tun, guards) = exit::Exit::open(&exit_config)
+        .map_err(ConcentratorError::Exit)?
+        .into_parts();
+    let datagrams = Arc::new(datagram::Datagrams::new(
+        responder,
+        tunnel_clients,
+        tun,
+        Arc::clone(policy),
+    ));
+    info!(
+        port = dg.port,
+        tun = %dg.tun,
+        clients = config.clients.iter().filter(|c| c.tunnel.is_some()).count(),
+        "datagram tunnel open"
+    );
+    Ok(DatagramSide {
+        socket,
+        own_socket,
+        datagrams,
+        _exit: guards,
+    })
 }
 
 /// Binds the listener of `config` and serves until `shutdown` completes.

@@ -126,6 +126,18 @@ impl Policy {
         if destination.port() == 0 {
             return denied(DenyReason::PortZero);
         }
+        self.check_host(destination)
+    }
+
+    /// Whether datagrams may go to `destination`'s address (its port is
+    /// not looked at: ICMP and other protocols have none).
+    pub fn check_host(&self, destination: SocketAddr) -> Result<(), Denied> {
+        let denied = |reason| {
+            Err(Denied {
+                destination,
+                reason,
+            })
+        };
         let ip = canonical(destination.ip());
         if self.allow.iter().any(|prefix| prefix.contains(&ip)) {
             return Ok(());

@@ -4,45 +4,17 @@
 //! verify is dropped without a word: the echo never answers a stranger, so
 //! it cannot be used to reflect traffic at someone else.
 
-use std::io;
-use std::sync::Arc;
-
-use tokio::net::UdpSocket;
-use tracing::{debug, warn};
-
 use super::accept::Clients;
 use crate::auth;
-use crate::wire::probe::{Kind, Probe, MAX_LEN};
+use crate::wire::probe::{Kind, Probe};
 
 /// Probes older or newer than this (by the client's clock against ours)
 /// are not answered: replays of old probes get nothing.
 const FRESHNESS_MS: u64 = 30_000;
 
-/// Answers probes on `socket` until it fails.
-pub(super) async fn serve(socket: UdpSocket, clients: Arc<Clients>) {
-    let mut buf = vec![0; MAX_LEN + 1];
-    loop {
-        let (n, peer) = match socket.recv_from(&mut buf).await {
-            Ok(got) => got,
-            Err(e) if transient(&e) => continue,
-            Err(e) => {
-                warn!(error = %e, "the probe socket failed; clients cannot probe their uplinks");
-                return;
-            }
-        };
-        let Some(reply) = answer(&clients, &buf[..n], auth::unix_ms()) else {
-            debug!(%peer, len = n, "probe dropped");
-            continue;
-        };
-        if let Err(e) = socket.send_to(&reply, peer).await {
-            debug!(%peer, error = %e, "cannot answer a probe");
-        }
-    }
-}
-
 /// The reply to `datagram` at `now_ms`, if it is a fresh request that
 /// verifies with its client's key.
-fn answer(clients: &Clients, datagram: &[u8], now_ms: u64) -> Option<Vec<u8>> {
+pub(super) fn answer(clients: &Clients, datagram: &[u8], now_ms: u64) -> Option<Vec<u8>> {
     let (probe, body, mac) = Probe::decode(datagram).ok()?;
     if probe.kind != Kind::Request || now_ms.abs_diff(probe.sent_ms) > FRESHNESS_MS {
         return None;
@@ -56,21 +28,6 @@ fn answer(clients: &Clients, datagram: &[u8], now_ms: u64) -> Option<Vec<u8>> {
         ..probe
     };
     Some(reply.encode(&auth::sign_probe(key, &reply.body())))
-}
-
-/// Errors a UDP socket reports for earlier datagrams (an ICMP unreachable
-/// for a reply) that say nothing about the socket itself.
-fn transient(e: &io::Error) -> bool {
-    matches!(
-        e.kind(),
-        io::ErrorKind::ConnectionRefused
-            | io::ErrorKind::ConnectionReset
-            | io::ErrorKind::Interrupted
-            | io::ErrorKind::WouldBlock
-    ) || matches!(
-        e.raw_os_error(),
-        Some(libc::EHOSTUNREACH | libc::ENETUNREACH)
-    )
 }
 
 #[cfg(test)]
@@ -88,6 +45,7 @@ mod tests {
             key: key(1),
             max_connections: 4,
             tunnel: None,
+            public_key: None,
         }])
         .expect("clients")
     }

@@ -66,10 +66,11 @@ use toml::Spanned;
 
 use super::{
     is_unicast_host, parse_nonzero_duration, parse_port, parse_send_buffer, parse_socket_addr,
-    ConfigError, ConfigFile, Parsed, RawSendBuffer, SendBuffer, ValueError,
+    ConfigError, ConfigFile, KeyNames, Parsed, RawSendBuffer, SendBuffer, ValueError,
 };
 use crate::auth::Key;
 use crate::client::redirect::ConnectMode;
+use crate::crypto::{connect_key, PublicKey, StaticSecret};
 use crate::datagram::{Mode, QuicPolicy, SchedulerConfig};
 use crate::wire::convert::ClientId;
 
@@ -99,6 +100,10 @@ pub struct ClientConfig {
     /// The datagram tunnel; `None`: off (no `[datagram]` table, or
     /// `enabled = false`).
     pub datagram: Option<DatagramConfig>,
+    /// This client's X25519 secret and the concentrator's public key
+    /// (`private_key[_file]`, `concentrator_public_key[_file]`): the
+    /// datagram tunnel's identities, and the source of the connect key.
+    pub identity: Option<(StaticSecret, PublicKey)>,
 }
 
 /// The datagram tunnel's settings (`[datagram]`).
@@ -224,6 +229,10 @@ pub struct RawClientConfig {
     id: Spanned<String>,
     key: Option<Spanned<String>>,
     key_file: Option<Spanned<String>>,
+    private_key: Option<Spanned<String>>,
+    private_key_file: Option<Spanned<String>>,
+    concentrator_public_key: Option<Spanned<String>>,
+    concentrator_public_key_file: Option<Spanned<String>>,
     connect_mode: Option<Spanned<String>>,
     connect_timeout: Option<Spanned<String>>,
     warm_connections: Option<Spanned<i64>>,
@@ -283,7 +292,61 @@ impl TryFrom<Parsed<'_, RawClientConfig>> for ClientConfig {
             .map_err(|e| file.invalid("concentrator", raw.concentrator.span(), e))?;
         let id = ClientId::try_from(raw.id.get_ref().as_str())
             .map_err(|e| file.invalid("id", raw.id.span(), ValueError::ClientId(e)))?;
-        let key = file.key("", 0..0, raw.key.as_ref(), raw.key_file.as_ref())?;
+        let secret = file.optional_key(
+            "",
+            KeyNames {
+                inline: ("private_key", raw.private_key.as_ref()),
+                file: ("private_key_file", raw.private_key_file.as_ref()),
+                secret: true,
+            },
+        )?;
+        let public = file.optional_key(
+            "",
+            KeyNames {
+                inline: (
+                    "concentrator_public_key",
+                    raw.concentrator_public_key.as_ref(),
+                ),
+                file: (
+                    "concentrator_public_key_file",
+                    raw.concentrator_public_key_file.as_ref(),
+                ),
+                secret: false,
+            },
+        )?;
+        let identity = match (secret, public) {
+            (None, None) => None,
+            (Some(secret), Some(public)) => Some((
+                StaticSecret::from_bytes(*secret.as_bytes()),
+                PublicKey::from_bytes(*public.as_bytes()),
+            )),
+            (Some(_), None) => {
+                return Err(file.missing(
+                    "concentrator_public_key",
+                    ValueError::HalfKeyPair {
+                        given: "private_key",
+                        missing: "concentrator_public_key or concentrator_public_key_file",
+                    },
+                ))
+            }
+            (None, Some(_)) => {
+                return Err(file.missing(
+                    "private_key",
+                    ValueError::HalfKeyPair {
+                        given: "concentrator_public_key",
+                        missing: "private_key or private_key_file",
+                    },
+                ))
+            }
+        };
+        let key = match &identity {
+            None => file.key("", 0..0, raw.key.as_ref(), raw.key_file.as_ref())?,
+            Some(_) if raw.key.is_some() || raw.key_file.is_some() => {
+                return Err(file.missing("key", ValueError::KeyAndPublicKeys))
+            }
+            Some((secret, public)) => connect_key(secret, public)
+                .map_err(|_| file.missing("concentrator_public_key", ValueError::LowOrderKey))?,
+        };
         let connect_mode = match &raw.connect_mode {
             None => ConnectMode::Fast,
             Some(text) => match text.get_ref().as_str() {
@@ -381,6 +444,15 @@ impl TryFrom<Parsed<'_, RawClientConfig>> for ClientConfig {
             None => None,
             Some(table) => datagram(file, table, concentrator.port(), &tun)?,
         };
+        if datagram.is_some() && identity.is_none() {
+            return Err(file.missing(
+                "private_key",
+                ValueError::HalfKeyPair {
+                    given: "[datagram]",
+                    missing: "private_key and concentrator_public_key",
+                },
+            ));
+        }
 
         Ok(Self {
             concentrator,
@@ -394,6 +466,7 @@ impl TryFrom<Parsed<'_, RawClientConfig>> for ClientConfig {
             tun,
             uplinks,
             datagram,
+            identity,
         })
     }
 }
@@ -803,10 +876,34 @@ mod tests {
         assert!(message.contains("backup"), "{message}");
     }
 
+    /// `base(extra)` with a key pair instead of the shared key, as the
+    /// datagram tunnel needs.
+    fn keyed(extra: &str) -> String {
+        let peer = crate::crypto::StaticSecret::from_bytes([7; 32]).public_key();
+        base(extra).replace(
+            &format!("key = \"{KEY}\"\n"),
+            &format!("private_key = \"{KEY}\"\nconcentrator_public_key = \"{peer}\"\n"),
+        )
+    }
+
+    #[test]
+    fn the_datagram_tunnel_needs_a_key_pair_and_derives_the_connect_key() {
+        let (key, _, message) = problem(&base("[datagram]\naddress_v4 = \"10.77.0.2\""));
+        assert_eq!(key, "private_key");
+        assert!(message.contains("private_key"), "{message}");
+        let config = load(&keyed("")).expect("valid");
+        let (secret, public) = config.identity.expect("a key pair");
+        let derived = crate::crypto::connect_key(&secret, &public).expect("derive");
+        assert_eq!(config.key.to_base64(), derived.to_base64());
+        let both = keyed("").replace("private_key", &format!("key = \"{KEY}\"\nprivate_key"));
+        let (_, _, message) = problem(&both);
+        assert!(message.contains("remove key"), "{message}");
+    }
+
     #[test]
     fn the_datagram_tunnel_is_off_without_its_table() {
         assert_eq!(load(&base("")).expect("valid").datagram, None);
-        let config = load(&base("[datagram]\naddress_v4 = \"10.77.0.2\"")).expect("valid");
+        let config = load(&keyed("[datagram]\naddress_v4 = \"10.77.0.2\"")).expect("valid");
         assert_eq!(
             config.datagram,
             Some(DatagramConfig {
@@ -819,12 +916,12 @@ mod tests {
             })
         );
         let off = "[datagram]\nenabled = false\naddress_v4 = \"10.77.0.2\"";
-        assert_eq!(load(&base(off)).expect("valid").datagram, None);
+        assert_eq!(load(&keyed(off)).expect("valid").datagram, None);
     }
 
     #[test]
     fn every_datagram_key_reads_back() {
-        let config = load(&base(
+        let config = load(&keyed(
             "[datagram]\nenabled = true\nport = 7400\nmode = \"aggregate\"\n\
              dns_redundant = false\nquic = \"block\"\naddress_v4 = \"10.77.0.2\"\n\
              address_v6 = \"fd77::2\"",
@@ -844,7 +941,7 @@ mod tests {
             datagram.address_v6,
             Some("fd77::2".parse().expect("address"))
         );
-        let redundant = base("[datagram]\nmode = \"redundant\"\naddress_v4 = \"10.77.0.2\"");
+        let redundant = keyed("[datagram]\nmode = \"redundant\"\naddress_v4 = \"10.77.0.2\"");
         assert_eq!(
             load(&redundant).expect("valid").datagram.map(|d| d.mode),
             Some(Mode::Redundant)

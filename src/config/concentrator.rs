@@ -49,9 +49,10 @@ use toml::Spanned;
 use super::client::is_interface_name;
 use super::{
     parse_nonzero_duration, parse_port, parse_prefix, parse_send_buffer, parse_socket_addr,
-    ConfigError, ConfigFile, Parsed, PoolAddress, RawSendBuffer, SendBuffer, ValueError,
+    ConfigError, ConfigFile, KeyNames, Parsed, PoolAddress, RawSendBuffer, SendBuffer, ValueError,
 };
 use crate::auth::Key;
+use crate::crypto::{connect_key, PublicKey, StaticSecret};
 use crate::wire::convert::ClientId;
 
 /// The concentrator's validated configuration.
@@ -71,6 +72,10 @@ pub struct ConcentratorConfig {
     pub policy: PolicyConfig,
     /// The datagram tunnel's exit; `None`: TCP only.
     pub datagram: Option<DatagramExitConfig>,
+    /// This concentrator's X25519 secret (`private_key` or
+    /// `private_key_file`): the datagram tunnel's identity, and with a
+    /// client's public key the source of its connect-header key.
+    pub private_key: Option<StaticSecret>,
 }
 
 /// The datagram tunnel's exit (`[datagram]`): the concentrator's TUN,
@@ -107,8 +112,12 @@ pub struct TunnelAddresses {
 pub struct ClientConfig {
     /// Its name, sent in every connect header.
     pub id: ClientId,
-    /// Its secret.
+    /// Its connect-header key: `key` as given, or derived from its
+    /// `public_key` and the concentrator's private key.
     pub key: Key,
+    /// Its X25519 public key; `None`: it has a shared `key` and no
+    /// datagram tunnel.
+    pub public_key: Option<PublicKey>,
     /// How many connections it may have open at once.
     pub max_connections: usize,
     /// Its datagram tunnel addresses; `None`: TCP only. Unique across
@@ -159,6 +168,8 @@ pub struct RawConcentratorConfig {
     #[serde(default)]
     policy: RawPolicy,
     datagram: Option<Spanned<RawDatagram>>,
+    private_key: Option<Spanned<String>>,
+    private_key_file: Option<Spanned<String>>,
 }
 
 /// The `[datagram]` table as written.
@@ -178,6 +189,8 @@ pub struct RawClient {
     id: Spanned<String>,
     key: Option<Spanned<String>>,
     key_file: Option<Spanned<String>>,
+    public_key: Option<Spanned<String>>,
+    public_key_file: Option<Spanned<String>>,
     max_connections: Option<Spanned<i64>>,
     tunnel_v4: Option<Spanned<String>>,
     tunnel_v6: Option<Spanned<String>>,
@@ -230,6 +243,26 @@ impl TryFrom<Parsed<'_, RawConcentratorConfig>> for ConcentratorConfig {
             Some(table) => Some(datagram(file, table.get_ref(), listen.port())?),
         };
 
+        let private_key = file
+            .optional_key(
+                "",
+                KeyNames {
+                    inline: ("private_key", raw.private_key.as_ref()),
+                    file: ("private_key_file", raw.private_key_file.as_ref()),
+                    secret: true,
+                },
+            )?
+            .map(|key| StaticSecret::from_bytes(*key.as_bytes()));
+        if let (Some(_), None) = (&datagram, &private_key) {
+            return Err(file.missing(
+                "private_key",
+                ValueError::HalfKeyPair {
+                    given: "[datagram]",
+                    missing: "private_key or private_key_file",
+                },
+            ));
+        }
+
         if raw.client.is_empty() {
             return Err(file.missing("client", ValueError::NoClient));
         }
@@ -238,7 +271,13 @@ impl TryFrom<Parsed<'_, RawConcentratorConfig>> for ConcentratorConfig {
         let mut tunnel_use: HashMap<IpAddr, (String, usize)> = HashMap::new();
         for (i, table) in raw.client.iter().enumerate() {
             let prefix = format!("client[{i}]");
-            let client = client(file, &prefix, table, datagram.as_ref())?;
+            let client = client(
+                file,
+                &prefix,
+                table,
+                datagram.as_ref(),
+                private_key.as_ref(),
+            )?;
             let raw_client = table.get_ref();
             let addresses = [
                 (
@@ -308,6 +347,7 @@ impl TryFrom<Parsed<'_, RawConcentratorConfig>> for ConcentratorConfig {
             clients,
             policy,
             datagram,
+            private_key,
         })
     }
 }
@@ -432,6 +472,7 @@ fn client(
     prefix: &str,
     table: &Spanned<RawClient>,
     datagram: Option<&DatagramExitConfig>,
+    private_key: Option<&StaticSecret>,
 ) -> Result<ClientConfig, ConfigError> {
     let raw = table.get_ref();
     let id = ClientId::try_from(raw.id.get_ref().as_str()).map_err(|e| {
@@ -441,12 +482,39 @@ fn client(
             ValueError::ClientId(e),
         )
     })?;
-    let key = file.key(
-        prefix,
-        table.span(),
-        raw.key.as_ref(),
-        raw.key_file.as_ref(),
-    )?;
+    let public_key = file
+        .optional_key(
+            prefix,
+            KeyNames {
+                inline: ("public_key", raw.public_key.as_ref()),
+                file: ("public_key_file", raw.public_key_file.as_ref()),
+                secret: false,
+            },
+        )?
+        .map(|key| PublicKey::from_bytes(*key.as_bytes()));
+    let key = match (&public_key, private_key) {
+        (None, _) => file.key(
+            prefix,
+            table.span(),
+            raw.key.as_ref(),
+            raw.key_file.as_ref(),
+        )?,
+        (Some(_), _) if raw.key.is_some() || raw.key_file.is_some() => {
+            return Err(file.invalid(prefix, table.span(), ValueError::KeyAndPublicKeys))
+        }
+        (Some(_), None) => {
+            return Err(file.invalid(
+                prefix,
+                table.span(),
+                ValueError::HalfKeyPair {
+                    given: "a client's public_key",
+                    missing: "the concentrator's private_key or private_key_file",
+                },
+            ))
+        }
+        (Some(public), Some(secret)) => connect_key(secret, public)
+            .map_err(|_| file.invalid(prefix, table.span(), ValueError::LowOrderKey))?,
+    };
     let max_connections = match &raw.max_connections {
         None => ConcentratorConfig::DEFAULT_MAX_CONNECTIONS,
         Some(value) => usize::try_from(*value.get_ref())
@@ -465,9 +533,20 @@ fn client(
             })?,
     };
     let tunnel = tunnel(file, prefix, table, datagram)?;
+    if tunnel.is_some() && public_key.is_none() {
+        return Err(file.invalid(
+            prefix,
+            table.span(),
+            ValueError::HalfKeyPair {
+                given: "tunnel_v4",
+                missing: "public_key (the datagram tunnel authenticates clients by it)",
+            },
+        ));
+    }
     Ok(ClientConfig {
         id,
         key,
+        public_key,
         max_connections,
         tunnel,
     })
@@ -685,14 +764,14 @@ mod tests {
         assert_eq!(
             message(&err),
             "/etc/mpbond/concentrator.toml:8: client[1].max_conections: unknown field \
-             `max_conections`, expected one of `id`, `key`, `key_file`, `max_connections`, \
-             `tunnel_v4`, `tunnel_v6`"
+             `max_conections`, expected one of `id`, `key`, `key_file`, `public_key`, \
+             `public_key_file`, `max_connections`, `tunnel_v4`, `tunnel_v6`"
         );
         assert_eq!(
             error("listen = \"0.0.0.0:7300\"\nlisten_port = 1\n"),
             "/etc/mpbond/concentrator.toml:2: listen_port: unknown field `listen_port`, \
              expected one of `listen`, `handshake_timeout`, `connect_timeout`, `send_buffer`, \
-             `client`, `policy`, `datagram`"
+             `client`, `policy`, `datagram`, `private_key`, `private_key_file`"
         );
     }
 
@@ -881,16 +960,35 @@ mod tests {
     }
 
     const HEAD: &str = "listen = \"0.0.0.0:7300\"\n\
+                        private_key = \"AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=\"\n\
                         [datagram]\nipv4 = \"10.77.0.1/24\"\nipv6 = \"fd77::1/64\"\n";
 
     fn with_clients(clients: &[&str]) -> String {
         let mut text = HEAD.to_owned();
         for (i, extra) in clients.iter().enumerate() {
+            let byte = u8::try_from(i + 1).expect("few clients");
+            let public = crate::crypto::StaticSecret::from_bytes([byte; 32]).public_key();
             text.push_str(&format!(
-                "[[client]]\nid = \"c{i}\"\nkey = \"{KEY}\"\n{extra}\n"
+                "[[client]]\nid = \"c{i}\"\npublic_key = \"{public}\"\n{extra}\n"
             ));
         }
         text
+    }
+
+    #[test]
+    fn tunnel_clients_need_public_keys_and_the_exit_a_private_key() {
+        let no_secret = with_clients(&["tunnel_v4 = \"10.77.0.2\""]).replace("private_key", "# ");
+        let err = parse(&no_secret).expect_err("no private key");
+        assert!(message(&err).contains("private_key"), "{}", message(&err));
+        let shared =
+            format!("{HEAD}[[client]]\nid = \"c\"\nkey = \"{KEY}\"\ntunnel_v4 = \"10.77.0.2\"\n");
+        let err = parse(&shared).expect_err("no public key");
+        assert!(message(&err).contains("public_key"), "{}", message(&err));
+        let config = parse(&with_clients(&["tunnel_v4 = \"10.77.0.2\""])).expect("valid");
+        let secret = config.private_key.as_ref().expect("private key");
+        let public = config.clients[0].public_key.expect("public key");
+        let derived = crate::crypto::connect_key(secret, &public).expect("derive");
+        assert_eq!(config.clients[0].key.to_base64(), derived.to_base64());
     }
 
     #[test]
@@ -927,8 +1025,8 @@ mod tests {
         assert_eq!(config.clients[2].tunnel, None, "a TCP-only client");
 
         let config = parse(&format!(
-            "listen = \"0.0.0.0:7300\"\n[datagram]\ntun = \"exit0\"\nipv4 = \"100.64.77.1/24\"\n\
-             port = 7400\n[[client]]\nid = \"a\"\nkey = \"{KEY}\"\n"
+            "listen = \"0.0.0.0:7300\"\nprivate_key = \"{KEY}\"\n[datagram]\ntun = \"exit0\"\n\
+             ipv4 = \"100.64.77.1/24\"\nport = 7400\n[[client]]\nid = \"a\"\nkey = \"{KEY}\"\n"
         ))
         .expect("valid");
         let datagram = config.datagram.expect("configured");
@@ -992,15 +1090,15 @@ mod tests {
                 "tunnel_v4 = \"10.77.0.2\"\ntunnel_v6 = \"fd77::2\"",
                 "tunnel_v4 = \"10.77.0.3\"\ntunnel_v6 = \"fd77:0::2\"",
             ])),
-            "/etc/mpbond/concentrator.toml:14: client[1].tunnel_v6: fd77::2 is already the \
-             tunnel address of client[0].tunnel_v6 (line 9): give each client its own"
+            "/etc/mpbond/concentrator.toml:15: client[1].tunnel_v6: fd77::2 is already the \
+             tunnel address of client[0].tunnel_v6 (line 10): give each client its own"
         );
         assert!(error(&with_clients(&[
             "tunnel_v4 = \"10.77.0.2\"",
             "tunnel_v4 = \"10.77.0.2\""
         ]))
         .starts_with(
-            "/etc/mpbond/concentrator.toml:12: client[1].tunnel_v4: 10.77.0.2 is already"
+            "/etc/mpbond/concentrator.toml:13: client[1].tunnel_v4: 10.77.0.2 is already"
         ));
 
         // Tunnel addresses without the pools they come from.
@@ -1012,7 +1110,7 @@ mod tests {
              address: add ipv4 = "
         ));
         let no_v6 = format!(
-            "listen = \"0.0.0.0:7300\"\n[datagram]\nipv4 = \"10.77.0.1/24\"\n\
+            "listen = \"0.0.0.0:7300\"\nprivate_key = \"{KEY}\"\n[datagram]\nipv4 = \"10.77.0.1/24\"\n\
              [[client]]\nid = \"a\"\nkey = \"{KEY}\"\ntunnel_v4 = \"10.77.0.2\"\ntunnel_v6 = \"fd77::2\"\n"
         );
         assert!(error(&no_v6)

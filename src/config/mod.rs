@@ -213,6 +213,31 @@ pub enum ValueError {
     /// Both `key` and `key_file`.
     #[error("both key and key_file are given: keep one")]
     KeyAndKeyFile,
+    /// Both forms of another key.
+    #[error("both {inline} and {file} are given: keep one")]
+    BothKeys {
+        /// The inline key's name.
+        inline: &'static str,
+        /// The key file's name.
+        file: &'static str,
+    },
+    /// A shared `key` beside the public keys it is derived from.
+    #[error(
+        "both a shared key and public keys are given: with public keys the connect \
+         key is derived from them; remove key / key_file"
+    )]
+    KeyAndPublicKeys,
+    /// One half of a key pair without the other.
+    #[error("{given} is given without {missing}: the tunnel needs both (see `mpbond keygen`)")]
+    HalfKeyPair {
+        /// The key given.
+        given: &'static str,
+        /// The key missing.
+        missing: &'static str,
+    },
+    /// A key pair that makes no shared secret.
+    #[error("this key pair makes no shared secret (a low-order public key): copy the keys again")]
+    LowOrderKey,
     /// Neither `key` nor `key_file`.
     #[error(
         "no key: add key = \"...\" or key_file = \"...\" (make one with \
@@ -568,6 +593,70 @@ impl ConfigFile {
                 .map_err(|e| self.invalid(child(prefix, "key_file"), file.span(), e)),
         }
     }
+}
+
+/// One of a pair of keys named `inline` / `file` (`private_key` /
+/// `private_key_file`), for the table `prefix`: `None` when neither is
+/// given. A secret's file must not be accessible by group or others; a
+/// public key's may be.
+pub(crate) struct KeyNames<'a> {
+    pub(crate) inline: (&'static str, Option<&'a Spanned<String>>),
+    pub(crate) file: (&'static str, Option<&'a Spanned<String>>),
+    pub(crate) secret: bool,
+}
+
+impl ConfigFile {
+    /// The 32-byte key given as `names.inline` or in the file
+    /// `names.file`, if either is.
+    pub(crate) fn optional_key(
+        &self,
+        prefix: &str,
+        names: KeyNames<'_>,
+    ) -> Result<Option<Key>, ConfigError> {
+        let (inline_name, inline) = names.inline;
+        let (file_name, file) = names.file;
+        match (inline, file) {
+            (Some(_), Some(file)) => Err(self.invalid(
+                child(prefix, file_name),
+                file.span(),
+                ValueError::BothKeys {
+                    inline: inline_name,
+                    file: file_name,
+                },
+            )),
+            (None, None) => Ok(None),
+            (Some(key), None) => Key::from_base64(key.get_ref()).map(Some).map_err(|e| {
+                self.invalid(child(prefix, inline_name), key.span(), ValueError::Key(e))
+            }),
+            (None, Some(path)) => {
+                let resolved = self.resolve(Path::new(path.get_ref()));
+                let read = if names.secret {
+                    read_key_file(&resolved)
+                } else {
+                    read_public_key_file(&resolved)
+                };
+                read.map(Some)
+                    .map_err(|e| self.invalid(child(prefix, file_name), path.span(), e))
+            }
+        }
+    }
+}
+
+/// Reads a base64 public key from `path` (any permissions).
+fn read_public_key_file(path: &Path) -> Result<Key, ValueError> {
+    let read_error = |source| ValueError::KeyFileRead {
+        path: path.to_owned(),
+        source,
+    };
+    let file = File::open(path).map_err(read_error)?;
+    let mut text = String::new();
+    file.take(MAX_KEY_FILE_LEN)
+        .read_to_string(&mut text)
+        .map_err(read_error)?;
+    Key::from_base64(&text).map_err(|source| ValueError::KeyFileContent {
+        path: path.to_owned(),
+        source,
+    })
 }
 
 /// Reads a base64 key from `path`, refusing a file group or others may

@@ -122,11 +122,15 @@ impl Drop for NftTable {
             self.family, self.name
         );
         match run(&script) {
-            Ok(Ok(())) => info!(table = %format!("{} {}", self.family, self.name), "nftables table removed"),
+            Ok(Ok(())) => {
+                info!(table = %format!("{} {}", self.family, self.name), "nftables table removed")
+            }
             Ok(Err(stderr)) => {
                 warn!(table = %format!("{} {}", self.family, self.name), %stderr, "cannot remove nftables table")
             }
-            Err(e) => warn!(table = %format!("{} {}", self.family, self.name), error = %e, "cannot remove nftables table"),
+            Err(e) => {
+                warn!(table = %format!("{} {}", self.family, self.name), error = %e, "cannot remove nftables table")
+            }
         }
     }
 }

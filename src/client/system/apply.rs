@@ -5,7 +5,7 @@
 
 use std::fmt;
 use std::io;
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use tracing::{debug, info, warn};
 
@@ -18,8 +18,8 @@ use super::plan::{
 use crate::chain::Chain;
 use crate::config::client::UplinkConfig;
 use crate::sys::{
-    read_sysctl, AddressFamily, MptcpEndpoint, MptcpLimits, MptcpPm, NetlinkError, Route, Rtnl,
-    Rule, SysctlGuard, MPBOND_RTPROT,
+    read_sysctl, AddressFamily, MptcpEndpoint, MptcpLimits, MptcpPm, NetlinkError, NftTable, Route,
+    Rtnl, Rule, SysctlGuard, MPBOND_RTPROT,
 };
 
 /// One thing added to the system, to be undone.
@@ -75,6 +75,8 @@ pub(super) struct Plumbing {
     installed: Vec<Installed>,
     /// Dropped after `installed` is undone (field order).
     sysctls: Vec<SysctlGuard>,
+    /// The datagram tunnel's NAT, if it runs.
+    nat: Option<NftTable>,
 }
 
 impl fmt::Debug for Plumbing {
@@ -97,6 +99,7 @@ impl Plumbing {
         tun: &str,
         concentrator: IpAddr,
         pm: MptcpPm,
+        nat: Option<(Ipv4Addr, Option<Ipv6Addr>)>,
     ) -> Result<Plumbing, UplinkError> {
         let rtnl = Rtnl::open().map_err(|source| UplinkError::Netlink { source })?;
         let removed = remove_leftovers(&rtnl, &pm)?;
@@ -114,6 +117,7 @@ impl Plumbing {
             slots: Vec::new(),
             installed: Vec::new(),
             sysctls: Vec::new(),
+            nat: None,
         };
         plumbing.set_sysctls()?;
         let tun_index = match plumbing.rtnl.link_index(tun) {
@@ -148,7 +152,14 @@ impl Plumbing {
             });
         }
         plumbing.raise_limits()?;
-        plumbing.install_capture(tun, tun_index, concentrator)?;
+        plumbing.install_capture(tun, tun_index, concentrator, nat.is_some())?;
+        if let Some((v4, v6)) = nat {
+            let body = super::nat::ruleset(tun, Some(v4), v6);
+            plumbing.nat = Some(
+                NftTable::install("inet", super::nat::NFT_TABLE, &body)
+                    .map_err(|source| UplinkError::Nat { source })?,
+            );
+        }
         info!(
             uplinks = plumbing.slots.len(),
             waiting = plumbing.slots.iter().filter(|s| !s.uplink.present()).count(),
@@ -746,6 +757,7 @@ impl Plumbing {
         tun: &str,
         tun_index: u32,
         concentrator: IpAddr,
+        all: bool,
     ) -> Result<(), UplinkError> {
         for route in capture_routes(tun_index) {
             self.rtnl
@@ -757,7 +769,7 @@ impl Plumbing {
             debug!(%route, "route added");
             self.installed.push(Installed::Route(route));
         }
-        for rule in capture_rules(concentrator) {
+        for rule in capture_rules(concentrator, all) {
             self.add_rule(rule)
                 .map_err(|source| UplinkError::CaptureRule { source })?;
         }
@@ -821,6 +833,14 @@ pub fn cleanup_leftovers() -> Result<usize, UplinkError> {
 fn remove_leftovers(rtnl: &Rtnl, pm: &MptcpPm) -> Result<usize, UplinkError> {
     let leftovers = |source| UplinkError::Leftovers { source };
     let report = rtnl.flush_owned(MPBOND_RTPROT).map_err(leftovers)?;
+    // Without nft installed there can be no leftover table either.
+    let nat = match NftTable::remove_leftover("inet", super::nat::NFT_TABLE) {
+        Ok(removed) => usize::from(removed),
+        Err(e) => {
+            debug!(error = %e, "cannot look for a leftover NAT table");
+            0
+        }
+    };
     let mut endpoints = 0;
     for endpoint in pm.endpoints().map_err(leftovers)? {
         if !ENDPOINT_IDS.contains(&endpoint.id) {
@@ -835,5 +855,5 @@ fn remove_leftovers(rtnl: &Rtnl, pm: &MptcpPm) -> Result<usize, UplinkError> {
             Err(err) => return Err(leftovers(err)),
         }
     }
-    Ok(report.routes + report.rules + endpoints)
+    Ok(report.routes + report.rules + endpoints + nat)
 }

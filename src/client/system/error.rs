@@ -27,6 +27,13 @@ pub enum UplinkError {
         #[source]
         source: NetlinkError,
     },
+    /// The datagram tunnel's NAT table could not be installed.
+    #[error("cannot install the datagram tunnel's NAT (nftables)")]
+    Nat {
+        /// What nft said.
+        #[source]
+        source: crate::sys::NftError,
+    },
     /// A sysctl could not be read or set.
     #[error("cannot set sysctl {key}; mpbond needs root and a kernel with MPTCP")]
     Sysctl {

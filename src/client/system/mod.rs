@@ -58,8 +58,8 @@
 //! joins with its config numbering ([`Handle::relink`]).
 
 mod apply;
-pub mod nat;
 mod error;
+pub mod nat;
 mod owner;
 mod plan;
 

@@ -52,7 +52,7 @@ mod tests {
         let text = ruleset(
             "mpb0",
             Some(Ipv4Addr::new(100, 64, 77, 2)),
-            Some("fd00:6d70:62:77::2".parse().unwrap()),
+            Some("fd00:6d70:62:77::2".parse().expect("address")),
         );
         assert!(text.contains(
             "oifname \"mpb0\" meta l4proto != tcp ip saddr != 100.64.77.2 snat ip to 100.64.77.2"

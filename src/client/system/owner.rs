@@ -4,7 +4,7 @@
 //! everything it installed.
 
 use std::fmt;
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::Arc;
 use std::thread::{self, JoinHandle};
 
@@ -61,6 +61,7 @@ pub async fn start(
     tun: &str,
     concentrator: IpAddr,
     pm: MptcpPm,
+    nat: Option<(Ipv4Addr, Option<Ipv6Addr>)>,
 ) -> Result<Handle, UplinkError> {
     let (uplinks, tun) = (uplinks.to_vec(), tun.to_owned());
     let (installed_tx, installed) = oneshot::channel();
@@ -68,7 +69,7 @@ pub async fn start(
     let thread = thread::Builder::new()
         .name("mpbond-system".into())
         .spawn(move || {
-            let plumbing = match Plumbing::install(&uplinks, &tun, concentrator, pm) {
+            let plumbing = match Plumbing::install(&uplinks, &tun, concentrator, pm, nat) {
                 Ok(plumbing) => plumbing,
                 Err(e) => {
                     let _ = installed_tx.send(Err(e));

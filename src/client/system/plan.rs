@@ -281,8 +281,9 @@ pub(super) fn capture_routes(tun_index: u32) -> Vec<Route> {
 }
 
 /// The capture rules of both families, in the order they must be added:
-/// the one diverting everything into the TUN last.
-pub(super) fn capture_rules(concentrator: IpAddr) -> Vec<Rule> {
+/// the one diverting everything into the TUN last. `all`: every protocol
+/// (the datagram tunnel carries what is not TCP); else TCP alone.
+pub(super) fn capture_rules(concentrator: IpAddr, all: bool) -> Vec<Rule> {
     let mut rules = Vec::new();
     for family in [AddressFamily::V4, AddressFamily::V6] {
         rules.push(Rule {
@@ -301,11 +302,11 @@ pub(super) fn capture_rules(concentrator: IpAddr) -> Vec<Rule> {
         });
     }
     for family in [AddressFamily::V4, AddressFamily::V6] {
-        // Only TCP is captured: until the datagram tunnel exists, other
-        // traffic (DNS, ICMP, QUIC) keeps using the main table's default
-        // route unbonded rather than vanishing into the TUN.
+        // Without the datagram tunnel only TCP is captured: other traffic
+        // (DNS, ICMP, QUIC) keeps using the main table's default route
+        // unbonded rather than vanishing into the TUN.
         rules.push(Rule {
-            ip_proto: Some(IPPROTO_TCP),
+            ip_proto: (!all).then_some(IPPROTO_TCP),
             ..our_rule(CAPTURE_PREF, family, CAPTURE_TABLE)
         });
     }
@@ -428,7 +429,10 @@ mod tests {
 
     #[test]
     fn capture_rules_divert_everything_last() {
-        let rules = capture_rules(ip_addr("203.0.113.7"));
+        let rules = capture_rules(ip_addr("203.0.113.7"), false);
+        assert!(rules[5..].iter().all(|r| r.ip_proto == Some(IPPROTO_TCP)));
+        let all = capture_rules(ip_addr("203.0.113.7"), true);
+        assert!(all[5..].iter().all(|r| r.ip_proto.is_none()));
         let summary: Vec<_> = rules
             .iter()
             .map(|r| (r.priority, r.family, r.table))
@@ -446,7 +450,7 @@ mod tests {
             ]
         );
         assert_eq!(rules[1].to, Some((ip_addr("203.0.113.7"), 32)));
-        let v6 = capture_rules(ip_addr("2001:db8::7"));
+        let v6 = capture_rules(ip_addr("2001:db8::7"), false);
         assert!(v6
             .iter()
             .any(|r| r.to == Some((ip_addr("2001:db8::7"), 128)) && r.family == AddressFamily::V6));

@@ -1,0 +1,306 @@
+//! The client's side of the datagram tunnel: what the TUN gives that is
+//! not TCP is scheduled onto the uplinks, sealed and sent to the
+//! concentrator's UDP port; what comes back is opened and written to the
+//! TUN.
+//!
+//! The sockets are the uplinks' probe sockets (one per uplink, bound to its
+//! address, so policy routing sends it out of that uplink): health opens
+//! and closes them as addresses come and go and tells [`Datagrams`]; their
+//! readers hand every datagram that is not an old-style probe answer to
+//! [`Datagrams::on_datagram`]. Health also feeds each uplink's path
+//! estimates to the scheduler, so a line health calls dead carries no
+//! datagrams either.
+//!
+//! Packets reach the TUN already source-NATed by the kernel to the
+//! client's tunnel address (`system::nat`); replies written back are
+//! mapped to the LAN host by conntrack.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use tokio::net::UdpSocket;
+use tracing::{debug, info, trace};
+
+use crate::crypto::{Initiator, PublicKey, Received, StaticSecret, SystemRng};
+use crate::datagram::schedule::{Decision, PathId, PathSettings, Scheduler, MAX_PATHS};
+use crate::datagram::SchedulerConfig;
+use crate::path::Estimates;
+use crate::wire::build_icmp_port_unreachable_for;
+use crate::wire::flow::flow_of;
+use crate::wire::tunnel::{Inner, DATA_OVERHEAD};
+
+/// Largest sealed datagram.
+const MAX_SEALED: usize = 65_535 + DATA_OVERHEAD + 1;
+
+/// The timer task wakes at least this often (the initiator's timers are
+/// seconds; this bounds how late a handshake retry can be).
+const TICK: Duration = Duration::from_millis(250);
+
+/// The site counts as active this long after a datagram.
+const ACTIVE_FOR: Duration = Duration::from_secs(5);
+
+/// Everything behind the lock.
+struct State {
+    initiator: Initiator<SystemRng>,
+    scheduler: Scheduler,
+    sockets: [Option<Arc<UdpSocket>>; MAX_PATHS],
+    established: bool,
+    /// Packets dropped because no session was up yet, since the last log.
+    no_session: u64,
+    /// When the TUN last gave a packet for the tunnel.
+    last_packet: Option<Instant>,
+}
+
+/// The datagram tunnel of the client.
+pub(super) struct Datagrams {
+    state: Mutex<State>,
+    /// The concentrator's UDP port.
+    pub(super) concentrator: SocketAddr,
+    v4: IpAddr,
+    v6: Option<IpAddr>,
+}
+
+impl std::fmt::Debug for Datagrams {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Datagrams")
+            .field("concentrator", &self.concentrator)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Sealed datagrams, each with the uplink socket to send it on.
+pub(super) type Sends = Vec<(Arc<UdpSocket>, Vec<u8>)>;
+
+/// What a packet from the TUN turned into.
+pub(super) enum Outgoing {
+    /// Sealed datagrams to send, each on an uplink's socket.
+    Send(Vec<(Arc<UdpSocket>, Vec<u8>)>),
+    /// An answer for the TUN (QUIC refused with an ICMP unreachable).
+    Reply(Vec<u8>),
+    /// Nothing.
+    Nothing,
+}
+
+fn unix_now() -> Duration {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+}
+
+impl Datagrams {
+    /// A tunnel to `concentrator` with this identity, for uplinks with
+    /// these settings (config order).
+    pub(super) fn new(
+        identity: (StaticSecret, PublicKey),
+        concentrator: SocketAddr,
+        scheduler: SchedulerConfig,
+        uplinks: &[PathSettings],
+        v4: IpAddr,
+        v6: Option<IpAddr>,
+    ) -> Self {
+        let now = Instant::now();
+        let mut sched = Scheduler::new(scheduler, now);
+        for (i, settings) in uplinks.iter().enumerate().take(MAX_PATHS) {
+            if let Ok(id) = u8::try_from(i) {
+                // In range: `take(MAX_PATHS)`.
+                let _ = sched.add_path(now, PathId(id), *settings);
+            }
+        }
+        let (secret, public) = identity;
+        Self {
+            state: Mutex::new(State {
+                initiator: Initiator::new(secret, public, SystemRng::new(), now),
+                scheduler: sched,
+                sockets: Default::default(),
+                established: false,
+                no_session: 0,
+                last_packet: None,
+            }),
+            concentrator,
+            v4,
+            v6,
+        }
+    }
+
+    fn state(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Uplink `index` has this socket now (`None`: none, it has no
+    /// address).
+    pub(super) fn set_socket(&self, index: usize, socket: Option<Arc<UdpSocket>>) {
+        if let Some(slot) = self.state().sockets.get_mut(index) {
+            *slot = socket;
+        }
+    }
+
+    /// Uplink `index`'s path core says this now.
+    pub(super) fn update(&self, index: usize, now: Instant, estimates: &Estimates) {
+        let Ok(id) = u8::try_from(index) else { return };
+        let mut state = self.state();
+        state.scheduler.update(PathId(id), now, estimates);
+        state
+            .scheduler
+            .set_rate(PathId(id), estimates.rx_bytes_per_sec);
+    }
+
+    /// Schedules and seals one packet the TUN gave (not TCP).
+    pub(super) fn on_tun_packet(&self, packet: &[u8]) -> Outgoing {
+        let Ok(flow) = flow_of(packet) else {
+            return Outgoing::Nothing;
+        };
+        // The kernel's own link-local and multicast chatter on the TUN
+        // (router solicitations, MLD) stays here.
+        if !is_global_ish(flow.key.dst) || !self.is_ours(flow.key.src) {
+            trace!(src = %flow.key.src, dst = %flow.key.dst, "not tunnelled");
+            return Outgoing::Nothing;
+        }
+        let now = Instant::now();
+        let mut state = self.state();
+        let state = &mut *state;
+        state.last_packet = Some(now);
+        let paths = match state.scheduler.schedule(now, &flow, packet.len()) {
+            Decision::Send(paths) => paths,
+            Decision::Drop => return Outgoing::Nothing,
+            Decision::Block => {
+                return build_icmp_port_unreachable_for(packet)
+                    .map_or(Outgoing::Nothing, Outgoing::Reply)
+            }
+        };
+        let mut sends = Vec::with_capacity(paths.len());
+        let mut out = vec![0; MAX_SEALED];
+        for id in paths.iter() {
+            let Some(socket) = state.sockets.get(usize::from(id.0)).cloned().flatten() else {
+                continue;
+            };
+            match state
+                .initiator
+                .seal(now, id.0, &Inner::Ip(packet), &mut out)
+            {
+                Ok(len) => sends.push((socket, out[..len].to_vec())),
+                Err(_) => {
+                    state.no_session += 1;
+                    break;
+                }
+            }
+        }
+        Outgoing::Send(sends)
+    }
+
+    /// Whether datagrams went through lately (so health probes at the
+    /// busy rate).
+    pub(super) fn active(&self, now: Instant) -> bool {
+        self.state()
+            .last_packet
+            .is_some_and(|at| now.saturating_duration_since(at) < ACTIVE_FOR)
+    }
+
+    fn is_ours(&self, addr: IpAddr) -> bool {
+        addr == self.v4 || Some(addr) == self.v6
+    }
+
+    /// Handles a datagram uplink `index` received from the concentrator;
+    /// returns the IP packet to write to the TUN, if it carried one.
+    pub(super) fn on_datagram<'a>(
+        &self,
+        index: usize,
+        bytes: &'a mut [u8],
+    ) -> (Option<&'a [u8]>, Sends) {
+        let Ok(path) = u8::try_from(index) else {
+            return (None, Vec::new());
+        };
+        let now = Instant::now();
+        let mut state = self.state();
+        let received = state.initiator.handle_datagram(now, path, bytes);
+        let sends = drain(&mut state);
+        let packet = match received {
+            Ok(Received::Data {
+                inner: Inner::Ip(packet),
+                ..
+            }) => Some(packet),
+            Ok(Received::Handshake { .. }) => {
+                if !state.established {
+                    info!(concentrator = %self.concentrator, "datagram tunnel up");
+                }
+                state.established = true;
+                None
+            }
+            Ok(_) => None,
+            Err(dropped) => {
+                debug!(uplink = index, why = %dropped, "datagram from the concentrator dropped");
+                None
+            }
+        };
+        (packet, sends)
+    }
+
+    /// Runs the initiator's timers; what to send.
+    fn on_tick(&self) -> Vec<(Arc<UdpSocket>, Vec<u8>)> {
+        let now = Instant::now();
+        let mut state = self.state();
+        if state.initiator.poll_timeout().is_some_and(|at| at <= now) {
+            if let Err(e) = state.initiator.handle_timeout(now, unix_now()) {
+                debug!(error = %e, "datagram tunnel timers");
+            }
+        }
+        if state.no_session > 0 {
+            debug!(
+                dropped = state.no_session,
+                "datagrams dropped: the tunnel's handshake is not complete"
+            );
+            state.no_session = 0;
+        }
+        drain(&mut state)
+    }
+}
+
+/// The initiator's queued messages, each with the socket to send it on:
+/// its own path, or for initiations the first uplink that has a socket and
+/// carries.
+fn drain(state: &mut State) -> Vec<(Arc<UdpSocket>, Vec<u8>)> {
+    let mut sends = Vec::new();
+    while let Some(transmit) = state.initiator.poll_transmit() {
+        let socket = match transmit.path {
+            Some(path) => state.sockets.get(usize::from(path)).cloned().flatten(),
+            None => state.sockets.iter().flatten().next().cloned(),
+        };
+        if let Some(socket) = socket {
+            sends.push((socket, transmit.bytes));
+        }
+    }
+    sends
+}
+
+/// Whether packets to `addr` are worth tunnelling: not link-local, not
+/// multicast, not unspecified.
+fn is_global_ish(addr: IpAddr) -> bool {
+    match addr {
+        IpAddr::V4(a) => {
+            !(a.is_multicast() || a.is_link_local() || a.is_unspecified() || a.is_broadcast())
+        }
+        IpAddr::V6(a) => {
+            !(a.is_multicast() || a.is_unspecified() || (a.segments()[0] & 0xffc0) == 0xfe80)
+        }
+    }
+}
+
+/// Sends datagrams to the concentrator; a full socket buffer or a dead
+/// line is loss, as for any datagram.
+pub(super) fn send(concentrator: SocketAddr, sends: Vec<(Arc<UdpSocket>, Vec<u8>)>) {
+    for (socket, bytes) in sends {
+        if let Err(e) = socket.try_send_to(&bytes, concentrator) {
+            trace!(error = %e, "datagram not sent");
+        }
+    }
+}
+
+/// Runs the initiator's timers forever.
+pub(super) async fn timers(datagrams: Arc<Datagrams>) -> Result<(), super::ClientError> {
+    let mut interval = tokio::time::interval(TICK);
+    loop {
+        interval.tick().await;
+        let sends = datagrams.on_tick();
+        send(datagrams.concentrator, sends);
+    }
+}

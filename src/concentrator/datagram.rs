@@ -1,0 +1,423 @@
+//! The concentrator's side of the datagram tunnel: the one UDP port (shared
+//! with the uplink probes of [`super::probe`]) and the exit's TUN.
+//!
+//! From a client: a datagram goes to the [`Responder`]; what authenticates
+//! as an IP packet is checked (its source must be the client's own tunnel
+//! address, its destination must pass the [`Policy`] and not be another
+//! client's) and written to the TUN. A path probe is echoed on the path it
+//! came on. Anything that does not authenticate is dropped without a word.
+//!
+//! To a client: a packet the TUN gives is sealed for the client that owns
+//! its destination address and sent on the paths the client itself used
+//! last for that flow (the client's scheduler decides, from its path
+//! cores, and the concentrator mirrors it; DNS the client sent redundantly
+//! is answered redundantly). A flow the client has not sent on lately goes
+//! on the path the client was last heard on.
+//!
+//! The responder and the per-client path table sit behind one mutex, held
+//! for the handling of one packet and never across an await.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use tokio::net::UdpSocket;
+use tracing::{debug, info, warn};
+
+use super::accept::Clients;
+use super::policy::Policy;
+use crate::crypto::{Dropped, PeerId, Received, Responder, SystemRng};
+use crate::datagram::schedule::MAX_PATHS;
+use crate::wire::flow::{flow_of, Demux, FlowKey};
+use crate::wire::probe::MAGIC;
+use crate::wire::tunnel::{Inner, PathProbe, DATA_OVERHEAD};
+
+/// Largest datagram read from the UDP socket or the TUN.
+const MAX_DATAGRAM: usize = 65_535;
+
+/// A flow's paths are mirrored for this long after the client last sent on
+/// it; later replies take the client's most recent path.
+const MIRROR_FOR: Duration = Duration::from_secs(30);
+
+/// Flows remembered per client at most; the table is cleared when full
+/// (replies then take the most recent path until the client sends again).
+const MAX_FLOWS_PER_CLIENT: usize = 16_384;
+
+/// How often expired sessions are swept.
+const TICK: Duration = Duration::from_secs(1);
+
+/// At most this many dropped datagrams are logged per second.
+const DROP_LOGS_PER_SEC: u32 = 10;
+
+/// One client of the tunnel.
+#[derive(Debug)]
+struct Peer {
+    /// Its tunnel addresses.
+    v4: Option<IpAddr>,
+    v6: Option<IpAddr>,
+    /// Where each of its paths was last heard from, and when.
+    paths: [Option<(SocketAddr, Instant)>; MAX_PATHS],
+    /// Per flow (as the client sends it): a bit per path it used last, and
+    /// when.
+    flows: HashMap<FlowKey, (u8, Instant)>,
+    /// Probe sequence per path, for the echoes.
+    probe_seq: [u64; MAX_PATHS],
+}
+
+impl Peer {
+    fn owns(&self, addr: IpAddr) -> bool {
+        Some(addr) == self.v4 || Some(addr) == self.v6
+    }
+
+    /// The paths to send a reply of `flow` (keyed as the client sends it)
+    /// on, as a bit set.
+    fn paths_for(&self, now: Instant, flow: Option<&FlowKey>) -> u8 {
+        if let Some((bits, at)) = flow.and_then(|f| self.flows.get(f)) {
+            let live = bits & self.live(now);
+            if now.saturating_duration_since(*at) < MIRROR_FOR && live != 0 {
+                return live;
+            }
+        }
+        // The path heard from last.
+        self.paths
+            .iter()
+            .enumerate()
+            .filter_map(|(i, p)| p.map(|(_, at)| (i, at)))
+            .max_by_key(|&(_, at)| at)
+            .map_or(0, |(i, _)| 1 << i)
+    }
+
+    /// Paths heard from within the mirror time.
+    fn live(&self, now: Instant) -> u8 {
+        let mut bits = 0;
+        for (i, path) in self.paths.iter().enumerate() {
+            if path.is_some_and(|(_, at)| now.saturating_duration_since(at) < MIRROR_FOR) {
+                bits |= 1 << i;
+            }
+        }
+        bits
+    }
+}
+
+/// Everything behind the lock.
+#[derive(Debug)]
+struct State {
+    responder: Responder<SystemRng>,
+    peers: Vec<Peer>,
+    by_addr: HashMap<IpAddr, PeerId>,
+    drop_log: (Instant, u32),
+}
+
+/// The datagram side of the concentrator.
+pub(super) struct Datagrams {
+    state: Mutex<State>,
+    tun: tun_rs::AsyncDevice,
+    policy: Arc<Policy>,
+}
+
+impl std::fmt::Debug for Datagrams {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Datagrams").finish_non_exhaustive()
+    }
+}
+
+/// A client of the tunnel as the config gives it.
+#[derive(Debug, Clone)]
+pub(super) struct TunnelClient {
+    pub(super) public_key: crate::crypto::PublicKey,
+    pub(super) v4: Option<IpAddr>,
+    pub(super) v6: Option<IpAddr>,
+}
+
+impl Datagrams {
+    pub(super) fn new(
+        responder: Responder<SystemRng>,
+        clients: Vec<TunnelClient>,
+        tun: tun_rs::AsyncDevice,
+        policy: Arc<Policy>,
+    ) -> Self {
+        let mut by_addr = HashMap::new();
+        let mut peers = Vec::with_capacity(clients.len());
+        for (i, client) in clients.into_iter().enumerate() {
+            for addr in [client.v4, client.v6].into_iter().flatten() {
+                by_addr.insert(addr, PeerId(i));
+            }
+            peers.push(Peer {
+                v4: client.v4,
+                v6: client.v6,
+                paths: [None; MAX_PATHS],
+                flows: HashMap::new(),
+                probe_seq: [0; MAX_PATHS],
+            });
+        }
+        Self {
+            state: Mutex::new(State {
+                responder,
+                peers,
+                by_addr,
+                drop_log: (Instant::now(), 0),
+            }),
+            tun,
+            policy,
+        }
+    }
+
+    fn state(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+fn transient(e: &std::io::Error) -> bool {
+    // ICMP errors from earlier sends show up on a later receive.
+    matches!(
+        e.kind(),
+        std::io::ErrorKind::ConnectionRefused
+            | std::io::ErrorKind::ConnectionReset
+            | std::io::ErrorKind::Interrupted
+            | std::io::ErrorKind::WouldBlock
+    ) || e.raw_os_error() == Some(libc::EHOSTUNREACH)
+        || e.raw_os_error() == Some(libc::ENETUNREACH)
+}
+
+/// Serves the UDP port until it fails: probes (old format) and the
+/// tunnel's messages.
+pub(super) async fn serve_udp(
+    socket: Arc<UdpSocket>,
+    clients: Arc<Clients>,
+    datagrams: Option<Arc<Datagrams>>,
+) {
+    let mut buf = vec![0; MAX_DATAGRAM];
+    loop {
+        let (n, src) = match socket.recv_from(&mut buf).await {
+            Ok(got) => got,
+            Err(e) if transient(&e) => continue,
+            Err(e) => {
+                warn!(error = %e, "the UDP socket failed; probes and datagrams stop");
+                return;
+            }
+        };
+        let datagram = &mut buf[..n];
+        if datagram.starts_with(&MAGIC) {
+            if let Some(reply) = super::probe::answer(&clients, datagram, crate::auth::unix_ms()) {
+                if let Err(e) = socket.send_to(&reply, src).await {
+                    debug!(%src, error = %e, "cannot answer a probe");
+                }
+            }
+            continue;
+        }
+        let Some(datagrams) = &datagrams else {
+            continue;
+        };
+        from_client(&socket, datagrams, src, datagram).await;
+    }
+}
+
+/// Handles one datagram from `src` that is not a probe.
+async fn from_client(socket: &UdpSocket, datagrams: &Datagrams, src: SocketAddr, bytes: &mut [u8]) {
+    let now = Instant::now();
+    let mut replies = Vec::new();
+    let packet = {
+        let mut state = datagrams.state();
+        let state = &mut *state;
+        let received = state.responder.handle_datagram(now, src, bytes);
+        while let Some(transmit) = state.responder.poll_transmit() {
+            replies.push(transmit);
+        }
+        match received {
+            Ok(Received::Data { peer, path, inner }) => {
+                let index = usize::from(path);
+                let Some(client) = state.peers.get_mut(peer.0).filter(|_| index < MAX_PATHS) else {
+                    return;
+                };
+                client.paths[index] = Some((src, now));
+                match inner {
+                    Inner::Ip(packet) => {
+                        match check_packet(&datagrams.policy, &state.by_addr, client, peer, packet)
+                        {
+                            Ok(key) => {
+                                if client.flows.len() >= MAX_FLOWS_PER_CLIENT {
+                                    client.flows.clear();
+                                }
+                                let entry = client.flows.entry(key).or_insert((0, now));
+                                if now.saturating_duration_since(entry.1) > Duration::from_millis(5)
+                                {
+                                    // A new burst: the paths of this packet alone.
+                                    entry.0 = 0;
+                                }
+                                entry.0 |= 1 << index;
+                                entry.1 = now;
+                                Some(packet)
+                            }
+                            Err(why) => {
+                                log_drop(&mut state.drop_log, now, src, &why);
+                                None
+                            }
+                        }
+                    }
+                    Inner::Probe(probe) => {
+                        let seq = client.probe_seq[index];
+                        client.probe_seq[index] += 1;
+                        let echo = PathProbe {
+                            path,
+                            seq,
+                            sent_us: 0,
+                            echo_us: probe.sent_us,
+                            echo_delay_us: 0,
+                            rx_bytes: 0,
+                            rx_packets: 0,
+                        };
+                        let mut out = [0; 128];
+                        if let Ok(len) =
+                            state
+                                .responder
+                                .seal(now, peer, path, &Inner::Probe(echo), &mut out)
+                        {
+                            replies.push(crate::crypto::ResponderTransmit {
+                                dst: src,
+                                bytes: out[..len].to_vec(),
+                            });
+                        }
+                        None
+                    }
+                    Inner::Keepalive => None,
+                }
+            }
+            Ok(Received::Handshake { peer }) => {
+                info!(%src, client = peer.0, "datagram tunnel handshake");
+                None
+            }
+            Ok(Received::Cookie) => None,
+            Err(dropped) => {
+                let why = dropped.to_string();
+                if !matches!(dropped, Dropped::Malformed(_)) {
+                    log_drop(&mut state.drop_log, now, src, &why);
+                }
+                None
+            }
+        }
+    };
+    for reply in replies {
+        if let Err(e) = socket.send_to(&reply.bytes, reply.dst).await {
+            debug!(dst = %reply.dst, error = %e, "cannot send to a client");
+        }
+    }
+    if let Some(packet) = packet {
+        if let Err(e) = datagrams.tun.send(packet).await {
+            debug!(error = %e, len = packet.len(), "writing to the TUN failed");
+        }
+    }
+}
+
+/// Whether client `peer` may send `packet`: from its own address, to a
+/// destination the policy allows and no client's. Its flow key if so.
+fn check_packet(
+    policy: &Policy,
+    by_addr: &HashMap<IpAddr, PeerId>,
+    client: &Peer,
+    peer: PeerId,
+    packet: &[u8],
+) -> Result<FlowKey, String> {
+    let flow = flow_of(packet).map_err(|e| format!("client {} sent a bad packet: {e}", peer.0))?;
+    let key = flow.key;
+    if !client.owns(key.src) {
+        return Err(format!(
+            "client {} sent a packet from {}, not its tunnel address",
+            peer.0, key.src
+        ));
+    }
+    if by_addr.contains_key(&key.dst) {
+        return Err(format!("client {} sent a packet to another client", peer.0));
+    }
+    let port = key.ports().map_or(0, |(_, dst)| dst);
+    policy
+        .check_host(SocketAddr::new(key.dst, port))
+        .map_err(|denied| format!("client {}: {denied}", peer.0))?;
+    Ok(key)
+}
+
+/// Logs why a datagram was dropped, at most [`DROP_LOGS_PER_SEC`] a second
+/// (attackers choose what arrives).
+fn log_drop(log: &mut (Instant, u32), now: Instant, src: SocketAddr, why: &str) {
+    if now.saturating_duration_since(log.0) >= Duration::from_secs(1) {
+        *log = (now, 0);
+    }
+    if log.1 < DROP_LOGS_PER_SEC {
+        log.1 += 1;
+        debug!(%src, why, "datagram dropped");
+    }
+}
+
+/// Reads the TUN until it fails: each packet is sealed to the client that
+/// owns its destination.
+pub(super) async fn serve_tun(socket: Arc<UdpSocket>, datagrams: Arc<Datagrams>) {
+    let mut buf = vec![0; MAX_DATAGRAM];
+    let mut out = vec![0; MAX_DATAGRAM + DATA_OVERHEAD + 1];
+    loop {
+        let n = match datagrams.tun.recv(&mut buf).await {
+            Ok(n) => n,
+            Err(e) => {
+                warn!(error = %e, "reading the datagram TUN failed; datagrams to clients stop");
+                return;
+            }
+        };
+        let packet = &buf[..n];
+        let Ok(flow) = flow_of(packet) else { continue };
+        let now = Instant::now();
+        let mut sends: Vec<(SocketAddr, Vec<u8>)> = Vec::new();
+        {
+            let mut state = datagrams.state();
+            let state = &mut *state;
+            let Some(&peer) = state.by_addr.get(&flow.key.dst) else {
+                continue;
+            };
+            let Some(client) = state.peers.get(peer.0) else {
+                continue;
+            };
+            let reverse = reversed(&flow.key);
+            let bits = client.paths_for(now, Some(&reverse));
+            let targets: Vec<(u8, SocketAddr)> = (0..MAX_PATHS)
+                .filter(|i| bits & (1 << i) != 0)
+                .filter_map(|i| {
+                    let addr = client.paths[i]?.0;
+                    Some((u8::try_from(i).ok()?, addr))
+                })
+                .collect();
+            for (path, addr) in targets {
+                if let Ok(len) = state
+                    .responder
+                    .seal(now, peer, path, &Inner::Ip(packet), &mut out)
+                {
+                    sends.push((addr, out[..len].to_vec()));
+                }
+            }
+        }
+        for (addr, bytes) in sends {
+            if let Err(e) = socket.send_to(&bytes, addr).await {
+                debug!(%addr, error = %e, "cannot send a datagram to a client");
+            }
+        }
+    }
+}
+
+/// The key of the flow a reply belongs to, as the client sends it.
+fn reversed(key: &FlowKey) -> FlowKey {
+    FlowKey {
+        protocol: key.protocol,
+        src: key.dst,
+        dst: key.src,
+        demux: match key.demux {
+            Demux::Ports { src, dst } => Demux::Ports { src: dst, dst: src },
+            other => other,
+        },
+    }
+}
+
+/// Sweeps expired sessions every [`TICK`], forever.
+pub(super) async fn tick(datagrams: Arc<Datagrams>) {
+    let mut interval = tokio::time::interval(TICK);
+    loop {
+        interval.tick().await;
+        datagrams.state().responder.handle_timeout(Instant::now());
+    }
+}
