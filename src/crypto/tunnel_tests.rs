@@ -587,3 +587,31 @@ fn write_fuzz_corpus() {
         }
     }
 }
+
+#[test]
+fn one_way_traffic_keeps_its_session_thanks_to_keepalives() {
+    let mut net = Net::new();
+    net.connect();
+    let handshakes = net.handshakes;
+    // A minute of upload only: the concentrator answers with keepalives,
+    // so the client never thinks it restarted.
+    for n in 0..60u32 {
+        let up = net.seal_up(0, &n.to_be_bytes()).expect("session");
+        net.send(Dir::Up, 0, up);
+        net.run_for(Duration::from_secs(1));
+    }
+    assert_eq!(net.handshakes, handshakes, "no handshake but the first");
+    assert_eq!(net.delivered(Dir::Up).len(), 60);
+    assert!(net.dropped.is_empty(), "{:?}", net.dropped);
+}
+
+#[test]
+fn debug_output_shows_no_key() {
+    let mut net = Net::new();
+    net.connect();
+    let text = format!("{:?} {:?}", net.client, net.server);
+    for key in [secret(1).to_base64(), secret(2).to_base64()] {
+        assert!(!text.contains(&key));
+    }
+    assert!(!text.contains(&format!("{:?}", [1u8; 32])));
+}
