@@ -21,8 +21,10 @@
 //! and when it has sent data for [`NEW_HANDSHAKE_AFTER_SILENCE`] without
 //! hearing anything (the concentrator restarted and forgot the session).
 //! An unanswered initiation goes again every [`REKEY_TIMEOUT`] (plus
-//! jitter) for up to [`REKEY_ATTEMPT_TIME`]; then the initiator waits for
-//! data to send before trying again.
+//! jitter) for up to [`REKEY_ATTEMPT_TIME`]. Then, without a session, the
+//! initiator waits for data to send ([`Initiator::seal`]) before trying
+//! again; with a session that is due for rekeying it starts over at once,
+//! since that session will expire.
 //!
 //! Both ends keep the previous session for receiving until it expires, so
 //! packets still in flight on a slow uplink when a rekey completes are
