@@ -21,8 +21,10 @@
 //! and when it has sent data for [`NEW_HANDSHAKE_AFTER_SILENCE`] without
 //! hearing anything (the concentrator restarted and forgot the session).
 //! An unanswered initiation goes again every [`REKEY_TIMEOUT`] (plus
-//! jitter) for up to [`REKEY_ATTEMPT_TIME`]; then the initiator waits for
-//! data to send before trying again.
+//! jitter) for up to [`REKEY_ATTEMPT_TIME`]. Then, without a session, the
+//! initiator waits for data to send ([`Initiator::seal`]) before trying
+//! again; with a session that is due for rekeying it starts over at once,
+//! since that session will expire.
 //!
 //! Both ends keep the previous session for receiving until it expires, so
 //! packets still in flight on a slow uplink when a rekey completes are
@@ -30,6 +32,16 @@
 //! sending on the current one until the initiator's first message on the
 //! new one confirms it (paper § 5.4.5, key confirmation); the initiator
 //! sends that keepalive at once.
+//!
+//! Keepalives: the responder answers data it received with a keepalive
+//! if it had nothing to send for [`KEEPALIVE_TIMEOUT`], so the initiator's
+//! silence timer fires only when the responder really lost the session.
+//! Keepalives themselves arm neither timer (WireGuard paper § 6.5).
+//!
+//! The concentrator rate-limits every initiation whose mac1 (and, under
+//! load, mac2) is valid, before its DH; WireGuard limits only under load,
+//! but one client's handshakes never approach the rate, and the table is
+//! bounded.
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
@@ -40,8 +52,8 @@ use super::handshake::{self, HandshakeError, InitiatorHandshake, Tai64n};
 use super::keys::{PublicKey, StaticSecret};
 use super::session::{Session, SessionError};
 use super::timers::{
-    NEW_HANDSHAKE_AFTER_SILENCE, REJECT_AFTER_TIME, REKEY_AFTER_TIME, REKEY_ATTEMPT_TIME,
-    REKEY_JITTER, REKEY_TIMEOUT,
+    KEEPALIVE_TIMEOUT, NEW_HANDSHAKE_AFTER_SILENCE, REJECT_AFTER_TIME, REKEY_AFTER_TIME,
+    REKEY_ATTEMPT_TIME, REKEY_JITTER, REKEY_TIMEOUT,
 };
 use super::{Random, RandomError};
 use crate::wire::tunnel::{
@@ -492,7 +504,10 @@ impl<R: Random> Initiator<R> {
         };
         match session.seal(now, path, inner, out) {
             Ok(len) => {
-                self.unanswered_since.get_or_insert(now);
+                // As WireGuard: keepalives expect no answer.
+                if !inner.is_empty() {
+                    self.unanswered_since.get_or_insert(now);
+                }
                 Ok(len)
             }
             Err(SessionError::Exhausted) => {
@@ -537,6 +552,9 @@ struct Peer {
     previous: Option<Session>,
     /// Handshake answered, not yet confirmed by data from the client.
     next: Option<Session>,
+    /// Data came and nothing went back yet: when to send a keepalive, and
+    /// where (the last source and path heard).
+    keepalive_due: Option<(Instant, SocketAddr, u8)>,
 }
 
 impl Peer {
@@ -585,6 +603,7 @@ impl<R: Random> Responder<R> {
                 current: None,
                 previous: None,
                 next: None,
+                keepalive_due: None,
             });
         }
         Ok(Self {
@@ -623,16 +642,42 @@ impl<R: Random> Responder<R> {
     /// When to call [`Self::handle_timeout`] next: the next session
     /// expiry (a scan over the clients).
     pub fn poll_timeout(&self) -> Option<Instant> {
-        self.peers
+        let expiry = self
+            .peers
             .iter()
             .flat_map(Peer::sessions)
             .map(|s| s.created() + REJECT_AFTER_TIME)
-            .min()
+            .min();
+        let keepalive = self
+            .peers
+            .iter()
+            .filter_map(|p| p.keepalive_due.map(|(at, _, _)| at))
+            .min();
+        earliest(expiry, keepalive)
     }
 
-    /// Forgets sessions that expired by `now`.
+    /// Forgets sessions that expired by `now`, and queues the keepalives
+    /// that are due: a client that sent data and got nothing back for
+    /// [`KEEPALIVE_TIMEOUT`] would otherwise think the concentrator lost
+    /// its session (WireGuard's passive keepalive).
     pub fn handle_timeout(&mut self, now: Instant) {
         for peer in &mut self.peers {
+            if let Some((_, dst, path)) = peer.keepalive_due.take_if(|(at, _, _)| *at <= now) {
+                let mut out = [0; DATA_MIN_LEN];
+                let sealed = peer
+                    .current
+                    .as_mut()
+                    .map(|s| s.seal(now, path, &Inner::Keepalive, &mut out));
+                if let Some(Ok(len)) = sealed {
+                    push(
+                        &mut self.queue,
+                        ResponderTransmit {
+                            dst,
+                            bytes: out[..len].to_vec(),
+                        },
+                    );
+                }
+            }
             for slot in [&mut peer.current, &mut peer.previous, &mut peer.next] {
                 if let Some(session) = slot.take_if(|s| s.is_expired(now)) {
                     self.by_index.remove(&session.local_index());
@@ -649,7 +694,7 @@ impl<R: Random> Responder<R> {
         bytes: &'a mut [u8],
     ) -> Result<Received<'a>, Dropped> {
         match MessageType::of(bytes).map_err(Dropped::Malformed)? {
-            MessageType::Data => self.handle_data(now, bytes),
+            MessageType::Data => self.handle_data(now, src, bytes),
             MessageType::Initiation => self.handle_initiation(now, src, bytes),
             MessageType::Response | MessageType::CookieReply => Err(Dropped::Unexpected),
         }
@@ -742,6 +787,7 @@ impl<R: Random> Responder<R> {
     fn handle_data<'a>(
         &mut self,
         now: Instant,
+        src: SocketAddr,
         bytes: &'a mut [u8],
     ) -> Result<Received<'a>, Dropped> {
         let index = Data::new_checked(&*bytes)
@@ -771,6 +817,12 @@ impl<R: Random> Responder<R> {
                 self.by_index.remove(&old.local_index());
             }
         }
+        if !plain.is_empty() {
+            let at = peer
+                .keepalive_due
+                .map_or(now + KEEPALIVE_TIMEOUT, |(at, _, _)| at);
+            peer.keepalive_due = Some((at, src, path));
+        }
         let inner = Inner::parse(plain).map_err(Dropped::Inner)?;
         Ok(Received::Data {
             peer: id,
@@ -790,14 +842,16 @@ impl<R: Random> Responder<R> {
         inner: &Inner<'_>,
         out: &mut [u8],
     ) -> Result<usize, SealError> {
-        let session = self
-            .peers
-            .get_mut(peer.0)
-            .and_then(|p| p.current.as_mut())
+        let peer = self.peers.get_mut(peer.0).ok_or(SealError::NoSession)?;
+        let session = peer
+            .current
+            .as_mut()
             .filter(|s| !s.is_expired(now))
             .ok_or(SealError::NoSession)?;
-        session
+        let len = session
             .seal(now, path, inner, out)
-            .map_err(SealError::Session)
+            .map_err(SealError::Session)?;
+        peer.keepalive_due = None;
+        Ok(len)
     }
 }

@@ -57,6 +57,9 @@ pub mod timers {
     pub const REKEY_TIMEOUT: Duration = Duration::from_secs(5);
     /// The initiator gives up a handshake that is unanswered this long.
     pub const REKEY_ATTEMPT_TIME: Duration = Duration::from_secs(90);
+    /// Having received data and sent nothing for this long, the responder
+    /// sends a keepalive.
+    pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
     /// Having sent data and heard nothing for this long, the initiator
     /// assumes the responder lost its session (a restart) and handshakes
     /// again (WireGuard: keepalive timeout + rekey timeout).

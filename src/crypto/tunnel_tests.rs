@@ -531,3 +531,87 @@ fn an_initiation_flood_is_rate_limited() {
     }
     assert_eq!(limited, 45);
 }
+
+/// Writes the seed corpus of `fuzz/fuzz_targets/tunnel.rs` (a mode byte,
+/// then a message) when `MPBOND_WRITE_FUZZ_CORPUS` names a directory
+/// (`MPBOND_WRITE_FUZZ_CORPUS=$PWD/fuzz/corpus/tunnel cargo test --lib
+/// write_fuzz_corpus`):
+/// genuine messages of every type, for the fuzzer to start from.
+#[test]
+fn write_fuzz_corpus() {
+    let Some(dir) = std::env::var_os("MPBOND_WRITE_FUZZ_CORPUS") else {
+        return;
+    };
+    let dir = std::path::PathBuf::from(dir);
+    std::fs::create_dir_all(&dir).expect("corpus directory");
+    let mut net = Net::new();
+    let now = net.now;
+    net.client.handle_timeout(now, UNIX_START).expect("rng");
+    let initiation = net.client.poll_transmit().expect("initiation").bytes;
+    let mut copy = initiation.clone();
+    net.server
+        .handle_datagram(now, client_addr(0), &mut copy)
+        .expect("accepted");
+    let response = net.server.poll_transmit().expect("response").bytes;
+    net.server.set_under_load(true);
+    let mut again = initiation.clone();
+    let _ = net.server.handle_datagram(now, client_addr(0), &mut again);
+    let cookie = net.server.poll_transmit().expect("cookie reply").bytes;
+    let mut response_copy = response.clone();
+    net.client
+        .handle_datagram(now, 0, &mut response_copy)
+        .expect("response");
+    let data = net.seal_up(1, &[0x45, 0, 0, 20]).expect("session");
+    let mut probe = [0; 128];
+    let len = net
+        .client
+        .seal(now, 0, &Inner::Probe(PathProbe::default()), &mut probe)
+        .expect("seals");
+    for (name, mode, bytes) in [
+        ("initiation", 0x00, &initiation[..]),
+        ("initiation-under-load", 0x02, &initiation[..]),
+        ("tamper-initiation", 0x30, &[0u8; 130][..]),
+        ("response", 0x00, &response[..]),
+        ("cookie-reply", 0x00, &cookie[..]),
+        ("data", 0x00, &data[..]),
+        ("tamper-data", 0x21, &[0u8, 0, 0, 0, 0, 0, 0, 0, 1][..]),
+        ("probe", 0x00, &probe[..len]),
+    ] {
+        let mut file = vec![mode];
+        file.extend_from_slice(bytes);
+        std::fs::write(dir.join(name), &file).expect("seed written");
+        // The same bytes again once a session is up (mode bit 5).
+        if mode == 0 {
+            file[0] = 0x20;
+            std::fs::write(dir.join(format!("{name}-established")), file).expect("seed written");
+        }
+    }
+}
+
+#[test]
+fn one_way_traffic_keeps_its_session_thanks_to_keepalives() {
+    let mut net = Net::new();
+    net.connect();
+    let handshakes = net.handshakes;
+    // A minute of upload only: the concentrator answers with keepalives,
+    // so the client never thinks it restarted.
+    for n in 0..60u32 {
+        let up = net.seal_up(0, &n.to_be_bytes()).expect("session");
+        net.send(Dir::Up, 0, up);
+        net.run_for(Duration::from_secs(1));
+    }
+    assert_eq!(net.handshakes, handshakes, "no handshake but the first");
+    assert_eq!(net.delivered(Dir::Up).len(), 60);
+    assert!(net.dropped.is_empty(), "{:?}", net.dropped);
+}
+
+#[test]
+fn debug_output_shows_no_key() {
+    let mut net = Net::new();
+    net.connect();
+    let text = format!("{:?} {:?}", net.client, net.server);
+    for key in [secret(1).to_base64(), secret(2).to_base64()] {
+        assert!(!text.contains(&key));
+    }
+    assert!(!text.contains(&format!("{:?}", [1u8; 32])));
+}

@@ -1,0 +1,225 @@
+//! Fuzzes the datagram tunnel: every message view and the inner payloads
+//! on arbitrary bytes, then the concentrator's and the client's
+//! `handle_datagram` (mac1/cookie, rate limiter, Noise, index lookup,
+//! replay window, AEAD) on the bytes as they are and on genuine messages
+//! the input tampers with.
+//!
+//! Input: a mode byte, then the message. Mode bit 0: tamper with the
+//! genuine data message; bit 1: the concentrator is under load; bits 2–3:
+//! which source address; bit 4: tamper with a genuine initiation; bit 5:
+//! go on to a full handshake and feed the bytes to the sessions (X25519 is
+//! slow under the fuzzer's instrumentation, so only some inputs pay).
+//!
+//! Besides "no panic", it checks that nothing unauthenticated is answered
+//! unless it carried a valid mac1 (only cookie replies and handshake
+//! responses ever leave), and that an untouched genuine message opens.
+//!
+//! Seeds: `fuzz/corpus/tunnel/`, written by the unit test
+//! `crypto::tunnel_tests::write_fuzz_corpus` and committed with `git add
+//! -f` (the directory is ignored so that what the fuzzer adds stays out of
+//! git).
+
+#![no_main]
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use libfuzzer_sys::fuzz_target;
+use mpbond::crypto::{Initiator, PeerId, Random, RandomError, Received, Responder, StaticSecret};
+use mpbond::wire::tunnel::{self, CookieReply, Data, Initiation, Inner, MessageType, Response};
+
+/// Deterministic randomness, so every run of an input does the same.
+struct Seeded(u64);
+
+impl Random for Seeded {
+    fn fill(&mut self, dest: &mut [u8]) -> Result<(), RandomError> {
+        for byte in dest {
+            self.0 = self
+                .0
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            *byte = (self.0 >> 56) as u8;
+        }
+        Ok(())
+    }
+}
+
+fn views(data: &[u8]) {
+    let _ = MessageType::of(data);
+    if let Ok(m) = Initiation::new_checked(data) {
+        let _ = (
+            m.noise(),
+            m.mac1(),
+            m.mac2(),
+            m.mac1_input(),
+            m.mac2_input(),
+        );
+    }
+    if let Ok(m) = Response::new_checked(data) {
+        let _ = (
+            m.receiver_index(),
+            m.noise(),
+            m.mac1(),
+            m.mac2(),
+            m.mac1_input(),
+        );
+    }
+    if let Ok(m) = CookieReply::new_checked(data) {
+        let _ = (m.nonce(), m.sealed_cookie());
+    }
+    if let Ok(m) = Data::new_checked(data) {
+        let _ = (m.receiver_index(), m.counter(), m.path());
+        assert_eq!(m.header().len() + m.sealed().len(), data.len());
+    }
+    if let Ok(inner) = Inner::parse(data) {
+        let mut out = vec![0; inner.len()];
+        let len = inner.encode(&mut out).expect("room for it");
+        assert_eq!(Inner::parse(&out[..len]), Ok(inner));
+    }
+}
+
+fn secret(byte: u8) -> StaticSecret {
+    StaticSecret::from_bytes([byte; 32])
+}
+
+fuzz_target!(|input: &[u8]| {
+    views(input);
+    let Some((&mode, data)) = input.split_first() else {
+        return;
+    };
+    views(data);
+
+    let t0 = Instant::now();
+    let unix = Duration::from_secs(1_800_000_000);
+    let src = SocketAddr::from((Ipv4Addr::new(192, 0, 2, (mode >> 2) & 3), 51_000));
+    let mut server =
+        Responder::new(secret(2), [secret(1).public_key()], Seeded(2)).expect("valid clients");
+    server.set_under_load(mode & 2 != 0);
+    let mut client = Initiator::new(secret(1), secret(2).public_key(), Seeded(1), t0);
+
+    // Raw bytes at both ends, before any session exists.
+    let mut raw = data.to_vec();
+    let answered = server.handle_datagram(t0, src, &mut raw);
+    let mut raw = data.to_vec();
+    let _ = client.handle_datagram(t0, 0, &mut raw);
+    if answered.is_err() {
+        assert!(
+            server.poll_transmit().is_none(),
+            "answered a dropped message"
+        );
+    }
+    while server.poll_transmit().is_some() {}
+    if mode & 0x30 == 0 {
+        return;
+    }
+
+    // A genuine initiation, tampered with by the input.
+    client.handle_timeout(t0, unix).expect("rng");
+    let initiation = client.poll_transmit().expect("an initiation").bytes;
+    if mode & 0x10 != 0 && !data.is_empty() {
+        let mut tampered = initiation.clone();
+        for (byte, x) in tampered.iter_mut().zip(data.iter().cycle()) {
+            *byte ^= x;
+        }
+        let changed = tampered != initiation;
+        if server.handle_datagram(t0, src, &mut tampered).is_err() {
+            assert!(server.poll_transmit().is_none());
+        } else if changed {
+            // Only the MACs' tail may be changed harmlessly (mac2 is
+            // ignored when not under load).
+            assert_eq!(tampered[..132], initiation[..132]);
+        }
+        while server.poll_transmit().is_some() {}
+    }
+
+    if mode & 0x20 == 0 {
+        return;
+    }
+
+    // A full handshake, so data reaches the session.
+    server.set_under_load(false);
+    let mut init = initiation;
+    let t1 = t0 + Duration::from_millis(1);
+    if server.handle_datagram(t1, src, &mut init).is_err() {
+        // The tampered copy may have been accepted first; handshake again.
+        client
+            .handle_timeout(t1 + Duration::from_secs(6), unix + Duration::from_secs(6))
+            .expect("rng");
+        let Some(mut retry) = client.poll_transmit().map(|t| t.bytes) else {
+            return;
+        };
+        let _ = server.handle_datagram(t1, src, &mut retry);
+    }
+    let Some(mut response) = server.poll_transmit().map(|t| t.bytes) else {
+        return;
+    };
+    assert!(matches!(
+        client.handle_datagram(t1, 0, &mut response),
+        Ok(Received::Handshake { .. })
+    ));
+    let mut keepalive = client.poll_transmit().expect("keepalive").bytes;
+    assert!(server.handle_datagram(t1, src, &mut keepalive).is_ok());
+
+    // Raw bytes again, now that there are sessions to look up.
+    let mut raw = data.to_vec();
+    let _ = server.handle_datagram(t1, src, &mut raw);
+    let mut raw = data.to_vec();
+    let _ = client.handle_datagram(t1, 1, &mut raw);
+
+    // A genuine data message, tampered with by the input.
+    let mut sealed = vec![0; 64];
+    let len = client
+        .seal(t1, mode, &Inner::Ip(b"payload"), &mut sealed)
+        .expect("established");
+    sealed.truncate(len);
+    let genuine = sealed.clone();
+    if mode & 1 != 0 {
+        for (byte, x) in sealed.iter_mut().zip(data.iter().cycle()) {
+            *byte ^= x;
+        }
+    }
+    let changed = sealed != genuine;
+    match server.handle_datagram(t1, src, &mut sealed) {
+        Ok(Received::Data { peer, path, inner }) => {
+            assert!(!changed, "a tampered data message opened");
+            assert_eq!((peer, path), (PeerId(0), mode));
+            assert_eq!(inner, Inner::Ip(b"payload"));
+        }
+        Ok(other) => panic!("data opened as {other:?}"),
+        Err(e) => assert!(changed, "a genuine data message was dropped: {e}"),
+    }
+    assert!(server.poll_transmit().is_none());
+
+    // And the way back.
+    let mut down = vec![0; 64 + data.len()];
+    if let Ok(len) = server.seal(
+        t1,
+        PeerId(0),
+        0,
+        &Inner::Ip(data).into_ip_or_keepalive(),
+        &mut down,
+    ) {
+        let mut down = down[..len].to_vec();
+        assert!(client.handle_datagram(t1, 0, &mut down).is_ok());
+    }
+
+    // Timers after the input did its worst.
+    let later = t1 + Duration::from_secs(200);
+    server.handle_timeout(later);
+    let _ = client.handle_timeout(later, unix + Duration::from_secs(200));
+    let _ = (server.poll_timeout(), client.poll_timeout());
+});
+
+trait IpOrKeepalive<'a> {
+    fn into_ip_or_keepalive(self) -> Inner<'a>;
+}
+
+impl<'a> IpOrKeepalive<'a> for Inner<'a> {
+    /// An empty IP packet is not a message; send a keepalive instead.
+    fn into_ip_or_keepalive(self) -> Inner<'a> {
+        match self {
+            Inner::Ip(p) if p.is_empty() => Inner::Keepalive,
+            other => other,
+        }
+    }
+}
