@@ -1,0 +1,372 @@
+//! The datagram tunnel in the lab (LAB.md): what is not TCP from the LAN
+//! host (UDP over IPv4 and IPv6, ping, DNS) is carried to the concentrator
+//! and out from its address, survives a blackholed line, never reaches
+//! what the destination policy denies, and strangers get no answer.
+//!
+//! The servers in mpb-srv see where a datagram came from: 10.77.9.2 (or
+//! fd77:9::2) when it went through the tunnel, the LAN host's own address
+//! when it leaked past it.
+//!
+//! Needs root; one lab at a time.
+
+mod harness;
+
+use std::collections::BTreeSet;
+use std::net::{IpAddr, SocketAddr, UdpSocket};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use harness::{in_ns, ns_ok, ping, run_in, Lab, Pattern};
+
+const SRV: &str = "mpb-srv";
+const LAN: &str = "mpb-lan";
+const SERVER_V4: &str = "198.51.100.10";
+const SERVER_V6: &str = "2001:db8:100::10";
+const ECHO_PORT: u16 = 7400;
+
+/// The longest a blackholed line may interrupt a stream of datagrams: the
+/// failover goal.
+const FAILOVER_GOAL: Duration = Duration::from_millis(300);
+
+/// A UDP echo server in a namespace: answers each datagram with the
+/// sender's address, a newline, then the datagram. Stops when dropped.
+struct Echo {
+    stop: Arc<AtomicBool>,
+    threads: Vec<thread::JoinHandle<()>>,
+}
+
+impl Echo {
+    fn start(ns: &str, addrs: &[SocketAddr]) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut threads = Vec::new();
+        for &addr in addrs {
+            let stop = Arc::clone(&stop);
+            let (tx, rx) = std::sync::mpsc::channel();
+            threads.push(in_ns(ns, move || {
+                let socket = UdpSocket::bind(addr).unwrap_or_else(|e| panic!("bind {addr}: {e}"));
+                socket
+                    .set_read_timeout(Some(Duration::from_millis(100)))
+                    .expect("timeout");
+                let _ = tx.send(());
+                let mut buf = vec![0; 65_536];
+                while !stop.load(Ordering::Relaxed) {
+                    let Ok((n, from)) = socket.recv_from(&mut buf) else {
+                        continue;
+                    };
+                    let mut answer = format!("{}\n", from.ip()).into_bytes();
+                    answer.extend_from_slice(&buf[..n]);
+                    let _ = socket.send_to(&answer, from);
+                }
+            }));
+            rx.recv_timeout(Duration::from_secs(5))
+                .expect("the echo server binds");
+        }
+        Self { stop, threads }
+    }
+}
+
+impl Drop for Echo {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for thread in self.threads.drain(..) {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// Sends `payload` to `to` and waits up to `wait` for the echo; the
+/// address the server saw, if it answered with the same payload.
+fn echo_once(socket: &UdpSocket, to: SocketAddr, payload: &[u8], wait: Duration) -> Option<IpAddr> {
+    socket.send_to(payload, to).ok()?;
+    socket.set_read_timeout(Some(wait)).ok()?;
+    let mut buf = vec![0; 65_536];
+    let deadline = Instant::now() + wait;
+    while Instant::now() < deadline {
+        let Ok(n) = socket.recv(&mut buf) else { break };
+        let answer = &buf[..n];
+        let newline = answer.iter().position(|&b| b == b'\n')?;
+        if &answer[newline + 1..] == payload {
+            return std::str::from_utf8(&answer[..newline]).ok()?.parse().ok();
+        }
+    }
+    None
+}
+
+/// What the server saw for each of `sizes` payloads sent from the LAN
+/// host to `server`.
+fn echo_sizes(server: SocketAddr, sizes: &'static [usize]) -> Vec<Option<IpAddr>> {
+    run_in(LAN, "UDP echoes", Duration::from_secs(30), move || {
+        let bind: SocketAddr = if server.is_ipv4() {
+            "0.0.0.0:0".parse().expect("addr")
+        } else {
+            "[::]:0".parse().expect("addr")
+        };
+        let socket = UdpSocket::bind(bind).expect("bind");
+        sizes
+            .iter()
+            .enumerate()
+            .map(|(i, &len)| {
+                let payload = Pattern::bytes(i as u64 + 1, len);
+                // A datagram may be lost like any other; try three times.
+                (0..3).find_map(|_| echo_once(&socket, server, &payload, Duration::from_secs(1)))
+            })
+            .collect()
+    })
+}
+
+#[test]
+fn udp_and_ping_from_the_lan_leave_from_the_concentrator_and_survive_a_blackholed_line() {
+    let lab = Lab::up_and_start(&[], &[]);
+    let v4: SocketAddr = format!("{SERVER_V4}:{ECHO_PORT}").parse().expect("addr");
+    let v6: SocketAddr = format!("[{SERVER_V6}]:{ECHO_PORT}").parse().expect("addr");
+    let _echo = Echo::start(SRV, &[v4, v6]);
+
+    // Sizes up to what fits the uplinks' MTU once sealed.
+    const SIZES: &[usize] = &[1, 20, 100, 512, 1000, 1200, 1350];
+    let seen = echo_sizes(v4, SIZES);
+    let concentrator: IpAddr = "10.77.9.2".parse().expect("addr");
+    assert!(
+        seen.iter().all(|s| *s == Some(concentrator)),
+        "every IPv4 datagram comes back intact, sent from the concentrator's address \
+         (10.77.9.2); the server saw {seen:?}"
+    );
+    let seen6 = echo_sizes(v6, SIZES);
+    let concentrator6: IpAddr = "fd77:9::2".parse().expect("addr");
+    assert!(
+        seen6.iter().all(|s| *s == Some(concentrator6)),
+        "every IPv6 datagram comes back intact, from fd77:9::2; the server saw {seen6:?}"
+    );
+    let pings = ping(LAN, SERVER_V4, 5, Duration::from_millis(100));
+    assert_eq!(pings.received, 5, "ping through the tunnel: {pings:?}");
+    let pings6 = ping(LAN, SERVER_V6, 5, Duration::from_millis(100));
+    assert_eq!(pings6.received, 5, "ping6 through the tunnel: {pings6:?}");
+
+    // A stream of datagrams 20 ms apart; dsl is blackholed in the middle.
+    const GAP: Duration = Duration::from_millis(20);
+    const COUNT: u64 = 150;
+    let stream = in_ns(LAN, move || {
+        let socket = UdpSocket::bind("0.0.0.0:0").expect("bind");
+        socket
+            .set_read_timeout(Some(Duration::from_millis(5)))
+            .expect("timeout");
+        let mut answered = BTreeSet::new();
+        let mut buf = vec![0; 2048];
+        let start = Instant::now();
+        for seq in 0..COUNT {
+            let _ = socket.send_to(&seq.to_be_bytes(), v4);
+            while Instant::now() < start + GAP * (seq as u32 + 1) {
+                if let Ok(n) = socket.recv(&mut buf) {
+                    if n >= 8 {
+                        let tail: [u8; 8] = buf[n - 8..n].try_into().expect("8 bytes");
+                        answered.insert(u64::from_be_bytes(tail));
+                    }
+                }
+            }
+        }
+        let drain = Instant::now() + Duration::from_millis(500);
+        while Instant::now() < drain {
+            if let Ok(n) = socket.recv(&mut buf) {
+                if n >= 8 {
+                    let tail: [u8; 8] = buf[n - 8..n].try_into().expect("8 bytes");
+                    answered.insert(u64::from_be_bytes(tail));
+                }
+            }
+        }
+        answered
+    });
+    thread::sleep(GAP * 40);
+    lab.link(&["dsl", "blackhole"]);
+    let answered = stream.join().expect("the stream");
+    let lost: Vec<u64> = (0..COUNT).filter(|s| !answered.contains(s)).collect();
+    println!("dsl blackholed at datagram ~40 of {COUNT} (20 ms apart): lost {lost:?}");
+    let interruption = GAP * lost.len() as u32;
+    assert!(
+        interruption <= FAILOVER_GOAL,
+        "a blackholed line interrupts datagrams for at most {FAILOVER_GOAL:?}: lost {} \
+         ({interruption:?}): {lost:?}",
+        lost.len()
+    );
+    assert!(
+        (COUNT - 50..COUNT).all(|s| answered.contains(&s)),
+        "after failover every datagram comes back: lost {lost:?}"
+    );
+    let pings = ping(LAN, SERVER_V4, 5, Duration::from_millis(100));
+    assert_eq!(pings.received, 5, "ping over lte alone: {pings:?}");
+}
+
+/// dnsmasq in mpb-srv answering one name; the caller kills it.
+fn dnsmasq() -> Child {
+    let child = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            SRV,
+            "dnsmasq",
+            "--keep-in-foreground",
+            "--no-resolv",
+        ])
+        .args([
+            "--no-hosts",
+            "--no-daemon",
+            "--port=53",
+            "--bind-interfaces",
+        ])
+        .args([
+            &format!("--listen-address={SERVER_V4}"),
+            "--address=/bonded.lab.test/198.51.100.77",
+            "--pid-file=",
+            "--log-queries",
+            "--log-facility=-",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run dnsmasq (Debian package dnsmasq-base; scripts/deps.sh installs it)");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < deadline {
+        let listening = ns_ok(SRV, &["ss", "-lun"]);
+        if listening.contains(&format!("{SERVER_V4}:53")) {
+            return child;
+        }
+        thread::sleep(Duration::from_millis(50));
+    }
+    panic!("dnsmasq did not listen on {SERVER_V4}:53 within 5 s");
+}
+
+/// A DNS query for `name` (type A) with id `id`.
+fn dns_query(id: u16, name: &str) -> Vec<u8> {
+    let mut q = Vec::new();
+    q.extend_from_slice(&id.to_be_bytes());
+    q.extend_from_slice(&[0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0]);
+    for label in name.split('.') {
+        q.push(label.len() as u8);
+        q.extend_from_slice(label.as_bytes());
+    }
+    q.extend_from_slice(&[0, 0, 1, 0, 1]);
+    q
+}
+
+/// The IPv4 addresses in the answer section of a response to a query of
+/// `query_len` bytes (the answers follow the echoed question; names in
+/// them are compressed pointers, as dnsmasq writes them).
+fn a_records(response: &[u8], query_len: usize) -> Vec<[u8; 4]> {
+    let mut out = Vec::new();
+    let mut at = query_len;
+    while at + 16 <= response.len() {
+        // pointer (2) type (2) class (2) ttl (4) rdlength (2) rdata
+        let rtype = u16::from_be_bytes([response[at + 2], response[at + 3]]);
+        let len = usize::from(u16::from_be_bytes([response[at + 10], response[at + 11]]));
+        if rtype == 1 && len == 4 {
+            out.push([
+                response[at + 12],
+                response[at + 13],
+                response[at + 14],
+                response[at + 15],
+            ]);
+        }
+        at += 12 + len;
+    }
+    out
+}
+
+#[test]
+fn dns_goes_through_the_tunnel_and_denied_destinations_get_nothing() {
+    let _lab = Lab::up_and_start(&[], &[]);
+    let mut dns = dnsmasq();
+    let answer = run_in(LAN, "DNS query", Duration::from_secs(10), || {
+        let socket = UdpSocket::bind("0.0.0.0:0").expect("bind");
+        socket
+            .set_read_timeout(Some(Duration::from_secs(1)))
+            .expect("timeout");
+        let query = dns_query(0x6d70, "bonded.lab.test");
+        let server: SocketAddr = format!("{SERVER_V4}:53").parse().expect("addr");
+        let mut buf = vec![0; 1500];
+        for _ in 0..3 {
+            socket.send_to(&query, server).expect("send");
+            if let Ok(n) = socket.recv(&mut buf) {
+                if buf[..2] == query[..2] {
+                    return Some(a_records(&buf[..n], query.len()));
+                }
+            }
+        }
+        None
+    });
+    let _ = dns.kill();
+    let log = dns
+        .wait_with_output()
+        .map(|o| String::from_utf8_lossy(&o.stderr).into_owned())
+        .unwrap_or_default();
+    assert_eq!(
+        answer,
+        Some(vec![[198, 51, 100, 77]]),
+        "dnsmasq in mpb-srv answers bonded.lab.test through the tunnel; its log:\n{log}"
+    );
+    assert!(
+        log.contains("bonded.lab.test from 10.77.9.2"),
+        "the query reached dnsmasq from the concentrator's address; its log:\n{log}"
+    );
+
+    // mpb-wan's 10.77.9.1 is a private address: the policy denies it. An
+    // echo there would answer anyone who reached it, so silence means the
+    // concentrator dropped it (and the client did not leak it).
+    let private: SocketAddr = "10.77.9.1:7401".parse().expect("addr");
+    let _echo = Echo::start("mpb-wan", &[private]);
+    let reached = run_in(LAN, "denied echo", Duration::from_secs(10), move || {
+        let socket = UdpSocket::bind("0.0.0.0:0").expect("bind");
+        (0..3).find_map(|_| echo_once(&socket, private, b"let me in", Duration::from_millis(500)))
+    });
+    assert_eq!(
+        reached, None,
+        "a private destination (10.77.9.1) is denied to datagrams as to TCP"
+    );
+    // The same echo answers from mpb-wan itself: it works.
+    let local = run_in("mpb-wan", "local echo", Duration::from_secs(5), move || {
+        let socket = UdpSocket::bind("10.77.9.1:0").expect("bind");
+        echo_once(&socket, private, b"hello", Duration::from_secs(1))
+    });
+    assert!(local.is_some(), "the echo in mpb-wan answers locally");
+}
+
+#[test]
+fn strangers_get_no_answer_from_the_tunnel_port() {
+    let _lab = Lab::up_and_start(&[], &[]);
+    let answers = run_in("mpb-wan", "strangers", Duration::from_secs(20), || {
+        let socket = UdpSocket::bind("10.77.9.1:0").expect("bind");
+        socket
+            .set_read_timeout(Some(Duration::from_millis(200)))
+            .expect("timeout");
+        let port: SocketAddr = "10.77.9.2:7300".parse().expect("addr");
+        let mut answers = 0;
+        let mut buf = vec![0; 2048];
+        // Garbage, and messages of every tunnel type and length with
+        // random contents: an initiation with a wrong mac1, a response,
+        // a cookie reply, data for unknown sessions.
+        for (i, &(kind, len)) in [
+            (0u8, 64),
+            (1, 148),
+            (2, 92),
+            (3, 60),
+            (4, 33),
+            (4, 1400),
+            (9, 148),
+        ]
+        .iter()
+        .enumerate()
+        {
+            let mut message = Pattern::bytes(i as u64 + 100, len);
+            message[0] = kind;
+            message[1..4].fill(0);
+            for _ in 0..5 {
+                socket.send_to(&message, port).expect("send");
+            }
+            while socket.recv(&mut buf).is_ok() {
+                answers += 1;
+            }
+        }
+        answers
+    });
+    assert_eq!(answers, 0, "nothing unauthenticated is answered");
+}
