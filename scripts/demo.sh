@@ -13,3 +13,6 @@ echo "== building mpbond (release)"
 cargo build --release
 echo "== lab up (dsl: 20/5 Mbit/s 10 ms; lte: 40/10 Mbit/s 30 ms ±5 ms 0.5 % loss), mpbond started, downloads"
 scripts/bench.sh tcp --secs 15 --live
+echo
+echo "== the datagram tunnel: UDP, DNS and ping from the LAN host, then dsl blackholed"
+bash scripts/lib/datagram_demo.sh

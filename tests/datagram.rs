@@ -199,7 +199,7 @@ fn udp_and_ping_from_the_lan_leave_from_the_concentrator_and_survive_a_blackhole
 
 /// dnsmasq in mpb-srv answering one name; the caller kills it.
 fn dnsmasq() -> Child {
-    let child = Command::new("ip")
+    let mut child = Command::new("ip")
         .args([
             "netns",
             "exec",
@@ -233,6 +233,8 @@ fn dnsmasq() -> Child {
         }
         thread::sleep(Duration::from_millis(50));
     }
+    let _ = child.kill();
+    let _ = child.wait();
     panic!("dnsmasq did not listen on {SERVER_V4}:53 within 5 s");
 }
 
