@@ -124,8 +124,10 @@ fn udp_and_ping_from_the_lan_leave_from_the_concentrator_and_survive_a_blackhole
     let v6: SocketAddr = format!("[{SERVER_V6}]:{ECHO_PORT}").parse().expect("addr");
     let _echo = Echo::start(SRV, &[v4, v6]);
 
-    // Sizes up to what fits the uplinks' MTU once sealed.
-    const SIZES: &[usize] = &[1, 20, 100, 512, 1000, 1200, 1350];
+    // Up to a 1500-byte packet from the LAN (1472 bytes of UDP payload over
+    // IPv4, 1452 over IPv6), which no longer fits a 1500-byte line once
+    // sealed: the outer datagram is fragmented.
+    const SIZES: &[usize] = &[1, 20, 100, 512, 1000, 1200, 1350, 1452, 1472];
     let seen = echo_sizes(v4, SIZES);
     let concentrator: IpAddr = "10.77.9.2".parse().expect("addr");
     assert!(
@@ -133,7 +135,7 @@ fn udp_and_ping_from_the_lan_leave_from_the_concentrator_and_survive_a_blackhole
         "every IPv4 datagram comes back intact, sent from the concentrator's address \
          (10.77.9.2); the server saw {seen:?}"
     );
-    let seen6 = echo_sizes(v6, SIZES);
+    let seen6 = echo_sizes(v6, &SIZES[..SIZES.len() - 1]);
     let concentrator6: IpAddr = "fd77:9::2".parse().expect("addr");
     assert!(
         seen6.iter().all(|s| *s == Some(concentrator6)),

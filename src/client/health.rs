@@ -515,6 +515,9 @@ async fn open_probes(
     };
     line.socket = Some(socket.clone());
     if let Some(datagrams) = &shared.datagrams {
+        if let Err(e) = crate::sys::allow_fragments(&*socket, addr.is_ipv6()) {
+            debug!(uplink = %line.uplink.name, error = %e, "cannot allow fragments on the uplink's socket; large datagrams may be refused");
+        }
         datagrams.set_socket(index, Some(socket.clone()));
     }
     let reader = Reader {

@@ -31,7 +31,7 @@ use crate::crypto::{Dropped, PeerId, Received, Responder, SystemRng};
 use crate::datagram::schedule::MAX_PATHS;
 use crate::wire::flow::{flow_of, Demux, FlowKey};
 use crate::wire::probe::MAGIC;
-use crate::wire::tunnel::{Inner, PathProbe, DATA_OVERHEAD};
+use crate::wire::tunnel::{Inner, PathProbe, DATA_OVERHEAD, TYPE_INITIATION};
 
 /// Largest datagram read from the UDP socket or the TUN.
 const MAX_DATAGRAM: usize = 65_535;
@@ -46,6 +46,11 @@ const MAX_FLOWS_PER_CLIENT: usize = 16_384;
 
 /// How often expired sessions are swept.
 const TICK: Duration = Duration::from_secs(1);
+
+/// More handshake initiations than this in a second put the responder
+/// under load for the next second: initiations must then carry a cookie
+/// (mac2), which a spoofed source cannot get.
+const LOAD_INITIATIONS_PER_SEC: u32 = 200;
 
 /// At most this many dropped datagrams are logged per second.
 const DROP_LOGS_PER_SEC: u32 = 10;
@@ -107,6 +112,8 @@ struct State {
     peers: Vec<Peer>,
     by_addr: HashMap<IpAddr, PeerId>,
     drop_log: (Instant, u32),
+    /// Initiations in the current second, and when it started.
+    initiations: (Instant, u32),
 }
 
 /// The datagram side of the concentrator.
@@ -157,6 +164,7 @@ impl Datagrams {
                 peers,
                 by_addr,
                 drop_log: (Instant::now(), 0),
+                initiations: (Instant::now(), 0),
             }),
             tun,
             policy,
@@ -220,6 +228,9 @@ async fn from_client(socket: &UdpSocket, datagrams: &Datagrams, src: SocketAddr,
     let packet = {
         let mut state = datagrams.state();
         let state = &mut *state;
+        if bytes.first() == Some(&TYPE_INITIATION) {
+            count_initiation(state, now);
+        }
         let received = state.responder.handle_datagram(now, src, bytes);
         while let Some(transmit) = state.responder.poll_transmit() {
             replies.push(transmit);
@@ -306,6 +317,27 @@ async fn from_client(socket: &UdpSocket, datagrams: &Datagrams, src: SocketAddr,
         if let Err(e) = datagrams.tun.send(packet).await {
             debug!(error = %e, len = packet.len(), "writing to the TUN failed");
         }
+    }
+}
+
+/// Counts an initiation. Once more than [`LOAD_INITIATIONS_PER_SEC`]
+/// arrive within a second, cookies are required for the rest of that
+/// second and all of the next.
+fn count_initiation(state: &mut State, now: Instant) {
+    let (since, count) = &mut state.initiations;
+    if now.saturating_duration_since(*since) >= Duration::from_secs(1) {
+        let loaded = *count > LOAD_INITIATIONS_PER_SEC;
+        state.responder.set_under_load(loaded);
+        *since = now;
+        *count = 0;
+    }
+    *count += 1;
+    if *count == LOAD_INITIATIONS_PER_SEC + 1 {
+        warn!(
+            limit = LOAD_INITIATIONS_PER_SEC,
+            "more handshake initiations than usual within a second; requiring cookies"
+        );
+        state.responder.set_under_load(true);
     }
 }
 

@@ -33,9 +33,11 @@ use tun_rs::{AsyncDevice, DeviceBuilder};
 use crate::chain::Chain;
 use crate::sys::{NftError, NftTable, SysctlGuard};
 
-/// The TUN's MTU: a sealed packet of this size plus the tunnel's header,
-/// UDP and IPv6 fits a 1500-byte uplink.
-pub const TUN_MTU: u16 = 1500 - 40 - 8 - crate::wire::tunnel::DATA_OVERHEAD as u16 - 1;
+/// The TUN's MTU: the same as the client's, so no packet that entered
+/// the client's TUN is too big for this one. A sealed packet near this
+/// size does not fit a 1500-byte line; both ends let the kernel fragment
+/// the outer datagram ([`crate::sys::allow_fragments`]) rather than lose it.
+pub const TUN_MTU: u16 = 1500;
 
 /// The nftables table the concentrator owns (family `inet`).
 pub const NFT_TABLE: &str = "mpbond_conc";

@@ -378,6 +378,9 @@ fn datagram_side(
             true,
         ),
     };
+    if let Err(e) = crate::sys::allow_fragments(&*socket, addr.is_ipv6()) {
+        warn!(error = %e, "cannot allow fragments on the datagram socket; large datagrams may be refused");
+    }
     exit::cleanup_leftovers();
     let exit_config = exit::ExitConfig {
         tun: dg.tun.clone(),

@@ -90,6 +90,36 @@ pub fn set_recv_buffer(socket: &impl AsFd, bytes: u32) -> io::Result<()> {
     }
 }
 
+/// Lets the kernel fragment what a UDP socket sends when it is larger
+/// than the path's MTU, instead of refusing it (`EMSGSIZE`): a sealed
+/// 1500-byte packet from the LAN does not fit a 1500-byte uplink, and a
+/// fragmented datagram beats a lost one. `v6`: the socket is IPv6.
+pub fn allow_fragments(socket: &impl AsFd, v6: bool) -> io::Result<()> {
+    let fd = socket.as_fd();
+    if v6 {
+        // A dual-stack socket also sends IPv4 (to mapped addresses).
+        let _ = set_int_option(
+            fd,
+            libc::IPPROTO_IP,
+            libc::IP_MTU_DISCOVER,
+            libc::IP_PMTUDISC_DONT,
+        );
+        set_int_option(
+            fd,
+            libc::IPPROTO_IPV6,
+            libc::IPV6_MTU_DISCOVER,
+            libc::IPV6_PMTUDISC_DONT,
+        )
+    } else {
+        set_int_option(
+            fd,
+            libc::IPPROTO_IP,
+            libc::IP_MTU_DISCOVER,
+            libc::IP_PMTUDISC_DONT,
+        )
+    }
+}
+
 /// `SOL_MPTCP` (`include/linux/socket.h`).
 const SOL_MPTCP: libc::c_int = 284;
 /// `MPTCP_TCPINFO` (`include/uapi/linux/mptcp.h`): each subflow's
