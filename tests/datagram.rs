@@ -1,5 +1,6 @@
 //! The datagram tunnel in the lab (LAB.md): what is not TCP from the LAN
-//! host (UDP over IPv4 and IPv6, ping, DNS) is carried to the concentrator
+//! host (UDP over IPv4 and IPv6, ping, DNS with dnsmasq, QUIC with quinn)
+//! is carried to the concentrator
 //! and out from its address, survives a blackholed line, never reaches
 //! what the destination policy denies, and strangers get no answer.
 //!
@@ -373,4 +374,171 @@ fn strangers_get_no_answer_from_the_tunnel_port() {
         answers
     });
     assert_eq!(answers, 0, "nothing unauthenticated is answered");
+}
+
+// ---------------------------------------------------------------- QUIC
+
+const QUIC_NAME: &str = "quic.lab.test";
+const QUIC_PORT: u16 = 443;
+const QUIC_LEN: usize = 4 << 20;
+const QUIC_SEED: u64 = 0x9a1c;
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a tokio runtime")
+}
+
+/// A QUIC server (quinn) in mpb-srv: on each bidirectional stream, answers
+/// with [`QUIC_LEN`] pattern bytes. Sends back the address of the first
+/// connection's peer, then serves until `stop`.
+fn quic_server(
+    cert: rustls::pki_types::CertificateDer<'static>,
+    key: rustls::pki_types::PrivateKeyDer<'static>,
+    peer: std::sync::mpsc::Sender<SocketAddr>,
+    ready: std::sync::mpsc::Sender<()>,
+    stop: Arc<AtomicBool>,
+) -> thread::JoinHandle<()> {
+    in_ns(SRV, move || {
+        runtime().block_on(async move {
+            let crypto = rustls::ServerConfig::builder()
+                .with_no_client_auth()
+                .with_single_cert(vec![cert], key)
+                .expect("server certificate");
+            let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(crypto)
+                .expect("QUIC server config");
+            let config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
+            let addr: SocketAddr = format!("{SERVER_V4}:{QUIC_PORT}").parse().expect("addr");
+            let endpoint = quinn::Endpoint::server(config, addr).expect("QUIC server socket");
+            let _ = ready.send(());
+            while !stop.load(Ordering::Relaxed) {
+                let incoming =
+                    match tokio::time::timeout(Duration::from_millis(100), endpoint.accept()).await
+                    {
+                        Ok(Some(incoming)) => incoming,
+                        Ok(None) => return,
+                        Err(_) => continue,
+                    };
+                let Ok(connection) = incoming.await else {
+                    continue;
+                };
+                let _ = peer.send(connection.remote_address());
+                tokio::spawn(async move {
+                    while let Ok((mut send, mut recv)) = connection.accept_bi().await {
+                        let _ = recv.read_to_end(64).await;
+                        let body = Pattern::bytes(QUIC_SEED, QUIC_LEN);
+                        let _ = send.write_all(&body).await;
+                        let _ = send.finish();
+                        let _ = send.stopped().await;
+                    }
+                });
+            }
+        });
+    })
+}
+
+#[test]
+fn quic_goes_through_the_tunnel_intact_and_block_refuses_it_at_once() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let lab = Lab::up_and_start(&[], &[]);
+    let cert =
+        rcgen::generate_simple_self_signed(vec![QUIC_NAME.to_owned()]).expect("a certificate");
+    let cert_der = rustls::pki_types::CertificateDer::from(cert.cert);
+    let key = rustls::pki_types::PrivateKeyDer::Pkcs8(cert.key_pair.serialize_der().into());
+    let (peer_tx, peer_rx) = std::sync::mpsc::channel();
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let stop = Arc::new(AtomicBool::new(false));
+    let server = quic_server(cert_der.clone(), key, peer_tx, ready_tx, Arc::clone(&stop));
+    ready_rx
+        .recv_timeout(Duration::from_secs(5))
+        .expect("the QUIC server starts");
+
+    let roots_cert = cert_der.clone();
+    let result = run_in(LAN, "QUIC download", Duration::from_secs(60), move || {
+        runtime().block_on(async move {
+            let mut roots = rustls::RootCertStore::empty();
+            roots.add(roots_cert).expect("root");
+            let crypto = rustls::ClientConfig::builder()
+                .with_root_certificates(roots)
+                .with_no_client_auth();
+            let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(crypto)
+                .expect("QUIC client config");
+            let mut endpoint =
+                quinn::Endpoint::client("0.0.0.0:0".parse().expect("addr")).expect("client socket");
+            endpoint.set_default_client_config(quinn::ClientConfig::new(Arc::new(crypto)));
+            let server: SocketAddr = format!("{SERVER_V4}:{QUIC_PORT}").parse().expect("addr");
+            let start = Instant::now();
+            let connection = endpoint
+                .connect(server, QUIC_NAME)
+                .map_err(|e| e.to_string())?
+                .await
+                .map_err(|e| e.to_string())?;
+            let (mut send, mut recv) = connection.open_bi().await.map_err(|e| e.to_string())?;
+            send.write_all(b"GET\n").await.map_err(|e| e.to_string())?;
+            send.finish().map_err(|e| e.to_string())?;
+            let body = recv
+                .read_to_end(QUIC_LEN + 1)
+                .await
+                .map_err(|e| e.to_string())?;
+            let took = start.elapsed();
+            connection.close(0u32.into(), b"done");
+            endpoint.wait_idle().await;
+            Ok::<_, String>((body, took))
+        })
+    });
+    stop.store(true, Ordering::Relaxed);
+    let _ = server.join();
+    let (body, took) = result.unwrap_or_else(|e| panic!("QUIC download through the tunnel: {e}"));
+    assert_eq!(body.len(), QUIC_LEN, "the whole QUIC response arrives");
+    assert!(
+        body == Pattern::bytes(QUIC_SEED, QUIC_LEN),
+        "the QUIC response arrives intact"
+    );
+    let peer = peer_rx.try_recv().expect("the server saw a connection");
+    assert_eq!(
+        peer.ip(),
+        "10.77.9.2".parse::<IpAddr>().expect("addr"),
+        "QUIC reached the server from the concentrator's address"
+    );
+    println!(
+        "QUIC through the tunnel: {} MiB in {took:?} ({:.1} Mbit/s)",
+        QUIC_LEN >> 20,
+        QUIC_LEN as f64 * 8.0 / took.as_secs_f64() / 1e6
+    );
+    lab.stop();
+
+    // quic = "block": UDP to port 443 gets a port unreachable at once, which
+    // a connected socket reports as "connection refused".
+    let config =
+        std::env::temp_dir().join(format!("mpbond-quic-block-{}.toml", std::process::id()));
+    let text = std::fs::read_to_string(harness::root().join("deploy/lab/client.toml"))
+        .expect("the lab client config");
+    assert!(
+        text.trim_end().ends_with("address_v6 = \"fd77::2\""),
+        "[datagram] is the last table"
+    );
+    std::fs::write(&config, format!("{text}quic = \"block\"\n")).expect("write config");
+    lab.start(&["--client-config", &config.to_string_lossy()]);
+    let refused = run_in(LAN, "blocked QUIC", Duration::from_secs(10), || {
+        let socket = UdpSocket::bind("0.0.0.0:0").expect("bind");
+        socket
+            .connect(format!("{SERVER_V4}:{QUIC_PORT}"))
+            .expect("connect");
+        socket
+            .set_read_timeout(Some(Duration::from_millis(500)))
+            .expect("timeout");
+        let start = Instant::now();
+        let _ = socket.send(b"\xc0quic initial");
+        let mut buf = [0; 64];
+        let error = socket.recv(&mut buf).err().map(|e| e.kind());
+        (error, start.elapsed())
+    });
+    let _ = std::fs::remove_file(&config);
+    assert_eq!(
+        refused.0,
+        Some(std::io::ErrorKind::ConnectionRefused),
+        "with quic = \"block\", UDP to port 443 is refused at once"
+    );
+    println!("blocked QUIC refused after {:?}", refused.1);
 }
