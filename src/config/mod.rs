@@ -644,35 +644,32 @@ impl ConfigFile {
 
 /// Reads a base64 public key from `path` (any permissions).
 fn read_public_key_file(path: &Path) -> Result<Key, ValueError> {
-    let read_error = |source| ValueError::KeyFileRead {
-        path: path.to_owned(),
-        source,
-    };
-    let file = File::open(path).map_err(read_error)?;
-    let mut text = String::new();
-    file.take(MAX_KEY_FILE_LEN)
-        .read_to_string(&mut text)
-        .map_err(read_error)?;
-    Key::from_base64(&text).map_err(|source| ValueError::KeyFileContent {
-        path: path.to_owned(),
-        source,
-    })
+    read_key(path, false)
 }
 
 /// Reads a base64 key from `path`, refusing a file group or others may
 /// access.
 pub fn read_key_file(path: &Path) -> Result<Key, ValueError> {
+    read_key(path, true)
+}
+
+/// Reads a base64 key from `path`; a `secret` one must not be accessible
+/// by group or others (checked on the opened file, so it cannot change
+/// between check and read).
+fn read_key(path: &Path, secret: bool) -> Result<Key, ValueError> {
     let read_error = |source| ValueError::KeyFileRead {
         path: path.to_owned(),
         source,
     };
     let file = File::open(path).map_err(read_error)?;
-    let mode = file.metadata().map_err(read_error)?.permissions().mode();
-    if mode & 0o077 != 0 {
-        return Err(ValueError::KeyFileMode {
-            path: path.to_owned(),
-            mode: mode & 0o7777,
-        });
+    if secret {
+        let mode = file.metadata().map_err(read_error)?.permissions().mode();
+        if mode & 0o077 != 0 {
+            return Err(ValueError::KeyFileMode {
+                path: path.to_owned(),
+                mode: mode & 0o7777,
+            });
+        }
     }
     let mut text = String::new();
     file.take(MAX_KEY_FILE_LEN)
