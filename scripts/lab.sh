@@ -98,7 +98,7 @@ say() { echo "lab: $*" >&2; }
 nsx() { local ns=$1; shift; ip netns exec "$ns" "$@"; }
 
 need_root() {
-    [ "$(id -u)" = 0 ] || die "needs root (network namespaces); run with sudo"
+    [ "$(id -u)" = 0 ] || die "needs root (network namespaces); run as root"
     local tool
     for tool in ip ethtool flock sysctl; do
         command -v "$tool" >/dev/null || die "$tool is missing; install it (apt-get install iproute2 ethtool util-linux procps)"

@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 . scripts/deps.sh
 
-[ "$(id -u)" = 0 ] || { echo "test: the lab tests need root; run as root (sudo scripts/test.sh)" >&2; exit 1; }
+[ "$(id -u)" = 0 ] || { echo "test: the lab tests need root; run it as root" >&2; exit 1; }
 
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
