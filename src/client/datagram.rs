@@ -30,9 +30,6 @@ use crate::wire::build_icmp_port_unreachable_for;
 use crate::wire::flow::flow_of;
 use crate::wire::tunnel::{Inner, DATA_OVERHEAD};
 
-/// Largest sealed datagram.
-const MAX_SEALED: usize = 65_535 + DATA_OVERHEAD + 1;
-
 /// The timer task wakes at least this often (the initiator's timers are
 /// seconds; this bounds how late a handshake retry can be).
 const TICK: Duration = Duration::from_millis(250);
@@ -169,7 +166,8 @@ impl Datagrams {
             }
         };
         let mut sends = Vec::with_capacity(paths.len());
-        let mut out = vec![0; MAX_SEALED];
+        // Header, the inner message's kind byte, the packet, the tag.
+        let mut out = vec![0; packet.len() + DATA_OVERHEAD + 1];
         for id in paths.iter() {
             let Some(socket) = state.sockets.get(usize::from(id.0)).cloned().flatten() else {
                 continue;
