@@ -22,13 +22,14 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::net::UdpSocket;
 use tracing::{debug, info, trace};
 
-use crate::crypto::{Initiator, PublicKey, Received, StaticSecret, SystemRng};
+use crate::crypto::session::SessionError;
+use crate::crypto::{Dropped, Initiator, PublicKey, Received, StaticSecret, SystemRng};
 use crate::datagram::schedule::{Decision, PathId, PathSettings, Scheduler, MAX_PATHS};
 use crate::datagram::SchedulerConfig;
 use crate::path::Estimates;
 use crate::wire::build_icmp_port_unreachable_for;
 use crate::wire::flow::flow_of;
-use crate::wire::tunnel::{Inner, DATA_OVERHEAD};
+use crate::wire::tunnel::{Inner, ANY_PATH, DATA_OVERHEAD};
 
 /// The timer task wakes at least this often (the initiator's timers are
 /// seconds; this bounds how late a handshake retry can be).
@@ -36,6 +37,12 @@ const TICK: Duration = Duration::from_millis(250);
 
 /// The site counts as active this long after a datagram.
 const ACTIVE_FOR: Duration = Duration::from_secs(5);
+
+/// Each uplink sends a keepalive this often, so the concentrator knows
+/// every path's address (its replies and failover use them) even while the
+/// scheduler sends nothing on some; and at once on a new socket or
+/// session.
+const ANNOUNCE_EVERY: Duration = Duration::from_secs(5);
 
 /// Everything behind the lock.
 struct State {
@@ -47,6 +54,8 @@ struct State {
     no_session: u64,
     /// When the TUN last gave a packet for the tunnel.
     last_packet: Option<Instant>,
+    /// When each uplink last announced itself with a keepalive.
+    announced: [Option<Instant>; MAX_PATHS],
 }
 
 /// The datagram tunnel of the client.
@@ -113,6 +122,7 @@ impl Datagrams {
                 established: false,
                 no_session: 0,
                 last_packet: None,
+                announced: [None; MAX_PATHS],
             }),
             concentrator,
             v4,
@@ -127,8 +137,12 @@ impl Datagrams {
     /// Uplink `index` has this socket now (`None`: none, it has no
     /// address).
     pub(super) fn set_socket(&self, index: usize, socket: Option<Arc<UdpSocket>>) {
-        if let Some(slot) = self.state().sockets.get_mut(index) {
+        let mut state = self.state();
+        if let Some(slot) = state.sockets.get_mut(index) {
             *slot = socket;
+        }
+        if let Some(announced) = state.announced.get_mut(index) {
+            *announced = None;
         }
     }
 
@@ -165,22 +179,38 @@ impl Datagrams {
                     .map_or(Outgoing::Nothing, Outgoing::Reply)
             }
         };
-        let mut sends = Vec::with_capacity(paths.len());
+        let sockets: Vec<(u8, Arc<UdpSocket>)> = paths
+            .iter()
+            .filter_map(|id| {
+                let socket = state.sockets.get(usize::from(id.0)).cloned().flatten()?;
+                Some((id.0, socket))
+            })
+            .collect();
+        // One path: sealed for it. Several (redundant): sealed once for any
+        // path, the same bytes on each, so the concentrator's replay window
+        // drops the copies after the first.
+        let path = match sockets.as_slice() {
+            [] => return Outgoing::Nothing,
+            [(id, _)] => *id,
+            _ => ANY_PATH,
+        };
         // Header, the inner message's kind byte, the packet, the tag.
         let mut out = vec![0; packet.len() + DATA_OVERHEAD + 1];
-        for id in paths.iter() {
-            let Some(socket) = state.sockets.get(usize::from(id.0)).cloned().flatten() else {
-                continue;
-            };
-            match state
-                .initiator
-                .seal(now, id.0, &Inner::Ip(packet), &mut out)
-            {
-                Ok(len) => sends.push((socket, out[..len].to_vec())),
-                Err(_) => {
-                    state.no_session += 1;
-                    break;
-                }
+        let Ok(len) = state
+            .initiator
+            .seal(now, path, &Inner::Ip(packet), &mut out)
+        else {
+            state.no_session += 1;
+            return Outgoing::Nothing;
+        };
+        out.truncate(len);
+        let mut sends = Vec::with_capacity(sockets.len());
+        let last = sockets.len() - 1;
+        for (i, (_, socket)) in sockets.into_iter().enumerate() {
+            if i == last {
+                sends.push((socket, std::mem::take(&mut out)));
+            } else {
+                sends.push((socket, out.clone()));
             }
         }
         Outgoing::Send(sends)
@@ -222,9 +252,13 @@ impl Datagrams {
                     info!(concentrator = %self.concentrator, "datagram tunnel up");
                 }
                 state.established = true;
+                // The new session's concentrator may be a restarted one.
+                state.announced = [None; MAX_PATHS];
                 None
             }
             Ok(_) => None,
+            // The later copies of a packet sent on several paths.
+            Err(Dropped::Session(SessionError::Replay(_))) => None,
             Err(dropped) => {
                 debug!(uplink = index, why = %dropped, "datagram from the concentrator dropped");
                 None
@@ -249,7 +283,29 @@ impl Datagrams {
             );
             state.no_session = 0;
         }
-        drain(&mut state)
+        let mut sends = drain(&mut state);
+        if state.established {
+            announce(&mut state, now, &mut sends);
+        }
+        sends
+    }
+}
+
+/// A keepalive on each uplink that has not announced itself for
+/// [`ANNOUNCE_EVERY`].
+fn announce(state: &mut State, now: Instant, sends: &mut Vec<(Arc<UdpSocket>, Vec<u8>)>) {
+    for i in 0..MAX_PATHS {
+        let (Some(socket), Ok(path)) = (state.sockets[i].clone(), u8::try_from(i)) else {
+            continue;
+        };
+        if state.announced[i].is_some_and(|at| now.saturating_duration_since(at) < ANNOUNCE_EVERY) {
+            continue;
+        }
+        let mut out = [0; DATA_OVERHEAD + 1];
+        if let Ok(len) = state.initiator.seal(now, path, &Inner::Keepalive, &mut out) {
+            sends.push((socket, out[..len].to_vec()));
+            state.announced[i] = Some(now);
+        }
     }
 }
 

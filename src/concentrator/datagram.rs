@@ -8,11 +8,16 @@
 //! came on. Anything that does not authenticate is dropped without a word.
 //!
 //! To a client: a packet the TUN gives is sealed for the client that owns
-//! its destination address and sent on the paths the client itself used
-//! last for that flow (the client's scheduler decides, from its path
-//! cores, and the concentrator mirrors it; DNS the client sent redundantly
-//! is answered redundantly). A flow the client has not sent on lately goes
-//! on the path the client was last heard on.
+//! its destination address and sent on the path the client itself used
+//! last for that flow, or on all of them if the client sent it on several
+//! (the client's scheduler decides, from its path cores, and the
+//! concentrator mirrors it: DNS the client sent redundantly is answered
+//! redundantly). Only live paths count: one the client was not heard on
+//! (data or its uplink probes, every 30 ms while it is busy) for
+//! [`STALE_AFTER`] longer than on another is taken as down, so a stream
+//! towards the client moves off a dead line as quickly as the client's
+//! own, and back once the line is heard again. A flow the client has not
+//! sent on lately goes on the live path it last sent data on.
 //!
 //! The responder and the per-client path table sit behind one mutex, held
 //! for the handling of one packet and never across an await.
@@ -29,9 +34,10 @@ use super::accept::Clients;
 use super::policy::Policy;
 use crate::crypto::{Dropped, PeerId, Received, Responder, SystemRng};
 use crate::datagram::schedule::MAX_PATHS;
+use crate::wire::convert::ClientId;
 use crate::wire::flow::{flow_of, Demux, FlowKey};
-use crate::wire::probe::MAGIC;
-use crate::wire::tunnel::{Inner, PathProbe, DATA_OVERHEAD, TYPE_INITIATION};
+use crate::wire::probe::{Probe, MAGIC};
+use crate::wire::tunnel::{Inner, PathProbe, ANY_PATH, DATA_OVERHEAD, TYPE_INITIATION};
 
 /// Largest datagram read from the UDP socket or the TUN.
 const MAX_DATAGRAM: usize = 65_535;
@@ -39,6 +45,12 @@ const MAX_DATAGRAM: usize = 65_535;
 /// A flow's paths are mirrored for this long after the client last sent on
 /// it; later replies take the client's most recent path.
 const MIRROR_FOR: Duration = Duration::from_secs(30);
+
+/// A path not heard from for this much longer than the client's freshest
+/// path is taken as down. The client probes every path every 30 ms while
+/// it has traffic (mostly within a few ms of each other), so this is five
+/// missed probes.
+const STALE_AFTER: Duration = Duration::from_millis(150);
 
 /// Flows remembered per client at most; the table is cleared when full
 /// (replies then take the most recent path until the client sends again).
@@ -63,9 +75,11 @@ struct Peer {
     v6: Option<IpAddr>,
     /// Where each of its paths was last heard from, and when.
     paths: [Option<(SocketAddr, Instant)>; MAX_PATHS],
-    /// Per flow (as the client sends it): a bit per path it used last, and
-    /// when.
+    /// Per flow (as the client sends it): a bit per path it used last
+    /// (all bits: it sent on several), and when.
     flows: HashMap<FlowKey, (u8, Instant)>,
+    /// The path it sent its last data packet on alone.
+    last_data: Option<usize>,
     /// Probe sequence per path, for the echoes.
     probe_seq: [u64; MAX_PATHS],
 }
@@ -78,11 +92,14 @@ impl Peer {
     /// The paths to send a reply of `flow` (keyed as the client sends it)
     /// on, as a bit set.
     fn paths_for(&self, now: Instant, flow: Option<&FlowKey>) -> u8 {
+        let live = self.live(now);
         if let Some((bits, at)) = flow.and_then(|f| self.flows.get(f)) {
-            let live = bits & self.live(now);
-            if now.saturating_duration_since(*at) < MIRROR_FOR && live != 0 {
-                return live;
+            if now.saturating_duration_since(*at) < MIRROR_FOR && bits & live != 0 {
+                return bits & live;
             }
+        }
+        if let Some(i) = self.last_data.filter(|&i| live & (1 << i) != 0) {
+            return 1 << i;
         }
         // The path heard from last.
         self.paths
@@ -93,15 +110,29 @@ impl Peer {
             .map_or(0, |(i, _)| 1 << i)
     }
 
-    /// Paths heard from within the mirror time.
+    /// Paths heard from within the mirror time and not [`STALE_AFTER`]
+    /// behind the freshest.
     fn live(&self, now: Instant) -> u8 {
+        let Some(freshest) = self.paths.iter().flatten().map(|&(_, at)| at).max() else {
+            return 0;
+        };
         let mut bits = 0;
         for (i, path) in self.paths.iter().enumerate() {
-            if path.is_some_and(|(_, at)| now.saturating_duration_since(at) < MIRROR_FOR) {
+            if path.is_some_and(|(_, at)| {
+                now.saturating_duration_since(at) < MIRROR_FOR
+                    && freshest.saturating_duration_since(at) <= STALE_AFTER
+            }) {
                 bits |= 1 << i;
             }
         }
         bits
+    }
+
+    /// The path whose address is `src`.
+    fn path_of(&self, src: SocketAddr) -> Option<usize> {
+        self.paths
+            .iter()
+            .position(|p| p.is_some_and(|(addr, _)| addr == src))
     }
 }
 
@@ -111,6 +142,8 @@ struct State {
     responder: Responder<SystemRng>,
     peers: Vec<Peer>,
     by_addr: HashMap<IpAddr, PeerId>,
+    /// The tunnel's clients by the id their uplink probes carry.
+    by_id: HashMap<ClientId, PeerId>,
     drop_log: (Instant, u32),
     /// Initiations in the current second, and when it started.
     initiations: (Instant, u32),
@@ -132,6 +165,7 @@ impl std::fmt::Debug for Datagrams {
 /// A client of the tunnel as the config gives it.
 #[derive(Debug, Clone)]
 pub(super) struct TunnelClient {
+    pub(super) id: ClientId,
     pub(super) public_key: crate::crypto::PublicKey,
     pub(super) v4: Option<IpAddr>,
     pub(super) v6: Option<IpAddr>,
@@ -145,16 +179,19 @@ impl Datagrams {
         policy: Arc<Policy>,
     ) -> Self {
         let mut by_addr = HashMap::new();
+        let mut by_id = HashMap::new();
         let mut peers = Vec::with_capacity(clients.len());
         for (i, client) in clients.into_iter().enumerate() {
             for addr in [client.v4, client.v6].into_iter().flatten() {
                 by_addr.insert(addr, PeerId(i));
             }
+            by_id.insert(client.id, PeerId(i));
             peers.push(Peer {
                 v4: client.v4,
                 v6: client.v6,
                 paths: [None; MAX_PATHS],
                 flows: HashMap::new(),
+                last_data: None,
                 probe_seq: [0; MAX_PATHS],
             });
         }
@@ -163,6 +200,7 @@ impl Datagrams {
                 responder,
                 peers,
                 by_addr,
+                by_id,
                 drop_log: (Instant::now(), 0),
                 initiations: (Instant::now(), 0),
             }),
@@ -173,6 +211,21 @@ impl Datagrams {
 
     fn state(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Client `id`'s uplink probe, which verified, came from `src`: that
+    /// path is alive (if it is one of the client's tunnel paths).
+    fn heard_probe(&self, id: &ClientId, src: SocketAddr, now: Instant) {
+        let mut state = self.state();
+        let Some(&peer) = state.by_id.get(id) else {
+            return;
+        };
+        let Some(client) = state.peers.get_mut(peer.0) else {
+            return;
+        };
+        if let Some(i) = client.path_of(src) {
+            client.paths[i] = Some((src, now));
+        }
     }
 }
 
@@ -208,6 +261,10 @@ pub(super) async fn serve_udp(
         let datagram = &mut buf[..n];
         if datagram.starts_with(&MAGIC) {
             if let Some(reply) = super::probe::answer(&clients, datagram, crate::auth::unix_ms()) {
+                if let (Some(datagrams), Ok((probe, _, _))) = (&datagrams, Probe::decode(datagram))
+                {
+                    datagrams.heard_probe(&probe.client_id, src, Instant::now());
+                }
                 if let Err(e) = socket.send_to(&reply, src).await {
                     debug!(%src, error = %e, "cannot answer a probe");
                 }
@@ -237,11 +294,23 @@ async fn from_client(socket: &UdpSocket, datagrams: &Datagrams, src: SocketAddr,
         }
         match received {
             Ok(Received::Data { peer, path, inner }) => {
-                let index = usize::from(path);
-                let Some(client) = state.peers.get_mut(peer.0).filter(|_| index < MAX_PATHS) else {
+                let Some(client) = state.peers.get_mut(peer.0) else {
                     return;
                 };
-                client.paths[index] = Some((src, now));
+                // A copy of a packet sent on several paths: its path is
+                // where it came from (the first copy of a client's packets
+                // on a new path comes alone, with its path id).
+                let index = if path == ANY_PATH {
+                    client.path_of(src)
+                } else {
+                    Some(usize::from(path)).filter(|&i| i < MAX_PATHS)
+                };
+                if path != ANY_PATH && index.is_none() {
+                    return;
+                }
+                if let Some(i) = index {
+                    client.paths[i] = Some((src, now));
+                }
                 match inner {
                     Inner::Ip(packet) => {
                         match check_packet(&datagrams.policy, &state.by_addr, client, peer, packet)
@@ -250,14 +319,15 @@ async fn from_client(socket: &UdpSocket, datagrams: &Datagrams, src: SocketAddr,
                                 if client.flows.len() >= MAX_FLOWS_PER_CLIENT {
                                     client.flows.clear();
                                 }
-                                let entry = client.flows.entry(key).or_insert((0, now));
-                                if now.saturating_duration_since(entry.1) > Duration::from_millis(5)
-                                {
-                                    // A new burst: the paths of this packet alone.
-                                    entry.0 = 0;
-                                }
-                                entry.0 |= 1 << index;
-                                entry.1 = now;
+                                let bits = match index {
+                                    _ if path == ANY_PATH => u8::MAX,
+                                    Some(i) => {
+                                        client.last_data = Some(i);
+                                        1 << i
+                                    }
+                                    None => u8::MAX,
+                                };
+                                client.flows.insert(key, (bits, now));
                                 Some(packet)
                             }
                             Err(why) => {
@@ -267,6 +337,7 @@ async fn from_client(socket: &UdpSocket, datagrams: &Datagrams, src: SocketAddr,
                         }
                     }
                     Inner::Probe(probe) => {
+                        let Some(index) = index else { return };
                         let seq = client.probe_seq[index];
                         client.probe_seq[index] += 1;
                         let echo = PathProbe {
@@ -415,11 +486,18 @@ pub(super) async fn serve_tun(socket: Arc<UdpSocket>, datagrams: Arc<Datagrams>)
                     Some((u8::try_from(i).ok()?, addr))
                 })
                 .collect();
-            for (path, addr) in targets {
-                if let Ok(len) = state
-                    .responder
-                    .seal(now, peer, path, &Inner::Ip(packet), &mut out)
-                {
+            // Several paths: sealed once, the same bytes on each (the
+            // client's replay window drops the later copies).
+            let path = match targets.as_slice() {
+                [] => continue,
+                [(path, _)] => *path,
+                _ => ANY_PATH,
+            };
+            if let Ok(len) = state
+                .responder
+                .seal(now, peer, path, &Inner::Ip(packet), &mut out)
+            {
+                for (_, addr) in targets {
                     sends.push((addr, out[..len].to_vec()));
                 }
             }
@@ -451,5 +529,90 @@ pub(super) async fn tick(datagrams: Arc<Datagrams>) {
     loop {
         interval.tick().await;
         datagrams.state().responder.handle_timeout(Instant::now());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn addr(port: u16) -> SocketAddr {
+        SocketAddr::new("192.0.2.1".parse().expect("addr"), port)
+    }
+
+    fn peer() -> Peer {
+        Peer {
+            v4: None,
+            v6: None,
+            paths: [None; MAX_PATHS],
+            flows: HashMap::new(),
+            last_data: None,
+            probe_seq: [0; MAX_PATHS],
+        }
+    }
+
+    fn flow() -> FlowKey {
+        FlowKey {
+            protocol: 17,
+            src: "10.77.0.2".parse().expect("addr"),
+            dst: "198.51.100.10".parse().expect("addr"),
+            demux: Demux::Ports { src: 4000, dst: 53 },
+        }
+    }
+
+    #[test]
+    fn replies_follow_the_clients_path_and_leave_a_silent_one() {
+        let t0 = Instant::now();
+        let mut p = peer();
+        p.paths[0] = Some((addr(1), t0));
+        p.paths[1] = Some((addr(2), t0));
+        p.flows.insert(flow(), (1 << 0, t0));
+        p.last_data = Some(0);
+        assert_eq!(p.paths_for(t0, Some(&flow())), 0b01);
+        // Path 1 keeps being heard (probes), path 0 falls silent.
+        let mut now = t0;
+        for _ in 0..5 {
+            now += Duration::from_millis(30);
+            p.paths[1] = Some((addr(2), now));
+        }
+        assert_eq!(p.paths_for(now, Some(&flow())), 0b01, "150 ms: not yet");
+        now += Duration::from_millis(30);
+        p.paths[1] = Some((addr(2), now));
+        assert_eq!(
+            p.paths_for(now, Some(&flow())),
+            0b10,
+            "180 ms silent: moved"
+        );
+        assert_eq!(p.paths_for(now, None), 0b10, "other flows too");
+        // Path 0 heard again: the flow goes back to it.
+        p.paths[0] = Some((addr(1), now));
+        assert_eq!(p.paths_for(now, Some(&flow())), 0b01);
+    }
+
+    #[test]
+    fn a_flow_sent_on_every_path_is_answered_on_every_live_one() {
+        let t0 = Instant::now();
+        let mut p = peer();
+        p.paths[0] = Some((addr(1), t0));
+        p.paths[1] = Some((addr(2), t0));
+        p.paths[2] = Some((addr(3), t0 - Duration::from_secs(31)));
+        p.flows.insert(flow(), (u8::MAX, t0));
+        assert_eq!(p.paths_for(t0, Some(&flow())), 0b011);
+        assert_eq!(p.path_of(addr(2)), Some(1));
+        assert_eq!(p.path_of(addr(9)), None);
+    }
+
+    #[test]
+    fn a_forgotten_flow_takes_the_live_path_of_the_last_data() {
+        let t0 = Instant::now();
+        let mut p = peer();
+        p.paths[0] = Some((addr(1), t0));
+        p.paths[1] = Some((addr(2), t0 + Duration::from_millis(10)));
+        p.last_data = Some(0);
+        let later = t0 + Duration::from_millis(20);
+        assert_eq!(p.paths_for(later, Some(&flow())), 0b01);
+        p.flows.insert(flow(), (1 << 1, t0 - MIRROR_FOR));
+        assert_eq!(p.paths_for(later, Some(&flow())), 0b01, "mirror expired");
+        assert_eq!(peer().paths_for(later, None), 0, "nothing heard: nowhere");
     }
 }

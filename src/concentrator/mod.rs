@@ -355,6 +355,7 @@ fn datagram_side(
         .filter_map(|c| {
             let tunnel = c.tunnel?;
             Some(datagram::TunnelClient {
+                id: c.id.clone(),
                 public_key: c.public_key?,
                 v4: Some(IpAddr::V4(tunnel.v4)),
                 v6: tunnel.v6.map(IpAddr::V6),

@@ -15,7 +15,14 @@
 //!
 //! The data header (the first [`DATA_HEADER_LEN`] bytes) is the AEAD's
 //! associated data, so the path id and counter cannot be changed on the
-//! way. The decrypted payload is an [`Inner`]: nothing (a keepalive), an IP
+//! way. A packet sent on several paths at once (redundant scheduling) is
+//! sealed once, with path id [`ANY_PATH`], and the same bytes go on each:
+//! the copies share a counter, so the receiver's replay window keeps the
+//! first and drops the others, and the receiver knows each copy's path by
+//! where it arrived. (Sealing each copy under its own path id would need a
+//! counter per copy, and the duplicates would all get through.)
+//!
+//! The decrypted payload is an [`Inner`]: nothing (a keepalive), an IP
 //! packet, or a control message, today the [`PathProbe`].
 //!
 //! The views are panic-free: `new_checked` checks the length once, after
@@ -32,6 +39,9 @@ pub const TYPE_RESPONSE: u8 = 2;
 pub const TYPE_COOKIE_REPLY: u8 = 3;
 /// Message type of a data message.
 pub const TYPE_DATA: u8 = 4;
+
+/// The path id of a packet sent on several paths at once.
+pub const ANY_PATH: u8 = 0xff;
 
 /// Type byte and reserved bytes, at the start of every message.
 pub const HEADER_LEN: usize = 4;
