@@ -26,7 +26,7 @@ pub use sockopt::{
     allow_fragments, mptcp_subflows, set_recv_buffer, set_tcp_fastopen_connect,
     set_tcp_fastopen_listener, tcp_state, SubflowInfo, SUBFLOW_INFO_LEN, TCP_ESTABLISHED,
 };
-pub use sysctl::{read_sysctl, SysctlGuard};
+pub use sysctl::{read_sysctl, SysctlGuard, RECORDS as SYSCTL_RECORDS};
 
 pub use iface::interface_index;
 
