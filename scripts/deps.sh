@@ -3,7 +3,7 @@
 # root), and puts cargo on PATH. Source it (`. scripts/deps.sh`) so the PATH
 # change sticks; it does nothing when everything is already there.
 
-_mpb_pkgs=(iproute2 ethtool iperf3 iputils-ping procps psmisc util-linux python3 gcc libc6-dev ca-certificates mptcpize nftables dnsmasq-base)
+_mpb_pkgs=(iproute2 ethtool iperf3 iputils-ping procps psmisc util-linux python3 gcc libc6-dev ca-certificates mptcpize nftables dnsmasq-base tcpdump)
 _mpb_missing=()
 for _p in "${_mpb_pkgs[@]}"; do
     dpkg -s "$_p" >/dev/null 2>&1 || _mpb_missing+=("$_p")

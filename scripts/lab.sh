@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # The mpbond lab: a hybrid-access site in network namespaces (see LAB.md).
 #
-#   scripts/lab.sh up [--dsl PROFILE] [--lte PROFILE]   build the lab
+#   scripts/lab.sh up [--dsl PROFILE] [--lte PROFILE] [--second-client]
+#                                                         build the lab; --second-client adds
+#                                                         mpb-cli2, a road-warrior laptop
+#                                                         with one plain line (wan0)
 #   scripts/lab.sh down                                   remove everything (idempotent)
 #   scripts/lab.sh status                                 namespaces, addresses, link counters
 #   scripts/lab.sh link dsl|lte down|up|blackhole         change a line's state live
@@ -61,14 +64,20 @@
 #                                                   tunnel addresses are 10.77.0.2 and
 #                                                   fd77::2 (deploy/lab/*.toml)
 #   mpb-srv  eth0  198.51.100.10/24 2001:db8:100::10/64 default via .1
+#   mpb-cli2 wan0  10.77.3.2/24     fd77:3::2/64    default via 10.77.3.1 (up --second-client:
+#                                                   a plain veth to cli2 in mpb-wan,
+#                                                   10.77.3.1 / fd77:3::1; tunnel
+#                                                   addresses 10.77.0.3 and fd77::3)
 #
 # start runs, each in the background with its log and pid file in $RUN:
 #   mpb-conc  mpbond concentrator --config deploy/lab/concentrator.toml  (concentrator.log)
 #   mpb-cli   mpbond client --config deploy/lab/client.toml              (client.log)
+#   mpb-cli2  mpbond client --config deploy/lab/client2.toml, when the lab has
+#             the second client                                         (client2.log)
 #   mpb-srv   the probe server on port 7 (IPv4 and IPv6): writes the peer's
 #             address and a newline, then closes                        (probe.log)
-# The configs use the key pairs $RUN/client.key(.pub) and
-# $RUN/concentrator.key(.pub), made by start when missing.
+# The configs use the key pairs $RUN/client.key(.pub), $RUN/client2.key(.pub)
+# and $RUN/concentrator.key(.pub), made by start when missing.
 # Datagram tunnel: TUN mpbc0 in mpb-conc (10.77.0.1/24, fd77::1/64, made by
 # the concentrator); the client's tunnel addresses are 10.77.0.2 and fd77::2.
 # Through the tunnel the probe server sees 10.77.9.2; directly, the sender's
@@ -88,6 +97,8 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 RUN=${MPB_LAB_RUN:-/run/mpbond-lab}
 CC=${MPB_CC:-bbr}
 NAMESPACES=(mpb-lan mpb-cli mpb-dsl mpb-lte mpb-wan mpb-conc mpb-srv)
+# Made by up --second-client only; down removes it too.
+OPTIONAL_NAMESPACES=(mpb-cli2)
 LINKS=(dsl lte)
 
 # Per line: index (MAC and subnet), client address, wan address.
@@ -144,21 +155,21 @@ linkem_bin() {
 cmd_down() {
     local ns pids i
     stop_all >/dev/null 2>&1 || true
-    for ns in "${NAMESPACES[@]}"; do
+    for ns in "${NAMESPACES[@]}" "${OPTIONAL_NAMESPACES[@]}"; do
         [ -e "/run/netns/$ns" ] || continue
         pids=$(ip netns pids "$ns" 2>/dev/null || true)
         [ -n "$pids" ] && kill $pids 2>/dev/null || true
     done
     for i in $(seq 50); do
         pids=""
-        for ns in "${NAMESPACES[@]}"; do
+        for ns in "${NAMESPACES[@]}" "${OPTIONAL_NAMESPACES[@]}"; do
             [ -e "/run/netns/$ns" ] && pids+=$(ip netns pids "$ns" 2>/dev/null || true)
         done
         [ -z "$pids" ] && break
         [ "$i" = 50 ] && kill -9 $pids 2>/dev/null || true
         sleep 0.1
     done
-    for ns in "${NAMESPACES[@]}"; do
+    for ns in "${NAMESPACES[@]}" "${OPTIONAL_NAMESPACES[@]}"; do
         if [ -e "/run/netns/$ns" ]; then
             ip netns del "$ns" 2>/dev/null || { sleep 0.2; ip netns del "$ns"; }
         fi
@@ -267,16 +278,17 @@ line() {
 }
 
 cmd_up() {
-    local dsl=dsl lte=lte
+    local dsl=dsl lte=lte second=0
     while [ $# -gt 0 ]; do
         case $1 in
             --dsl) [ $# -ge 2 ] || die "--dsl needs a profile"; dsl=$2; shift 2 ;;
             --lte) [ $# -ge 2 ] || die "--lte needs a profile"; lte=$2; shift 2 ;;
-            *) die "unknown option $1; usage: lab.sh up [--dsl PROFILE] [--lte PROFILE]" ;;
+            --second-client) second=1; shift ;;
+            *) die "unknown option $1; usage: lab.sh up [--dsl PROFILE] [--lte PROFILE] [--second-client]" ;;
         esac
     done
     local ns
-    for ns in "${NAMESPACES[@]}"; do
+    for ns in "${NAMESPACES[@]}" "${OPTIONAL_NAMESPACES[@]}"; do
         [ -e "/run/netns/$ns" ] && die "the lab is already up ($ns exists); run scripts/lab.sh down first"
     done
     local bin
@@ -329,6 +341,14 @@ cmd_up() {
     nsx mpb-cli ip -6 route add default via fd77:1::1 dev dsl0 metric 100
     nsx mpb-cli ip -6 route add default via fd77:2::1 dev lte0 metric 200
     nsx mpb-wan ip route add 192.168.77.0/24 via 10.77.1.2
+    if [ "$second" = 1 ]; then
+        ns_base mpb-cli2
+        veth wan0 mpb-cli2 cli2 mpb-wan "$(mac 3 2)" "$(mac 3 1)"
+        addr mpb-cli2 wan0 10.77.3.2/24 fd77:3::2/64
+        addr mpb-wan cli2 10.77.3.1/24 fd77:3::1/64
+        nsx mpb-cli2 ip route add default via 10.77.3.1
+        nsx mpb-cli2 ip -6 route add default via fd77:3::1
+    fi
     nsx mpb-wan ip -6 route add fd77:77::/64 via fd77:1::2
     # Link-local addresses go through duplicate address detection; until
     # they are ready, neighbour discovery (and so the first IPv6 packets)
@@ -336,14 +356,17 @@ cmd_up() {
     local i tentative
     for i in $(seq 60); do
         tentative=""
-        for ns in "${NAMESPACES[@]}"; do
+        for ns in "${NAMESPACES[@]}" "${OPTIONAL_NAMESPACES[@]}"; do
+            [ -e "/run/netns/$ns" ] || continue
             tentative+=$(nsx "$ns" ip -6 -o addr show tentative)
         done
         [ -z "$tentative" ] && break
         sleep 0.05
     done
     trap - EXIT
-    say "up: dsl=$dsl lte=$lte congestion-control=$CC"
+    local extra=""
+    [ "$second" = 1 ] && extra=" second-client=mpb-cli2"
+    say "up: dsl=$dsl lte=$lte congestion-control=$CC$extra"
 }
 
 # ---------------------------------------------------------------- link
@@ -490,8 +513,8 @@ renumber() {
 # ---------------------------------------------------------------- start / stop
 
 # The processes start runs: name, namespace.
-DAEMONS=(client concentrator probe)
-declare -A DAEMON_NS=([client]=mpb-cli [concentrator]=mpb-conc [probe]=mpb-srv)
+DAEMONS=(client client2 concentrator probe)
+declare -A DAEMON_NS=([client]=mpb-cli [client2]=mpb-cli2 [concentrator]=mpb-conc [probe]=mpb-srv)
 
 # The probe server (python3, no dependencies): one listener per family, a
 # thread per connection. It writes the peer's address and a newline, ends
@@ -662,7 +685,7 @@ cmd_start() {
     local bin out
     bin=$(mpbond_bin)
     local end
-    for end in client concentrator; do
+    for end in client client2 concentrator; do
         if [ ! -e "$RUN/$end.key" ]; then
             out=$("$bin" keygen --out "$RUN/$end.key" 2>&1) || die "keygen: ${out#mpbond: }"
         fi
@@ -680,6 +703,11 @@ cmd_start() {
         return 0
     fi
     spawn client "$bin" client --config "$client_config"
+    local second=0
+    if [ -e /run/netns/mpb-cli2 ]; then
+        second=1
+        spawn client2 "$bin" client --config "$ROOT/deploy/lab/client2.toml"
+    fi
 
     # The tunnel carries traffic when the probe server sees the
     # concentrator's address for a connection from the LAN host.
@@ -696,8 +724,24 @@ cmd_start() {
         log_tail concentrator >&2
         die "the tunnel carries no traffic after 15 s: the probe server at 198.51.100.10:7 saw \"${seen:-nothing}\" from mpb-lan, not 10.77.9.2"
     fi
+    if [ "$second" = 1 ]; then
+        seen=""
+        while [ "$SECONDS" -lt "$deadline" ]; do
+            check_alive client2
+            seen=$(probe mpb-cli2 198.51.100.10)
+            [ "$seen" = 10.77.9.2 ] && break
+            sleep 0.3
+        done
+        if [ "$seen" != 10.77.9.2 ]; then
+            log_tail client2 >&2
+            log_tail concentrator >&2
+            die "the second client's tunnel carries no traffic after 15 s: the probe server saw \"${seen:-nothing}\" from mpb-cli2, not 10.77.9.2"
+        fi
+    fi
     trap - EXIT
-    say "started: client ($client_config), concentrator ($conc_config); the tunnel carries traffic"
+    local also=""
+    [ "$second" = 1 ] && also=", client2 (deploy/lab/client2.toml)"
+    say "started: client ($client_config)$also, concentrator ($conc_config); the tunnel carries traffic"
 }
 
 cmd_stop() {
@@ -706,7 +750,7 @@ cmd_stop() {
     for name in "${DAEMONS[@]}"; do
         [ -n "$(daemon_pid "$name")" ] && any=1
     done
-    [ "$any" = 1 ] || { say "nothing to stop"; rm -f "$RUN"/{client,concentrator,probe}.pid; return 0; }
+    [ "$any" = 1 ] || { say "nothing to stop"; rm -f "$RUN"/{client,client2,concentrator,probe}.pid; return 0; }
     stop_all
 }
 

@@ -22,7 +22,7 @@ impl Dir {
         let dir =
             std::env::temp_dir().join(format!("mpbond-lab-configs-{}-{test}", std::process::id()));
         fs::create_dir_all(&dir).expect("temp dir");
-        for end in ["client", "concentrator"] {
+        for end in ["client", "client2", "concentrator"] {
             let secret = StaticSecret::generate().expect("key");
             let key = dir.join(format!("{end}.key"));
             fs::write(&key, format!("{}\n", secret.to_base64())).expect("write key");
@@ -120,16 +120,60 @@ fn the_lab_clients_reach_the_lab_concentrator_over_both_lines() {
 }
 
 #[test]
+fn the_second_lab_client_has_one_line_and_its_own_tunnel_addresses() {
+    let dir = Dir::new("client2");
+    let c = client(&dir, "client2.toml");
+    assert_eq!(c.concentrator.to_string(), "10.77.9.2:7300");
+    assert_eq!(c.id.as_str(), "lab2");
+    let uplinks: Vec<_> = c
+        .uplinks
+        .iter()
+        .map(|u| {
+            (
+                u.name.as_str(),
+                u.interface.as_str(),
+                u.gateway.map(|g| g.to_string()),
+            )
+        })
+        .collect();
+    assert_eq!(uplinks, [("wan", "wan0", Some("10.77.3.1".to_owned()))]);
+    let datagram = c
+        .datagram
+        .expect("the second client has the datagram tunnel");
+    assert_eq!(datagram.address_v4.to_string(), "10.77.0.3");
+    assert_eq!(
+        datagram.address_v6.map(|a| a.to_string()),
+        Some("fd77::3".to_owned())
+    );
+}
+
+#[test]
 fn the_lab_concentrator_allows_the_lab_server_only() {
     let dir = Dir::new("concentrator");
     let c = ConcentratorConfig::load(&dir.config("concentrator.toml"))
         .unwrap_or_else(|e| panic!("deploy/lab/concentrator.toml: {e}"));
     assert_eq!(c.listen.to_string(), "0.0.0.0:7300");
-    assert_eq!(c.clients.len(), 1);
-    assert_eq!(c.clients[0].id.as_str(), "lab");
-    let tunnel = c.clients[0].tunnel.expect("tunnel addresses");
-    assert_eq!(tunnel.v4.to_string(), "10.77.0.2");
-    assert_eq!(tunnel.v6.map(|a| a.to_string()), Some("fd77::2".to_owned()));
+    let clients: Vec<_> = c
+        .clients
+        .iter()
+        .map(|c| {
+            let tunnel = c.tunnel.expect("tunnel addresses");
+            (
+                c.id.as_str(),
+                tunnel.v4.to_string(),
+                tunnel.v6.map(|a| a.to_string()),
+                c.public_key.is_some(),
+            )
+        })
+        .collect();
+    let some = |s: &str| Some(s.to_owned());
+    assert_eq!(
+        clients,
+        [
+            ("lab", "10.77.0.2".to_owned(), some("fd77::2"), true),
+            ("lab2", "10.77.0.3".to_owned(), some("fd77::3"), true),
+        ]
+    );
     let datagram = c
         .datagram
         .as_ref()
