@@ -542,3 +542,99 @@ fn quic_goes_through_the_tunnel_intact_and_block_refuses_it_at_once() {
     );
     println!("blocked QUIC refused after {:?}", refused.1);
 }
+
+// ---------------------------------------------------------------- cleanup
+
+const CONC: &str = "mpb-conc";
+const CONC_SYSCTLS: &[&str] = &[
+    "net.ipv4.ip_forward",
+    "net.ipv6.conf.all.forwarding",
+    "net.ipv4.tcp_fastopen",
+];
+
+/// What the concentrator may change in mpb-conc: links, addresses, routes
+/// and rules of every table, the nftables ruleset, the sysctls it sets.
+fn concentrator_state() -> String {
+    let mut state = String::new();
+    for cmd in [
+        &["ip", "-br", "addr"][..],
+        &["ip", "route", "show", "table", "all"],
+        &["ip", "-6", "route", "show", "table", "all"],
+        &["ip", "rule"],
+        &["ip", "-6", "rule"],
+        &["nft", "list", "ruleset"],
+    ] {
+        state.push_str(&format!("$ {}\n", cmd.join(" ")));
+        state.push_str(&ns_ok(CONC, cmd));
+    }
+    for key in CONC_SYSCTLS {
+        state.push_str(&ns_ok(CONC, &["sysctl", key]));
+    }
+    state
+}
+
+fn sysctl_in(ns: &str, key: &str) -> String {
+    ns_ok(ns, &["sysctl", "-n", key]).trim().to_owned()
+}
+
+/// `lab.sh stop` leaves mpb-conc as it was; after `kill -9` of the
+/// concentrator (its TUN goes with it, its nftables table and forwarding
+/// stay), the next start cleans up and a clean stop again leaves nothing.
+#[test]
+fn stopping_the_concentrator_leaves_nothing_even_after_kill_9() {
+    let lab = Lab::up(&[]);
+    let baseline = concentrator_state();
+    assert_eq!(
+        sysctl_in(CONC, "net.ipv4.ip_forward"),
+        "0",
+        "the lab's mpb-conc starts without forwarding"
+    );
+
+    lab.start(&[]);
+    let running = concentrator_state();
+    assert!(running.contains("mpbc0"), "the running concentrator has its TUN:\n{running}");
+    assert!(
+        running.contains("table inet mpbond_conc"),
+        "and its nftables table:\n{running}"
+    );
+    assert_eq!(sysctl_in(CONC, "net.ipv4.ip_forward"), "1");
+    lab.stop();
+    let stopped = concentrator_state();
+    assert_eq!(stopped, baseline, "after lab.sh stop, mpb-conc is as before");
+
+    lab.start(&[]);
+    let pid = lab.pid("concentrator").expect("the concentrator's pid file");
+    let killed = Command::new("kill")
+        .args(["-9", &pid.to_string()])
+        .status()
+        .expect("run kill");
+    assert!(killed.success(), "kill -9 {pid}");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while std::path::Path::new(&format!("/proc/{pid}")).exists() {
+        assert!(Instant::now() < deadline, "the concentrator survived kill -9");
+        thread::sleep(Duration::from_millis(50));
+    }
+    let crashed = concentrator_state();
+    println!("after kill -9 the concentrator left:\n{crashed}");
+    assert!(
+        crashed.contains("table inet mpbond_conc")
+            && sysctl_in(CONC, "net.ipv4.ip_forward") == "1",
+        "kill -9 leaves the table and forwarding behind (what the next start must undo):\n{crashed}"
+    );
+    lab.stop(); // the client and the probe server
+    lab.start(&[]);
+    lab.stop();
+    let after = concentrator_state();
+    assert_eq!(
+        after, baseline,
+        "after kill -9, a restart and lab.sh stop, mpb-conc is as before"
+    );
+    let records: Vec<_> = std::fs::read_dir(mpbond::sys::SYSCTL_RECORDS)
+        .map(|dir| dir.flatten().map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    assert!(
+        records.is_empty(),
+        "no sysctl records left in {}: {records:?}",
+        mpbond::sys::SYSCTL_RECORDS
+    );
+}
