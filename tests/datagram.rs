@@ -592,7 +592,10 @@ fn stopping_the_concentrator_leaves_nothing_even_after_kill_9() {
 
     lab.start(&[]);
     let running = concentrator_state();
-    assert!(running.contains("mpbc0"), "the running concentrator has its TUN:\n{running}");
+    assert!(
+        running.contains("mpbc0"),
+        "the running concentrator has its TUN:\n{running}"
+    );
     assert!(
         running.contains("table inet mpbond_conc"),
         "and its nftables table:\n{running}"
@@ -600,10 +603,15 @@ fn stopping_the_concentrator_leaves_nothing_even_after_kill_9() {
     assert_eq!(sysctl_in(CONC, "net.ipv4.ip_forward"), "1");
     lab.stop();
     let stopped = concentrator_state();
-    assert_eq!(stopped, baseline, "after lab.sh stop, mpb-conc is as before");
+    assert_eq!(
+        stopped, baseline,
+        "after lab.sh stop, mpb-conc is as before"
+    );
 
     lab.start(&[]);
-    let pid = lab.pid("concentrator").expect("the concentrator's pid file");
+    let pid = lab
+        .pid("concentrator")
+        .expect("the concentrator's pid file");
     let killed = Command::new("kill")
         .args(["-9", &pid.to_string()])
         .status()
@@ -611,7 +619,10 @@ fn stopping_the_concentrator_leaves_nothing_even_after_kill_9() {
     assert!(killed.success(), "kill -9 {pid}");
     let deadline = Instant::now() + Duration::from_secs(5);
     while std::path::Path::new(&format!("/proc/{pid}")).exists() {
-        assert!(Instant::now() < deadline, "the concentrator survived kill -9");
+        assert!(
+            Instant::now() < deadline,
+            "the concentrator survived kill -9"
+        );
         thread::sleep(Duration::from_millis(50));
     }
     let crashed = concentrator_state();

@@ -1062,6 +1062,8 @@ struct ClientState {
     endpoints: String,
     mpb0: bool,
     nft: Option<String>,
+    /// The sysctls the client may change.
+    sysctls: String,
 }
 
 /// The output of `cmd` in mpb-cli, its lines sorted (dump order is not
@@ -1087,6 +1089,10 @@ fn client_state() -> ClientState {
             .status
             .success(),
         nft: nft_exists.then(|| ns_ok(CLI, &["nft", "list", "ruleset"])),
+        sysctls: ns_ok(
+            CLI,
+            &["sysctl", "net.mptcp.enabled", "net.ipv4.tcp_fastopen"],
+        ),
     }
 }
 
@@ -1115,6 +1121,7 @@ fn describe(before: &ClientState, now: &ClientState) -> String {
         ("ip -4 route (all tables)", &before.routes4, &now.routes4),
         ("ip -6 route (all tables)", &before.routes6, &now.routes6),
         ("ip mptcp endpoint", &before.endpoints, &now.endpoints),
+        ("sysctl", &before.sysctls, &now.sysctls),
     ] {
         for line in added(b, n) {
             out.push(format!("  {what}: + {line}"));
