@@ -15,6 +15,7 @@
 //! client's tunnel address (`system::nat`); replies written back are
 //! mapped to the LAN host by conntrack.
 
+use std::collections::VecDeque;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -28,7 +29,7 @@ use crate::datagram::schedule::{Decision, PathId, PathSettings, Scheduler, MAX_P
 use crate::datagram::SchedulerConfig;
 use crate::path::Estimates;
 use crate::wire::build_icmp_port_unreachable_for;
-use crate::wire::flow::flow_of;
+use crate::wire::flow::{flow_of, Flow};
 use crate::wire::tunnel::{Inner, ANY_PATH, DATA_OVERHEAD};
 
 /// The timer task wakes at least this often (the initiator's timers are
@@ -44,6 +45,13 @@ const ACTIVE_FOR: Duration = Duration::from_secs(5);
 /// session.
 const ANNOUNCE_EVERY: Duration = Duration::from_secs(5);
 
+/// Packets held while the tunnel's handshake runs: at most this many, for
+/// at most [`STAGED_FOR`] (a DNS query sent right after start, or after
+/// the session lapsed, goes out once the handshake completes instead of
+/// waiting for the resolver's retry).
+const MAX_STAGED: usize = 128;
+const STAGED_FOR: Duration = Duration::from_secs(3);
+
 /// Everything behind the lock.
 struct State {
     initiator: Initiator<SystemRng>,
@@ -56,6 +64,8 @@ struct State {
     last_packet: Option<Instant>,
     /// When each uplink last announced itself with a keepalive.
     announced: [Option<Instant>; MAX_PATHS],
+    /// Packets that came while there was no session, and when.
+    staged: VecDeque<(Instant, Vec<u8>)>,
 }
 
 /// The datagram tunnel of the client.
@@ -123,6 +133,7 @@ impl Datagrams {
                 no_session: 0,
                 last_packet: None,
                 announced: [None; MAX_PATHS],
+                staged: VecDeque::with_capacity(MAX_STAGED),
             }),
             concentrator,
             v4,
@@ -171,49 +182,24 @@ impl Datagrams {
         let mut state = self.state();
         let state = &mut *state;
         state.last_packet = Some(now);
-        let paths = match state.scheduler.schedule(now, &flow, packet.len()) {
-            Decision::Send(paths) => paths,
-            Decision::Drop => return Outgoing::Nothing,
-            Decision::Block => {
-                return build_icmp_port_unreachable_for(packet)
-                    .map_or(Outgoing::Nothing, Outgoing::Reply)
-            }
-        };
-        let sockets: Vec<(u8, Arc<UdpSocket>)> = paths
-            .iter()
-            .filter_map(|id| {
-                let socket = state.sockets.get(usize::from(id.0)).cloned().flatten()?;
-                Some((id.0, socket))
-            })
-            .collect();
-        // One path: sealed for it. Several (redundant): sealed once for any
-        // path, the same bytes on each, so the concentrator's replay window
-        // drops the copies after the first.
-        let path = match sockets.as_slice() {
-            [] => return Outgoing::Nothing,
-            [(id, _)] => *id,
-            _ => ANY_PATH,
-        };
-        // Header, the inner message's kind byte, the packet, the tag.
-        let mut out = vec![0; packet.len() + DATA_OVERHEAD + 1];
-        let Ok(len) = state
-            .initiator
-            .seal(now, path, &Inner::Ip(packet), &mut out)
-        else {
-            state.no_session += 1;
-            return Outgoing::Nothing;
-        };
-        out.truncate(len);
-        let mut sends = Vec::with_capacity(sockets.len());
-        let last = sockets.len() - 1;
-        for (i, (_, socket)) in sockets.into_iter().enumerate() {
-            if i == last {
-                sends.push((socket, std::mem::take(&mut out)));
-            } else {
-                sends.push((socket, out.clone()));
+        match route(state, now, &flow, packet) {
+            Routed::Out(out) => out,
+            Routed::NoSession => {
+                // Held until the handshake completes (as WireGuard's staged
+                // packets), which starts now rather than at the next tick.
+                if state.staged.len() < MAX_STAGED {
+                    state.staged.push_back((now, packet.to_vec()));
+                } else {
+                    state.no_session += 1;
+                }
+                if state.initiator.poll_timeout().is_some_and(|at| at <= now) {
+                    if let Err(e) = state.initiator.handle_timeout(now, unix_now()) {
+                        debug!(error = %e, "datagram tunnel timers");
+                    }
+                }
+                Outgoing::Send(drain(state))
             }
         }
-        Outgoing::Send(sends)
     }
 
     /// Whether datagrams went through lately (so health probes at the
@@ -241,7 +227,7 @@ impl Datagrams {
         let now = Instant::now();
         let mut state = self.state();
         let received = state.initiator.handle_datagram(now, path, bytes);
-        let sends = drain(&mut state);
+        let mut sends = drain(&mut state);
         let packet = match received {
             Ok(Received::Data {
                 inner: Inner::Ip(packet),
@@ -254,6 +240,7 @@ impl Datagrams {
                 state.established = true;
                 // The new session's concentrator may be a restarted one.
                 state.announced = [None; MAX_PATHS];
+                flush_staged(&mut state, now, &mut sends);
                 None
             }
             Ok(_) => None,
@@ -309,6 +296,77 @@ fn announce(state: &mut State, now: Instant, sends: &mut Vec<(Arc<UdpSocket>, Ve
     }
 }
 
+/// What [`route`] made of a packet.
+enum Routed {
+    Out(Outgoing),
+    /// No session to seal it with (yet).
+    NoSession,
+}
+
+/// Schedules and seals `packet` of `flow`.
+fn route(state: &mut State, now: Instant, flow: &Flow, packet: &[u8]) -> Routed {
+    let paths = match state.scheduler.schedule(now, flow, packet.len()) {
+        Decision::Send(paths) => paths,
+        Decision::Drop => return Routed::Out(Outgoing::Nothing),
+        Decision::Block => {
+            return Routed::Out(
+                build_icmp_port_unreachable_for(packet).map_or(Outgoing::Nothing, Outgoing::Reply),
+            )
+        }
+    };
+    let sockets: Vec<(u8, Arc<UdpSocket>)> = paths
+        .iter()
+        .filter_map(|id| {
+            let socket = state.sockets.get(usize::from(id.0)).cloned().flatten()?;
+            Some((id.0, socket))
+        })
+        .collect();
+    // One path: sealed for it. Several (redundant): sealed once for any
+    // path, the same bytes on each, so the concentrator's replay window
+    // drops the copies after the first.
+    let path = match sockets.as_slice() {
+        [] => return Routed::Out(Outgoing::Nothing),
+        [(id, _)] => *id,
+        _ => ANY_PATH,
+    };
+    // Header, the inner message's kind byte, the packet, the tag.
+    let mut out = vec![0; packet.len() + DATA_OVERHEAD + 1];
+    let Ok(len) = state
+        .initiator
+        .seal(now, path, &Inner::Ip(packet), &mut out)
+    else {
+        return Routed::NoSession;
+    };
+    out.truncate(len);
+    let mut sends = Vec::with_capacity(sockets.len());
+    let last = sockets.len() - 1;
+    for (i, (_, socket)) in sockets.into_iter().enumerate() {
+        if i == last {
+            sends.push((socket, std::mem::take(&mut out)));
+        } else {
+            sends.push((socket, out.clone()));
+        }
+    }
+    Routed::Out(Outgoing::Send(sends))
+}
+
+/// The packets held for want of a session that are still fresh, sealed
+/// now that there is one; what does not seal is dropped (and counted).
+fn flush_staged(state: &mut State, now: Instant, sends: &mut Vec<(Arc<UdpSocket>, Vec<u8>)>) {
+    while let Some((at, packet)) = state.staged.pop_front() {
+        if now.saturating_duration_since(at) > STAGED_FOR {
+            state.no_session += 1;
+            continue;
+        }
+        let Ok(flow) = flow_of(&packet) else { continue };
+        match route(state, now, &flow, &packet) {
+            Routed::Out(Outgoing::Send(more)) => sends.extend(more),
+            Routed::Out(_) => {}
+            Routed::NoSession => state.no_session += 1,
+        }
+    }
+}
+
 /// The initiator's queued messages, each with the socket to send it on:
 /// its own path, or for initiations the first uplink that has a socket and
 /// carries.
@@ -356,5 +414,102 @@ pub(super) async fn timers(datagrams: Arc<Datagrams>) -> Result<(), super::Clien
         interval.tick().await;
         let sends = datagrams.on_tick();
         send(datagrams.concentrator, sends);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crypto::{Responder, ResponderTransmit};
+    use crate::path::{GapHistogram, Limits, Verdict};
+
+    fn usable() -> Estimates {
+        Estimates {
+            verdict: Verdict::Usable,
+            srtt: Some(Duration::from_millis(20)),
+            rttvar: Duration::from_millis(1),
+            min_rtt: Some(Duration::from_millis(20)),
+            loss: 0.0,
+            rx_bytes_per_sec: 0,
+            tx_bytes_per_sec: 0,
+            limits: Limits {
+                quiet: Duration::from_millis(120),
+                busy: Duration::from_millis(600),
+            },
+            damping: 0.0,
+            gaps: GapHistogram::default(),
+            changes: 0,
+            false_alarms: 0,
+        }
+    }
+
+    fn udp_from(src: [u8; 4]) -> Vec<u8> {
+        let mut out = Vec::new();
+        etherparse::PacketBuilder::ipv4(src, [198, 51, 100, 10], 64)
+            .udp(5353, 53)
+            .write(&mut out, b"a query sent before the handshake")
+            .expect("udp");
+        out
+    }
+
+    fn sent(out: Outgoing) -> Vec<Vec<u8>> {
+        match out {
+            Outgoing::Send(sends) => sends.into_iter().map(|(_, bytes)| bytes).collect(),
+            _ => Vec::new(),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_packet_sent_before_the_handshake_goes_out_once_it_completes() {
+        let client = StaticSecret::generate().expect("key");
+        let concentrator = StaticSecret::generate().expect("key");
+        let mut responder = Responder::new(
+            concentrator.clone(),
+            [client.public_key()],
+            SystemRng::new(),
+        )
+        .expect("responder");
+        let concentrator_public = concentrator.public_key();
+        let datagrams = Datagrams::new(
+            (client, concentrator_public),
+            "127.0.0.1:7300".parse().expect("addr"),
+            SchedulerConfig::default(),
+            &[PathSettings::default()],
+            "10.77.0.2".parse().expect("addr"),
+            None,
+        );
+        let socket = Arc::new(UdpSocket::bind("127.0.0.1:0").await.expect("bind"));
+        let src = socket.local_addr().expect("addr");
+        datagrams.set_socket(0, Some(socket));
+        datagrams.update(0, Instant::now(), &usable());
+
+        let packet = udp_from([10, 77, 0, 2]);
+        let first = sent(datagrams.on_tun_packet(&packet));
+        assert_eq!(first.len(), 1, "the handshake starts at once: {first:?}");
+        assert_eq!(first[0][0], crate::wire::tunnel::TYPE_INITIATION);
+
+        let mut initiation = first[0].clone();
+        let now = Instant::now();
+        assert!(matches!(
+            responder.handle_datagram(now, src, &mut initiation),
+            Ok(Received::Handshake { .. })
+        ));
+        let ResponderTransmit {
+            bytes: mut response,
+            ..
+        } = responder.poll_transmit().expect("a response");
+        let (none, sends) = datagrams.on_datagram(0, &mut response);
+        assert!(none.is_none());
+        let mut delivered = Vec::new();
+        for (_, mut bytes) in sends {
+            if let Ok(Received::Data {
+                inner: Inner::Ip(ip),
+                ..
+            }) = responder.handle_datagram(now, src, &mut bytes)
+            {
+                delivered.push(ip.to_vec());
+            }
+        }
+        assert_eq!(delivered, [packet], "the held packet, once, intact");
     }
 }
