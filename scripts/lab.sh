@@ -25,6 +25,10 @@
 #                                                         --no-client: once the concentrator
 #                                                         listens)
 #   scripts/lab.sh stop                                   stop mpbond (SIGTERM; SIGKILL after 10 s)
+#   scripts/lab.sh restart concentrator|client|client2    stop that one daemon (as stop) and start
+#                                                         it again with the same command; returns
+#                                                         once it listens (concentrator) or once
+#                                                         its tunnel carries traffic (clients)
 #   scripts/lab.sh probe [NS] [ADDR]                      ask the probe server which address
 #                                                         it sees (default mpb-lan, 198.51.100.10)
 #
@@ -609,8 +613,11 @@ log_tail() { # NAME
 spawn() {
     local name=$1 ns=${DAEMON_NS[$1]}
     shift
-    ip netns exec "$ns" setsid env NO_COLOR=1 "$@" </dev/null >"$RUN/$name.log" 2>&1 8>&- 9>&- &
+    # A restart appends to the log (APPEND=1); a start begins a new one.
+    [ "${APPEND:-0}" = 1 ] || : >"$RUN/$name.log"
+    ip netns exec "$ns" setsid env NO_COLOR=1 "$@" </dev/null >>"$RUN/$name.log" 2>&1 8>&- 9>&- &
     echo "$! $(proc_start $!)" >"$RUN/$name.pid"
+    printf '%q ' "$@" >"$RUN/$name.cmd"
 }
 
 # Fails at once, with its log, if daemon NAME is gone.
@@ -754,6 +761,46 @@ cmd_stop() {
     stop_all
 }
 
+cmd_restart() {
+    [ $# = 1 ] || die "usage: lab.sh restart concentrator|client|client2"
+    local name=$1 pid i
+    case $name in concentrator | client | client2) ;; *) die "cannot restart $name; use concentrator, client or client2" ;; esac
+    [ -r "$RUN/$name.cmd" ] || die "$name was never started; run scripts/lab.sh start"
+    pid=$(daemon_pid "$name")
+    if [ -n "$pid" ]; then
+        kill -TERM "$pid" 2>/dev/null || true
+        for i in $(seq 100); do
+            kill -0 "$pid" 2>/dev/null || break
+            sleep 0.1
+        done
+        if kill -0 "$pid" 2>/dev/null; then
+            say "$name (pid $pid) ignored SIGTERM for 10 s; sending SIGKILL"
+            kill -KILL "$pid" 2>/dev/null || true
+        fi
+    fi
+    local skip
+    skip=$(wc -l <"$RUN/$name.log" 2>/dev/null || echo 0)
+    local APPEND=1
+    eval "spawn $name $(cat "$RUN/$name.cmd")"
+    if [ "$name" = concentrator ]; then
+        for i in $(seq 100); do
+            tail -n +"$((skip + 1))" "$RUN/$name.log" | grep -q "concentrator listening" && { say "restarted: $name"; return 0; }
+            check_alive "$name"
+            sleep 0.05
+        done
+        die "the concentrator did not listen within 5 s of its restart (log: $RUN/$name.log)"
+    fi
+    local ns=mpb-lan seen="" deadline=$((SECONDS + 15))
+    [ "$name" = client2 ] && ns=mpb-cli2
+    while [ "$SECONDS" -lt "$deadline" ]; do
+        check_alive "$name"
+        seen=$(probe "$ns" 198.51.100.10)
+        [ "$seen" = 10.77.9.2 ] && { say "restarted: $name"; return 0; }
+        sleep 0.3
+    done
+    die "$name's tunnel carries no traffic 15 s after its restart (log: $RUN/$name.log)"
+}
+
 cmd_probe() {
     local ns=${1:-mpb-lan} addr=${2:-198.51.100.10}
     [ -e "/run/netns/$ns" ] || die "no namespace $ns; is the lab up?"
@@ -767,12 +814,12 @@ cmd_probe() {
 
 cmd_status() {
     local ns any=0
-    for ns in "${NAMESPACES[@]}"; do
+    for ns in "${NAMESPACES[@]}" "${OPTIONAL_NAMESPACES[@]}"; do
         if [ -e "/run/netns/$ns" ]; then
             any=1
             echo "== $ns"
             nsx "$ns" ip -br addr show | grep -v '^lo ' || true
-        else
+        elif [[ " ${NAMESPACES[*]} " == *" $ns "* ]]; then
             echo "== $ns (missing)"
         fi
     done
@@ -800,7 +847,7 @@ cmd_status() {
 
 # ---------------------------------------------------------------- main
 
-[ $# -ge 1 ] || die "usage: lab.sh up|down|status|link|start|stop|probe ..."
+[ $# -ge 1 ] || die "usage: lab.sh up|down|status|link|start|stop|restart|probe ..."
 cmd=$1
 shift
 case $cmd in
@@ -810,6 +857,7 @@ case $cmd in
     link) need_root; cmd_link "$@" ;;
     start) need_root; lock; cmd_start "$@" ;;
     stop) need_root; lock; cmd_stop ;;
+    restart) need_root; lock; cmd_restart "$@" ;;
     probe) need_root; cmd_probe "$@" ;;
-    *) die "unknown command $cmd; use up, down, status, link, start, stop or probe" ;;
+    *) die "unknown command $cmd; use up, down, status, link, start, stop, restart or probe" ;;
 esac

@@ -649,3 +649,70 @@ fn stopping_the_concentrator_leaves_nothing_even_after_kill_9() {
         mpbond::sys::SYSCTL_RECORDS
     );
 }
+
+// ---------------------------------------------------------------- restart
+
+/// The concentrator restarts under a 50 datagrams/s echo stream: the
+/// client notices the lost session within seconds (3 s of sending with
+/// nothing heard back), handshakes again, and the stream carries on.
+#[test]
+fn datagrams_carry_on_seconds_after_the_concentrator_restarts() {
+    let lab = Lab::up_and_start(&[], &[]);
+    let v4: SocketAddr = format!("{SERVER_V4}:{ECHO_PORT}").parse().expect("addr");
+    let _echo = Echo::start(SRV, &[v4]);
+    const GAP: Duration = Duration::from_millis(20);
+    const COUNT: u64 = 600; // 12 s
+    let (started_tx, started_rx) = std::sync::mpsc::channel();
+    let stream = in_ns(LAN, move || {
+        let socket = UdpSocket::bind("0.0.0.0:0").expect("bind");
+        socket
+            .set_read_timeout(Some(Duration::from_millis(2)))
+            .expect("timeout");
+        let mut answered = BTreeSet::new();
+        let mut buf = vec![0; 2048];
+        let start = Instant::now();
+        let _ = started_tx.send(start);
+        for seq in 0..COUNT {
+            let _ = socket.send_to(&seq.to_be_bytes(), v4);
+            while Instant::now() < start + GAP * (seq as u32 + 1) {
+                if let Ok(n) = socket.recv(&mut buf) {
+                    if n >= 8 {
+                        let tail: [u8; 8] = buf[n - 8..n].try_into().expect("8 bytes");
+                        answered.insert(u64::from_be_bytes(tail));
+                    }
+                }
+            }
+        }
+        answered
+    });
+    let start = started_rx
+        .recv_timeout(Duration::from_secs(5))
+        .expect("the stream starts");
+    thread::sleep((start + Duration::from_secs(2)).saturating_duration_since(Instant::now()));
+    let restart = Instant::now();
+    harness::lab_ok(&["restart", "concentrator"]);
+    println!(
+        "the concentrator restarted in {:.2} s",
+        restart.elapsed().as_secs_f64()
+    );
+    let answered = stream.join().expect("the stream");
+    let lost: Vec<u64> = (0..COUNT).filter(|s| !answered.contains(s)).collect();
+    let gap = GAP * lost.len() as u32;
+    println!(
+        "lost {} datagrams ({gap:?}) across the restart: {:?}..{:?}",
+        lost.len(),
+        lost.first(),
+        lost.last()
+    );
+    assert!(
+        gap <= Duration::from_secs(6),
+        "datagrams come back within 6 s of a concentrator restart (WireGuard's timers: 15 s); \
+         lost {} ({gap:?})",
+        lost.len()
+    );
+    assert!(
+        (COUNT - 150..COUNT).all(|s| answered.contains(&s)),
+        "the last 3 s of the stream all come back: lost {lost:?}"
+    );
+    drop(lab);
+}
