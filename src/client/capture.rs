@@ -19,6 +19,7 @@ const MAX_PACKET: usize = 65_535;
 /// Reads the TUN until it fails.
 pub(super) async fn run(shared: Arc<Shared>) -> Result<(), ClientError> {
     let mut buf = vec![0; MAX_PACKET];
+    let mut sealed = vec![0; super::datagram::MAX_SEALED];
     loop {
         let n = shared
             .tun
@@ -31,7 +32,14 @@ pub(super) async fn run(shared: Arc<Shared>) -> Result<(), ClientError> {
         let packet = &mut buf[..n];
         if let Some(datagrams) = &shared.datagrams {
             if !matches!(classify(packet), Protocol::Tcp | Protocol::Invalid) {
-                match datagrams.on_tun_packet(packet) {
+                match datagrams.on_tun_packet(packet, &mut sealed) {
+                    Outgoing::Sealed(len, sockets) => {
+                        super::datagram::send_sealed(
+                            datagrams.concentrator,
+                            &sealed[..len],
+                            sockets,
+                        );
+                    }
                     Outgoing::Send(sends) => super::datagram::send(datagrams.concentrator, sends),
                     Outgoing::Reply(reply) => send(&shared, &reply).await,
                     Outgoing::Nothing => {}

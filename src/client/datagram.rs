@@ -36,6 +36,9 @@ use crate::wire::tunnel::{Inner, ANY_PATH, DATA_OVERHEAD};
 /// seconds; this bounds how late a handshake retry can be).
 const TICK: Duration = Duration::from_millis(250);
 
+/// Room for the largest packet the TUN gives, sealed.
+pub(super) const MAX_SEALED: usize = 65_535 + DATA_OVERHEAD + 1;
+
 /// The site counts as active this long after a datagram.
 const ACTIVE_FOR: Duration = Duration::from_secs(5);
 
@@ -90,7 +93,11 @@ pub(super) type Sends = Vec<(Arc<UdpSocket>, Vec<u8>)>;
 
 /// What a packet from the TUN turned into.
 pub(super) enum Outgoing {
-    /// Sealed datagrams to send, each on an uplink's socket.
+    /// The packet sealed into the caller's buffer, this many bytes of it,
+    /// to send on each of these uplinks' sockets.
+    Sealed(usize, Sockets),
+    /// Messages to send, each on an uplink's socket (handshakes, packets
+    /// held until a handshake completed).
     Send(Vec<(Arc<UdpSocket>, Vec<u8>)>),
     /// An answer for the TUN (QUIC refused with an ICMP unreachable).
     Reply(Vec<u8>),
@@ -168,7 +175,8 @@ impl Datagrams {
     }
 
     /// Schedules and seals one packet the TUN gave (not TCP).
-    pub(super) fn on_tun_packet(&self, packet: &[u8]) -> Outgoing {
+    /// `sealed` must hold [`MAX_SEALED`] bytes.
+    pub(super) fn on_tun_packet(&self, packet: &[u8], sealed: &mut [u8]) -> Outgoing {
         let Ok(flow) = flow_of(packet) else {
             return Outgoing::Nothing;
         };
@@ -182,7 +190,7 @@ impl Datagrams {
         let mut state = self.state();
         let state = &mut *state;
         state.last_packet = Some(now);
-        match route(state, now, &flow, packet) {
+        match route(state, now, &flow, packet, sealed) {
             Routed::Out(out) => out,
             Routed::NoSession => {
                 // Held until the handshake completes (as WireGuard's staged
@@ -303,8 +311,8 @@ enum Routed {
     NoSession,
 }
 
-/// Schedules and seals `packet` of `flow`.
-fn route(state: &mut State, now: Instant, flow: &Flow, packet: &[u8]) -> Routed {
+/// Schedules and seals `packet` of `flow` into `out`.
+fn route(state: &mut State, now: Instant, flow: &Flow, packet: &[u8], out: &mut [u8]) -> Routed {
     let paths = match state.scheduler.schedule(now, flow, packet.len()) {
         Decision::Send(paths) => paths,
         Decision::Drop => return Routed::Out(Outgoing::Nothing),
@@ -314,40 +322,30 @@ fn route(state: &mut State, now: Instant, flow: &Flow, packet: &[u8]) -> Routed 
             )
         }
     };
-    let sockets: Vec<(u8, Arc<UdpSocket>)> = paths
-        .iter()
-        .filter_map(|id| {
-            let socket = state.sockets.get(usize::from(id.0)).cloned().flatten()?;
-            Some((id.0, socket))
-        })
-        .collect();
+    let mut sockets: Sockets = Default::default();
+    let mut count = 0;
+    let mut only = 0;
+    for id in paths.iter() {
+        if let Some(socket) = state.sockets.get(usize::from(id.0)).cloned().flatten() {
+            if let Some(slot) = sockets.get_mut(count) {
+                *slot = Some(socket);
+                count += 1;
+                only = id.0;
+            }
+        }
+    }
     // One path: sealed for it. Several (redundant): sealed once for any
     // path, the same bytes on each, so the concentrator's replay window
     // drops the copies after the first.
-    let path = match sockets.as_slice() {
-        [] => return Routed::Out(Outgoing::Nothing),
-        [(id, _)] => *id,
+    let path = match count {
+        0 => return Routed::Out(Outgoing::Nothing),
+        1 => only,
         _ => ANY_PATH,
     };
-    // Header, the inner message's kind byte, the packet, the tag.
-    let mut out = vec![0; packet.len() + DATA_OVERHEAD + 1];
-    let Ok(len) = state
-        .initiator
-        .seal(now, path, &Inner::Ip(packet), &mut out)
-    else {
-        return Routed::NoSession;
-    };
-    out.truncate(len);
-    let mut sends = Vec::with_capacity(sockets.len());
-    let last = sockets.len() - 1;
-    for (i, (_, socket)) in sockets.into_iter().enumerate() {
-        if i == last {
-            sends.push((socket, std::mem::take(&mut out)));
-        } else {
-            sends.push((socket, out.clone()));
-        }
+    match state.initiator.seal(now, path, &Inner::Ip(packet), out) {
+        Ok(len) => Routed::Out(Outgoing::Sealed(len, sockets)),
+        Err(_) => Routed::NoSession,
     }
-    Routed::Out(Outgoing::Send(sends))
 }
 
 /// The packets held for want of a session that are still fresh, sealed
@@ -359,13 +357,22 @@ fn flush_staged(state: &mut State, now: Instant, sends: &mut Vec<(Arc<UdpSocket>
             continue;
         }
         let Ok(flow) = flow_of(&packet) else { continue };
-        match route(state, now, &flow, &packet) {
+        let mut out = vec![0; packet.len() + DATA_OVERHEAD + 1];
+        match route(state, now, &flow, &packet, &mut out) {
+            Routed::Out(Outgoing::Sealed(len, sockets)) => {
+                for socket in sockets.into_iter().flatten() {
+                    sends.push((socket, out[..len].to_vec()));
+                }
+            }
             Routed::Out(Outgoing::Send(more)) => sends.extend(more),
             Routed::Out(_) => {}
             Routed::NoSession => state.no_session += 1,
         }
     }
 }
+
+/// The sockets a sealed packet goes out on: no allocation per packet.
+pub(super) type Sockets = [Option<Arc<UdpSocket>>; MAX_PATHS];
 
 /// The initiator's queued messages, each with the socket to send it on:
 /// its own path, or for initiations the first uplink that has a socket and
@@ -402,6 +409,15 @@ fn is_global_ish(addr: IpAddr) -> bool {
 pub(super) fn send(concentrator: SocketAddr, sends: Vec<(Arc<UdpSocket>, Vec<u8>)>) {
     for (socket, bytes) in sends {
         if let Err(e) = socket.try_send_to(&bytes, concentrator) {
+            trace!(error = %e, "datagram not sent");
+        }
+    }
+}
+
+/// Sends one sealed packet on each of `sockets`.
+pub(super) fn send_sealed(concentrator: SocketAddr, sealed: &[u8], sockets: Sockets) {
+    for socket in sockets.iter().flatten() {
+        if let Err(e) = socket.try_send_to(sealed, concentrator) {
             trace!(error = %e, "datagram not sent");
         }
     }
@@ -452,9 +468,14 @@ mod tests {
         out
     }
 
-    fn sent(out: Outgoing) -> Vec<Vec<u8>> {
+    fn sent(out: Outgoing, sealed: &[u8]) -> Vec<Vec<u8>> {
         match out {
             Outgoing::Send(sends) => sends.into_iter().map(|(_, bytes)| bytes).collect(),
+            Outgoing::Sealed(len, sockets) => sockets
+                .iter()
+                .flatten()
+                .map(|_| sealed[..len].to_vec())
+                .collect(),
             _ => Vec::new(),
         }
     }
@@ -484,7 +505,9 @@ mod tests {
         datagrams.update(0, Instant::now(), &usable());
 
         let packet = udp_from([10, 77, 0, 2]);
-        let first = sent(datagrams.on_tun_packet(&packet));
+        let mut sealed = vec![0; MAX_SEALED];
+        let out = datagrams.on_tun_packet(&packet, &mut sealed);
+        let first = sent(out, &sealed);
         assert_eq!(first.len(), 1, "the handshake starts at once: {first:?}");
         assert_eq!(first[0][0], crate::wire::tunnel::TYPE_INITIATION);
 

@@ -467,8 +467,10 @@ pub(super) async fn serve_tun(socket: Arc<UdpSocket>, datagrams: Arc<Datagrams>)
         let packet = &buf[..n];
         let Ok(flow) = flow_of(packet) else { continue };
         let now = Instant::now();
-        let mut sends: Vec<(SocketAddr, Vec<u8>)> = Vec::new();
-        {
+        // Sealed once into `out` under the lock; sent after it, to each
+        // target. No allocation per packet.
+        let mut targets = [None::<SocketAddr>; MAX_PATHS];
+        let len = {
             let mut state = datagrams.state();
             let state = &mut *state;
             let Some(&peer) = state.by_addr.get(&flow.key.dst) else {
@@ -477,33 +479,35 @@ pub(super) async fn serve_tun(socket: Arc<UdpSocket>, datagrams: Arc<Datagrams>)
             let Some(client) = state.peers.get(peer.0) else {
                 continue;
             };
-            let reverse = reversed(&flow.key);
-            let bits = client.paths_for(now, Some(&reverse));
-            let targets: Vec<(u8, SocketAddr)> = (0..MAX_PATHS)
-                .filter(|i| bits & (1 << i) != 0)
-                .filter_map(|i| {
-                    let addr = client.paths[i]?.0;
-                    Some((u8::try_from(i).ok()?, addr))
-                })
-                .collect();
+            let bits = client.paths_for(now, Some(&reversed(&flow.key)));
+            let mut count = 0;
+            let mut only = 0;
+            for (i, path) in client.paths.iter().enumerate() {
+                if let (true, Some((addr, _)), Ok(id)) =
+                    (bits & (1 << i) != 0, path, u8::try_from(i))
+                {
+                    targets[count] = Some(*addr);
+                    count += 1;
+                    only = id;
+                }
+            }
             // Several paths: sealed once, the same bytes on each (the
             // client's replay window drops the later copies).
-            let path = match targets.as_slice() {
-                [] => continue,
-                [(path, _)] => *path,
+            let path = match count {
+                0 => continue,
+                1 => only,
                 _ => ANY_PATH,
             };
-            if let Ok(len) = state
+            match state
                 .responder
                 .seal(now, peer, path, &Inner::Ip(packet), &mut out)
             {
-                for (_, addr) in targets {
-                    sends.push((addr, out[..len].to_vec()));
-                }
+                Ok(len) => len,
+                Err(_) => continue,
             }
-        }
-        for (addr, bytes) in sends {
-            if let Err(e) = socket.send_to(&bytes, addr).await {
+        };
+        for addr in targets.iter().flatten() {
+            if let Err(e) = socket.send_to(&out[..len], *addr).await {
                 debug!(%addr, error = %e, "cannot send a datagram to a client");
             }
         }
