@@ -21,7 +21,9 @@
 #                                                         starts without it
 #   scripts/lab.sh start [--client-config FILE] [--concentrator-config FILE] [--no-client]
 #                                                         run mpbond in the lab; returns once
-#                                                         the tunnel carries traffic (with
+#                                                         the tunnel carries traffic (TCP, and
+#                                                         datagrams when the config has
+#                                                         [datagram]; with
 #                                                         --no-client: once the concentrator
 #                                                         listens)
 #   scripts/lab.sh stop                                   stop mpbond (SIGTERM; SIGKILL after 10 s)
@@ -731,6 +733,10 @@ cmd_start() {
         log_tail concentrator >&2
         die "the tunnel carries no traffic after 15 s: the probe server at 198.51.100.10:7 saw \"${seen:-nothing}\" from mpb-lan, not 10.77.9.2"
     fi
+    # With [datagram], also until the datagram tunnel's handshake is done.
+    if grep -q '^\[datagram\]' "$client_config"; then
+        wait_log client "datagram tunnel up" 10
+    fi
     if [ "$second" = 1 ]; then
         seen=""
         while [ "$SECONDS" -lt "$deadline" ]; do
@@ -744,6 +750,7 @@ cmd_start() {
             log_tail concentrator >&2
             die "the second client's tunnel carries no traffic after 15 s: the probe server saw \"${seen:-nothing}\" from mpb-cli2, not 10.77.9.2"
         fi
+        wait_log client2 "datagram tunnel up" 10
     fi
     trap - EXIT
     local also=""

@@ -200,11 +200,7 @@ impl Datagrams {
                 } else {
                     state.no_session += 1;
                 }
-                if state.initiator.poll_timeout().is_some_and(|at| at <= now) {
-                    if let Err(e) = state.initiator.handle_timeout(now, unix_now()) {
-                        debug!(error = %e, "datagram tunnel timers");
-                    }
-                }
+                run_timers(state, now);
                 Outgoing::Send(drain(state))
             }
         }
@@ -266,11 +262,7 @@ impl Datagrams {
     fn on_tick(&self) -> Vec<(Arc<UdpSocket>, Vec<u8>)> {
         let now = Instant::now();
         let mut state = self.state();
-        if state.initiator.poll_timeout().is_some_and(|at| at <= now) {
-            if let Err(e) = state.initiator.handle_timeout(now, unix_now()) {
-                debug!(error = %e, "datagram tunnel timers");
-            }
-        }
+        run_timers(&mut state, now);
         if state.no_session > 0 {
             debug!(
                 dropped = state.no_session,
@@ -300,6 +292,21 @@ fn announce(state: &mut State, now: Instant, sends: &mut Vec<(Arc<UdpSocket>, Ve
         if let Ok(len) = state.initiator.seal(now, path, &Inner::Keepalive, &mut out) {
             sends.push((socket, out[..len].to_vec()));
             state.announced[i] = Some(now);
+        }
+    }
+}
+
+/// Runs the initiator's timers when they are due, once an uplink has a
+/// socket: an initiation made before then would be dropped, and the
+/// initiator, counting it as sent, would retry only after the rekey
+/// timeout (5 s of no datagrams after a start).
+fn run_timers(state: &mut State, now: Instant) {
+    if !state.sockets.iter().any(Option::is_some) {
+        return;
+    }
+    if state.initiator.poll_timeout().is_some_and(|at| at <= now) {
+        if let Err(e) = state.initiator.handle_timeout(now, unix_now()) {
+            debug!(error = %e, "datagram tunnel timers");
         }
     }
 }
@@ -478,6 +485,29 @@ mod tests {
                 .collect(),
             _ => Vec::new(),
         }
+    }
+
+    #[tokio::test]
+    async fn the_first_handshake_waits_for_an_uplink_socket_instead_of_being_lost() {
+        let client = StaticSecret::generate().expect("key");
+        let concentrator = StaticSecret::generate().expect("key").public_key();
+        let datagrams = Datagrams::new(
+            (client, concentrator),
+            "127.0.0.1:7300".parse().expect("addr"),
+            SchedulerConfig::default(),
+            &[PathSettings::default()],
+            "10.77.0.2".parse().expect("addr"),
+            None,
+        );
+        assert!(
+            datagrams.on_tick().is_empty(),
+            "no socket yet: nothing sent"
+        );
+        let socket = Arc::new(UdpSocket::bind("127.0.0.1:0").await.expect("bind"));
+        datagrams.set_socket(0, Some(socket));
+        let sent = datagrams.on_tick();
+        assert_eq!(sent.len(), 1, "the initiation goes at the next tick");
+        assert_eq!(sent[0].1[0], crate::wire::tunnel::TYPE_INITIATION);
     }
 
     #[tokio::test]
