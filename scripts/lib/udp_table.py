@@ -317,12 +317,12 @@ def cmd_print(rows_path, dsl_bps, lte_bps, length, secs):
                 if path == "mpbond" and w:
                     wgbit = w["bytes"] * 8 / 1e9
                     wper = (w["cpu_client"] + w["cpu_server"]) / wgbit if wgbit else float("inf")
-                    ratio = "%.2f" % (per / wper) if wper else "-"
+                    ratio = "%.3f" % (per / wper) if wper else "-"
                     ok = r["bps"] >= w["bps"] and per <= wper
-                    goal = "%s (goodput >= wg: %.2f, CPU/Gbit <= wg: %s)" % (
+                    goal = "%s (goodput >= wg: %.3f, CPU/Gbit <= wg: %s)" % (
                         "PASS" if ok else "MISS", r["bps"] / w["bps"] if w["bps"] else float("nan"), ratio)
                     if not ok:
-                        misses.append("none, %s: goodput %.2f x wireguard-go, CPU/Gbit %s x" % (
+                        misses.append("none, %s: goodput %.3f x wireguard-go, CPU/Gbit %s x" % (
                             r["dir"], r["bps"] / w["bps"] if w["bps"] else float("nan"), ratio))
                 if r.get("tries", 1) > 1:
                     goal += " [iperf3 tries: %d]" % r["tries"]
