@@ -40,6 +40,35 @@
 #       the 5 s after the return, for mpbond and for kernel MPTCP used
 #       directly (the baseline, with mpbond stopped). --lte: lte's profile
 #       (default lte), a built-in name or a profile file.
+#
+#   scripts/bench.sh udp [--secs N] [--len BYTES]
+#       The datagram tunnel (everything that is not TCP), about 4 min:
+#       1. per mode (latency, redundant, aggregate; a client config with the
+#          mode appended to [datagram]), UDP downloads from mpb-srv to the LAN
+#          host (iperf3 -u -R) with 1 and 8 flows, 1.1 x the summed configured
+#          down rates offered in all: goodput as a fraction of that sum and of
+#          the best single line, loss, jitter, the address the server saw and
+#          each uplink's share of the bytes; baselines: the same download from
+#          mpb-cli bound to 10.77.1.2 (dsl) or 10.77.2.2 (lte), mpbond stopped;
+#       2. per mode, the round trip (50 pings at 20 ms) from mpb-lan through the
+#          tunnel vs from mpb-cli bound to dsl's address: median and p90;
+#       3. per mode, a 50/s stream both ways on one socket pair, dsl cut at
+#          2 s and back at 5 s (lte's random loss 0 meanwhile): datagrams lost,
+#          most lost in a row, duplicates, longest gap at the cut and after the
+#          return, and which line carried the stream before and after;
+#       4. on profile none (both lines plain veths) with a client that has only
+#          the dsl uplink: the tunnel's goodput (iperf3 -u -b 0, one flow, each
+#          way) and the CPU seconds of the client and concentrator processes
+#          per Gbit delivered, against userspace WireGuard (wireguard-go
+#          between mpb-cli and mpb-conc over dsl, the LAN host's traffic to
+#          mpb-srv routed into it and masqueraded at the far end; removed
+#          afterwards) carrying the same load.
+#       Goals (PASS/MISS): aggregate with 8 flows >= 0.9 of the summed rates;
+#       one flow in any mode >= the best single line; latency mode adds < 1 ms
+#       to the round trip (median); on none, at least wireguard-go's goodput at
+#       no more CPU per Gbit. --secs: seconds per iperf3 run (default 10);
+#       --len: UDP payload bytes (default 1200, QUIC's size; a payload above
+#       about 1410 no longer fits a 1500-byte line once sealed).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 . scripts/deps.sh
@@ -599,12 +628,437 @@ bench_failover() {
     rm -rf "$TMP"
 }
 
-[ $# -ge 1 ] || die "usage: bench.sh linkem [--quick] [--status] | tcp [--secs N] [--live] [--dsl PROFILE] [--lte PROFILE]... [--flows N[,N...]] [--all] | failover [--lte PROFILE]"
+# ---------------------------------------------------------------- udp
+
+# Where bench udp's iperf3 server listens (mpb-srv) and its 50/s stream.
+UDP_PORT=5210
+STREAM_PORT=7420
+
+# A copy of the lab's client config with the datagram tunnel in MODE (the
+# [datagram] table is the config's last: the line appended lands in it);
+# with dsl-only, without the lte uplink. Prints the copy's path.
+#   udp_config MODE [dsl-only]
+udp_config() {
+    local out=$TMP/client-$1${2:+-$2}.toml
+    python3 - deploy/lab/client.toml "$1" "${2:-}" >"$out" <<'PY' || die "cannot make a client config for mode $1"
+import sys
+path, mode, only = sys.argv[1:]
+lines = open(path).read().splitlines()
+tables = [l.strip() for l in lines if l.strip().startswith("[")]
+if not tables or tables[-1] != "[datagram]":
+    sys.exit("bench: [datagram] is not the last table of %s" % path)
+out, skip = [], False
+for i, line in enumerate(lines):
+    if line.strip() == "[[uplink]]" and only and i + 1 < len(lines) and lines[i + 1].strip() == 'name = "lte"':
+        skip = True
+    elif skip and (line.startswith("[") or line.startswith("#") or not line.strip()):
+        skip = False
+    if not skip:
+        out.append(line)
+out.append('mode = "%s"' % mode)
+print("\n".join(out))
+PY
+    echo "$out"
+}
+
+# Waits (at most 3 s) until something in mpb-srv listens on UDP port PORT.
+srv_udp_listening() {
+    local _
+    for _ in $(seq 60); do
+        [ -n "$(nsx mpb-srv ss -Hlun "sport = :$1")" ] && return 0
+        sleep 0.05
+    done
+    die "nothing listens on UDP port $1 in mpb-srv after 3 s"
+}
+
+# One iperf3 UDP run of UDP_SECS seconds between NS and mpb-srv: FLOWS
+# streams of RATE bit/s each (0: unlimited) of UDP_LEN-byte datagrams, DIR
+# down (mpb-srv -> NS, -R) or up; BIND: the client's address or -. Leaves
+# the client's JSON in $TMP/iperf.json, the server's in $TMP/iperf-srv.json.
+# iperf3 3.12 does not resend the datagram that opens each UDP stream: when
+# it is lost (lte's random loss, or a tunnel not up yet) the run fails or
+# hangs. So a run that fails, or has not finished 10 s after its end, is
+# tried once more; UDP_TRIES says how many it took. Fails (why in
+# $TMP/iperf.fail) when both did: a row that says so beats no table.
+#   udp_iperf NS DIR FLOWS RATE BIND
+udp_iperf() {
+    local try
+    for try in 1 2; do
+        UDP_TRIES=$try
+        udp_iperf_once "$@" && return 0
+        echo "  iperf3 UDP $2 from $1 ($3 flow(s), $4 bit/s each), try $try: $(cat "$TMP/iperf.fail")" >&2
+    done
+    return 1
+}
+
+udp_iperf_once() {
+    local ns=$1 dir=$2 flows=$3 rate=$4 bind=$5 args=()
+    [ "$bind" = - ] || args+=(-B "$bind")
+    [ "$dir" = down ] && args+=(-R)
+    exec_in mpb-srv timeout $((UDP_SECS + 15)) iperf3 -s -1 -B 198.51.100.10 -p $UDP_PORT -J \
+        >"$TMP/iperf-srv.json" 2>&1 &
+    local srv=$!
+    BG_PIDS+=("$srv")
+    local _
+    for _ in $(seq 60); do
+        [ -n "$(nsx mpb-srv ss -Hltn "sport = :$UDP_PORT")" ] && break
+        sleep 0.05
+    done
+    local rc=0 t0=$SECONDS skip=0
+    [ -n "$(daemon_running client)" ] && skip=$(wc -l <"$LAB_RUN/client.log")
+    nsx "$ns" timeout $((UDP_SECS + 10)) iperf3 -c 198.51.100.10 -p $UDP_PORT -u -b "$rate" -l "$UDP_LEN" \
+        -t "$UDP_SECS" -P "$flows" -J "${args[@]}" >"$TMP/iperf.json" 2>"$TMP/iperf.err" || rc=$?
+    if [ $rc = 0 ]; then
+        wait "$srv" 2>/dev/null || true
+        return 0
+    fi
+    kill "$srv" 2>/dev/null || true
+    wait "$srv" 2>/dev/null || true
+    python3 - "$TMP/iperf.json" "$rc" $((SECONDS - t0)) >"$TMP/iperf.fail" <<'PY'
+import json, sys
+try:
+    why = json.load(open(sys.argv[1])).get("error", "?")
+except (OSError, ValueError):
+    why = "no JSON"
+how = "killed after %s s" % sys.argv[3] if sys.argv[2] == "124" else "exit %s" % sys.argv[2]
+print("iperf3 %s: %s" % (how, why))
+PY
+    if [ -n "$(daemon_running client)" ]; then
+        tail -n +$((skip + 1)) "$LAB_RUN/client.log" | grep -E 'WARN|ERROR|uplink (down|back)|tunnel' |
+            tail -n 10 | sed 's/^/    client log: /' >&2
+    fi
+    return 1
+}
+
+# A download row: FLOWS flows from mpb-srv to NS sharing UDP_OFFERED bit/s.
+#   udp_dl NS FLOWS PATH BIND
+udp_dl() {
+    local ns=$1 flows=$2 path=$3 bind=$4 skip=0 changes=- before after
+    [ "$ns" = mpb-lan ] && skip=$(wc -l <"$LAB_RUN/client.log")
+    before=$(uplink_rx)
+    local ok=1
+    udp_iperf "$ns" down "$flows" $((UDP_OFFERED / flows)) "$bind" || ok=0
+    after=$(uplink_rx)
+    [ "$ns" = mpb-lan ] && changes=$(uplink_changes "$skip")
+    if [ $ok = 1 ]; then
+        python3 scripts/lib/udp_table.py iperf "$ROWS" "$TMP/iperf.json" "$TMP/iperf-srv.json" kind=dl \
+            "path=$path" "flows=$flows" "offered=$UDP_OFFERED" "rx_before=$before" "rx_after=$after" \
+            "changes=$changes" "tries=$UDP_TRIES"
+    else
+        python3 scripts/lib/udp_table.py failed "$ROWS" "$(cat "$TMP/iperf.fail")" kind=dl \
+            "path=$path" "flows=$flows" "offered=$UDP_OFFERED" "changes=$changes"
+    fi
+    echo "  done: $path, $flows flow(s) down" >&2
+    # Queues drain and the client's per-line rate estimates settle, so
+    # every row starts from idle lines.
+    sleep 2
+}
+
+# Source routing in mpb-cli for the direct rows (mpbond stopped): traffic
+# bound to a line's address leaves by that line. Tables and rules 7751-7752,
+# which mpbond does not use.   direct_routes add|del
+direct_routes() {
+    local n
+    for n in 1 2; do
+        if [ "$1" = add ]; then
+            nsx mpb-cli ip rule add pref $((7750 + n)) from 10.77.$n.2 lookup $((7750 + n))
+            nsx mpb-cli ip route add default via 10.77.$n.1 table $((7750 + n))
+        else
+            nsx mpb-cli ip rule del pref $((7750 + n)) 2>/dev/null || true
+            nsx mpb-cli ip route flush table $((7750 + n)) 2>/dev/null || true
+        fi
+    done
+}
+
+# Round trips in MODE: 50 pings at 20 ms through the tunnel, then directly
+# over dsl (mpbond's own source routing takes what is bound to 10.77.1.2).
+udp_rtt() {
+    nsx mpb-lan ping -n -c 50 -i 0.02 -W 1 198.51.100.10 >"$TMP/ping-tunnel.txt" 2>&1 || true
+    nsx mpb-cli ping -n -c 50 -i 0.02 -W 1 -I 10.77.1.2 198.51.100.10 >"$TMP/ping-direct.txt" 2>&1 || true
+    python3 scripts/lib/udp_table.py rtt "$ROWS" "$1" "$TMP/ping-tunnel.txt" "$TMP/ping-direct.txt"
+}
+
+# Frames the two emulators passed so far, both ways: "DSL LTE".
+line_frames() {
+    local link n out=()
+    for link in dsl lte; do
+        n=$("$MPBOND_LINKEM" ctl --control "$LAB_RUN/$link.sock" stats --kv |
+            awk -F= '$1 == "up.tx_frames" || $1 == "down.tx_frames" {n += $2} END {print n + 0}')
+        out+=("$n")
+    done
+    echo "${out[*]}"
+}
+
+now() { date +%s.%N; }
+
+# The 50/s stream both ways in MODE, dsl cut at 2 s and back at 5 s; lte's
+# random loss is 0 meanwhile (with one line left, its 0.5 % would lose a
+# datagram or two whatever the tunnel does).
+udp_cut() {
+    local mode=$1 up_loss down_loss f0 f1 f2 f3 cut restore
+    up_loss=$(conf lte up.loss_percent) down_loss=$(conf lte down.loss_percent)
+    $LAB link lte set - - 0% >/dev/null 2>&1
+    exec_in mpb-srv timeout 30 python3 scripts/lib/udpstream.py serve $STREAM_PORT 400 20 \
+        >"$TMP/stream-srv.json" 2>"$TMP/stream-srv.err" &
+    local srv=$!
+    BG_PIDS+=("$srv")
+    srv_udp_listening $STREAM_PORT
+    exec_in mpb-lan timeout 30 python3 scripts/lib/udpstream.py run 198.51.100.10 $STREAM_PORT 400 20 \
+        >"$TMP/stream.json" 2>"$TMP/stream.err" &
+    local run=$!
+    BG_PIDS+=("$run")
+    sleep 0.5
+    f0=$(line_frames)
+    sleep 1.5
+    f1=$(line_frames)
+    cut=$(now)
+    $LAB link dsl down >/dev/null 2>&1
+    sleep 3
+    restore=$(now)
+    $LAB link dsl up >/dev/null 2>&1
+    sleep 1.5
+    f2=$(line_frames)
+    sleep 1.5
+    f3=$(line_frames)
+    wait "$run" || die "the 50/s stream from mpb-lan failed ($mode): $(tail -n 3 "$TMP/stream.err")"
+    wait "$srv" || die "the 50/s stream's server in mpb-srv failed ($mode): $(tail -n 3 "$TMP/stream-srv.err")"
+    $LAB link lte set - - "$up_loss%" up >/dev/null 2>&1
+    $LAB link lte set - - "$down_loss%" down >/dev/null 2>&1
+    python3 scripts/lib/udp_table.py cut "$ROWS" "$mode" "$TMP/stream.json" "$TMP/stream-srv.json" \
+        "$cut" "$restore" "$f0" "$f1" "$f2" "$f3"
+    echo "  done: $mode, the cut" >&2
+}
+
+# utime + stime of process PID so far, in seconds.
+cpu_secs() {
+    python3 - "$1" <<'PY'
+import os, sys
+stat = open("/proc/%s/stat" % sys.argv[1]).read()
+fields = stat[stat.rindex(")") + 2:].split()  # from field 3 (state) on
+print((int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK"))
+PY
+}
+
+# A row on profile none: one unlimited flow DIR (up: mpb-lan -> mpb-srv;
+# down: the reverse) through PATH, with the CPU time the processes
+# CLIENT_PID (in mpb-cli) and SERVER_PID (in mpb-conc) used meanwhile.
+#   udp_none PATH DIR CLIENT_PID SERVER_PID
+udp_none() {
+    local path=$1 dir=$2 c0 s0 c1 s1 skip=0 changes=-
+    [ "$path" = mpbond ] && skip=$(wc -l <"$LAB_RUN/client.log")
+    c0=$(cpu_secs "$3") s0=$(cpu_secs "$4")
+    if udp_iperf mpb-lan "$dir" 1 "$UDP_NONE_RATE" -; then
+        c1=$(cpu_secs "$3") s1=$(cpu_secs "$4")
+        [ "$path" = mpbond ] && changes=$(uplink_changes "$skip")
+        python3 scripts/lib/udp_table.py iperf "$ROWS" "$TMP/iperf.json" "$TMP/iperf-srv.json" kind=none \
+            "path=$path" "dir=$dir" "rate=$UDP_NONE_RATE" "changes=$changes" "tries=$UDP_TRIES" \
+            "cpu_client=$(python3 -c "print(round($c1 - $c0, 2))")" \
+            "cpu_server=$(python3 -c "print(round($s1 - $s0, 2))")"
+    else
+        python3 scripts/lib/udp_table.py failed "$ROWS" "$(cat "$TMP/iperf.fail")" kind=none \
+            "path=$path" "dir=$dir" "rate=$UDP_NONE_RATE"
+    fi
+    echo "  done: $path, none, $dir" >&2
+    sleep 1
+}
+
+# Userspace WireGuard for the baseline on profile none: wireguard-go in
+# mpb-cli (WG_CLI_IF, 10.78.0.1) and in mpb-conc (WG_CONC_IF, 10.78.0.2,
+# port 51820), the tunnel's datagrams over dsl (mpb-cli's default route);
+# mpb-lan's traffic to 198.51.100.10 routed into it and masqueraded as
+# 10.77.9.2 when it leaves mpb-conc, as mpbond's tunnel does. Sets WG_CLI
+# and WG_CONC (pids). The interface names are also the names of the control
+# sockets in /var/run/wireguard, which every namespace shares.
+WG_CLI_IF=mpbwg-cli
+WG_CONC_IF=mpbwg-conc
+WG_FORWARD=
+wg_up() {
+    command -v wireguard-go >/dev/null && command -v wg >/dev/null ||
+        die "wireguard-go and wg are missing (Debian packages wireguard-go, wireguard-tools; scripts/deps.sh installs them)"
+    local end
+    for end in cli conc; do
+        (umask 077 && wg genkey >"$TMP/wg-$end.key")
+        wg pubkey <"$TMP/wg-$end.key" >"$TMP/wg-$end.pub"
+    done
+    WG_FORWARD=$(nsx mpb-conc sysctl -n net.ipv4.ip_forward)
+    # exec: the pids are wireguard-go's (-f: it stays in the foreground).
+    exec_in mpb-cli wireguard-go -f $WG_CLI_IF >"$TMP/wg-cli.log" 2>&1 &
+    WG_CLI=$!
+    BG_PIDS+=("$WG_CLI")
+    exec_in mpb-conc wireguard-go -f $WG_CONC_IF >"$TMP/wg-conc.log" 2>&1 &
+    WG_CONC=$!
+    BG_PIDS+=("$WG_CONC")
+    local _ sock
+    for _ in $(seq 100); do
+        [ -S /var/run/wireguard/$WG_CLI_IF.sock ] && [ -S /var/run/wireguard/$WG_CONC_IF.sock ] && break
+        kill -0 "$WG_CLI" 2>/dev/null && kill -0 "$WG_CONC" 2>/dev/null ||
+            die "wireguard-go exited: $(tail -n 3 "$TMP/wg-cli.log" "$TMP/wg-conc.log")"
+        sleep 0.05
+    done
+    for sock in $WG_CLI_IF $WG_CONC_IF; do
+        [ -S "/var/run/wireguard/$sock.sock" ] || die "wireguard-go made no control socket /var/run/wireguard/$sock.sock in 5 s"
+    done
+    nsx mpb-cli wg set $WG_CLI_IF private-key "$TMP/wg-cli.key" \
+        peer "$(cat "$TMP/wg-conc.pub")" endpoint 10.77.9.2:51820 allowed-ips 10.78.0.2/32,198.51.100.10/32
+    nsx mpb-cli ip addr add 10.78.0.1/24 dev $WG_CLI_IF
+    nsx mpb-cli ip link set $WG_CLI_IF up
+    nsx mpb-cli ip route add 198.51.100.10/32 dev $WG_CLI_IF
+    nsx mpb-conc wg set $WG_CONC_IF listen-port 51820 private-key "$TMP/wg-conc.key" \
+        peer "$(cat "$TMP/wg-cli.pub")" allowed-ips 10.78.0.1/32,192.168.77.0/24
+    nsx mpb-conc ip addr add 10.78.0.2/24 dev $WG_CONC_IF
+    nsx mpb-conc ip link set $WG_CONC_IF up
+    nsx mpb-conc ip route add 192.168.77.0/24 dev $WG_CONC_IF
+    nsx mpb-conc sysctl -qw net.ipv4.ip_forward=1
+    nsx mpb-conc nft -f - <<'NFT'
+table ip mpb_bench_wg {
+    chain post {
+        type nat hook postrouting priority srcnat; policy accept;
+        ip saddr 192.168.77.0/24 oifname "eth0" masquerade
+    }
+}
+NFT
+    nsx mpb-lan ping -n -q -c 3 -i 0.2 -W 2 198.51.100.10 >/dev/null ||
+        die "no ping from mpb-lan through wireguard-go: $(tail -n 3 "$TMP/wg-cli.log" "$TMP/wg-conc.log")"
+}
+
+# Removes what wg_up made (also after a partial wg_up; harmless when there
+# is nothing).
+wg_down() {
+    local pid
+    for pid in ${WG_CLI:-} ${WG_CONC:-}; do
+        kill "$pid" 2>/dev/null || true
+        wait "$pid" 2>/dev/null || true
+    done
+    WG_CLI='' WG_CONC=''
+    if [ -e /run/netns/mpb-cli ]; then
+        nsx mpb-cli ip link del $WG_CLI_IF 2>/dev/null || true
+    fi
+    if [ -e /run/netns/mpb-conc ]; then
+        nsx mpb-conc ip link del $WG_CONC_IF 2>/dev/null || true
+        nsx mpb-conc nft delete table ip mpb_bench_wg 2>/dev/null || true
+        [ -z "$WG_FORWARD" ] || nsx mpb-conc sysctl -qw net.ipv4.ip_forward="$WG_FORWARD" || true
+    fi
+    WG_FORWARD=
+    rm -f /var/run/wireguard/$WG_CLI_IF.sock /var/run/wireguard/$WG_CONC_IF.sock
+    if [ -n "${TMP:-}" ]; then rm -f "$TMP"/wg-*.key; fi
+}
+
+# Whether lab.sh started daemon NAME and it still runs: prints its pid.
+daemon_running() {
+    local pid
+    [ -r "$LAB_RUN/$1.pid" ] || return 0
+    read -r pid _ <"$LAB_RUN/$1.pid" || return 0
+    kill -0 "$pid" 2>/dev/null && echo "$pid"
+    return 0
+}
+
+# lab.sh start with client config FILE, then waits (at most 10 s) for the
+# client to log "datagram tunnel up": start only waits until TCP goes
+# through, and datagrams sent before the tunnel's handshake completed are
+# dropped. Appends how long the wait was to UDP_WAITS.   udp_start FILE
+udp_start() {
+    labq start --client-config "$1"
+    local t0 _
+    t0=$(now)
+    for _ in $(seq 200); do
+        grep -q "datagram tunnel up" "$LAB_RUN/client.log" && break
+        sleep 0.05
+    done
+    grep -q "datagram tunnel up" "$LAB_RUN/client.log" ||
+        die "the datagram tunnel is not up 10 s after lab.sh start: $(tail -n 5 "$LAB_RUN/client.log")"
+    UDP_WAITS+=("$(awk -v a="$t0" -v b="$(now)" 'BEGIN {printf "%.2f", b - a}')")
+}
+
+# The pid lab.sh start recorded for daemon NAME (client, concentrator).
+lab_pid() {
+    local pid
+    read -r pid _ <"$LAB_RUN/$1.pid" || die "no pid file for the $1 in $LAB_RUN"
+    echo "$pid"
+}
+
+bench_udp() {
+    UDP_SECS=10 UDP_LEN=1200 UDP_NONE_RATE=0 UDP_WAITS=()
+    while [ $# -gt 0 ]; do
+        case $1 in
+            --secs) [ $# -ge 2 ] || die "--secs needs a number"; UDP_SECS=$2; shift ;;
+            --len) [ $# -ge 2 ] || die "--len needs a number of bytes"; UDP_LEN=$2; shift ;;
+            *) die "unknown option $1 for udp; usage: bench.sh udp [--secs N] [--len BYTES]" ;;
+        esac
+        shift
+    done
+    [[ $UDP_SECS =~ ^[0-9]+$ ]] && [ "$UDP_SECS" -ge 3 ] && [ "$UDP_SECS" -le 60 ] ||
+        die "--secs must be 3-60 seconds, got '$UDP_SECS'"
+    [[ $UDP_LEN =~ ^[0-9]+$ ]] && [ "$UDP_LEN" -ge 64 ] && [ "$UDP_LEN" -le 1472 ] ||
+        die "--len must be 64-1472 bytes, got '$UDP_LEN'"
+    TMP=$(mktemp -d)
+    ROWS=$TMP/rows.jsonl
+    local start=$SECONDS
+    echo
+    # Measured here: 229 s with the defaults (14 iperf3 runs, 3 mpbond restarts, 2 labs).
+    echo "bench udp: ${UDP_SECS}s per iperf3 run, ${UDP_LEN}-byte datagrams; about $(((UDP_SECS * 14 + 90 + 59) / 60)) min"
+    lab_up
+    trap 'wg_down; cleanup' EXIT
+    local dsl_rate lte_rate
+    dsl_rate=$(conf dsl down.rate_bps)
+    lte_rate=$(conf lte down.rate_bps)
+    UDP_OFFERED=$(((dsl_rate + lte_rate) * 11 / 10))
+
+    # Baselines: each line alone, mpbond not running.
+    direct_routes add
+    local n name flows mode
+    for n in 1 2; do
+        name=dsl
+        [ $n = 2 ] && name=lte
+        for flows in 1 8; do
+            udp_dl mpb-cli $flows $name 10.77.$n.2
+        done
+    done
+    direct_routes del
+
+    for mode in latency redundant aggregate; do
+        udp_start "$(udp_config $mode)"
+        for flows in 1 8; do
+            udp_dl mpb-lan $flows $mode -
+        done
+        udp_rtt $mode
+        udp_cut $mode
+        labq stop
+    done
+
+    # Profile none: the tunnel's cost, one line, against wireguard-go.
+    labq down
+    labq up --dsl none --lte none
+    udp_start "$(udp_config latency dsl-only)"
+    local cli conc dir
+    cli=$(lab_pid client) conc=$(lab_pid concentrator)
+    for dir in up down; do
+        udp_none mpbond $dir "$cli" "$conc"
+    done
+    labq stop
+    wg_up
+    for dir in up down; do
+        udp_none wireguard-go $dir "$WG_CLI" "$WG_CONC"
+    done
+    wg_down
+    labq down
+
+    local rc=0
+    python3 scripts/lib/udp_table.py print "$ROWS" "$dsl_rate" "$lte_rate" "$UDP_LEN" "$UDP_SECS" || rc=$?
+    echo "the client logged \"datagram tunnel up\" this long after lab.sh start returned (latency,"
+    echo "redundant, aggregate, none): ${UDP_WAITS[*]} s"
+    echo "bench udp: $((SECONDS - start)) s"
+    trap - EXIT
+    cleanup
+    [ $rc = 0 ] || echo "bench: udp missed a goal or measured the wrong path (see above)" >&2
+}
+
+[ $# -ge 1 ] || die "usage: bench.sh linkem [--quick] [--status] | tcp [--secs N] [--live] [--dsl PROFILE] [--lte PROFILE]... [--flows N[,N...]] [--all] | failover [--lte PROFILE] | udp [--secs N] [--len BYTES]"
 what=$1
 shift
 case $what in
     linkem) bench_linkem "$@" ;;
     tcp) bench_tcp "$@" ;;
     failover) bench_failover "$@" ;;
-    *) die "unknown benchmark $what; available: linkem, tcp, failover" ;;
+    udp) bench_udp "$@" ;;
+    *) die "unknown benchmark $what; available: linkem, tcp, failover, udp" ;;
 esac

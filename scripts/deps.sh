@@ -4,16 +4,29 @@
 # change sticks; it does nothing when everything is already there.
 
 _mpb_pkgs=(iproute2 ethtool iperf3 iputils-ping procps psmisc util-linux python3 gcc libc6-dev ca-certificates mptcpize nftables dnsmasq-base tcpdump)
+# Userspace WireGuard, bench.sh udp's baseline. Without recommends:
+# wireguard-tools recommends the kernel module, which apt satisfies with a
+# whole kernel image (and initramfs-tools, udev, ...).
+_mpb_norec=(wireguard-go wireguard-tools)
 _mpb_missing=()
+_mpb_missing_norec=()
 for _p in "${_mpb_pkgs[@]}"; do
     dpkg -s "$_p" >/dev/null 2>&1 || _mpb_missing+=("$_p")
 done
-if [ ${#_mpb_missing[@]} -gt 0 ]; then
-    echo "deps: installing ${_mpb_missing[*]}" >&2
+for _p in "${_mpb_norec[@]}"; do
+    dpkg -s "$_p" >/dev/null 2>&1 || _mpb_missing_norec+=("$_p")
+done
+if [ ${#_mpb_missing[@]} -gt 0 ] || [ ${#_mpb_missing_norec[@]} -gt 0 ]; then
+    echo "deps: installing ${_mpb_missing[*]} ${_mpb_missing_norec[*]}" >&2
     apt-get update -qq
+fi
+if [ ${#_mpb_missing[@]} -gt 0 ]; then
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${_mpb_missing[@]}" >/dev/null
 fi
-unset _p _mpb_pkgs _mpb_missing
+if [ ${#_mpb_missing_norec[@]} -gt 0 ]; then
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${_mpb_missing_norec[@]}" >/dev/null
+fi
+unset _p _mpb_pkgs _mpb_norec _mpb_missing _mpb_missing_norec
 
 # Rust: the rustup toolchain when there is one (also under sudo, whose PATH
 # lacks ~/.cargo/bin), else Debian's packages.
