@@ -51,6 +51,10 @@ use crate::path::{self, Counters, Event, Path, Verdict};
 use crate::sys::{LinkEvent, LinkEvents, Rtnl};
 use crate::wire::probe::{Kind, Probe, MAGIC, MAX_LEN};
 
+/// Receive and send buffer of each uplink's socket (probes and the
+/// datagram tunnel).
+const UPLINK_SOCKET_BUFFER: usize = 2 << 20;
+
 /// How long the event thread blocks before checking whether it should end.
 pub(super) const EVENT_POLL: Duration = Duration::from_millis(500);
 
@@ -517,6 +521,9 @@ async fn open_probes(
     if let Some(datagrams) = &shared.datagrams {
         if let Err(e) = crate::sys::allow_fragments(&*socket, addr.is_ipv6()) {
             debug!(uplink = %line.uplink.name, error = %e, "cannot allow fragments on the uplink's socket; large datagrams may be refused");
+        }
+        if let Err(e) = crate::sys::set_datagram_buffers(&*socket, UPLINK_SOCKET_BUFFER) {
+            debug!(uplink = %line.uplink.name, error = %e, "cannot enlarge the uplink socket's buffers; bursts may be dropped");
         }
         datagrams.set_socket(index, Some(socket.clone()));
     }

@@ -50,6 +50,9 @@ pub const MAX_HANDSHAKES: usize = 1024;
 /// before they are reset.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
+/// Receive and send buffer of the datagram tunnel's UDP socket.
+const DATAGRAM_SOCKET_BUFFER: usize = 4 << 20;
+
 /// Pause after a failed `accept` (out of file descriptors, typically), so
 /// the loop does not spin while the condition lasts.
 const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
@@ -381,6 +384,10 @@ fn datagram_side(
     };
     if let Err(e) = crate::sys::allow_fragments(&*socket, addr.is_ipv6()) {
         warn!(error = %e, "cannot allow fragments on the datagram socket; large datagrams may be refused");
+    }
+    // All clients' datagrams arrive on this one socket.
+    if let Err(e) = crate::sys::set_datagram_buffers(&*socket, DATAGRAM_SOCKET_BUFFER) {
+        warn!(error = %e, bytes = DATAGRAM_SOCKET_BUFFER, "cannot enlarge the datagram socket's buffers; bursts may be dropped");
     }
     exit::cleanup_leftovers();
     let exit_config = exit::ExitConfig {

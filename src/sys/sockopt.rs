@@ -120,6 +120,25 @@ pub fn allow_fragments(socket: &impl AsFd, v6: bool) -> io::Result<()> {
     }
 }
 
+/// Gives a datagram socket `bytes` of receive and send buffer each: with
+/// `SO_RCVBUFFORCE` / `SO_SNDBUFFORCE` when the process may (root,
+/// `CAP_NET_ADMIN`), past `net.core.rmem_max` / `wmem_max`, else as much as
+/// those allow. A tunnel socket's default (about 208 KiB) overflows in a
+/// burst of a few hundred full-size datagrams.
+pub fn set_datagram_buffers(socket: &impl AsFd, bytes: usize) -> io::Result<()> {
+    let fd = socket.as_fd();
+    let value = libc::c_int::try_from(bytes).unwrap_or(libc::c_int::MAX);
+    for (force, plain) in [
+        (libc::SO_RCVBUFFORCE, libc::SO_RCVBUF),
+        (libc::SO_SNDBUFFORCE, libc::SO_SNDBUF),
+    ] {
+        if set_int_option(fd, libc::SOL_SOCKET, force, value).is_err() {
+            set_int_option(fd, libc::SOL_SOCKET, plain, value)?;
+        }
+    }
+    Ok(())
+}
+
 /// `SOL_MPTCP` (`include/linux/socket.h`).
 const SOL_MPTCP: libc::c_int = 284;
 /// `MPTCP_TCPINFO` (`include/uapi/linux/mptcp.h`): each subflow's
