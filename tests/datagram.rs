@@ -118,6 +118,47 @@ fn echo_sizes(server: SocketAddr, sizes: &'static [usize]) -> Vec<Option<IpAddr>
     })
 }
 
+/// A stream of `count` echoes `gap` apart from the LAN host to `server`,
+/// on a thread in mpb-lan; sends its start on `started`, returns the
+/// sequence numbers that came back (after waiting 500 ms for the last).
+fn echo_stream(
+    server: SocketAddr,
+    count: u64,
+    gap: Duration,
+    started: std::sync::mpsc::Sender<Instant>,
+) -> thread::JoinHandle<BTreeSet<u64>> {
+    in_ns(LAN, move || {
+        let socket = UdpSocket::bind("0.0.0.0:0").expect("bind");
+        socket
+            .set_read_timeout(Some(Duration::from_millis(2)))
+            .expect("timeout");
+        let mut answered = BTreeSet::new();
+        let mut buf = vec![0; 2048];
+        let mut take = |socket: &UdpSocket, answered: &mut BTreeSet<u64>| {
+            if let Ok(n) = socket.recv(&mut buf) {
+                if let Some(tail) = n.checked_sub(8).and_then(|at| buf.get(at..n)) {
+                    let tail: [u8; 8] = tail.try_into().expect("8 bytes");
+                    answered.insert(u64::from_be_bytes(tail));
+                }
+            }
+        };
+        let start = Instant::now();
+        let _ = started.send(start);
+        for seq in 0..count {
+            let _ = socket.send_to(&seq.to_be_bytes(), server);
+            while Instant::now() < start + gap * (seq as u32 + 1) {
+                take(&socket, &mut answered);
+            }
+        }
+        // The last echoes are still on their way.
+        let drain = Instant::now() + Duration::from_millis(500);
+        while Instant::now() < drain {
+            take(&socket, &mut answered);
+        }
+        answered
+    })
+}
+
 #[test]
 fn udp_and_ping_from_the_lan_leave_from_the_concentrator_and_survive_a_blackholed_line() {
     let lab = Lab::up_and_start(&[], &[]);
@@ -150,37 +191,12 @@ fn udp_and_ping_from_the_lan_leave_from_the_concentrator_and_survive_a_blackhole
     // A stream of datagrams 20 ms apart; dsl is blackholed in the middle.
     const GAP: Duration = Duration::from_millis(20);
     const COUNT: u64 = 150;
-    let stream = in_ns(LAN, move || {
-        let socket = UdpSocket::bind("0.0.0.0:0").expect("bind");
-        socket
-            .set_read_timeout(Some(Duration::from_millis(5)))
-            .expect("timeout");
-        let mut answered = BTreeSet::new();
-        let mut buf = vec![0; 2048];
-        let start = Instant::now();
-        for seq in 0..COUNT {
-            let _ = socket.send_to(&seq.to_be_bytes(), v4);
-            while Instant::now() < start + GAP * (seq as u32 + 1) {
-                if let Ok(n) = socket.recv(&mut buf) {
-                    if n >= 8 {
-                        let tail: [u8; 8] = buf[n - 8..n].try_into().expect("8 bytes");
-                        answered.insert(u64::from_be_bytes(tail));
-                    }
-                }
-            }
-        }
-        let drain = Instant::now() + Duration::from_millis(500);
-        while Instant::now() < drain {
-            if let Ok(n) = socket.recv(&mut buf) {
-                if n >= 8 {
-                    let tail: [u8; 8] = buf[n - 8..n].try_into().expect("8 bytes");
-                    answered.insert(u64::from_be_bytes(tail));
-                }
-            }
-        }
-        answered
-    });
-    thread::sleep(GAP * 40);
+    let (started_tx, started_rx) = std::sync::mpsc::channel();
+    let stream = echo_stream(v4, COUNT, GAP, started_tx);
+    let start = started_rx
+        .recv_timeout(Duration::from_secs(5))
+        .expect("the stream starts");
+    thread::sleep((start + GAP * 40).saturating_duration_since(Instant::now()));
     lab.link(&["dsl", "blackhole"]);
     let answered = stream.join().expect("the stream");
     let lost: Vec<u64> = (0..COUNT).filter(|s| !answered.contains(s)).collect();
@@ -609,22 +625,7 @@ fn stopping_the_concentrator_leaves_nothing_even_after_kill_9() {
     );
 
     lab.start(&[]);
-    let pid = lab
-        .pid("concentrator")
-        .expect("the concentrator's pid file");
-    let killed = Command::new("kill")
-        .args(["-9", &pid.to_string()])
-        .status()
-        .expect("run kill");
-    assert!(killed.success(), "kill -9 {pid}");
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while std::path::Path::new(&format!("/proc/{pid}")).exists() {
-        assert!(
-            Instant::now() < deadline,
-            "the concentrator survived kill -9"
-        );
-        thread::sleep(Duration::from_millis(50));
-    }
+    lab.kill_9("concentrator");
     let crashed = concentrator_state();
     println!("after kill -9 the concentrator left:\n{crashed}");
     assert!(
@@ -663,38 +664,7 @@ fn datagrams_carry_on_seconds_after_the_concentrator_restarts() {
     const GAP: Duration = Duration::from_millis(20);
     const COUNT: u64 = 600; // 12 s
     let (started_tx, started_rx) = std::sync::mpsc::channel();
-    let stream = in_ns(LAN, move || {
-        let socket = UdpSocket::bind("0.0.0.0:0").expect("bind");
-        socket
-            .set_read_timeout(Some(Duration::from_millis(2)))
-            .expect("timeout");
-        let mut answered = BTreeSet::new();
-        let mut buf = vec![0; 2048];
-        let start = Instant::now();
-        let _ = started_tx.send(start);
-        for seq in 0..COUNT {
-            let _ = socket.send_to(&seq.to_be_bytes(), v4);
-            while Instant::now() < start + GAP * (seq as u32 + 1) {
-                if let Ok(n) = socket.recv(&mut buf) {
-                    if n >= 8 {
-                        let tail: [u8; 8] = buf[n - 8..n].try_into().expect("8 bytes");
-                        answered.insert(u64::from_be_bytes(tail));
-                    }
-                }
-            }
-        }
-        // The last echoes are still on their way.
-        let drain = Instant::now() + Duration::from_millis(500);
-        while Instant::now() < drain {
-            if let Ok(n) = socket.recv(&mut buf) {
-                if n >= 8 {
-                    let tail: [u8; 8] = buf[n - 8..n].try_into().expect("8 bytes");
-                    answered.insert(u64::from_be_bytes(tail));
-                }
-            }
-        }
-        answered
-    });
+    let stream = echo_stream(v4, COUNT, GAP, started_tx);
     let start = started_rx
         .recv_timeout(Duration::from_secs(5))
         .expect("the stream starts");

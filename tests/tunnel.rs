@@ -1205,17 +1205,7 @@ fn stopping_the_client_leaves_nothing_even_after_kill_9() {
     assert_clean(&baseline, "after lab.sh stop");
 
     lab.start(&[]);
-    let pid = lab.pid("client").expect("the client's pid file");
-    let killed = std::process::Command::new("kill")
-        .args(["-9", &pid.to_string()])
-        .status()
-        .expect("run kill");
-    assert!(killed.success(), "kill -9 {pid}");
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while std::path::Path::new(&format!("/proc/{pid}")).exists() {
-        assert!(Instant::now() < deadline, "the client survived kill -9");
-        thread::sleep(Duration::from_millis(50));
-    }
+    lab.kill_9("client");
     eprintln!(
         "cleanup: after kill -9 the client left:\n{}",
         describe(&baseline, &client_state())

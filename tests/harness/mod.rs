@@ -183,6 +183,24 @@ impl Lab {
         text.split_whitespace().next()?.parse().ok()
     }
 
+    /// Kills daemon `name` (`client`, `concentrator`) with SIGKILL, as a
+    /// crash would, and waits until it is gone.
+    pub fn kill_9(&self, name: &str) {
+        let pid = self
+            .pid(name)
+            .unwrap_or_else(|| panic!("no pid file for {name}"));
+        let killed = Command::new("kill")
+            .args(["-9", &pid.to_string()])
+            .status()
+            .expect("run kill");
+        assert!(killed.success(), "kill -9 {pid} ({name})");
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Path::new(&format!("/proc/{pid}")).exists() {
+            assert!(Instant::now() < deadline, "{name} survived kill -9");
+            thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// `lab.sh link NAME ACTION...`, checked.
     pub fn link(&self, args: &[&str]) {
         let mut full = vec!["link"];
