@@ -670,6 +670,23 @@ stop_all() {
     say "stopped: ${pids[*]%%:*}"
 }
 
+# wait_tunnel NAME NS SECONDS: until client NAME's tunnel carries traffic,
+# that is, until the probe server sees the concentrator's address for a
+# connection from namespace NS.
+wait_tunnel() {
+    local name=$1 ns=$2 seen="" deadline=$((SECONDS + $3))
+    while [ "$SECONDS" -lt "$deadline" ]; do
+        check_alive concentrator
+        check_alive "$name"
+        seen=$(probe "$ns" 198.51.100.10)
+        [ "$seen" = 10.77.9.2 ] && return 0
+        sleep 0.3
+    done
+    log_tail "$name" >&2
+    log_tail concentrator >&2
+    die "$name's tunnel carries no traffic after $3 s: the probe server at 198.51.100.10:7 saw \"${seen:-nothing}\" from $ns, not 10.77.9.2"
+}
+
 cmd_start() {
     local client_config=$ROOT/deploy/lab/client.toml
     local conc_config=$ROOT/deploy/lab/concentrator.toml with_client=1
@@ -718,38 +735,13 @@ cmd_start() {
         spawn client2 "$bin" client --config "$ROOT/deploy/lab/client2.toml"
     fi
 
-    # The tunnel carries traffic when the probe server sees the
-    # concentrator's address for a connection from the LAN host.
-    local seen="" deadline=$((SECONDS + 15))
-    while [ "$SECONDS" -lt "$deadline" ]; do
-        check_alive concentrator
-        check_alive client
-        seen=$(probe mpb-lan 198.51.100.10)
-        [ "$seen" = 10.77.9.2 ] && break
-        sleep 0.3
-    done
-    if [ "$seen" != 10.77.9.2 ]; then
-        log_tail client >&2
-        log_tail concentrator >&2
-        die "the tunnel carries no traffic after 15 s: the probe server at 198.51.100.10:7 saw \"${seen:-nothing}\" from mpb-lan, not 10.77.9.2"
-    fi
+    wait_tunnel client mpb-lan 15
     # With [datagram], also until the datagram tunnel's handshake is done.
     if grep -q '^\[datagram\]' "$client_config"; then
         wait_log client "datagram tunnel up" 10
     fi
     if [ "$second" = 1 ]; then
-        seen=""
-        while [ "$SECONDS" -lt "$deadline" ]; do
-            check_alive client2
-            seen=$(probe mpb-cli2 198.51.100.10)
-            [ "$seen" = 10.77.9.2 ] && break
-            sleep 0.3
-        done
-        if [ "$seen" != 10.77.9.2 ]; then
-            log_tail client2 >&2
-            log_tail concentrator >&2
-            die "the second client's tunnel carries no traffic after 15 s: the probe server saw \"${seen:-nothing}\" from mpb-cli2, not 10.77.9.2"
-        fi
+        wait_tunnel client2 mpb-cli2 15
         wait_log client2 "datagram tunnel up" 10
     fi
     trap - EXIT
@@ -797,15 +789,10 @@ cmd_restart() {
         done
         die "the concentrator did not listen within 5 s of its restart (log: $RUN/$name.log)"
     fi
-    local ns=mpb-lan seen="" deadline=$((SECONDS + 15))
+    local ns=mpb-lan
     [ "$name" = client2 ] && ns=mpb-cli2
-    while [ "$SECONDS" -lt "$deadline" ]; do
-        check_alive "$name"
-        seen=$(probe "$ns" 198.51.100.10)
-        [ "$seen" = 10.77.9.2 ] && { say "restarted: $name"; return 0; }
-        sleep 0.3
-    done
-    die "$name's tunnel carries no traffic 15 s after its restart (log: $RUN/$name.log)"
+    wait_tunnel "$name" "$ns" 15
+    say "restarted: $name"
 }
 
 cmd_probe() {

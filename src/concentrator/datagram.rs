@@ -36,7 +36,7 @@ use crate::crypto::{Dropped, PeerId, Received, Responder, SystemRng};
 use crate::datagram::schedule::MAX_PATHS;
 use crate::wire::convert::ClientId;
 use crate::wire::flow::{flow_of, Demux, FlowKey};
-use crate::wire::probe::{Probe, MAGIC};
+use crate::wire::probe::MAGIC;
 use crate::wire::tunnel::{Inner, PathProbe, ANY_PATH, DATA_OVERHEAD, TYPE_INITIATION};
 
 /// Largest datagram read from the UDP socket or the TUN.
@@ -260,10 +260,11 @@ pub(super) async fn serve_udp(
         };
         let datagram = &mut buf[..n];
         if datagram.starts_with(&MAGIC) {
-            if let Some(reply) = super::probe::answer(&clients, datagram, crate::auth::unix_ms()) {
-                if let (Some(datagrams), Ok((probe, _, _))) = (&datagrams, Probe::decode(datagram))
-                {
-                    datagrams.heard_probe(&probe.client_id, src, Instant::now());
+            if let Some((reply, id)) =
+                super::probe::answer(&clients, datagram, crate::auth::unix_ms())
+            {
+                if let Some(datagrams) = &datagrams {
+                    datagrams.heard_probe(&id, src, Instant::now());
                 }
                 if let Err(e) = socket.send_to(&reply, src).await {
                     debug!(%src, error = %e, "cannot answer a probe");
@@ -297,9 +298,9 @@ async fn from_client(socket: &UdpSocket, datagrams: &Datagrams, src: SocketAddr,
                 let Some(client) = state.peers.get_mut(peer.0) else {
                     return;
                 };
-                // A copy of a packet sent on several paths: its path is
-                // where it came from (the first copy of a client's packets
-                // on a new path comes alone, with its path id).
+                // A packet sent on several paths: its path is where it came
+                // from (each client uplink announces itself with a
+                // keepalive under its own path id first).
                 let index = if path == ANY_PATH {
                     client.path_of(src)
                 } else {
@@ -319,8 +320,8 @@ async fn from_client(socket: &UdpSocket, datagrams: &Datagrams, src: SocketAddr,
                                 if client.flows.len() >= MAX_FLOWS_PER_CLIENT {
                                     client.flows.clear();
                                 }
-                                let bits = match index {
-                                    _ if path == ANY_PATH => u8::MAX,
+                                // One path: that one; several: every live one.
+                                let bits = match index.filter(|_| path != ANY_PATH) {
                                     Some(i) => {
                                         client.last_data = Some(i);
                                         1 << i

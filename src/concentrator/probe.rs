@@ -6,15 +6,20 @@
 
 use super::accept::Clients;
 use crate::auth;
+use crate::wire::convert::ClientId;
 use crate::wire::probe::{Kind, Probe};
 
 /// Probes older or newer than this (by the client's clock against ours)
 /// are not answered: replays of old probes get nothing.
 const FRESHNESS_MS: u64 = 30_000;
 
-/// The reply to `datagram` at `now_ms`, if it is a fresh request that
-/// verifies with its client's key.
-pub(super) fn answer(clients: &Clients, datagram: &[u8], now_ms: u64) -> Option<Vec<u8>> {
+/// The reply to `datagram` at `now_ms`, and the client it came from, if it
+/// is a fresh request that verifies with that client's key.
+pub(super) fn answer(
+    clients: &Clients,
+    datagram: &[u8],
+    now_ms: u64,
+) -> Option<(Vec<u8>, ClientId)> {
     let (probe, body, mac) = Probe::decode(datagram).ok()?;
     if probe.kind != Kind::Request || now_ms.abs_diff(probe.sent_ms) > FRESHNESS_MS {
         return None;
@@ -27,7 +32,10 @@ pub(super) fn answer(clients: &Clients, datagram: &[u8], now_ms: u64) -> Option<
         kind: Kind::Reply,
         ..probe
     };
-    Some(reply.encode(&auth::sign_probe(key, &reply.body())))
+    Some((
+        reply.encode(&auth::sign_probe(key, &reply.body())),
+        reply.client_id,
+    ))
 }
 
 #[cfg(test)]
@@ -35,7 +43,6 @@ mod tests {
     use super::*;
     use crate::auth::Key;
     use crate::config::concentrator::ClientConfig;
-    use crate::wire::convert::ClientId;
 
     const NOW: u64 = 1_795_000_000_000;
 
@@ -71,7 +78,9 @@ mod tests {
 
     #[test]
     fn a_good_probe_gets_a_signed_echo() {
-        let reply = answer(&clients(), &request("lab", NOW, &key(1)), NOW + 5).expect("answered");
+        let reply = answer(&clients(), &request("lab", NOW, &key(1)), NOW + 5)
+            .expect("answered")
+            .0;
         let (probe, body, mac) = Probe::decode(&reply).expect("a probe");
         assert_eq!(probe.kind, Kind::Reply);
         assert_eq!((probe.seq, probe.sent_ms), (42, NOW));
@@ -85,7 +94,8 @@ mod tests {
         assert!(answer(&clients, &request("eve", NOW, &key(1)), NOW).is_none());
         assert!(answer(&clients, &request("lab", NOW - 60_000, &key(1)), NOW).is_none());
         assert!(answer(&clients, b"GET / HTTP/1.1\r\n\r\n", NOW).is_none());
-        let reply = answer(&clients, &request("lab", NOW, &key(1)), NOW).expect("answered");
+        let (reply, id) = answer(&clients, &request("lab", NOW, &key(1)), NOW).expect("answered");
+        assert_eq!(id.as_str(), "lab");
         assert!(
             answer(&clients, &reply, NOW).is_none(),
             "a reply is not answered"
