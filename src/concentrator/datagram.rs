@@ -17,7 +17,10 @@
 //! [`STALE_AFTER`] longer than on another is taken as down, so a stream
 //! towards the client moves off a dead line as quickly as the client's
 //! own, and back once the line is heard again. A flow the client has not
-//! sent on lately goes on the live path it last sent data on.
+//! sent on lately goes on the live path it last sent data on. A steer
+//! from the client (its scheduler moved a flow that only receives) sets
+//! the flow's path to the one the steer came on; a flow's path is kept as
+//! long as packets of it go out.
 //!
 //! The responder and the per-client path table sit behind one mutex, held
 //! for the handling of one packet and never across an await.
@@ -35,7 +38,7 @@ use super::policy::Policy;
 use crate::crypto::{Dropped, PeerId, Received, Responder, SystemRng};
 use crate::datagram::schedule::MAX_PATHS;
 use crate::wire::convert::ClientId;
-use crate::wire::flow::{flow_of, Demux, FlowKey};
+use crate::wire::flow::{flow_of, FlowKey};
 use crate::wire::probe::MAGIC;
 use crate::wire::tunnel::{Inner, PathProbe, ANY_PATH, DATA_OVERHEAD, TYPE_INITIATION};
 
@@ -43,7 +46,8 @@ use crate::wire::tunnel::{Inner, PathProbe, ANY_PATH, DATA_OVERHEAD, TYPE_INITIA
 const MAX_DATAGRAM: usize = 65_535;
 
 /// A flow's paths are mirrored for this long after the client last sent on
-/// it; later replies take the client's most recent path.
+/// it, steered it or a packet of it went out; later replies take the
+/// client's most recent path.
 const MIRROR_FOR: Duration = Duration::from_secs(30);
 
 /// A path not heard from for this much longer than the client's freshest
@@ -90,12 +94,14 @@ impl Peer {
     }
 
     /// The paths to send a reply of `flow` (keyed as the client sends it)
-    /// on, as a bit set.
-    fn paths_for(&self, now: Instant, flow: Option<&FlowKey>) -> u8 {
+    /// on, as a bit set. A mirror that is used lives on: a flow that only
+    /// receives keeps the path the client chose (or steered it to).
+    fn paths_for(&mut self, now: Instant, flow: Option<&FlowKey>) -> u8 {
         let live = self.live(now);
-        if let Some((bits, at)) = flow.and_then(|f| self.flows.get(f)) {
-            if now.saturating_duration_since(*at) < MIRROR_FOR && bits & live != 0 {
-                return bits & live;
+        if let Some((bits, at)) = flow.and_then(|f| self.flows.get_mut(f)) {
+            if now.saturating_duration_since(*at) < MIRROR_FOR && *bits & live != 0 {
+                *at = now;
+                return *bits & live;
             }
         }
         if let Some(i) = self.last_data.filter(|&i| live & (1 << i) != 0) {
@@ -363,6 +369,18 @@ async fn from_client(socket: &UdpSocket, datagrams: &Datagrams, src: SocketAddr,
                         }
                         None
                     }
+                    Inner::Steer(key) => {
+                        // Only for the client's own flows, on a path of its
+                        // own (not "any").
+                        if let Some(i) = index.filter(|_| path != ANY_PATH && client.owns(key.src))
+                        {
+                            if client.flows.len() >= MAX_FLOWS_PER_CLIENT {
+                                client.flows.clear();
+                            }
+                            client.flows.insert(key, (1 << i, now));
+                        }
+                        None
+                    }
                     Inner::Keepalive => None,
                 }
             }
@@ -477,10 +495,10 @@ pub(super) async fn serve_tun(socket: Arc<UdpSocket>, datagrams: Arc<Datagrams>)
             let Some(&peer) = state.by_addr.get(&flow.key.dst) else {
                 continue;
             };
-            let Some(client) = state.peers.get(peer.0) else {
+            let Some(client) = state.peers.get_mut(peer.0) else {
                 continue;
             };
-            let bits = client.paths_for(now, Some(&reversed(&flow.key)));
+            let bits = client.paths_for(now, Some(&flow.key.reversed()));
             let mut count = 0;
             let mut only = 0;
             for (i, path) in client.paths.iter().enumerate() {
@@ -515,19 +533,6 @@ pub(super) async fn serve_tun(socket: Arc<UdpSocket>, datagrams: Arc<Datagrams>)
     }
 }
 
-/// The key of the flow a reply belongs to, as the client sends it.
-fn reversed(key: &FlowKey) -> FlowKey {
-    FlowKey {
-        protocol: key.protocol,
-        src: key.dst,
-        dst: key.src,
-        demux: match key.demux {
-            Demux::Ports { src, dst } => Demux::Ports { src: dst, dst: src },
-            other => other,
-        },
-    }
-}
-
 /// Sweeps expired sessions every [`TICK`], forever.
 pub(super) async fn tick(datagrams: Arc<Datagrams>) {
     let mut interval = tokio::time::interval(TICK);
@@ -540,6 +545,7 @@ pub(super) async fn tick(datagrams: Arc<Datagrams>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::wire::flow::Demux;
 
     fn addr(port: u16) -> SocketAddr {
         SocketAddr::new("192.0.2.1".parse().expect("addr"), port)

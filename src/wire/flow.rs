@@ -112,6 +112,20 @@ pub struct Flow {
 }
 
 impl FlowKey {
+    /// The key of the other direction: a reply's key is the request's
+    /// reversed (addresses and ports swapped; an echo keeps its identifier).
+    pub fn reversed(&self) -> FlowKey {
+        FlowKey {
+            protocol: self.protocol,
+            src: self.dst,
+            dst: self.src,
+            demux: match self.demux {
+                Demux::Ports { src, dst } => Demux::Ports { src: dst, dst: src },
+                other => other,
+            },
+        }
+    }
+
     /// The source and destination ports, if the key has them.
     pub fn ports(&self) -> Option<(u16, u16)> {
         match self.demux {

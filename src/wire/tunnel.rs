@@ -23,13 +23,26 @@
 //! counter per copy, and the duplicates would all get through.)
 //!
 //! The decrypted payload is an [`Inner`]: nothing (a keepalive), an IP
-//! packet, or a control message, today the [`PathProbe`].
+//! packet, or a control message: a [`PathProbe`], or a steer (the client
+//! asks for a flow's packets towards it on the path the steer came on:
+//! its scheduler moved a flow that only receives).
+//!
+//! ```text
+//! steer   kind 3 | protocol | family (4, 6) | demux (0 hosts, 1 ports,
+//!         2 echo, 3 fragment) | src | dst (4 or 16 bytes each)
+//!         | port or echo id (u16) | port (u16)         = 16 (IPv4), 40 (IPv6)
+//! ```
+//!
+//! The flow is keyed as the client sends it (source: its tunnel address).
 //!
 //! The views are panic-free: `new_checked` checks the length once, after
 //! which no accessor can panic; nothing allocates. Encoders write into a
 //! buffer the caller owns.
 
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
 use super::bytes;
+use super::flow::{Demux, FlowKey};
 
 /// Message type of a handshake initiation.
 pub const TYPE_INITIATION: u8 = 1;
@@ -130,6 +143,12 @@ pub enum Error {
         /// The length (or, for data, the least length) of that type.
         expected: usize,
     },
+    /// A steer that is not one (length, family or demux kind).
+    #[error("malformed steer of {len} bytes")]
+    Steer {
+        /// Bytes in the message.
+        len: usize,
+    },
     /// A buffer to encode into is too small.
     #[error("buffer of {len} bytes too small for a {need}-byte tunnel message")]
     BufferTooSmall {
@@ -166,6 +185,10 @@ fn check(
         });
     }
     Ok(())
+}
+
+fn be16(buf: &[u8], at: usize) -> u16 {
+    bytes(buf, at).map_or(0, u16::from_be_bytes)
 }
 
 fn be32(buf: &[u8], at: usize) -> u32 {
@@ -497,6 +520,12 @@ pub const INNER_IP: u8 = 1;
 pub const INNER_PROBE: u8 = 2;
 /// Length of an encoded [`PathProbe`], kind byte included.
 pub const PROBE_LEN: usize = 1 + 1 + 6 * 8;
+/// Inner kind byte of a steer.
+pub const INNER_STEER: u8 = 3;
+/// Length of an encoded steer of an IPv4 flow, kind byte included.
+pub const STEER_V4_LEN: usize = 4 + 2 * 4 + 4;
+/// Length of an encoded steer of an IPv6 flow, kind byte included.
+pub const STEER_V6_LEN: usize = 4 + 2 * 16 + 4;
 
 /// Why a decrypted payload is not an inner message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -510,6 +539,12 @@ pub enum InnerError {
     /// A probe of the wrong length.
     #[error("path probe of {len} bytes, expected {PROBE_LEN}")]
     ProbeLength {
+        /// Bytes in the message.
+        len: usize,
+    },
+    /// A steer that is not one (length, family or demux kind).
+    #[error("malformed steer of {len} bytes")]
+    Steer {
         /// Bytes in the message.
         len: usize,
     },
@@ -533,6 +568,9 @@ pub enum Inner<'a> {
     Ip(&'a [u8]),
     /// A path probe.
     Probe(PathProbe),
+    /// A steer: send this flow's packets (keyed as the client sends them)
+    /// on the path this message came on.
+    Steer(FlowKey),
 }
 
 impl<'a> Inner<'a> {
@@ -545,6 +583,7 @@ impl<'a> Inner<'a> {
             INNER_IP if rest.is_empty() => Err(InnerError::EmptyPacket),
             INNER_IP => Ok(Self::Ip(rest)),
             INNER_PROBE => PathProbe::parse(buf).map(Self::Probe),
+            INNER_STEER => parse_steer(buf).map(Self::Steer),
             other => Err(InnerError::UnknownKind(other)),
         }
     }
@@ -555,6 +594,10 @@ impl<'a> Inner<'a> {
             Self::Keepalive => 0,
             Self::Ip(packet) => 1 + packet.len(),
             Self::Probe(_) => PROBE_LEN,
+            Self::Steer(key) => match key.src {
+                IpAddr::V4(_) => STEER_V4_LEN,
+                IpAddr::V6(_) => STEER_V6_LEN,
+            },
         }
     }
 
@@ -579,6 +622,7 @@ impl<'a> Inner<'a> {
                 slot[1..].copy_from_slice(packet);
             }
             Self::Probe(probe) => probe.write(slot),
+            Self::Steer(key) => write_steer(key, slot),
         }
         Ok(need)
     }
@@ -611,6 +655,75 @@ pub struct PathProbe {
     pub rx_bytes: u64,
     /// Packets the sender has received on this path.
     pub rx_packets: u64,
+}
+
+/// Reads a steer, kind byte included.
+fn parse_steer(buf: &[u8]) -> Result<FlowKey, InnerError> {
+    let bad = InnerError::Steer { len: buf.len() };
+    let (&[_, protocol, family, demux], rest) = buf.split_first_chunk::<4>().ok_or(bad)?;
+    let (src, dst, rest): (IpAddr, IpAddr, &[u8]) = match (family, rest.len()) {
+        (4, 12) => {
+            let (src, rest) = rest.split_first_chunk::<4>().ok_or(bad)?;
+            let (dst, rest) = rest.split_first_chunk::<4>().ok_or(bad)?;
+            (
+                Ipv4Addr::from(*src).into(),
+                Ipv4Addr::from(*dst).into(),
+                rest,
+            )
+        }
+        (6, 36) => {
+            let (src, rest) = rest.split_first_chunk::<16>().ok_or(bad)?;
+            let (dst, rest) = rest.split_first_chunk::<16>().ok_or(bad)?;
+            (
+                Ipv6Addr::from(*src).into(),
+                Ipv6Addr::from(*dst).into(),
+                rest,
+            )
+        }
+        _ => return Err(bad),
+    };
+    let a = be16(rest, 0);
+    let b = be16(rest, 2);
+    let demux = match demux {
+        0 => Demux::Hosts,
+        1 => Demux::Ports { src: a, dst: b },
+        2 => Demux::Echo { id: a },
+        3 => Demux::Fragment,
+        _ => return Err(bad),
+    };
+    Ok(FlowKey {
+        protocol,
+        src,
+        dst,
+        demux,
+    })
+}
+
+/// Writes a steer; `out` is exactly as long as [`Inner::len`] says. A key
+/// whose two addresses are of different families (none is ever made)
+/// writes the source's family and zeros for the destination.
+fn write_steer(key: &FlowKey, out: &mut [u8]) {
+    let (demux, a, b) = match key.demux {
+        Demux::Hosts => (0, 0, 0),
+        Demux::Ports { src, dst } => (1, src, dst),
+        Demux::Echo { id } => (2, id, 0),
+        Demux::Fragment => (3, 0, 0),
+    };
+    let (family, width) = match key.src {
+        IpAddr::V4(_) => (4, 4),
+        IpAddr::V6(_) => (6, 16),
+    };
+    put(out, 0..4, &[INNER_STEER, key.protocol, family, demux]);
+    for (at, addr) in [(4, key.src), (4 + width, key.dst)] {
+        match addr {
+            IpAddr::V4(a) if width == 4 => put(out, at..at + 4, &a.octets()),
+            IpAddr::V6(a) if width == 16 => put(out, at..at + 16, &a.octets()),
+            _ => {}
+        }
+    }
+    let at = 4 + 2 * width;
+    put(out, at..at + 2, &a.to_be_bytes());
+    put(out, at + 2..at + 4, &b.to_be_bytes());
 }
 
 impl PathProbe {
@@ -750,7 +863,39 @@ mod tests {
             rx_packets: u64::MAX,
         };
         let packet = [0x45, 0, 0, 20];
-        for inner in [Inner::Keepalive, Inner::Ip(&packet), Inner::Probe(probe)] {
+        let v4 = FlowKey {
+            protocol: 17,
+            src: "10.77.0.2".parse().expect("addr"),
+            dst: "198.51.100.10".parse().expect("addr"),
+            demux: Demux::Ports {
+                src: 40000,
+                dst: 5210,
+            },
+        };
+        let v6 = FlowKey {
+            protocol: 58,
+            src: "fd77::2".parse().expect("addr"),
+            dst: "2001:db8:100::10".parse().expect("addr"),
+            demux: Demux::Echo { id: 7 },
+        };
+        let frag = FlowKey {
+            demux: Demux::Fragment,
+            ..v4
+        };
+        let hosts = FlowKey {
+            protocol: 47,
+            demux: Demux::Hosts,
+            ..v6
+        };
+        for inner in [
+            Inner::Keepalive,
+            Inner::Ip(&packet),
+            Inner::Probe(probe),
+            Inner::Steer(v4),
+            Inner::Steer(v6),
+            Inner::Steer(frag),
+            Inner::Steer(hosts),
+        ] {
             let mut buf = [0; 64];
             let len = inner.encode(&mut buf).expect("fits");
             assert_eq!(len, inner.len());
@@ -766,5 +911,19 @@ mod tests {
             Inner::parse(&[2, 1, 2]),
             Err(InnerError::ProbeLength { len: 3 })
         );
+        let mut steer = [0; STEER_V4_LEN];
+        Inner::Steer(v4).encode(&mut steer).expect("fits");
+        for bad in [&steer[..STEER_V4_LEN - 1], &[3, 17, 4], &[3]] {
+            assert_eq!(Inner::parse(bad), Err(InnerError::Steer { len: bad.len() }));
+        }
+        let mut family = steer;
+        family[2] = 5;
+        assert!(Inner::parse(&family).is_err(), "unknown family");
+        let mut demux = steer;
+        demux[3] = 4;
+        assert!(Inner::parse(&demux).is_err(), "unknown demux kind");
+        let mut v6_length = steer;
+        v6_length[2] = 6;
+        assert!(Inner::parse(&v6_length).is_err(), "IPv6 needs 40 bytes");
     }
 }
