@@ -8,6 +8,9 @@
 //!   direction, and the streams go back to dsl once it returns;
 //! - `redundant` mode: nothing lost, and both lines carry the streams.
 //!
+//! And a download bigger than dsl (31 Mbit/s against its 20) that the
+//! client first pins to dsl moves to lte and stays there.
+//!
 //! lte's random loss is set to 0 for these runs: the goals are about the
 //! failure, and with one line left, 0.5 % random loss would lose a
 //! datagram or two whatever the tunnel does.
@@ -306,5 +309,111 @@ fn redundant_mode_loses_nothing_either_way() {
             );
         }
     }
+    let _ = std::fs::remove_file(&config);
+}
+
+/// A download the LAN host opened, 3000 datagrams of 1200 bytes a second
+/// (about 31 Mbit/s on the lines): more than dsl carries (20), less than
+/// lte (40).
+const BULK_PER_SEC: u32 = 3000;
+const BULK_LEN: usize = 1200;
+/// 5 s of it; the window from 1.5 s to 4.5 s shows where it settled.
+const BULK_FOR: Duration = Duration::from_secs(5);
+const BULK_SETTLED: (Duration, Duration) =
+    (Duration::from_millis(1500), Duration::from_millis(4500));
+
+#[test]
+fn a_download_that_fills_dsl_moves_to_lte_and_stays() {
+    // Latency mode (the default) pins the flow to dsl, the line with the
+    // shortest round trip. It fills dsl; lte, never full, may carry more:
+    // the client steers the flow there, and it stays.
+    let (lab, config) = lab_in("latency");
+    let (ready_tx, ready_rx) = mpsc::channel();
+    let source = in_ns(SRV, move || {
+        let socket = UdpSocket::bind(SOURCE).expect("bind the source");
+        socket
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("timeout");
+        let _ = ready_tx.send(());
+        let mut buf = [0; 64];
+        let Ok((_, to)) = socket.recv_from(&mut buf) else {
+            return 0u64;
+        };
+        let start = Instant::now();
+        let mut datagram = vec![0xa5; BULK_LEN];
+        let mut seq = 0u64;
+        // In bursts of 30 every 10 ms.
+        while start.elapsed() < BULK_FOR {
+            let due = (start.elapsed().as_secs_f64() * f64::from(BULK_PER_SEC)) as u64;
+            while seq < due {
+                datagram[..8].copy_from_slice(&seq.to_be_bytes());
+                let _ = socket.send_to(&datagram, to);
+                seq += 1;
+            }
+            thread::sleep(Duration::from_millis(10));
+        }
+        seq
+    });
+    ready_rx
+        .recv_timeout(Duration::from_secs(5))
+        .expect("the source binds");
+    let (started_tx, started_rx) = mpsc::channel();
+    let lan = in_ns(LAN, move || {
+        let socket = UdpSocket::bind("0.0.0.0:0").expect("bind");
+        socket
+            .set_read_timeout(Some(Duration::from_millis(20)))
+            .expect("timeout");
+        let source: SocketAddr = SOURCE.parse().expect("addr");
+        let mut buf = vec![0; 2048];
+        let mut start = None;
+        let hello_until = Instant::now() + Duration::from_secs(5);
+        while start.is_none() && Instant::now() < hello_until {
+            let _ = socket.send_to(b"hello", source);
+            if socket.recv(&mut buf).is_ok() {
+                start = Some(Instant::now());
+            }
+        }
+        let start = start.expect("the download never reached the LAN host");
+        let _ = started_tx.send(start);
+        // Datagrams received in the settled window.
+        let mut settled = 0u64;
+        while start.elapsed() < BULK_FOR + Duration::from_millis(500) {
+            if let Ok(n) = socket.recv(&mut buf) {
+                let at = start.elapsed();
+                if n == BULK_LEN && at >= BULK_SETTLED.0 && at < BULK_SETTLED.1 {
+                    settled += 1;
+                }
+            }
+        }
+        settled
+    });
+    let start = started_rx
+        .recv_timeout(Duration::from_secs(10))
+        .expect("the download starts");
+    thread::sleep((start + BULK_SETTLED.0).saturating_duration_since(Instant::now()));
+    let (_, dsl0) = frames(&lab, "dsl");
+    let (_, lte0) = frames(&lab, "lte");
+    thread::sleep((start + BULK_SETTLED.1).saturating_duration_since(Instant::now()));
+    let (_, dsl1) = frames(&lab, "dsl");
+    let (_, lte1) = frames(&lab, "lte");
+    let settled = lan.join().expect("the LAN host");
+    let sent = source.join().expect("the source");
+    let (dsl, lte) = (dsl1 - dsl0, lte1 - lte0);
+    let window = (BULK_SETTLED.1 - BULK_SETTLED.0).as_secs_f64();
+    let offered = (f64::from(BULK_PER_SEC) * window) as u64;
+    println!(
+        "download of {sent} datagrams: from 1.5 s to 4.5 s dsl passed {dsl} frames down, \
+         lte {lte}; the LAN host got {settled} of about {offered}"
+    );
+    assert!(
+        lte > 4 * dsl,
+        "the download moved to lte: from 1.5 s to 4.5 s lte passed {lte} frames down, dsl {dsl}"
+    );
+    // dsl alone delivers at most 2/3 of it.
+    assert!(
+        settled * 10 >= offered * 9,
+        "the LAN host got {settled} of about {offered} datagrams from 1.5 s to 4.5 s: \
+         more than dsl alone could carry"
+    );
     let _ = std::fs::remove_file(&config);
 }

@@ -30,7 +30,7 @@ use crate::datagram::SchedulerConfig;
 use crate::path::Estimates;
 use crate::wire::build_icmp_port_unreachable_for;
 use crate::wire::flow::{flow_of, Flow};
-use crate::wire::tunnel::{Inner, ANY_PATH, DATA_OVERHEAD};
+use crate::wire::tunnel::{Inner, ANY_PATH, DATA_OVERHEAD, STEER_V6_LEN};
 
 /// The timer task wakes at least this often (the initiator's timers are
 /// seconds; this bounds how late a handshake retry can be).
@@ -171,7 +171,7 @@ impl Datagrams {
         state.scheduler.update(PathId(id), now, estimates);
         state
             .scheduler
-            .set_rate(PathId(id), estimates.rx_bytes_per_sec);
+            .set_rate(PathId(id), now, estimates.rx_bytes_per_sec);
     }
 
     /// Schedules and seals one packet the TUN gave (not TCP).
@@ -236,7 +236,10 @@ impl Datagrams {
             Ok(Received::Data {
                 inner: Inner::Ip(packet),
                 ..
-            }) => Some(packet),
+            }) => {
+                steer(&mut state, now, packet, path, &mut sends);
+                Some(packet)
+            }
             Ok(Received::Handshake { .. }) => {
                 if !state.established {
                     info!(concentrator = %self.concentrator, "datagram tunnel up");
@@ -275,6 +278,43 @@ impl Datagrams {
             announce(&mut state, now, &mut sends);
         }
         sends
+    }
+}
+
+/// Tells the concentrator to send the flow of `packet` (which arrived on
+/// path `arrived`) on another path, if the scheduler says so: a flow that
+/// only receives moves for load, or comes back to its path, this way.
+fn steer(
+    state: &mut State,
+    now: Instant,
+    packet: &[u8],
+    arrived: u8,
+    sends: &mut Vec<(Arc<UdpSocket>, Vec<u8>)>,
+) {
+    let Ok(flow) = flow_of(packet) else { return };
+    let key = flow.key.reversed();
+    let to = state.scheduler.on_received(now, &key, PathId(arrived));
+    log_moved(&mut state.scheduler);
+    let Some(to) = to else {
+        return;
+    };
+    let Some(socket) = state.sockets.get(usize::from(to.0)).cloned().flatten() else {
+        return;
+    };
+    let mut out = [0; DATA_OVERHEAD + STEER_V6_LEN];
+    if let Ok(len) = state
+        .initiator
+        .seal(now, to.0, &Inner::Steer(key), &mut out)
+    {
+        trace!(uplink = to.0, flow = ?key, "steering a flow");
+        sends.push((socket, out[..len].to_vec()));
+    }
+}
+
+/// Logs a flow the scheduler moved off a full line (at most one a second).
+fn log_moved(scheduler: &mut Scheduler) {
+    if let Some((from, to)) = scheduler.take_moved() {
+        debug!(from = from.0, to = to.0, "a flow moved off a full uplink");
     }
 }
 
@@ -320,7 +360,9 @@ enum Routed {
 
 /// Schedules and seals `packet` of `flow` into `out`.
 fn route(state: &mut State, now: Instant, flow: &Flow, packet: &[u8], out: &mut [u8]) -> Routed {
-    let paths = match state.scheduler.schedule(now, flow, packet.len()) {
+    let decision = state.scheduler.schedule(now, flow, packet.len());
+    log_moved(&mut state.scheduler);
+    let paths = match decision {
         Decision::Send(paths) => paths,
         Decision::Drop => return Routed::Out(Outgoing::Nothing),
         Decision::Block => {

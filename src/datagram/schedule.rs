@@ -1,9 +1,10 @@
 //! The datagram scheduler: which paths (uplinks) carry each packet.
 //!
 //! Pure and sans-IO: the driver feeds each path's [`Estimates`] from the
-//! path core ([`Scheduler::update`]), optionally its delivery rate
-//! ([`Scheduler::set_rate`]), and asks [`Scheduler::schedule`] for every
-//! packet, `now` passed in. The answer is a [`Decision`]: a small set of
+//! path core ([`Scheduler::update`]) and its delivery rate
+//! ([`Scheduler::set_rate`]), asks [`Scheduler::schedule`] for every
+//! packet it sends and tells [`Scheduler::on_received`] of every packet it
+//! receives, `now` passed in. The answer is a [`Decision`]: a small set of
 //! paths ([`Paths`], no allocation), [`Decision::Drop`] when no path
 //! carries, or [`Decision::Block`] for QUIC under `quic = "block"` (the
 //! driver answers with an ICMP port unreachable,
@@ -31,14 +32,40 @@
 //!   [`SchedulerConfig::switch_hold`] (1 s). So jitter between two similar
 //!   lines never moves a flow, a flow moves back to a line that returned
 //!   once it proved itself, and leaves a backup once a non-backup line has
-//!   carried for that long.
+//!   carried for that long. A path slow because it is full keeps its flows
+//!   (they would fill the faster one and come back): they move for load,
+//!   one at a time (below).
 //! - **redundant**: every packet on every carrying path of the tier; the
 //!   receiver's replay window drops the duplicates.
 //! - **aggregate**: flows (never one flow's packets) spread over the tier's
-//!   paths in proportion to their delivery rate: a new flow goes where
-//!   `(pinned flows + 1) / rate` is lowest. Flows move only when their path
-//!   stops carrying (re-spread the same way) or leaves a backup, never to
-//!   re-balance: a moved flow is reordered.
+//!   paths in proportion to their capacity: a new flow goes where
+//!   `(pinned flows + 1) / capacity` is lowest. A path's capacity is its
+//!   peak delivery rate if it was full within the last minute and does
+//!   not now carry nearly that much without being full; otherwise it is
+//!   unknown and counts as the best of the others' (an idle line is not a
+//!   slow one). Flows move when their path stops carrying (re-spread the
+//!   same way), leaves a backup, or for load (below).
+//!
+//! # Moving for load (latency and aggregate)
+//!
+//! A path is full while its smoothed round trip stands above its smallest
+//! by more than 20 ms or the smallest itself, whichever is more: its queue
+//! is standing. Once a path has been full for 300 ms, one of its flows
+//! (the next that has a packet) moves to the best-ranked path
+//! of the tier that is not full and, if its capacity is known, has room
+//! for the flow's share of the full path's rate: all of it for a path's
+//! only flow (a flow that fills every line must not bounce between them),
+//! half of it for one of several (the rest still fill the path it leaves,
+//! so what the other path carries is gain). At most one flow moves each
+//! second, and a moved flow stays 10 s: a move may reorder it.
+//!
+//! The far end sends a flow's packets on the path this end last sent it
+//! on, so a flow that only receives (a download) is moved by a steer:
+//! [`Scheduler::on_received`] answers the path to steer it to, and the
+//! driver tells the far end on that path. A flow whose packets keep
+//! arriving on another path than its own (a steer lost) is steered again,
+//! at most every 500 ms. Receiving also keeps a flow from being forgotten
+//! as idle.
 //!
 //! DNS (UDP from or to port 53), small and latency-critical, goes on the
 //! best two carrying paths of the tier whatever the mode, unless
@@ -83,6 +110,40 @@ const EXPIRE_PER_CALL: usize = 8;
 
 /// No entry (a list end, an empty index slot is 0 instead).
 const NIL: u32 = u32::MAX;
+
+/// A path is full (its queue is standing) while its smoothed round trip is
+/// above its smallest by more than this or than the smallest itself,
+/// whichever is more: 20 ms on a 10 ms line, 30 ms on a 30 ms one.
+const FULL_QUEUE: Duration = Duration::from_millis(20);
+
+/// How long a path must have been full before one of its flows moves off.
+const FULL_FOR: Duration = Duration::from_millis(300);
+
+/// At most one flow moves for load each this often, so that the paths'
+/// round trips and rates show the last move before the next.
+const REBALANCE_EVERY: Duration = Duration::from_secs(1);
+
+/// A flow moved for load stays put this long: moving reorders it.
+const REBALANCED_STAYS_MS: u64 = 10_000;
+
+/// A path's capacity counts as known this long after it was last full.
+const CAPACITY_KNOWN_FOR: Duration = Duration::from_secs(60);
+
+/// The peak delivery rate (the capacity estimate) halves this often: by
+/// at most 7 % while the capacity counts as known.
+const PEAK_HALF_LIFE: Duration = Duration::from_secs(600);
+
+/// A flow whose packets keep arriving on another path than its own is
+/// steered again at most this often (a steer can be lost), in ticks.
+const STEER_AGAIN: u32 = 5;
+
+/// The unit of a flow's move and steer times, in milliseconds.
+const TICK_MS: u64 = 100;
+
+/// Milliseconds since the epoch in ticks ([`TICK_MS`]), saturating.
+fn ticks(ms: u64) -> u32 {
+    u32::try_from(ms / TICK_MS).unwrap_or(u32::MAX)
+}
 
 /// A path: the index of its uplink in the client's config.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -271,6 +332,10 @@ pub struct Stats {
     pub evicted: u64,
     /// Pinned flows moved to another path.
     pub moved: u64,
+    /// Of those, the flows moved off a full path for load.
+    pub rebalanced: u64,
+    /// Steers asked for (flows that only receive, moved or put right).
+    pub steered: u64,
     /// Packets dropped because no path carried.
     pub dropped: u64,
     /// QUIC packets blocked.
@@ -288,10 +353,19 @@ struct PathState {
     backup: bool,
     verdict: Verdict,
     srtt: Option<Duration>,
+    min_rtt: Option<Duration>,
     /// Since when the path has been suspect.
     suspect_since: Option<Instant>,
     /// Delivery rate in bytes per second; 0: unknown.
     rate: u64,
+    /// Bytes per second sent on it.
+    tx: u64,
+    /// The highest delivery rate, and when (it decays: [`PEAK_HALF_LIFE`]).
+    peak: Option<(u64, Instant)>,
+    /// Since when it has been full, while it is.
+    full_since: Option<Instant>,
+    /// When it was last full: its peak rate is then its capacity.
+    full_at: Option<Instant>,
     /// Flows pinned to it.
     flows: u32,
 }
@@ -302,8 +376,13 @@ impl PathState {
         backup: false,
         verdict: Verdict::Usable,
         srtt: None,
+        min_rtt: None,
         suspect_since: None,
         rate: 0,
+        tx: 0,
+        peak: None,
+        full_since: None,
+        full_at: None,
         flows: 0,
     };
 
@@ -322,6 +401,36 @@ impl PathState {
 
     fn rtt(&self) -> Duration {
         self.srtt.unwrap_or(Duration::MAX)
+    }
+
+    /// Whether its queue stands (see [`FULL_QUEUE`]).
+    fn is_full(&self) -> bool {
+        match (self.srtt, self.min_rtt) {
+            (Some(srtt), Some(min)) => srtt > min + min.max(FULL_QUEUE),
+            _ => false,
+        }
+    }
+
+    /// The peak delivery rate at `now`, decayed.
+    fn peak(&self, now: Instant) -> u64 {
+        self.peak.map_or(0, |(peak, at)| {
+            let halvings =
+                now.saturating_duration_since(at).as_secs_f64() / PEAK_HALF_LIFE.as_secs_f64();
+            // In [0, peak]: the cast saturates.
+            (peak as f64 * (-halvings).exp2()) as u64
+        })
+    }
+
+    /// What it can deliver, if known: its peak rate while it was full
+    /// lately. A path never full may carry more than it ever did, and so
+    /// may one that carries nearly its peak without being full (the peak
+    /// was taken too briefly, or the line got faster).
+    fn capacity(&self, now: Instant) -> Option<u64> {
+        let peak = self.peak(now);
+        let near_peak = !self.is_full() && self.rate >= peak / 10 * 9;
+        self.full_at
+            .filter(|&at| now.saturating_duration_since(at) < CAPACITY_KNOWN_FOR && !near_peak)
+            .map(|_| peak.max(self.rate))
     }
 }
 
@@ -348,13 +457,19 @@ fn clearly_faster(other: Duration, current: Duration) -> bool {
 #[derive(Clone, Copy, Debug)]
 struct Entry {
     key: FlowKey,
-    hash: u64,
+    /// The key's hash, folded to 32 bits (the index is smaller).
+    hash: u32,
     /// Last packet, in milliseconds since the scheduler's epoch.
     last_ms: u64,
     /// Towards the most recently used entry.
     prev: u32,
     /// Towards the least recently used entry (or the next free entry).
     next: u32,
+    /// Until when it may not move for load, in [`TICK_MS`] since the
+    /// epoch (the entry stays 72 bytes).
+    settled: u32,
+    /// When it was last steered, in [`TICK_MS`] since the epoch.
+    steered: u32,
     path: PathId,
 }
 
@@ -404,7 +519,7 @@ impl FlowTable {
     }
 
     /// The entry holding `key`, and its index slot.
-    fn find(&self, key: &FlowKey, hash: u64) -> Option<(u32, usize)> {
+    fn find(&self, key: &FlowKey, hash: u32) -> Option<(u32, usize)> {
         let mask = self.mask();
         let mut slot = hash as usize & mask;
         loop {
@@ -458,13 +573,15 @@ impl FlowTable {
     }
 
     /// Adds a flow known not to be in the table, which must have room.
-    fn insert(&mut self, key: FlowKey, hash: u64, path: PathId, now_ms: u64) -> Option<u32> {
+    fn insert(&mut self, key: FlowKey, hash: u32, path: PathId, now_ms: u64) -> Option<u32> {
         let entry = Entry {
             key,
             hash,
             last_ms: now_ms,
             prev: NIL,
             next: NIL,
+            settled: 0,
+            steered: 0,
             path,
         };
         let at = if self.free != NIL {
@@ -575,6 +692,13 @@ pub struct Scheduler {
     /// When a hold or grace period ends and the routes must be worked out
     /// again even without an update.
     next_refresh: Option<Instant>,
+    /// One flow of the first path moves to the second at its next packet,
+    /// for load.
+    rebalance: Option<(PathId, PathId)>,
+    /// No flow moves for load before this.
+    next_rebalance: Instant,
+    /// The last move for load not yet taken by [`Scheduler::take_moved`].
+    moved: Option<(PathId, PathId)>,
     table: FlowTable,
     stats: Stats,
 }
@@ -593,6 +717,9 @@ impl Scheduler {
             routes: [Route::Stay; MAX_PATHS],
             ranked: Paths::EMPTY,
             next_refresh: None,
+            rebalance: None,
+            next_rebalance: now,
+            moved: None,
             table: FlowTable::new(config.max_flows),
             stats: Stats::default(),
         }
@@ -646,20 +773,38 @@ impl Scheduler {
         };
         path.verdict = estimates.verdict;
         path.srtt = estimates.srtt;
+        path.min_rtt = estimates.min_rtt;
+        path.tx = estimates.tx_bytes_per_sec;
         path.suspect_since = match estimates.verdict {
             Verdict::Suspect => Some(path.suspect_since.unwrap_or(now)),
             _ => None,
         };
+        if path.is_full() {
+            path.full_since = Some(path.full_since.unwrap_or(now));
+            path.full_at = Some(now);
+        } else {
+            path.full_since = None;
+        }
         self.refresh(now);
     }
 
-    /// The delivery rate of path `id` in bytes per second, which
-    /// aggregate mode spreads flows by (0: unknown; a path with an
-    /// unknown rate counts as the average of the known ones).
-    pub fn set_rate(&mut self, id: PathId, bytes_per_sec: u64) {
+    /// The delivery rate of path `id` at `now` in bytes per second (0:
+    /// unknown). Its decaying peak, taken while the path is full, is the
+    /// path's capacity, which aggregate mode spreads flows by and which
+    /// says whether a flow moved for load would fit.
+    pub fn set_rate(&mut self, id: PathId, now: Instant, bytes_per_sec: u64) {
         if let Some(path) = self.paths.get_mut(id.index()) {
             path.rate = bytes_per_sec;
+            if bytes_per_sec > path.peak(now) {
+                path.peak = Some((bytes_per_sec, now));
+            }
         }
+    }
+
+    /// The paths of the last flow moved for load (from, to), once: for a
+    /// log line (at most one a second).
+    pub fn take_moved(&mut self) -> Option<(PathId, PathId)> {
+        self.moved.take()
     }
 
     /// Counters for the status view.
@@ -672,7 +817,7 @@ impl Scheduler {
 
     /// The path flow `key` is pinned to, if it is in the table.
     pub fn path_of(&self, key: &FlowKey) -> Option<PathId> {
-        let hash = self.hasher.hash_one(key);
+        let hash = self.hash(key);
         let (at, _) = self.table.find(key, hash)?;
         self.table.entry(at).map(|e| e.path)
     }
@@ -767,15 +912,20 @@ impl Scheduler {
     /// if it is new or its path's flows leave.
     fn pinned(&mut self, now: Instant, key: &FlowKey) -> Option<PathId> {
         let now_ms = self.now_ms(now);
-        let hash = self.hasher.hash_one(key);
+        let hash = self.hash(key);
         if let Some((at, _)) = self.table.find(key, hash) {
-            let current = self.table.entry(at)?.path;
-            let stays = self.routes.get(current.index()) == Some(&Route::Stay)
-                && self.paths.get(current.index()).is_some_and(|p| p.carries());
-            let id = if stays {
-                current
+            let entry = *self.table.entry(at)?;
+            let current = entry.path;
+            let id = if self.stays(current) {
+                match self.rebalance {
+                    Some((from, to)) if from == current && entry.settled <= ticks(now_ms) => {
+                        self.move_for_load(now, at, from, to);
+                        to
+                    }
+                    _ => current,
+                }
             } else {
-                let id = self.new_flow_path()?;
+                let id = self.new_flow_path(now)?;
                 if id != current {
                     self.unpin(current);
                     self.pin(id);
@@ -789,7 +939,7 @@ impl Scheduler {
             self.table.touch(at, now_ms);
             return Some(id);
         }
-        let id = self.new_flow_path()?;
+        let id = self.new_flow_path(now)?;
         if self.table.len >= self.table.max {
             if let Some(path) = self.table.pop_oldest_if(|_| true) {
                 self.unpin(path);
@@ -802,17 +952,89 @@ impl Scheduler {
         Some(id)
     }
 
+    fn hash(&self, key: &FlowKey) -> u32 {
+        let hash = self.hasher.hash_one(key);
+        // Folded: both halves count.
+        (hash ^ (hash >> 32)) as u32
+    }
+
+    /// Whether the flows pinned to `id` stay there.
+    fn stays(&self, id: PathId) -> bool {
+        self.routes.get(id.index()) == Some(&Route::Stay)
+            && self.paths.get(id.index()).is_some_and(|p| p.carries())
+    }
+
+    /// Moves the flow at `at` from full path `from` to `to`.
+    fn move_for_load(&mut self, now: Instant, at: u32, from: PathId, to: PathId) {
+        let now_ms = self.now_ms(now);
+        self.unpin(from);
+        self.pin(to);
+        if let Some(entry) = self.table.entry_mut(at) {
+            entry.path = to;
+            entry.settled = ticks(now_ms.saturating_add(REBALANCED_STAYS_MS));
+        }
+        self.stats.moved += 1;
+        self.stats.rebalanced += 1;
+        self.moved = Some((from, to));
+        self.rebalance = None;
+        self.next_rebalance = now + REBALANCE_EVERY;
+        self.next_refresh = Some(
+            self.next_refresh
+                .map_or(self.next_rebalance, |at| at.min(self.next_rebalance)),
+        );
+    }
+
+    /// A packet of flow `key` (keyed as this end sends it) arrived on path
+    /// `arrived` at `now`. The far end sends a flow's packets on the path
+    /// this end last sent it on, so a flow that only receives (a download)
+    /// would never move for load, nor come back from where a lost message
+    /// left it: the answer is the path to steer it to (the driver tells
+    /// the far end with a steer sent on that path), if any.
+    pub fn on_received(&mut self, now: Instant, key: &FlowKey, arrived: PathId) -> Option<PathId> {
+        if self.next_refresh.is_some_and(|at| now >= at) {
+            self.refresh(now);
+        }
+        let now_ms = self.now_ms(now);
+        let hash = self.hash(key);
+        let (at, _) = self.table.find(key, hash)?;
+        let entry = *self.table.entry(at)?;
+        self.table.touch(at, now_ms);
+        let current = entry.path;
+        // A path that stops carrying: the far end leaves it by itself,
+        // and the flow's next packet from here moves it.
+        if !self.stays(current) {
+            return None;
+        }
+        let to = match self.rebalance {
+            Some((from, to)) if from == current && entry.settled <= ticks(now_ms) => {
+                self.move_for_load(now, at, from, to);
+                to
+            }
+            _ if arrived != current
+                && ticks(now_ms) >= entry.steered.saturating_add(STEER_AGAIN) =>
+            {
+                current
+            }
+            _ => return None,
+        };
+        if let Some(entry) = self.table.entry_mut(at) {
+            entry.steered = ticks(now_ms);
+        }
+        self.stats.steered += 1;
+        Some(to)
+    }
+
     /// Where a new (or moving) flow goes.
-    fn new_flow_path(&self) -> Option<PathId> {
+    fn new_flow_path(&self, now: Instant) -> Option<PathId> {
         match self.config.mode {
-            Mode::Aggregate => self.least_loaded(),
+            Mode::Aggregate => self.least_loaded(now),
             Mode::Latency | Mode::Redundant => self.best,
         }
     }
 
     /// Aggregate mode: the path of the tier's best verdict class whose
-    /// pinned flows per unit of rate would be fewest with one more.
-    fn least_loaded(&self) -> Option<PathId> {
+    /// pinned flows per unit of capacity would be fewest with one more.
+    fn least_loaded(&self, now: Instant) -> Option<PathId> {
         let best_class = self
             .ranked
             .iter()
@@ -826,14 +1048,17 @@ impl Scheduler {
                     .is_some_and(|p| p.class() == best_class)
             })
         };
-        let (known, sum) = candidates()
+        // A path's weight is its capacity when known; a path never full
+        // lately may carry more than it did, so it counts as at least the
+        // best of the others (an idle line is not a slow one).
+        let seen = |p: &PathState| p.capacity(now).unwrap_or_else(|| p.peak(now).max(p.rate));
+        let best = candidates()
             .filter_map(|id| self.paths.get(id.index()))
-            .filter(|p| p.rate > 0)
-            .fold((0u64, 0u64), |(n, sum), p| {
-                (n + 1, sum.saturating_add(p.rate))
-            });
-        let fallback = sum.checked_div(known).map_or(1, |mean| mean.max(1));
-        let weight = |p: &PathState| u128::from(if p.rate > 0 { p.rate } else { fallback });
+            .map(seen)
+            .max()
+            .unwrap_or(0);
+        let weight =
+            |p: &PathState| u128::from(p.capacity(now).unwrap_or_else(|| seen(p).max(best)).max(1));
         // Lowest (flows + 1) / weight, compared without division; ties go
         // to the better-ranked path.
         candidates().min_by(|a, b| {
@@ -931,14 +1156,59 @@ impl Scheduler {
             } else if suspect_too_long && best_settled && best != Some(id) {
                 true
             } else {
+                // A path slow because it is full keeps its flows: they
+                // would fill the faster one in turn and come back; they
+                // move one at a time for load instead.
                 self.config.mode == Mode::Latency
                     && best != Some(id)
+                    && !p.is_full()
                     && self
                         .ranked
                         .iter()
                         .any(|q| matured(q, id, &self.better_since))
             };
             self.routes[i] = if leaving { Route::Leave } else { Route::Stay };
+        }
+
+        // A flow moves for load: off a path full for a while, to one of
+        // the tier that is not full and, if its capacity is known, has
+        // room for the flow's share of the full one. A path's only flow
+        // needs room for all of it (a flow that fills any line must not
+        // bounce between them); one of several needs room for half its
+        // share (the others still fill the path it leaves, so what the
+        // other path takes is all gain).
+        self.rebalance = None;
+        if self.config.mode != Mode::Redundant {
+            if now < self.next_rebalance {
+                soonest(self.next_rebalance);
+            } else {
+                for from in self.ranked.iter() {
+                    let pf = &paths[from.index()];
+                    let Some(since) = pf.full_since.filter(|_| pf.flows > 0) else {
+                        continue;
+                    };
+                    if now.saturating_duration_since(since) < FULL_FOR {
+                        soonest(since + FULL_FOR);
+                        continue;
+                    }
+                    let share = pf.rate.max(pf.tx) / u64::from(pf.flows.max(1));
+                    let need = if pf.flows > 1 { share / 2 } else { share };
+                    let to = self.ranked.iter().find(|&to| {
+                        let pt = &paths[to.index()];
+                        to != from
+                            && !pt.is_full()
+                            && pt.srtt.is_some()
+                            && pt.class() <= pf.class()
+                            && pt
+                                .capacity(now)
+                                .is_none_or(|cap| cap.saturating_sub(pt.rate) > need)
+                    });
+                    if let Some(to) = to {
+                        self.rebalance = Some((from, to));
+                        break;
+                    }
+                }
+            }
         }
         self.next_refresh = next_refresh;
     }

@@ -140,6 +140,23 @@ impl Bench {
         self.s.update(id, self.now, &estimates(verdict, srtt_ms));
     }
 
+    /// Path `id` usable, its base round trip `min_ms` with `queue_ms` of
+    /// queue on top, delivering `rate` bytes per second.
+    fn load(&mut self, id: PathId, min_ms: u64, queue_ms: u64, rate: u64) {
+        let e = Estimates {
+            srtt: Some(ms(min_ms + queue_ms)),
+            min_rtt: Some(ms(min_ms)),
+            ..estimates(Verdict::Usable, Some(min_ms))
+        };
+        self.s.update(id, self.now, &e);
+        self.s.set_rate(id, self.now, rate);
+    }
+
+    /// A packet of `f` arrives on `on`; the path to steer it to, if any.
+    fn receive(&mut self, f: &Flow, on: PathId) -> Option<PathId> {
+        self.s.on_received(self.now, &f.key, on)
+    }
+
     fn advance(&mut self, by: Duration) {
         self.now += by;
     }
@@ -457,14 +474,16 @@ fn a_flood_of_flows_stays_within_the_table() {
 }
 
 #[test]
-fn aggregate_spreads_flows_by_rate_and_moves_only_a_dead_paths_flows() {
+fn aggregate_spreads_flows_by_capacity_and_moves_only_a_dead_paths_flows() {
     let mut b = Bench::mode(Mode::Aggregate, &[false, false, false]);
-    b.set(A, Verdict::Usable, Some(10));
-    b.set(B, Verdict::Usable, Some(30));
-    b.set(C, Verdict::Usable, Some(50));
-    b.s.set_rate(A, 2_500_000);
-    b.s.set_rate(B, 5_000_000);
-    b.s.set_rate(C, 1_250_000);
+    // Each path was full lately: its peak rate is its capacity.
+    b.load(A, 10, 50, 2_500_000);
+    b.load(B, 30, 100, 5_000_000);
+    b.load(C, 50, 100, 1_250_000);
+    b.advance(ms(100));
+    b.load(A, 10, 0, 0);
+    b.load(B, 30, 0, 0);
+    b.load(C, 50, 0, 0);
     let mut rng = Rng::new(7);
     let flows: Vec<Flow> = (0..7000).map(|_| flow(rng.next_u32())).collect();
     let mut on = [0usize; 3];
@@ -479,15 +498,15 @@ fn aggregate_spreads_flows_by_rate_and_moves_only_a_dead_paths_flows() {
         let got = on[i] as f64 / total;
         assert!(
             (got - share).abs() <= share * 0.2,
-            "path {i}: {got:.3} of the flows, rate share {share:.3} ({on:?})"
+            "path {i}: {got:.3} of the flows, capacity share {share:.3} ({on:?})"
         );
     }
     // A flow never changes path while paths are steady.
     for (f, p) in flows.iter().zip(&first) {
         assert_eq!(b.path(f), *p);
     }
-    // B dies: its flows are spread over A and C by rate (2:1), the others
-    // stay where they were.
+    // B dies: its flows are spread over A and C by capacity (2:1), the
+    // others stay where they were.
     b.set(B, Verdict::Dead, Some(30));
     let mut moved = [0usize; 3];
     for (f, p) in flows.iter().zip(&first) {
@@ -501,6 +520,7 @@ fn aggregate_spreads_flows_by_rate_and_moves_only_a_dead_paths_flows() {
     }
     assert_eq!(moved[0] + moved[2], on[1]);
     assert_eq!(b.s.stats().moved as usize, on[1]);
+    assert_eq!(b.s.stats().rebalanced, 0);
     let a_total = (on[0] + moved[0]) as f64;
     let c_total = (on[2] + moved[2]) as f64;
     assert!(
@@ -510,7 +530,8 @@ fn aggregate_spreads_flows_by_rate_and_moves_only_a_dead_paths_flows() {
 }
 
 #[test]
-fn aggregate_without_rates_spreads_evenly() {
+fn aggregate_counts_a_line_never_full_as_good_as_the_best() {
+    // Nothing known: even.
     let mut b = Bench::mode(Mode::Aggregate, &[false, false]);
     b.set(A, Verdict::Usable, Some(10));
     b.set(B, Verdict::Usable, Some(30));
@@ -519,19 +540,228 @@ fn aggregate_without_rates_spreads_evenly() {
         on[b.path(&flow(n)).index()] += 1;
     }
     assert_eq!(on, [50, 50]);
-    // A path with an unknown rate counts as the average of the known ones.
-    b.s.set_rate(A, 1000);
-    let mut b2 = Bench::mode(Mode::Aggregate, &[false, false, false]);
+    // A carried 20 Mbit/s without filling, B only its probes: B is idle,
+    // not slow, and counts as at least A.
+    let mut b = Bench::mode(Mode::Aggregate, &[false, false]);
+    b.load(A, 10, 0, 2_500_000);
+    b.load(B, 30, 0, 2_000);
+    let mut on = [0usize; 2];
+    for n in 0..100 {
+        on[b.path(&flow(n)).index()] += 1;
+    }
+    assert_eq!(on, [50, 50]);
+    // Once A is known to fill at 2.5 MB/s and C at 7.5, C takes three
+    // flows of four; B, never full, counts as the best (7.5).
+    let mut b = Bench::mode(Mode::Aggregate, &[false, false, false]);
+    b.load(A, 10, 50, 2_500_000);
+    b.load(B, 10, 0, 1_000);
+    b.load(C, 10, 50, 7_500_000);
+    b.advance(ms(10));
     for id in [A, B, C] {
-        b2.set(id, Verdict::Usable, Some(10));
+        b.load(id, 10, 0, 0);
     }
-    b2.s.set_rate(A, 1000);
-    b2.s.set_rate(B, 3000);
     let mut on = [0usize; 3];
-    for n in 0..600 {
-        on[b2.path(&flow(n)).index()] += 1;
+    for n in 0..700 {
+        on[b.path(&flow(n)).index()] += 1;
     }
-    assert_eq!(on, [100, 300, 200]);
+    assert_eq!(on, [100, 300, 300]);
+}
+
+#[test]
+fn a_full_path_sheds_one_flow_at_a_time_until_both_are_full() {
+    // dsl (10 ms, fills at 2.5 MB/s) and lte (30 ms): eight flows start
+    // evenly, 1 MB/s each offered; dsl fills.
+    let mut b = Bench::mode(Mode::Aggregate, &[false, false]);
+    b.load(A, 10, 0, 0);
+    b.load(B, 30, 0, 0);
+    let flows: Vec<Flow> = (0..8).map(flow).collect();
+    for f in &flows {
+        b.path(f);
+    }
+    let count = |b: &mut Bench| {
+        let mut on = [0; 2];
+        for f in &flows {
+            on[b.s.path_of(&f.key).expect("pinned").index()] += 1;
+        }
+        on
+    };
+    assert_eq!(count(&mut b), [4, 4]);
+    b.load(A, 10, 50, 2_500_000);
+    b.load(B, 30, 5, 4_000_000);
+    // Not before the path has been full for FULL_FOR.
+    b.advance(ms(200));
+    b.load(A, 10, 50, 2_500_000);
+    for f in &flows {
+        b.path(f);
+    }
+    assert_eq!(count(&mut b), [4, 4], "full for 200 ms: nothing moves");
+    b.advance(ms(150));
+    b.load(A, 10, 50, 2_500_000);
+    for f in &flows {
+        b.path(f);
+    }
+    assert_eq!(count(&mut b), [3, 5], "one flow moved, not more");
+    assert_eq!(b.s.stats().rebalanced, 1);
+    // Still full, lte not yet: the next flow waits for REBALANCE_EVERY.
+    b.advance(ms(500));
+    b.load(A, 10, 50, 2_500_000);
+    for f in &flows {
+        b.path(f);
+    }
+    assert_eq!(count(&mut b), [3, 5]);
+    b.advance(ms(600));
+    b.load(A, 10, 50, 2_500_000);
+    b.load(B, 30, 5, 5_000_000);
+    for f in &flows {
+        b.path(f);
+    }
+    assert_eq!(count(&mut b), [2, 6]);
+    // Now lte is full too: nothing moves any more, either way.
+    for _ in 0..20 {
+        b.advance(ms(500));
+        b.load(A, 10, 40, 2_000_000);
+        b.load(B, 30, 100, 5_000_000);
+        for f in &flows {
+            b.path(f);
+        }
+    }
+    assert_eq!(count(&mut b), [2, 6]);
+    assert_eq!(b.s.stats().rebalanced, 2);
+}
+
+#[test]
+fn a_full_path_of_many_flows_gives_one_to_a_line_with_half_its_share_free() {
+    // Eight flows on dsl (fills at 2.5 MB/s) and lte (at 5 MB/s).
+    let mut b = Bench::mode(Mode::Aggregate, &[false, false]);
+    b.load(A, 10, 50, 2_500_000);
+    b.load(B, 30, 100, 5_000_000);
+    b.advance(ms(10));
+    let flows: Vec<Flow> = (0..8).map(flow).collect();
+    for f in &flows {
+        b.path(f);
+    }
+    let on_a = |b: &Bench| {
+        flows
+            .iter()
+            .filter(|f| b.s.path_of(&f.key) == Some(A))
+            .count()
+    };
+    assert_eq!(on_a(&b), 3, "placed by capacity");
+    // The same with a stale, low capacity for dsl.
+    let mut b = Bench::mode(Mode::Aggregate, &[false, false]);
+    b.load(A, 10, 50, 1_700_000);
+    b.load(B, 30, 100, 5_000_000);
+    b.advance(ms(10));
+    for f in &flows {
+        b.path(f);
+    }
+    assert_eq!(on_a(&b), 2, "a stale, low capacity for dsl: 2:6");
+    // dsl really delivers 2.5 MB/s; with its two flows it carries 2.0 and
+    // is not full; lte stays full.
+    b.load(A, 10, 0, 2_500_000);
+    for _ in 0..5 {
+        b.advance(ms(100));
+        b.load(A, 10, 0, 2_000_000);
+        b.load(B, 30, 100, 5_000_000);
+        for f in &flows {
+            b.path(f);
+        }
+    }
+    assert_eq!(on_a(&b), 3, "0.5 MB/s free on dsl, half a share is 0.42");
+    // A line with less room than half a share gets nothing.
+    for _ in 0..30 {
+        b.advance(ms(100));
+        b.load(A, 10, 0, 2_200_000);
+        b.load(B, 30, 100, 5_000_000);
+        for f in &flows {
+            b.path(f);
+        }
+    }
+    assert_eq!(on_a(&b), 3);
+    assert_eq!(b.s.stats().rebalanced, 1);
+    // Carrying 2.4 (above 90 % of its peak) without filling: the peak was
+    // too low, the capacity is unknown again, and dsl gets another flow.
+    for _ in 0..5 {
+        b.advance(ms(100));
+        b.load(A, 10, 0, 2_400_000);
+        b.load(B, 30, 100, 5_000_000);
+        for f in &flows {
+            b.path(f);
+        }
+    }
+    assert_eq!(on_a(&b), 4, "one more within half a second, not two");
+}
+
+#[test]
+fn a_flow_that_fills_every_line_settles_on_the_biggest_and_stays() {
+    for mode in [Mode::Latency, Mode::Aggregate] {
+        let mut b = Bench::mode(mode, &[false, false]);
+        b.load(A, 10, 0, 0);
+        b.load(B, 30, 0, 0);
+        let f = flow(1);
+        assert_eq!(b.path(&f), A, "{mode:?}: the first flow on the first line");
+        // It fills dsl (2.5 MB/s); lte was never full: it may carry more.
+        for _ in 0..4 {
+            b.advance(ms(100));
+            b.load(A, 10, 50, 2_500_000);
+            b.load(B, 30, 0, 1_000);
+        }
+        assert_eq!(b.path(&f), B, "{mode:?}: off the full line");
+        // It fills lte at 5 MB/s; dsl drained, its 2.5 MB/s of room is
+        // less than the flow's 5: it stays, however long.
+        for _ in 0..100 {
+            b.advance(ms(100));
+            b.load(A, 10, 0, 0);
+            b.load(B, 30, 100, 5_000_000);
+            assert_eq!(b.path(&f), B, "{mode:?}: no bouncing back");
+        }
+        assert_eq!(b.s.stats().rebalanced, 1, "{mode:?}");
+    }
+}
+
+#[test]
+fn a_flow_that_only_receives_is_steered() {
+    let mut b = Bench::mode(Mode::Aggregate, &[false, false]);
+    b.load(A, 10, 0, 0);
+    b.load(B, 30, 0, 0);
+    let f = flow(1);
+    assert_eq!(b.path(&f), A, "its first packet pins it (iperf3 -R)");
+    assert_eq!(b.receive(&f, A), None, "on its own path: nothing to say");
+    assert_eq!(b.receive(&flow(2), A), None, "not a flow of ours");
+    // Its downloads fill dsl: the arriving packets move it, with a steer.
+    for _ in 0..4 {
+        b.advance(ms(100));
+        b.load(A, 10, 50, 2_500_000);
+        b.load(B, 30, 0, 1_000);
+        if b.receive(&f, A).is_some() {
+            break;
+        }
+    }
+    assert_eq!(b.s.path_of(&f.key), Some(B));
+    assert_eq!(b.s.stats().steered, 1);
+    // The steer was lost: packets keep arriving on dsl. It is repeated,
+    // at most every STEER_AGAIN_MS.
+    b.advance(ms(10));
+    assert_eq!(b.receive(&f, A), None, "just steered");
+    b.advance(ms(500));
+    assert_eq!(b.receive(&f, A), Some(B), "steered again");
+    assert_eq!(b.receive(&f, A), None);
+    assert_eq!(b.receive(&f, B), None, "arrives where it should");
+    // Its path dies: no steer towards it; the far end leaves it by
+    // itself.
+    b.advance(ms(600));
+    b.set(B, Verdict::Dead, Some(30));
+    assert_eq!(b.receive(&f, A), None);
+    // Receiving keeps a flow from being forgotten as idle.
+    let mut b = Bench::mode(Mode::Latency, &[false]);
+    b.set(A, Verdict::Usable, Some(10));
+    b.path(&f);
+    for _ in 0..120 {
+        b.advance(Duration::from_secs(1));
+        b.receive(&f, A);
+    }
+    assert_eq!(b.s.path_of(&f.key), Some(A));
+    assert_eq!(b.s.stats().expired, 0);
 }
 
 /// Seeded simulation: three paths with jittery round trips, random
