@@ -218,6 +218,11 @@ fn lost(got: &BTreeSet<u64>) -> (Vec<u64>, u64) {
 
 /// The lab with the client in `mode`, lte without random loss.
 fn lab_in(mode: &str) -> (Lab, std::path::PathBuf) {
+    lab_with(mode, "")
+}
+
+/// The same with `extra` lines in the client's `[datagram]` table.
+fn lab_with(mode: &str, extra: &str) -> (Lab, std::path::PathBuf) {
     let lab = Lab::up(&[]);
     lab.link(&["lte", "set", "-", "-", "0"]);
     let config = std::env::temp_dir().join(format!(
@@ -230,7 +235,7 @@ fn lab_in(mode: &str) -> (Lab, std::path::PathBuf) {
         text.trim_end().ends_with("address_v6 = \"fd77::2\""),
         "[datagram] is the last table of deploy/lab/client.toml"
     );
-    std::fs::write(&config, format!("{text}mode = \"{mode}\"\n")).expect("write config");
+    std::fs::write(&config, format!("{text}mode = \"{mode}\"\n{extra}")).expect("write config");
     lab.start(&["--client-config", &config.to_string_lossy()]);
     (lab, config)
 }
@@ -308,6 +313,35 @@ fn redundant_mode_loses_nothing_either_way() {
                  back: dsl passed {dsl} frames, lte {lte}"
             );
         }
+    }
+    let _ = std::fs::remove_file(&config);
+}
+
+#[test]
+fn latency_mode_sends_a_configured_port_on_every_line() {
+    // The streams' ports are real-time ports here: every packet goes on
+    // both lines each way, so a blackholed dsl costs nothing.
+    let (lab, config) = lab_with("latency", "redundant_ports = [7410, 7411]\n");
+    let run = run(&lab, "blackhole");
+    let (up, _) = lost(&run.up);
+    let (down, _) = lost(&run.down);
+    println!(
+        "latency with redundant_ports, dsl blackholed at 2 s and back at 5 s: lost up {up:?}, \
+         down {down:?}; settled frames (dsl, lte) up {:?} down {:?}",
+        run.settled_up, run.settled_down
+    );
+    assert_eq!(run.dups, 0, "the copies reach the server once");
+    assert!(
+        up.is_empty() && down.is_empty(),
+        "nothing lost; up lost {up:?}, down lost {down:?}"
+    );
+    let stream = settled_stream();
+    for (dir, (dsl, lte)) in [("up", run.settled_up), ("down", run.settled_down)] {
+        assert!(
+            dsl >= stream && lte >= stream,
+            "the {dir} stream ({stream} datagrams) is on both lines: dsl passed {dsl} frames, \
+             lte {lte}"
+        );
     }
     let _ = std::fs::remove_file(&config);
 }

@@ -51,6 +51,10 @@
 //!                                   # (default: the port of `concentrator`)
 //! mode = "latency"                  # optional: "latency", "redundant" or "aggregate"
 //! dns_redundant = true              # optional: DNS on the best two lines in any mode
+//! redundant_ef = true               # optional: packets marked DSCP EF (voice)
+//!                                   # on every line in any mode
+//! redundant_ports = [3478, 5060]    # optional: flows from or to these ports
+//!                                   # (at most 16) on every line in any mode
 //! quic = "tunnel"                   # optional: "tunnel" or "block" (browsers
 //!                                   # then fall back to TCP, bonded by MPTCP)
 //! ```
@@ -71,7 +75,7 @@ use super::{
 use crate::auth::Key;
 use crate::client::redirect::ConnectMode;
 use crate::crypto::{connect_key, PublicKey, StaticSecret};
-use crate::datagram::{Mode, QuicPolicy, SchedulerConfig};
+use crate::datagram::{Mode, PortSet, QuicPolicy, SchedulerConfig, MAX_REDUNDANT_PORTS};
 use crate::wire::convert::ClientId;
 
 /// The client's validated configuration.
@@ -115,6 +119,10 @@ pub struct DatagramConfig {
     pub mode: Mode,
     /// DNS on the best two uplinks whatever the mode.
     pub dns_redundant: bool,
+    /// Packets marked Expedited Forwarding on every uplink.
+    pub redundant_ef: bool,
+    /// Flows from or to these ports on every uplink.
+    pub redundant_ports: PortSet,
     /// What happens to QUIC (UDP to port 443).
     pub quic: QuicPolicy,
     /// This client's IPv4 address inside the tunnel, as the concentrator
@@ -129,6 +137,8 @@ impl DatagramConfig {
     pub const DEFAULT_MODE: Mode = Mode::Latency;
     /// Default for `dns_redundant`.
     pub const DEFAULT_DNS_REDUNDANT: bool = true;
+    /// Default for `redundant_ef`.
+    pub const DEFAULT_REDUNDANT_EF: bool = true;
     /// Default for `quic`: carried, until measurements say blocking is
     /// better for browsers over bonded lines.
     pub const DEFAULT_QUIC: QuicPolicy = QuicPolicy::Tunnel;
@@ -139,6 +149,8 @@ impl DatagramConfig {
         SchedulerConfig {
             mode: self.mode,
             dns_redundant: self.dns_redundant,
+            redundant_ef: self.redundant_ef,
+            redundant_ports: self.redundant_ports,
             quic: self.quic,
             ..SchedulerConfig::default()
         }
@@ -252,6 +264,8 @@ pub struct RawDatagram {
     port: Option<Spanned<i64>>,
     mode: Option<Spanned<String>>,
     dns_redundant: Option<bool>,
+    redundant_ef: Option<bool>,
+    redundant_ports: Option<Spanned<Vec<Spanned<i64>>>>,
     quic: Option<Spanned<String>>,
     address_v4: Option<Spanned<String>>,
     address_v6: Option<Spanned<String>>,
@@ -518,6 +532,29 @@ fn datagram(
             }
         },
     };
+    let redundant_ports = match &raw.redundant_ports {
+        None => PortSet::EMPTY,
+        Some(list) => {
+            let mut ports = Vec::with_capacity(list.get_ref().len());
+            for value in list.get_ref() {
+                let port = parse_port(*value.get_ref())
+                    .map_err(|e| file.invalid("datagram.redundant_ports", value.span(), e))?;
+                if !ports.contains(&port) {
+                    ports.push(port);
+                }
+            }
+            PortSet::new(&ports).ok_or_else(|| {
+                file.invalid(
+                    "datagram.redundant_ports",
+                    list.span(),
+                    ValueError::TooManyPorts {
+                        count: ports.len(),
+                        max: MAX_REDUNDANT_PORTS,
+                    },
+                )
+            })?
+        }
+    };
     let Some(v4_text) = &raw.address_v4 else {
         return Err(file.invalid("datagram", table.span(), ValueError::NoTunnelAddress));
     };
@@ -558,6 +595,10 @@ fn datagram(
         dns_redundant: raw
             .dns_redundant
             .unwrap_or(DatagramConfig::DEFAULT_DNS_REDUNDANT),
+        redundant_ef: raw
+            .redundant_ef
+            .unwrap_or(DatagramConfig::DEFAULT_REDUNDANT_EF),
+        redundant_ports,
         quic,
         address_v4,
         address_v6,
@@ -910,6 +951,8 @@ mod tests {
                 port: 7300,
                 mode: Mode::Latency,
                 dns_redundant: true,
+                redundant_ef: true,
+                redundant_ports: PortSet::EMPTY,
                 quic: QuicPolicy::Tunnel,
                 address_v4: Ipv4Addr::new(10, 77, 0, 2),
                 address_v6: None,
@@ -924,7 +967,7 @@ mod tests {
         let config = load(&keyed(
             "[datagram]\nenabled = true\nport = 7400\nmode = \"aggregate\"\n\
              dns_redundant = false\nquic = \"block\"\naddress_v4 = \"10.77.0.2\"\n\
-             address_v6 = \"fd77::2\"",
+             address_v6 = \"fd77::2\"\nredundant_ef = false\nredundant_ports = [3478, 5060, 3478]",
         ))
         .expect("valid");
         let datagram = config.datagram.expect("on");
@@ -932,6 +975,12 @@ mod tests {
         assert_eq!(
             (scheduler.mode, scheduler.dns_redundant, scheduler.quic),
             (Mode::Aggregate, false, QuicPolicy::Block)
+        );
+        assert!(!scheduler.redundant_ef);
+        assert_eq!(
+            scheduler.redundant_ports.as_slice(),
+            [3478, 5060],
+            "once each"
         );
         assert_eq!(datagram.port, 7400);
         assert_eq!(datagram.mode, Mode::Aggregate);
@@ -960,6 +1009,16 @@ mod tests {
             ("quic = \"drop\"", "datagram.quic", "is not a QUIC policy"),
             ("port = 0", "datagram.port", "port 0"),
             ("port = 70000", "datagram.port", "from 1 to 65535"),
+            (
+                "redundant_ports = [5060, 0]",
+                "datagram.redundant_ports",
+                "port 0",
+            ),
+            (
+                "redundant_ports = [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17]",
+                "datagram.redundant_ports",
+                "at most 16",
+            ),
             (
                 "address_v6 = \"10.77.0.3\"",
                 "datagram.address_v6",

@@ -156,6 +156,14 @@ pub enum ValueError {
         /// The value as written.
         text: String,
     },
+    /// A port list longer than the tunnel handles.
+    #[error("{count} ports: at most {max} can be sent on every line; keep the real-time ones")]
+    TooManyPorts {
+        /// Distinct ports given.
+        count: usize,
+        /// The most allowed.
+        max: usize,
+    },
     /// Port 0 where a fixed port is needed.
     #[error("port 0 would pick a random port: give the port clients connect to, e.g. 7300")]
     PortZero,

@@ -12,6 +12,6 @@
 pub mod schedule;
 
 pub use schedule::{
-    Decision, Mode, PathId, PathSettings, Paths, QuicPolicy, ScheduleError, Scheduler,
-    SchedulerConfig, Stats, MAX_PATHS,
+    Decision, Mode, PathId, PathSettings, Paths, PortSet, QuicPolicy, ScheduleError, Scheduler,
+    SchedulerConfig, Stats, MAX_PATHS, MAX_REDUNDANT_PORTS,
 };

@@ -69,7 +69,11 @@
 //!
 //! DNS (UDP from or to port 53), small and latency-critical, goes on the
 //! best two carrying paths of the tier whatever the mode, unless
-//! [`SchedulerConfig::dns_redundant`] is off.
+//! [`SchedulerConfig::dns_redundant`] is off. Real-time traffic goes on
+//! every carrying path of the tier whatever the mode, as in redundant
+//! mode: packets marked Expedited Forwarding (DSCP 46, what voice and
+//! video call apps set), unless [`SchedulerConfig::redundant_ef`] is off,
+//! and the flows from or to the [`SchedulerConfig::redundant_ports`].
 //!
 //! # Suspect paths
 //!
@@ -92,7 +96,7 @@
 //! (at most a few per packet, oldest first); when the table is full the
 //! least recently used flow makes room. Keys are hashed with the standard
 //! library's randomly keyed SipHash, so a LAN host cannot aim collisions.
-//! Redundant and DNS packets need no entry.
+//! Redundant, real-time and DNS packets need no entry.
 
 use std::collections::hash_map::RandomState;
 use std::hash::BuildHasher;
@@ -206,6 +210,12 @@ pub struct SchedulerConfig {
     pub mode: Mode,
     /// DNS goes on the best two paths whatever the mode.
     pub dns_redundant: bool,
+    /// Packets marked Expedited Forwarding (DSCP 46: voice) go on every
+    /// path of the tier whatever the mode.
+    pub redundant_ef: bool,
+    /// So do the flows from or to these ports (UDP, UDP-Lite, SCTP,
+    /// DCCP).
+    pub redundant_ports: PortSet,
     /// What happens to QUIC.
     pub quic: QuicPolicy,
     /// Most flows remembered.
@@ -224,12 +234,50 @@ impl Default for SchedulerConfig {
         Self {
             mode: Mode::Latency,
             dns_redundant: true,
+            redundant_ef: true,
+            redundant_ports: PortSet::EMPTY,
             quic: QuicPolicy::Tunnel,
             max_flows: 65_536,
             idle_timeout: Duration::from_secs(60),
             switch_hold: Duration::from_secs(1),
             suspect_grace: Duration::from_millis(50),
         }
+    }
+}
+
+/// The most ports [`SchedulerConfig::redundant_ports`] holds.
+pub const MAX_REDUNDANT_PORTS: usize = 16;
+
+/// A small set of ports. Copy, no allocation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PortSet {
+    ports: [u16; MAX_REDUNDANT_PORTS],
+    len: u8,
+}
+
+impl PortSet {
+    /// No port.
+    pub const EMPTY: PortSet = PortSet {
+        ports: [0; MAX_REDUNDANT_PORTS],
+        len: 0,
+    };
+
+    /// These ports; `None` if there are more than [`MAX_REDUNDANT_PORTS`].
+    pub fn new(ports: &[u16]) -> Option<Self> {
+        let mut set = Self::EMPTY;
+        set.ports.get_mut(..ports.len())?.copy_from_slice(ports);
+        set.len = u8::try_from(ports.len()).ok()?;
+        Some(set)
+    }
+
+    /// The ports.
+    pub fn as_slice(&self) -> &[u16] {
+        self.ports.get(..usize::from(self.len)).unwrap_or_default()
+    }
+
+    /// Whether `port` is one of them.
+    pub fn contains(&self, port: u16) -> bool {
+        self.as_slice().contains(&port)
     }
 }
 
@@ -845,6 +893,8 @@ impl Scheduler {
         }
         let paths = if flow.dns && self.config.dns_redundant {
             self.best_two()
+        } else if self.real_time(flow) {
+            self.ranked
         } else {
             match self.config.mode {
                 Mode::Redundant => self.ranked,
@@ -867,6 +917,16 @@ impl Scheduler {
             }
         }
         Decision::Send(paths)
+    }
+
+    /// Whether `flow` is real-time traffic that goes on every path: marked
+    /// Expedited Forwarding, or from or to a configured port.
+    fn real_time(&self, flow: &Flow) -> bool {
+        (flow.ef && self.config.redundant_ef)
+            || flow.key.ports().is_some_and(|(src, dst)| {
+                let ports = &self.config.redundant_ports;
+                ports.contains(src) || ports.contains(dst)
+            })
     }
 
     /// The first two paths of the tier.

@@ -53,6 +53,8 @@ pub mod port_protocol {
 pub const DNS_PORT: u16 = 53;
 /// The port HTTP/3 (QUIC) servers listen on.
 pub const QUIC_PORT: u16 = 443;
+/// The Expedited Forwarding code point (RFC 3246).
+pub const DSCP_EF: u8 = 46;
 
 /// ICMP echo reply and request (RFC 792).
 const ICMP_ECHO: [u8; 2] = [0, 8];
@@ -109,6 +111,9 @@ pub struct Flow {
     /// UDP to port 443: probably QUIC, which `quic = "block"` refuses.
     /// Never a fragment either (QUIC does not fragment: it sets DF).
     pub quic: bool,
+    /// Marked Expedited Forwarding (DSCP 46, RFC 3246): voice and other
+    /// real-time traffic, which the scheduler may send redundantly.
+    pub ef: bool,
 }
 
 impl FlowKey {
@@ -144,6 +149,7 @@ impl Flow {
             key,
             dns: udp_ports.is_some_and(|(src, dst)| src == DNS_PORT || dst == DNS_PORT),
             quic: udp_ports.is_some_and(|(_, dst)| dst == QUIC_PORT),
+            ef: false,
         }
     }
 }
@@ -176,15 +182,18 @@ pub enum FlowError {
 /// ports ([`Demux::Hosts`]). Nothing is allocated.
 pub fn flow_of(packet: &[u8]) -> Result<Flow, FlowError> {
     let first = *packet.first().ok_or(FlowError::Empty)?;
-    let key = match first >> 4 {
+    let (key, dscp) = match first >> 4 {
         4 => ipv4_key(packet)?,
         6 => ipv6_key(packet)?,
         version => return Err(FlowError::UnknownVersion { version }),
     };
-    Ok(Flow::new(key))
+    Ok(Flow {
+        ef: dscp == DSCP_EF,
+        ..Flow::new(key)
+    })
 }
 
-fn ipv4_key(buf: &[u8]) -> Result<FlowKey, FlowError> {
+fn ipv4_key(buf: &[u8]) -> Result<(FlowKey, u8), FlowError> {
     let packet = ipv4::Packet::new_checked(buf).map_err(FlowError::Ipv4)?;
     let protocol = packet.protocol();
     let demux = if packet.fragment_offset() != 0 || packet.more_fragments() {
@@ -192,15 +201,16 @@ fn ipv4_key(buf: &[u8]) -> Result<FlowKey, FlowError> {
     } else {
         demux(protocol, false, packet.payload())
     };
-    Ok(FlowKey {
+    let key = FlowKey {
         protocol,
         src: packet.src_addr().into(),
         dst: packet.dst_addr().into(),
         demux,
-    })
+    };
+    Ok((key, packet.dscp()))
 }
 
-fn ipv6_key(buf: &[u8]) -> Result<FlowKey, FlowError> {
+fn ipv6_key(buf: &[u8]) -> Result<(FlowKey, u8), FlowError> {
     use ipv6::ext_field;
 
     let packet = ipv6::Packet::new_checked(buf).map_err(FlowError::Ipv6)?;
@@ -234,12 +244,13 @@ fn ipv6_key(buf: &[u8]) -> Result<FlowKey, FlowError> {
             bytes.get(upper.offset..).unwrap_or_default(),
         )
     };
-    Ok(FlowKey {
+    let key = FlowKey {
         protocol: upper.next_header,
         src: packet.src_addr().into(),
         dst: packet.dst_addr().into(),
         demux,
-    })
+    };
+    Ok((key, packet.dscp()))
 }
 
 /// Ports or echo identifier of a whole (unfragmented) upper-layer message.
@@ -526,5 +537,27 @@ mod tests {
             bytes.truncate(rng.below(bytes.len() + 1));
             let _ = flow_of(&bytes);
         }
+    }
+
+    #[test]
+    fn expedited_forwarding_is_told_in_both_families() {
+        let plain = udp4(5004, 5004);
+        assert!(!flow_of(&plain).expect("flow").ef);
+        let mut ef = plain.clone();
+        ef[1] = DSCP_EF << 2 | 0b01; // ECN bits do not matter
+        let flow = flow_of(&ef).expect("flow");
+        assert!(flow.ef);
+        assert_eq!(flow.key, flow_of(&plain).expect("flow").key, "same flow");
+        let mut af41 = plain;
+        af41[1] = 34 << 2;
+        assert!(!flow_of(&af41).expect("flow").ef);
+
+        let plain6 = udp6(5004, 5004);
+        assert!(!flow_of(&plain6).expect("flow").ef);
+        let mut ef6 = plain6;
+        // Version 6, traffic class 0xb8 across the first two bytes.
+        ef6[0] = 0x60 | (DSCP_EF << 2) >> 4;
+        ef6[1] = (ef6[1] & 0x0f) | ((DSCP_EF << 2) & 0x0f) << 4;
+        assert!(flow_of(&ef6).expect("flow").ef);
     }
 }

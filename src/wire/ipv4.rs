@@ -135,6 +135,12 @@ impl<T: AsRef<[u8]>> Packet<T> {
         usize::from(be16(self.buffer.as_ref(), field::TOTAL_LEN))
     }
 
+    /// The differentiated services code point (the type of service byte's
+    /// upper six bits).
+    pub fn dscp(&self) -> u8 {
+        byte(self.buffer.as_ref(), 1) >> 2
+    }
+
     /// The protocol number of the payload.
     pub fn protocol(&self) -> u8 {
         byte(self.buffer.as_ref(), field::PROTOCOL)

@@ -138,6 +138,14 @@ impl<T: AsRef<[u8]>> Packet<T> {
         HEADER_LEN + self.payload_len()
     }
 
+    /// The differentiated services code point (the traffic class's upper
+    /// six bits).
+    pub fn dscp(&self) -> u8 {
+        let buf = self.buffer.as_ref();
+        let class = (byte(buf, 0) & 0x0f) << 4 | byte(buf, 1) >> 4;
+        class >> 2
+    }
+
     /// The fixed header's next header field.
     pub fn next_header(&self) -> u8 {
         byte(self.buffer.as_ref(), field::NEXT_HEADER)

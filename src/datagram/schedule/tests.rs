@@ -355,6 +355,70 @@ fn dns_goes_on_the_best_two_paths_unless_switched_off() {
 }
 
 #[test]
+fn real_time_flows_go_on_every_path_whatever_the_mode() {
+    let call = |port: u16, ef: bool| {
+        let mut f = flow(7);
+        f.key.demux = Demux::Ports {
+            src: 40000,
+            dst: port,
+        };
+        Flow {
+            ef,
+            ..Flow::new(f.key)
+        }
+    };
+    for mode in [Mode::Latency, Mode::Aggregate] {
+        let mut b = Bench::new(
+            SchedulerConfig {
+                mode,
+                redundant_ports: PortSet::new(&[3478, 5060]).expect("two ports"),
+                ..SchedulerConfig::default()
+            },
+            &[false, false, true],
+        );
+        b.set(A, Verdict::Usable, Some(40));
+        b.set(B, Verdict::Usable, Some(10));
+        b.set(C, Verdict::Usable, Some(5));
+        let mut on = |f: &Flow| match b.send(f) {
+            Decision::Send(paths) => paths.as_slice().to_vec(),
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(
+            on(&call(9999, true)),
+            [B, A],
+            "{mode:?}: EF, not the backup"
+        );
+        assert_eq!(
+            on(&call(3478, false)),
+            [B, A],
+            "{mode:?}: a configured port"
+        );
+        let reply = Flow::new(call(3478, false).key.reversed());
+        assert_eq!(on(&reply), [B, A], "{mode:?}: from the port too");
+        assert_eq!(b.s.stats().flows, 0, "{mode:?}: no entries");
+        assert!(
+            matches!(b.send(&call(9999, false)), Decision::Send(p) if p.len() == 1),
+            "{mode:?}: anything else pinned"
+        );
+    }
+    let mut b = Bench::new(
+        SchedulerConfig {
+            redundant_ef: false,
+            ..SchedulerConfig::default()
+        },
+        &[false, false],
+    );
+    b.set(A, Verdict::Usable, Some(40));
+    b.set(B, Verdict::Usable, Some(10));
+    assert_eq!(
+        b.send(&call(9999, true)),
+        Decision::Send(Paths::one(B)),
+        "EF off"
+    );
+    assert!(PortSet::new(&[1; MAX_REDUNDANT_PORTS + 1]).is_none());
+}
+
+#[test]
 fn nothing_carries_so_packets_are_dropped() {
     let mut b = Bench::latency(&[false, true]);
     b.set(A, Verdict::Dead, Some(10));
