@@ -457,7 +457,18 @@ fn quic_server(
 #[test]
 fn quic_goes_through_the_tunnel_intact_and_block_refuses_it_at_once() {
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let lab = Lab::up_and_start(&[], &[]);
+    // quic = "tunnel" first; the default (block) after.
+    let tunnel =
+        std::env::temp_dir().join(format!("mpbond-quic-tunnel-{}.toml", std::process::id()));
+    let text = std::fs::read_to_string(harness::root().join("deploy/lab/client.toml"))
+        .expect("the lab client config");
+    assert!(
+        text.trim_end().ends_with("address_v6 = \"fd77::2\""),
+        "[datagram] is the last table"
+    );
+    std::fs::write(&tunnel, format!("{text}quic = \"tunnel\"\n")).expect("write config");
+    let lab = Lab::up_and_start(&[], &["--client-config", &tunnel.to_string_lossy()]);
+    let _ = std::fs::remove_file(&tunnel);
     let cert =
         rcgen::generate_simple_self_signed(vec![QUIC_NAME.to_owned()]).expect("a certificate");
     let cert_der = rustls::pki_types::CertificateDer::from(cert.cert);
@@ -524,39 +535,62 @@ fn quic_goes_through_the_tunnel_intact_and_block_refuses_it_at_once() {
     );
     lab.stop();
 
-    // quic = "block": UDP to port 443 gets a port unreachable at once, which
-    // a connected socket reports as "connection refused".
-    let config =
-        std::env::temp_dir().join(format!("mpbond-quic-block-{}.toml", std::process::id()));
-    let text = std::fs::read_to_string(harness::root().join("deploy/lab/client.toml"))
-        .expect("the lab client config");
-    assert!(
-        text.trim_end().ends_with("address_v6 = \"fd77::2\""),
-        "[datagram] is the last table"
-    );
-    std::fs::write(&config, format!("{text}quic = \"block\"\n")).expect("write config");
-    lab.start(&["--client-config", &config.to_string_lossy()]);
-    let refused = run_in(LAN, "blocked QUIC", Duration::from_secs(10), || {
-        let socket = UdpSocket::bind("0.0.0.0:0").expect("bind");
+    // The default, quic = "block": a QUIC Initial to port 443 gets a port
+    // unreachable at once, which a connected socket reports as
+    // "connection refused"; other UDP to 443 (a VPN on that port) still
+    // goes through, here to an echo in mpb-srv.
+    lab.start(&[]);
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let echo = in_ns(SRV, move || {
+        let socket =
+            UdpSocket::bind(format!("{SERVER_V4}:{QUIC_PORT}")).expect("bind the echo on 443");
         socket
-            .connect(format!("{SERVER_V4}:{QUIC_PORT}"))
-            .expect("connect");
-        socket
-            .set_read_timeout(Some(Duration::from_millis(500)))
+            .set_read_timeout(Some(Duration::from_secs(10)))
             .expect("timeout");
-        let start = Instant::now();
-        let _ = socket.send(b"\xc0quic initial");
+        let _ = ready_tx.send(());
         let mut buf = [0; 64];
-        let error = socket.recv(&mut buf).err().map(|e| e.kind());
-        (error, start.elapsed())
+        if let Ok((n, from)) = socket.recv_from(&mut buf) {
+            let _ = socket.send_to(&buf[..n], from);
+        }
     });
-    let _ = std::fs::remove_file(&config);
+    ready_rx
+        .recv_timeout(Duration::from_secs(5))
+        .expect("the echo binds");
+    let (refused, echoed) = run_in(LAN, "blocked QUIC", Duration::from_secs(15), || {
+        let try_443 = |payload: &[u8], wait: Duration| {
+            let socket = UdpSocket::bind("0.0.0.0:0").expect("bind");
+            socket
+                .connect(format!("{SERVER_V4}:{QUIC_PORT}"))
+                .expect("connect");
+            socket.set_read_timeout(Some(wait)).expect("timeout");
+            let start = Instant::now();
+            let _ = socket.send(payload);
+            let mut buf = [0; 64];
+            let got = socket
+                .recv(&mut buf)
+                .map(|n| buf[..n].to_vec())
+                .map_err(|e| e.kind());
+            (got, start.elapsed())
+        };
+        let refused = try_443(b"\xc3\0\0\0\x01quic initial", Duration::from_millis(500));
+        let echoed = try_443(b"\x01a WireGuard handshake", Duration::from_secs(5));
+        (refused, echoed)
+    });
+    let _ = echo.join();
     assert_eq!(
         refused.0,
-        Some(std::io::ErrorKind::ConnectionRefused),
-        "with quic = \"block\", UDP to port 443 is refused at once"
+        Err(std::io::ErrorKind::ConnectionRefused),
+        "by default (quic = \"block\"), a QUIC Initial to port 443 is refused at once"
     );
-    println!("blocked QUIC refused after {:?}", refused.1);
+    assert_eq!(
+        echoed.0.as_deref(),
+        Ok(&b"\x01a WireGuard handshake"[..]),
+        "UDP to 443 that is not QUIC goes through"
+    );
+    println!(
+        "blocked QUIC refused after {:?}; other UDP to 443 echoed after {:?}",
+        refused.1, echoed.1
+    );
 }
 
 // ---------------------------------------------------------------- cleanup

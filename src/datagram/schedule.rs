@@ -182,13 +182,14 @@ impl Mode {
     }
 }
 
-/// `datagram.quic`: what happens to UDP to port 443.
+/// `datagram.quic`: what happens to QUIC (a long header to UDP port 443).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum QuicPolicy {
-    /// Carried like any UDP.
-    #[default]
+    /// Carried like any UDP: a flow on one line at a time.
     Tunnel,
-    /// Refused at once, so that browsers fall back to TCP (bonded by MPTCP).
+    /// Refused at once, so that browsers fall back to TCP, which MPTCP
+    /// bonds over every line.
+    #[default]
     Block,
 }
 
@@ -236,7 +237,7 @@ impl Default for SchedulerConfig {
             dns_redundant: true,
             redundant_ef: true,
             redundant_ports: PortSet::EMPTY,
-            quic: QuicPolicy::Tunnel,
+            quic: QuicPolicy::Block,
             max_flows: 65_536,
             idle_timeout: Duration::from_secs(60),
             switch_hold: Duration::from_secs(1),

@@ -53,6 +53,9 @@ pub mod port_protocol {
 pub const DNS_PORT: u16 = 53;
 /// The port HTTP/3 (QUIC) servers listen on.
 pub const QUIC_PORT: u16 = 443;
+/// The first byte's bits of a QUIC long header (RFC 9000 § 17.2: header
+/// form and fixed bit).
+const QUIC_LONG_HEADER: u8 = 0xc0;
 /// The Expedited Forwarding code point (RFC 3246).
 pub const DSCP_EF: u8 = 46;
 
@@ -108,8 +111,11 @@ pub struct Flow {
     /// UDP from or to port 53: small and latency-critical, sent redundantly.
     /// Never a fragment, whose ports are not known.
     pub dns: bool,
-    /// UDP to port 443: probably QUIC, which `quic = "block"` refuses.
-    /// Never a fragment either (QUIC does not fragment: it sets DF).
+    /// UDP to port 443 with a QUIC long header (the first byte's two top
+    /// bits set: Initial, 0-RTT, Handshake, what opens a connection),
+    /// which `quic = "block"` refuses; other UDP to 443 (a VPN on that
+    /// port) is not QUIC. [`Flow::new`], without the payload, goes by the
+    /// port alone. Never a fragment (QUIC does not fragment: it sets DF).
     pub quic: bool,
     /// Marked Expedited Forwarding (DSCP 46, RFC 3246): voice and other
     /// real-time traffic, which the scheduler may send redundantly.
@@ -182,24 +188,46 @@ pub enum FlowError {
 /// ports ([`Demux::Hosts`]). Nothing is allocated.
 pub fn flow_of(packet: &[u8]) -> Result<Flow, FlowError> {
     let first = *packet.first().ok_or(FlowError::Empty)?;
-    let (key, dscp) = match first >> 4 {
+    let (key, seen) = match first >> 4 {
         4 => ipv4_key(packet)?,
         6 => ipv6_key(packet)?,
         version => return Err(FlowError::UnknownVersion { version }),
     };
+    let flow = Flow::new(key);
     Ok(Flow {
-        ef: dscp == DSCP_EF,
-        ..Flow::new(key)
+        ef: seen.dscp == DSCP_EF,
+        quic: flow.quic && seen.long_header,
+        ..flow
     })
 }
 
-fn ipv4_key(buf: &[u8]) -> Result<(FlowKey, u8), FlowError> {
+/// What [`flow_of`] reads beside the key.
+struct Seen {
+    dscp: u8,
+    /// A UDP datagram whose payload starts with a QUIC long header.
+    long_header: bool,
+}
+
+/// Whether a whole UDP datagram's payload starts like a QUIC long header.
+fn long_header(protocol: u8, message: &[u8]) -> bool {
+    protocol == number::UDP
+        && message
+            .get(udp::HEADER_LEN)
+            .is_some_and(|&b| b & QUIC_LONG_HEADER == QUIC_LONG_HEADER)
+}
+
+fn ipv4_key(buf: &[u8]) -> Result<(FlowKey, Seen), FlowError> {
     let packet = ipv4::Packet::new_checked(buf).map_err(FlowError::Ipv4)?;
     let protocol = packet.protocol();
-    let demux = if packet.fragment_offset() != 0 || packet.more_fragments() {
+    let fragment = packet.fragment_offset() != 0 || packet.more_fragments();
+    let demux = if fragment {
         Demux::Fragment
     } else {
         demux(protocol, false, packet.payload())
+    };
+    let seen = Seen {
+        dscp: packet.dscp(),
+        long_header: !fragment && long_header(protocol, packet.payload()),
     };
     let key = FlowKey {
         protocol,
@@ -207,10 +235,10 @@ fn ipv4_key(buf: &[u8]) -> Result<(FlowKey, u8), FlowError> {
         dst: packet.dst_addr().into(),
         demux,
     };
-    Ok((key, packet.dscp()))
+    Ok((key, seen))
 }
 
-fn ipv6_key(buf: &[u8]) -> Result<(FlowKey, u8), FlowError> {
+fn ipv6_key(buf: &[u8]) -> Result<(FlowKey, Seen), FlowError> {
     use ipv6::ext_field;
 
     let packet = ipv6::Packet::new_checked(buf).map_err(FlowError::Ipv6)?;
@@ -235,14 +263,15 @@ fn ipv6_key(buf: &[u8]) -> Result<(FlowKey, u8), FlowError> {
             upper.next_header = next;
         }
     }
+    let message = bytes.get(upper.offset..).unwrap_or_default();
     let demux = if fragment {
         Demux::Fragment
     } else {
-        demux(
-            upper.next_header,
-            true,
-            bytes.get(upper.offset..).unwrap_or_default(),
-        )
+        demux(upper.next_header, true, message)
+    };
+    let seen = Seen {
+        dscp: packet.dscp(),
+        long_header: !fragment && long_header(upper.next_header, message),
     };
     let key = FlowKey {
         protocol: upper.next_header,
@@ -250,7 +279,7 @@ fn ipv6_key(buf: &[u8]) -> Result<(FlowKey, u8), FlowError> {
         dst: packet.dst_addr().into(),
         demux,
     };
-    Ok((key, packet.dscp()))
+    Ok((key, seen))
 }
 
 /// Ports or echo identifier of a whole (unfragmented) upper-layer message.
@@ -311,6 +340,20 @@ mod tests {
         out
     }
 
+    /// Sets the IP and UDP length fields of a packet whose payload was
+    /// replaced (the UDP header at `udp_end - 8`); checksums are not
+    /// looked at by [`flow_of`].
+    fn fix_lengths(packet: &mut [u8], udp_end: usize) {
+        let udp_len = u16::try_from(packet.len() - (udp_end - 8)).expect("small");
+        packet[udp_end - 4..udp_end - 2].copy_from_slice(&udp_len.to_be_bytes());
+        if packet[0] >> 4 == 4 {
+            let total = u16::try_from(packet.len()).expect("small");
+            packet[2..4].copy_from_slice(&total.to_be_bytes());
+        } else {
+            packet[4..6].copy_from_slice(&udp_len.to_be_bytes());
+        }
+    }
+
     fn udp6(src_port: u16, dst_port: u16) -> Vec<u8> {
         let mut out = Vec::new();
         PacketBuilder::ipv6(v6("fd77:77::2"), v6("2001:db8:100::10"), 64)
@@ -351,9 +394,22 @@ mod tests {
             let flow = flow_of(&bytes).expect("flow");
             assert!(flow.dns && !flow.quic, "{flow:?}");
         }
-        for bytes in [udp4(50000, 443), udp6(50000, 443)] {
+        // A QUIC Initial: a long header, version 1.
+        let initial = [0xc3, 0, 0, 0, 1, 8, 1, 2, 3, 4, 5, 6, 7, 8];
+        let quic = |mut packet: Vec<u8>, payload_at: usize| {
+            packet.truncate(payload_at);
+            packet.extend_from_slice(&initial);
+            fix_lengths(&mut packet, payload_at);
+            packet
+        };
+        for bytes in [quic(udp4(50000, 443), 28), quic(udp6(50000, 443), 48)] {
             let flow = flow_of(&bytes).expect("flow");
             assert!(flow.quic && !flow.dns, "{flow:?}");
+        }
+        // Other UDP to 443 (a VPN on that port: WireGuard's first byte is
+        // 1-4, OpenVPN's has the top bit clear) is not QUIC.
+        for bytes in [udp4(50000, 443), udp6(50000, 443)] {
+            assert!(!flow_of(&bytes).expect("flow").quic, "{bytes:?}");
         }
         // The answer of a QUIC server is not a new QUIC flow to refuse.
         assert!(!flow_of(&udp4(443, 50000)).expect("flow").quic);

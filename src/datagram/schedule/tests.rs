@@ -431,17 +431,17 @@ fn nothing_carries_so_packets_are_dropped() {
 }
 
 #[test]
-fn quic_is_blocked_only_when_configured() {
-    let mut b = Bench::latency(&[false]);
-    b.set(A, Verdict::Usable, Some(10));
-    assert_eq!(b.send(&quic()), Decision::Send(Paths::one(A)));
+fn quic_is_blocked_unless_tunnelled() {
     let mut b = Bench::new(
         SchedulerConfig {
-            quic: QuicPolicy::Block,
+            quic: QuicPolicy::Tunnel,
             ..SchedulerConfig::default()
         },
         &[false],
     );
+    b.set(A, Verdict::Usable, Some(10));
+    assert_eq!(b.send(&quic()), Decision::Send(Paths::one(A)));
+    let mut b = Bench::latency(&[false]);
     b.set(A, Verdict::Usable, Some(10));
     assert_eq!(b.send(&quic()), Decision::Block);
     assert_eq!(b.send(&flow(1)), Decision::Send(Paths::one(A)));
