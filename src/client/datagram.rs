@@ -30,7 +30,7 @@ use crate::datagram::SchedulerConfig;
 use crate::path::Estimates;
 use crate::wire::build_icmp_port_unreachable_for;
 use crate::wire::flow::{flow_of, Flow};
-use crate::wire::tunnel::{Inner, ANY_PATH, DATA_OVERHEAD, STEER_V6_LEN};
+use crate::wire::tunnel::{Inner, PathProbe, ANY_PATH, DATA_OVERHEAD, PROBE_LEN, STEER_V6_LEN};
 
 /// The timer task wakes at least this often (the initiator's timers are
 /// seconds; this bounds how late a handshake retry can be).
@@ -47,6 +47,16 @@ const ACTIVE_FOR: Duration = Duration::from_secs(5);
 /// scheduler sends nothing on some; and at once on a new socket or
 /// session.
 const ANNOUNCE_EVERY: Duration = Duration::from_secs(5);
+
+/// Uplink probes ride the tunnel's session (sealed [`PathProbe`]s, which
+/// the concentrator echoes on the same path) while the session has heard
+/// from the concentrator this recently; otherwise (no session yet, the
+/// site idle and probing slowly, a concentrator restarted and not yet
+/// handshaken with) they go as the plain authenticated probes of
+/// [`crate::wire::probe`], which any running concentrator answers. So a
+/// session gone stale never makes every line look dead (busy, each uplink
+/// probes every 30 ms, so a fresh session hears an echo every few ms).
+const PROBE_SESSION_FRESH: Duration = Duration::from_millis(150);
 
 /// Packets held while the tunnel's handshake runs: at most this many, for
 /// at most [`STAGED_FOR`] (a DNS query sent right after start, or after
@@ -69,6 +79,8 @@ struct State {
     announced: [Option<Instant>; MAX_PATHS],
     /// Packets that came while there was no session, and when.
     staged: VecDeque<(Instant, Vec<u8>)>,
+    /// When the session last delivered anything from the concentrator.
+    last_heard: Option<Instant>,
 }
 
 /// The datagram tunnel of the client.
@@ -90,6 +102,17 @@ impl std::fmt::Debug for Datagrams {
 
 /// Sealed datagrams, each with the uplink socket to send it on.
 pub(super) type Sends = Vec<(Arc<UdpSocket>, Vec<u8>)>;
+
+/// What a datagram from the concentrator gave.
+#[derive(Default)]
+pub(super) struct FromConcentrator<'a> {
+    /// An IP packet for the TUN.
+    pub(super) packet: Option<&'a [u8]>,
+    /// The sequence number of the uplink's probe it echoes.
+    pub(super) answer: Option<u64>,
+    /// What to send in turn.
+    pub(super) sends: Sends,
+}
 
 /// What a packet from the TUN turned into.
 pub(super) enum Outgoing {
@@ -141,6 +164,7 @@ impl Datagrams {
                 last_packet: None,
                 announced: [None; MAX_PATHS],
                 staged: VecDeque::with_capacity(MAX_STAGED),
+                last_heard: None,
             }),
             concentrator,
             v4,
@@ -218,20 +242,54 @@ impl Datagrams {
         addr == self.v4 || Some(addr) == self.v6
     }
 
-    /// Handles a datagram uplink `index` received from the concentrator;
-    /// returns the IP packet to write to the TUN, if it carried one.
+    /// Probe `seq` of uplink `index` sealed in the session, if it is
+    /// fresh ([`PROBE_SESSION_FRESH`]); `None`: send a plain probe.
+    pub(super) fn seal_probe(&self, index: usize, seq: u64) -> Option<Vec<u8>> {
+        let path = u8::try_from(index).ok()?;
+        let now = Instant::now();
+        let mut state = self.state();
+        let fresh = state.established
+            && state
+                .last_heard
+                .is_some_and(|at| now.saturating_duration_since(at) < PROBE_SESSION_FRESH);
+        if !fresh {
+            return None;
+        }
+        // The echo carries `sent_us` back: here the probe's sequence number.
+        let probe = PathProbe {
+            path,
+            seq,
+            sent_us: seq,
+            ..PathProbe::default()
+        };
+        let mut out = [0; DATA_OVERHEAD + PROBE_LEN];
+        let len = state
+            .initiator
+            .seal(now, path, &Inner::Probe(probe), &mut out)
+            .ok()?;
+        Some(out[..len].to_vec())
+    }
+
+    /// Handles a datagram uplink `index` received from the concentrator:
+    /// the IP packet to write to the TUN, if it carried one; the sequence
+    /// number of this uplink's probe it answers, if it is an echo; what to
+    /// send.
     pub(super) fn on_datagram<'a>(
         &self,
         index: usize,
         bytes: &'a mut [u8],
-    ) -> (Option<&'a [u8]>, Sends) {
+    ) -> FromConcentrator<'a> {
         let Ok(path) = u8::try_from(index) else {
-            return (None, Vec::new());
+            return FromConcentrator::default();
         };
         let now = Instant::now();
         let mut state = self.state();
         let received = state.initiator.handle_datagram(now, path, bytes);
+        if received.is_ok() {
+            state.last_heard = Some(now);
+        }
         let mut sends = drain(&mut state);
+        let mut answer = None;
         let packet = match received {
             Ok(Received::Data {
                 inner: Inner::Ip(packet),
@@ -239,6 +297,13 @@ impl Datagrams {
             }) => {
                 steer(&mut state, now, packet, path, &mut sends);
                 Some(packet)
+            }
+            Ok(Received::Data {
+                inner: Inner::Probe(echo),
+                ..
+            }) => {
+                answer = (echo.path == path).then_some(echo.echo_us);
+                None
             }
             Ok(Received::Handshake { .. }) => {
                 if !state.established {
@@ -258,7 +323,11 @@ impl Datagrams {
                 None
             }
         };
-        (packet, sends)
+        FromConcentrator {
+            packet,
+            answer,
+            sends,
+        }
     }
 
     /// Runs the initiator's timers; what to send.
@@ -593,7 +662,11 @@ mod tests {
             bytes: mut response,
             ..
         } = responder.poll_transmit().expect("a response");
-        let (none, sends) = datagrams.on_datagram(0, &mut response);
+        let FromConcentrator {
+            packet: none,
+            sends,
+            ..
+        } = datagrams.on_datagram(0, &mut response);
         assert!(none.is_none());
         let mut delivered = Vec::new();
         for (_, mut bytes) in sends {
@@ -606,5 +679,77 @@ mod tests {
             }
         }
         assert_eq!(delivered, [packet], "the held packet, once, intact");
+    }
+
+    #[tokio::test]
+    async fn probes_ride_a_fresh_session_and_their_echoes_are_answers() {
+        let client = StaticSecret::generate().expect("key");
+        let concentrator = StaticSecret::generate().expect("key");
+        let mut responder = Responder::new(
+            concentrator.clone(),
+            [client.public_key()],
+            SystemRng::new(),
+        )
+        .expect("responder");
+        let datagrams = Datagrams::new(
+            (client, concentrator.public_key()),
+            "127.0.0.1:7300".parse().expect("addr"),
+            SchedulerConfig::default(),
+            &[PathSettings::default(), PathSettings::default()],
+            "10.77.0.2".parse().expect("addr"),
+            None,
+        );
+        let socket = Arc::new(UdpSocket::bind("127.0.0.1:0").await.expect("bind"));
+        let src = socket.local_addr().expect("addr");
+        datagrams.set_socket(0, Some(socket.clone()));
+        datagrams.set_socket(1, Some(socket));
+        assert_eq!(datagrams.seal_probe(1, 7), None, "no session: plain probes");
+
+        let initiation = datagrams.on_tick();
+        let mut initiation = initiation[0].1.clone();
+        let now = Instant::now();
+        assert!(matches!(
+            responder.handle_datagram(now, src, &mut initiation),
+            Ok(Received::Handshake { .. })
+        ));
+        let mut response = responder.poll_transmit().expect("a response").bytes;
+        datagrams.on_datagram(0, &mut response);
+
+        let mut sealed = datagrams.seal_probe(1, 42).expect("a fresh session");
+        let Ok(Received::Data {
+            peer,
+            path,
+            inner: Inner::Probe(probe),
+        }) = responder.handle_datagram(now, src, &mut sealed)
+        else {
+            panic!("the concentrator reads a path probe");
+        };
+        assert_eq!((path, probe.path, probe.sent_us), (1, 1, 42));
+        let echo = PathProbe {
+            path,
+            echo_us: probe.sent_us,
+            ..PathProbe::default()
+        };
+        let mut out = [0; 128];
+        let len = responder
+            .seal(now, peer, path, &Inner::Probe(echo), &mut out)
+            .expect("seal the echo");
+        let mut on_other = out[..len].to_vec();
+        assert_eq!(
+            datagrams.on_datagram(0, &mut on_other).answer,
+            None,
+            "an echo that came on another uplink answers nothing"
+        );
+        let len = responder
+            .seal(now, peer, path, &Inner::Probe(echo), &mut out)
+            .expect("seal the echo");
+        assert_eq!(
+            datagrams.on_datagram(1, &mut out[..len]).answer,
+            Some(42),
+            "the echo answers probe 42 of uplink 1"
+        );
+        // Silent for longer than PROBE_SESSION_FRESH: plain probes again.
+        std::thread::sleep(PROBE_SESSION_FRESH + Duration::from_millis(20));
+        assert_eq!(datagrams.seal_probe(1, 43), None);
     }
 }

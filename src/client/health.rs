@@ -2,8 +2,9 @@
 //! owns a [`Path`] per uplink and feeds it what the system shows — the
 //! kernel's link and address events, the interface's counters
 //! (`IFLA_STATS64`, every 10 ms while the site has flows), and the answers
-//! to its probes (an authenticated UDP echo from the concentrator,
-//! [`crate::wire::probe`], read by one small task per uplink) — then acts
+//! to its probes (an authenticated UDP echo from the concentrator, sealed
+//! in the datagram tunnel's session while it is fresh, else
+//! [`crate::wire::probe`]; read by one small task per uplink) — then acts
 //! on its verdicts:
 //!
 //! - **dead** (no carrier, no address, or silent past the line's own
@@ -248,7 +249,7 @@ pub(super) async fn watch(
             }
             line.path.handle_timeout(now);
             while let Some(seq) = line.path.poll_transmit(now) {
-                send_probe(&shared, line, seq);
+                send_probe(&shared, index, line, seq);
             }
             while let Some(event) = line.path.poll_event() {
                 changed = true;
@@ -537,10 +538,19 @@ async fn open_probes(
     line.reader = Some(readers.spawn(reader.run()));
 }
 
-/// Sends probe `seq` over the uplink. A failure (the line is down, the
-/// socket buffer full) shows as silence.
-fn send_probe(shared: &Shared, line: &Line, seq: u64) {
+/// Sends probe `seq` over uplink `index`: sealed in the datagram tunnel's
+/// session while it is fresh, else as a plain authenticated probe. A
+/// failure (the line is down, the socket buffer full) shows as silence.
+fn send_probe(shared: &Shared, index: usize, line: &Line, seq: u64) {
     let Some(socket) = &line.socket else { return };
+    if let Some(datagrams) = &shared.datagrams {
+        if let Some(sealed) = datagrams.seal_probe(index, seq) {
+            if let Err(e) = socket.try_send_to(&sealed, datagrams.concentrator) {
+                debug!(uplink = %line.uplink.name, error = %e, "probe not sent");
+            }
+            return;
+        }
+    }
     let tunnels = &shared.tunnels;
     let request = Probe {
         kind: Kind::Request,
@@ -581,14 +591,27 @@ impl Reader {
                 continue;
             }
             if !buf[..n].starts_with(&MAGIC) {
-                if let Some(datagrams) = &self.shared.datagrams {
-                    let (packet, sends) = datagrams.on_datagram(self.index, &mut buf[..n]);
-                    if let Some(packet) = packet {
-                        if let Err(e) = self.shared.tun.send(packet).await {
-                            debug!(error = %e, "writing a datagram to the TUN failed");
-                        }
+                let Some(datagrams) = &self.shared.datagrams else {
+                    continue;
+                };
+                let got = datagrams.on_datagram(self.index, &mut buf[..n]);
+                if let Some(packet) = got.packet {
+                    if let Err(e) = self.shared.tun.send(packet).await {
+                        debug!(error = %e, "writing a datagram to the TUN failed");
                     }
-                    super::datagram::send(datagrams.concentrator, sends);
+                }
+                super::datagram::send(datagrams.concentrator, got.sends);
+                // An echo of a probe sealed in the session.
+                if let Some(seq) = got.answer {
+                    let report = Report::Answer {
+                        index: self.index,
+                        generation: self.generation,
+                        seq,
+                        at,
+                    };
+                    if self.tx.send(report).await.is_err() {
+                        return;
+                    }
                 }
                 continue;
             }
