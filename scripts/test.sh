@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite, as CI runs it (as root on a fresh Debian machine):
 # installs what it needs, then formatting, lints, unit tests and the lab
-# integration tests (network namespaces, real sockets, the link emulator).
+# integration tests (network namespaces, real sockets, the link emulator),
+# then each fuzz target briefly (scripts/fuzz.sh 3).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 . scripts/deps.sh
@@ -19,6 +20,13 @@ echo "== cargo test"
 # No doc tests (there are none): their empty run would close the output.
 status=0
 cargo test --locked --workspace --lib --bins --tests 2>&1 | tee /tmp/mpbond-test.log || status=$?
+
+# Every fuzz target for a few seconds from its seed corpus, so a parser
+# that panics on its own seeds or on what a few seconds find fails here.
+# Most of the time is the nightly build of fuzz/ (cached in fuzz/target).
+echo "== fuzz (3 s per target)"
+fuzz_status=0
+scripts/fuzz.sh 3 || fuzz_status=$?
 
 # As every lab user, under the lab lock: a benchmark may hold the lab now.
 exec 8>/run/mpbond-lab-user.lock
@@ -42,4 +50,6 @@ if [ -n "$leaked" ]; then
     exit 1
 fi
 awk '/^test result:/ {p += $4; f += $6} END {printf "%d passed, %d failed\n", p, f}' /tmp/mpbond-test.log
-exit "$status"
+[ "$fuzz_status" = 0 ] || echo "test: a fuzz target failed (table above)" >&2
+[ "$status" = 0 ] || exit "$status"
+exit "$fuzz_status"

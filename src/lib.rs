@@ -11,6 +11,8 @@ pub mod concentrator;
 pub mod config;
 pub mod crypto;
 pub mod datagram;
+#[cfg(test)]
+mod fuzz_seeds;
 pub mod path;
 mod relay;
 pub mod sendbuf;

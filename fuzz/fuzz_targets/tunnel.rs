@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 
 use libfuzzer_sys::fuzz_target;
 use mpbond::crypto::{Initiator, PeerId, Random, RandomError, Received, Responder, StaticSecret};
-use mpbond::wire::tunnel::{self, CookieReply, Data, Initiation, Inner, MessageType, Response};
+use mpbond::wire::tunnel::{CookieReply, Data, Initiation, Inner, MessageType, Response};
 
 /// Deterministic randomness, so every run of an input does the same.
 struct Seeded(u64);

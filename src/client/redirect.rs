@@ -411,6 +411,73 @@ mod tests {
         (p.src(), p.dst())
     }
 
+    /// Seeds of `fuzz/fuzz_targets/redirect.rs` (see `crate::fuzz_seeds`):
+    /// a mode byte (bit 0: strict), then records of a control byte (bits
+    /// 0-2: 0 handle the packet, 4 claim, 5 confirm, 7 close; bits 3-7:
+    /// seconds to advance), a length byte and the packet. Flows as the TUN
+    /// sees them, in both families and both modes.
+    #[test]
+    fn write_fuzz_corpus() {
+        const SYNACK: F = F {
+            syn: true,
+            ack: true,
+            rst: false,
+        };
+        let record = |control: u8, packet: &[u8]| {
+            let mut out = vec![control, u8::try_from(packet.len()).expect("short")];
+            out.extend_from_slice(packet);
+            out
+        };
+        let (listener, fake) = ("172.29.77.1:7301", "172.29.77.2:1024");
+        let (listener6, fake6) = ("[fd00:6d70:62::1]:7301", "[fd00:6d70:62::2]:1024");
+        let (lan6, srv6) = ("[2001:db8:1::23]:51000", "[2001:db8:100::10]:443");
+        let flow = |mode: u8, lan: &str, srv: &str, listener: &str, fake: &str| {
+            let mut out = vec![mode];
+            out.extend(record(0, &tcp(lan, srv, SYN, b"")));
+            if mode & 1 != 0 {
+                out.extend(record(5, &[]));
+                out.extend(record(0, &tcp(lan, srv, SYN, b"")));
+            }
+            out.extend(record(4, &[]));
+            out.extend(record(0, &tcp(listener, fake, SYNACK, b"")));
+            out.extend(record(0, &tcp(lan, srv, ACK, b"GET / HTTP/1.1\r\n\r\n")));
+            out.extend(record(0, &tcp(listener, fake, ACK, b"HTTP/1.1 200 OK\r\n")));
+            out.extend(record(7, &[]));
+            // 31 s later, twice: the closed flow's linger runs out.
+            out.extend(record(31 << 3, &tcp(lan, srv, ACK, b"")));
+            out.extend(record(31 << 3 | 4, &[]));
+            out.extend(record(0, &tcp(lan, srv, ACK, b"late")));
+            out
+        };
+        let mut strays = vec![0];
+        strays.extend(record(0, &tcp(LAN, SRV, ACK, b"")));
+        strays.extend(record(0, &tcp(listener, fake, ACK, b"")));
+        strays.extend(record(0, &tcp(LAN, "172.29.77.1:22", SYN, b"")));
+        strays.extend(record(
+            0,
+            &tcp(
+                LAN,
+                SRV,
+                F {
+                    syn: false,
+                    ack: false,
+                    rst: true,
+                },
+                b"",
+            ),
+        ));
+        crate::fuzz_seeds::write(
+            "redirect",
+            &[
+                ("fast-v4", flow(0, LAN, SRV, listener, fake)),
+                ("fast-v6", flow(0, lan6, srv6, listener6, fake6)),
+                ("strict-v4", flow(1, LAN, SRV, listener, fake)),
+                ("strict-v6", flow(1, lan6, srv6, listener6, fake6)),
+                ("strays", strays),
+            ],
+        );
+    }
+
     #[test]
     fn fast_mode_round_trip_v4_and_v6() {
         for (lan, srv, listener, fake_ip) in [

@@ -854,6 +854,50 @@ mod tests {
         )
     }
 
+    /// Seeds of `fuzz/fuzz_targets/convert.rs` (see `crate::fuzz_seeds`):
+    /// requests signed with the target's key, as a client sends them (alone
+    /// and with first bytes after them), and the concentrator's answers.
+    #[test]
+    fn write_fuzz_corpus() {
+        let key = crate::auth::Key::from_bytes([7; 32]);
+        let signed = |destination: &str, id: &str| {
+            crate::auth::sign_request(
+                &key,
+                id.parse().expect("id"),
+                destination.parse().expect("destination"),
+                [0x5a; 16],
+                1_795_000_000_000,
+            )
+            .encode()
+        };
+        let v4 = signed("198.51.100.10:80", "lab");
+        let mut with_early = v4.clone();
+        with_early.extend_from_slice(b"GET / HTTP/1.1\r\nHost: example\r\n\r\n");
+        let mut with_info = v4[..FIXED_HEADER_LEN].to_vec();
+        with_info.extend(tlv(tlv_type::INFO, &[]));
+        with_info.extend_from_slice(&v4[FIXED_HEADER_LEN..]);
+        with_info[field::TOTAL_LEN] = (with_info.len() / 4) as u8;
+        let mut connected_then_data = Response::Connected.encode();
+        connected_then_data.extend_from_slice(b"HTTP/1.1 200 OK\r\n");
+        let refused = Response::Error {
+            code: ErrorCode::UnsupportedMessage,
+            value: tlv_type::AUTH,
+        };
+        crate::fuzz_seeds::write(
+            "convert",
+            &[
+                ("request-v4", v4),
+                ("request-v6", signed("[2001:db8:100::10]:443", "lab2")),
+                ("request-long-id", signed("192.0.2.1:22", &"x".repeat(64))),
+                ("request-early-data", with_early),
+                ("request-info-tlv", with_info),
+                ("connected", Response::Connected.encode()),
+                ("connected-then-data", connected_then_data),
+                ("refused", refused.encode()),
+            ],
+        );
+    }
+
     /// A TLV with `body` after its type and length bytes, zero-padded.
     fn tlv(kind: u8, body: &[u8]) -> Vec<u8> {
         let len = (2 + body.len()).next_multiple_of(4);

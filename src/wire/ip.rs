@@ -561,6 +561,65 @@ mod tests {
     use crate::wire::{build_icmp_unreachable_for, build_rst_for};
     use etherparse::{Ipv6Extensions, PacketBuilder, TcpHeader};
 
+    /// Seeds of `fuzz/fuzz_targets/packet.rs` (see `crate::fuzz_seeds`):
+    /// TCP packets as the TUN delivers them, with IP and TCP options, IPv6
+    /// extension headers, a payload, a reset, and a broken checksum.
+    #[test]
+    fn write_fuzz_corpus() {
+        let mut syn = tcp_template();
+        (syn.syn, syn.ack, syn.psh) = (true, false, false);
+        let mut rst = TcpHeader::new(0, 0, 1, 0);
+        rst.rst = true;
+        let mut broken = ipv4_tcp(addr(LAN), addr(SERVER), tcp_template(), b"x");
+        let last = broken.len() - 1;
+        broken[last] ^= 0xff;
+        crate::fuzz_seeds::write(
+            "packet",
+            &[
+                (
+                    "v4-syn",
+                    ipv4_tcp(addr(LAN), addr(SERVER), syn.clone(), b""),
+                ),
+                (
+                    "v4-ack-payload",
+                    ipv4_tcp(addr(LAN), addr(SERVER), tcp_template(), b"hello, world"),
+                ),
+                ("v4-rst", ipv4_tcp(addr(SERVER), addr(LAN), rst, b"")),
+                ("v4-bad-checksum", broken),
+                (
+                    "v6-syn",
+                    ipv6_tcp(
+                        addr(LAN6),
+                        addr(SERVER6),
+                        Ipv6Extensions::default(),
+                        syn,
+                        b"",
+                    ),
+                ),
+                (
+                    "v6-ext-headers",
+                    ipv6_tcp(
+                        addr(LAN6),
+                        addr(SERVER6),
+                        hop_by_hop_and_destination_options(),
+                        tcp_template(),
+                        b"data",
+                    ),
+                ),
+                (
+                    "v6-routing",
+                    ipv6_tcp(
+                        addr(LAN6),
+                        addr(SERVER6),
+                        routing_header(0),
+                        tcp_template(),
+                        b"",
+                    ),
+                ),
+            ],
+        );
+    }
+
     #[test]
     fn accessors_read_an_ipv4_segment() {
         let bytes = ipv4_tcp(addr(LAN), addr(SERVER), tcp_template(), b"hello, world");

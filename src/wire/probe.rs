@@ -140,6 +140,32 @@ mod tests {
         }
     }
 
+    /// Seeds of `fuzz/fuzz_targets/probe.rs` (see `crate::fuzz_seeds`): a
+    /// request and its reply signed with the target's key, and one with
+    /// the longest id.
+    #[test]
+    fn write_fuzz_corpus() {
+        let key = crate::auth::Key::from_bytes([7; 32]);
+        let signed = |p: Probe| p.encode(&crate::auth::sign_probe(&key, &p.body()));
+        let reply = Probe {
+            kind: Kind::Reply,
+            ..probe()
+        };
+        let long = Probe {
+            client_id: ClientId::try_from("y".repeat(ClientId::MAX_LEN).as_str()).expect("id"),
+            seq: u64::MAX,
+            ..probe()
+        };
+        crate::fuzz_seeds::write(
+            "probe",
+            &[
+                ("request", signed(probe())),
+                ("reply", signed(reply)),
+                ("request-long-id", signed(long)),
+            ],
+        );
+    }
+
     #[test]
     fn round_trip() {
         let p = probe();
