@@ -2,7 +2,7 @@
 # The whole test suite, as CI runs it (as root on a fresh Debian machine):
 # installs what it needs, then formatting, lints, unit tests and the lab
 # integration tests (network namespaces, real sockets, the link emulator),
-# then each fuzz target briefly (scripts/fuzz.sh 3).
+# then each fuzz target briefly (scripts/fuzz.sh --quick 3).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 . scripts/deps.sh
@@ -23,10 +23,11 @@ cargo test --locked --workspace --lib --bins --tests 2>&1 | tee /tmp/mpbond-test
 
 # Every fuzz target for a few seconds from its seed corpus, so a parser
 # that panics on its own seeds or on what a few seconds find fails here.
-# Most of the time is the nightly build of fuzz/ (cached in fuzz/target).
+# Most of the time is the nightly build of fuzz/ (cached in fuzz/target;
+# --quick: unoptimized, no sanitizer, about 2 min from cold).
 echo "== fuzz (3 s per target)"
 fuzz_status=0
-scripts/fuzz.sh 3 || fuzz_status=$?
+scripts/fuzz.sh --quick 3 || fuzz_status=$?
 
 # As every lab user, under the lab lock: a benchmark may hold the lab now.
 exec 8>/run/mpbond-lab-user.lock
