@@ -621,25 +621,31 @@ mod tests {
         assert_eq!(sent[0].1[0], crate::wire::tunnel::TYPE_INITIATION);
     }
 
-    #[tokio::test]
-    async fn a_packet_sent_before_the_handshake_goes_out_once_it_completes() {
+    /// A client tunnel with `uplinks` uplinks and the concentrator's
+    /// responder that knows it.
+    fn pair(uplinks: usize) -> (Datagrams, Responder<SystemRng>) {
         let client = StaticSecret::generate().expect("key");
         let concentrator = StaticSecret::generate().expect("key");
-        let mut responder = Responder::new(
+        let responder = Responder::new(
             concentrator.clone(),
             [client.public_key()],
             SystemRng::new(),
         )
         .expect("responder");
-        let concentrator_public = concentrator.public_key();
         let datagrams = Datagrams::new(
-            (client, concentrator_public),
+            (client, concentrator.public_key()),
             "127.0.0.1:7300".parse().expect("addr"),
             SchedulerConfig::default(),
-            &[PathSettings::default()],
+            &vec![PathSettings::default(); uplinks],
             "10.77.0.2".parse().expect("addr"),
             None,
         );
+        (datagrams, responder)
+    }
+
+    #[tokio::test]
+    async fn a_packet_sent_before_the_handshake_goes_out_once_it_completes() {
+        let (datagrams, mut responder) = pair(1);
         let socket = Arc::new(UdpSocket::bind("127.0.0.1:0").await.expect("bind"));
         let src = socket.local_addr().expect("addr");
         datagrams.set_socket(0, Some(socket));
@@ -683,22 +689,7 @@ mod tests {
 
     #[tokio::test]
     async fn probes_ride_a_fresh_session_and_their_echoes_are_answers() {
-        let client = StaticSecret::generate().expect("key");
-        let concentrator = StaticSecret::generate().expect("key");
-        let mut responder = Responder::new(
-            concentrator.clone(),
-            [client.public_key()],
-            SystemRng::new(),
-        )
-        .expect("responder");
-        let datagrams = Datagrams::new(
-            (client, concentrator.public_key()),
-            "127.0.0.1:7300".parse().expect("addr"),
-            SchedulerConfig::default(),
-            &[PathSettings::default(), PathSettings::default()],
-            "10.77.0.2".parse().expect("addr"),
-            None,
-        );
+        let (datagrams, mut responder) = pair(2);
         let socket = Arc::new(UdpSocket::bind("127.0.0.1:0").await.expect("bind"));
         let src = socket.local_addr().expect("addr");
         datagrams.set_socket(0, Some(socket.clone()));
