@@ -646,15 +646,15 @@ bench_failover() {
 UDP_PORT=5210
 STREAM_PORT=7420
 
-# A copy of the lab's client config with the datagram tunnel in MODE (the
-# [datagram] table is the config's last: the line appended lands in it);
-# with dsl-only, without the lte uplink. Prints the copy's path.
-#   udp_config MODE [dsl-only]
-udp_config() {
-    local out=$TMP/client-$1${2:+-$2}.toml
-    python3 - deploy/lab/client.toml "$1" "${2:-}" >"$out" <<'PY' || die "cannot make a client config for mode $1"
+# A copy of the lab's client config with LINE appended to [datagram] (its
+# last table), saved as $TMP/client-NAME.toml; with dsl-only, without the
+# lte uplink. Prints the copy's path.
+#   client_config_with NAME LINE [dsl-only]
+client_config_with() {
+    local out=$TMP/client-$1.toml
+    python3 - deploy/lab/client.toml "$2" "${3:-}" >"$out" <<'PY' || die "cannot make a client config with $2"
 import sys
-path, mode, only = sys.argv[1:]
+path, extra, only = sys.argv[1:]
 lines = open(path).read().splitlines()
 tables = [l.strip() for l in lines if l.strip().startswith("[")]
 if not tables or tables[-1] != "[datagram]":
@@ -667,10 +667,16 @@ for i, line in enumerate(lines):
         skip = False
     if not skip:
         out.append(line)
-out.append('mode = "%s"' % mode)
+out.append(extra)
 print("\n".join(out))
 PY
     echo "$out"
+}
+
+# The lab's client config with the datagram tunnel in MODE; with dsl-only,
+# without the lte uplink.   udp_config MODE [dsl-only]
+udp_config() {
+    client_config_with "$1${2:+-$2}" "mode = \"$1\"" "${2:-}"
 }
 
 # Waits (at most 3 s) until something in mpb-srv listens on UDP port PORT.
@@ -1069,20 +1075,9 @@ bench_udp() {
 # Where bench quic's server listens in mpb-srv: QUIC on UDP, TLS on TCP.
 QUIC_ADDR=198.51.100.10:443
 
-# A copy of the lab's client config with `quic = POLICY` in [datagram]
-# (its last table). Prints the copy's path.   quic_config POLICY
+# The lab's client config with `quic = POLICY`.   quic_config POLICY
 quic_config() {
-    local out=$TMP/client-quic-$1.toml
-    python3 - deploy/lab/client.toml "$1" >"$out" <<'PY' || die "cannot make a client config for quic = $1"
-import sys
-path, policy = sys.argv[1:]
-lines = open(path).read().splitlines()
-tables = [l.strip() for l in lines if l.strip().startswith("[")]
-if not tables or tables[-1] != "[datagram]":
-    sys.exit("bench: [datagram] is not the last table of %s" % path)
-print("\n".join(lines + ['quic = "%s"' % policy]))
-PY
-    echo "$out"
+    client_config_with "quic-$1" "quic = \"$1\""
 }
 
 # One quicperf run from the LAN host: COUNT requests of BYTES over PROTO

@@ -134,6 +134,15 @@ impl Peer {
         bits
     }
 
+    /// Replies of `flow` (keyed as the client sends it) go on the paths
+    /// of `bits` from `now`. A full table is cleared first.
+    fn mirror(&mut self, flow: FlowKey, bits: u8, now: Instant) {
+        if self.flows.len() >= MAX_FLOWS_PER_CLIENT {
+            self.flows.clear();
+        }
+        self.flows.insert(flow, (bits, now));
+    }
+
     /// The path whose address is `src`.
     fn path_of(&self, src: SocketAddr) -> Option<usize> {
         self.paths
@@ -323,9 +332,6 @@ async fn from_client(socket: &UdpSocket, datagrams: &Datagrams, src: SocketAddr,
                         match check_packet(&datagrams.policy, &state.by_addr, client, peer, packet)
                         {
                             Ok(key) => {
-                                if client.flows.len() >= MAX_FLOWS_PER_CLIENT {
-                                    client.flows.clear();
-                                }
                                 // One path: that one; several: every live one.
                                 let bits = match index.filter(|_| path != ANY_PATH) {
                                     Some(i) => {
@@ -334,7 +340,7 @@ async fn from_client(socket: &UdpSocket, datagrams: &Datagrams, src: SocketAddr,
                                     }
                                     None => u8::MAX,
                                 };
-                                client.flows.insert(key, (bits, now));
+                                client.mirror(key, bits, now);
                                 Some(packet)
                             }
                             Err(why) => {
@@ -374,10 +380,7 @@ async fn from_client(socket: &UdpSocket, datagrams: &Datagrams, src: SocketAddr,
                         // own (not "any").
                         if let Some(i) = index.filter(|_| path != ANY_PATH && client.owns(key.src))
                         {
-                            if client.flows.len() >= MAX_FLOWS_PER_CLIENT {
-                                client.flows.clear();
-                            }
-                            client.flows.insert(key, (1 << i, now));
+                            client.mirror(key, 1 << i, now);
                         }
                         None
                     }

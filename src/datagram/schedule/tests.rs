@@ -152,6 +152,13 @@ impl Bench {
         self.s.set_rate(id, self.now, rate);
     }
 
+    /// One packet of each flow, each on its one path.
+    fn send_all(&mut self, flows: &[Flow]) {
+        for f in flows {
+            self.path(f);
+        }
+    }
+
     /// A packet of `f` arrives on `on`; the path to steer it to, if any.
     fn receive(&mut self, f: &Flow, on: PathId) -> Option<PathId> {
         self.s.on_received(self.now, &f.key, on)
@@ -639,9 +646,7 @@ fn a_full_path_sheds_one_flow_at_a_time_until_both_are_full() {
     b.load(A, 10, 0, 0);
     b.load(B, 30, 0, 0);
     let flows: Vec<Flow> = (0..8).map(flow).collect();
-    for f in &flows {
-        b.path(f);
-    }
+    b.send_all(&flows);
     let count = |b: &mut Bench| {
         let mut on = [0; 2];
         for f in &flows {
@@ -655,39 +660,29 @@ fn a_full_path_sheds_one_flow_at_a_time_until_both_are_full() {
     // Not before the path has been full for FULL_FOR.
     b.advance(ms(200));
     b.load(A, 10, 50, 2_500_000);
-    for f in &flows {
-        b.path(f);
-    }
+    b.send_all(&flows);
     assert_eq!(count(&mut b), [4, 4], "full for 200 ms: nothing moves");
     b.advance(ms(150));
     b.load(A, 10, 50, 2_500_000);
-    for f in &flows {
-        b.path(f);
-    }
+    b.send_all(&flows);
     assert_eq!(count(&mut b), [3, 5], "one flow moved, not more");
     assert_eq!(b.s.stats().rebalanced, 1);
     // Still full, lte not yet: the next flow waits for REBALANCE_EVERY.
     b.advance(ms(500));
     b.load(A, 10, 50, 2_500_000);
-    for f in &flows {
-        b.path(f);
-    }
+    b.send_all(&flows);
     assert_eq!(count(&mut b), [3, 5]);
     b.advance(ms(600));
     b.load(A, 10, 50, 2_500_000);
     b.load(B, 30, 5, 5_000_000);
-    for f in &flows {
-        b.path(f);
-    }
+    b.send_all(&flows);
     assert_eq!(count(&mut b), [2, 6]);
     // Now lte is full too: nothing moves any more, either way.
     for _ in 0..20 {
         b.advance(ms(500));
         b.load(A, 10, 40, 2_000_000);
         b.load(B, 30, 100, 5_000_000);
-        for f in &flows {
-            b.path(f);
-        }
+        b.send_all(&flows);
     }
     assert_eq!(count(&mut b), [2, 6]);
     assert_eq!(b.s.stats().rebalanced, 2);
@@ -701,9 +696,7 @@ fn a_full_path_of_many_flows_gives_one_to_a_line_with_half_its_share_free() {
     b.load(B, 30, 100, 5_000_000);
     b.advance(ms(10));
     let flows: Vec<Flow> = (0..8).map(flow).collect();
-    for f in &flows {
-        b.path(f);
-    }
+    b.send_all(&flows);
     let on_a = |b: &Bench| {
         flows
             .iter()
@@ -716,9 +709,7 @@ fn a_full_path_of_many_flows_gives_one_to_a_line_with_half_its_share_free() {
     b.load(A, 10, 50, 1_700_000);
     b.load(B, 30, 100, 5_000_000);
     b.advance(ms(10));
-    for f in &flows {
-        b.path(f);
-    }
+    b.send_all(&flows);
     assert_eq!(on_a(&b), 2, "a stale, low capacity for dsl: 2:6");
     // dsl really delivers 2.5 MB/s; with its two flows it carries 2.0 and
     // is not full; lte stays full.
@@ -727,9 +718,7 @@ fn a_full_path_of_many_flows_gives_one_to_a_line_with_half_its_share_free() {
         b.advance(ms(100));
         b.load(A, 10, 0, 2_000_000);
         b.load(B, 30, 100, 5_000_000);
-        for f in &flows {
-            b.path(f);
-        }
+        b.send_all(&flows);
     }
     assert_eq!(on_a(&b), 3, "0.5 MB/s free on dsl, half a share is 0.42");
     // A line with less room than half a share gets nothing.
@@ -737,9 +726,7 @@ fn a_full_path_of_many_flows_gives_one_to_a_line_with_half_its_share_free() {
         b.advance(ms(100));
         b.load(A, 10, 0, 2_200_000);
         b.load(B, 30, 100, 5_000_000);
-        for f in &flows {
-            b.path(f);
-        }
+        b.send_all(&flows);
     }
     assert_eq!(on_a(&b), 3);
     assert_eq!(b.s.stats().rebalanced, 1);
@@ -749,9 +736,7 @@ fn a_full_path_of_many_flows_gives_one_to_a_line_with_half_its_share_free() {
         b.advance(ms(100));
         b.load(A, 10, 0, 2_400_000);
         b.load(B, 30, 100, 5_000_000);
-        for f in &flows {
-            b.path(f);
-        }
+        b.send_all(&flows);
     }
     assert_eq!(on_a(&b), 4, "one more within half a second, not two");
 }
@@ -824,6 +809,8 @@ fn a_flow_that_only_receives_is_steered() {
         b.advance(Duration::from_secs(1));
         b.receive(&f, A);
     }
+    // Another flow's packet runs the idle sweep.
+    b.path(&flow(2));
     assert_eq!(b.s.path_of(&f.key), Some(A));
     assert_eq!(b.s.stats().expired, 0);
 }
