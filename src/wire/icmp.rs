@@ -1,7 +1,9 @@
 //! ICMP (RFC 792) and ICMPv6 (RFC 4443) messages: a checked view of the
-//! common header, and the Destination Unreachable errors the client sends
+//! common header, and the errors mpbond sends: Destination Unreachable to
 //! a LAN host whose connection the tunnel refused (host unreachable) or
-//! whose QUIC the config blocks (port unreachable).
+//! whose QUIC the config blocks (port unreachable), and "fragmentation
+//! needed" (ICMPv4) or Packet Too Big (ICMPv6) to whoever sends the
+//! datagram tunnel a packet larger than its MTU.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
@@ -131,13 +133,39 @@ pub fn build_icmp_port_unreachable_for(packet: &[u8]) -> Option<Vec<u8>> {
     }
 }
 
-/// Which Destination Unreachable error to build.
+/// Builds the error that tells the sender of `packet` it is larger than
+/// the next hop's `mtu`, from the packet's destination to its source (the
+/// datagram tunnel is not a hop with an address of its own the sender
+/// could route back to; hosts take these errors from any source and check
+/// the quoted packet instead): ICMP type 3 code 4 (fragmentation needed
+/// and DF set) with the next-hop MTU (RFC 1191), or ICMPv6 type 2 (Packet
+/// Too Big) with the MTU (RFC 4443 §3.2).
+///
+/// Quoting and the cases where nothing may be sent are those of
+/// [`build_icmp_unreachable_for`].
+pub fn build_icmp_too_big_for(packet: &[u8], mtu: u16) -> Option<Vec<u8>> {
+    match packet.first()? >> 4 {
+        4 => {
+            let dst = Ipv4Addr::from(bytes::<4>(packet, ipv4::field::DST)?);
+            icmpv4_unreachable(packet, dst, Unreachable::TooBig(mtu))
+        }
+        6 => {
+            let dst = Ipv6Addr::from(bytes::<16>(packet, ipv6::field::DST)?);
+            icmpv6_unreachable(packet, dst, Unreachable::TooBig(mtu))
+        }
+        _ => None,
+    }
+}
+
+/// Which error to build.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Unreachable {
     /// From a router: the host (IPv4) or address (IPv6) cannot be reached.
     Host,
     /// From the destination: no one listens on the port.
     Port,
+    /// From a hop whose MTU, this one, the packet exceeds.
+    TooBig(u16),
 }
 
 /// The IPv4 half of [`build_icmp_unreachable_for`]. Lenient where the view
@@ -146,9 +174,10 @@ enum Unreachable {
 fn icmpv4_unreachable(packet: &[u8], from: Ipv4Addr, kind: Unreachable) -> Option<Vec<u8>> {
     use ipv4::field as v4;
     const DESTINATION_UNREACHABLE: u8 = 3;
-    let code = match kind {
-        Unreachable::Host => 1,
-        Unreachable::Port => 3,
+    let (code, mtu) = match kind {
+        Unreachable::Host => (1, 0),
+        Unreachable::Port => (3, 0),
+        Unreachable::TooBig(mtu) => (4, mtu),
     };
     /// Unreachable, source quench, redirect, time exceeded, parameter problem.
     const ERROR_TYPES: [u8; 5] = [3, 4, 5, 11, 12];
@@ -183,7 +212,8 @@ fn icmpv4_unreachable(packet: &[u8], from: Ipv4Addr, kind: Unreachable) -> Optio
     }
     let quoted = packet.get(..total_len.min(header_len + 8))?;
     let mut message = Vec::with_capacity(HEADER_LEN + quoted.len());
-    message.extend_from_slice(&[DESTINATION_UNREACHABLE, code, 0, 0, 0, 0, 0, 0]);
+    let [mtu_hi, mtu_lo] = mtu.to_be_bytes();
+    message.extend_from_slice(&[DESTINATION_UNREACHABLE, code, 0, 0, 0, 0, mtu_hi, mtu_lo]);
     message.extend_from_slice(quoted);
     ip::emit(
         IpAddr::V4(from),
@@ -200,9 +230,11 @@ fn icmpv4_unreachable(packet: &[u8], from: Ipv4Addr, kind: Unreachable) -> Optio
 fn icmpv6_unreachable(packet: &[u8], from: Ipv6Addr, kind: Unreachable) -> Option<Vec<u8>> {
     use ipv6::{ext_field, field as v6};
     const DESTINATION_UNREACHABLE: u8 = 1;
-    let code = match kind {
-        Unreachable::Host => 3,
-        Unreachable::Port => 4,
+    const PACKET_TOO_BIG: u8 = 2;
+    let (msg_type, code, mtu) = match kind {
+        Unreachable::Host => (DESTINATION_UNREACHABLE, 3, 0),
+        Unreachable::Port => (DESTINATION_UNREACHABLE, 4, 0),
+        Unreachable::TooBig(mtu) => (PACKET_TOO_BIG, 0, u32::from(mtu)),
     };
     const FIRST_INFORMATIONAL_TYPE: u8 = 128;
     const REDIRECT: u8 = 137;
@@ -246,7 +278,8 @@ fn icmpv6_unreachable(packet: &[u8], from: Ipv6Addr, kind: Unreachable) -> Optio
     let room = IPV6_MIN_MTU - ipv6::HEADER_LEN - HEADER_LEN;
     let quoted = packet.get(..packet_len.min(room))?;
     let mut message = Vec::with_capacity(HEADER_LEN + quoted.len());
-    message.extend_from_slice(&[DESTINATION_UNREACHABLE, code, 0, 0, 0, 0, 0, 0]);
+    message.extend_from_slice(&[msg_type, code, 0, 0]);
+    message.extend_from_slice(&mtu.to_be_bytes());
     message.extend_from_slice(quoted);
     ip::emit(
         IpAddr::V6(from),
@@ -441,6 +474,58 @@ mod tests {
         assert_eq!(build_icmp_port_unreachable_for(&[0x60; 30]), None);
         let unreachable = build_icmp_port_unreachable_for(&v4).expect("answered");
         assert_eq!(build_icmp_port_unreachable_for(&unreachable), None);
+    }
+
+    #[test]
+    fn too_big_carries_the_mtu_from_the_destination() {
+        let v4 = udp_packet(false);
+        let icmp = build_icmp_too_big_for(&v4, 1438).expect("answered");
+        let headers = PacketHeaders::from_ip_slice(&icmp).expect("parses");
+        let Some(NetHeaders::Ipv4(ip, _)) = headers.net else {
+            panic!("not IPv4");
+        };
+        assert_eq!(ip.header_checksum, ip.calc_header_checksum());
+        assert_eq!(
+            (ip.source, ip.destination),
+            ([9, 9, 9, 9], [192, 168, 1, 23])
+        );
+        let Some(TransportHeader::Icmpv4(header)) = headers.transport else {
+            panic!("not ICMP");
+        };
+        assert_eq!(
+            header.icmp_type,
+            etherparse::Icmpv4Type::DestinationUnreachable(
+                etherparse::icmpv4::DestUnreachableHeader::FragmentationNeeded {
+                    next_hop_mtu: 1438
+                }
+            )
+        );
+        let quoted = headers.payload.slice();
+        let expected = etherparse::Icmpv4Header::with_checksum(header.icmp_type.clone(), quoted);
+        assert_eq!(header.checksum, expected.checksum);
+
+        let v6 = udp_packet(true);
+        let icmp = build_icmp_too_big_for(&v6, 1418).expect("answered");
+        let headers = PacketHeaders::from_ip_slice(&icmp).expect("parses");
+        let Some(NetHeaders::Ipv6(ip, _)) = headers.net else {
+            panic!("not IPv6");
+        };
+        assert_eq!(ip.source, addr_octets(SERVER6));
+        let Some(TransportHeader::Icmpv6(header)) = headers.transport else {
+            panic!("not ICMPv6");
+        };
+        assert_eq!(
+            header.icmp_type,
+            etherparse::Icmpv6Type::PacketTooBig { mtu: 1418 }
+        );
+        let slice = etherparse::Icmpv6Slice::from_slice(&icmp[40..]).expect("slice");
+        assert!(slice.is_checksum_valid(ip.source, ip.destination));
+        assert_eq!(headers.payload.slice(), &v6[..]);
+        assert_eq!(
+            build_icmp_too_big_for(&icmp, 1418),
+            None,
+            "never for an error"
+        );
     }
 
     #[test]

@@ -21,11 +21,14 @@
 //! For the datagram tunnel: [`udp`] is the checked UDP header view, and
 //! [`flow`] sorts every packet that is not TCP into flows ([`flow_of`]),
 //! telling DNS and QUIC apart, and [`build_icmp_port_unreachable_for`]
-//! refuses QUIC when the config blocks it.
+//! refuses QUIC when the config blocks it; [`fragment`] decides what
+//! becomes of a packet larger than the tunnel's MTU (cut into IPv4
+//! fragments, or refused with [`build_icmp_too_big_for`]).
 
 pub mod checksum;
 pub mod convert;
 pub mod flow;
+pub mod fragment;
 pub mod icmp;
 pub mod ip;
 pub mod ipv4;
@@ -39,7 +42,9 @@ pub mod udp;
 mod test_packets;
 
 pub use flow::{flow_of, Demux, Flow, FlowError, FlowKey};
-pub use icmp::{build_icmp_port_unreachable_for, build_icmp_unreachable_for};
+pub use icmp::{
+    build_icmp_port_unreachable_for, build_icmp_too_big_for, build_icmp_unreachable_for,
+};
 pub use ip::{classify, PacketError, Protocol, TcpPacket};
 pub use tcp::{build_rst_for, TcpFlags};
 
