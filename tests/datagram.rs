@@ -167,8 +167,9 @@ fn udp_and_ping_from_the_lan_leave_from_the_concentrator_and_survive_a_blackhole
     let _echo = Echo::start(SRV, &[v4, v6]);
 
     // Up to a 1500-byte packet from the LAN (1472 bytes of UDP payload over
-    // IPv4, 1452 over IPv6), which no longer fits a 1500-byte line once
-    // sealed: the outer datagram is fragmented.
+    // IPv4, 1452 over IPv6), above the tunnel's MTU of 1438: the first try
+    // gets "fragmentation needed" (Linux sets DF on UDP), the next goes as
+    // fragments the host cut to that MTU.
     const SIZES: &[usize] = &[1, 20, 100, 512, 1000, 1200, 1350, 1452, 1472];
     let seen = echo_sizes(v4, SIZES);
     let concentrator: IpAddr = "10.77.9.2".parse().expect("addr");
@@ -727,6 +728,130 @@ fn datagrams_carry_on_seconds_after_the_concentrator_restarts() {
     assert!(
         (COUNT - 150..COUNT).all(|s| answered.contains(&s)),
         "the last 3 s of the stream all come back: lost {lost:?}"
+    );
+    drop(lab);
+}
+
+/// Runs ping in `ns` with `args`; stdout and stderr together, and whether
+/// every packet was answered.
+fn ping_with(ns: &str, args: &[&str]) -> (String, bool) {
+    let mut cmd = vec!["ping", "-n"];
+    cmd.extend_from_slice(args);
+    let out = harness::ns_run(ns, &cmd);
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (text, out.status.success())
+}
+
+/// Pings `addr` from the LAN host with DF set and an ICMP payload of
+/// `size` bytes, until ping reports the MTU `mtu` (from the tunnel's
+/// "fragmentation needed" / Packet Too Big, or the kernel's cache of it)
+/// or `limit` passes; the last output, and whether it did (a first packet
+/// may still have gone through before an MTU change).
+fn df_ping_until_mtu(addr: &str, size: usize, mtu: usize, limit: Duration) -> (String, bool) {
+    let deadline = Instant::now() + limit;
+    let family = if addr.contains(':') { "-6" } else { "-4" };
+    let size = size.to_string();
+    loop {
+        let args = [
+            family, "-c", "2", "-i", "0.2", "-W", "1", "-M", "do", "-s", &size, addr,
+        ];
+        let (text, _) = ping_with(LAN, &args);
+        let told = text.contains(&format!("mtu = {mtu}"))
+            || text.contains(&format!("mtu={mtu}"))
+            || text.contains(&format!("mtu: {mtu}"));
+        if told || Instant::now() > deadline {
+            return (text, told);
+        }
+        thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// The tunnel's MTU on 1500-byte lines is 1438 (1500 less 20 + 8 outer
+/// headers and 34 of sealing). From the LAN: a DF packet of 1438 bytes
+/// goes through; one byte more is refused with ICMP "fragmentation
+/// needed" (IPv4) or Packet Too Big (IPv6) naming 1438, so the host's
+/// path MTU discovery adapts; a 3000-byte datagram without DF is cut into
+/// fragments that fit, both ways, and its echo comes back intact; the
+/// server's own DF replies too big for the client get the ICMP error at
+/// the concentrator (the server's route cache learns 1438). Then lte0's
+/// MTU drops to 1400: within seconds the client's tunnel MTU is 1338,
+/// announced to the concentrator, and with dsl blackholed a 3000-byte
+/// echo still crosses lte whole both ways (a concentrator that ignored the
+/// announcement would send lte0 outer fragments of 1500 bytes, which it
+/// drops).
+#[test]
+fn packets_over_the_tunnel_mtu_are_fragmented_or_refused_with_icmp_both_ways() {
+    let lab = Lab::up_and_start(&[], &[]);
+    let v4: SocketAddr = format!("{SERVER_V4}:{ECHO_PORT}").parse().expect("addr");
+    let v6: SocketAddr = format!("[{SERVER_V6}]:{ECHO_PORT}").parse().expect("addr");
+    let _echo = Echo::start(SRV, &[v4, v6]);
+    let concentrator: IpAddr = "10.77.9.2".parse().expect("addr");
+    // The tunnel is up once a small echo comes back.
+    assert_eq!(echo_sizes(v4, &[10]), [Some(concentrator)]);
+
+    let (text, ok) = ping_with(
+        LAN,
+        &["-c", "1", "-W", "2", "-M", "do", "-s", "1410", SERVER_V4],
+    );
+    assert!(ok, "a DF packet of 1438 bytes fits the tunnel:\n{text}");
+    let (text, refused) = df_ping_until_mtu(SERVER_V4, 1411, 1438, Duration::from_secs(5));
+    assert!(
+        refused,
+        "a DF packet of 1439 bytes is refused with \"fragmentation needed\", mtu 1438:\n{text}"
+    );
+    let (text, refused) = df_ping_until_mtu(SERVER_V6, 1391, 1438, Duration::from_secs(5));
+    assert!(
+        refused,
+        "an IPv6 packet of 1439 bytes gets Packet Too Big, mtu 1438:\n{text}"
+    );
+
+    let seen = echo_sizes(v4, &[3000, 1420]);
+    assert_eq!(
+        seen,
+        [Some(concentrator); 2],
+        "a 3000-byte datagram is fragmented to fit, both ways, and comes back intact; so \
+         does a 1420-byte one once the server learns the MTU"
+    );
+    let route = ns_ok(SRV, &["ip", "route", "get", "10.77.9.2"]);
+    assert!(
+        route.contains("mtu 1438"),
+        "the concentrator told the server (its DF reply was too big for the client): {route}"
+    );
+    let seen6 = echo_sizes(v6, &[3000]);
+    assert_eq!(
+        seen6,
+        [Some("fd77:9::2".parse().expect("addr"))],
+        "IPv6: fragmented by the host after Packet Too Big, intact"
+    );
+
+    ns_ok("mpb-cli", &["ip", "link", "set", "lte0", "mtu", "1400"]);
+    let (text, refused) = df_ping_until_mtu(SERVER_V4, 1311, 1338, Duration::from_secs(15));
+    assert!(
+        refused,
+        "with lte0 at MTU 1400 the tunnel's MTU becomes 1338 within seconds:\n{text}\n{}",
+        lab.log_tail("client", 20)
+    );
+    lab.link(&["dsl", "blackhole"]);
+    let (text, ok) = ping_with(
+        LAN,
+        &[
+            "-c", "3", "-i", "0.3", "-W", "2", "-M", "do", "-s", "1310", SERVER_V4,
+        ],
+    );
+    assert!(
+        ok,
+        "a DF packet of 1338 bytes crosses lte (outer 1400) both ways:\n{text}"
+    );
+    let seen = echo_sizes(v4, &[3000]);
+    assert_eq!(
+        seen,
+        [Some(concentrator)],
+        "over lte alone, fragments sized for its MTU come back whole:\n{}",
+        lab.log_tail("concentrator", 20)
     );
     drop(lab);
 }

@@ -202,6 +202,7 @@ pub async fn run(config: ClientConfig, shutdown: impl Future) -> Result<(), Clie
                 &settings,
                 dg.address_v4.into(),
                 dg.address_v6.map(Into::into),
+                dg.mtu,
             )))
         }
         _ => None,

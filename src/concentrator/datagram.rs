@@ -22,6 +22,13 @@
 //! the flow's path to the one the steer came on; a flow's path is kept as
 //! long as packets of it go out.
 //!
+//! Each client announces its MTU (the largest IP packet all its paths
+//! carry whole once sealed, [`Inner::Mtu`]); a larger packet towards it is
+//! cut into IPv4 fragments that fit, or, if it may not be (DF set, IPv6),
+//! dropped and answered with ICMP "fragmentation needed" / Packet Too Big
+//! (written to the TUN: conntrack maps it back to the sender), at most
+//! [`TOO_BIG_PER_SEC`] a second per sender.
+//!
 //! The responder and the per-client path table sit behind one mutex, held
 //! for the handling of one packet and never across an await.
 
@@ -35,10 +42,13 @@ use tracing::{debug, info, warn};
 
 use super::accept::Clients;
 use super::policy::Policy;
+use crate::crypto::cookie::RateLimiter;
 use crate::crypto::{Dropped, PeerId, Received, Responder, SystemRng};
 use crate::datagram::schedule::MAX_PATHS;
+use crate::wire::build_icmp_too_big_for;
 use crate::wire::convert::ClientId;
 use crate::wire::flow::{flow_of, FlowKey};
+use crate::wire::fragment::{self, Fit, Fragments};
 use crate::wire::probe::MAGIC;
 use crate::wire::tunnel::{Inner, PathProbe, ANY_PATH, DATA_OVERHEAD, TYPE_INITIATION};
 
@@ -71,6 +81,17 @@ const LOAD_INITIATIONS_PER_SEC: u32 = 200;
 /// At most this many dropped datagrams are logged per second.
 const DROP_LOGS_PER_SEC: u32 = 10;
 
+/// ICMP errors for packets too big for a client's MTU, per second and
+/// sender (anyone on the internet can send one towards a client it has a
+/// flow with); a burst of as many.
+const TOO_BIG_PER_SEC: u64 = 10;
+/// Senders the ICMP rate limiter remembers.
+const TOO_BIG_SOURCES: usize = 4096;
+
+/// The least MTU a client may announce: IPv4's 576, which every host
+/// reassembles.
+const MIN_CLIENT_MTU: u16 = 576;
+
 /// One client of the tunnel.
 #[derive(Debug)]
 struct Peer {
@@ -86,6 +107,9 @@ struct Peer {
     last_data: Option<usize>,
     /// Probe sequence per path, for the echoes.
     probe_seq: [u64; MAX_PATHS],
+    /// The largest IP packet it takes whole, as it announced; `None`
+    /// until it has (packets then go as they are).
+    mtu: Option<usize>,
 }
 
 impl Peer {
@@ -162,6 +186,8 @@ struct State {
     drop_log: (Instant, u32),
     /// Initiations in the current second, and when it started.
     initiations: (Instant, u32),
+    /// ICMP errors for packets too big for a client, per sender.
+    too_big: RateLimiter,
 }
 
 /// The datagram side of the concentrator.
@@ -208,6 +234,7 @@ impl Datagrams {
                 flows: HashMap::new(),
                 last_data: None,
                 probe_seq: [0; MAX_PATHS],
+                mtu: None,
             });
         }
         Self {
@@ -218,6 +245,11 @@ impl Datagrams {
                 by_id,
                 drop_log: (Instant::now(), 0),
                 initiations: (Instant::now(), 0),
+                too_big: RateLimiter::with_limits(
+                    TOO_BIG_PER_SEC,
+                    TOO_BIG_PER_SEC,
+                    TOO_BIG_SOURCES,
+                ),
             }),
             tun,
             policy,
@@ -384,6 +416,14 @@ async fn from_client(socket: &UdpSocket, datagrams: &Datagrams, src: SocketAddr,
                         }
                         None
                     }
+                    Inner::Mtu(mtu) => {
+                        let mtu = usize::from(mtu.max(MIN_CLIENT_MTU));
+                        if client.mtu != Some(mtu) {
+                            info!(client = peer.0, mtu, "client's datagram tunnel MTU");
+                        }
+                        client.mtu = Some(mtu);
+                        None
+                    }
                     Inner::Keepalive => None,
                 }
             }
@@ -473,8 +513,18 @@ fn log_drop(log: &mut (Instant, u32), now: Instant, src: SocketAddr, why: &str) 
     }
 }
 
+/// What [`serve_tun`] does with a packet.
+enum ToClient {
+    /// Sealed into the output buffer, this many bytes.
+    Sealed(usize),
+    /// Its fragments, each sealed.
+    Fragments(Vec<Vec<u8>>),
+    /// Too big: this ICMP error back into the TUN.
+    Refused(Vec<u8>),
+}
+
 /// Reads the TUN until it fails: each packet is sealed to the client that
-/// owns its destination.
+/// owns its destination (cut to the client's MTU first, or refused).
 pub(super) async fn serve_tun(socket: Arc<UdpSocket>, datagrams: Arc<Datagrams>) {
     let mut buf = vec![0; MAX_DATAGRAM];
     let mut out = vec![0; MAX_DATAGRAM + DATA_OVERHEAD + 1];
@@ -490,9 +540,10 @@ pub(super) async fn serve_tun(socket: Arc<UdpSocket>, datagrams: Arc<Datagrams>)
         let Ok(flow) = flow_of(packet) else { continue };
         let now = Instant::now();
         // Sealed once into `out` under the lock; sent after it, to each
-        // target. No allocation per packet.
+        // target. No allocation per packet, but for a packet too big for
+        // the client.
         let mut targets = [None::<SocketAddr>; MAX_PATHS];
-        let len = {
+        let action = {
             let mut state = datagrams.state();
             let state = &mut *state;
             let Some(&peer) = state.by_addr.get(&flow.key.dst) else {
@@ -501,37 +552,88 @@ pub(super) async fn serve_tun(socket: Arc<UdpSocket>, datagrams: Arc<Datagrams>)
             let Some(client) = state.peers.get_mut(peer.0) else {
                 continue;
             };
-            let bits = client.paths_for(now, Some(&flow.key.reversed()));
-            let mut count = 0;
-            let mut only = 0;
-            for (i, path) in client.paths.iter().enumerate() {
-                if let (true, Some((addr, _)), Ok(id)) =
-                    (bits & (1 << i) != 0, path, u8::try_from(i))
-                {
-                    targets[count] = Some(*addr);
-                    count += 1;
-                    only = id;
+            let fit = client
+                .mtu
+                .map_or(Fit::Send, |mtu| fragment::fit(packet, mtu));
+            if fit == Fit::Refuse {
+                let mtu = client.mtu.unwrap_or(MAX_DATAGRAM);
+                if !state.too_big.allow(now, flow.key.src) {
+                    continue;
+                }
+                match build_icmp_too_big_for(packet, fragment::announced_mtu(packet, mtu)) {
+                    Some(icmp) => ToClient::Refused(icmp),
+                    None => continue,
+                }
+            } else {
+                let bits = client.paths_for(now, Some(&flow.key.reversed()));
+                let mtu = client.mtu.unwrap_or(MAX_DATAGRAM);
+                let mut count = 0;
+                let mut only = 0;
+                for (i, path) in client.paths.iter().enumerate() {
+                    if let (true, Some((addr, _)), Ok(id)) =
+                        (bits & (1 << i) != 0, path, u8::try_from(i))
+                    {
+                        targets[count] = Some(*addr);
+                        count += 1;
+                        only = id;
+                    }
+                }
+                // Several paths: sealed once, the same bytes on each (the
+                // client's replay window drops the later copies).
+                let path = match count {
+                    0 => continue,
+                    1 => only,
+                    _ => ANY_PATH,
+                };
+                if fit == Fit::Fragment {
+                    let Some(mut fragments) = Fragments::new(packet, mtu) else {
+                        continue;
+                    };
+                    let mut piece = vec![0; mtu];
+                    let mut sealed = Vec::with_capacity(fragments.count());
+                    while let Some(len) = fragments.next_into(&mut piece) {
+                        let Some(piece) = piece.get(..len) else { break };
+                        if let Ok(len) =
+                            state
+                                .responder
+                                .seal(now, peer, path, &Inner::Ip(piece), &mut out)
+                        {
+                            sealed.push(out[..len].to_vec());
+                        }
+                    }
+                    ToClient::Fragments(sealed)
+                } else {
+                    match state
+                        .responder
+                        .seal(now, peer, path, &Inner::Ip(packet), &mut out)
+                    {
+                        Ok(len) => ToClient::Sealed(len),
+                        Err(_) => continue,
+                    }
                 }
             }
-            // Several paths: sealed once, the same bytes on each (the
-            // client's replay window drops the later copies).
-            let path = match count {
-                0 => continue,
-                1 => only,
-                _ => ANY_PATH,
-            };
-            match state
-                .responder
-                .seal(now, peer, path, &Inner::Ip(packet), &mut out)
-            {
-                Ok(len) => len,
-                Err(_) => continue,
-            }
         };
-        for addr in targets.iter().flatten() {
-            if let Err(e) = socket.send_to(&out[..len], *addr).await {
-                debug!(%addr, error = %e, "cannot send a datagram to a client");
+        match action {
+            ToClient::Sealed(len) => send_to_all(&socket, &targets, &out[..len]).await,
+            ToClient::Fragments(sealed) => {
+                for bytes in &sealed {
+                    send_to_all(&socket, &targets, bytes).await;
+                }
             }
+            ToClient::Refused(icmp) => {
+                if let Err(e) = datagrams.tun.send(&icmp).await {
+                    debug!(error = %e, "writing an ICMP error to the TUN failed");
+                }
+            }
+        }
+    }
+}
+
+/// Sends `bytes` to each of `targets`.
+async fn send_to_all(socket: &UdpSocket, targets: &[Option<SocketAddr>], bytes: &[u8]) {
+    for addr in targets.iter().flatten() {
+        if let Err(e) = socket.send_to(bytes, *addr).await {
+            debug!(%addr, error = %e, "cannot send a datagram to a client");
         }
     }
 }
@@ -562,6 +664,7 @@ mod tests {
             flows: HashMap::new(),
             last_data: None,
             probe_seq: [0; MAX_PATHS],
+            mtu: None,
         }
     }
 

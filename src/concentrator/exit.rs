@@ -34,9 +34,9 @@ use crate::chain::Chain;
 use crate::sys::{NftError, NftTable, SysctlGuard};
 
 /// The TUN's MTU: the same as the client's, so no packet that entered
-/// the client's TUN is too big for this one. A sealed packet near this
-/// size does not fit a 1500-byte line; both ends let the kernel fragment
-/// the outer datagram ([`crate::sys::allow_fragments`]) rather than lose it.
+/// the client's TUN is too big for this one. What is larger than a
+/// client's tunnel MTU is cut or refused on the way
+/// ([`crate::wire::fragment`]).
 pub const TUN_MTU: u16 = 1500;
 
 /// The nftables table the concentrator owns (family `inet`).

@@ -58,6 +58,10 @@
 //! quic = "block"                    # optional: "block" (QUIC refused at once:
 //!                                   # browsers fall back to TCP, bonded by
 //!                                   # MPTCP) or "tunnel" (carried, one line)
+//! mtu = 1400                        # optional: cap on the largest packet the
+//!                                   # tunnel carries whole (576-9000; default:
+//!                                   # each uplink's path MTU less the outer
+//!                                   # headers, the smallest of them)
 //! ```
 
 use std::collections::HashMap;
@@ -131,9 +135,15 @@ pub struct DatagramConfig {
     pub address_v4: Ipv4Addr,
     /// Its IPv6 address inside the tunnel, if the concentrator gives one.
     pub address_v6: Option<Ipv6Addr>,
+    /// A cap on the tunnel's MTU (`mtu`), for a path whose MTU is smaller
+    /// somewhere past the uplink's interface (a cellular carrier's).
+    pub mtu: Option<u16>,
 }
 
 impl DatagramConfig {
+    /// The range `mtu` may take: IPv4's 576 every host accepts, up to
+    /// jumbo frames.
+    pub const MTU_RANGE: std::ops::RangeInclusive<u16> = 576..=9000;
     /// Default for `mode`.
     pub const DEFAULT_MODE: Mode = Mode::Latency;
     /// Default for `dns_redundant`.
@@ -272,6 +282,7 @@ pub struct RawDatagram {
     quic: Option<Spanned<String>>,
     address_v4: Option<Spanned<String>>,
     address_v6: Option<Spanned<String>>,
+    mtu: Option<Spanned<i64>>,
 }
 
 /// The `[tun]` table as written.
@@ -592,6 +603,27 @@ fn datagram(
             Err(e) => return Err(file.invalid("datagram.address_v6", text.span(), e)),
         },
     };
+    let mtu = match &raw.mtu {
+        None => None,
+        Some(value) => {
+            let range = DatagramConfig::MTU_RANGE;
+            let mtu = u16::try_from(*value.get_ref())
+                .ok()
+                .filter(|m| range.contains(m))
+                .ok_or_else(|| {
+                    file.invalid(
+                        "datagram.mtu",
+                        value.span(),
+                        ValueError::OutOfRange {
+                            value: *value.get_ref(),
+                            min: i64::from(*range.start()),
+                            max: i64::from(*range.end()),
+                        },
+                    )
+                })?;
+            Some(mtu)
+        }
+    };
     let config = DatagramConfig {
         port,
         mode,
@@ -605,6 +637,7 @@ fn datagram(
         quic,
         address_v4,
         address_v6,
+        mtu,
     };
     Ok(raw.enabled.unwrap_or(true).then_some(config))
 }
@@ -959,6 +992,7 @@ mod tests {
                 quic: QuicPolicy::Block,
                 address_v4: Ipv4Addr::new(10, 77, 0, 2),
                 address_v6: None,
+                mtu: None,
             })
         );
         let off = "[datagram]\nenabled = false\naddress_v4 = \"10.77.0.2\"";
@@ -970,7 +1004,8 @@ mod tests {
         let config = load(&keyed(
             "[datagram]\nenabled = true\nport = 7400\nmode = \"aggregate\"\n\
              dns_redundant = false\nquic = \"block\"\naddress_v4 = \"10.77.0.2\"\n\
-             address_v6 = \"fd77::2\"\nredundant_ef = false\nredundant_ports = [3478, 5060, 3478]",
+             address_v6 = \"fd77::2\"\nredundant_ef = false\nredundant_ports = [3478, 5060, 3478]\n\
+             mtu = 1400",
         ))
         .expect("valid");
         let datagram = config.datagram.expect("on");
@@ -986,6 +1021,7 @@ mod tests {
             "once each"
         );
         assert_eq!(datagram.port, 7400);
+        assert_eq!(datagram.mtu, Some(1400));
         assert_eq!(datagram.mode, Mode::Aggregate);
         assert!(!datagram.dns_redundant);
         assert_eq!(datagram.quic, QuicPolicy::Block);
@@ -1012,6 +1048,7 @@ mod tests {
             ("quic = \"drop\"", "datagram.quic", "is not a QUIC policy"),
             ("port = 0", "datagram.port", "port 0"),
             ("port = 70000", "datagram.port", "from 1 to 65535"),
+            ("mtu = 500", "datagram.mtu", "from 576 to 9000"),
             (
                 "redundant_ports = [5060, 0]",
                 "datagram.redundant_ports",

@@ -23,7 +23,7 @@ pub use netlink::{
 pub use netns::enter_netns;
 pub use nft::{NftError, NftTable};
 pub use sockopt::{
-    allow_fragments, mptcp_subflows, set_datagram_buffers, set_recv_buffer,
+    allow_fragments, mptcp_subflows, path_mtu, set_datagram_buffers, set_recv_buffer,
     set_tcp_fastopen_connect, set_tcp_fastopen_listener, tcp_state, SubflowInfo, SUBFLOW_INFO_LEN,
     TCP_ESTABLISHED,
 };

@@ -91,9 +91,10 @@ pub fn set_recv_buffer(socket: &impl AsFd, bytes: u32) -> io::Result<()> {
 }
 
 /// Lets the kernel fragment what a UDP socket sends when it is larger
-/// than the path's MTU, instead of refusing it (`EMSGSIZE`): a sealed
-/// 1500-byte packet from the LAN does not fit a 1500-byte uplink, and a
-/// fragmented datagram beats a lost one. `v6`: the socket is IPv6.
+/// than the path's MTU, instead of refusing it (`EMSGSIZE`): the datagram
+/// tunnel keeps its sealed packets within the path MTU, but for IPv6
+/// packets up to 1280 bytes on narrower lines, and a fragmented datagram
+/// beats a lost one. `v6`: the socket is IPv6.
 pub fn allow_fragments(socket: &impl AsFd, v6: bool) -> io::Result<()> {
     let fd = socket.as_fd();
     if v6 {
@@ -118,6 +119,36 @@ pub fn allow_fragments(socket: &impl AsFd, v6: bool) -> io::Result<()> {
             libc::IP_PMTUDISC_DONT,
         )
     }
+}
+
+/// The path MTU the kernel knows from `local` (an address of this host) to
+/// `remote`: the MTU of the route that policy routing picks for that
+/// source (the uplink's interface, or a route's `mtu` attribute), or what
+/// path MTU discovery has learnt since. Found with a throwaway UDP socket
+/// bound to `local` and connected to `remote` (nothing is sent).
+pub fn path_mtu(local: std::net::IpAddr, remote: std::net::SocketAddr) -> io::Result<u32> {
+    let socket = std::net::UdpSocket::bind(std::net::SocketAddr::new(local, 0))?;
+    socket.connect(remote)?;
+    let (level, name) = if remote.is_ipv6() {
+        (libc::IPPROTO_IPV6, libc::IPV6_MTU)
+    } else {
+        (libc::IPPROTO_IP, libc::IP_MTU)
+    };
+    let mut mtu: libc::c_int = 0;
+    let mut len = mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: getsockopt writes at most `len` bytes (one c_int) into `mtu`,
+    // which lives across the call; the descriptor is borrowed from the
+    // socket above, open until it drops at the end of this function.
+    cvt(unsafe {
+        libc::getsockopt(
+            socket.as_fd().as_raw_fd(),
+            level,
+            name,
+            (&raw mut mtu).cast(),
+            &mut len,
+        )
+    })?;
+    u32::try_from(mtu).map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "negative MTU"))
 }
 
 /// Gives a datagram socket `bytes` of receive and send buffer each: with

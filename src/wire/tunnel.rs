@@ -23,14 +23,15 @@
 //! counter per copy, and the duplicates would all get through.)
 //!
 //! The decrypted payload is an [`Inner`]: nothing (a keepalive), an IP
-//! packet, or a control message: a [`PathProbe`], or a steer (the client
+//! packet, or a control message: a [`PathProbe`], a steer (the client
 //! asks for a flow's packets towards it on the path the steer came on:
-//! its scheduler moved a flow that only receives).
+//! its scheduler moved a flow that only receives), or the client's MTU.
 //!
 //! ```text
 //! steer   kind 3 | protocol | family (4, 6) | demux (0 hosts, 1 ports,
 //!         2 echo, 3 fragment) | src | dst (4 or 16 bytes each)
 //!         | port or echo id (u16) | port (u16)         = 16 (IPv4), 40 (IPv6)
+//! mtu     kind 4 | largest inner IP packet (u16)       = 3
 //! ```
 //!
 //! The flow is keyed as the client sends it (source: its tunnel address).
@@ -146,6 +147,12 @@ pub enum Error {
     /// A steer that is not one (length, family or demux kind).
     #[error("malformed steer of {len} bytes")]
     Steer {
+        /// Bytes in the message.
+        len: usize,
+    },
+    /// An MTU announcement of the wrong length.
+    #[error("MTU announcement of {len} bytes, expected {MTU_LEN}")]
+    MtuLength {
         /// Bytes in the message.
         len: usize,
     },
@@ -526,6 +533,10 @@ pub const INNER_STEER: u8 = 3;
 pub const STEER_V4_LEN: usize = 4 + 2 * 4 + 4;
 /// Length of an encoded steer of an IPv6 flow, kind byte included.
 pub const STEER_V6_LEN: usize = 4 + 2 * 16 + 4;
+/// Inner kind byte of an MTU announcement.
+pub const INNER_MTU: u8 = 4;
+/// Length of an encoded MTU announcement, kind byte included.
+pub const MTU_LEN: usize = 3;
 
 /// Why a decrypted payload is not an inner message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -545,6 +556,12 @@ pub enum InnerError {
     /// A steer that is not one (length, family or demux kind).
     #[error("malformed steer of {len} bytes")]
     Steer {
+        /// Bytes in the message.
+        len: usize,
+    },
+    /// An MTU announcement of the wrong length.
+    #[error("MTU announcement of {len} bytes, expected {MTU_LEN}")]
+    MtuLength {
         /// Bytes in the message.
         len: usize,
     },
@@ -571,6 +588,11 @@ pub enum Inner<'a> {
     /// A steer: send this flow's packets (keyed as the client sends them)
     /// on the path this message came on.
     Steer(FlowKey),
+    /// The largest IP packet the sender's paths carry whole, sealed: the
+    /// receiver refuses or fragments larger ones towards it. The client
+    /// announces it on each path every few seconds (it is also that
+    /// path's keepalive).
+    Mtu(u16),
 }
 
 impl<'a> Inner<'a> {
@@ -584,6 +606,10 @@ impl<'a> Inner<'a> {
             INNER_IP => Ok(Self::Ip(rest)),
             INNER_PROBE => PathProbe::parse(buf).map(Self::Probe),
             INNER_STEER => parse_steer(buf).map(Self::Steer),
+            INNER_MTU => match rest {
+                &[hi, lo] => Ok(Self::Mtu(u16::from_be_bytes([hi, lo]))),
+                _ => Err(InnerError::MtuLength { len: buf.len() }),
+            },
             other => Err(InnerError::UnknownKind(other)),
         }
     }
@@ -598,6 +624,7 @@ impl<'a> Inner<'a> {
                 IpAddr::V4(_) => STEER_V4_LEN,
                 IpAddr::V6(_) => STEER_V6_LEN,
             },
+            Self::Mtu(_) => MTU_LEN,
         }
     }
 
@@ -623,6 +650,10 @@ impl<'a> Inner<'a> {
             }
             Self::Probe(probe) => probe.write(slot),
             Self::Steer(key) => write_steer(key, slot),
+            Self::Mtu(mtu) => {
+                slot[0] = INNER_MTU;
+                slot[1..].copy_from_slice(&mtu.to_be_bytes());
+            }
         }
         Ok(need)
     }
@@ -895,6 +926,7 @@ mod tests {
             Inner::Steer(v6),
             Inner::Steer(frag),
             Inner::Steer(hosts),
+            Inner::Mtu(1438),
         ] {
             let mut buf = [0; 64];
             let len = inner.encode(&mut buf).expect("fits");
@@ -906,6 +938,11 @@ mod tests {
             Err(InnerError::BufferTooSmall { len: 10, need: 50 })
         );
         assert_eq!(Inner::parse(&[1]), Err(InnerError::EmptyPacket));
+        assert_eq!(Inner::parse(&[4, 5]), Err(InnerError::MtuLength { len: 2 }));
+        assert_eq!(
+            Inner::parse(&[4, 5, 6, 7]),
+            Err(InnerError::MtuLength { len: 4 })
+        );
         assert_eq!(Inner::parse(&[7, 1]), Err(InnerError::UnknownKind(7)));
         assert_eq!(
             Inner::parse(&[2, 1, 2]),
