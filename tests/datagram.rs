@@ -209,12 +209,15 @@ fn udp_and_ping_from_the_lan_leave_from_the_concentrator_and_survive_a_blackhole
          ({interruption:?}): {lost:?}",
         lost.len()
     );
+    // lte loses 0.5 % each way at random (about one echo in a hundred):
+    // after failover only such single losses, never a gap.
+    let late: Vec<u64> = lost.iter().copied().filter(|&s| s >= COUNT - 50).collect();
     assert!(
-        (COUNT - 50..COUNT).all(|s| answered.contains(&s)),
-        "after failover every datagram comes back: lost {lost:?}"
+        late.len() <= 3 && late.windows(2).all(|w| w[1] > w[0] + 1),
+        "after failover the datagrams come back but for lte's random loss: lost {lost:?}"
     );
     let pings = ping(LAN, SERVER_V4, 5, Duration::from_millis(100));
-    assert_eq!(pings.received, 5, "ping over lte alone: {pings:?}");
+    assert!(pings.received >= 4, "ping over lte alone: {pings:?}");
 }
 
 /// dnsmasq in mpb-srv answering one name; the caller kills it.
