@@ -23,7 +23,7 @@ use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use harness::{connect, lab_ok, run_in, Behavior, Lab, NsServer, Sha256};
-use mpbond::wire::convert::{self, ConnectRequest, Response};
+use mpbond::wire::convert::{self, Response};
 
 const SERVER: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(198, 51, 100, 10)), 5210);
 const CONCENTRATOR: IpAddr = IpAddr::V4(Ipv4Addr::new(10, 77, 9, 2));
@@ -146,13 +146,11 @@ impl Capture {
             // Retransmissions carry the same bytes again.
             segments.sort_by_key(|(seq, _, _)| *seq);
             segments.dedup_by_key(|(seq, _, _)| *seq);
-            let Some(at) = segments
+            let Some((at, request)) = segments
                 .iter()
-                .position(|(_, payload, _)| ConnectRequest::decode(payload).is_ok())
+                .enumerate()
+                .find_map(|(i, (_, payload, _))| Some((i, RawHeader::parse(payload)?)))
             else {
-                continue;
-            };
-            let Ok((request, _)) = ConnectRequest::decode(&segments[at].1) else {
                 continue;
             };
             if request.destination != destination {
@@ -201,7 +199,38 @@ struct Captured {
     first_flight: Vec<u8>,
     /// Whether it rode a SYN (TCP Fast Open) rather than a warm tunnel.
     syn: bool,
-    request: ConnectRequest,
+    request: RawHeader,
+}
+
+/// What the test reads of a captured connect header: by offsets that every
+/// version of it shares (the Connect TLV first, then the Auth TLV's
+/// timestamp), so that the test also runs against an older mpbond
+/// (`MPBOND=PATH`) and shows what it let through.
+#[derive(Debug)]
+struct RawHeader {
+    destination: SocketAddr,
+    timestamp_ms: u64,
+}
+
+impl RawHeader {
+    fn parse(payload: &[u8]) -> Option<Self> {
+        let len = convert::header_len(payload).ok()??;
+        let header = payload.get(..len)?;
+        // Connect TLV (type 10) at 4: port at 6..8, address at 8..24; Auth
+        // TLV (type 200) at 24: timestamp at 28..36.
+        if header.get(4) != Some(&10) || header.get(24) != Some(&200) {
+            return None;
+        }
+        let port = u16::from_be_bytes(header.get(6..8)?.try_into().ok()?);
+        let octets: [u8; 16] = header.get(8..24)?.try_into().ok()?;
+        let ip = std::net::Ipv6Addr::from(octets);
+        let ip = ip.to_ipv4_mapped().map_or(IpAddr::V6(ip), IpAddr::V4);
+        let timestamp_ms = u64::from_be_bytes(header.get(28..36)?.try_into().ok()?);
+        Some(Self {
+            destination: SocketAddr::new(ip, port),
+            timestamp_ms,
+        })
+    }
 }
 
 /// The frames of a classic pcap file (either byte order, Ethernet); stops
@@ -378,7 +407,7 @@ fn assert_refused(what: &str, replays: &[Replayed], srv: &NsServer, accepted_bef
 fn assert_inside_window(what: &str, captured: &[Captured]) {
     let now = now_ms();
     for c in captured {
-        let age = Duration::from_millis(now.saturating_sub(c.request.auth.timestamp_ms));
+        let age = Duration::from_millis(now.saturating_sub(c.request.timestamp_ms));
         assert!(
             age + Duration::from_secs(3) < WINDOW,
             "{what}: a header {age:?} old was replayed; the test must replay inside the \
