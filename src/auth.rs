@@ -4,13 +4,17 @@
 //! each [`ConnectRequest`] with [`sign_request`]: HMAC-SHA256 keyed with the
 //! client's key over [`MAC_DOMAIN`] followed by
 //! [`ConnectRequest::mac_input`] (the encoded request with its MAC field
-//! zeroed), which covers the destination, the client id, the timestamp and
-//! the nonce. The concentrator looks the key up by client id, checks the MAC
-//! with [`verify`], and only then feeds the timestamp and nonce to a
-//! [`ReplayGuard`].
+//! zeroed), which covers the destination, the client id, the timestamp,
+//! the nonce and the concentrator [`Epoch`] it signs for. The concentrator
+//! looks the key up by client id, checks the MAC with [`verify`], and only
+//! then asks the client's [`ConnectGuard`] whether the request is fresh:
+//! inside the time window, for this concentrator run's epoch, and never
+//! seen before ([`ReplayGuard`]). A request for another epoch is answered
+//! with [`sign_epoch`]'s authenticated announcement of the current one,
+//! which the client checks with [`verify_epoch`] before signing again.
 //!
-//! Everything here is pure except [`Key::generate`] and [`random_nonce`],
-//! which read the system's random number generator.
+//! Everything here is pure except [`Key::generate`], [`Epoch::generate`]
+//! and [`random_nonce`], which read the system's random number generator.
 
 use std::collections::BTreeSet;
 use std::fmt;
@@ -28,7 +32,13 @@ pub const KEY_LEN: usize = 32;
 
 /// Domain-separation label the MAC covers before the request, so a MAC made
 /// here can never be mistaken for one over another kind of message.
-pub const MAC_DOMAIN: &[u8] = b"mpbond connect v1\0";
+///
+/// v2: the request carries the concentrator epoch (v1 headers no longer
+/// decode, and their MACs would not verify either).
+pub const MAC_DOMAIN: &[u8] = b"mpbond connect v2\0";
+
+/// Domain-separation label of an epoch announcement's MAC.
+const EPOCH_DOMAIN: &[u8] = b"mpbond epoch v1\0";
 
 /// Why a key or a nonce could not be made.
 #[derive(Debug, thiserror::Error)]
@@ -108,6 +118,55 @@ pub fn unix_ms() -> u64 {
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
+/// One run of a concentrator: a random 64-bit number drawn when it starts,
+/// which every connect header must carry (see [`ConnectGuard`] for why).
+///
+/// [`Epoch::UNKNOWN`] (0) is what a client signs for before it has heard
+/// an epoch; no concentrator ever runs with it, so such a header is never
+/// accepted, only answered with the current epoch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Epoch(u64);
+
+impl Epoch {
+    /// No epoch heard yet.
+    pub const UNKNOWN: Self = Self(0);
+
+    /// A fresh random epoch, never [`Epoch::UNKNOWN`].
+    pub fn generate() -> Result<Self, AuthError> {
+        let rng = SystemRandom::new();
+        loop {
+            let mut bytes = [0; 8];
+            rng.fill(&mut bytes).map_err(|_| AuthError::Random)?;
+            let epoch = u64::from_be_bytes(bytes);
+            if epoch != 0 {
+                return Ok(Self(epoch));
+            }
+        }
+    }
+
+    /// The epoch with this wire value.
+    pub const fn from_u64(value: u64) -> Self {
+        Self(value)
+    }
+
+    /// Its wire value.
+    pub const fn as_u64(self) -> u64 {
+        self.0
+    }
+
+    /// Whether this is a concentrator's epoch rather than
+    /// [`Epoch::UNKNOWN`].
+    pub fn is_known(self) -> bool {
+        self.0 != 0
+    }
+}
+
+impl fmt::Display for Epoch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:016x}", self.0)
+    }
+}
+
 /// A fresh random nonce for [`sign_request`].
 pub fn random_nonce() -> Result<[u8; 16], AuthError> {
     let mut nonce = [0; 16];
@@ -118,11 +177,14 @@ pub fn random_nonce() -> Result<[u8; 16], AuthError> {
 }
 
 /// Builds the request a client sends for `destination`, signed with `key`
-/// at `now_ms` (unix milliseconds) with `nonce` (from [`random_nonce`]).
+/// for concentrator `epoch` (the last one it announced, or
+/// [`Epoch::UNKNOWN`]) at `now_ms` (unix milliseconds) with `nonce` (from
+/// [`random_nonce`]).
 pub fn sign_request(
     key: &Key,
     client_id: ClientId,
     destination: SocketAddr,
+    epoch: Epoch,
     nonce: [u8; 16],
     now_ms: u64,
 ) -> ConnectRequest {
@@ -132,6 +194,7 @@ pub fn sign_request(
             client_id,
             timestamp_ms: now_ms,
             nonce,
+            epoch: epoch.0,
             mac: [0; 32],
         },
     };
@@ -168,6 +231,32 @@ pub fn verify_probe(key: &Key, body: &[u8], mac: &[u8; 32]) -> bool {
 /// request that verifies to [`ReplayGuard::check`].
 pub fn verify(key: &Key, request: &ConnectRequest) -> bool {
     hmac::verify(&key.hmac_key(), &signed_bytes(request), &request.auth.mac).is_ok()
+}
+
+/// The MAC with which the concentrator announces `epoch` in answer to
+/// `request` (which verified but was signed for another epoch).
+///
+/// It covers the request's own MAC, so the announcement is good for that
+/// one request only: an old announcement replayed to a client matches none
+/// of its later requests.
+pub fn sign_epoch(key: &Key, epoch: Epoch, request: &ConnectRequest) -> [u8; 32] {
+    let tag = hmac::sign(&key.hmac_key(), &epoch_bytes(epoch, request));
+    let mut mac = [0; 32];
+    mac.copy_from_slice(tag.as_ref());
+    mac
+}
+
+/// Whether `mac` announces `epoch` in answer to `request` (see
+/// [`sign_epoch`]); constant time. Only then may a client sign for it.
+pub fn verify_epoch(key: &Key, epoch: Epoch, mac: &[u8; 32], request: &ConnectRequest) -> bool {
+    epoch.is_known() && hmac::verify(&key.hmac_key(), &epoch_bytes(epoch, request), mac).is_ok()
+}
+
+fn epoch_bytes(epoch: Epoch, request: &ConnectRequest) -> Vec<u8> {
+    let mut bytes = EPOCH_DOMAIN.to_vec();
+    bytes.extend_from_slice(&epoch.0.to_be_bytes());
+    bytes.extend_from_slice(&request.auth.mac);
+    bytes
 }
 
 fn signed_bytes(request: &ConnectRequest) -> Vec<u8> {
@@ -215,6 +304,20 @@ pub enum ReplayError {
     BelowFloor {
         /// The newest timestamp the guard refuses, unix milliseconds.
         floor_ms: u64,
+    },
+    /// The request was signed for another concentrator run: before this
+    /// one started (a replay of a captured header, or a client that has
+    /// not heard of the restart yet), or before the client heard any epoch.
+    #[error(
+        "signed for concentrator epoch {signed_for}, not this run's {current}: \
+         made before this concentrator started, or before the client heard of it; \
+         answered with the current epoch, nothing forwarded"
+    )]
+    StaleEpoch {
+        /// The epoch the request carries.
+        signed_for: Epoch,
+        /// This run's epoch.
+        current: Epoch,
     },
 }
 
@@ -269,6 +372,27 @@ impl ReplayGuard {
         timestamp_ms: u64,
         nonce: &[u8; 16],
     ) -> Result<(), ReplayError> {
+        self.check_window(now_ms, timestamp_ms)?;
+        self.expire(now_ms);
+        if let Some(floor_ms) = self.floor_ms.filter(|&floor| timestamp_ms <= floor) {
+            return Err(ReplayError::BelowFloor { floor_ms });
+        }
+        if !self.seen.insert((timestamp_ms, *nonce)) {
+            return Err(ReplayError::Replayed);
+        }
+        // The entry evicted may be the one just inserted; the floor still
+        // covers it, so accepting it once is safe.
+        if self.seen.len() > self.capacity {
+            if let Some((oldest, _)) = self.seen.pop_first() {
+                self.raise_floor(oldest);
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether `timestamp_ms` is inside the window around `now_ms`;
+    /// remembers nothing.
+    pub fn check_window(&self, now_ms: u64, timestamp_ms: u64) -> Result<(), ReplayError> {
         let window_ms = self.window_ms;
         let behind_ms = now_ms.saturating_sub(timestamp_ms);
         if behind_ms > window_ms {
@@ -283,20 +407,6 @@ impl ReplayGuard {
                 ahead_ms,
                 window_ms,
             });
-        }
-        self.expire(now_ms);
-        if let Some(floor_ms) = self.floor_ms.filter(|&floor| timestamp_ms <= floor) {
-            return Err(ReplayError::BelowFloor { floor_ms });
-        }
-        if !self.seen.insert((timestamp_ms, *nonce)) {
-            return Err(ReplayError::Replayed);
-        }
-        // The entry evicted may be the one just inserted; the floor still
-        // covers it, so accepting it once is safe.
-        if self.seen.len() > self.capacity {
-            if let Some((oldest, _)) = self.seen.pop_first() {
-                self.raise_floor(oldest);
-            }
         }
         Ok(())
     }
@@ -333,6 +443,112 @@ impl Default for ReplayGuard {
     /// ±30 s, 65 536 entries.
     fn default() -> Self {
         Self::new(Self::DEFAULT_WINDOW_MS, Self::DEFAULT_CAPACITY)
+    }
+}
+
+/// Whether one client's connect headers are fresh: inside the time window,
+/// signed for this concentrator run's [`Epoch`], and never accepted before.
+///
+/// # No replay across restarts
+///
+/// A [`ReplayGuard`] lives in memory and dies with the process, so on its
+/// own a header captured on the wire could be replayed to a restarted
+/// concentrator within its 30 s window and open a new connection. The
+/// epoch closes that gap without any state on disk:
+///
+/// - The concentrator draws a random 64-bit epoch when it starts and
+///   accepts only headers that carry it (under their MAC). Every header
+///   signed before the restart carries an older epoch, so it is refused,
+///   whatever its timestamp and for ever (two runs share an epoch with
+///   probability 2^-64; nobody can predict the next one).
+/// - A header that verifies but carries another epoch, with a timestamp
+///   inside the window, is answered with the current epoch under a MAC
+///   bound to that header ([`sign_epoch`]); nothing is forwarded. The
+///   client checks it ([`verify_epoch`]), signs again and retries on a new
+///   connection: one more round trip after each restart (and for the first
+///   connection after the client starts), with no one acting. A replayed
+///   header gets that announcement too, which gives its sender nothing it
+///   did not see on the wire; anything outside the window gets silence.
+///
+/// Why not a persisted floor or high-water mark:
+///
+/// - **Clock skew.** A floor is a time: after a restart, fresh headers from
+///   a client whose clock runs behind the concentrator's stay below it (up
+///   to the whole window) and are refused until its clock passes it; a
+///   floor high enough to cover clients ahead of the concentrator locks out
+///   the rest for that long. The epoch compares no clocks; the window keeps
+///   its role (±30 s of skew) within a run.
+/// - **Warm tunnels.** The client signs a warm tunnel's header when a flow
+///   takes it, not when it is connected, so a header is never older than
+///   the flow; even a header signed ahead of use is valid for as long as
+///   the window allows, in the epoch it was signed for. The epoch has no
+///   age.
+/// - **Multipath reordering.** Flows open concurrently over lines with
+///   different delays, so headers arrive out of timestamp order; a per-client
+///   high-water mark would refuse the slower line's. The guard remembers a
+///   set of (timestamp, nonce), not a maximum, and the epoch does not order
+///   anything.
+/// - **Crashes and disks.** A state file must be written before acceptance
+///   moves past it, can be corrupt, missing, on a read-only or full disk,
+///   or rolled back with a VM snapshot (and then silently accept the
+///   replays it was meant to stop). A random epoch needs no file: a crash
+///   simply starts a new run.
+/// - **Client restarts.** The client keeps no replay state (nonces are
+///   random, not counters), and a concentrator that did not restart still
+///   remembers every header it accepted inside the window: a replay of one
+///   of the old client's headers is refused exactly as before, and a header
+///   older than the window is refused as too old.
+///
+/// What remains, as with any 0-RTT scheme: a header that an attacker on
+/// the path held back (so that it never arrived) can still be delivered
+/// once, late, within the window and the same concentrator run. It was
+/// never used, so this is a delay, not a replay.
+#[derive(Debug, Clone)]
+pub struct ConnectGuard {
+    epoch: Epoch,
+    replay: ReplayGuard,
+}
+
+impl ConnectGuard {
+    /// A guard for concentrator run `epoch` with the default window and
+    /// capacity.
+    pub fn new(epoch: Epoch) -> Self {
+        Self::with_replay_guard(epoch, ReplayGuard::default())
+    }
+
+    /// A guard for concentrator run `epoch` around `replay`.
+    pub fn with_replay_guard(epoch: Epoch, replay: ReplayGuard) -> Self {
+        Self { epoch, replay }
+    }
+
+    /// This run's epoch.
+    pub fn epoch(&self) -> Epoch {
+        self.epoch
+    }
+
+    /// Accepts `auth` (of a request that passed [`verify`]) at `now_ms` if
+    /// its timestamp is inside the window, it carries this run's epoch and
+    /// its nonce is new; remembers it. The window comes first, so that only
+    /// a recent header is ever answered with [`ReplayError::StaleEpoch`].
+    pub fn check(&mut self, now_ms: u64, auth: &Auth) -> Result<(), ReplayError> {
+        self.replay.check_window(now_ms, auth.timestamp_ms)?;
+        if auth.epoch != self.epoch.0 {
+            return Err(ReplayError::StaleEpoch {
+                signed_for: Epoch(auth.epoch),
+                current: self.epoch,
+            });
+        }
+        self.replay.check(now_ms, auth.timestamp_ms, &auth.nonce)
+    }
+
+    /// How many requests the guard remembers.
+    pub fn len(&self) -> usize {
+        self.replay.len()
+    }
+
+    /// Whether the guard remembers no request.
+    pub fn is_empty(&self) -> bool {
+        self.replay.is_empty()
     }
 }
 
@@ -380,10 +596,16 @@ mod tests {
         nonce
     }
 
+    const EPOCH: Epoch = Epoch(0x6d70_626f_6e64_0001);
+
+    fn signed(key: &Key, epoch: Epoch, nonce: [u8; 16], now_ms: u64) -> ConnectRequest {
+        sign_request(key, id(), destinations()[0], epoch, nonce, now_ms)
+    }
+
     #[test]
     fn sign_encode_decode_verify_roundtrip() {
         for destination in destinations() {
-            let request = sign_request(&key(7), id(), destination, nonce(1), NOW);
+            let request = sign_request(&key(7), id(), destination, EPOCH, nonce(1), NOW);
             assert_eq!(request.auth.timestamp_ms, NOW);
             let encoded = request.encode();
             let (decoded, used) = ConnectRequest::decode(&encoded).expect("decodes");
@@ -396,7 +618,7 @@ mod tests {
     #[test]
     fn wrong_key_fails() {
         for destination in destinations() {
-            let request = sign_request(&key(7), id(), destination, nonce(1), NOW);
+            let request = sign_request(&key(7), id(), destination, EPOCH, nonce(1), NOW);
             assert!(!verify(&key(8), &request));
         }
     }
@@ -404,7 +626,7 @@ mod tests {
     #[test]
     fn every_flipped_bit_fails_decoding_or_verification() {
         for destination in destinations() {
-            let encoded = sign_request(&key(7), id(), destination, nonce(1), NOW).encode();
+            let encoded = sign_request(&key(7), id(), destination, EPOCH, nonce(1), NOW).encode();
             for bit in 0..encoded.len() * 8 {
                 let mut flipped = encoded.clone();
                 flipped[bit / 8] ^= 1 << (bit % 8);
@@ -417,7 +639,7 @@ mod tests {
 
     #[test]
     fn mac_covers_the_domain_label() {
-        let request = sign_request(&key(7), id(), destinations()[0], nonce(1), NOW);
+        let request = sign_request(&key(7), id(), destinations()[0], EPOCH, nonce(1), NOW);
         let bare = hmac::sign(&key(7).hmac_key(), &request.mac_input());
         assert_ne!(bare.as_ref(), request.auth.mac.as_slice());
     }
@@ -559,6 +781,108 @@ mod tests {
             guard.check(NOW + 10_000, NOW, &nonce(1)),
             Err(ReplayError::BelowFloor { floor_ms: NOW })
         );
+    }
+
+    #[test]
+    fn the_epoch_is_covered_by_the_mac() {
+        let mut request = signed(&key(7), EPOCH, nonce(1), NOW);
+        assert_eq!(request.auth.epoch, EPOCH.as_u64());
+        assert!(verify(&key(7), &request));
+        request.auth.epoch += 1;
+        assert!(!verify(&key(7), &request));
+    }
+
+    #[test]
+    fn generated_epochs_are_known_and_differ() {
+        let a = Epoch::generate().expect("random");
+        let b = Epoch::generate().expect("random");
+        assert!(a.is_known() && b.is_known());
+        assert_ne!(a, b);
+        assert!(!Epoch::UNKNOWN.is_known());
+        assert_eq!(Epoch::from_u64(0x2a).to_string(), "000000000000002a");
+    }
+
+    #[test]
+    fn an_epoch_announcement_holds_for_its_request_and_key_only() {
+        let request = signed(&key(7), Epoch::UNKNOWN, nonce(1), NOW);
+        let mac = sign_epoch(&key(7), EPOCH, &request);
+        assert!(verify_epoch(&key(7), EPOCH, &mac, &request));
+        assert!(!verify_epoch(&key(8), EPOCH, &mac, &request));
+        assert!(!verify_epoch(&key(7), Epoch(EPOCH.0 + 1), &mac, &request));
+        // An old announcement replayed to the client's next request.
+        let next = signed(&key(7), Epoch::UNKNOWN, nonce(2), NOW + 1);
+        assert!(!verify_epoch(&key(7), EPOCH, &mac, &next));
+        // The announcement is no connect MAC, and "unknown" is never one.
+        assert_ne!(mac, request.auth.mac);
+        let unknown = sign_epoch(&key(7), Epoch::UNKNOWN, &request);
+        assert!(!verify_epoch(&key(7), Epoch::UNKNOWN, &unknown, &request));
+    }
+
+    #[test]
+    fn a_guard_accepts_only_its_own_epoch() {
+        let mut guard = ConnectGuard::new(EPOCH);
+        let fresh = signed(&key(7), EPOCH, nonce(1), NOW);
+        assert_eq!(guard.check(NOW, &fresh.auth), Ok(()));
+        assert_eq!(guard.check(NOW, &fresh.auth), Err(ReplayError::Replayed));
+        for other in [Epoch::UNKNOWN, Epoch(EPOCH.0 ^ 1)] {
+            let stale = signed(&key(7), other, nonce(2), NOW);
+            assert_eq!(
+                guard.check(NOW + 5, &stale.auth),
+                Err(ReplayError::StaleEpoch {
+                    signed_for: other,
+                    current: EPOCH
+                })
+            );
+        }
+        // A stale header is not remembered: the same nonce, signed again
+        // for the right epoch, is a new request.
+        let again = signed(&key(7), EPOCH, nonce(2), NOW);
+        assert_eq!(guard.check(NOW + 5, &again.auth), Ok(()));
+        assert_eq!(guard.len(), 2);
+        // Outside the window: too old, whatever the epoch (so silence).
+        let old = signed(&key(7), Epoch::UNKNOWN, nonce(3), NOW);
+        assert!(matches!(
+            guard.check(NOW + 31_000, &old.auth),
+            Err(ReplayError::TooOld { .. })
+        ));
+    }
+
+    #[test]
+    fn no_header_from_before_a_restart_is_accepted_after_it() {
+        // One concentrator run accepts a client's headers for a minute
+        // (clock up to 20 s off, some held back and never delivered); then
+        // it restarts. Every one of them, replayed at any time afterwards,
+        // is refused; fresh headers for the new epoch pass at once.
+        let mut rng = XorShift(0x5eed);
+        let before = Epoch(0x1111);
+        let mut guard = ConnectGuard::new(before);
+        let mut captured = Vec::new();
+        for i in 0..6_000u64 {
+            let now = NOW + i * 10;
+            let skewed = now + rng.below(40_001) - 20_000;
+            let request = signed(&key(7), before, nonce(i), skewed);
+            if i % 7 != 0 {
+                assert_eq!(guard.check(now, &request.auth), Ok(()));
+            }
+            captured.push(request);
+        }
+        let restarted_at = NOW + 60_000;
+        let after = Epoch(0x2222);
+        let mut guard = ConnectGuard::new(after);
+        for delay in [0, 1, 500, 10_000, 29_999, 30_000, 3_600_000] {
+            let now = restarted_at + delay;
+            for request in &captured {
+                assert!(verify(&key(7), request));
+                assert!(matches!(
+                    guard.check(now, &request.auth),
+                    Err(ReplayError::StaleEpoch { .. }
+                        | ReplayError::TooOld { .. }
+                        | ReplayError::FromFuture { .. })
+                ));
+            }
+            let fresh = signed(&key(7), after, nonce(1_000_000 + delay), now);
+            assert_eq!(guard.check(now, &fresh.auth), Ok(()));
+        }
     }
 
     /// Seeded xorshift64 for deterministic jitter.

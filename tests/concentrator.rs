@@ -19,7 +19,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot};
 
-use mpbond::auth::{random_nonce, sign_request, Key};
+use mpbond::auth::{random_nonce, sign_request, verify_epoch, Epoch, Key};
 use mpbond::concentrator::Concentrator;
 use mpbond::config::concentrator::{ClientConfig, PolicyConfig};
 use mpbond::config::ConcentratorConfig;
@@ -70,6 +70,7 @@ fn config(key: &Key, max_connections: usize, allow: &[&str]) -> ConcentratorConf
 struct Running {
     addr: SocketAddr,
     key: Key,
+    epoch: Epoch,
     _stop: oneshot::Sender<()>,
 }
 
@@ -90,8 +91,11 @@ fn init_logs() {
 }
 
 fn start_with(max_connections: usize, allow: &[&str]) -> Running {
+    start_keyed(Key::generate().expect("random key"), max_connections, allow)
+}
+
+fn start_keyed(key: Key, max_connections: usize, allow: &[&str]) -> Running {
     init_logs();
-    let key = Key::generate().expect("random key");
     let (concentrator, addr) =
         Concentrator::bind(config(&key, max_connections, allow)).expect("bind");
     assert_eq!(addr.ip(), IpAddr::V4(CONCENTRATOR_IP));
@@ -99,11 +103,14 @@ fn start_with(max_connections: usize, allow: &[&str]) -> Running {
         concentrator.is_multipath(),
         "this kernel offers MPTCP: the listener must use it"
     );
+    let epoch = concentrator.epoch();
+    assert!(epoch.is_known(), "a concentrator runs a real epoch");
     let (stop, stopped) = oneshot::channel::<()>();
     tokio::spawn(concentrator.serve(stopped));
     Running {
         addr,
         key,
+        epoch,
         _stop: stop,
     }
 }
@@ -165,15 +172,18 @@ fn now_ms() -> u64 {
     u64::try_from(since_epoch.as_millis()).expect("ms fit u64")
 }
 
-/// A fresh connect header for `destination`, signed with `key` as `id`.
-fn header_as(key: &Key, id: &str, destination: SocketAddr) -> Vec<u8> {
+/// A fresh connect header for `destination`, signed with `key` as `id`
+/// for concentrator run `epoch`.
+fn header_as(key: &Key, epoch: Epoch, id: &str, destination: SocketAddr) -> Vec<u8> {
     let nonce = random_nonce().expect("random nonce");
     let id = id.parse().expect("valid id");
-    sign_request(key, id, destination, nonce, now_ms()).encode()
+    sign_request(key, id, destination, epoch, nonce, now_ms()).encode()
 }
 
-fn header(key: &Key, destination: SocketAddr) -> Vec<u8> {
-    header_as(key, CLIENT_ID, destination)
+/// A fresh header for `destination`, as the configured client signs it
+/// for `running`.
+fn header(running: &Running, destination: SocketAddr) -> Vec<u8> {
+    header_as(&running.key, running.epoch, CLIENT_ID, destination)
 }
 
 /// Connects to the concentrator and sends `first` (header and any payload)
@@ -207,7 +217,7 @@ async fn read_response(stream: &mut TcpStream) -> Response {
 
 /// Connects with a fresh header for `destination` and returns the response.
 async fn request(running: &Running, destination: SocketAddr) -> (TcpStream, Response) {
-    let mut stream = send_first(running.addr, &header(&running.key, destination)).await;
+    let mut stream = send_first(running.addr, &header(running, destination)).await;
     let response = read_response(&mut stream).await;
     (stream, response)
 }
@@ -232,7 +242,7 @@ async fn assert_closed_silently(stream: &mut TcpStream) {
 /// Asserts a good client still gets through, and that its connection is
 /// the first the server accepted: nothing reached the server before.
 async fn assert_still_serves(running: &Running, server: &mut Server) {
-    let mut first = header(&running.key, server.addr);
+    let mut first = header(running, server.addr);
     first.extend_from_slice(b"sentinel");
     let mut stream = send_first(running.addr, &first).await;
     assert_eq!(read_response(&mut stream).await, Response::Connected);
@@ -324,7 +334,7 @@ async fn payload_sent_with_the_header_arrives_first_and_intact() {
         // Longer than the concentrator's header buffer, so part of it comes
         // with the header and the rest through the relay.
         let early = pattern(3, 3000);
-        let mut first = header(&running.key, server.addr);
+        let mut first = header(&running, server.addr);
         first.extend_from_slice(&early);
         let mut client = send_first(running.addr, &first).await;
         assert_eq!(read_response(&mut client).await, Response::Connected);
@@ -522,7 +532,11 @@ async fn a_wrong_key_gets_nothing() {
         let running = start(16);
         let mut server = Server::start(SERVER_IP).await;
         let wrong = Key::generate().expect("random key");
-        let mut client = send_first(running.addr, &header(&wrong, server.addr)).await;
+        let mut client = send_first(
+            running.addr,
+            &header_as(&wrong, running.epoch, CLIENT_ID, server.addr),
+        )
+        .await;
         assert_closed_silently(&mut client).await;
         assert_still_serves(&running, &mut server).await;
     })
@@ -534,7 +548,7 @@ async fn an_unknown_client_id_gets_nothing() {
     bounded(async {
         let running = start(16);
         let mut server = Server::start(SERVER_IP).await;
-        let first = header_as(&running.key, "stranger", server.addr);
+        let first = header_as(&running.key, running.epoch, "stranger", server.addr);
         let mut client = send_first(running.addr, &first).await;
         assert_closed_silently(&mut client).await;
         assert_still_serves(&running, &mut server).await;
@@ -547,7 +561,7 @@ async fn a_replayed_header_gets_nothing() {
     bounded(async {
         let running = start(16);
         let mut server = Server::start(SERVER_IP).await;
-        let first = header(&running.key, server.addr);
+        let first = header(&running, server.addr);
 
         let mut original = send_first(running.addr, &first).await;
         assert_eq!(read_response(&mut original).await, Response::Connected);
@@ -557,7 +571,7 @@ async fn a_replayed_header_gets_nothing() {
         let mut replay = send_first(running.addr, &first).await;
         assert_closed_silently(&mut replay).await;
 
-        let mut good = header(&running.key, server.addr);
+        let mut good = header(&running, server.addr);
         good.extend_from_slice(b"sentinel");
         let mut stream = send_first(running.addr, &good).await;
         assert_eq!(read_response(&mut stream).await, Response::Connected);
@@ -568,6 +582,66 @@ async fn a_replayed_header_gets_nothing() {
         assert_eq!(server.count(), 2);
     })
     .await;
+}
+
+/// A restart, as an attacker who recorded the client's headers sees it:
+/// every header accepted before, replayed to the new run (same key, same
+/// clients), reaches no server. It gets the new epoch under a MAC bound to
+/// it (which gives the attacker nothing), and the client, signing again
+/// for that epoch, gets through at once.
+#[tokio::test]
+async fn headers_from_before_a_restart_reach_nothing_after_it() {
+    bounded(async {
+        let key = Key::generate().expect("random key");
+        let before = start_keyed(key.clone(), 16, &["127.0.0.0/8"]);
+        let mut server = Server::start(SERVER_IP).await;
+        let mut captured = Vec::new();
+        for n in 0..3u8 {
+            let mut first = header(&before, server.addr);
+            first.extend_from_slice(&[b'0' + n; 8]);
+            let mut stream = send_first(before.addr, &first).await;
+            assert_eq!(read_response(&mut stream).await, Response::Connected);
+            let (accepted, _) = server.accept().await;
+            drop((stream, accepted));
+            captured.push(first);
+        }
+        assert_eq!(server.count(), 3);
+        drop(before);
+
+        let after = start_keyed(key.clone(), 16, &["127.0.0.0/8"]);
+        assert_ne!(after.epoch, Epoch::UNKNOWN);
+        for first in &captured {
+            let mut replay = send_first(after.addr, first).await;
+            let Response::StaleEpoch { epoch, mac } = read_response(&mut replay).await else {
+                panic!("a header from the earlier run must be refused with the new epoch");
+            };
+            assert_eq!(Epoch::from_u64(epoch), after.epoch);
+            let (request, _) = convert::ConnectRequest::decode(first).expect("a header");
+            assert!(verify_epoch(&key, after.epoch, &mac, &request));
+            let mut rest = Vec::new();
+            let _ = replay.read_to_end(&mut rest).await;
+            assert!(rest.is_empty(), "nothing after the refusal: {rest:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(server.count(), 3, "a replayed header reached the server");
+
+        assert_still_serves_after(&after, &mut server, 3).await;
+    })
+    .await;
+}
+
+/// Like [`assert_still_serves`], when the server already accepted
+/// `before` connections.
+async fn assert_still_serves_after(running: &Running, server: &mut Server, before: usize) {
+    let mut first = header(running, server.addr);
+    first.extend_from_slice(b"sentinel");
+    let mut stream = send_first(running.addr, &first).await;
+    assert_eq!(read_response(&mut stream).await, Response::Connected);
+    let (mut accepted, _) = server.accept().await;
+    let mut got = [0; 8];
+    accepted.read_exact(&mut got).await.expect("sentinel");
+    assert_eq!(&got, b"sentinel");
+    assert_eq!(server.count(), before + 1);
 }
 
 #[tokio::test]
@@ -587,7 +661,7 @@ async fn a_truncated_header_then_close_gets_nothing() {
     bounded(async {
         let running = start(16);
         let mut server = Server::start(SERVER_IP).await;
-        let full = header(&running.key, server.addr);
+        let full = header(&running, server.addr);
         let mut client = send_first(running.addr, &full[..full.len() / 2]).await;
         client.shutdown().await.expect("half-close");
         assert_closed_silently(&mut client).await;

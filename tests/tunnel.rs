@@ -28,7 +28,7 @@ use harness::{
     send_pattern, short_request, ss_ip, subflows, Behavior, IfBytes, Lab, NsServer, Pattern,
     Sha256, RUN,
 };
-use mpbond::auth::{random_nonce, sign_request, Key};
+use mpbond::auth::{random_nonce, sign_request, verify_epoch, Epoch, Key};
 use mpbond::wire::convert::{self, ErrorCode, Response};
 
 const SERVER: IpAddr = IpAddr::V4(Ipv4Addr::new(198, 51, 100, 10));
@@ -515,11 +515,41 @@ fn now_ms() -> u64 {
     u64::try_from(since.as_millis()).expect("ms fit u64")
 }
 
-/// A fresh connect header for `destination`, signed with `key` as `id`.
+/// A fresh connect header for `destination`, signed with `key` as `id`
+/// for the lab concentrator's current run.
 fn header(key: &Key, id: &str, destination: SocketAddr) -> Vec<u8> {
+    header_for(key, id, destination, lab_epoch())
+}
+
+fn header_for(key: &Key, id: &str, destination: SocketAddr, epoch: Epoch) -> Vec<u8> {
     let nonce = random_nonce().expect("random nonce");
     let id = id.parse().expect("valid id");
-    sign_request(key, id, destination, nonce, now_ms()).encode()
+    sign_request(key, id, destination, epoch, nonce, now_ms()).encode()
+}
+
+/// The running lab concentrator's epoch, learnt as the client learns it:
+/// a header signed for no epoch is refused with the current one, under a
+/// MAC bound to that header.
+fn lab_epoch() -> Epoch {
+    let key = lab_key();
+    let first = sign_request(
+        &key,
+        "lab".parse().expect("valid id"),
+        at(SERVER, 9),
+        Epoch::UNKNOWN,
+        random_nonce().expect("random nonce"),
+        now_ms(),
+    );
+    let response = send_direct(first.encode());
+    let Response::StaleEpoch { epoch, mac } = response else {
+        panic!("a header for no epoch must be answered with the epoch, got {response:?}");
+    };
+    let epoch = Epoch::from_u64(epoch);
+    assert!(
+        verify_epoch(&key, epoch, &mac, &first),
+        "the epoch announcement must verify"
+    );
+    epoch
 }
 
 /// An MPTCP connection from dsl0's address to the concentrator, made on a

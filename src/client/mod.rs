@@ -258,6 +258,7 @@ pub async fn run(config: ClientConfig, shutdown: impl Future) -> Result<(), Clie
             timeout: config.connect_timeout,
             send_buffer: config.send_buffer,
             warm: WarmPool::new(config.warm_connections, config.warm_max_age),
+            epoch: std::sync::atomic::AtomicU64::new(crate::auth::Epoch::UNKNOWN.as_u64()),
         },
         joins,
         datagrams,

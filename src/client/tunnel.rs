@@ -1,10 +1,18 @@
 //! One flow's tunnel: an MPTCP connection to the concentrator whose first
 //! bytes are the signed connect header (in the SYN, with TCP Fast Open),
 //! and the concentrator's answer.
+//!
+//! Each header is signed, when a flow needs it, for the concentrator epoch
+//! last announced (none at start). A concentrator that restarted refuses it
+//! with its new epoch under a MAC bound to that header; the tunnel then
+//! signs again and retries once on a new connection. Nothing was forwarded,
+//! so the LAN host's first bytes go again safely (see
+//! [`crate::auth::ConnectGuard`]).
 
 use std::collections::VecDeque;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -12,9 +20,9 @@ use socket2::{Domain, Protocol, SockAddr, SockRef, Socket, Type};
 use tokio::io::Interest;
 use tokio::net::TcpStream;
 use tokio::sync::Notify;
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
-use crate::auth::{self, Key};
+use crate::auth::{self, Epoch, Key};
 use crate::config::SendBuffer;
 use crate::sys;
 use crate::wire::convert::{header_len, ClientId, DecodeError, ErrorCode, Response};
@@ -55,6 +63,9 @@ pub(super) struct Tunnels {
     pub(super) send_buffer: SendBuffer,
     /// Tunnels connected ahead of use.
     pub(super) warm: WarmPool,
+    /// The concentrator epoch headers are signed for: the last one it
+    /// announced ([`Epoch::as_u64`]), 0 ([`Epoch::UNKNOWN`]) until then.
+    pub(super) epoch: AtomicU64,
 }
 
 /// How long after the last new flow warm tunnels are kept: an idle site
@@ -189,6 +200,29 @@ pub(super) enum TunnelError {
         /// Its RFC 8803 error code.
         code: ErrorCode,
     },
+    /// The concentrator refused the header as signed for another of its
+    /// runs (it restarted, or this client just started) and announced its
+    /// current epoch; signing again for it is the cure.
+    #[error(
+        "the concentrator {concentrator} runs epoch {epoch} (restarted since the header \
+         was signed): nothing was forwarded; sign again"
+    )]
+    StaleEpoch {
+        /// The concentrator.
+        concentrator: SocketAddr,
+        /// Its epoch, now the one headers are signed for.
+        epoch: Epoch,
+    },
+    /// An epoch announcement whose MAC does not verify.
+    #[error(
+        "the concentrator {concentrator} announced an epoch that does not verify with this \
+         client's key: it was forged on the way, or the concentrator has another key for \
+         this client"
+    )]
+    BadEpoch {
+        /// The concentrator.
+        concentrator: SocketAddr,
+    },
     /// The signing randomness failed.
     #[error("cannot sign the connect header")]
     Auth(#[from] auth::AuthError),
@@ -230,33 +264,43 @@ impl Tunnels {
     ) -> Result<Tunnel, TunnelError> {
         let concentrator = self.concentrator;
         let open = async {
-            if let Some(stream) = self.warm.take() {
+            let mut warm = self.warm.take();
+            let mut closed_retry = true;
+            let mut epoch_retry = true;
+            loop {
+                let (stream, is_warm) = match warm.take() {
+                    Some(stream) => (stream, true),
+                    None => (
+                        self.socket(true).map_err(|source| TunnelError::Socket {
+                            concentrator,
+                            source,
+                        })?,
+                        false,
+                    ),
+                };
                 match self.request(stream, destination, early).await {
-                    Ok(tunnel) => return Ok(tunnel),
-                    // The concentrator closed it without reading the header
-                    // (restart, timeout): no server saw anything yet.
-                    Err(TunnelError::Closed { .. } | TunnelError::Io { .. }) => {
+                    // The concentrator closed a warm tunnel without reading
+                    // the header (restart, timeout): no server saw anything
+                    // yet.
+                    Err(TunnelError::Closed { .. } | TunnelError::Io { .. }) if is_warm => {
                         debug!("warm tunnel was closed; opening a new one");
                     }
-                    Err(e) => return Err(e),
+                    // Closed before the header was read (it was lost and
+                    // retransmitted past the concentrator's handshake
+                    // timeout, on a congested line): nothing reached a
+                    // server, so one more try is safe.
+                    Err(TunnelError::Closed { .. }) if closed_retry => {
+                        closed_retry = false;
+                        debug!("tunnel closed without an answer; trying once more");
+                    }
+                    // Refused before anything was forwarded; the header
+                    // will now carry the announced epoch.
+                    Err(e @ TunnelError::StaleEpoch { .. }) if epoch_retry => {
+                        epoch_retry = false;
+                        debug!(error = %e, "signing again for the concentrator's epoch");
+                    }
+                    result => return result,
                 }
-            }
-            let fresh = || {
-                self.socket(true).map_err(|source| TunnelError::Socket {
-                    concentrator,
-                    source,
-                })
-            };
-            match self.request(fresh()?, destination, early).await {
-                // Closed before the header was read (it was lost and
-                // retransmitted past the concentrator's handshake timeout,
-                // on a congested line): nothing reached a server, so one
-                // more try is safe.
-                Err(TunnelError::Closed { .. }) => {
-                    debug!("tunnel closed without an answer; trying once more");
-                    self.request(fresh()?, destination, early).await
-                }
-                result => result,
             }
         };
         match tokio::time::timeout(self.timeout, open).await {
@@ -341,6 +385,7 @@ impl Tunnels {
             &self.key,
             self.id.clone(),
             destination,
+            self.epoch(),
             auth::random_nonce()?,
             now_ms,
         );
@@ -386,7 +431,26 @@ impl Tunnels {
                 leftover: buf[used..have].to_vec(),
             }),
             Response::Error { code, .. } => Err(TunnelError::Refused { code }),
+            Response::StaleEpoch { epoch, mac } => {
+                let epoch = Epoch::from_u64(epoch);
+                if !auth::verify_epoch(&self.key, epoch, &mac, &request) {
+                    return Err(TunnelError::BadEpoch { concentrator });
+                }
+                let before = self.epoch.swap(epoch.as_u64(), Ordering::Relaxed);
+                if before != epoch.as_u64() {
+                    info!(%epoch, "the concentrator announced a new epoch (it restarted, or this client did); signing for it");
+                }
+                Err(TunnelError::StaleEpoch {
+                    concentrator,
+                    epoch,
+                })
+            }
         }
+    }
+
+    /// The epoch headers are signed for now.
+    fn epoch(&self) -> Epoch {
+        Epoch::from_u64(self.epoch.load(Ordering::Relaxed))
     }
 
     /// A nonblocking MPTCP socket (plain TCP where the kernel has no MPTCP)

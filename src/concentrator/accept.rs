@@ -4,7 +4,9 @@
 //!
 //! A peer that does not authenticate gets nothing back, not even an Error
 //! TLV: a scanner learns nothing about what listens here. Only an
-//! authenticated client is told why it was refused.
+//! authenticated client is told why it was refused; a recent header signed
+//! for another concentrator run (before this one started) gets the current
+//! epoch, so that its client can sign again (see [`auth::ConnectGuard`]).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -16,9 +18,11 @@ use tokio::io::{AsyncRead, AsyncReadExt as _};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::policy::{Denied, Policy};
-use crate::auth::{self, Key, ReplayError, ReplayGuard};
+use crate::auth::{self, ConnectGuard, Epoch, Key, ReplayError};
 use crate::config::concentrator::ClientConfig;
-use crate::wire::convert::{self, ClientId, ConnectRequest, DecodeError, MAX_MESSAGE_LEN};
+use crate::wire::convert::{
+    self, ClientId, ConnectRequest, DecodeError, Response, MAX_MESSAGE_LEN,
+};
 
 /// A buffer that holds any connect header.
 pub(super) type HeaderBuf = [u8; MAX_MESSAGE_LEN];
@@ -28,14 +32,17 @@ pub(super) type HeaderBuf = [u8; MAX_MESSAGE_LEN];
 pub(super) struct Client {
     pub(super) id: ClientId,
     key: Key,
-    replay: Mutex<ReplayGuard>,
+    replay: Mutex<ConnectGuard>,
     connections: Arc<Semaphore>,
     pub(super) max_connections: usize,
 }
 
-/// The configured clients by id.
+/// The configured clients by id, and this concentrator run's epoch.
 #[derive(Debug)]
-pub(super) struct Clients(HashMap<ClientId, Arc<Client>>);
+pub(super) struct Clients {
+    by_id: HashMap<ClientId, Arc<Client>>,
+    epoch: Epoch,
+}
 
 /// Two clients with the same id were configured.
 #[derive(Debug, thiserror::Error)]
@@ -75,6 +82,19 @@ pub(super) enum Rejected {
         #[source]
         source: ReplayError,
     },
+    /// The request is recent and authentic but signed for another
+    /// concentrator run: refused, and answered with `answer` (the current
+    /// epoch) instead of silence.
+    #[error("client {id}: connect header refused")]
+    StaleEpoch {
+        /// The client.
+        id: ClientId,
+        /// The epochs ([`ReplayError::StaleEpoch`]).
+        #[source]
+        source: ReplayError,
+        /// The announcement of the current epoch, for this request.
+        answer: Response,
+    },
 }
 
 impl Rejected {
@@ -83,8 +103,19 @@ impl Rejected {
     pub(super) fn speaks_protocol(&self) -> bool {
         matches!(
             self,
-            Self::UnknownClient(_) | Self::BadMac(_) | Self::Replay { .. }
+            Self::UnknownClient(_)
+                | Self::BadMac(_)
+                | Self::Replay { .. }
+                | Self::StaleEpoch { .. }
         )
+    }
+
+    /// What the peer is told: only a stale epoch gets an answer.
+    pub(super) fn answer(&self) -> Option<Response> {
+        match self {
+            Self::StaleEpoch { answer, .. } => Some(*answer),
+            _ => None,
+        }
     }
 }
 
@@ -113,14 +144,15 @@ pub(super) struct Admitted {
 }
 
 impl Clients {
-    /// The clients of the config; ids must be unique.
-    pub(super) fn new(configs: Vec<ClientConfig>) -> Result<Self, DuplicateClient> {
+    /// The clients of the config, for concentrator run `epoch` (drawn
+    /// once per start with [`Epoch::generate`]); ids must be unique.
+    pub(super) fn new(configs: Vec<ClientConfig>, epoch: Epoch) -> Result<Self, DuplicateClient> {
         let mut clients = HashMap::with_capacity(configs.len());
         for config in configs {
             let client = Client {
                 id: config.id.clone(),
                 key: config.key,
-                replay: Mutex::new(ReplayGuard::default()),
+                replay: Mutex::new(ConnectGuard::new(epoch)),
                 connections: Arc::new(Semaphore::new(config.max_connections)),
                 max_connections: config.max_connections,
             };
@@ -131,17 +163,25 @@ impl Clients {
                 return Err(DuplicateClient(config.id));
             }
         }
-        Ok(Self(clients))
+        Ok(Self {
+            by_id: clients,
+            epoch,
+        })
     }
 
     /// How many clients are configured.
     pub(super) fn len(&self) -> usize {
-        self.0.len()
+        self.by_id.len()
+    }
+
+    /// This concentrator run's epoch.
+    pub(super) fn epoch(&self) -> Epoch {
+        self.epoch
     }
 
     /// The key of client `id`, if it is configured.
     pub(super) fn key(&self, id: &ClientId) -> Option<&Key> {
-        self.0.get(id).map(|client| &client.key)
+        self.by_id.get(id).map(|client| &client.key)
     }
 
     /// The client that sent `request` if its MAC verifies and it is fresh
@@ -153,23 +193,33 @@ impl Clients {
     ) -> Result<Arc<Client>, Rejected> {
         let id = &request.auth.client_id;
         let client = self
-            .0
+            .by_id
             .get(id)
             .ok_or_else(|| Rejected::UnknownClient(id.clone()))?;
         if !auth::verify(&client.key, request) {
             return Err(Rejected::BadMac(id.clone()));
         }
         // Only after verify: otherwise made-up nonces could fill the guard.
-        client
+        let checked = client
             .replay
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .check(now_ms, request.auth.timestamp_ms, &request.auth.nonce)
-            .map_err(|source| Rejected::Replay {
+            .check(now_ms, &request.auth);
+        match checked {
+            Ok(()) => Ok(Arc::clone(client)),
+            Err(source @ ReplayError::StaleEpoch { current, .. }) => Err(Rejected::StaleEpoch {
                 id: id.clone(),
                 source,
-            })?;
-        Ok(Arc::clone(client))
+                answer: Response::StaleEpoch {
+                    epoch: current.as_u64(),
+                    mac: auth::sign_epoch(&client.key, current, request),
+                },
+            }),
+            Err(source) => Err(Rejected::Replay {
+                id: id.clone(),
+                source,
+            }),
+        }
     }
 }
 
@@ -246,6 +296,7 @@ mod tests {
     use tokio::io::AsyncWriteExt as _;
 
     const NOW: u64 = 1_700_000_000_000;
+    const EPOCH: Epoch = Epoch::from_u64(0x6d70_0001);
 
     fn key() -> Key {
         Key::from_base64("AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=").expect("key")
@@ -256,13 +307,16 @@ mod tests {
     }
 
     fn clients(max_connections: usize) -> Clients {
-        Clients::new(vec![ClientConfig {
-            id: id("lab"),
-            key: key(),
-            max_connections,
-            tunnel: None,
-            public_key: None,
-        }])
+        Clients::new(
+            vec![ClientConfig {
+                id: id("lab"),
+                key: key(),
+                max_connections,
+                tunnel: None,
+                public_key: None,
+            }],
+            EPOCH,
+        )
         .expect("unique ids")
     }
 
@@ -271,7 +325,58 @@ mod tests {
     }
 
     fn request(client: &str, key: &Key, nonce: u8) -> ConnectRequest {
-        sign_request(key, id(client), destination(), [nonce; 16], NOW)
+        sign_request(key, id(client), destination(), EPOCH, [nonce; 16], NOW)
+    }
+
+    #[test]
+    fn a_header_from_another_run_is_answered_with_this_runs_epoch() {
+        let clients = clients(4);
+        for (n, before) in [(1, Epoch::UNKNOWN), (2, Epoch::from_u64(0x6d70_0000))] {
+            let req = sign_request(&key(), id("lab"), destination(), before, [n; 16], NOW);
+            let rejected = clients.authenticate(&req, NOW).expect_err("stale");
+            assert!(rejected.speaks_protocol());
+            let Some(Response::StaleEpoch { epoch, mac }) = rejected.answer() else {
+                panic!("a stale epoch is answered: {rejected:?}");
+            };
+            assert_eq!(epoch, EPOCH.as_u64());
+            assert!(auth::verify_epoch(&key(), EPOCH, &mac, &req));
+            // Again and again: answered each time, never admitted.
+            assert!(clients.authenticate(&req, NOW + 1).is_err());
+            // The client signs again for the announced epoch and is in.
+            let again = sign_request(&key(), id("lab"), destination(), EPOCH, [n; 16], NOW + 2);
+            assert!(clients.authenticate(&again, NOW + 3).is_ok());
+        }
+        // Replays and strangers still get no answer at all.
+        let req = request("lab", &key(), 9);
+        assert!(clients.authenticate(&req, NOW).is_ok());
+        let replayed = clients.authenticate(&req, NOW).expect_err("replay");
+        assert_eq!(replayed.answer(), None);
+        let old = sign_request(
+            &key(),
+            id("lab"),
+            destination(),
+            Epoch::UNKNOWN,
+            [8; 16],
+            NOW,
+        );
+        let too_old = clients.authenticate(&old, NOW + 60_000).expect_err("old");
+        assert_eq!(too_old.answer(), None);
+        let wrong = Key::generate().expect("random");
+        let forged = sign_request(
+            &wrong,
+            id("lab"),
+            destination(),
+            Epoch::UNKNOWN,
+            [8; 16],
+            NOW,
+        );
+        assert_eq!(
+            clients
+                .authenticate(&forged, NOW)
+                .expect_err("bad mac")
+                .answer(),
+            None
+        );
     }
 
     #[test]
@@ -332,7 +437,7 @@ mod tests {
             tunnel: None,
             public_key: None,
         };
-        assert!(Clients::new(vec![config.clone(), config]).is_err());
+        assert!(Clients::new(vec![config.clone(), config], EPOCH).is_err());
     }
 
     #[test]

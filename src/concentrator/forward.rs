@@ -128,9 +128,14 @@ pub(super) async fn connected(client: &mut TcpStream) -> io::Result<()> {
 /// client's kernel drop the answer unread. So after the answer the client
 /// gets [`REFUSE_DRAIN`] to close its side, while anything it still sends
 /// is discarded.
-pub(super) async fn refuse(mut client: TcpStream, code: ErrorCode) -> io::Result<()> {
-    let response = Response::Error { code, value: 0 }.encode();
-    client.write_all(&response).await?;
+pub(super) async fn refuse(client: TcpStream, code: ErrorCode) -> io::Result<()> {
+    answer_and_close(client, Response::Error { code, value: 0 }).await
+}
+
+/// Answers the client with `response` (a refusal) and closes, as
+/// [`refuse`] does.
+pub(super) async fn answer_and_close(mut client: TcpStream, response: Response) -> io::Result<()> {
+    client.write_all(&response.encode()).await?;
     client.shutdown().await?;
     let mut sink = [0; 4096];
     let _ = tokio::time::timeout(REFUSE_DRAIN, async {

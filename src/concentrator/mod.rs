@@ -6,9 +6,11 @@
 //! 1. `listen`: the MPTCP listener (plain TCP clients
 //!    fall back on it transparently), with TCP Fast Open.
 //! 2. `accept`: read the connect header within the handshake timeout,
-//!    authenticate the client, refuse replays; then admit the request:
-//!    destination [`policy`], the client's connection limit. A peer that
-//!    fails authentication is closed without a word.
+//!    authenticate the client, refuse replays (also those from before a
+//!    restart: each run has its own epoch, [`crate::auth::ConnectGuard`]);
+//!    then admit the request: destination [`policy`], the client's
+//!    connection limit. A peer that fails authentication is closed without
+//!    a word; a recent header for another run is told the current epoch.
 //! 3. `forward`: connect to the destination within the connect timeout and
 //!    answer `Connected` or an RFC 8803 Error TLV.
 //! 4. `relay`: copy bytes both ways, propagating half-close and reset.
@@ -24,8 +26,8 @@ mod probe;
 use std::future::Future;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 use tokio::net::TcpStream;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -72,6 +74,9 @@ pub enum ConcentratorError {
         #[source]
         source: io::Error,
     },
+    /// This run's epoch could not be drawn.
+    #[error("cannot draw the concentrator's epoch")]
+    Epoch(#[source] crate::auth::AuthError),
     /// Two clients have the same id (possible only in a config built in
     /// code; a config file with duplicates does not load).
     #[error("client id {id} is configured twice: give each client its own id")]
@@ -144,14 +149,62 @@ struct Shared {
     /// How accepted tunnels' send buffers are sized.
     send_buffer: SendBuffer,
     handshakes: Arc<Semaphore>,
+    /// Rejections of peers that speak the protocol (replays among them:
+    /// anyone who captured a header can cause them) are logged at `info`
+    /// this many times a second at most.
+    rejection_log: Mutex<LogBudget>,
+}
+
+/// Rejection lines logged at `info` per second at most; the rest are
+/// counted and reported with the next line that is logged.
+const REJECTIONS_LOGGED_PER_SEC: u32 = 10;
+
+/// A budget of log lines per second: what a peer can make the
+/// concentrator log must not flood the log.
+#[derive(Debug)]
+struct LogBudget {
+    since: Option<Instant>,
+    used: u32,
+    suppressed: u64,
+}
+
+impl LogBudget {
+    const fn new() -> Self {
+        Self {
+            since: None,
+            used: 0,
+            suppressed: 0,
+        }
+    }
+
+    /// Whether a line may be logged at `now`; if so, how many were
+    /// suppressed since the last one.
+    fn take(&mut self, now: Instant, per_sec: u32) -> Option<u64> {
+        if self
+            .since
+            .is_none_or(|since| now.saturating_duration_since(since) >= Duration::from_secs(1))
+        {
+            self.since = Some(now);
+            self.used = 0;
+        }
+        if self.used >= per_sec {
+            self.suppressed += 1;
+            return None;
+        }
+        self.used += 1;
+        Some(std::mem::take(&mut self.suppressed))
+    }
 }
 
 impl Concentrator {
     /// Opens the listener of `config` and returns it with the address it is
     /// bound to (useful with port 0). Must run inside a Tokio runtime.
     pub fn bind(config: ConcentratorConfig) -> Result<(Self, SocketAddr), ConcentratorError> {
+        // A new epoch per run: headers signed for an earlier run (captured
+        // before a restart) are refused for ever, with nothing on disk.
+        let epoch = crate::auth::Epoch::generate().map_err(ConcentratorError::Epoch)?;
         let clients = Arc::new(
-            Clients::new(config.clients.clone())
+            Clients::new(config.clients.clone(), epoch)
                 .map_err(|dup| ConcentratorError::DuplicateClient { id: dup.0 })?,
         );
         let listener =
@@ -187,6 +240,7 @@ impl Concentrator {
             listen = %local_addr,
             multipath = listener.multipath,
             clients = clients.len(),
+            epoch = %clients.epoch(),
             "concentrator listening"
         );
         let shared = Arc::new(Shared {
@@ -196,6 +250,7 @@ impl Concentrator {
             connect_timeout: config.connect_timeout,
             send_buffer: config.send_buffer,
             handshakes: Arc::new(Semaphore::new(MAX_HANDSHAKES)),
+            rejection_log: Mutex::new(LogBudget::new()),
         });
         Ok((
             Self {
@@ -211,6 +266,12 @@ impl Concentrator {
     /// The address the listener is bound to.
     pub fn local_addr(&self) -> SocketAddr {
         self.listener.local_addr
+    }
+
+    /// This run's epoch: connect headers must carry it (drawn at
+    /// [`Concentrator::bind`]; a restart draws another).
+    pub fn epoch(&self) -> crate::auth::Epoch {
+        self.shared.clients.epoch()
     }
 
     /// Whether the listener is MPTCP; `false` when the kernel refused MPTCP
@@ -471,12 +532,8 @@ async fn connection(shared: Arc<Shared>, mut stream: TcpStream, handshake: Owned
     drop(handshake);
     let (client, request, early) = match authenticated {
         Ok(authenticated) => authenticated,
-        Err(rejected) if rejected.speaks_protocol() => {
-            info!(error = %Chain(&rejected), "peer rejected; closing without an answer");
-            return;
-        }
         Err(rejected) => {
-            debug!(error = %Chain(&rejected), "peer rejected; closing without an answer");
+            reject(&shared, stream, rejected).await;
             return;
         }
     };
@@ -533,9 +590,58 @@ async fn connection(shared: Arc<Shared>, mut stream: TcpStream, handshake: Owned
     drop(admitted);
 }
 
+/// Closes a peer whose header was refused: without a word, but for a
+/// recent authentic header of another run, which gets the current epoch.
+async fn reject(shared: &Shared, stream: TcpStream, rejected: accept::Rejected) {
+    let answer = rejected.answer();
+    let what = if answer.is_some() {
+        "answered with this run's epoch; closing"
+    } else {
+        "closing without an answer"
+    };
+    if rejected.speaks_protocol() {
+        let budget = shared
+            .rejection_log
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take(Instant::now(), REJECTIONS_LOGGED_PER_SEC);
+        match budget {
+            Some(suppressed) => {
+                info!(error = %Chain(&rejected), suppressed, "peer rejected; {what}");
+            }
+            None => debug!(error = %Chain(&rejected), "peer rejected; {what}"),
+        }
+    } else {
+        debug!(error = %Chain(&rejected), "peer rejected; {what}");
+    }
+    let Some(answer) = answer else {
+        return;
+    };
+    forward::established(&stream, shared.handshake_timeout).await;
+    if let Err(e) = forward::answer_and_close(stream, answer).await {
+        debug!(error = %e, "answering with the epoch failed");
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_rejection_log_is_bounded_and_counts_what_it_left_out() {
+        let mut budget = LogBudget::new();
+        let t0 = Instant::now();
+        let logged: Vec<_> = (0..25).map(|_| budget.take(t0, 10)).collect();
+        assert_eq!(logged.iter().filter(|l| l.is_some()).count(), 10);
+        assert_eq!(logged[0], Some(0));
+        assert_eq!(
+            budget.take(t0 + Duration::from_millis(999), 10),
+            None,
+            "still the same second"
+        );
+        assert_eq!(budget.take(t0 + Duration::from_secs(1), 10), Some(16));
+        assert_eq!(budget.take(t0 + Duration::from_secs(1), 10), Some(0));
+    }
 
     #[tokio::test]
     async fn a_panicked_task_is_an_error_naming_it() {

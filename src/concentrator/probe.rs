@@ -47,13 +47,16 @@ mod tests {
     const NOW: u64 = 1_795_000_000_000;
 
     fn clients() -> Clients {
-        Clients::new(vec![ClientConfig {
-            id: ClientId::try_from("lab").expect("id"),
-            key: key(1),
-            max_connections: 4,
-            tunnel: None,
-            public_key: None,
-        }])
+        Clients::new(
+            vec![ClientConfig {
+                id: ClientId::try_from("lab").expect("id"),
+                key: key(1),
+                max_connections: 4,
+                tunnel: None,
+                public_key: None,
+            }],
+            crate::auth::Epoch::from_u64(1),
+        )
         .expect("clients")
     }
 

@@ -373,6 +373,76 @@ fn a_replayed_initiation_is_refused() {
     ));
 }
 
+/// A concentrator restart forgets each client's last handshake
+/// timestamp, as WireGuard's does; the connect header's epoch has no
+/// counterpart here. So an initiation recorded before the restart and
+/// replayed after it from elsewhere is answered (to the replayer), but it
+/// forwards nothing: its session is never confirmed (that takes data
+/// sealed with keys only the initiator's ephemeral secret derives), the
+/// data recorded with it is refused, and the client's next handshake,
+/// with a newer timestamp, takes over as before.
+#[test]
+fn a_replayed_initiation_after_a_restart_forwards_nothing() {
+    let mut net = Net::new();
+    let now = net.now;
+    net.client.handle_timeout(now, UNIX_START).expect("rng");
+    let initiation = net.client.poll_transmit().expect("initiation").bytes;
+    net.send(Dir::Up, 0, initiation.clone());
+    net.run_for(Duration::from_millis(200));
+    assert!(net.client.is_established(net.now));
+    let recorded: Vec<Vec<u8>> = (0..3u8)
+        .map(|n| net.seal_up(0, &[b'r', n]).expect("session"))
+        .collect();
+    for packet in &recorded {
+        net.send(Dir::Up, 0, packet.clone());
+    }
+    net.run_for(Duration::from_millis(100));
+    assert_eq!(net.delivered(Dir::Up).len(), 3);
+
+    net.server =
+        Responder::new(secret(2), [secret(1).public_key()], TestRng(99)).expect("valid clients");
+    let attacker = SocketAddr::from((Ipv4Addr::new(203, 0, 113, 9), 4444));
+    let mut replay = initiation.clone();
+    assert!(matches!(
+        net.server.handle_datagram(net.now, attacker, &mut replay),
+        Ok(Received::Handshake { peer: PeerId(0) })
+    ));
+    let answer = net.server.poll_transmit().expect("a response");
+    assert_eq!(answer.dst, attacker, "the response goes to the replayer");
+    assert!(!net.server.is_established(PeerId(0), net.now));
+    for packet in &recorded {
+        let mut packet = packet.clone();
+        assert!(net
+            .server
+            .handle_datagram(net.now, attacker, &mut packet)
+            .is_err());
+    }
+    let mut again = initiation;
+    assert!(matches!(
+        net.server.handle_datagram(net.now, attacker, &mut again),
+        Err(Dropped::StaleTimestamp { .. })
+    ));
+    assert!(!net.server.is_established(PeerId(0), net.now));
+    assert_eq!(net.delivered(Dir::Up).len(), 3, "nothing forwarded");
+
+    // The client notices the silence and handshakes again (a later
+    // timestamp than the replayed one); its traffic flows.
+    let end = net.now + NEW_HANDSHAKE_AFTER_SILENCE + Duration::from_secs(5);
+    let mut n = 0u32;
+    while net.now < end {
+        let up = net.seal_up(0, &n.to_be_bytes()).expect("client session");
+        net.send(Dir::Up, 0, up);
+        n += 1;
+        net.run_for(Duration::from_millis(100));
+    }
+    assert!(net.server.is_established(PeerId(0), net.now));
+    assert!(net.delivered(Dir::Up).len() > 3);
+    assert!(
+        net.delivered(Dir::Up).iter().skip(3).all(|p| p.len() == 4),
+        "only the client's new packets arrive"
+    );
+}
+
 #[test]
 fn rekeys_every_two_minutes_without_losing_a_packet() {
     let mut net = Net::new();

@@ -23,7 +23,7 @@
 //!   2..4    magic = 0x2263
 //!
 //! Request, client → concentrator, as ConnectRequest::encode writes it
-//! (n = client id length, 1..=64; A = ceil((60 + n) / 4)):
+//! (n = client id length, 1..=64; A = ceil((68 + n) / 4)):
 //!   0..4    fixed header, total length = 1 + 5 + A words
 //!   4..24   Connect TLV
 //!     +0        type = 10
@@ -39,7 +39,8 @@
 //!     +4..12    timestamp, unix milliseconds
 //!     +12..28   nonce
 //!     +28..60   MAC, HMAC-SHA256 (bytes 52..84 of the request)
-//!     +60..60+n client id, printable ASCII without spaces
+//!     +60..68   concentrator epoch the client signed for (0: not known yet)
+//!     +68..68+n client id, printable ASCII without spaces
 //!     then zero padding to 4 * A bytes
 //!
 //! Response, concentrator → client
@@ -49,10 +50,21 @@
 //!     +1        length = 1
 //!     +2        error code (ErrorCode)
 //!     +3        value, 0 when unused
+//!   stale epoch: fixed header + Error TLV (not authorized) + Epoch TLV
+//!                                          01 0d 22 63 | 1e 01 20 00 | c9 0b 00 00 ...
+//!     +0        type = 201 (private use)
+//!     +1        length = 11
+//!     +2..4     reserved = 0
+//!     +4..12    the concentrator's current epoch
+//!     +12..44   MAC over the epoch and the refused request (`crate::auth`)
 //! ```
 //!
-//! On read, Info TLVs and private-use TLVs other than Auth are skipped (they
-//! must still come before Auth in a request); Cookie, Extended TCP Header,
+//! The epoch is what makes a header captured before a concentrator restart
+//! useless after it: see [`crate::auth::ConnectGuard`].
+//!
+//! On read, Info TLVs and private-use TLVs other than Auth (and, in a
+//! response, Epoch) are skipped (they must still come before Auth in a
+//! request); Cookie, Extended TCP Header,
 //! Supported TCP Extensions and unassigned types are refused as unsupported.
 //!
 //! The MAC covers [`ConnectRequest::mac_input`]: the request as
@@ -99,6 +111,9 @@ pub mod tlv_type {
     pub const PRIVATE_USE_START: u8 = 192;
     /// mpbond's client authentication TLV (private use).
     pub const AUTH: u8 = 200;
+    /// mpbond's stale-epoch answer: the concentrator's current epoch
+    /// (private use; responses only).
+    pub const EPOCH: u8 = 201;
 }
 
 /// Field offsets: message-relative for the fixed header, TLV-relative below.
@@ -121,10 +136,16 @@ mod field {
     pub(super) const AUTH_TIMESTAMP: Range<usize> = 4..12;
     pub(super) const AUTH_NONCE: Range<usize> = 12..28;
     pub(super) const AUTH_MAC: Range<usize> = 28..60;
-    pub(super) const AUTH_CLIENT_ID: usize = 60;
+    pub(super) const AUTH_EPOCH: Range<usize> = 60..68;
+    pub(super) const AUTH_CLIENT_ID: usize = 68;
 
     pub(super) const ERROR_CODE: usize = 2;
     pub(super) const ERROR_VALUE: usize = 3;
+
+    pub(super) const EPOCH_RESERVED: Range<usize> = 2..4;
+    pub(super) const EPOCH_VALUE: Range<usize> = 4..12;
+    pub(super) const EPOCH_MAC: Range<usize> = 12..44;
+    pub(super) const EPOCH_LEN: usize = 44;
 }
 
 /// A client's name: 1 to 64 bytes of printable ASCII without spaces.
@@ -211,6 +232,10 @@ pub struct Auth {
     pub timestamp_ms: u64,
     /// Random per request; with the timestamp, what the replay guard keys on.
     pub nonce: [u8; 16],
+    /// The concentrator epoch the client signed for: the one its
+    /// concentrator last announced, [`crate::auth::Epoch::UNKNOWN`] (0)
+    /// before it heard one.
+    pub epoch: u64,
     /// HMAC-SHA256 over [`ConnectRequest::mac_input`], see `crate::auth`.
     pub mac: [u8; 32],
 }
@@ -260,6 +285,7 @@ impl ConnectRequest {
         out.extend_from_slice(&self.auth.timestamp_ms.to_be_bytes());
         out.extend_from_slice(&self.auth.nonce);
         out.extend_from_slice(mac);
+        out.extend_from_slice(&self.auth.epoch.to_be_bytes());
         out.extend_from_slice(id);
         out.resize(total, 0);
         out
@@ -305,21 +331,42 @@ pub enum Response {
         /// Code-specific detail, 0 when unused.
         value: u8,
     },
+    /// The request authenticated but was signed for another concentrator
+    /// epoch (before its restart, or before the client heard of one): it was
+    /// refused, nothing was forwarded, and the client may sign again for
+    /// `epoch`. Encoded as "not authorized" plus an Epoch TLV, so a peer
+    /// that does not know the TLV still reads a refusal.
+    StaleEpoch {
+        /// The concentrator's current epoch.
+        epoch: u64,
+        /// Its MAC, bound to the refused request (`crate::auth::sign_epoch`).
+        mac: [u8; 32],
+    },
 }
 
 impl Response {
     /// Encodes the response: the fixed header alone for
     /// [`Response::Connected`], plus an Error TLV for [`Response::Error`].
     pub fn encode(&self) -> Vec<u8> {
-        let Self::Error { code, value } = *self else {
-            let mut out = Vec::with_capacity(FIXED_HEADER_LEN);
-            push_fixed_header(&mut out, FIXED_HEADER_LEN);
-            return out;
+        let (code, value, epoch) = match *self {
+            Self::Connected => {
+                let mut out = Vec::with_capacity(FIXED_HEADER_LEN);
+                push_fixed_header(&mut out, FIXED_HEADER_LEN);
+                return out;
+            }
+            Self::Error { code, value } => (code, value, None),
+            Self::StaleEpoch { epoch, mac } => (ErrorCode::NotAuthorized, 0, Some((epoch, mac))),
         };
-        let total = FIXED_HEADER_LEN + 4;
+        let epoch_len = epoch.map_or(0, |_| field::EPOCH_LEN);
+        let total = FIXED_HEADER_LEN + 4 + epoch_len;
         let mut out = Vec::with_capacity(total);
         push_fixed_header(&mut out, total);
         out.extend_from_slice(&[tlv_type::ERROR, 1, code.into(), value]);
+        if let Some((epoch, mac)) = epoch {
+            out.extend_from_slice(&[tlv_type::EPOCH, words(field::EPOCH_LEN), 0, 0]);
+            out.extend_from_slice(&epoch.to_be_bytes());
+            out.extend_from_slice(&mac);
+        }
         out
     }
 
@@ -329,6 +376,7 @@ impl Response {
         let msg = message(buf)?;
         let mut response = Self::Connected;
         let mut seen_error = false;
+        let mut epoch = None;
         for tlv in Tlvs::new(msg) {
             let tlv = tlv?;
             match tlv.kind {
@@ -339,11 +387,25 @@ impl Response {
                     response = parse_error(&tlv)?;
                     seen_error = true;
                 }
+                tlv_type::EPOCH if epoch.is_some() => {
+                    return Err(DecodeError::DuplicateEpoch { offset: tlv.offset });
+                }
+                tlv_type::EPOCH => epoch = Some((parse_epoch(&tlv)?, tlv.offset)),
                 tlv_type::INFO => {}
                 tlv_type::AUTH => return Err(tlv.unsupported(tlv_type::AUTH)),
                 kind if kind >= tlv_type::PRIVATE_USE_START => {}
                 kind => return Err(tlv.unsupported(kind)),
             }
+        }
+        if let Some(((epoch, mac), offset)) = epoch {
+            let Self::Error {
+                code: ErrorCode::NotAuthorized,
+                ..
+            } = response
+            else {
+                return Err(DecodeError::EpochWithoutRefusal { offset });
+            };
+            response = Self::StaleEpoch { epoch, mac };
         }
         Ok((response, msg.len()))
     }
@@ -545,6 +607,26 @@ pub enum DecodeError {
     DuplicateError {
         /// Its offset in the message.
         offset: usize,
+    },
+    /// A response holds a second Epoch TLV.
+    #[error("connect answer: second Epoch TLV at byte {offset}")]
+    DuplicateEpoch {
+        /// Its offset in the message.
+        offset: usize,
+    },
+    /// A response holds an Epoch TLV but is no "not authorized" refusal.
+    #[error("connect answer: Epoch TLV at byte {offset} without a \"not authorized\" Error TLV")]
+    EpochWithoutRefusal {
+        /// The Epoch TLV's offset in the message.
+        offset: usize,
+    },
+    /// An Epoch TLV is not 11 words long.
+    #[error("connect answer: Epoch TLV at byte {offset} is {words} words, not 11")]
+    EpochLength {
+        /// Its offset in the message.
+        offset: usize,
+        /// Its length, in words.
+        words: usize,
     },
     /// A TLV follows the Auth TLV, which must be the last.
     #[error("connect header: Auth TLV at byte {offset} is not the last TLV")]
@@ -772,12 +854,13 @@ fn parse_connect(tlv: &Tlv<'_>) -> Result<SocketAddr, DecodeError> {
 
 fn parse_auth(tlv: &Tlv<'_>) -> Result<Auth, DecodeError> {
     let b = tlv.bytes;
-    let (Some(&id_len), Some(&reserved), Some(timestamp), Some(nonce), Some(mac)) = (
+    let (Some(&id_len), Some(&reserved), Some(timestamp), Some(nonce), Some(mac), Some(epoch)) = (
         b.get(field::AUTH_ID_LEN),
         b.get(field::AUTH_RESERVED),
         array(b, field::AUTH_TIMESTAMP),
         array(b, field::AUTH_NONCE),
         array(b, field::AUTH_MAC),
+        array(b, field::AUTH_EPOCH),
     ) else {
         return Err(tlv.too_short(AUTH_FIXED_WORDS));
     };
@@ -811,8 +894,34 @@ fn parse_auth(tlv: &Tlv<'_>) -> Result<Auth, DecodeError> {
         client_id,
         timestamp_ms: u64::from_be_bytes(timestamp),
         nonce,
+        epoch: u64::from_be_bytes(epoch),
         mac,
     })
+}
+
+/// Reads an Epoch TLV: the epoch and its MAC.
+fn parse_epoch(tlv: &Tlv<'_>) -> Result<(u64, [u8; 32]), DecodeError> {
+    let b = tlv.bytes;
+    let (Some(reserved), Some(epoch), Some(mac)) = (
+        b.get(field::EPOCH_RESERVED),
+        array(b, field::EPOCH_VALUE),
+        array(b, field::EPOCH_MAC),
+    ) else {
+        return Err(DecodeError::EpochLength {
+            offset: tlv.offset,
+            words: tlv.words(),
+        });
+    };
+    if b.len() != field::EPOCH_LEN {
+        return Err(DecodeError::EpochLength {
+            offset: tlv.offset,
+            words: tlv.words(),
+        });
+    }
+    if reserved.iter().any(|&byte| byte != 0) {
+        return Err(DecodeError::NonZeroReserved { offset: tlv.offset });
+    }
+    Ok((u64::from_be_bytes(epoch), mac))
 }
 
 /// Reads an Error TLV; an RFC 8803 value may be longer than one byte, and
@@ -842,6 +951,7 @@ mod tests {
                 client_id: id.parse().expect("valid id"),
                 timestamp_ms: 1_700_000_000_123,
                 nonce: [0xa5; 16],
+                epoch: 0x0102_0304_0506_0708,
                 mac: [0x3c; 32],
             },
         }
@@ -865,6 +975,7 @@ mod tests {
                 &key,
                 id.parse().expect("id"),
                 destination.parse().expect("destination"),
+                crate::auth::Epoch::from_u64(0x6d70_626f_6e64_0001),
                 [0x5a; 16],
                 1_795_000_000_000,
             )
@@ -894,6 +1005,14 @@ mod tests {
                 ("connected", Response::Connected.encode()),
                 ("connected-then-data", connected_then_data),
                 ("refused", refused.encode()),
+                (
+                    "stale-epoch",
+                    Response::StaleEpoch {
+                        epoch: 0x6d70_626f_6e64_0002,
+                        mac: [0x42; 32],
+                    }
+                    .encode(),
+                ),
             ],
         );
     }
@@ -926,7 +1045,7 @@ mod tests {
     #[test]
     fn request_layout_is_as_documented() {
         let encoded = v4_request().encode();
-        let expected_total = 4 + 20 + (60 + 11usize).next_multiple_of(4);
+        let expected_total = 4 + 20 + (68 + 11usize).next_multiple_of(4);
         assert_eq!(encoded.len(), expected_total);
         assert_eq!(&encoded[..4], &[1, (expected_total / 4) as u8, 0x22, 0x63]);
         assert_eq!(&encoded[4..8], &[10, 5, 0x01, 0xbb]);
@@ -934,12 +1053,13 @@ mod tests {
             &encoded[8..24],
             &[0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 192, 0, 2, 7]
         );
-        assert_eq!(&encoded[24..28], &[200, 18, 11, 0]);
+        assert_eq!(&encoded[24..28], &[200, 20, 11, 0]);
         assert_eq!(&encoded[28..36], &1_700_000_000_123u64.to_be_bytes());
         assert_eq!(&encoded[36..52], &[0xa5; 16]);
         assert_eq!(&encoded[ConnectRequest::MAC_RANGE], &[0x3c; 32]);
-        assert_eq!(&encoded[84..95], b"home-router");
-        assert_eq!(encoded[95], 0);
+        assert_eq!(&encoded[84..92], &[1, 2, 3, 4, 5, 6, 7, 8]);
+        assert_eq!(&encoded[92..103], b"home-router");
+        assert_eq!(encoded[103], 0);
     }
 
     #[test]
@@ -1151,8 +1271,8 @@ mod tests {
             DecodeError::TlvOverrun {
                 tlv_type: 200,
                 offset: 24,
-                claimed: 18,
-                remaining: 17,
+                claimed: 20,
+                remaining: 19,
             },
             ErrorCode::MalformedMessage,
         );
@@ -1169,14 +1289,14 @@ mod tests {
             ErrorCode::MalformedMessage,
         );
 
-        let short_auth = tlv(200, &[0; 54]);
+        let short_auth = tlv(200, &[0; 62]);
         assert_request_error(
             &message_of(&[&connect, &short_auth]),
             DecodeError::TlvTooShort {
                 tlv_type: 200,
                 offset: 24,
-                words: 14,
-                min_words: 15,
+                words: 16,
+                min_words: 17,
             },
             ErrorCode::MalformedMessage,
         );
@@ -1188,9 +1308,9 @@ mod tests {
             &message_of(&[&connect, &long_auth]),
             DecodeError::AuthLength {
                 offset: 24,
-                words: 19,
+                words: 21,
                 id_len: 11,
-                expected: 18,
+                expected: 20,
             },
             ErrorCode::MalformedMessage,
         );
@@ -1220,7 +1340,7 @@ mod tests {
         );
 
         let mut spaced = auth.clone();
-        spaced[60 + 4] = b' ';
+        spaced[68 + 4] = b' ';
         assert_request_error(
             &message_of(&[&connect, &spaced]),
             DecodeError::BadClientId {
@@ -1233,8 +1353,8 @@ mod tests {
             ErrorCode::MalformedMessage,
         );
 
-        let mut empty = auth[..60].to_vec();
-        empty[1] = 15;
+        let mut empty = auth[..68].to_vec();
+        empty[1] = 17;
         empty[2] = 0;
         assert_request_error(
             &message_of(&[&connect, &empty]),
@@ -1329,7 +1449,7 @@ mod tests {
         let req = v4_request();
         let (connect, auth) = split(&req.encode());
         let info = tlv(1, &[0, 0]);
-        let private = tlv(201, b"later");
+        let private = tlv(202, b"later");
         let bytes = message_of(&[&info, &connect, &private, &auth]);
         assert_eq!(ConnectRequest::decode(&bytes), Ok((req, bytes.len())));
 
@@ -1340,6 +1460,71 @@ mod tests {
             value: 3,
         };
         assert_eq!(Response::decode(&bytes), Ok((expected, bytes.len())));
+    }
+
+    #[test]
+    fn a_stale_epoch_answer_is_a_refusal_with_the_epoch() {
+        let answer = Response::StaleEpoch {
+            epoch: 0x1122_3344_5566_7788,
+            mac: [0xee; 32],
+        };
+        let encoded = answer.encode();
+        assert_eq!(encoded.len(), 52);
+        assert_eq!(
+            &encoded[..12],
+            &[1, 13, 0x22, 0x63, 30, 1, 32, 0, 201, 11, 0, 0]
+        );
+        assert_eq!(&encoded[12..20], &0x1122_3344_5566_7788u64.to_be_bytes());
+        assert_eq!(&encoded[20..], &[0xee; 32]);
+        assert_eq!(Response::decode(&encoded), Ok((answer, 52)));
+        for len in 0..encoded.len() {
+            assert!(matches!(
+                Response::decode(&encoded[..len]),
+                Err(DecodeError::Incomplete { .. })
+            ));
+        }
+
+        let (error, epoch) = (&encoded[4..8], &encoded[8..]);
+        // Either order; anything else is refused.
+        let swapped = message_of(&[epoch, error]);
+        assert_eq!(Response::decode(&swapped), Ok((answer, 52)));
+        assert_eq!(
+            Response::decode(&message_of(&[epoch])),
+            Err(DecodeError::EpochWithoutRefusal { offset: 4 })
+        );
+        let other = tlv(30, &[97, 0]);
+        assert_eq!(
+            Response::decode(&message_of(&[&other, epoch])),
+            Err(DecodeError::EpochWithoutRefusal { offset: 8 })
+        );
+        assert_eq!(
+            Response::decode(&message_of(&[error, epoch, epoch])),
+            Err(DecodeError::DuplicateEpoch { offset: 52 })
+        );
+        let mut reserved = epoch.to_vec();
+        reserved[3] = 1;
+        assert_eq!(
+            Response::decode(&message_of(&[error, &reserved])),
+            Err(DecodeError::NonZeroReserved { offset: 8 })
+        );
+        let short = tlv(201, &[0; 30]);
+        assert_eq!(
+            Response::decode(&message_of(&[error, &short])),
+            Err(DecodeError::EpochLength {
+                offset: 8,
+                words: 8
+            })
+        );
+        let mut long = epoch.to_vec();
+        long[1] = 12;
+        long.extend_from_slice(&[0; 4]);
+        assert_eq!(
+            Response::decode(&message_of(&[error, &long])),
+            Err(DecodeError::EpochLength {
+                offset: 8,
+                words: 12
+            })
+        );
     }
 
     #[test]
@@ -1453,6 +1638,11 @@ mod tests {
                 value: 0,
             }
             .encode(),
+            Response::StaleEpoch {
+                epoch: 7,
+                mac: [9; 32],
+            }
+            .encode(),
         ];
         let mut bytes = Vec::with_capacity(300);
         for round in 0..200_000 {
@@ -1472,7 +1662,7 @@ mod tests {
                 }
                 // A valid message with a few bytes changed, maybe truncated.
                 _ => {
-                    bytes.extend_from_slice(&seeds[rng.below(2)]);
+                    bytes.extend_from_slice(&seeds[rng.below(seeds.len() as u64)]);
                     for _ in 0..1 + rng.below(3) {
                         let at = rng.below(bytes.len() as u64);
                         bytes[at] = rng.next() as u8;
