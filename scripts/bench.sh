@@ -41,7 +41,8 @@
 #       directly (the baseline, with mpbond stopped). --lte: lte's profile
 #       (default lte), a built-in name or a profile file.
 #
-#   scripts/bench.sh udp [--secs N] [--len BYTES]
+#   scripts/bench.sh udp [--secs N] [--len BYTES] [--only none] [--rate BPS]
+#                        [--perf DIR]
 #       The datagram tunnel (everything that is not TCP), about 4 min:
 #       1. per mode (latency, redundant, aggregate; a client config with the
 #          mode appended to [datagram]), UDP downloads from mpb-srv to the LAN
@@ -70,6 +71,13 @@
 #       --secs: seconds per iperf3 run (default 10); --len: UDP payload bytes
 #       (default 1200, QUIC's size; a payload above about 1410 no longer fits
 #       a 1500-byte line once sealed).
+#       --only none: part 4 alone (about 1 min), to iterate on the tunnel's
+#       speed; --rate: iperf3's -b for part 4 (default 0, unlimited: the
+#       sender then outruns both tunnels and most datagrams are lost; a
+#       fixed rate both tunnels carry compares CPU at equal work), e.g. 1G;
+#       --perf DIR: `perf record -g` of the client and the concentrator
+#       during each mpbond row of part 4, into DIR/{client,concentrator}-DIR.data
+#       (read them with `perf report -i FILE`).
 #
 #   scripts/bench.sh quic [--small N] [--bulk N]
 #       What the QUIC policy costs a browser, about 90 s: with quic = "tunnel"
@@ -864,8 +872,22 @@ PY
 udp_none() {
     local path=$1 dir=$2 c0 s0 c1 s1 skip=0 changes=-
     [ "$path" = mpbond ] && skip=$(wc -l <"$LAB_RUN/client.log")
+    local perfs=()
+    if [ -n "$UDP_PERF" ] && [ "$path" = mpbond ]; then
+        perf record -q -g -p "$3" -o "$UDP_PERF/client-$dir.data" >/dev/null 2>&1 &
+        perfs+=($!)
+        perf record -q -g -p "$4" -o "$UDP_PERF/concentrator-$dir.data" >/dev/null 2>&1 &
+        perfs+=($!)
+        BG_PIDS+=("${perfs[@]}")
+    fi
     c0=$(cpu_secs "$3") s0=$(cpu_secs "$4")
-    if udp_iperf mpb-lan "$dir" 1 "$UDP_NONE_RATE" -; then
+    local ok=0
+    udp_iperf mpb-lan "$dir" 1 "$UDP_NONE_RATE" - && ok=1
+    if [ ${#perfs[@]} -gt 0 ]; then
+        kill -INT "${perfs[@]}" 2>/dev/null || true
+        wait "${perfs[@]}" 2>/dev/null || true
+    fi
+    if [ $ok = 1 ]; then
         c1=$(cpu_secs "$3") s1=$(cpu_secs "$4")
         [ "$path" = mpbond ] && changes=$(uplink_changes "$skip")
         python3 scripts/lib/udp_table.py iperf "$ROWS" "$TMP/iperf.json" "$TMP/iperf-srv.json" kind=none \
@@ -995,15 +1017,25 @@ lab_pid() {
 }
 
 bench_udp() {
-    UDP_SECS=10 UDP_LEN=1200 UDP_NONE_RATE=0 UDP_WAITS=()
+    UDP_SECS=10 UDP_LEN=1200 UDP_NONE_RATE=0 UDP_WAITS=() UDP_PERF=''
+    local only=''
     while [ $# -gt 0 ]; do
         case $1 in
             --secs) [ $# -ge 2 ] || die "--secs needs a number"; UDP_SECS=$2; shift ;;
             --len) [ $# -ge 2 ] || die "--len needs a number of bytes"; UDP_LEN=$2; shift ;;
-            *) die "unknown option $1 for udp; usage: bench.sh udp [--secs N] [--len BYTES]" ;;
+            --only) [ "${2:-}" = none ] || die "--only takes none (profile none's rows alone)"; only=none; shift ;;
+            --rate) [ $# -ge 2 ] || die "--rate needs a rate (iperf3 -b: 0, 800M, 2G)"; UDP_NONE_RATE=$2; shift ;;
+            --perf) [ $# -ge 2 ] || die "--perf needs a directory"; UDP_PERF=$2; shift ;;
+            *) die "unknown option $1 for udp; usage: bench.sh udp [--secs N] [--len BYTES] [--only none] [--rate BPS] [--perf DIR]" ;;
         esac
         shift
     done
+    [[ $UDP_NONE_RATE =~ ^[0-9]+(\.[0-9]+)?[KMG]?$ ]] || die "--rate must be an iperf3 rate (0, 800M, 2G), got '$UDP_NONE_RATE'"
+    if [ -n "$UDP_PERF" ]; then
+        command -v perf >/dev/null || die "--perf needs perf (Debian package linux-perf)"
+        mkdir -p "$UDP_PERF" || die "cannot make $UDP_PERF"
+        UDP_PERF=$(cd "$UDP_PERF" && pwd)
+    fi
     [[ $UDP_SECS =~ ^[0-9]+$ ]] && [ "$UDP_SECS" -ge 3 ] && [ "$UDP_SECS" -le 60 ] ||
         die "--secs must be 3-60 seconds, got '$UDP_SECS'"
     [[ $UDP_LEN =~ ^[0-9]+$ ]] && [ "$UDP_LEN" -ge 64 ] && [ "$UDP_LEN" -le 1472 ] ||
@@ -1013,39 +1045,26 @@ bench_udp() {
     local start=$SECONDS
     echo
     # Measured here: 229 s with the defaults (14 iperf3 runs, 3 mpbond restarts, 2 labs).
-    echo "bench udp: ${UDP_SECS}s per iperf3 run, ${UDP_LEN}-byte datagrams; about $(((UDP_SECS * 14 + 90 + 59) / 60)) min"
-    lab_up
-    trap 'wg_down; cleanup' EXIT
-    local dsl_rate lte_rate
-    dsl_rate=$(conf dsl down.rate_bps)
-    lte_rate=$(conf lte down.rate_bps)
-    UDP_OFFERED=$(((dsl_rate + lte_rate) * 11 / 10))
-
-    # Baselines: each line alone, mpbond not running.
-    direct_routes add
-    local n name flows mode
-    for n in 1 2; do
-        name=dsl
-        [ $n = 2 ] && name=lte
-        for flows in 1 8; do
-            udp_dl mpb-cli $flows $name 10.77.$n.2
-        done
-    done
-    direct_routes del
-
-    for mode in latency redundant aggregate; do
-        udp_start "$(udp_config $mode)"
-        for flows in 1 8; do
-            udp_dl mpb-lan $flows $mode -
-        done
-        udp_rtt $mode
-        udp_cut $mode
-        labq stop
-    done
-
-    # Profile none: the tunnel's cost, one line, against wireguard-go.
-    labq down
-    labq up --dsl none --lte none
+    if [ "$only" = none ]; then
+        echo "bench udp: profile none only, ${UDP_SECS}s per iperf3 run, ${UDP_LEN}-byte datagrams; about $(((UDP_SECS * 4 + 40 + 59) / 60)) min"
+    else
+        echo "bench udp: ${UDP_SECS}s per iperf3 run, ${UDP_LEN}-byte datagrams; about $(((UDP_SECS * 14 + 90 + 59) / 60)) min"
+    fi
+    local dsl_rate=0 lte_rate=0
+    if [ "$only" = none ]; then
+        lab_up --dsl none --lte none
+        trap 'wg_down; cleanup' EXIT
+    else
+        lab_up
+        trap 'wg_down; cleanup' EXIT
+        dsl_rate=$(conf dsl down.rate_bps)
+        lte_rate=$(conf lte down.rate_bps)
+        UDP_OFFERED=$(((dsl_rate + lte_rate) * 11 / 10))
+        bench_udp_modes
+        # Profile none: the tunnel's cost, one line, against wireguard-go.
+        labq down
+        labq up --dsl none --lte none
+    fi
     udp_start "$(udp_config latency dsl-only)"
     local cli conc dir
     cli=$(lab_pid client) conc=$(lab_pid concentrator)
@@ -1068,6 +1087,31 @@ bench_udp() {
     trap - EXIT
     cleanup
     [ $rc = 0 ] || echo "bench: udp missed a goal or measured the wrong path (see above)" >&2
+}
+
+# Parts 1-3 of bench udp: per mode on the default profiles (the lab is up).
+bench_udp_modes() {
+    # Baselines: each line alone, mpbond not running.
+    direct_routes add
+    local n name flows mode
+    for n in 1 2; do
+        name=dsl
+        [ $n = 2 ] && name=lte
+        for flows in 1 8; do
+            udp_dl mpb-cli $flows $name 10.77.$n.2
+        done
+    done
+    direct_routes del
+
+    for mode in latency redundant aggregate; do
+        udp_start "$(udp_config $mode)"
+        for flows in 1 8; do
+            udp_dl mpb-lan $flows $mode -
+        done
+        udp_rtt $mode
+        udp_cut $mode
+        labq stop
+    done
 }
 
 # ---------------------------------------------------------------- quic

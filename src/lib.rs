@@ -18,4 +18,5 @@ mod relay;
 pub mod sendbuf;
 #[allow(unsafe_code)]
 pub mod sys;
+pub mod udp;
 pub mod wire;

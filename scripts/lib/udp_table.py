@@ -198,112 +198,117 @@ def cmd_print(rows_path, dsl_bps, lte_bps, length, secs):
 
     # 1. Downloads.
     dl = [r for r in rows if r.get("kind") == "dl"]
-    best = {f: max([r["bps"] for r in dl if r["path"] in ("dsl", "lte") and r["flows"] == f and "failed" not in r],
-                   default=0)
-            for f in (1, 8)}
-    best_settled = max([r.get("bps_settled", 0) for r in dl
-                        if r["path"] in ("dsl", "lte") and r["flows"] == 1 and "failed" not in r], default=0)
-    direct_ceiling = length / (length + DIRECT_OVERHEAD)
-    tunnel_ceiling = length / (length + TUNNEL_OVERHEAD)
-    print()
-    print("1. UDP download, mpb-srv -> LAN host (iperf3 -u -R, %d-byte datagrams, %d s); configured down rates:"
-          % (length, secs))
-    print("   dsl %.0f + lte %.0f = %.0f Mbit/s; offered %.1f Mbit/s in all, split over the flows"
-          % (dsl_bps / 1e6, lte_bps / 1e6, total / 1e6, (dl[0]["offered"] if dl else 0) / 1e6))
-    print("   payload ceilings (the emulators count IP bytes): direct %.3f, through the tunnel %.3f of the rate"
-          % (direct_ceiling, tunnel_ceiling))
-    print("   direct rows from mpb-cli bound to the line's address (mpbond stopped); mpbond rows from mpb-lan")
-    hdr = "%-18s %5s | %8s %6s %6s | %6s %7s | %-10s %-7s %9s | %s" % (
-        "path", "flows", "Mbit/s", "x sum", "x best", "loss%", "jitter", "seen as", "dsl:lte", "down/back", "goal")
-    for flows in (1, 8):
+    if dl:
+        best = {f: max([r["bps"] for r in dl if r["path"] in ("dsl", "lte") and r["flows"] == f and "failed" not in r],
+                       default=0)
+                for f in (1, 8)}
+        best_settled = max([r.get("bps_settled", 0) for r in dl
+                            if r["path"] in ("dsl", "lte") and r["flows"] == 1 and "failed" not in r], default=0)
+        direct_ceiling = length / (length + DIRECT_OVERHEAD)
+        tunnel_ceiling = length / (length + TUNNEL_OVERHEAD)
         print()
-        print(hdr)
-        print("-" * len(hdr))
-        for path in ("dsl", "lte") + MODES:
-            for r in dl:
-                if r["path"] != path or r["flows"] != flows:
-                    continue
-                if "failed" in r:
-                    print("%-18s %5d | FAILED: %s (down/back %s)" % (NAMES[path], flows, r["failed"], r.get("changes", "-")))
-                    misses.append("%s, %d flow(s): %s" % (path, flows, r["failed"]))
-                    continue
-                want = {"dsl": "10.77.1.2", "lte": "10.77.2.2"}.get(path, TUNNEL_ADDR)
-                seen = r["seen"]
-                if seen != want:
-                    wrong_path.append("%s %d flow(s): the server saw %s, not %s" % (path, flows, seen, want))
-                    seen += " (!)"
-                goal = ""
-                if path in MODES and flows == 1:
-                    # Against what the best line carries through a tunnel
-                    # (its direct goodput x the ratio of the payload
-                    # ceilings), from 1 s on in both.
-                    # 2 % for noise: lte's random loss and jitter, a
-                    # shared machine.
-                    line = best_settled * tunnel_ceiling / direct_ceiling
-                    got = r.get("bps_settled", 0)
-                    ok = line > 0 and got >= 0.98 * line
-                    goal = "%s (from 1 s: %.3f x best line's tunnel ceiling, >= 0.98)" % (
-                        "PASS" if ok else "MISS", got / line if line else float("nan"))
-                    if not ok:
-                        misses.append("%s, 1 flow: %.3f of the best line's ceiling through a tunnel (from 1 s)"
-                                      % (path, got / line if line else float("nan")))
-                if path == "aggregate" and flows == 8:
-                    ok = r["bps"] >= 0.9 * total
-                    goal = "%s (>= 0.9 x sum)" % ("PASS" if ok else "MISS")
-                    if not ok:
-                        misses.append("aggregate, 8 flows: %.3f of the summed rates" % (r["bps"] / total))
-                if r.get("tries", 1) > 1:
-                    goal += " [iperf3 tries: %d]" % r["tries"]
-                loss = 100 * r["lost"] / max(r["packets"], 1)
-                print("%-18s %5d | %8.2f %6.3f %6.3f | %6.2f %5.2f ms | %-10s %-7s %9s | %s" % (
-                    NAMES[path], flows, r["bps"] / 1e6, r["bps"] / total,
-                    r["bps"] / best[flows] if best[flows] else float("nan"),
-                    loss, r["jitter"], seen, split(r), r.get("changes", "-"), goal))
-                if flows > 1 and path in MODES and r.get("per_flow"):
-                    print("%-24s | each flow: %s Mbit/s" % ("", " ".join("%.1f" % x for x in r["per_flow"])))
+        print("1. UDP download, mpb-srv -> LAN host (iperf3 -u -R, %d-byte datagrams, %d s); configured down rates:"
+              % (length, secs))
+        print("   dsl %.0f + lte %.0f = %.0f Mbit/s; offered %.1f Mbit/s in all, split over the flows"
+              % (dsl_bps / 1e6, lte_bps / 1e6, total / 1e6, (dl[0]["offered"] if dl else 0) / 1e6))
+        print("   payload ceilings (the emulators count IP bytes): direct %.3f, through the tunnel %.3f of the rate"
+              % (direct_ceiling, tunnel_ceiling))
+        print("   direct rows from mpb-cli bound to the line's address (mpbond stopped); mpbond rows from mpb-lan")
+        hdr = "%-18s %5s | %8s %6s %6s | %6s %7s | %-10s %-7s %9s | %s" % (
+            "path", "flows", "Mbit/s", "x sum", "x best", "loss%", "jitter", "seen as", "dsl:lte", "down/back", "goal")
+        for flows in (1, 8):
+            print()
+            print(hdr)
+            print("-" * len(hdr))
+            for path in ("dsl", "lte") + MODES:
+                for r in dl:
+                    if r["path"] != path or r["flows"] != flows:
+                        continue
+                    if "failed" in r:
+                        print("%-18s %5d | FAILED: %s (down/back %s)" % (NAMES[path], flows, r["failed"], r.get("changes", "-")))
+                        misses.append("%s, %d flow(s): %s" % (path, flows, r["failed"]))
+                        continue
+                    want = {"dsl": "10.77.1.2", "lte": "10.77.2.2"}.get(path, TUNNEL_ADDR)
+                    seen = r["seen"]
+                    if seen != want:
+                        wrong_path.append("%s %d flow(s): the server saw %s, not %s" % (path, flows, seen, want))
+                        seen += " (!)"
+                    goal = ""
+                    if path in MODES and flows == 1:
+                        # Against what the best line carries through a tunnel
+                        # (its direct goodput x the ratio of the payload
+                        # ceilings), from 1 s on in both.
+                        # 2 % for noise: lte's random loss and jitter, a
+                        # shared machine.
+                        line = best_settled * tunnel_ceiling / direct_ceiling
+                        got = r.get("bps_settled", 0)
+                        ok = line > 0 and got >= 0.98 * line
+                        goal = "%s (from 1 s: %.3f x best line's tunnel ceiling, >= 0.98)" % (
+                            "PASS" if ok else "MISS", got / line if line else float("nan"))
+                        if not ok:
+                            misses.append("%s, 1 flow: %.3f of the best line's ceiling through a tunnel (from 1 s)"
+                                          % (path, got / line if line else float("nan")))
+                    if path == "aggregate" and flows == 8:
+                        ok = r["bps"] >= 0.9 * total
+                        goal = "%s (>= 0.9 x sum)" % ("PASS" if ok else "MISS")
+                        if not ok:
+                            misses.append("aggregate, 8 flows: %.3f of the summed rates" % (r["bps"] / total))
+                    if r.get("tries", 1) > 1:
+                        goal += " [iperf3 tries: %d]" % r["tries"]
+                    loss = 100 * r["lost"] / max(r["packets"], 1)
+                    print("%-18s %5d | %8.2f %6.3f %6.3f | %6.2f %5.2f ms | %-10s %-7s %9s | %s" % (
+                        NAMES[path], flows, r["bps"] / 1e6, r["bps"] / total,
+                        r["bps"] / best[flows] if best[flows] else float("nan"),
+                        loss, r["jitter"], seen, split(r), r.get("changes", "-"), goal))
+                    if flows > 1 and path in MODES and r.get("per_flow"):
+                        print("%-24s | each flow: %s Mbit/s" % ("", " ".join("%.1f" % x for x in r["per_flow"])))
 
     # 2. Round trips.
-    print()
-    print("2. Round trip to mpb-srv: 50 pings at 20 ms from mpb-lan through the tunnel vs from mpb-cli bound to")
-    print("   10.77.1.2 (dsl, the best line, directly), measured one after the other in each mode")
-    hdr = "%-18s | %15s | %15s | %15s | %5s | %s" % (
-        "mode", "tunnel med/p90", "direct med/p90", "added med/p90", "lost", "goal")
-    print(hdr)
-    print("-" * len(hdr))
-    for r in rows:
-        if r.get("kind") != "rtt":
-            continue
-        t, d = sorted(r["tunnel"]), sorted(r["direct"])
-        tm, tp, dm, dp = pct(t, 0.5), pct(t, 0.9), pct(d, 0.5), pct(d, 0.9)
-        goal = ""
-        if r["path"] == "latency":
-            ok = tm - dm < 1.0
-            goal = "%s (adds < 1 ms, median)" % ("PASS" if ok else "MISS")
-            if not ok:
-                misses.append("latency mode adds %.2f ms (median)" % (tm - dm))
-        print("%-18s | %6.2f / %6.2f | %6.2f / %6.2f | %+6.2f / %+6.2f | %2d/%2d | %s" % (
-            NAMES[r["path"]], tm, tp, dm, dp, tm - dm, tp - dp, 50 - len(t), 50 - len(d), goal))
+    rtts = [r for r in rows if r.get("kind") == "rtt"]
+    if rtts:
+        print()
+        print("2. Round trip to mpb-srv: 50 pings at 20 ms from mpb-lan through the tunnel vs from mpb-cli bound to")
+        print("   10.77.1.2 (dsl, the best line, directly), measured one after the other in each mode")
+        hdr = "%-18s | %15s | %15s | %15s | %5s | %s" % (
+            "mode", "tunnel med/p90", "direct med/p90", "added med/p90", "lost", "goal")
+        print(hdr)
+        print("-" * len(hdr))
+        for r in rows:
+            if r.get("kind") != "rtt":
+                continue
+            t, d = sorted(r["tunnel"]), sorted(r["direct"])
+            tm, tp, dm, dp = pct(t, 0.5), pct(t, 0.9), pct(d, 0.5), pct(d, 0.9)
+            goal = ""
+            if r["path"] == "latency":
+                ok = tm - dm < 1.0
+                goal = "%s (adds < 1 ms, median)" % ("PASS" if ok else "MISS")
+                if not ok:
+                    misses.append("latency mode adds %.2f ms (median)" % (tm - dm))
+            print("%-18s | %6.2f / %6.2f | %6.2f / %6.2f | %+6.2f / %+6.2f | %2d/%2d | %s" % (
+                NAMES[r["path"]], tm, tp, dm, dp, tm - dm, tp - dp, 50 - len(t), 50 - len(d), goal))
 
     # 3. The cut.
-    print()
-    print("3. A 50/s stream both ways on one socket pair (160-byte datagrams, 8 s), dsl cut (carrier down) at 2 s")
-    print("   and back at 5 s; lte's random loss set to 0 meanwhile. Longest gap between arrivals at the cut")
-    print("   (from 0.3 s before it to the return) and after the return; frames/s on each line (both ways, probes")
-    print("   included) in the 1.5 s before the cut and from 1.5 s after the return to the end")
-    hdr = "%-18s %-4s | %4s %4s %4s | %8s %8s %8s | %-11s %-11s" % (
-        "mode", "dir", "lost", "row", "dups", "noise", "at cut", "return", "before d/l", "after d/l")
-    print(hdr)
-    print("-" * len(hdr))
-    for r in rows:
-        if r.get("kind") != "cut":
-            continue
-        for direction, label in (("down", "down"), ("up", "up")):
-            s = r[direction]
-            print("%-18s %-4s | %4d %4d %4d | %5.0f ms %5.0f ms %5.0f ms | %4d / %-4d %4d / %-4d" % (
-                NAMES[r["path"]], label, s["lost"], s["run"], s["dups"], s["gap_noise"], s["gap_cut"],
-                s["gap_return"], r["before"][0], r["before"][1], r["after"][0], r["after"][1]))
-    print("   (lost: datagrams never delivered; row: most lost in a row; dups: delivered twice. The lab test")
-    print("   tests/datagram_failover.rs bounds latency mode at 15 in a row and redundant mode at 0 lost.)")
+    cuts = [r for r in rows if r.get("kind") == "cut"]
+    if cuts:
+        print()
+        print("3. A 50/s stream both ways on one socket pair (160-byte datagrams, 8 s), dsl cut (carrier down) at 2 s")
+        print("   and back at 5 s; lte's random loss set to 0 meanwhile. Longest gap between arrivals at the cut")
+        print("   (from 0.3 s before it to the return) and after the return; frames/s on each line (both ways, probes")
+        print("   included) in the 1.5 s before the cut and from 1.5 s after the return to the end")
+        hdr = "%-18s %-4s | %4s %4s %4s | %8s %8s %8s | %-11s %-11s" % (
+            "mode", "dir", "lost", "row", "dups", "noise", "at cut", "return", "before d/l", "after d/l")
+        print(hdr)
+        print("-" * len(hdr))
+        for r in rows:
+            if r.get("kind") != "cut":
+                continue
+            for direction, label in (("down", "down"), ("up", "up")):
+                s = r[direction]
+                print("%-18s %-4s | %4d %4d %4d | %5.0f ms %5.0f ms %5.0f ms | %4d / %-4d %4d / %-4d" % (
+                    NAMES[r["path"]], label, s["lost"], s["run"], s["dups"], s["gap_noise"], s["gap_cut"],
+                    s["gap_return"], r["before"][0], r["before"][1], r["after"][0], r["after"][1]))
+        print("   (lost: datagrams never delivered; row: most lost in a row; dups: delivered twice. The lab test")
+        print("   tests/datagram_failover.rs bounds latency mode at 15 in a row and redundant mode at 0 lost.)")
 
     # 4. Profile none: CPU.
     none = [r for r in rows if r.get("kind") == "none"]

@@ -4,22 +4,41 @@
 //! failure the LAN host would have seen.
 
 use std::net::IpAddr;
+use std::ops::Range;
 use std::sync::Arc;
 
 use tracing::{debug, info, trace};
 
-use super::datagram::Outgoing;
+use super::datagram::Sockets;
 use super::redirect::{Decision, Flow, FlowKey};
 use super::{ClientError, Shared};
+use crate::udp;
 use crate::wire::{build_icmp_unreachable_for, build_rst_for, classify, Protocol, TcpPacket};
 
 /// Largest packet read from the TUN (no offloads: at most the MTU).
 const MAX_PACKET: usize = 65_535;
 
-/// Reads the TUN until it fails.
+/// Packets read from the TUN per wake-up at most.
+const TUN_BATCH: usize = 64;
+
+/// The read buffer: room for [`TUN_BATCH`] full-sized packets and one of
+/// the largest.
+const READ_ROOM: usize = TUN_BATCH * 1500 + MAX_PACKET;
+
+/// Reads the TUN until it fails. A wake-up reads what is queued, up to
+/// [`TUN_BATCH`] packets: TCP goes through the redirect one by one; the
+/// rest is sealed for the datagram tunnel under one lock into one buffer
+/// and sent in runs of equal-sized datagrams per uplink (GSO).
 pub(super) async fn run(shared: Arc<Shared>) -> Result<(), ClientError> {
-    let mut buf = vec![0; MAX_PACKET];
-    let mut sealed = vec![0; super::datagram::MAX_SEALED];
+    let mut buf = vec![0; READ_ROOM];
+    let mut read: Vec<Range<usize>> = Vec::with_capacity(TUN_BATCH);
+    let mut tunnelled: Vec<Range<usize>> = Vec::with_capacity(TUN_BATCH);
+    // Sealing adds at most DATA_OVERHEAD + 1 per packet (fragments a
+    // header more each): twice the read room holds any batch.
+    let mut batch = udp::SendBatch::<u8>::new(2 * READ_ROOM);
+    let mut sockets: Sockets = Default::default();
+    let mut sends = Vec::new();
+    let mut replies = Vec::new();
     loop {
         let n = shared
             .tun
@@ -29,32 +48,59 @@ pub(super) async fn run(shared: Arc<Shared>) -> Result<(), ClientError> {
                 name: shared.tun_name.clone(),
                 source,
             })?;
-        let packet = &mut buf[..n];
-        if let Some(datagrams) = &shared.datagrams {
-            if !matches!(classify(packet), Protocol::Tcp | Protocol::Invalid) {
-                match datagrams.on_tun_packet(packet, &mut sealed) {
-                    Outgoing::Sealed(len, sockets) => {
-                        super::datagram::send_sealed(
-                            datagrams.concentrator,
-                            &sealed[..len],
-                            sockets,
-                        );
-                    }
-                    Outgoing::Send(sends) => super::datagram::send(datagrams.concentrator, sends),
-                    Outgoing::Reply(reply) => send(&shared, &reply).await,
-                    Outgoing::Nothing => {}
+        read.clear();
+        read.push(0..n);
+        let mut used = n;
+        while read.len() < TUN_BATCH {
+            let Some(room) = buf.get_mut(used..).filter(|r| r.len() >= MAX_PACKET) else {
+                break;
+            };
+            match shared.tun.try_recv(room) {
+                Ok(n) => {
+                    read.push(used..used + n);
+                    used += n;
                 }
-                continue;
+                Err(_) => break,
             }
         }
-        let decision = shared.table().handle(shared.now(), packet);
-        match decision {
-            Decision::Forward => send(&shared, packet).await,
-            Decision::Reply(reply) => send(&shared, &reply).await,
-            Decision::Hold(key, flow) => {
-                tokio::spawn(hold(shared.clone(), key, flow, packet.to_vec()));
+        tunnelled.clear();
+        for range in &read {
+            let Some(packet) = buf.get_mut(range.clone()) else {
+                continue;
+            };
+            if shared.datagrams.is_some()
+                && !matches!(classify(packet), Protocol::Tcp | Protocol::Invalid)
+            {
+                tunnelled.push(range.clone());
+                continue;
             }
-            Decision::Drop(reason) => trace!(?reason, len = n, "packet dropped"),
+            let n = packet.len();
+            let decision = shared.table().handle(shared.now(), packet);
+            match decision {
+                Decision::Forward => send(&shared, packet).await,
+                Decision::Reply(reply) => send(&shared, &reply).await,
+                Decision::Hold(key, flow) => {
+                    tokio::spawn(hold(shared.clone(), key, flow, packet.to_vec()));
+                }
+                Decision::Drop(reason) => trace!(?reason, len = n, "packet dropped"),
+            }
+        }
+        let Some(datagrams) = shared.datagrams.as_ref().filter(|_| !tunnelled.is_empty()) else {
+            continue;
+        };
+        datagrams.on_tun_packets(
+            &buf,
+            &tunnelled,
+            &mut batch,
+            &mut sockets,
+            &mut sends,
+            &mut replies,
+        );
+        super::datagram::send_batch(datagrams.concentrator, &batch, &sockets);
+        batch.clear();
+        super::datagram::send(datagrams.concentrator, std::mem::take(&mut sends));
+        for reply in replies.drain(..) {
+            send(&shared, &reply).await;
         }
     }
 }

@@ -29,10 +29,10 @@
 
 use std::collections::VecDeque;
 use std::net::{IpAddr, SocketAddr};
+use std::ops::Range;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use tokio::net::UdpSocket;
 use tracing::{debug, info, trace};
 
 use crate::crypto::cookie::RateLimiter;
@@ -41,6 +41,7 @@ use crate::crypto::{Dropped, Initiator, PublicKey, Received, StaticSecret, Syste
 use crate::datagram::schedule::{Decision, PathId, PathSettings, Scheduler, MAX_PATHS};
 use crate::datagram::SchedulerConfig;
 use crate::path::Estimates;
+use crate::udp::{self, Socket as UdpSocket};
 use crate::wire::flow::{flow_of, Flow};
 use crate::wire::fragment::{self, Fit, Fragments};
 use crate::wire::tunnel::{
@@ -53,6 +54,7 @@ use crate::wire::{build_icmp_port_unreachable_for, build_icmp_too_big_for};
 const TICK: Duration = Duration::from_millis(250);
 
 /// Room for the largest packet the TUN gives, sealed.
+#[cfg(test)]
 pub(super) const MAX_SEALED: usize = 65_535 + DATA_OVERHEAD + 1;
 
 /// The site counts as active this long after a datagram.
@@ -142,7 +144,7 @@ impl std::fmt::Debug for Datagrams {
 pub(super) type Sends = Vec<(Arc<UdpSocket>, Vec<u8>)>;
 
 /// What a datagram from the concentrator gave.
-#[derive(Default)]
+#[cfg(test)]
 pub(super) struct FromConcentrator<'a> {
     /// An IP packet for the TUN.
     pub(super) packet: Option<&'a [u8]>,
@@ -155,8 +157,8 @@ pub(super) struct FromConcentrator<'a> {
 /// What a packet from the TUN turned into.
 pub(super) enum Outgoing {
     /// The packet sealed into the caller's buffer, this many bytes of it,
-    /// to send on each of these uplinks' sockets.
-    Sealed(usize, Sockets),
+    /// to send on each of these uplinks (a bit per uplink index).
+    Sealed(usize, u8),
     /// Messages to send, each on an uplink's socket (handshakes, packets
     /// held until a handshake completed).
     Send(Vec<(Arc<UdpSocket>, Vec<u8>)>),
@@ -280,7 +282,53 @@ impl Datagrams {
 
     /// Schedules and seals one packet the TUN gave (not TCP).
     /// `sealed` must hold [`MAX_SEALED`] bytes.
+    #[cfg(test)]
     pub(super) fn on_tun_packet(&self, packet: &[u8], sealed: &mut [u8]) -> Outgoing {
+        let now = Instant::now();
+        self.tun_packet(&mut self.state(), now, packet, sealed)
+    }
+
+    /// Schedules and seals the packets the TUN gave (not TCP; where each
+    /// lies in `buf`) under one lock: into `batch` for the uplinks of its
+    /// bits (the sockets they had then in `sockets`), what else goes out
+    /// (handshakes, fragments) into `sends`, answers for the TUN into
+    /// `replies`.
+    pub(super) fn on_tun_packets(
+        &self,
+        buf: &[u8],
+        packets: &[Range<usize>],
+        batch: &mut udp::SendBatch<u8>,
+        sockets: &mut Sockets,
+        sends: &mut Sends,
+        replies: &mut Vec<Vec<u8>>,
+    ) {
+        let now = Instant::now();
+        let mut state = self.state();
+        sockets.clone_from(&state.sockets);
+        for range in packets {
+            let Some(packet) = buf.get(range.clone()) else {
+                continue;
+            };
+            // Sized by the caller to hold its batch.
+            let Some(room) = batch.room(packet.len() + DATA_OVERHEAD + 1) else {
+                continue;
+            };
+            match self.tun_packet(&mut state, now, packet, room) {
+                Outgoing::Sealed(len, bits) => batch.commit(bits, len),
+                Outgoing::Send(more) => sends.extend(more),
+                Outgoing::Reply(reply) => replies.push(reply),
+                Outgoing::Nothing => {}
+            }
+        }
+    }
+
+    fn tun_packet(
+        &self,
+        state: &mut State,
+        now: Instant,
+        packet: &[u8],
+        sealed: &mut [u8],
+    ) -> Outgoing {
         let Ok(flow) = flow_of(packet) else {
             return Outgoing::Nothing;
         };
@@ -290,9 +338,6 @@ impl Datagrams {
             trace!(src = %flow.key.src, dst = %flow.key.dst, "not tunnelled");
             return Outgoing::Nothing;
         }
-        let now = Instant::now();
-        let mut state = self.state();
-        let state = &mut *state;
         state.last_packet = Some(now);
         let routed = match fragment::fit(packet, state.mtu) {
             Fit::Send => route(state, now, &flow, packet, sealed),
@@ -367,29 +412,78 @@ impl Datagrams {
     /// the IP packet to write to the TUN, if it carried one; the sequence
     /// number of this uplink's probe it answers, if it is an echo; what to
     /// send.
+    #[cfg(test)]
     pub(super) fn on_datagram<'a>(
         &self,
         index: usize,
         bytes: &'a mut [u8],
     ) -> FromConcentrator<'a> {
-        let Ok(path) = u8::try_from(index) else {
-            return FromConcentrator::default();
-        };
+        let now = Instant::now();
+        let mut sends = Vec::new();
+        let (range, answer) = self.datagram(&mut self.state(), now, index, bytes, &mut sends);
+        FromConcentrator {
+            packet: range.and_then(|r| bytes.get(r)),
+            answer,
+            sends,
+        }
+    }
+
+    /// Handles the datagrams uplink `index` received from the concentrator
+    /// in one batch (where each lies in `bytes`), under one lock, opened in
+    /// place: where the IP packets for the TUN lie go to `packets`, the
+    /// sequence numbers of this uplink's probes they answer to `answers`,
+    /// what to send in turn to `sends`.
+    pub(super) fn on_datagrams(
+        &self,
+        index: usize,
+        bytes: &mut [u8],
+        datagrams: &[Range<usize>],
+        packets: &mut Vec<Range<usize>>,
+        answers: &mut Vec<u64>,
+        sends: &mut Sends,
+    ) {
         let now = Instant::now();
         let mut state = self.state();
+        for range in datagrams {
+            let Some(datagram) = bytes.get_mut(range.clone()) else {
+                continue;
+            };
+            let (packet, answer) = self.datagram(&mut state, now, index, datagram, sends);
+            if let Some(packet) = packet {
+                packets.push(range.start + packet.start..range.start + packet.end);
+            }
+            answers.extend(answer);
+        }
+    }
+
+    /// One datagram from the concentrator on uplink `index`, opened in
+    /// place: where the IP packet it carried lies in `bytes`, the probe
+    /// sequence number it answers; what to send goes to `sends`.
+    fn datagram(
+        &self,
+        state: &mut State,
+        now: Instant,
+        index: usize,
+        bytes: &mut [u8],
+        sends: &mut Sends,
+    ) -> (Option<Range<usize>>, Option<u64>) {
+        let Ok(path) = u8::try_from(index) else {
+            return (None, None);
+        };
+        let (base, len) = (bytes.as_ptr() as usize, bytes.len());
         let received = state.initiator.handle_datagram(now, path, bytes);
         if received.is_ok() {
             state.last_heard = Some(now);
         }
-        let mut sends = drain(&mut state);
+        sends.extend(drain(state));
         let mut answer = None;
         let packet = match received {
             Ok(Received::Data {
                 inner: Inner::Ip(packet),
                 ..
             }) => {
-                steer(&mut state, now, packet, path, &mut sends);
-                Some(packet)
+                steer(state, now, packet, path, sends);
+                udp::range_in(base, len, packet)
             }
             Ok(Received::Data {
                 inner: Inner::Probe(echo),
@@ -405,7 +499,7 @@ impl Datagrams {
                 state.established = true;
                 // The new session's concentrator may be a restarted one.
                 state.announced = [None; MAX_PATHS];
-                flush_staged(&mut state, now, &mut sends);
+                flush_staged(state, now, sends);
                 None
             }
             Ok(_) => None,
@@ -416,11 +510,7 @@ impl Datagrams {
                 None
             }
         };
-        FromConcentrator {
-            packet,
-            answer,
-            sends,
-        }
+        (packet, answer)
     }
 
     /// Runs the initiator's timers; what to send.
@@ -534,16 +624,18 @@ fn route(state: &mut State, now: Instant, flow: &Flow, packet: &[u8], out: &mut 
             )
         }
     };
-    let mut sockets: Sockets = Default::default();
+    let mut bits = 0u8;
     let mut count = 0;
     let mut only = 0;
     for id in paths.iter() {
-        if let Some(socket) = state.sockets.get(usize::from(id.0)).cloned().flatten() {
-            if let Some(slot) = sockets.get_mut(count) {
-                *slot = Some(socket);
-                count += 1;
-                only = id.0;
-            }
+        if state
+            .sockets
+            .get(usize::from(id.0))
+            .is_some_and(Option::is_some)
+        {
+            bits |= 1 << id.0;
+            count += 1;
+            only = id.0;
         }
     }
     // One path: sealed for it. Several (redundant): sealed once for any
@@ -555,7 +647,7 @@ fn route(state: &mut State, now: Instant, flow: &Flow, packet: &[u8], out: &mut 
         _ => ANY_PATH,
     };
     match state.initiator.seal(now, path, &Inner::Ip(packet), out) {
-        Ok(len) => Routed::Out(Outgoing::Sealed(len, sockets)),
+        Ok(len) => Routed::Out(Outgoing::Sealed(len, bits)),
         Err(_) => Routed::NoSession,
     }
 }
@@ -572,8 +664,8 @@ fn route_fragments(state: &mut State, now: Instant, flow: &Flow, packet: &[u8]) 
         let Some(piece) = piece.get(..len) else { break };
         let mut out = vec![0; len + DATA_OVERHEAD + 1];
         match route(state, now, flow, piece, &mut out) {
-            Routed::Out(Outgoing::Sealed(len, sockets)) => {
-                for socket in sockets.into_iter().flatten() {
+            Routed::Out(Outgoing::Sealed(len, bits)) => {
+                for socket in sockets_of(state, bits) {
                     sends.push((socket, out[..len].to_vec()));
                 }
             }
@@ -615,8 +707,8 @@ fn flush_staged(state: &mut State, now: Instant, sends: &mut Vec<(Arc<UdpSocket>
             Fit::Refuse => continue,
         };
         match routed {
-            Routed::Out(Outgoing::Sealed(len, sockets)) => {
-                for socket in sockets.into_iter().flatten() {
+            Routed::Out(Outgoing::Sealed(len, bits)) => {
+                for socket in sockets_of(state, bits) {
                     sends.push((socket, out[..len].to_vec()));
                 }
             }
@@ -627,8 +719,18 @@ fn flush_staged(state: &mut State, now: Instant, sends: &mut Vec<(Arc<UdpSocket>
     }
 }
 
-/// The sockets a sealed packet goes out on: no allocation per packet.
+/// The uplinks' sockets, by index.
 pub(super) type Sockets = [Option<Arc<UdpSocket>>; MAX_PATHS];
+
+/// The sockets of the uplinks of `bits`.
+fn sockets_of(state: &State, bits: u8) -> impl Iterator<Item = Arc<UdpSocket>> + '_ {
+    state
+        .sockets
+        .iter()
+        .enumerate()
+        .filter(move |(i, _)| bits & (1 << i) != 0)
+        .filter_map(|(_, s)| s.clone())
+}
 
 /// The initiator's queued messages, each with the socket to send it on:
 /// its own path, or for initiations the first uplink that has a socket and
@@ -670,11 +772,17 @@ pub(super) fn send(concentrator: SocketAddr, sends: Vec<(Arc<UdpSocket>, Vec<u8>
     }
 }
 
-/// Sends one sealed packet on each of `sockets`.
-pub(super) fn send_sealed(concentrator: SocketAddr, sealed: &[u8], sockets: Sockets) {
-    for socket in sockets.iter().flatten() {
-        if let Err(e) = socket.try_send_to(sealed, concentrator) {
-            trace!(error = %e, "datagram not sent");
+/// Sends the runs of `batch` to the concentrator, each on the sockets of
+/// its uplinks (bits into `sockets`), with GSO where the kernel has it.
+pub(super) fn send_batch(concentrator: SocketAddr, batch: &udp::SendBatch<u8>, sockets: &Sockets) {
+    for (bits, bytes, segment) in batch.runs() {
+        for (i, socket) in sockets.iter().enumerate() {
+            let Some(socket) = socket.as_ref().filter(|_| bits & (1 << i) != 0) else {
+                continue;
+            };
+            if let Err(e) = socket.try_send_segments(concentrator, bytes, segment) {
+                trace!(error = %e, "datagrams not sent");
+            }
         }
     }
 }
@@ -734,9 +842,7 @@ mod tests {
     fn sent(out: Outgoing, sealed: &[u8]) -> Vec<Vec<u8>> {
         match out {
             Outgoing::Send(sends) => sends.into_iter().map(|(_, bytes)| bytes).collect(),
-            Outgoing::Sealed(len, sockets) => sockets
-                .iter()
-                .flatten()
+            Outgoing::Sealed(len, bits) => (0..bits.count_ones())
                 .map(|_| sealed[..len].to_vec())
                 .collect(),
             _ => Vec::new(),
@@ -760,7 +866,14 @@ mod tests {
             datagrams.on_tick().is_empty(),
             "no socket yet: nothing sent"
         );
-        let socket = Arc::new(UdpSocket::bind("127.0.0.1:0").await.expect("bind"));
+        let socket = Arc::new(
+            UdpSocket::new(
+                tokio::net::UdpSocket::bind("127.0.0.1:0")
+                    .await
+                    .expect("bind"),
+            )
+            .expect("socket"),
+        );
         datagrams.set_socket(0, Some(socket));
         let sent = datagrams.on_tick();
         assert_eq!(sent.len(), 1, "the initiation goes at the next tick");
@@ -793,7 +906,14 @@ mod tests {
     #[tokio::test]
     async fn a_packet_sent_before_the_handshake_goes_out_once_it_completes() {
         let (datagrams, mut responder) = pair(1);
-        let socket = Arc::new(UdpSocket::bind("127.0.0.1:0").await.expect("bind"));
+        let socket = Arc::new(
+            UdpSocket::new(
+                tokio::net::UdpSocket::bind("127.0.0.1:0")
+                    .await
+                    .expect("bind"),
+            )
+            .expect("socket"),
+        );
         let src = socket.local_addr().expect("addr");
         datagrams.set_socket(0, Some(socket));
         datagrams.update(0, Instant::now(), &usable());
@@ -872,7 +992,14 @@ mod tests {
     #[tokio::test]
     async fn packets_too_big_for_the_tunnel_are_cut_or_refused_with_the_mtu() {
         let (datagrams, mut responder) = pair(1);
-        let socket = Arc::new(UdpSocket::bind("127.0.0.1:0").await.expect("bind"));
+        let socket = Arc::new(
+            UdpSocket::new(
+                tokio::net::UdpSocket::bind("127.0.0.1:0")
+                    .await
+                    .expect("bind"),
+            )
+            .expect("socket"),
+        );
         let src = socket.local_addr().expect("addr");
         datagrams.set_socket(0, Some(socket));
         datagrams.update(0, Instant::now(), &usable());
@@ -940,7 +1067,14 @@ mod tests {
     #[tokio::test]
     async fn probes_ride_a_fresh_session_and_their_echoes_are_answers() {
         let (datagrams, mut responder) = pair(2);
-        let socket = Arc::new(UdpSocket::bind("127.0.0.1:0").await.expect("bind"));
+        let socket = Arc::new(
+            UdpSocket::new(
+                tokio::net::UdpSocket::bind("127.0.0.1:0")
+                    .await
+                    .expect("bind"),
+            )
+            .expect("socket"),
+        );
         let src = socket.local_addr().expect("addr");
         datagrams.set_socket(0, Some(socket.clone()));
         datagrams.set_socket(1, Some(socket));

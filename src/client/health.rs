@@ -39,7 +39,7 @@ use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use tokio::net::UdpSocket;
+use crate::udp::{self, Socket as UdpSocket};
 use tokio::sync::mpsc;
 use tokio::task::{AbortHandle, JoinSet};
 use tracing::{debug, info, warn};
@@ -511,7 +511,8 @@ async fn open_probes(
 ) {
     close_probes(shared, index, line);
     let addr = line.uplink.addr;
-    let socket = match UdpSocket::bind(SocketAddr::new(addr, 0)).await {
+    let bound = tokio::net::UdpSocket::bind(SocketAddr::new(addr, 0)).await;
+    let socket = match bound.and_then(UdpSocket::new) {
         Ok(socket) => Arc::new(socket),
         Err(e) => {
             warn!(uplink = %line.uplink.name, %addr, error = %e, "cannot open a probe socket; this uplink is judged by its carrier alone");
@@ -576,62 +577,79 @@ struct Reader {
 impl Reader {
     /// Passes each answer on, stamped with its arrival time, if it comes
     /// from the concentrator and verifies with this client's key; anything
-    /// else is dropped.
+    /// else is dropped. Datagrams of the tunnel are handled a receive at a
+    /// time (at most [`udp::RECV_MESSAGES`] messages), under one lock:
+    /// answers are reported first, then what to send goes out, then the
+    /// packets go to the TUN.
     async fn run(self) {
         let tunnels = &self.shared.tunnels;
         let datagram_port = self.shared.datagrams.as_ref().map(|d| d.concentrator);
-        // Room for a sealed datagram as well as a probe.
-        let mut buf = vec![0; 65_536];
+        let mut batch = udp::RecvBatch::new();
+        let mut tunnelled = Vec::new();
+        let mut packets = Vec::new();
+        let mut answers = Vec::new();
+        let mut sends = Vec::new();
         loop {
-            let Ok((n, from)) = self.socket.recv_from(&mut buf).await else {
-                continue;
-            };
-            let at = Instant::now();
-            if from != tunnels.concentrator && Some(from) != datagram_port {
+            if self.socket.recv(&mut batch).await.is_err() {
                 continue;
             }
-            if !buf[..n].starts_with(&MAGIC) {
-                let Some(datagrams) = &self.shared.datagrams else {
+            let at = Instant::now();
+            tunnelled.clear();
+            for (from, range) in batch.datagrams() {
+                if from != tunnels.concentrator && Some(from) != datagram_port {
+                    continue;
+                }
+                let Some(datagram) = batch.bytes().get(range.clone()) else {
                     continue;
                 };
-                let got = datagrams.on_datagram(self.index, &mut buf[..n]);
-                if let Some(packet) = got.packet {
-                    if let Err(e) = self.shared.tun.send(packet).await {
-                        debug!(error = %e, "writing a datagram to the TUN failed");
-                    }
+                if !datagram.starts_with(&MAGIC) {
+                    tunnelled.push(range);
+                    continue;
                 }
-                super::datagram::send(datagrams.concentrator, got.sends);
-                // An echo of a probe sealed in the session.
-                if let Some(seq) = got.answer {
-                    let report = Report::Answer {
-                        index: self.index,
-                        generation: self.generation,
-                        seq,
-                        at,
-                    };
-                    if self.tx.send(report).await.is_err() {
-                        return;
-                    }
+                let Ok((reply, body, mac)) =
+                    Probe::decode(&datagram[..datagram.len().min(MAX_LEN + 1)])
+                else {
+                    continue;
+                };
+                if reply.kind != Kind::Reply
+                    || reply.client_id != tunnels.id
+                    || !auth::verify_probe(&tunnels.key, body, &mac)
+                {
+                    continue;
                 }
-                continue;
+                answers.push(reply.seq);
             }
-            let Ok((reply, body, mac)) = Probe::decode(&buf[..n.min(MAX_LEN + 1)]) else {
-                continue;
-            };
-            if reply.kind != Kind::Reply
-                || reply.client_id != tunnels.id
-                || !auth::verify_probe(&tunnels.key, body, &mac)
-            {
-                continue;
+            let datagrams = self.shared.datagrams.as_ref();
+            if let Some(datagrams) = datagrams.filter(|_| !tunnelled.is_empty()) {
+                datagrams.on_datagrams(
+                    self.index,
+                    batch.bytes_mut(),
+                    &tunnelled,
+                    &mut packets,
+                    &mut answers,
+                    &mut sends,
+                );
             }
-            let report = Report::Answer {
-                index: self.index,
-                generation: self.generation,
-                seq: reply.seq,
-                at,
-            };
-            if self.tx.send(report).await.is_err() {
-                return;
+            for seq in answers.drain(..) {
+                let report = Report::Answer {
+                    index: self.index,
+                    generation: self.generation,
+                    seq,
+                    at,
+                };
+                if self.tx.send(report).await.is_err() {
+                    return;
+                }
+            }
+            let Some(datagrams) = datagrams else { continue };
+            super::datagram::send(datagrams.concentrator, std::mem::take(&mut sends));
+            for range in packets.drain(..) {
+                let Some(packet) = batch.bytes().get(range) else {
+                    continue;
+                };
+                if let Err(e) = self.shared.tun.send(packet).await {
+                    debug!(error = %e, "writing a datagram to the TUN failed");
+                }
             }
         }
     }

@@ -34,10 +34,10 @@
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
+use std::ops::Range;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use tokio::net::UdpSocket;
 use tracing::{debug, info, warn};
 
 use super::accept::Clients;
@@ -45,6 +45,7 @@ use super::policy::Policy;
 use crate::crypto::cookie::RateLimiter;
 use crate::crypto::{Dropped, PeerId, Received, Responder, SystemRng};
 use crate::datagram::schedule::MAX_PATHS;
+use crate::udp;
 use crate::wire::build_icmp_too_big_for;
 use crate::wire::convert::ClientId;
 use crate::wire::flow::{flow_of, FlowKey};
@@ -259,15 +260,16 @@ impl Datagrams {
     fn state(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
+}
 
+impl State {
     /// Client `id`'s uplink probe, which verified, came from `src`: that
     /// path is alive (if it is one of the client's tunnel paths).
-    fn heard_probe(&self, id: &ClientId, src: SocketAddr, now: Instant) {
-        let mut state = self.state();
-        let Some(&peer) = state.by_id.get(id) else {
+    fn heard_probe(&mut self, id: &ClientId, src: SocketAddr, now: Instant) {
+        let Some(&peer) = self.by_id.get(id) else {
             return;
         };
-        let Some(client) = state.peers.get_mut(peer.0) else {
+        let Some(client) = self.peers.get_mut(peer.0) else {
             return;
         };
         if let Some(i) = client.path_of(src) {
@@ -288,167 +290,222 @@ fn transient(e: &std::io::Error) -> bool {
         || e.raw_os_error() == Some(libc::ENETUNREACH)
 }
 
+/// Datagrams handled per wake-up at most before the UDP task lets others
+/// run (a receive takes at most [`udp::RECV_MESSAGES`] messages, each up
+/// to 64 datagrams with GRO).
+const UDP_BUDGET: usize = 64;
+
 /// Serves the UDP port until it fails: probes (old format) and the
-/// tunnel's messages.
+/// tunnel's messages. Each receive takes what is queued, up to a batch:
+/// handled under one lock, then the answers (probe echoes, handshake
+/// responses) go out, then the packets go to the TUN.
 pub(super) async fn serve_udp(
-    socket: Arc<UdpSocket>,
+    socket: Arc<udp::Socket>,
     clients: Arc<Clients>,
     datagrams: Option<Arc<Datagrams>>,
 ) {
-    let mut buf = vec![0; MAX_DATAGRAM];
+    let mut batch = udp::RecvBatch::new();
+    let mut received: Vec<(SocketAddr, Range<usize>)> = Vec::with_capacity(UDP_BUDGET);
+    let mut replies: Vec<(SocketAddr, Vec<u8>)> = Vec::new();
+    let mut packets: Vec<Range<usize>> = Vec::with_capacity(UDP_BUDGET);
+    let mut handled = 0;
     loop {
-        let (n, src) = match socket.recv_from(&mut buf).await {
-            Ok(got) => got,
+        match socket.recv(&mut batch).await {
+            Ok(()) => {}
             Err(e) if transient(&e) => continue,
             Err(e) => {
                 warn!(error = %e, "the UDP socket failed; probes and datagrams stop");
                 return;
             }
-        };
-        let datagram = &mut buf[..n];
-        if datagram.starts_with(&MAGIC) {
-            if let Some((reply, id)) =
-                super::probe::answer(&clients, datagram, crate::auth::unix_ms())
-            {
-                if let Some(datagrams) = &datagrams {
-                    datagrams.heard_probe(&id, src, Instant::now());
-                }
-                if let Err(e) = socket.send_to(&reply, src).await {
-                    debug!(%src, error = %e, "cannot answer a probe");
+        }
+        let now = Instant::now();
+        received.clear();
+        received.extend(batch.datagrams());
+        handled += received.len();
+        let bytes = batch.bytes_mut();
+        handle_batch(
+            &clients,
+            datagrams.as_deref(),
+            now,
+            &mut received,
+            bytes,
+            &mut replies,
+            &mut packets,
+        );
+        // Echoes first: the client's health times them.
+        for (dst, reply) in replies.drain(..) {
+            if let Err(e) = socket.send_to(&reply, dst).await {
+                debug!(%dst, error = %e, "cannot answer a client");
+            }
+        }
+        if let Some(datagrams) = &datagrams {
+            for range in packets.drain(..) {
+                let Some(packet) = bytes.get(range) else {
+                    continue;
+                };
+                if let Err(e) = datagrams.tun.send(packet).await {
+                    debug!(error = %e, len = packet.len(), "writing to the TUN failed");
                 }
             }
-            continue;
         }
-        let Some(datagrams) = &datagrams else {
-            continue;
-        };
-        from_client(&socket, datagrams, src, datagram).await;
+        if handled >= UDP_BUDGET {
+            handled = 0;
+            tokio::task::yield_now().await;
+        }
     }
 }
 
-/// Handles one datagram from `src` that is not a probe.
-async fn from_client(socket: &UdpSocket, datagrams: &Datagrams, src: SocketAddr, bytes: &mut [u8]) {
-    let now = Instant::now();
-    let mut replies = Vec::new();
-    let packet = {
-        let mut state = datagrams.state();
-        let state = &mut *state;
-        if bytes.first() == Some(&TYPE_INITIATION) {
-            count_initiation(state, now);
-        }
-        let received = state.responder.handle_datagram(now, src, bytes);
-        while let Some(transmit) = state.responder.poll_transmit() {
-            replies.push(transmit);
-        }
-        match received {
-            Ok(Received::Data { peer, path, inner }) => {
-                let Some(client) = state.peers.get_mut(peer.0) else {
-                    return;
-                };
-                // A packet sent on several paths: its path is where it came
-                // from (each client uplink announces itself with a
-                // keepalive under its own path id first).
-                let index = if path == ANY_PATH {
-                    client.path_of(src)
-                } else {
-                    Some(usize::from(path)).filter(|&i| i < MAX_PATHS)
-                };
-                if path != ANY_PATH && index.is_none() {
-                    return;
+/// Handles the datagrams of one receive (`received`: each one's source and
+/// where it lies in `bytes`) under one lock, taken at the first that needs
+/// it: what to answer goes to `replies`, where the packets for the TUN lie
+/// to `packets`.
+fn handle_batch(
+    clients: &Clients,
+    datagrams: Option<&Datagrams>,
+    now: Instant,
+    received: &mut Vec<(SocketAddr, Range<usize>)>,
+    bytes: &mut [u8],
+    replies: &mut Vec<(SocketAddr, Vec<u8>)>,
+    packets: &mut Vec<Range<usize>>,
+) {
+    let mut state = None;
+    for (src, range) in received.drain(..) {
+        let Some(datagram) = bytes.get_mut(range.clone()) else {
+            continue;
+        };
+        if datagram.starts_with(&MAGIC) {
+            if let Some((reply, id)) =
+                super::probe::answer(clients, datagram, crate::auth::unix_ms())
+            {
+                if let Some(datagrams) = datagrams {
+                    state
+                        .get_or_insert_with(|| datagrams.state())
+                        .heard_probe(&id, src, now);
                 }
-                if let Some(i) = index {
-                    client.paths[i] = Some((src, now));
-                }
-                match inner {
-                    Inner::Ip(packet) => {
-                        match check_packet(&datagrams.policy, &state.by_addr, client, peer, packet)
-                        {
-                            Ok(key) => {
-                                // One path: that one; several: every live one.
-                                let bits = match index.filter(|_| path != ANY_PATH) {
-                                    Some(i) => {
-                                        client.last_data = Some(i);
-                                        1 << i
-                                    }
-                                    None => u8::MAX,
-                                };
-                                client.mirror(key, bits, now);
-                                Some(packet)
-                            }
-                            Err(why) => {
-                                log_drop(&mut state.drop_log, now, src, &why);
-                                None
-                            }
-                        }
-                    }
-                    Inner::Probe(probe) => {
-                        let Some(index) = index else { return };
-                        let seq = client.probe_seq[index];
-                        client.probe_seq[index] += 1;
-                        let echo = PathProbe {
-                            path,
-                            seq,
-                            sent_us: 0,
-                            echo_us: probe.sent_us,
-                            echo_delay_us: 0,
-                            rx_bytes: 0,
-                            rx_packets: 0,
-                        };
-                        let mut out = [0; 128];
-                        if let Ok(len) =
-                            state
-                                .responder
-                                .seal(now, peer, path, &Inner::Probe(echo), &mut out)
-                        {
-                            replies.push(crate::crypto::ResponderTransmit {
-                                dst: src,
-                                bytes: out[..len].to_vec(),
-                            });
-                        }
-                        None
-                    }
-                    Inner::Steer(key) => {
-                        // Only for the client's own flows, on a path of its
-                        // own (not "any").
-                        if let Some(i) = index.filter(|_| path != ANY_PATH && client.owns(key.src))
-                        {
-                            client.mirror(key, 1 << i, now);
-                        }
-                        None
-                    }
-                    Inner::Mtu(mtu) => {
-                        let mtu = usize::from(mtu.max(MIN_CLIENT_MTU));
-                        if client.mtu != Some(mtu) {
-                            info!(client = peer.0, mtu, "client's datagram tunnel MTU");
-                        }
-                        client.mtu = Some(mtu);
-                        None
-                    }
-                    Inner::Keepalive => None,
-                }
+                replies.push((src, reply));
             }
-            Ok(Received::Handshake { peer }) => {
-                info!(%src, client = peer.0, "datagram tunnel handshake");
-                None
-            }
-            Ok(Received::Cookie) => None,
-            Err(dropped) => {
-                let why = dropped.to_string();
-                if !matches!(dropped, Dropped::Malformed(_)) {
-                    log_drop(&mut state.drop_log, now, src, &why);
-                }
-                None
-            }
+            continue;
         }
-    };
-    for reply in replies {
-        if let Err(e) = socket.send_to(&reply.bytes, reply.dst).await {
-            debug!(dst = %reply.dst, error = %e, "cannot send to a client");
+        let Some(datagrams) = datagrams else {
+            continue;
+        };
+        let state = state.get_or_insert_with(|| datagrams.state());
+        if let Some(packet) = from_client(state, &datagrams.policy, now, src, datagram, replies) {
+            packets.push(range.start + packet.start..range.start + packet.end);
         }
     }
-    if let Some(packet) = packet {
-        if let Err(e) = datagrams.tun.send(packet).await {
-            debug!(error = %e, len = packet.len(), "writing to the TUN failed");
+}
+
+/// Handles one datagram from `src` that is not a probe: what to answer
+/// goes to `replies`; the IP packet for the TUN, if it carried one that
+/// passes, is returned as where it lies in `bytes` (opened in place).
+fn from_client(
+    state: &mut State,
+    policy: &Policy,
+    now: Instant,
+    src: SocketAddr,
+    bytes: &mut [u8],
+    replies: &mut Vec<(SocketAddr, Vec<u8>)>,
+) -> Option<Range<usize>> {
+    if bytes.first() == Some(&TYPE_INITIATION) {
+        count_initiation(state, now);
+    }
+    let (base, len) = (bytes.as_ptr() as usize, bytes.len());
+    let received = state.responder.handle_datagram(now, src, bytes);
+    while let Some(transmit) = state.responder.poll_transmit() {
+        replies.push((transmit.dst, transmit.bytes));
+    }
+    match received {
+        Ok(Received::Data { peer, path, inner }) => {
+            let client = state.peers.get_mut(peer.0)?;
+            // A packet sent on several paths: its path is where it came
+            // from (each client uplink announces itself with a
+            // keepalive under its own path id first).
+            let index = if path == ANY_PATH {
+                client.path_of(src)
+            } else {
+                Some(usize::from(path)).filter(|&i| i < MAX_PATHS)
+            };
+            if path != ANY_PATH && index.is_none() {
+                return None;
+            }
+            if let Some(i) = index {
+                client.paths[i] = Some((src, now));
+            }
+            match inner {
+                Inner::Ip(packet) => {
+                    match check_packet(policy, &state.by_addr, client, peer, packet) {
+                        Ok(key) => {
+                            // One path: that one; several: every live one.
+                            let bits = match index.filter(|_| path != ANY_PATH) {
+                                Some(i) => {
+                                    client.last_data = Some(i);
+                                    1 << i
+                                }
+                                None => u8::MAX,
+                            };
+                            client.mirror(key, bits, now);
+                            udp::range_in(base, len, packet)
+                        }
+                        Err(why) => {
+                            log_drop(&mut state.drop_log, now, src, &why);
+                            None
+                        }
+                    }
+                }
+                Inner::Probe(probe) => {
+                    let index = index?;
+                    let seq = client.probe_seq[index];
+                    client.probe_seq[index] += 1;
+                    let echo = PathProbe {
+                        path,
+                        seq,
+                        sent_us: 0,
+                        echo_us: probe.sent_us,
+                        echo_delay_us: 0,
+                        rx_bytes: 0,
+                        rx_packets: 0,
+                    };
+                    let mut out = [0; 128];
+                    if let Ok(len) =
+                        state
+                            .responder
+                            .seal(now, peer, path, &Inner::Probe(echo), &mut out)
+                    {
+                        replies.push((src, out[..len].to_vec()));
+                    }
+                    None
+                }
+                Inner::Steer(key) => {
+                    // Only for the client's own flows, on a path of its
+                    // own (not "any").
+                    if let Some(i) = index.filter(|_| path != ANY_PATH && client.owns(key.src)) {
+                        client.mirror(key, 1 << i, now);
+                    }
+                    None
+                }
+                Inner::Mtu(mtu) => {
+                    let mtu = usize::from(mtu.max(MIN_CLIENT_MTU));
+                    if client.mtu != Some(mtu) {
+                        info!(client = peer.0, mtu, "client's datagram tunnel MTU");
+                    }
+                    client.mtu = Some(mtu);
+                    None
+                }
+                Inner::Keepalive => None,
+            }
+        }
+        Ok(Received::Handshake { peer }) => {
+            info!(%src, client = peer.0, "datagram tunnel handshake");
+            None
+        }
+        Ok(Received::Cookie) => None,
+        Err(dropped) => {
+            let why = dropped.to_string();
+            if !matches!(dropped, Dropped::Malformed(_)) {
+                log_drop(&mut state.drop_log, now, src, &why);
+            }
+            None
         }
     }
 }
@@ -513,21 +570,30 @@ fn log_drop(log: &mut (Instant, u32), now: Instant, src: SocketAddr, why: &str) 
     }
 }
 
-/// What [`serve_tun`] does with a packet.
-enum ToClient {
-    /// Sealed into the output buffer, this many bytes.
-    Sealed(usize),
-    /// Its fragments, each sealed.
-    Fragments(Vec<Vec<u8>>),
-    /// Too big: this ICMP error back into the TUN.
-    Refused(Vec<u8>),
-}
+/// Packets read from the TUN per wake-up at most.
+const TUN_BATCH: usize = 64;
+
+/// The TUN read buffer: room for [`TUN_BATCH`] full-sized packets and
+/// one of the largest.
+const TUN_READ_ROOM: usize = TUN_BATCH * 1500 + MAX_DATAGRAM;
+
+/// Where each datagram of a batch towards the clients goes: the paths'
+/// addresses.
+type Targets = [Option<SocketAddr>; MAX_PATHS];
 
 /// Reads the TUN until it fails: each packet is sealed to the client that
-/// owns its destination (cut to the client's MTU first, or refused).
-pub(super) async fn serve_tun(socket: Arc<UdpSocket>, datagrams: Arc<Datagrams>) {
-    let mut buf = vec![0; MAX_DATAGRAM];
-    let mut out = vec![0; MAX_DATAGRAM + DATA_OVERHEAD + 1];
+/// owns its destination (cut to the client's MTU first, or refused). A
+/// wake-up reads what is queued, up to [`TUN_BATCH`] packets, seals them
+/// under one lock into one buffer, and sends runs of equal-sized
+/// datagrams to the same path with GSO. No allocation per packet, but for
+/// a packet too big for the client.
+pub(super) async fn serve_tun(socket: Arc<udp::Socket>, datagrams: Arc<Datagrams>) {
+    let mut buf = vec![0; TUN_READ_ROOM];
+    let mut read: Vec<Range<usize>> = Vec::with_capacity(TUN_BATCH);
+    // Sealing adds at most DATA_OVERHEAD + 1 per packet, fragmenting a
+    // header and that per fragment: twice the read room holds any batch.
+    let mut batch = udp::SendBatch::<Targets>::new(2 * TUN_READ_ROOM);
+    let mut refused: Vec<Vec<u8>> = Vec::new();
     loop {
         let n = match datagrams.tun.recv(&mut buf).await {
             Ok(n) => n,
@@ -536,105 +602,127 @@ pub(super) async fn serve_tun(socket: Arc<UdpSocket>, datagrams: Arc<Datagrams>)
                 return;
             }
         };
-        let packet = &buf[..n];
-        let Ok(flow) = flow_of(packet) else { continue };
-        let now = Instant::now();
-        // Sealed once into `out` under the lock; sent after it, to each
-        // target. No allocation per packet, but for a packet too big for
-        // the client.
-        let mut targets = [None::<SocketAddr>; MAX_PATHS];
-        let action = {
+        read.clear();
+        read.push(0..n);
+        let mut used = n;
+        while read.len() < TUN_BATCH {
+            let Some(room) = buf.get_mut(used..).filter(|r| r.len() >= MAX_DATAGRAM) else {
+                break;
+            };
+            match datagrams.tun.try_recv(room) {
+                Ok(n) => {
+                    read.push(used..used + n);
+                    used += n;
+                }
+                Err(_) => break,
+            }
+        }
+        {
+            let now = Instant::now();
             let mut state = datagrams.state();
-            let state = &mut *state;
-            let Some(&peer) = state.by_addr.get(&flow.key.dst) else {
-                continue;
-            };
-            let Some(client) = state.peers.get_mut(peer.0) else {
-                continue;
-            };
-            let fit = client
-                .mtu
-                .map_or(Fit::Send, |mtu| fragment::fit(packet, mtu));
-            if fit == Fit::Refuse {
-                let mtu = client.mtu.unwrap_or(MAX_DATAGRAM);
-                if !state.too_big.allow(now, flow.key.src) {
+            for range in &read {
+                let Some(packet) = buf.get(range.clone()) else {
                     continue;
-                }
-                match build_icmp_too_big_for(packet, fragment::announced_mtu(packet, mtu)) {
-                    Some(icmp) => ToClient::Refused(icmp),
-                    None => continue,
-                }
-            } else {
-                let bits = client.paths_for(now, Some(&flow.key.reversed()));
-                let mtu = client.mtu.unwrap_or(MAX_DATAGRAM);
-                let mut count = 0;
-                let mut only = 0;
-                for (i, path) in client.paths.iter().enumerate() {
-                    if let (true, Some((addr, _)), Ok(id)) =
-                        (bits & (1 << i) != 0, path, u8::try_from(i))
-                    {
-                        targets[count] = Some(*addr);
-                        count += 1;
-                        only = id;
-                    }
-                }
-                // Several paths: sealed once, the same bytes on each (the
-                // client's replay window drops the later copies).
-                let path = match count {
-                    0 => continue,
-                    1 => only,
-                    _ => ANY_PATH,
                 };
-                if fit == Fit::Fragment {
-                    let Some(mut fragments) = Fragments::new(packet, mtu) else {
-                        continue;
-                    };
-                    let mut piece = vec![0; mtu];
-                    let mut sealed = Vec::with_capacity(fragments.count());
-                    while let Some(len) = fragments.next_into(&mut piece) {
-                        let Some(piece) = piece.get(..len) else { break };
-                        if let Ok(len) =
-                            state
-                                .responder
-                                .seal(now, peer, path, &Inner::Ip(piece), &mut out)
-                        {
-                            sealed.push(out[..len].to_vec());
-                        }
-                    }
-                    ToClient::Fragments(sealed)
-                } else {
-                    match state
-                        .responder
-                        .seal(now, peer, path, &Inner::Ip(packet), &mut out)
-                    {
-                        Ok(len) => ToClient::Sealed(len),
-                        Err(_) => continue,
-                    }
+                to_client(&mut state, now, packet, &mut batch, &mut refused);
+            }
+        }
+        for (targets, bytes, segment) in batch.runs() {
+            for addr in targets.iter().flatten() {
+                if let Err(e) = socket.send_segments(*addr, bytes, segment).await {
+                    debug!(%addr, error = %e, "cannot send a datagram to a client");
                 }
             }
-        };
-        match action {
-            ToClient::Sealed(len) => send_to_all(&socket, &targets, &out[..len]).await,
-            ToClient::Fragments(sealed) => {
-                for bytes in &sealed {
-                    send_to_all(&socket, &targets, bytes).await;
-                }
-            }
-            ToClient::Refused(icmp) => {
-                if let Err(e) = datagrams.tun.send(&icmp).await {
-                    debug!(error = %e, "writing an ICMP error to the TUN failed");
-                }
+        }
+        batch.clear();
+        for icmp in refused.drain(..) {
+            if let Err(e) = datagrams.tun.send(&icmp).await {
+                debug!(error = %e, "writing an ICMP error to the TUN failed");
             }
         }
     }
 }
 
-/// Sends `bytes` to each of `targets`.
-async fn send_to_all(socket: &UdpSocket, targets: &[Option<SocketAddr>], bytes: &[u8]) {
-    for addr in targets.iter().flatten() {
-        if let Err(e) = socket.send_to(bytes, *addr).await {
-            debug!(%addr, error = %e, "cannot send a datagram to a client");
+/// Seals one packet from the TUN for the client that owns its destination
+/// into `batch` (its fragments, if it must be cut), or refuses it with an
+/// ICMP error for the TUN.
+fn to_client(
+    state: &mut State,
+    now: Instant,
+    packet: &[u8],
+    batch: &mut udp::SendBatch<Targets>,
+    refused: &mut Vec<Vec<u8>>,
+) {
+    let Ok(flow) = flow_of(packet) else { return };
+    let Some(&peer) = state.by_addr.get(&flow.key.dst) else {
+        return;
+    };
+    let Some(client) = state.peers.get_mut(peer.0) else {
+        return;
+    };
+    let fit = client
+        .mtu
+        .map_or(Fit::Send, |mtu| fragment::fit(packet, mtu));
+    let mtu = client.mtu.unwrap_or(MAX_DATAGRAM);
+    if fit == Fit::Refuse {
+        if !state.too_big.allow(now, flow.key.src) {
+            return;
         }
+        if let Some(icmp) = build_icmp_too_big_for(packet, fragment::announced_mtu(packet, mtu)) {
+            refused.push(icmp);
+        }
+        return;
+    }
+    let bits = client.paths_for(now, Some(&flow.key.reversed()));
+    let mut targets: Targets = [None; MAX_PATHS];
+    let mut count = 0;
+    let mut only = 0;
+    for (i, path) in client.paths.iter().enumerate() {
+        if let (true, Some((addr, _)), Ok(id)) = (bits & (1 << i) != 0, path, u8::try_from(i)) {
+            targets[count] = Some(*addr);
+            count += 1;
+            only = id;
+        }
+    }
+    // Several paths: sealed once, the same bytes on each (the client's
+    // replay window drops the later copies).
+    let path = match count {
+        0 => return,
+        1 => only,
+        _ => ANY_PATH,
+    };
+    if fit == Fit::Fragment {
+        let Some(mut fragments) = Fragments::new(packet, mtu) else {
+            return;
+        };
+        let mut piece = vec![0; mtu];
+        while let Some(len) = fragments.next_into(&mut piece) {
+            let Some(piece) = piece.get(..len) else { break };
+            seal_into(state, now, peer, path, piece, &targets, batch);
+        }
+    } else {
+        seal_into(state, now, peer, path, packet, &targets, batch);
+    }
+}
+
+/// Seals `packet` for `peer` on `path` into `batch`, for `targets`.
+fn seal_into(
+    state: &mut State,
+    now: Instant,
+    peer: PeerId,
+    path: u8,
+    packet: &[u8],
+    targets: &Targets,
+    batch: &mut udp::SendBatch<Targets>,
+) {
+    let Some(out) = batch.room(packet.len() + DATA_OVERHEAD + 1) else {
+        return;
+    };
+    if let Ok(len) = state
+        .responder
+        .seal(now, peer, path, &Inner::Ip(packet), out)
+    {
+        batch.commit(*targets, len);
     }
 }
 

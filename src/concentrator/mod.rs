@@ -123,7 +123,7 @@ pub enum ConcentratorError {
 #[derive(Debug)]
 pub struct Concentrator {
     listener: listen::Listener,
-    probes: Option<Arc<tokio::net::UdpSocket>>,
+    probes: Option<Arc<crate::udp::Socket>>,
     datagram: Option<DatagramSide>,
     shared: Arc<Shared>,
 }
@@ -133,7 +133,7 @@ pub struct Concentrator {
 /// dropped when the concentrator stops.
 #[derive(Debug)]
 struct DatagramSide {
-    socket: Arc<tokio::net::UdpSocket>,
+    socket: Arc<crate::udp::Socket>,
     own_socket: bool,
     datagrams: Arc<datagram::Datagrams>,
     _exit: exit::ExitGuards,
@@ -393,10 +393,11 @@ impl Concentrator {
     }
 }
 
-fn udp_socket(addr: SocketAddr) -> io::Result<tokio::net::UdpSocket> {
+/// A UDP socket on `addr`, set up for batches (GRO; [`crate::udp`]).
+fn udp_socket(addr: SocketAddr) -> io::Result<crate::udp::Socket> {
     let socket = std::net::UdpSocket::bind(addr)?;
     socket.set_nonblocking(true)?;
-    tokio::net::UdpSocket::from_std(socket)
+    crate::udp::Socket::new(tokio::net::UdpSocket::from_std(socket)?)
 }
 
 /// Opens the datagram tunnel: the exit (TUN, masquerade, forwarding), the
@@ -406,7 +407,7 @@ fn datagram_side(
     config: &ConcentratorConfig,
     dg: &crate::config::concentrator::DatagramExitConfig,
     local_addr: SocketAddr,
-    probes: Option<&Arc<tokio::net::UdpSocket>>,
+    probes: Option<&Arc<crate::udp::Socket>>,
     policy: &Arc<Policy>,
 ) -> Result<DatagramSide, ConcentratorError> {
     let Some(secret) = config.private_key.clone() else {

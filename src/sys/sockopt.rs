@@ -105,6 +105,8 @@ pub fn allow_fragments(socket: &impl AsFd, v6: bool) -> io::Result<()> {
             libc::IP_MTU_DISCOVER,
             libc::IP_PMTUDISC_DONT,
         );
+        // Set by quinn-udp (crate::udp), which fragments nothing.
+        set_int_option(fd, libc::IPPROTO_IPV6, libc::IPV6_DONTFRAG, 0)?;
         set_int_option(
             fd,
             libc::IPPROTO_IPV6,
