@@ -8,7 +8,8 @@
 //! The socket work is quinn-udp's, the field's crate for this (it is
 //! quinn's, and tested across kernels: it falls back to one datagram per
 //! send where GSO fails). What is here holds the buffers, reused for every
-//! batch, so the hot path allocates nothing.
+//! batch, so the hot path allocates nothing. [`read_queued_tun`] does the
+//! same for the TUN reads that feed these batches.
 
 use std::io::{self, IoSliceMut};
 use std::net::SocketAddr;
@@ -351,6 +352,35 @@ impl<T: Copy + PartialEq> SendBatch<T> {
     pub fn clear(&mut self) {
         self.used = 0;
         self.runs.clear();
+    }
+}
+
+/// After a TUN read woke up with the packet at `buf[..first]`: the packets
+/// already queued behind it, read without waiting into the rest of `buf`
+/// while it has room for a packet of `max_packet` bytes, at most `batch`
+/// in all. `read` gets where each lies in `buf`, the first included.
+pub fn read_queued_tun(
+    tun: &tun_rs::AsyncDevice,
+    buf: &mut [u8],
+    first: usize,
+    max_packet: usize,
+    batch: usize,
+    read: &mut Vec<Range<usize>>,
+) {
+    read.clear();
+    read.push(0..first);
+    let mut used = first;
+    while read.len() < batch {
+        let Some(room) = buf.get_mut(used..).filter(|r| r.len() >= max_packet) else {
+            break;
+        };
+        match tun.try_recv(room) {
+            Ok(n) => {
+                read.push(used..used + n);
+                used += n;
+            }
+            Err(_) => break,
+        }
     }
 }
 

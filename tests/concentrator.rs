@@ -242,18 +242,7 @@ async fn assert_closed_silently(stream: &mut TcpStream) {
 /// Asserts a good client still gets through, and that its connection is
 /// the first the server accepted: nothing reached the server before.
 async fn assert_still_serves(running: &Running, server: &mut Server) {
-    let mut first = header(running, server.addr);
-    first.extend_from_slice(b"sentinel");
-    let mut stream = send_first(running.addr, &first).await;
-    assert_eq!(read_response(&mut stream).await, Response::Connected);
-    let (mut accepted, _) = server.accept().await;
-    let mut got = [0; 8];
-    accepted.read_exact(&mut got).await.expect("sentinel");
-    assert_eq!(
-        &got, b"sentinel",
-        "the server's first connection must be the good client's"
-    );
-    assert_eq!(server.count(), 1, "the bad peer reached the server");
+    assert_still_serves_after(running, server, 0).await;
 }
 
 /// Deterministic pseudo-random bytes (xorshift64).
@@ -640,8 +629,11 @@ async fn assert_still_serves_after(running: &Running, server: &mut Server, befor
     let (mut accepted, _) = server.accept().await;
     let mut got = [0; 8];
     accepted.read_exact(&mut got).await.expect("sentinel");
-    assert_eq!(&got, b"sentinel");
-    assert_eq!(server.count(), before + 1);
+    assert_eq!(
+        &got, b"sentinel",
+        "the server's next connection must be the good client's"
+    );
+    assert_eq!(server.count(), before + 1, "a bad peer reached the server");
 }
 
 #[tokio::test]

@@ -48,21 +48,7 @@ pub(super) async fn run(shared: Arc<Shared>) -> Result<(), ClientError> {
                 name: shared.tun_name.clone(),
                 source,
             })?;
-        read.clear();
-        read.push(0..n);
-        let mut used = n;
-        while read.len() < TUN_BATCH {
-            let Some(room) = buf.get_mut(used..).filter(|r| r.len() >= MAX_PACKET) else {
-                break;
-            };
-            match shared.tun.try_recv(room) {
-                Ok(n) => {
-                    read.push(used..used + n);
-                    used += n;
-                }
-                Err(_) => break,
-            }
-        }
+        udp::read_queued_tun(&shared.tun, &mut buf, n, MAX_PACKET, TUN_BATCH, &mut read);
         tunnelled.clear();
         for range in &read {
             let Some(packet) = buf.get_mut(range.clone()) else {

@@ -866,18 +866,36 @@ mod tests {
             datagrams.on_tick().is_empty(),
             "no socket yet: nothing sent"
         );
-        let socket = Arc::new(
-            UdpSocket::new(
-                tokio::net::UdpSocket::bind("127.0.0.1:0")
-                    .await
-                    .expect("bind"),
-            )
-            .expect("socket"),
-        );
+        let socket = loopback_socket().await;
         datagrams.set_socket(0, Some(socket));
         let sent = datagrams.on_tick();
         assert_eq!(sent.len(), 1, "the initiation goes at the next tick");
         assert_eq!(sent[0].1[0], crate::wire::tunnel::TYPE_INITIATION);
+    }
+
+    /// A batched UDP socket on loopback.
+    async fn loopback_socket() -> Arc<UdpSocket> {
+        let io = tokio::net::UdpSocket::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        Arc::new(UdpSocket::new(io).expect("socket"))
+    }
+
+    /// The tunnel's handshake, its initiation sent at the next tick from
+    /// `src` and the response handed back on uplink 0.
+    fn handshake(
+        datagrams: &Datagrams,
+        responder: &mut Responder<SystemRng>,
+        src: SocketAddr,
+        now: Instant,
+    ) {
+        let mut initiation = datagrams.on_tick()[0].1.clone();
+        assert!(matches!(
+            responder.handle_datagram(now, src, &mut initiation),
+            Ok(Received::Handshake { .. })
+        ));
+        let mut response = responder.poll_transmit().expect("a response").bytes;
+        datagrams.on_datagram(0, &mut response);
     }
 
     /// A client tunnel with `uplinks` uplinks and the concentrator's
@@ -906,14 +924,7 @@ mod tests {
     #[tokio::test]
     async fn a_packet_sent_before_the_handshake_goes_out_once_it_completes() {
         let (datagrams, mut responder) = pair(1);
-        let socket = Arc::new(
-            UdpSocket::new(
-                tokio::net::UdpSocket::bind("127.0.0.1:0")
-                    .await
-                    .expect("bind"),
-            )
-            .expect("socket"),
-        );
+        let socket = loopback_socket().await;
         let src = socket.local_addr().expect("addr");
         datagrams.set_socket(0, Some(socket));
         datagrams.update(0, Instant::now(), &usable());
@@ -992,25 +1003,12 @@ mod tests {
     #[tokio::test]
     async fn packets_too_big_for_the_tunnel_are_cut_or_refused_with_the_mtu() {
         let (datagrams, mut responder) = pair(1);
-        let socket = Arc::new(
-            UdpSocket::new(
-                tokio::net::UdpSocket::bind("127.0.0.1:0")
-                    .await
-                    .expect("bind"),
-            )
-            .expect("socket"),
-        );
+        let socket = loopback_socket().await;
         let src = socket.local_addr().expect("addr");
         datagrams.set_socket(0, Some(socket));
         datagrams.update(0, Instant::now(), &usable());
         let now = Instant::now();
-        let mut initiation = datagrams.on_tick()[0].1.clone();
-        assert!(matches!(
-            responder.handle_datagram(now, src, &mut initiation),
-            Ok(Received::Handshake { .. })
-        ));
-        let mut response = responder.poll_transmit().expect("a response").bytes;
-        datagrams.on_datagram(0, &mut response);
+        handshake(&datagrams, &mut responder, src, now);
         let mut sealed = vec![0; MAX_SEALED];
 
         // 1438 bytes fit a 1500-byte line sealed.
@@ -1067,28 +1065,14 @@ mod tests {
     #[tokio::test]
     async fn probes_ride_a_fresh_session_and_their_echoes_are_answers() {
         let (datagrams, mut responder) = pair(2);
-        let socket = Arc::new(
-            UdpSocket::new(
-                tokio::net::UdpSocket::bind("127.0.0.1:0")
-                    .await
-                    .expect("bind"),
-            )
-            .expect("socket"),
-        );
+        let socket = loopback_socket().await;
         let src = socket.local_addr().expect("addr");
         datagrams.set_socket(0, Some(socket.clone()));
         datagrams.set_socket(1, Some(socket));
         assert_eq!(datagrams.seal_probe(1, 7), None, "no session: plain probes");
 
-        let initiation = datagrams.on_tick();
-        let mut initiation = initiation[0].1.clone();
         let now = Instant::now();
-        assert!(matches!(
-            responder.handle_datagram(now, src, &mut initiation),
-            Ok(Received::Handshake { .. })
-        ));
-        let mut response = responder.poll_transmit().expect("a response").bytes;
-        datagrams.on_datagram(0, &mut response);
+        handshake(&datagrams, &mut responder, src, now);
 
         let mut sealed = datagrams.seal_probe(1, 42).expect("a fresh session");
         let Ok(Received::Data {

@@ -602,21 +602,14 @@ pub(super) async fn serve_tun(socket: Arc<udp::Socket>, datagrams: Arc<Datagrams
                 return;
             }
         };
-        read.clear();
-        read.push(0..n);
-        let mut used = n;
-        while read.len() < TUN_BATCH {
-            let Some(room) = buf.get_mut(used..).filter(|r| r.len() >= MAX_DATAGRAM) else {
-                break;
-            };
-            match datagrams.tun.try_recv(room) {
-                Ok(n) => {
-                    read.push(used..used + n);
-                    used += n;
-                }
-                Err(_) => break,
-            }
-        }
+        udp::read_queued_tun(
+            &datagrams.tun,
+            &mut buf,
+            n,
+            MAX_DATAGRAM,
+            TUN_BATCH,
+            &mut read,
+        );
         {
             let now = Instant::now();
             let mut state = datagrams.state();
