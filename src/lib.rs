@@ -13,6 +13,7 @@ pub mod crypto;
 pub mod datagram;
 #[cfg(test)]
 mod fuzz_seeds;
+pub mod nofile;
 pub mod path;
 mod relay;
 pub mod sendbuf;

@@ -1249,3 +1249,61 @@ fn stopping_the_client_leaves_nothing_even_after_kill_9() {
         mptcp_limits()
     );
 }
+
+/// The soft open-file limit of process `pid` (`/proc/PID/limits`).
+fn open_files_limit(pid: u32) -> u64 {
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).expect("limits");
+    let line = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .expect("a Max open files line");
+    line.split_whitespace()
+        .nth(3)
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("unreadable: {line}"))
+}
+
+/// Each end raises its open-file limit to what it needs (two descriptors
+/// per connection): the client for every flow its table can hold, the
+/// concentrator for its clients' `max_connections`, as far as the hard
+/// limit allows (and the hard one too where it may), saying so when that
+/// is less than needed. Started here with a soft limit of 1024 (systemd's
+/// default), which would cap the client at a few hundred flows.
+#[test]
+fn both_daemons_raise_their_open_file_limit_to_what_they_need() {
+    let (soft, hard) = mpbond::sys::open_file_limit().expect("this process's limit");
+    // Inherited by lab.sh and the daemons it starts; this process's own
+    // limit is back before anything else runs.
+    mpbond::sys::set_open_file_limit(1024.min(soft), hard).expect("lower the soft limit");
+    let lab = std::panic::catch_unwind(|| Lab::up_and_start(&[], &[]));
+    mpbond::sys::set_open_file_limit(soft, hard).expect("restore the soft limit");
+    let lab = lab.unwrap_or_else(|e| std::panic::resume_unwind(e));
+
+    let client = lab.pid("client").expect("the client runs");
+    let concentrator = lab.pid("concentrator").expect("the concentrator runs");
+    let wanted = mpbond::nofile::needed(mpbond::client::redirect::MAX_FLOWS as u64);
+    let limit = open_files_limit(client);
+    let log = lab.log_tail("client", 200);
+    assert!(
+        limit >= wanted.min(hard),
+        "the client's open-file limit is {limit}: not raised towards the {wanted} its flow \
+         table needs (hard limit {hard}):\n{log}"
+    );
+    assert!(
+        limit >= wanted || log.contains("caps this at about that many connections"),
+        "below what it needs ({limit} < {wanted}), the client says what that caps:\n{log}"
+    );
+    let config = mpbond::config::concentrator::ConcentratorConfig::load(
+        &harness::root().join("deploy/lab/concentrator.toml"),
+    )
+    .expect("the lab's concentrator config");
+    let connections: usize = config.clients.iter().map(|c| c.max_connections).sum();
+    let wanted = mpbond::nofile::needed(connections as u64);
+    let limit = open_files_limit(concentrator);
+    assert!(
+        limit >= wanted.min(hard),
+        "the concentrator's open-file limit is {limit}, below the {wanted} its clients' \
+         max_connections need (hard limit {hard})"
+    );
+    drop(lab);
+}

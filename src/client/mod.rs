@@ -154,6 +154,8 @@ impl Shared {
 /// Runs the client until `shutdown` completes or a part fails; removes
 /// everything it installed before returning.
 pub async fn run(config: ClientConfig, shutdown: impl Future) -> Result<(), ClientError> {
+    // Two descriptors per flow: the LAN host's socket and its tunnel.
+    crate::nofile::raise_for("client", redirect::MAX_FLOWS as u64);
     let tun_config = &config.tun;
     let tun = DeviceBuilder::new()
         .name(tun_config.name.clone())

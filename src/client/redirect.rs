@@ -21,6 +21,9 @@ use crate::wire::{build_rst_for, PacketError, TcpPacket};
 
 /// Lowest fake peer port handed out.
 const FIRST_PORT: u16 = 1024;
+
+/// The most flows the table can hold: a fake port each, per IP family.
+pub const MAX_FLOWS: usize = 2 * (u16::MAX - FIRST_PORT + 1) as usize;
 /// A flow whose SYN went to the listener (or is held) but that nobody
 /// picked up is forgotten after this long without packets.
 pub const UNCLAIMED_TIMEOUT: Duration = Duration::from_secs(30);

@@ -496,6 +496,10 @@ pub async fn run(
             None
         }
     };
+    // Two descriptors per connection: the client's tunnel and the
+    // server's socket.
+    let connections: usize = config.clients.iter().map(|c| c.max_connections).sum();
+    crate::nofile::raise_for("concentrator", connections as u64);
     let (concentrator, _) = Concentrator::bind(config)?;
     concentrator.serve(shutdown).await
 }

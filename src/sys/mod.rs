@@ -11,6 +11,7 @@ mod mptcp_info;
 mod netlink;
 mod netns;
 mod nft;
+mod rlimit;
 mod sockopt;
 mod sysctl;
 
@@ -22,6 +23,7 @@ pub use netlink::{
 };
 pub use netns::enter_netns;
 pub use nft::{NftError, NftTable};
+pub use rlimit::{open_file_limit, set_open_file_limit};
 pub use sockopt::{
     allow_fragments, mptcp_subflows, path_mtu, set_datagram_buffers, set_recv_buffer,
     set_tcp_fastopen_connect, set_tcp_fastopen_listener, tcp_state, SubflowInfo, SUBFLOW_INFO_LEN,
