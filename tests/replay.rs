@@ -442,6 +442,32 @@ fn lan_recovers(srv: &NsServer, restarted: Instant, what: &str) -> Duration {
     }
 }
 
+/// Captures three requests, restarts `daemon` (`concentrator` or
+/// `client`), replays them from mpb-wan inside the window: the server sees
+/// none of them, and the LAN host's next connection goes through within
+/// [`RECOVERY`].
+fn replays_open_nothing_after_restarting(srv: &NsServer, daemon: &str) {
+    let captured = capture_requests(srv, &format!("before the {daemon} restart"), 3);
+    let started = Instant::now();
+    lab_ok(&["restart", daemon]);
+    let restarted = Instant::now();
+    eprintln!(
+        "{daemon} restarted in {:.2} s",
+        (restarted - started).as_secs_f64()
+    );
+    let what = format!("{daemon} restart");
+    assert_inside_window(&what, &captured);
+    let accepted = srv.accepted();
+    let replays = replay_from_wan(&captured);
+    eprintln!("replays after the {what}: {replays:?}");
+    assert_refused(&format!("after the {what}"), &replays, srv, accepted);
+    let took = lan_recovers(srv, restarted, &what);
+    eprintln!(
+        "the LAN host's next connection went through {:.0} ms after the {what}",
+        took.as_secs_f64() * 1e3
+    );
+}
+
 /// Headers captured before a concentrator restart, and before a client
 /// restart, open nothing afterwards; the LAN host carries on within 2 s
 /// each time, nobody acting.
@@ -450,44 +476,10 @@ fn headers_captured_before_a_restart_open_nothing_after_it() {
     let lab = Lab::up_and_start(&[], &[]);
     let srv = NsServer::start(SRV, SERVER, Behavior::Sink);
 
-    // The concentrator restarts.
-    let captured = capture_requests(&srv, "before the concentrator restart", 3);
-    let started = Instant::now();
-    lab_ok(&["restart", "concentrator"]);
-    let restarted = Instant::now();
-    eprintln!(
-        "concentrator restarted in {:.2} s",
-        (restarted - started).as_secs_f64()
-    );
-    assert_inside_window("concentrator restart", &captured);
-    let accepted = srv.accepted();
-    let replays = replay_from_wan(&captured);
-    eprintln!("replays after the concentrator restart: {replays:?}");
-    assert_refused("after the concentrator restart", &replays, &srv, accepted);
-    let took = lan_recovers(&srv, restarted, "concentrator restart");
-    eprintln!(
-        "the LAN host's next connection went through {:.0} ms after the concentrator restart",
-        took.as_secs_f64() * 1e3
-    );
-
-    // The client restarts (the concentrator keeps its run and its guard).
-    let captured = capture_requests(&srv, "before the client restart", 3);
-    let started = Instant::now();
-    lab_ok(&["restart", "client"]);
-    let restarted = Instant::now();
-    eprintln!(
-        "client restarted in {:.2} s",
-        (restarted - started).as_secs_f64()
-    );
-    assert_inside_window("client restart", &captured);
-    let accepted = srv.accepted();
-    let replays = replay_from_wan(&captured);
-    eprintln!("replays after the client restart: {replays:?}");
-    assert_refused("after the client restart", &replays, &srv, accepted);
-    let took = lan_recovers(&srv, restarted, "client restart");
-    eprintln!(
-        "the LAN host's next connection went through {:.0} ms after the client restart",
-        took.as_secs_f64() * 1e3
-    );
+    // The concentrator restarts; then the client (the concentrator keeps
+    // its run and its guard).
+    for daemon in ["concentrator", "client"] {
+        replays_open_nothing_after_restarting(&srv, daemon);
+    }
     drop(lab);
 }

@@ -339,18 +339,13 @@ impl Datagrams {
             return Outgoing::Nothing;
         }
         state.last_packet = Some(now);
-        let routed = match fragment::fit(packet, state.mtu) {
-            Fit::Send => route(state, now, &flow, packet, sealed),
-            Fit::Fragment => route_fragments(state, now, &flow, packet),
-            Fit::Refuse => {
-                if !state.too_big.allow(now, flow.key.dst) {
-                    return Outgoing::Nothing;
-                }
-                let mtu = fragment::announced_mtu(packet, state.mtu);
-                trace!(len = packet.len(), mtu, "too big for the tunnel");
-                return build_icmp_too_big_for(packet, mtu)
-                    .map_or(Outgoing::Nothing, Outgoing::Reply);
+        let Some(routed) = route_fitted(state, now, &flow, packet, sealed) else {
+            if !state.too_big.allow(now, flow.key.dst) {
+                return Outgoing::Nothing;
             }
+            let mtu = fragment::announced_mtu(packet, state.mtu);
+            trace!(len = packet.len(), mtu, "too big for the tunnel");
+            return build_icmp_too_big_for(packet, mtu).map_or(Outgoing::Nothing, Outgoing::Reply);
         };
         match routed {
             Routed::Out(out) => out,
@@ -652,6 +647,23 @@ fn route(state: &mut State, now: Instant, flow: &Flow, packet: &[u8], out: &mut 
     }
 }
 
+/// Routes `packet` of `flow` as the tunnel's MTU allows: whole (sealed
+/// into `out`), or as fragments that fit; `None`: too big, and it may not
+/// be cut (the caller refuses it).
+fn route_fitted(
+    state: &mut State,
+    now: Instant,
+    flow: &Flow,
+    packet: &[u8],
+    out: &mut [u8],
+) -> Option<Routed> {
+    match fragment::fit(packet, state.mtu) {
+        Fit::Send => Some(route(state, now, flow, packet, out)),
+        Fit::Fragment => Some(route_fragments(state, now, flow, packet)),
+        Fit::Refuse => None,
+    }
+}
+
 /// Cuts `packet` of `flow` into fragments that fit the MTU and seals each
 /// for the path(s) the scheduler gives the flow.
 fn route_fragments(state: &mut State, now: Instant, flow: &Flow, packet: &[u8]) -> Routed {
@@ -700,11 +712,9 @@ fn flush_staged(state: &mut State, now: Instant, sends: &mut Vec<(Arc<UdpSocket>
         }
         let Ok(flow) = flow_of(&packet) else { continue };
         let mut out = vec![0; packet.len() + DATA_OVERHEAD + 1];
-        let routed = match fragment::fit(&packet, state.mtu) {
-            Fit::Send => route(state, now, &flow, &packet, &mut out),
-            Fit::Fragment => route_fragments(state, now, &flow, &packet),
-            // Its sender hears nothing; it sent before the tunnel was up.
-            Fit::Refuse => continue,
+        // Too big: its sender hears nothing; it sent before the tunnel was up.
+        let Some(routed) = route_fitted(state, now, &flow, &packet, &mut out) else {
+            continue;
         };
         match routed {
             Routed::Out(Outgoing::Sealed(len, bits)) => {
@@ -982,22 +992,7 @@ mod tests {
 
     /// A UDP packet from the client's tunnel address of `payload` bytes.
     fn big_udp(payload: usize, dont_fragment: bool) -> Vec<u8> {
-        let mut header = etherparse::Ipv4Header::new(
-            0,
-            64,
-            etherparse::IpNumber::UDP,
-            [10, 77, 0, 2],
-            [198, 51, 100, 10],
-        )
-        .expect("header");
-        header.dont_fragment = dont_fragment;
-        let data: Vec<u8> = (0..payload).map(|i| (i % 251) as u8).collect();
-        let mut out = Vec::new();
-        etherparse::PacketBuilder::ip(etherparse::IpHeaders::Ipv4(header, Default::default()))
-            .udp(5000, 7400)
-            .write(&mut out, &data)
-            .expect("udp");
-        out
+        crate::wire::test_packets::sized_udp(false, payload, dont_fragment)
     }
 
     #[tokio::test]

@@ -42,6 +42,7 @@ use tracing::{debug, info, warn};
 
 use super::accept::Clients;
 use super::policy::Policy;
+use super::LogBudget;
 use crate::crypto::cookie::RateLimiter;
 use crate::crypto::{Dropped, PeerId, Received, Responder, SystemRng};
 use crate::datagram::schedule::MAX_PATHS;
@@ -184,7 +185,8 @@ struct State {
     by_addr: HashMap<IpAddr, PeerId>,
     /// The tunnel's clients by the id their uplink probes carry.
     by_id: HashMap<ClientId, PeerId>,
-    drop_log: (Instant, u32),
+    /// Dropped datagrams logged in the current second.
+    drop_log: LogBudget,
     /// Initiations in the current second, and when it started.
     initiations: (Instant, u32),
     /// ICMP errors for packets too big for a client, per sender.
@@ -244,7 +246,7 @@ impl Datagrams {
                 peers,
                 by_addr,
                 by_id,
-                drop_log: (Instant::now(), 0),
+                drop_log: LogBudget::new(),
                 initiations: (Instant::now(), 0),
                 too_big: RateLimiter::with_limits(
                     TOO_BIG_PER_SEC,
@@ -559,14 +561,10 @@ fn check_packet(
 }
 
 /// Logs why a datagram was dropped, at most [`DROP_LOGS_PER_SEC`] a second
-/// (attackers choose what arrives).
-fn log_drop(log: &mut (Instant, u32), now: Instant, src: SocketAddr, why: &str) {
-    if now.saturating_duration_since(log.0) >= Duration::from_secs(1) {
-        *log = (now, 0);
-    }
-    if log.1 < DROP_LOGS_PER_SEC {
-        log.1 += 1;
-        debug!(%src, why, "datagram dropped");
+/// (attackers choose what arrives), with how many were left out before.
+fn log_drop(log: &mut LogBudget, now: Instant, src: SocketAddr, why: &str) {
+    if let Some(suppressed) = log.take(now, DROP_LOGS_PER_SEC) {
+        debug!(%src, why, suppressed, "datagram dropped");
     }
 }
 

@@ -160,7 +160,8 @@ struct Shared {
 const REJECTIONS_LOGGED_PER_SEC: u32 = 10;
 
 /// A budget of log lines per second: what a peer can make the
-/// concentrator log must not flood the log.
+/// concentrator log must not flood the log (rejected connect headers,
+/// dropped datagrams).
 #[derive(Debug)]
 struct LogBudget {
     since: Option<Instant>,

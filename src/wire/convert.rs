@@ -902,7 +902,8 @@ fn parse_auth(tlv: &Tlv<'_>) -> Result<Auth, DecodeError> {
 /// Reads an Epoch TLV: the epoch and its MAC.
 fn parse_epoch(tlv: &Tlv<'_>) -> Result<(u64, [u8; 32]), DecodeError> {
     let b = tlv.bytes;
-    let (Some(reserved), Some(epoch), Some(mac)) = (
+    let (true, Some(reserved), Some(epoch), Some(mac)) = (
+        b.len() == field::EPOCH_LEN,
         b.get(field::EPOCH_RESERVED),
         array(b, field::EPOCH_VALUE),
         array(b, field::EPOCH_MAC),
@@ -912,12 +913,6 @@ fn parse_epoch(tlv: &Tlv<'_>) -> Result<(u64, [u8; 32]), DecodeError> {
             words: tlv.words(),
         });
     };
-    if b.len() != field::EPOCH_LEN {
-        return Err(DecodeError::EpochLength {
-            offset: tlv.offset,
-            words: tlv.words(),
-        });
-    }
     if reserved.iter().any(|&byte| byte != 0) {
         return Err(DecodeError::NonZeroReserved { offset: tlv.offset });
     }

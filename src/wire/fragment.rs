@@ -166,36 +166,8 @@ impl<'a> Fragments<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::wire::test_packets::XorShift;
-    use etherparse::{defrag::IpDefragPool, Ipv4Header, NetSlice, PacketBuilder, SlicedPacket};
-
-    /// A UDP datagram of `payload` bytes over IPv4 (DF as given) or IPv6.
-    fn udp(ipv6: bool, payload: usize, dont_fragment: bool) -> Vec<u8> {
-        let data: Vec<u8> = (0..payload).map(|i| i as u8).collect();
-        let mut out = Vec::new();
-        if ipv6 {
-            PacketBuilder::ipv6([0xfd; 16], [0x20; 16], 64)
-                .udp(5000, 7400)
-                .write(&mut out, &data)
-                .expect("udp6");
-        } else {
-            let mut header = Ipv4Header::new(
-                0,
-                64,
-                etherparse::IpNumber::UDP,
-                [10, 77, 9, 2],
-                [198, 51, 100, 10],
-            )
-            .expect("header");
-            header.dont_fragment = dont_fragment;
-            header.identification = 0x1234;
-            PacketBuilder::ip(etherparse::IpHeaders::Ipv4(header, Default::default()))
-                .udp(5000, 7400)
-                .write(&mut out, &data)
-                .expect("udp4");
-        }
-        out
-    }
+    use crate::wire::test_packets::{sized_udp as udp, XorShift};
+    use etherparse::{defrag::IpDefragPool, NetSlice, SlicedPacket};
 
     fn all(packet: &[u8], mtu: usize) -> Vec<Vec<u8>> {
         let mut fragments = Fragments::new(packet, mtu).expect("fragmentable");

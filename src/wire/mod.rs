@@ -39,7 +39,7 @@ pub mod tunnel;
 pub mod udp;
 
 #[cfg(test)]
-mod test_packets;
+pub(crate) mod test_packets;
 
 pub use flow::{flow_of, Demux, Flow, FlowError, FlowKey};
 pub use icmp::{

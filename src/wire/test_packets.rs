@@ -312,3 +312,33 @@ pub(super) fn ipv6_fragment() -> Vec<u8> {
 
 pub(super) const ROUTER: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 1);
 pub(super) const ROUTER6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 1);
+
+/// A UDP datagram of `payload` bytes from the client's tunnel address
+/// (10.77.0.2; fd… over IPv6) to a server, over IPv4 with DF as given
+/// (identification 0x1234) or over IPv6.
+pub(crate) fn sized_udp(ipv6: bool, payload: usize, dont_fragment: bool) -> Vec<u8> {
+    let data: Vec<u8> = (0..payload).map(|i| (i % 251) as u8).collect();
+    let mut out = Vec::new();
+    if ipv6 {
+        PacketBuilder::ipv6([0xfd; 16], [0x20; 16], 64)
+            .udp(5000, 7400)
+            .write(&mut out, &data)
+            .expect("udp6");
+    } else {
+        let mut header = Ipv4Header::new(
+            0,
+            64,
+            etherparse::IpNumber::UDP,
+            [10, 77, 0, 2],
+            [198, 51, 100, 10],
+        )
+        .expect("header");
+        header.dont_fragment = dont_fragment;
+        header.identification = 0x1234;
+        PacketBuilder::ip(IpHeaders::Ipv4(header, Default::default()))
+            .udp(5000, 7400)
+            .write(&mut out, &data)
+            .expect("udp4");
+    }
+    out
+}
