@@ -61,6 +61,10 @@ pub(super) enum Rejected {
         /// Bytes received.
         received: usize,
     },
+    /// Closed to make room for a newer connection: every handshake slot
+    /// was taken and this peer's source held the most.
+    #[error("closed to make room: every handshake slot was taken and this source held the most")]
+    Evicted,
     /// Reading failed (typically a reset).
     #[error("reading the connect header failed")]
     Read(#[source] std::io::Error),

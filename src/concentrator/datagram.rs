@@ -42,7 +42,7 @@ use tracing::{debug, info, warn};
 
 use super::accept::Clients;
 use super::policy::Policy;
-use super::LogBudget;
+use super::{LogBudget, LOG_WINDOW};
 use crate::crypto::cookie::RateLimiter;
 use crate::crypto::{Dropped, PeerId, Received, Responder, SystemRng};
 use crate::datagram::schedule::MAX_PATHS;
@@ -80,8 +80,9 @@ const TICK: Duration = Duration::from_secs(1);
 /// (mac2), which a spoofed source cannot get.
 const LOAD_INITIATIONS_PER_SEC: u32 = 200;
 
-/// At most this many dropped datagrams are logged per second.
-const DROP_LOGS_PER_SEC: u32 = 10;
+/// At most this many dropped datagrams are logged (at `debug`) per log
+/// window.
+const DROP_LOGS_PER_WINDOW: u32 = 10;
 
 /// ICMP errors for packets too big for a client's MTU, per second and
 /// sender (anyone on the internet can send one towards a client it has a
@@ -185,10 +186,13 @@ struct State {
     by_addr: HashMap<IpAddr, PeerId>,
     /// The tunnel's clients by the id their uplink probes carry.
     by_id: HashMap<ClientId, PeerId>,
-    /// Dropped datagrams logged in the current second.
+    /// Dropped datagrams logged in the current log window.
     drop_log: LogBudget,
     /// Initiations in the current second, and when it started.
     initiations: (Instant, u32),
+    /// Since when cookies are required, and the initiations counted
+    /// since: one line when the load starts, one when it is over.
+    load: Option<(Instant, u64)>,
     /// ICMP errors for packets too big for a client, per sender.
     too_big: RateLimiter,
 }
@@ -246,8 +250,9 @@ impl Datagrams {
                 peers,
                 by_addr,
                 by_id,
-                drop_log: LogBudget::new(),
+                drop_log: LogBudget::new(DROP_LOGS_PER_WINDOW),
                 initiations: (Instant::now(), 0),
+                load: None,
                 too_big: RateLimiter::with_limits(
                     TOO_BIG_PER_SEC,
                     TOO_BIG_PER_SEC,
@@ -450,7 +455,7 @@ fn from_client(
                             udp::range_in(base, len, packet)
                         }
                         Err(why) => {
-                            log_drop(&mut state.drop_log, now, src, &why);
+                            log_drop(&mut state.drop_log, src, &why);
                             None
                         }
                     }
@@ -505,7 +510,7 @@ fn from_client(
         Err(dropped) => {
             let why = dropped.to_string();
             if !matches!(dropped, Dropped::Malformed(_)) {
-                log_drop(&mut state.drop_log, now, src, &why);
+                log_drop(&mut state.drop_log, src, &why);
             }
             None
         }
@@ -514,22 +519,49 @@ fn from_client(
 
 /// Counts an initiation. Once more than [`LOAD_INITIATIONS_PER_SEC`]
 /// arrive within a second, cookies are required for the rest of that
-/// second and all of the next.
+/// second and all of the next. Logged once when the load starts and once
+/// when it is over, however long it lasts.
 fn count_initiation(state: &mut State, now: Instant) {
-    let (since, count) = &mut state.initiations;
-    if now.saturating_duration_since(*since) >= Duration::from_secs(1) {
-        let loaded = *count > LOAD_INITIATIONS_PER_SEC;
-        state.responder.set_under_load(loaded);
-        *since = now;
-        *count = 0;
+    roll_initiations(state, now);
+    state.initiations.1 += 1;
+    if let Some((_, seen)) = &mut state.load {
+        *seen += 1;
     }
-    *count += 1;
-    if *count == LOAD_INITIATIONS_PER_SEC + 1 {
-        warn!(
-            limit = LOAD_INITIATIONS_PER_SEC,
-            "more handshake initiations than usual within a second; requiring cookies"
-        );
+    if state.initiations.1 == LOAD_INITIATIONS_PER_SEC + 1 {
         state.responder.set_under_load(true);
+        if state.load.is_none() {
+            warn!(
+                limit = LOAD_INITIATIONS_PER_SEC,
+                "more than {LOAD_INITIATIONS_PER_SEC} handshake initiations within a second; \
+                 requiring cookies until it calms down"
+            );
+            state.load = Some((now, u64::from(state.initiations.1)));
+        }
+    }
+}
+
+/// Starts a new second of initiation counting once the last one is over:
+/// under load for this one if the last had more than
+/// [`LOAD_INITIATIONS_PER_SEC`]; a second that did not ends the load.
+fn roll_initiations(state: &mut State, now: Instant) {
+    let (since, count) = &mut state.initiations;
+    if now.saturating_duration_since(*since) < Duration::from_secs(1) {
+        return;
+    }
+    let loaded = *count > LOAD_INITIATIONS_PER_SEC
+        && now.saturating_duration_since(*since) < Duration::from_secs(2);
+    *since = now;
+    *count = 0;
+    state.responder.set_under_load(loaded);
+    if loaded {
+        return;
+    }
+    if let Some((started, seen)) = state.load.take() {
+        info!(
+            initiations = seen,
+            secs = now.saturating_duration_since(started).as_secs(),
+            "handshake load is over; cookies no longer required"
+        );
     }
 }
 
@@ -560,11 +592,11 @@ fn check_packet(
     Ok(key)
 }
 
-/// Logs why a datagram was dropped, at most [`DROP_LOGS_PER_SEC`] a second
-/// (attackers choose what arrives), with how many were left out before.
-fn log_drop(log: &mut LogBudget, now: Instant, src: SocketAddr, why: &str) {
-    if let Some(suppressed) = log.take(now, DROP_LOGS_PER_SEC) {
-        debug!(%src, why, suppressed, "datagram dropped");
+/// Logs why a datagram was dropped, at most [`DROP_LOGS_PER_WINDOW`] a
+/// log window (attackers choose what arrives); the tick logs how many more.
+fn log_drop(log: &mut LogBudget, src: SocketAddr, why: &str) {
+    if log.take() {
+        debug!(%src, why, "datagram dropped");
     }
 }
 
@@ -720,9 +752,24 @@ fn seal_into(
 /// Sweeps expired sessions every [`TICK`], forever.
 pub(super) async fn tick(datagrams: Arc<Datagrams>) {
     let mut interval = tokio::time::interval(TICK);
-    loop {
+    let window = u32::try_from(LOG_WINDOW.as_secs() / TICK.as_secs().max(1)).unwrap_or(1);
+    for ticks in 1u32.. {
         interval.tick().await;
-        datagrams.state().responder.handle_timeout(Instant::now());
+        let now = Instant::now();
+        let mut state = datagrams.state();
+        state.responder.handle_timeout(now);
+        // The end of a load is noticed here too when initiations stop.
+        roll_initiations(&mut state, now);
+        if ticks.is_multiple_of(window.max(1)) {
+            let dropped = state.drop_log.end_window();
+            if dropped > 0 {
+                debug!(
+                    suppressed = dropped,
+                    "{dropped} more datagrams dropped in the last {} s",
+                    LOG_WINDOW.as_secs()
+                );
+            }
+        }
     }
 }
 

@@ -19,6 +19,7 @@ mod accept;
 mod datagram;
 pub mod exit;
 mod forward;
+mod handshakes;
 mod listen;
 pub mod policy;
 mod probe;
@@ -26,11 +27,11 @@ mod probe;
 use std::future::Future;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Duration, Instant};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
 
 use tokio::net::TcpStream;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::oneshot;
 use tokio::task::{JoinError, JoinSet};
 use tracing::{debug, field, info, info_span, warn, Instrument as _, Span};
 
@@ -44,8 +45,10 @@ use accept::{Clients, HeaderBuf};
 use policy::Policy;
 
 /// Connections at most that may be between accept and authentication at
-/// once; more are closed at once. Bounds what unauthenticated peers can
-/// hold (a task, a socket, a header buffer each).
+/// once. Bounds what unauthenticated peers can hold (a task, a socket, a
+/// header buffer each: about 8 KiB of memory and one descriptor); when all
+/// are taken, a new connection still gets in and the oldest pending one of
+/// the source holding the most is closed (see `handshakes`).
 pub const MAX_HANDSHAKES: usize = 1024;
 
 /// After shutdown is asked for, how long open connections may go on
@@ -148,53 +151,95 @@ struct Shared {
     connect_timeout: Duration,
     /// How accepted tunnels' send buffers are sized.
     send_buffer: SendBuffer,
-    handshakes: Arc<Semaphore>,
+    /// The connections between accept and authentication.
+    handshakes: Arc<Handshakes>,
     /// Rejections of peers that speak the protocol (replays among them:
-    /// anyone who captured a header can cause them) are logged at `info`
-    /// this many times a second at most.
+    /// anyone who captured a header can cause them), logged at `info`.
     rejection_log: Mutex<LogBudget>,
+    /// Rejections of everything else (scanners, garbage, silence, slow
+    /// peers), logged at `debug`.
+    noise_log: Mutex<LogBudget>,
 }
 
-/// Rejection lines logged at `info` per second at most; the rest are
-/// counted and reported with the next line that is logged.
-const REJECTIONS_LOGGED_PER_SEC: u32 = 10;
+/// The pending connections; each one's value is what tells its task that
+/// it was evicted (dropping it).
+type Handshakes = Mutex<handshakes::Table<oneshot::Sender<()>>>;
 
-/// A budget of log lines per second: what a peer can make the
-/// concentrator log must not flood the log (rejected connect headers,
-/// dropped datagrams).
+/// A connection's place among the pending ones while it has not
+/// authenticated; given back on drop.
+struct Pending {
+    table: Arc<Handshakes>,
+    slot: handshakes::Slot,
+    /// Completes (with an error) when the connection was evicted.
+    evicted: oneshot::Receiver<()>,
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        lock(&self.table).remove(self.slot);
+    }
+}
+
+/// Locks `mutex`, also after a panic elsewhere (the state stays usable).
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// The window of the log budgets: within it, a few lines of a kind are
+/// logged, and at its end one line says how many more there were.
+const LOG_WINDOW: Duration = Duration::from_secs(10);
+/// Rejections of peers that speak the protocol logged per window.
+const REJECTIONS_LOGGED_PER_WINDOW: u32 = 5;
+/// Other rejections logged (at `debug`) per window.
+const NOISE_LOGGED_PER_WINDOW: u32 = 5;
+/// Failed accepts logged per window.
+const ACCEPT_ERRORS_LOGGED_PER_WINDOW: u32 = 1;
+
+/// A budget of log lines per window: what a peer can make the
+/// concentrator log must not fill the disk (rejected connect headers,
+/// dropped datagrams, failed accepts). The first lines of a window are
+/// logged; the rest are counted, and whoever ends the window (a timer)
+/// logs the count: `n more ... in the last 10 s`. Pure: the caller's
+/// timer is the clock.
 #[derive(Debug)]
 struct LogBudget {
-    since: Option<Instant>,
+    lines: u32,
     used: u32,
     suppressed: u64,
 }
 
 impl LogBudget {
-    const fn new() -> Self {
+    /// A budget of `lines` lines per window.
+    const fn new(lines: u32) -> Self {
         Self {
-            since: None,
+            lines,
             used: 0,
             suppressed: 0,
         }
     }
 
-    /// Whether a line may be logged at `now`; if so, how many were
-    /// suppressed since the last one.
-    fn take(&mut self, now: Instant, per_sec: u32) -> Option<u64> {
-        if self
-            .since
-            .is_none_or(|since| now.saturating_duration_since(since) >= Duration::from_secs(1))
-        {
-            self.since = Some(now);
-            self.used = 0;
+    /// Whether a line may be logged in this window; if not, it is counted.
+    fn take(&mut self) -> bool {
+        if self.used < self.lines {
+            self.used += 1;
+            return true;
         }
-        if self.used >= per_sec {
-            self.suppressed += 1;
-            return None;
-        }
-        self.used += 1;
-        Some(std::mem::take(&mut self.suppressed))
+        self.suppressed += 1;
+        false
     }
+
+    /// Ends the window: how many lines were left out in it.
+    fn end_window(&mut self) -> u64 {
+        self.used = 0;
+        std::mem::take(&mut self.suppressed)
+    }
+}
+
+/// Pending connections closed to make room in the current log window.
+#[derive(Debug, Default)]
+struct Evictions {
+    count: u64,
+    latest: Option<IpAddr>,
 }
 
 impl Concentrator {
@@ -250,8 +295,9 @@ impl Concentrator {
             handshake_timeout: config.handshake_timeout,
             connect_timeout: config.connect_timeout,
             send_buffer: config.send_buffer,
-            handshakes: Arc::new(Semaphore::new(MAX_HANDSHAKES)),
-            rejection_log: Mutex::new(LogBudget::new()),
+            handshakes: Arc::new(Mutex::new(handshakes::Table::new(MAX_HANDSHAKES))),
+            rejection_log: Mutex::new(LogBudget::new(REJECTIONS_LOGGED_PER_WINDOW)),
+            noise_log: Mutex::new(LogBudget::new(NOISE_LOGGED_PER_WINDOW)),
         });
         Ok((
             Self {
@@ -322,10 +368,17 @@ impl Concentrator {
         }
         let mut connections = JoinSet::new();
         let mut result = Ok(());
+        let mut evictions = Evictions::default();
+        let mut accept_errors = LogBudget::new(ACCEPT_ERRORS_LOGGED_PER_WINDOW);
+        let mut log_window =
+            tokio::time::interval_at(tokio::time::Instant::now() + LOG_WINDOW, LOG_WINDOW);
         tokio::pin!(shutdown);
         loop {
             tokio::select! {
                 _ = &mut shutdown => break,
+                _ = log_window.tick() => {
+                    end_log_window(&shared, &mut evictions, &mut accept_errors);
+                }
                 Some(joined) = async { Some((&mut probe_task.as_mut()?).await) } => {
                     probe_task = None;
                     result = task_ended("probe echo", joined);
@@ -346,11 +399,7 @@ impl Concentrator {
                 }
                 accepted = listener.listener.accept() => match accepted {
                     Ok((stream, peer)) => {
-                        let Ok(handshake) = Arc::clone(&shared.handshakes).try_acquire_owned()
-                        else {
-                            debug!(%peer, "too many handshakes in progress; closing");
-                            continue;
-                        };
+                        let pending = admit(&shared.handshakes, peer.ip(), &mut evictions);
                         let span = info_span!(
                             "conn",
                             %peer,
@@ -358,11 +407,19 @@ impl Concentrator {
                             dst = field::Empty
                         );
                         connections.spawn(
-                            connection(Arc::clone(&shared), stream, handshake).instrument(span),
+                            connection(Arc::clone(&shared), stream, pending).instrument(span),
                         );
                     }
                     Err(e) => {
-                        warn!(error = %e, "accept failed; pausing");
+                        if accept_errors.take() {
+                            let hint = if matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE)) {
+                                "; out of file descriptors: raise the open-file limit \
+                                 (LimitNOFILE=) or lower max_connections"
+                            } else {
+                                ""
+                            };
+                            warn!(error = %e, "accepting a connection failed; pausing 100 ms{hint}");
+                        }
                         tokio::time::sleep(ACCEPT_ERROR_PAUSE).await;
                     }
                 },
@@ -391,6 +448,62 @@ impl Concentrator {
         }
         info!("concentrator stopped");
         result
+    }
+}
+
+/// Admits a connection from `ip` among the pending ones; when that evicts
+/// another, tells its task (by dropping its sender) and counts it.
+fn admit(table: &Arc<Handshakes>, ip: IpAddr, evictions: &mut Evictions) -> Pending {
+    let (tx, evicted) = oneshot::channel();
+    let (slot, gone) = lock(table).admit(ip, tx);
+    if let Some(gone) = gone {
+        // Its task sees its receiver fail and closes the connection.
+        drop(gone.value);
+        evictions.count += 1;
+        evictions.latest = Some(gone.source);
+    }
+    Pending {
+        table: Arc::clone(table),
+        slot,
+        evicted,
+    }
+}
+
+/// Ends a log window: one line per kind of event that was left out of the
+/// log in it, with the count.
+fn end_log_window(shared: &Shared, evictions: &mut Evictions, accept_errors: &mut LogBudget) {
+    let window = LOG_WINDOW.as_secs();
+    let rejected = lock(&shared.rejection_log).end_window();
+    if rejected > 0 {
+        info!(
+            suppressed = rejected,
+            "{rejected} more peers rejected in the last {window} s (not logged one by one)"
+        );
+    }
+    let noise = lock(&shared.noise_log).end_window();
+    if noise > 0 {
+        debug!(
+            suppressed = noise,
+            "{noise} more peers without a valid connect header closed in the last {window} s"
+        );
+    }
+    let failed = accept_errors.end_window();
+    if failed > 0 {
+        warn!(
+            suppressed = failed,
+            "{failed} more failed accepts in the last {window} s"
+        );
+    }
+    let Evictions { count, latest } = std::mem::take(evictions);
+    if let (true, Some(latest)) = (count > 0, latest) {
+        info!(
+            closed = count,
+            %latest,
+            limit = MAX_HANDSHAKES,
+            "{count} pending connections closed in the last {window} s to make room: every \
+             handshake slot was taken; the sources holding the most went first (the latest: \
+             {latest})"
+        );
     }
 }
 
@@ -498,9 +611,12 @@ pub async fn run(
         }
     };
     // Two descriptors per connection: the client's tunnel and the
-    // server's socket.
+    // server's socket; and one per pending handshake (half a connection).
     let connections: usize = config.clients.iter().map(|c| c.max_connections).sum();
-    crate::nofile::raise_for("concentrator", connections as u64);
+    crate::nofile::raise_for(
+        "concentrator",
+        (connections + MAX_HANDSHAKES.div_ceil(2)) as u64,
+    );
     let (concentrator, _) = Concentrator::bind(config)?;
     concentrator.serve(shutdown).await
 }
@@ -513,7 +629,7 @@ fn task_ended(task: &'static str, joined: Result<(), JoinError>) -> Result<(), C
 }
 
 /// One client connection, from accept to close; runs in its span.
-async fn connection(shared: Arc<Shared>, mut stream: TcpStream, handshake: OwnedSemaphorePermit) {
+async fn connection(shared: Arc<Shared>, mut stream: TcpStream, mut pending: Pending) {
     let mut header: HeaderBuf = [0; MAX_MESSAGE_LEN];
     // The answer and the first relayed bytes must not wait for each other's
     // ACK (Nagle); that would add a round trip to every connection.
@@ -528,14 +644,17 @@ async fn connection(shared: Arc<Shared>, mut stream: TcpStream, handshake: Owned
             debug!(error = %e, "cannot set the tunnel's send buffer");
         }
     }
-    let read = accept::read_header(&mut stream, &mut header, shared.handshake_timeout).await;
+    let read = tokio::select! {
+        read = accept::read_header(&mut stream, &mut header, shared.handshake_timeout) => read,
+        _ = &mut pending.evicted => Err(accept::Rejected::Evicted),
+    };
     let authenticated = read.and_then(|(request, early)| {
         let client = shared
             .clients
             .authenticate(&request, crate::auth::unix_ms())?;
         Ok((client, request, early))
     });
-    drop(handshake);
+    drop(pending);
     let (client, request, early) = match authenticated {
         Ok(authenticated) => authenticated,
         Err(rejected) => {
@@ -606,18 +725,10 @@ async fn reject(shared: &Shared, stream: TcpStream, rejected: accept::Rejected) 
         "closing without an answer"
     };
     if rejected.speaks_protocol() {
-        let budget = shared
-            .rejection_log
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .take(Instant::now(), REJECTIONS_LOGGED_PER_SEC);
-        match budget {
-            Some(suppressed) => {
-                info!(error = %Chain(&rejected), suppressed, "peer rejected; {what}");
-            }
-            None => debug!(error = %Chain(&rejected), "peer rejected; {what}"),
+        if lock(&shared.rejection_log).take() {
+            info!(error = %Chain(&rejected), "peer rejected; {what}");
         }
-    } else {
+    } else if lock(&shared.noise_log).take() {
         debug!(error = %Chain(&rejected), "peer rejected; {what}");
     }
     let Some(answer) = answer else {
@@ -635,18 +746,12 @@ mod tests {
 
     #[test]
     fn the_rejection_log_is_bounded_and_counts_what_it_left_out() {
-        let mut budget = LogBudget::new();
-        let t0 = Instant::now();
-        let logged: Vec<_> = (0..25).map(|_| budget.take(t0, 10)).collect();
-        assert_eq!(logged.iter().filter(|l| l.is_some()).count(), 10);
-        assert_eq!(logged[0], Some(0));
-        assert_eq!(
-            budget.take(t0 + Duration::from_millis(999), 10),
-            None,
-            "still the same second"
-        );
-        assert_eq!(budget.take(t0 + Duration::from_secs(1), 10), Some(16));
-        assert_eq!(budget.take(t0 + Duration::from_secs(1), 10), Some(0));
+        let mut budget = LogBudget::new(5);
+        let logged = (0..25).filter(|_| budget.take()).count();
+        assert_eq!(logged, 5, "the first five of a window");
+        assert_eq!(budget.end_window(), 20, "the rest counted");
+        assert_eq!(budget.end_window(), 0, "and only once");
+        assert!(budget.take(), "a new window logs again");
     }
 
     #[tokio::test]

@@ -401,9 +401,9 @@ impl Default for RateLimiter {
     }
 }
 
-/// IPv4 addresses as they are; IPv6 by /64, since one host holds a whole
-/// /64.
-fn source_key(ip: IpAddr) -> IpAddr {
+/// The source a per-source limit counts `ip` as: IPv4 addresses as they
+/// are; IPv6 by /64, since one host holds a whole /64.
+pub fn source_key(ip: IpAddr) -> IpAddr {
     match ip {
         IpAddr::V4(_) => ip,
         IpAddr::V6(v6) => {

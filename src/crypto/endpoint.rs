@@ -113,6 +113,14 @@ pub enum Dropped {
         /// The source.
         src: SocketAddr,
     },
+    /// Under load, the source asked for more cookies than its rate
+    /// allows: its initiation gets no cookie reply (each costs a seal and
+    /// a send, and a legitimate client needs one every two minutes).
+    #[error("cookie reply to {src} over its rate limit")]
+    CookieRateLimited {
+        /// The source.
+        src: SocketAddr,
+    },
     /// The Noise handshake failed (does not decrypt, bad payload).
     #[error("handshake failed")]
     Handshake(#[source] HandshakeError),
@@ -571,6 +579,8 @@ pub struct Responder<R: Random> {
     local: StaticSecret,
     checker: CookieChecker,
     limiter: RateLimiter,
+    /// Cookie replies per source, under load.
+    cookie_limiter: RateLimiter,
     rng: R,
     peers: Vec<Peer>,
     by_key: HashMap<PublicKey, PeerId>,
@@ -610,6 +620,7 @@ impl<R: Random> Responder<R> {
             checker: CookieChecker::new(&local.public_key()),
             local,
             limiter: RateLimiter::new(),
+            cookie_limiter: RateLimiter::new(),
             rng,
             peers,
             by_key,
@@ -713,6 +724,9 @@ impl<R: Random> Responder<R> {
         {
             Ok(()) => {}
             Err(CookieError::NeedCookie) => {
+                if !self.cookie_limiter.allow(now, src.ip()) {
+                    return Err(Dropped::CookieRateLimited { src });
+                }
                 let mut reply = [0; COOKIE_REPLY_LEN];
                 self.checker
                     .cookie_reply(now, src, &initiation.mac1(), &mut self.rng, &mut reply)

@@ -602,6 +602,40 @@ fn an_initiation_flood_is_rate_limited() {
     assert_eq!(limited, 45);
 }
 
+#[test]
+fn under_load_a_flooding_source_gets_few_cookie_replies() {
+    let mut net = Net::new();
+    net.server.set_under_load(true);
+    let now = net.now;
+    let (mut replies, mut limited) = (0, 0);
+    for n in 0..50u64 {
+        let mut flooder = Initiator::new(secret(1), secret(2).public_key(), TestRng(n + 100), now);
+        flooder
+            .handle_timeout(now, UNIX_START + Duration::from_secs(n))
+            .expect("rng");
+        let mut init = flooder.poll_transmit().expect("initiation").bytes;
+        match net.server.handle_datagram(now, client_addr(0), &mut init) {
+            Ok(Received::Cookie) => replies += 1,
+            Err(Dropped::CookieRateLimited { .. }) => limited += 1,
+            other => panic!("under load, an initiation without mac2: {other:?}"),
+        }
+    }
+    assert_eq!((replies, limited), (5, 45), "a burst of five, then the rate");
+    let mut sent = 0;
+    while net.server.poll_transmit().is_some() {
+        sent += 1;
+    }
+    assert_eq!(sent, 5, "only the allowed cookie replies go out");
+    // Another source still gets its cookie.
+    let mut other = Initiator::new(secret(1), secret(2).public_key(), TestRng(7), now);
+    other.handle_timeout(now, UNIX_START).expect("rng");
+    let mut init = other.poll_transmit().expect("initiation").bytes;
+    assert!(matches!(
+        net.server.handle_datagram(now, client_addr(1), &mut init),
+        Ok(Received::Cookie)
+    ));
+}
+
 /// Writes the seed corpus of `fuzz/fuzz_targets/tunnel.rs` (a mode byte,
 /// then a message) when `MPBOND_WRITE_FUZZ_CORPUS` names a directory
 /// (`MPBOND_WRITE_FUZZ_CORPUS=$PWD/fuzz/corpus/tunnel cargo test --lib
