@@ -89,6 +89,20 @@
 #       for the refusal. Prints the table, the bytes each line carried, and
 #       the default the numbers pick (block when TCP downloads gain >= 20 %
 #       and a new connection costs at most one round trip more).
+#
+#   scripts/bench.sh floods [--idle N] [--slow N] [--secs S]
+#       What floods from mpb-wan cost the concentrator, about 1 min
+#       (scripts/lib/flood.py): in turn N idle TCP/MPTCP connections
+#       (default 2000), N slowloris connections sending a connect header one
+#       byte a second (200), S seconds (5) of connect headers as fast as
+#       they go (garbage, bad MACs, unknown clients), S seconds of datagram
+#       handshakes (UDP, valid mac1), and S seconds of strangers' datagrams
+#       to the client's uplink sockets (measured at the client). Per flood:
+#       its size and rate, the target's RSS and descriptors before, at peak
+#       and after, the log lines it caused, and the latency (median, p99) of
+#       legitimate requests from mpb-lan through the client (a new
+#       connection every 50 ms echoing 4 KiB) during the flood, against the
+#       same with no flood in the same run. bench.sh scale calls it too.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 . scripts/deps.sh
@@ -1191,7 +1205,39 @@ bench_quic() {
     [ $rc = 0 ] || echo "bench: quic measured something wrong (see above)" >&2
 }
 
-[ $# -ge 1 ] || die "usage: bench.sh linkem [--quick] [--status] | tcp [--secs N] [--live] [--dsl PROFILE] [--lte PROFILE]... [--flows N[,N...]] [--all] | failover [--lte PROFILE] | udp [--secs N] [--len BYTES] | quic [--small N] [--bulk N]"
+bench_floods() {
+    local idle=2000 slow=200 secs=5
+    while [ $# -gt 0 ]; do
+        case $1 in
+            --idle) [ $# -ge 2 ] || die "--idle needs a count"; idle=$2; shift ;;
+            --slow) [ $# -ge 2 ] || die "--slow needs a count"; slow=$2; shift ;;
+            --secs) [ $# -ge 2 ] || die "--secs needs seconds"; secs=$2; shift ;;
+            *) die "unknown option $1 for floods; usage: bench.sh floods [--idle N] [--slow N] [--secs S]" ;;
+        esac
+        shift
+    done
+    [[ $idle =~ ^[0-9]+$ ]] && [ "$idle" -ge 1 ] && [ "$idle" -le 20000 ] || die "--idle must be 1-20000, got '$idle'"
+    [[ $slow =~ ^[0-9]+$ ]] && [ "$slow" -ge 1 ] && [ "$slow" -le 5000 ] || die "--slow must be 1-5000, got '$slow'"
+    [[ $secs =~ ^[0-9]+$ ]] && [ "$secs" -ge 1 ] && [ "$secs" -le 60 ] || die "--secs must be 1-60, got '$secs'"
+    TMP=$(mktemp -d)
+    local start=$SECONDS
+    echo
+    echo "bench floods: $idle idle, $slow slowloris, ${secs} s each of headers, handshakes and datagrams to the client; about 1 min"
+    lab_up
+    labq start
+    local rc=0
+    timeout 300 python3 scripts/lib/flood.py run --idle "$idle" --slow "$slow" --secs "$secs" --table \
+        >"$TMP/floods.out" 2>&1 || rc=$?
+    grep -v '^result ' "$TMP/floods.out" || true
+    echo "(log: lines the flood made the concentrator write, the client's for the client row;"
+    echo " latency: a new connection from mpb-lan through the client, connect to the last of 4 KiB echoed)"
+    echo "bench floods: $((SECONDS - start)) s"
+    trap - EXIT
+    cleanup
+    [ $rc = 0 ] || die "flood.py failed (rc $rc)"
+}
+
+[ $# -ge 1 ] || die "usage: bench.sh linkem [--quick] [--status] | tcp [--secs N] [--live] [--dsl PROFILE] [--lte PROFILE]... [--flows N[,N...]] [--all] | failover [--lte PROFILE] | udp [--secs N] [--len BYTES] | quic [--small N] [--bulk N] | floods [--idle N] [--slow N] [--secs S]"
 what=$1
 shift
 case $what in
@@ -1200,5 +1246,6 @@ case $what in
     failover) bench_failover "$@" ;;
     udp) bench_udp "$@" ;;
     quic) bench_quic "$@" ;;
-    *) die "unknown benchmark $what; available: linkem, tcp, failover, udp, quic" ;;
+    floods) bench_floods "$@" ;;
+    *) die "unknown benchmark $what; available: linkem, tcp, failover, udp, quic, floods" ;;
 esac

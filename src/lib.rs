@@ -13,6 +13,7 @@ pub mod crypto;
 pub mod datagram;
 #[cfg(test)]
 mod fuzz_seeds;
+mod log_budget;
 pub mod nofile;
 pub mod path;
 mod relay;

@@ -26,8 +26,12 @@ Flood kinds (each bounded in count and time):
   handshakes  S seconds of datagram-tunnel initiations (UDP) as fast as one
               socket sends: valid mac1 (made with the concentrator's public
               key), garbage noise payload; 1 in 8 plain garbage
+  client      S seconds of datagrams of every tunnel type to the client's
+              uplink sockets (found with ss), half from a stranger's address,
+              half forged from the concentrator's (raw socket); measured at
+              the client (its RSS, fds and log)
 
-Legitimate traffic (mpb-lan, through the client): every 50 ms a new TCP
+Legitimate traffic (mpb-lan, through the client): every 50 ms (--every) a new TCP
 connection to the echo server sends 4 KiB and must read the same 4 KiB
 back (latency: connect to last byte); with --udp, a UDP datagram to the
 echo server every 20 ms (it rides the datagram tunnel) must come back.
@@ -330,6 +334,76 @@ def flood_handshakes(args):
     return {"size": sent, "rate": round(sent / max(took, 1e-3)), "answers": answers}
 
 
+def checksum(data):
+    if len(data) % 2:
+        data += b"\0"
+    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
+    while total >> 16:
+        total = (total & 0xFFFF) + (total >> 16)
+    return ~total & 0xFFFF
+
+
+def spoofed(src, dst, payload):
+    """An IPv4/UDP packet from `src` (the concentrator's address: what an
+    attacker on the path can forge) to `dst`."""
+    udp_len = 8 + len(payload)
+    pseudo = socket.inet_aton(src[0]) + socket.inet_aton(dst[0]) + struct.pack("!BBH", 0, 17, udp_len)
+    udp = struct.pack("!HHHH", src[1], dst[1], udp_len, 0) + payload
+    csum = checksum(pseudo + udp) or 0xFFFF
+    udp = udp[:6] + struct.pack("!H", csum) + udp[8:]
+    ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + udp_len, 0, 0, 64, 17, 0,
+                     socket.inet_aton(src[0]), socket.inet_aton(dst[0]))
+    ip = ip[:10] + struct.pack("!H", checksum(ip)) + ip[12:]
+    return ip + udp
+
+
+def flood_client(args):
+    """Strangers' datagrams to the client's uplink sockets: from our own
+    address, and forged from the concentrator's; every tunnel type."""
+    rng = random.Random(17)
+    targets = [(t.rsplit(":", 1)[0], int(t.rsplit(":", 1)[1])) for t in args.targets.split(",") if t]
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.bind((FLOOD_SRC, 0))
+    s.setblocking(False)
+    raw = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
+    kinds = [(1, 148), (2, 92), (3, 64), (4, 64), (4, 1200), (0, 40), (0x22, 60)]
+    until = time.monotonic() + args.secs
+    sent = answers = 0
+    i = 0
+    while time.monotonic() < until and sent < 50_000:
+        kind, length = kinds[i % len(kinds)]
+        msg = bytearray(rng.randbytes(length))
+        msg[0] = kind
+        if kind != 0x22:
+            msg[1:4] = b"\0\0\0"
+        dst = targets[i % len(targets)]
+        try:
+            if i % 2:
+                raw.sendto(spoofed(CONC, dst, bytes(msg)), (dst[0], 0))
+            else:
+                s.sendto(bytes(msg), dst)
+            sent += 1
+        except OSError:
+            pass
+        i += 1
+        if i % 50 == 0:
+            time.sleep(0.005)
+            while True:
+                try:
+                    s.recv(2048)
+                    answers += 1
+                except OSError:
+                    break
+    time.sleep(0.2)
+    while True:
+        try:
+            s.recv(2048)
+            answers += 1
+        except OSError:
+            break
+    return {"size": sent, "rate": round(sent / max(args.secs, 1e-3)), "answers": answers}
+
+
 # ---------------------------------------------------------------- legitimate traffic
 
 def legit(args):
@@ -386,7 +460,7 @@ def legit(args):
                 lat.append(took)
         except OSError as e:
             bad.append(f"request {seq}: {e} after {time.monotonic() - t0:.2f} s")
-        time.sleep(max(0.0, 0.05 - (time.monotonic() - t0)))
+        time.sleep(max(0.0, args.every - (time.monotonic() - t0)))
     if thread:
         thread.join()
     return {"requests": seq, "ok": len(lat), "bad": bad[:5], "bad_count": len(bad),
@@ -445,6 +519,8 @@ def worker(argv):
     p.add_argument("--timeout", type=float, default=10)
     p.add_argument("--deadline", type=float, default=2)
     p.add_argument("--udp", action="store_true")
+    p.add_argument("--targets", default="")
+    p.add_argument("--every", type=float, default=0.05)
     a = p.parse_args(argv)
     a.secs = min(a.secs, HARD_LIMIT)
     a.timeout = min(a.timeout, HARD_LIMIT / 2)
@@ -457,7 +533,8 @@ def worker(argv):
         out = legit(a)
     else:
         out = {"idle": flood_idle, "slowloris": flood_slowloris,
-               "headers": flood_headers, "handshakes": flood_handshakes}[a.kind](a)
+               "headers": flood_headers, "handshakes": flood_handshakes,
+               "client": flood_client}[a.kind](a)
     print(json.dumps(out), flush=True)
 
 
@@ -479,9 +556,21 @@ def finish(proc, limit):
     return json.loads(line)
 
 
-def conc_pid():
-    with open(os.path.join(RUN, "concentrator.pid")) as f:
+def lab_pid(name):
+    with open(os.path.join(RUN, name + ".pid")) as f:
         return int(f.read().split()[0])
+
+
+def client_sockets(pid):
+    """The client's UDP sockets on its uplinks (ip:port), from ss."""
+    out = subprocess.run(["ip", "netns", "exec", "mpb-cli", "ss", "-Hunap"],
+                         capture_output=True, text=True).stdout
+    found = []
+    for l in out.splitlines():
+        f = l.split()
+        if len(f) >= 5 and f"pid={pid}," in l and f[3].startswith(("10.77.1.2:", "10.77.2.2:")):
+            found.append(f[3])
+    return ",".join(sorted(set(found)))
 
 
 def sample(pid):
@@ -548,6 +637,9 @@ def settle(pid, fds_before, limit):
 
 
 def measure(kind, a, pid):
+    if kind == "client":
+        # The flood goes to the client: its process and its log.
+        pid = lab_pid("client")
     line0 = log_lines()
     client0 = log_lines("client")
     rcvbuf0 = udp_rcvbuf_errors()
@@ -556,16 +648,18 @@ def measure(kind, a, pid):
     sampler.start()
     if kind == "baseline":
         flood = None
-        legit_secs = a.secs
+        legit_secs = a.base_secs
     else:
-        extra = {"idle": ["--count", str(a.idle)], "slowloris": ["--count", str(a.slow)]}.get(kind, [])
+        extra = {"idle": ["--count", str(a.idle)], "slowloris": ["--count", str(a.slow)],
+                 "client": ["--targets", client_sockets(pid)]}.get(kind, [])
         flood = in_ns("mpb-wan", "flood", kind, "--secs", str(a.secs), "--timeout", str(a.timeout), *extra)
         # Requests run while the flood holds the concentrator: the whole
         # flood for the timed ones, the hold for the others.
-        legit_secs = a.secs if kind in ("headers", "handshakes") else min(a.timeout, 6)
+        legit_secs = a.secs if kind in ("headers", "handshakes", "client") else min(a.timeout, 6)
         time.sleep(0.3)
     legit = in_ns("mpb-lan", "legit", "--secs", str(legit_secs), "--deadline", str(a.deadline),
-                  *(["--udp"] if kind in ("handshakes", "baseline") else []))
+                  "--every", str(a.every),
+                  *(["--udp"] if kind in ("handshakes", "baseline", "client") else []))
     got = finish(legit, legit_secs + 30)
     flooded = finish(flood, a.secs + a.timeout + 30) if flood else {}
     sampler.running = False
@@ -600,19 +694,22 @@ def measure(kind, a, pid):
 
 def run(argv):
     p = argparse.ArgumentParser(prog="flood.py run")
-    p.add_argument("--kinds", default="idle,slowloris,headers,handshakes")
+    p.add_argument("--kinds", default="idle,slowloris,headers,handshakes,client")
     p.add_argument("--idle", type=int, default=2000)
     p.add_argument("--slow", type=int, default=200)
     p.add_argument("--secs", type=float, default=5)
+    p.add_argument("--base-secs", type=float, default=None, help="the baseline's (default: --secs)")
     p.add_argument("--timeout", type=float, default=10, help="the concentrator's handshake_timeout")
     p.add_argument("--deadline", type=float, default=2, help="a legitimate request's limit")
+    p.add_argument("--every", type=float, default=0.05, help="seconds between legitimate requests")
     p.add_argument("--table", action="store_true")
     p.add_argument("--show-log", action="store_true")
     a = p.parse_args(argv)
     a.idle = min(a.idle, 20_000)
     a.slow = min(a.slow, 5_000)
     a.secs = min(a.secs, 60)
-    pid = conc_pid()
+    a.base_secs = min(a.secs if a.base_secs is None else a.base_secs, 60)
+    pid = lab_pid("concentrator")
     server = in_ns("mpb-srv", "echo", "--secs", str(HARD_LIMIT * 3))
     try:
         assert server.stdout.readline().strip() == "listening", "the echo server did not start"
@@ -643,8 +740,9 @@ def table(results):
         rss = f"{r['rss_before_kib']}/{r['rss_peak_kib']}/{r['rss_after_kib']}"
         fds = f"{r['fds_before']}/{r['fds_peak']}/{r['fds_after']}"
         udp = f"{r['udp_back']}/{r['udp_sent']}" if r["udp_sent"] else "-"
+        log = r["client_log_lines"] if r["kind"] == "client" else r["log_lines"]
         print(f"{r['kind']:<11} {r['size']:>7} {r['rate']:>7}  {rss:>27}  {fds:>21}  "
-              f"{r['log_lines']:>4}  {r['legit_ok']:>5}/{r['legit_requests']:<5}  "
+              f"{log:>4}  {r['legit_ok']:>5}/{r['legit_requests']:<5}  "
               f"{r['p50_ms']:>7} {r['p99_ms']:>7}  {base['p50_ms']:>7}/{base['p99_ms']:<8}  {udp}")
 
 

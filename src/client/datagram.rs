@@ -40,6 +40,7 @@ use crate::crypto::session::SessionError;
 use crate::crypto::{Dropped, Initiator, PublicKey, Received, StaticSecret, SystemRng};
 use crate::datagram::schedule::{Decision, PathId, PathSettings, Scheduler, MAX_PATHS};
 use crate::datagram::SchedulerConfig;
+use crate::log_budget::{LogBudget, LOG_WINDOW};
 use crate::path::Estimates;
 use crate::udp::{self, Socket as UdpSocket};
 use crate::wire::flow::{flow_of, Flow};
@@ -119,7 +120,14 @@ struct State {
     mtu_stale: bool,
     /// ICMP errors for packets too big, per destination.
     too_big: RateLimiter,
+    /// Dropped datagrams from the concentrator's address logged (at
+    /// `debug`) in the current log window, which started then: anyone on
+    /// the path can forge them.
+    drop_log: (LogBudget, Instant),
 }
+
+/// Dropped datagrams logged per log window.
+const DROP_LOGS_PER_WINDOW: u32 = 10;
 
 /// The datagram tunnel of the client.
 pub(super) struct Datagrams {
@@ -202,6 +210,7 @@ impl Datagrams {
                 sockets: Default::default(),
                 established: false,
                 no_session: 0,
+                drop_log: (LogBudget::new(DROP_LOGS_PER_WINDOW), Instant::now()),
                 last_packet: None,
                 announced: [None; MAX_PATHS],
                 staged: VecDeque::with_capacity(MAX_STAGED),
@@ -501,7 +510,9 @@ impl Datagrams {
             // The later copies of a packet sent on several paths.
             Err(Dropped::Session(SessionError::Replay(_))) => None,
             Err(dropped) => {
-                debug!(uplink = index, why = %dropped, "datagram from the concentrator dropped");
+                if state.drop_log.0.take() {
+                    debug!(uplink = index, why = %dropped, "datagram from the concentrator dropped");
+                }
                 None
             }
         };
@@ -513,6 +524,18 @@ impl Datagrams {
         let now = Instant::now();
         let mut state = self.state();
         run_timers(&mut state, now);
+        if now.saturating_duration_since(state.drop_log.1) >= LOG_WINDOW {
+            state.drop_log.1 = now;
+            let dropped = state.drop_log.0.end_window();
+            if dropped > 0 {
+                debug!(
+                    suppressed = dropped,
+                    "{dropped} more datagrams from the concentrator's address dropped in the \
+                     last {} s",
+                    LOG_WINDOW.as_secs()
+                );
+            }
+        }
         if state.no_session > 0 {
             debug!(
                 dropped = state.no_session,

@@ -42,10 +42,10 @@ use tracing::{debug, info, warn};
 
 use super::accept::Clients;
 use super::policy::Policy;
-use super::{LogBudget, LOG_WINDOW};
 use crate::crypto::cookie::RateLimiter;
 use crate::crypto::{Dropped, PeerId, Received, Responder, SystemRng};
 use crate::datagram::schedule::MAX_PATHS;
+use crate::log_budget::{LogBudget, LOG_WINDOW};
 use crate::udp;
 use crate::wire::build_icmp_too_big_for;
 use crate::wire::convert::ClientId;

@@ -73,9 +73,7 @@ impl<T> Table<T> {
         self.next_id += 1;
         self.by_source.entry(source).or_default().insert(id, value);
         self.len += 1;
-        let evicted = (self.len > self.capacity)
-            .then(|| self.evict())
-            .flatten();
+        let evicted = (self.len > self.capacity).then(|| self.evict()).flatten();
         (Slot { source, id }, evicted)
     }
 
@@ -142,7 +140,11 @@ mod tests {
             let (_, evicted) = table.admit(flooder, i);
             assert_eq!(evicted.map(|e| e.source), Some(flooder));
         }
-        assert_eq!(table.remove(client), Some(100), "the client's slot is still there");
+        assert_eq!(
+            table.remove(client),
+            Some(100),
+            "the client's slot is still there"
+        );
         assert_eq!(table.remove(slots[0]), None, "evicted before");
         assert_eq!(table.len, 3);
     }

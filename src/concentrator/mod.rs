@@ -37,6 +37,7 @@ use tracing::{debug, field, info, info_span, warn, Instrument as _, Span};
 
 use crate::chain::Chain;
 use crate::config::{ConcentratorConfig, SendBuffer};
+use crate::log_budget::{LogBudget, LOG_WINDOW};
 use crate::relay::Side;
 use crate::sendbuf::{self, Sizer};
 use crate::sys::SysctlGuard;
@@ -185,55 +186,12 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-/// The window of the log budgets: within it, a few lines of a kind are
-/// logged, and at its end one line says how many more there were.
-const LOG_WINDOW: Duration = Duration::from_secs(10);
 /// Rejections of peers that speak the protocol logged per window.
 const REJECTIONS_LOGGED_PER_WINDOW: u32 = 5;
 /// Other rejections logged (at `debug`) per window.
 const NOISE_LOGGED_PER_WINDOW: u32 = 5;
 /// Failed accepts logged per window.
 const ACCEPT_ERRORS_LOGGED_PER_WINDOW: u32 = 1;
-
-/// A budget of log lines per window: what a peer can make the
-/// concentrator log must not fill the disk (rejected connect headers,
-/// dropped datagrams, failed accepts). The first lines of a window are
-/// logged; the rest are counted, and whoever ends the window (a timer)
-/// logs the count: `n more ... in the last 10 s`. Pure: the caller's
-/// timer is the clock.
-#[derive(Debug)]
-struct LogBudget {
-    lines: u32,
-    used: u32,
-    suppressed: u64,
-}
-
-impl LogBudget {
-    /// A budget of `lines` lines per window.
-    const fn new(lines: u32) -> Self {
-        Self {
-            lines,
-            used: 0,
-            suppressed: 0,
-        }
-    }
-
-    /// Whether a line may be logged in this window; if not, it is counted.
-    fn take(&mut self) -> bool {
-        if self.used < self.lines {
-            self.used += 1;
-            return true;
-        }
-        self.suppressed += 1;
-        false
-    }
-
-    /// Ends the window: how many lines were left out in it.
-    fn end_window(&mut self) -> u64 {
-        self.used = 0;
-        std::mem::take(&mut self.suppressed)
-    }
-}
 
 /// Pending connections closed to make room in the current log window.
 #[derive(Debug, Default)]
@@ -399,7 +357,15 @@ impl Concentrator {
                 }
                 accepted = listener.listener.accept() => match accepted {
                     Ok((stream, peer)) => {
-                        let pending = admit(&shared.handshakes, peer.ip(), &mut evictions);
+                        let (pending, evicted) =
+                            admit(&shared.handshakes, peer.ip(), &mut evictions);
+                        if evicted {
+                            // Let the evicted connection's task close its
+                            // socket before the next accept, so that a
+                            // burst of accepts does not outrun the closes
+                            // and hold more descriptors than the slots.
+                            tokio::task::yield_now().await;
+                        }
                         let span = info_span!(
                             "conn",
                             %peer,
@@ -452,21 +418,24 @@ impl Concentrator {
 }
 
 /// Admits a connection from `ip` among the pending ones; when that evicts
-/// another, tells its task (by dropping its sender) and counts it.
-fn admit(table: &Arc<Handshakes>, ip: IpAddr, evictions: &mut Evictions) -> Pending {
+/// another, tells its task (by dropping its sender), counts it and says
+/// so.
+fn admit(table: &Arc<Handshakes>, ip: IpAddr, evictions: &mut Evictions) -> (Pending, bool) {
     let (tx, evicted) = oneshot::channel();
     let (slot, gone) = lock(table).admit(ip, tx);
-    if let Some(gone) = gone {
-        // Its task sees its receiver fail and closes the connection.
-        drop(gone.value);
-        evictions.count += 1;
-        evictions.latest = Some(gone.source);
-    }
-    Pending {
+    let pending = Pending {
         table: Arc::clone(table),
         slot,
         evicted,
-    }
+    };
+    let Some(gone) = gone else {
+        return (pending, false);
+    };
+    // Its task sees its receiver fail and closes the connection.
+    drop(gone.value);
+    evictions.count += 1;
+    evictions.latest = Some(gone.source);
+    (pending, true)
 }
 
 /// Ends a log window: one line per kind of event that was left out of the
@@ -743,16 +712,6 @@ async fn reject(shared: &Shared, stream: TcpStream, rejected: accept::Rejected) 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn the_rejection_log_is_bounded_and_counts_what_it_left_out() {
-        let mut budget = LogBudget::new(5);
-        let logged = (0..25).filter(|_| budget.take()).count();
-        assert_eq!(logged, 5, "the first five of a window");
-        assert_eq!(budget.end_window(), 20, "the rest counted");
-        assert_eq!(budget.end_window(), 0, "and only once");
-        assert!(budget.take(), "a new window logs again");
-    }
 
     #[tokio::test]
     async fn a_panicked_task_is_an_error_naming_it() {

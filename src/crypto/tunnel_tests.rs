@@ -620,7 +620,11 @@ fn under_load_a_flooding_source_gets_few_cookie_replies() {
             other => panic!("under load, an initiation without mac2: {other:?}"),
         }
     }
-    assert_eq!((replies, limited), (5, 45), "a burst of five, then the rate");
+    assert_eq!(
+        (replies, limited),
+        (5, 45),
+        "a burst of five, then the rate"
+    );
     let mut sent = 0;
     while net.server.poll_transmit().is_some() {
         sent += 1;
