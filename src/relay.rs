@@ -7,7 +7,12 @@
 //! - **Reset:** an error on either side (a reset, a timeout) resets the
 //!   other with `SO_LINGER` 0, never a clean close: a transfer cut short
 //!   must not look complete. The same happens when the relay is dropped
-//!   midway (the concentrator shutting down).
+//!   midway (the concentrator shutting down), and when the process dies
+//!   (`kill -9`, a crash): both sockets carry `SO_LINGER` 0 from the start
+//!   of the relay until it has ended cleanly, so the kernel resets them
+//!   when it closes a dead process's descriptors. Without that it would
+//!   send a FIN for any socket with nothing unread, and the peer would
+//!   take a download or an upload cut short for a complete one.
 //!
 //! - **Dead peers:** keepalive probes on both sockets end a relay whose
 //!   client or server vanished without a reset, freeing its slot.
@@ -106,6 +111,7 @@ pub(crate) async fn relay(
         sockets: [client, server],
         armed: true,
     };
+    guard.reset_on_close(true);
     for stream in [client, server] {
         keepalive(stream);
         // Relayed bytes go out as they come: Nagle would hold a small write
@@ -134,6 +140,9 @@ pub(crate) async fn relay(
         ),
         pump(server, client, &mut down, 0, Side::Server, to_client),
     )?;
+    // Both directions ended with a FIN each way: close cleanly, after
+    // what is still queued has gone.
+    guard.reset_on_close(false);
     guard.armed = false;
     Ok(Transferred { up, down })
 }
@@ -228,15 +237,25 @@ struct ResetOnDrop<'a> {
     armed: bool,
 }
 
-impl Drop for ResetOnDrop<'_> {
-    fn drop(&mut self) {
-        if !self.armed {
-            return;
-        }
+impl ResetOnDrop<'_> {
+    /// `SO_LINGER` 0 on both sockets (`reset`), or the default graceful
+    /// close again.
+    fn reset_on_close(&self, reset: bool) {
+        let linger = reset.then_some(Duration::ZERO);
         for socket in self.sockets {
             // A socket that cannot take the option is already closed or
             // reset; there is nothing more to do for it.
-            let _ = SockRef::from(socket).set_linger(Some(Duration::ZERO));
+            if let Err(e) = SockRef::from(socket).set_linger(linger) {
+                debug!(error = %e, reset, "cannot set SO_LINGER");
+            }
+        }
+    }
+}
+
+impl Drop for ResetOnDrop<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            self.reset_on_close(true);
         }
     }
 }
@@ -286,6 +305,42 @@ mod tests {
 
             let transferred = relay.await.expect("join").expect("clean end");
             assert_eq!(transferred, Transferred { up: 10, down: 13 });
+        })
+        .await;
+    }
+
+    /// `SO_LINGER` of `stream`: `Some(0)` means its close is a reset.
+    fn linger(stream: &TcpStream) -> Option<Duration> {
+        SockRef::from(stream).linger().expect("SO_LINGER")
+    }
+
+    #[tokio::test]
+    async fn sockets_reset_on_close_while_relaying_and_close_cleanly_after() {
+        bounded(async {
+            let (mut client, client_end) = pair().await;
+            let (server_end, mut server) = pair().await;
+            let ends = std::sync::Arc::new((client_end, server_end));
+            let relay = {
+                let ends = std::sync::Arc::clone(&ends);
+                tokio::spawn(async move { relay(&ends.0, &ends.1, b"", None).await })
+            };
+            client.write_all(b"x").await.expect("write");
+            let mut one = [0; 1];
+            server.read_exact(&mut one).await.expect("relayed");
+            // Running: were the process to die now, the kernel would reset
+            // both connections instead of ending them with a FIN.
+            assert_eq!(linger(&ends.0), Some(Duration::ZERO));
+            assert_eq!(linger(&ends.1), Some(Duration::ZERO));
+
+            client.shutdown().await.expect("half-close");
+            server.shutdown().await.expect("half-close");
+            let mut rest = Vec::new();
+            server.read_to_end(&mut rest).await.expect("EOF");
+            client.read_to_end(&mut rest).await.expect("EOF");
+            relay.await.expect("join").expect("clean end");
+            // Ended cleanly: closing must let queued bytes go, then FIN.
+            assert_eq!(linger(&ends.0), None);
+            assert_eq!(linger(&ends.1), None);
         })
         .await;
     }
