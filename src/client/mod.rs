@@ -41,6 +41,15 @@ pub const LISTEN_PORT: u16 = 7301;
 /// How often old flows are expired.
 const EXPIRE_EVERY: Duration = Duration::from_secs(5);
 
+/// At shutdown, how long the relayed flows' tasks may take to end once
+/// aborted (each only closes two sockets).
+const FLOWS_END_WITHIN: Duration = Duration::from_secs(1);
+
+/// At shutdown, how long the capture keeps running after the flows were
+/// reset, to carry their resets out of the TUN to the LAN hosts (each is
+/// one packet the kernel queued on the TUN when the socket closed).
+const RESETS_DRAIN: Duration = Duration::from_millis(100);
+
 /// Why the client could not start or stopped.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -131,6 +140,9 @@ struct Shared {
     joins: Arc<joins::JoinWatch>,
     /// The datagram tunnel, if the config has one.
     datagrams: Option<Arc<datagram::Datagrams>>,
+    /// The relayed flows' tasks, so that shutdown can reset them while the
+    /// capture still carries the resets to the LAN hosts.
+    flows: Mutex<JoinSet<()>>,
     start: Instant,
 }
 
@@ -144,6 +156,37 @@ impl Shared {
         // A panic while holding the lock leaves a table that is still
         // consistent (every method finishes its update before returning).
         self.table.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn flows(&self) -> MutexGuard<'_, JoinSet<()>> {
+        self.flows.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Runs `flow` as one of the relayed flows' tasks (forgetting those
+    /// that ended).
+    fn spawn_flow(&self, flow: impl Future<Output = ()> + Send + 'static) {
+        let mut flows = self.flows();
+        while flows.try_join_next().is_some() {}
+        flows.spawn(flow);
+    }
+
+    /// Resets every relayed flow, and gives the capture the time to carry
+    /// the resets to the LAN hosts: stopped without this, the client would
+    /// leave each LAN host waiting on a connection nobody serves (a host
+    /// that only receives would never learn of it).
+    async fn reset_flows(&self) {
+        let mut flows = std::mem::take(&mut *self.flows());
+        if flows.is_empty() {
+            return;
+        }
+        info!(flows = flows.len(), "resetting the relayed flows");
+        // An aborted relay closes both its sockets with SO_LINGER 0.
+        flows.abort_all();
+        let _ = tokio::time::timeout(FLOWS_END_WITHIN, async {
+            while flows.join_next().await.is_some() {}
+        })
+        .await;
+        tokio::time::sleep(RESETS_DRAIN).await;
     }
 
     fn parked(&self) -> MutexGuard<'_, HashMap<FlowKey, (Instant, Tunnel)>> {
@@ -264,6 +307,7 @@ pub async fn run(config: ClientConfig, shutdown: impl Future) -> Result<(), Clie
         },
         joins,
         datagrams,
+        flows: Mutex::new(JoinSet::new()),
         start: Instant::now(),
     });
 
@@ -300,6 +344,8 @@ pub async fn run(config: ClientConfig, shutdown: impl Future) -> Result<(), Clie
         }
         Some(ended) = tasks.join_next() => ended,
     };
+    // The capture still runs: it carries the flows' resets to the LAN.
+    shared.reset_flows().await;
     tasks.set.shutdown().await;
     drop(shared);
     // Also after a task failed or panicked; waits until it is all gone.
