@@ -25,9 +25,8 @@ use socket2::{Domain, Protocol, Socket, Type};
 
 use harness::state::{assert_clean, client_state, describe, mptcp_limits};
 use harness::{
-    bad_requests, connect, if_bytes, in_ns, netstat, ns_ok, ns_run, read_hashed, run_in,
-    send_pattern, short_request, ss_ip, subflows, Behavior, IfBytes, Lab, NsServer, Pattern,
-    Sha256, RUN,
+    bad_requests, connect, if_bytes, in_ns, netstat, ns_run, read_hashed, run_in, send_pattern,
+    short_request, ss_ip, subflows, Behavior, IfBytes, Lab, NsServer, Pattern, Sha256, RUN,
 };
 use mpbond::auth::{random_nonce, sign_request, verify_epoch, Epoch, Key};
 use mpbond::wire::convert::{self, ErrorCode, Response};
