@@ -198,7 +198,10 @@ impl Shared {
 /// everything it installed before returning.
 pub async fn run(config: ClientConfig, shutdown: impl Future) -> Result<(), ClientError> {
     // Two descriptors per flow: the LAN host's socket and its tunnel.
-    crate::nofile::raise_for("client", redirect::MAX_FLOWS as u64);
+    let limit = crate::nofile::raise_for("client", redirect::MAX_FLOWS as u64);
+    let max_flows = limit
+        .and_then(|limit| usize::try_from(crate::nofile::connections_for(limit)).ok())
+        .map_or(redirect::MAX_FLOWS, |n| n.min(redirect::MAX_FLOWS));
     let tun_config = &config.tun;
     let tun = DeviceBuilder::new()
         .name(tun_config.name.clone())
@@ -293,7 +296,7 @@ pub async fn run(config: ClientConfig, shutdown: impl Future) -> Result<(), Clie
         tun_name: tun_config.name.clone(),
         addrs,
         mode: config.connect_mode,
-        table: Mutex::new(FlowTable::new(addrs, config.connect_mode)),
+        table: Mutex::new(FlowTable::with_limit(addrs, config.connect_mode, max_flows)),
         parked: Mutex::new(HashMap::new()),
         tunnels: Tunnels {
             concentrator: config.concentrator,

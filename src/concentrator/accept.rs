@@ -132,6 +132,15 @@ pub(super) enum Refused {
         /// The client's limit.
         limit: usize,
     },
+    /// As many connections are open as the open-file limit carries.
+    #[error(
+        "open-file limit reached ({limit} connections open in all): raise LimitNOFILE= \
+         (or ulimit -Hn) for the concentrator"
+    )]
+    Full {
+        /// The connections the limit carries.
+        limit: usize,
+    },
 }
 
 /// An authenticated client's request, admitted to be forwarded.
@@ -141,6 +150,40 @@ pub(super) struct Admitted {
     pub(super) client: Arc<Client>,
     /// One of the client's connection slots, given back on drop.
     _permit: OwnedSemaphorePermit,
+    /// One of the concentrator's slots (its descriptors), given back on drop.
+    _slot: OwnedSemaphorePermit,
+}
+
+/// The concentrator's connection slots: as many as its open-file limit
+/// carries, for all clients together.
+#[derive(Debug)]
+pub(super) struct Slots {
+    semaphore: Arc<Semaphore>,
+    limit: usize,
+}
+
+impl Slots {
+    /// `limit` slots.
+    pub(super) fn new(limit: usize) -> Self {
+        let limit = limit.min(Semaphore::MAX_PERMITS);
+        Self {
+            semaphore: Arc::new(Semaphore::new(limit)),
+            limit,
+        }
+    }
+
+    /// The slots that an open-file limit of `descriptors` carries, with
+    /// `handshakes` descriptors kept for connections still in their
+    /// handshake (each a socket of its own).
+    pub(super) fn for_descriptors(descriptors: u64, handshakes: usize) -> Self {
+        let kept = descriptors.saturating_sub(handshakes as u64);
+        Self::new(usize::try_from(crate::nofile::connections_for(kept)).unwrap_or(usize::MAX))
+    }
+
+    /// How many slots there are.
+    pub(super) fn limit(&self) -> usize {
+        self.limit
+    }
 }
 
 impl Clients {
@@ -230,6 +273,7 @@ impl Client {
         self: &Arc<Self>,
         destination: SocketAddr,
         policy: &Policy,
+        slots: &Slots,
     ) -> Result<Admitted, Refused> {
         policy.check(destination).map_err(Refused::Denied)?;
         let permit = Arc::clone(&self.connections)
@@ -237,9 +281,13 @@ impl Client {
             .map_err(|_| Refused::Busy {
                 limit: self.max_connections,
             })?;
+        let slot = Arc::clone(&slots.semaphore)
+            .try_acquire_owned()
+            .map_err(|_| Refused::Full { limit: slots.limit })?;
         Ok(Admitted {
             client: Arc::clone(self),
             _permit: permit,
+            _slot: slot,
         })
     }
 
@@ -447,25 +495,62 @@ mod tests {
             .authenticate(&request("lab", &key(), 1), NOW)
             .expect("valid");
         let policy = Policy::default();
+        let slots = Slots::new(10);
 
         let denied = "127.0.0.1:22".parse().expect("addr");
         assert!(matches!(
-            client.admit(denied, &policy),
+            client.admit(denied, &policy, &slots),
             Err(Refused::Denied(_))
         ));
         assert_eq!(client.open_connections(), 0);
 
-        let first = client.admit(destination(), &policy).expect("slot 1");
-        let second = client.admit(destination(), &policy).expect("slot 2");
+        let first = client
+            .admit(destination(), &policy, &slots)
+            .expect("slot 1");
+        let second = client
+            .admit(destination(), &policy, &slots)
+            .expect("slot 2");
         assert_eq!(client.open_connections(), 2);
         assert!(matches!(
-            client.admit(destination(), &policy),
+            client.admit(destination(), &policy, &slots),
             Err(Refused::Busy { limit: 2 })
         ));
         drop(first);
         assert_eq!(client.open_connections(), 1);
-        assert!(client.admit(destination(), &policy).is_ok());
+        assert!(client.admit(destination(), &policy, &slots).is_ok());
         drop(second);
+    }
+
+    #[test]
+    fn the_concentrators_slots_cap_all_clients_together() {
+        let clients = clients(5);
+        let client = clients
+            .authenticate(&request("lab", &key(), 1), NOW)
+            .expect("valid");
+        let policy = Policy::default();
+        let slots = Slots::new(2);
+        let first = client
+            .admit(destination(), &policy, &slots)
+            .expect("slot 1");
+        let _second = client
+            .admit(destination(), &policy, &slots)
+            .expect("slot 2");
+        let full = client.admit(destination(), &policy, &slots);
+        assert!(matches!(full, Err(Refused::Full { limit: 2 })), "{full:?}");
+        assert_eq!(
+            client.open_connections(),
+            2,
+            "the refused one holds nothing"
+        );
+        drop(first);
+        assert!(client.admit(destination(), &policy, &slots).is_ok());
+    }
+
+    #[test]
+    fn slots_leave_room_for_handshakes_and_the_rest() {
+        // 20,000 descriptors, 1,024 handshakes, 256 spare: two per slot.
+        assert_eq!(Slots::for_descriptors(20_000, 1024).limit(), 9_360);
+        assert_eq!(Slots::for_descriptors(100, 1024).limit(), 0);
     }
 
     async fn read_from(

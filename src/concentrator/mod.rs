@@ -149,6 +149,8 @@ struct Shared {
     /// How accepted tunnels' send buffers are sized.
     send_buffer: SendBuffer,
     handshakes: Arc<Semaphore>,
+    /// Connections the open-file limit carries, for all clients.
+    slots: accept::Slots,
     /// Rejections of peers that speak the protocol (replays among them:
     /// anyone who captured a header can cause them) are logged at `info`
     /// this many times a second at most.
@@ -237,11 +239,18 @@ impl Concentrator {
                 &policy,
             )?),
         };
+        // The limit as raised at start (`run`); unknown: no cap but the
+        // clients' own.
+        let slots = crate::sys::open_file_limit()
+            .map_or(accept::Slots::new(usize::MAX), |(soft, _)| {
+                accept::Slots::for_descriptors(soft, MAX_HANDSHAKES)
+            });
         info!(
             listen = %local_addr,
             multipath = listener.multipath,
             clients = clients.len(),
             epoch = %clients.epoch(),
+            connections = slots.limit(),
             "concentrator listening"
         );
         let shared = Arc::new(Shared {
@@ -251,6 +260,7 @@ impl Concentrator {
             connect_timeout: config.connect_timeout,
             send_buffer: config.send_buffer,
             handshakes: Arc::new(Semaphore::new(MAX_HANDSHAKES)),
+            slots,
             rejection_log: Mutex::new(LogBudget::new()),
         });
         Ok((
@@ -549,7 +559,7 @@ async fn connection(shared: Arc<Shared>, mut stream: TcpStream, handshake: Owned
         .record("dst", field::display(destination));
     info!("client authenticated");
 
-    let admitted = match client.admit(destination, &shared.policy) {
+    let admitted = match client.admit(destination, &shared.policy, &shared.slots) {
         Ok(admitted) => admitted,
         Err(refused) => {
             info!(error = %Chain(&refused), code = %refused.code(), "request refused");

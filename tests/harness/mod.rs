@@ -116,7 +116,12 @@ impl LabLock {
     pub fn acquire() -> Self {
         require_root();
         let file = File::create("/run/mpbond-lab-user.lock").expect("create the lab test lock");
+        let asked = Instant::now();
         file.lock().expect("lock the lab test lock");
+        eprintln!(
+            "lab: waited {:.1} s for the lab lock",
+            asked.elapsed().as_secs_f64()
+        );
         // Whatever a crashed earlier run left behind goes first.
         lab_ok(&["down"]);
         Self { _file: file }
@@ -131,7 +136,12 @@ pub const RUN: &str = "/run/mpbond-lab";
 /// client's and the concentrator's logs.
 pub struct Lab {
     _lock: LabLock,
+    since: Instant,
 }
+
+/// Where each test's time holding the lab is appended (test name and
+/// seconds), to see what the suite's time goes to.
+pub const LAB_TIMES: &str = "/tmp/mpbond-lab-times.log";
 
 impl Lab {
     /// Brings the lab up with `lab.sh up ARGS`.
@@ -139,7 +149,10 @@ impl Lab {
         let lock = LabLock::acquire();
         let mut full = vec!["up"];
         full.extend_from_slice(args);
-        let lab = Self { _lock: lock };
+        let lab = Self {
+            _lock: lock,
+            since: Instant::now(),
+        };
         lab_ok(&full);
         lab
     }
@@ -241,6 +254,13 @@ impl Drop for Lab {
             }
         }
         let out = lab_sh(&["down"]);
+        let name = thread::current().name().unwrap_or("?").to_owned();
+        let line = format!("{name} {:.1}\n", self.since.elapsed().as_secs_f64());
+        let _ = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(LAB_TIMES)
+            .and_then(|mut f| f.write_all(line.as_bytes()));
         if !out.status.success() && !thread::panicking() {
             panic!(
                 "lab.sh down failed: {}",
