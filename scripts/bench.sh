@@ -1299,8 +1299,8 @@ def mem(name):
 caps = [int(l.split("=")[1]) for l in open(os.path.join(tmp, "caps"))]
 print()
 if caps:
-    print(f"{asked} connections asked; the open-file limits here carry {min(caps)} "
-          f"(client and concentrator say: {', '.join(map(str, caps))})")
+    print(f"{asked} connections asked (and the download); the open-file limits here carry "
+          f"{min(caps)} (client and concentrator say: {', '.join(map(str, caps))})")
 print(f"{'path':<24} {'opened':>7} {'refused':>7} {'open/s':>7} {'open s':>7} "
       f"{'echo 2':>7} {'lost':>5} {'corrupt':>7}")
 print("-" * 80)
@@ -1332,10 +1332,14 @@ ratio = beside["goodput_bps"] / alone["goodput_bps"] if alone["goodput_bps"] els
 print(f"bulk download via mpbond: alone {alone['goodput_bps'] / 1e6:.1f} Mbit/s, beside the "
       f"connections {beside['goodput_bps'] / 1e6:.1f} Mbit/s ({ratio:.2f}); longest stall "
       f"beside them {beside['stall_ms']:.0f} ms")
-bad = [n for n in ("direct.json", "mpbond.json") if lines(n)[1]["lost"] or lines(n)[1]["corrupt"]
-       or lines(n)[0]["corrupt"]]
-if bad:
-    sys.exit("bench: connections lost or corrupted: " + ", ".join(bad))
+for name, label in (("direct.json", "direct"), ("mpbond.json", "mpbond")):
+    opened, done = lines(name)
+    if opened["errors"] or done["errors"]:
+        print(f"{label}: errors opening {opened['errors'] or 'none'}, "
+              f"echoing again {done['errors'] or 'none'}")
+opened, done = lines("mpbond.json")
+if done["lost"] or done["corrupt"] or opened["corrupt"]:
+    sys.exit("bench: connections through mpbond lost or corrupted")
 PY
     if declare -F bench_floods_rows >/dev/null; then bench_floods_rows; fi
     echo "bench scale: $((SECONDS - start)) s"

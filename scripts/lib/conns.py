@@ -32,6 +32,11 @@ import sys
 import time
 
 
+# Longest wait for one connect or one echo: on a narrow shaped line,
+# thousands of echoes at once queue behind each other.
+OP_TIMEOUT = 30.0
+
+
 def raise_nofile():
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft < hard:
@@ -113,7 +118,7 @@ async def run(host, port, count, concurrency, length, seed, deadline, hold):
         async with slots:
             try:
                 reader, writer = await asyncio.wait_for(
-                    asyncio.open_connection(host, port), min(10.0, left())
+                    asyncio.open_connection(host, port), min(OP_TIMEOUT, left())
                 )
             except Exception as e:  # noqa: BLE001 - counted by kind
                 name = error_name(e)
@@ -121,7 +126,7 @@ async def run(host, port, count, concurrency, length, seed, deadline, hold):
                 return
             conn = Conn(reader, writer, payload(seed, i, length))
             try:
-                if await echo_once(conn, conn.data, min(10.0, left())):
+                if await echo_once(conn, conn.data, min(OP_TIMEOUT, left())):
                     conns[i] = conn
                 else:
                     corrupt += 1
@@ -168,7 +173,7 @@ async def run(host, port, count, concurrency, length, seed, deadline, hold):
         nonlocal echoed, lost, corrupt
         async with slots:
             try:
-                if await echo_once(conn, conn.data[::-1], min(10.0, left())):
+                if await echo_once(conn, conn.data[::-1], min(OP_TIMEOUT, left())):
                     echoed += 1
                 else:
                     corrupt += 1
