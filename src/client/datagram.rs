@@ -175,14 +175,14 @@ pub(super) enum Outgoing {
 
 impl Datagrams {
     /// A tunnel to `concentrator` with this identity, for uplinks with
-    /// these settings (config order), its MTU at most `mtu_cap`.
+    /// these settings (config order), from tunnel addresses `(v4, v6)`, its
+    /// MTU at most `mtu_cap`, its handshakes stamped by `clock`.
     pub(super) fn new(
         identity: (StaticSecret, PublicKey),
         concentrator: SocketAddr,
         scheduler: SchedulerConfig,
         uplinks: &[PathSettings],
-        v4: IpAddr,
-        v6: Option<IpAddr>,
+        (v4, v6): (IpAddr, Option<IpAddr>),
         mtu_cap: Option<u16>,
         clock: Arc<Clock>,
     ) -> Self {
@@ -869,8 +869,7 @@ mod tests {
             "127.0.0.1:7300".parse().expect("addr"),
             SchedulerConfig::default(),
             &[PathSettings::default()],
-            "10.77.0.2".parse().expect("addr"),
-            None,
+            ("10.77.0.2".parse().expect("addr"), None),
             None,
             Arc::new(Clock::new()),
         );
@@ -926,8 +925,7 @@ mod tests {
             "127.0.0.1:7300".parse().expect("addr"),
             SchedulerConfig::default(),
             &vec![PathSettings::default(); uplinks],
-            "10.77.0.2".parse().expect("addr"),
-            None,
+            ("10.77.0.2".parse().expect("addr"), None),
             None,
             Arc::new(Clock::new()),
         );

@@ -204,8 +204,7 @@ pub async fn run(config: ClientConfig, shutdown: impl Future) -> Result<(), Clie
                 SocketAddr::new(config.concentrator.ip(), dg.port),
                 dg.scheduler(),
                 &settings,
-                dg.address_v4.into(),
-                dg.address_v6.map(Into::into),
+                (dg.address_v4.into(), dg.address_v6.map(Into::into)),
                 dg.mtu,
                 Arc::clone(&clock),
             )))
