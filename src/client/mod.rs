@@ -8,6 +8,7 @@
 //! family; one per flow opens its tunnel and relays; one expires old flows.
 
 mod capture;
+mod clock;
 mod datagram;
 mod flow;
 mod health;
@@ -236,6 +237,7 @@ pub async fn run(config: ClientConfig, shutdown: impl Future) -> Result<(), Clie
         nat,
     )
     .await?;
+    let clock = Arc::new(clock::Clock::new());
     let datagrams = match (&config.datagram, &config.identity) {
         (Some(dg), Some(identity)) => {
             let settings: Vec<_> = config
@@ -248,9 +250,9 @@ pub async fn run(config: ClientConfig, shutdown: impl Future) -> Result<(), Clie
                 SocketAddr::new(config.concentrator.ip(), dg.port),
                 dg.scheduler(),
                 &settings,
-                dg.address_v4.into(),
-                dg.address_v6.map(Into::into),
+                (dg.address_v4.into(), dg.address_v6.map(Into::into)),
                 dg.mtu,
+                Arc::clone(&clock),
             )))
         }
         _ => None,
@@ -307,6 +309,7 @@ pub async fn run(config: ClientConfig, shutdown: impl Future) -> Result<(), Clie
             send_buffer: config.send_buffer,
             warm: WarmPool::new(config.warm_connections, config.warm_max_age),
             epoch: std::sync::atomic::AtomicU64::new(crate::auth::Epoch::UNKNOWN.as_u64()),
+            clock,
         },
         joins,
         datagrams,

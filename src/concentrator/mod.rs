@@ -39,7 +39,7 @@ use crate::config::{ConcentratorConfig, SendBuffer};
 use crate::relay::Side;
 use crate::sendbuf::{self, Sizer};
 use crate::sys::SysctlGuard;
-use crate::wire::convert::{ClientId, MAX_MESSAGE_LEN};
+use crate::wire::convert::{ClientId, Response, MAX_MESSAGE_LEN};
 use accept::{Clients, HeaderBuf};
 use policy::Policy;
 
@@ -540,9 +540,10 @@ async fn connection(shared: Arc<Shared>, mut stream: TcpStream, handshake: Owned
     }
     let read = accept::read_header(&mut stream, &mut header, shared.handshake_timeout).await;
     let authenticated = read.and_then(|(request, early)| {
-        let client = shared
-            .clients
-            .authenticate(&request, crate::auth::unix_ms())?;
+        let client =
+            shared
+                .clients
+                .authenticate(&request, crate::auth::unix_ms(), Instant::now())?;
         Ok((client, request, early))
     });
     drop(handshake);
@@ -607,13 +608,15 @@ async fn connection(shared: Arc<Shared>, mut stream: TcpStream, handshake: Owned
 }
 
 /// Closes a peer whose header was refused: without a word, but for a
-/// recent authentic header of another run, which gets the current epoch.
+/// recent authentic header of another run, which gets the current epoch,
+/// and an authentic header from outside the time window, which gets this
+/// host's clock (within the client's budget).
 async fn reject(shared: &Shared, stream: TcpStream, rejected: accept::Rejected) {
     let answer = rejected.answer();
-    let what = if answer.is_some() {
-        "answered with this run's epoch; closing"
-    } else {
-        "closing without an answer"
+    let what = match answer {
+        Some(Response::StaleClock { .. }) => "answered with this host's clock; closing",
+        Some(_) => "answered with this run's epoch; closing",
+        None => "closing without an answer",
     };
     if rejected.speaks_protocol() {
         let budget = shared
@@ -635,7 +638,7 @@ async fn reject(shared: &Shared, stream: TcpStream, rejected: accept::Rejected) 
     };
     forward::established(&stream, shared.handshake_timeout).await;
     if let Err(e) = forward::answer_and_close(stream, answer).await {
-        debug!(error = %e, "answering with the epoch failed");
+        debug!(error = %e, "answering the refused header failed");
     }
 }
 

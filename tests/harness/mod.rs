@@ -180,6 +180,30 @@ impl Lab {
         );
     }
 
+    /// [`Lab::start`] with `env` (name, value) added to `lab.sh`'s
+    /// environment (`MPB_CLIENT_ENV`, say: see LAB.md).
+    pub fn start_with_env(&self, args: &[&str], env: &[(&str, &str)]) {
+        let started = Instant::now();
+        let out = Command::new(root().join("scripts/lab.sh"))
+            .arg("start")
+            .args(args)
+            .env("MPBOND", mpbond_bin())
+            .envs(env.iter().copied())
+            .output()
+            .expect("run scripts/lab.sh");
+        assert!(
+            out.status.success(),
+            "scripts/lab.sh start {} failed:\n{}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        eprintln!(
+            "lab: start {} took {:.1} s",
+            args.join(" "),
+            started.elapsed().as_secs_f64()
+        );
+    }
+
     /// `lab.sh stop`, checked.
     pub fn stop(&self) {
         lab_ok(&["stop"]);
