@@ -418,8 +418,13 @@ fn listen(addr: SocketAddr) -> Result<TcpListener, ClientError> {
 
 async fn expire_loop(shared: Arc<Shared>) -> Result<(), ClientError> {
     let mut tick = tokio::time::interval(EXPIRE_EVERY);
+    let mut trimmed = Instant::now();
     loop {
         tick.tick().await;
+        if trimmed.elapsed() >= crate::sys::TRIM_EVERY {
+            crate::sys::trim_free_memory();
+            trimmed = Instant::now();
+        }
         shared.table().expire(shared.now());
         shared
             .parked()

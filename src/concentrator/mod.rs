@@ -332,10 +332,13 @@ impl Concentrator {
         }
         let mut connections = JoinSet::new();
         let mut result = Ok(());
+        let mut trim = tokio::time::interval(crate::sys::TRIM_EVERY);
         tokio::pin!(shutdown);
         loop {
             tokio::select! {
                 _ = &mut shutdown => break,
+                // What closed connections freed goes back to the system.
+                _ = trim.tick() => crate::sys::trim_free_memory(),
                 Some(joined) = async { Some((&mut probe_task.as_mut()?).await) } => {
                     probe_task = None;
                     result = task_ended("probe echo", joined);
