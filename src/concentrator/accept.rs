@@ -649,7 +649,7 @@ mod tests {
     fn the_concentrators_slots_cap_all_clients_together() {
         let clients = clients(5);
         let client = clients
-            .authenticate(&request("lab", &key(), 1), NOW)
+            .authenticate(&request("lab", &key(), 1), NOW, Instant::now())
             .expect("valid");
         let policy = Policy::default();
         let slots = Slots::new(2);
