@@ -227,7 +227,22 @@ impl FlowTable {
             client: src,
             server: dst,
         };
-        if let Some(&key) = self.by_flow.get(&flow) {
+        let mut known = self.by_flow.get(&flow).copied();
+        if let Some(key) = known {
+            let reopened = flags.syn && !flags.ack && !flags.rst;
+            if reopened
+                && matches!(self.by_key.get(&key), Some(e) if matches!(e.state, State::Closed(_)))
+            {
+                // The LAN host opens a new connection with the 4-tuple of
+                // one that closed moments ago (its port was free again on
+                // its side): a new flow on a new fake port. On the old
+                // port the listener's side of the old connection may
+                // still be in TIME_WAIT, and the relay is gone.
+                self.remove(key);
+                known = None;
+            }
+        }
+        if let Some(key) = known {
             let Some(entry) = self.by_key.get_mut(&key) else {
                 return Decision::Drop(DropReason::Unknown);
             };
@@ -671,6 +686,42 @@ mod tests {
         assert_eq!(t.len(), 1);
         t.expire(closed_at + CLOSED_LINGER);
         assert!(t.is_empty());
+    }
+
+    #[test]
+    fn a_new_connection_on_a_closed_flows_four_tuple_gets_a_new_port() {
+        let mut t = FlowTable::new(addrs(), ConnectMode::Fast);
+        let mut syn = tcp(LAN, SRV, SYN, b"");
+        assert_eq!(t.handle(Duration::ZERO, &mut syn), Decision::Forward);
+        let (fake, _) = endpoints(&syn);
+        let (key, _) = t.claim(fake).expect("claimed");
+        // A retransmitted SYN of the running flow keeps its port.
+        let mut again = tcp(LAN, SRV, SYN, b"");
+        assert_eq!(t.handle(Duration::ZERO, &mut again), Decision::Forward);
+        assert_eq!(endpoints(&again).0, fake);
+        t.closed(Duration::from_secs(1), key);
+
+        // Seconds later the LAN host reuses its port for the same server.
+        let mut reused = tcp(LAN, SRV, SYN, b"");
+        assert_eq!(
+            t.handle(Duration::from_secs(2), &mut reused),
+            Decision::Forward
+        );
+        let (new_fake, _) = endpoints(&reused);
+        assert_ne!(new_fake, fake, "the old port may still be in TIME_WAIT");
+        assert!(
+            t.claim(new_fake).is_some(),
+            "the new connection is the redirect's own"
+        );
+        assert_eq!((t.open(), t.len()), (1, 1));
+        // A late packet of the old connection (not a SYN) is the new
+        // flow's now: it goes to the new port, as any NAT would do.
+        let mut ack = tcp(LAN, SRV, ACK, b"");
+        assert_eq!(
+            t.handle(Duration::from_secs(2), &mut ack),
+            Decision::Forward
+        );
+        assert_eq!(endpoints(&ack).0, new_fake);
     }
 
     #[test]
