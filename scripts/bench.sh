@@ -41,6 +41,19 @@
 #       directly (the baseline, with mpbond stopped). --lte: lte's profile
 #       (default lte), a built-in name or a profile file.
 #
+#   scripts/bench.sh scale [--conns N] [--dsl PROFILE] [--lte PROFILE]
+#       N concurrent connections (default 10,000), each echoing its own 512
+#       bytes twice (when it opens, and again once all are open), with
+#       scripts/lib/conns.py: first straight from mpb-cli over dsl, mpbond
+#       stopped (the baseline: the generator and the line), then from the
+#       LAN host through mpbond beside a 30 s bulk download. Prints how many
+#       opened and were refused (past what the open-file limits carry:
+#       both daemons say how many that is), connections opened per second
+#       against the baseline's, each daemon's RSS and descriptors idle, with
+#       all open (KiB per connection; goal <= 64) and 30 s after they closed, and
+#       the download's goodput beside the connections against alone; then
+#       bench.sh floods with its defaults. About 4 min.
+#
 #   scripts/bench.sh udp [--secs N] [--len BYTES] [--only none] [--rate BPS]
 #                        [--perf DIR]
 #       The datagram tunnel (everything that is not TCP), about 4 min:
@@ -1237,7 +1250,155 @@ bench_floods() {
     [ $rc = 0 ] || die "flood.py failed (rc $rc)"
 }
 
-[ $# -ge 1 ] || die "usage: bench.sh linkem [--quick] [--status] | tcp [--secs N] [--live] [--dsl PROFILE] [--lte PROFILE]... [--flows N[,N...]] [--all] | failover [--lte PROFILE] | udp [--secs N] [--len BYTES] | quic [--small N] [--bulk N] | floods [--idle N] [--slow N] [--secs S]"
+# RSS (KiB) and open descriptors of process PID: "RSS FDS".
+rss_fds() {
+    echo "$(awk '/^VmRSS:/ {print $2}' "/proc/$1/status") $(ls "/proc/$1/fd" | wc -l)"
+}
+
+# conns.py run from namespace NS to the echo server (COUNT connections),
+# holding them open until released: writes its two JSON lines to OUT and,
+# once they are all open, "RSS FDS" of each pid in PIDS... to OUT.mem.
+#   scale_load NS COUNT OUT PIDS...
+scale_load() {
+    local ns=$1 count=$2 out=$3 pid i
+    shift 3
+    rm -f "$out.fifo" && mkfifo "$out.fifo"
+    nsx "$ns" python3 scripts/lib/conns.py run 198.51.100.10 7400 "$count" --hold 300 \
+        --deadline 400 <"$out.fifo" >"$out" &
+    local load=$!
+    exec 7>"$out.fifo"
+    for i in $(seq 4000); do
+        grep -q '"phase": "open"' "$out" && break
+        kill -0 "$load" 2>/dev/null || break
+        sleep 0.1
+    done
+    : >"$out.mem"
+    for pid in "$@"; do rss_fds "$pid" >>"$out.mem"; done
+    echo go >&7
+    exec 7>&-
+    wait "$load" || die "conns.py from $ns failed: $(tail -n 3 "$out")"
+    grep -q '"phase": "done"' "$out" || die "conns.py from $ns did not finish: $(tail -n 3 "$out")"
+}
+
+bench_scale() {
+    local conns=10000 secs=30 dsl=dsl lte=lte
+    while [ $# -gt 0 ]; do
+        case $1 in
+            --conns) [ $# -ge 2 ] || die "--conns needs a number"; conns=$2; shift ;;
+            --dsl) [ $# -ge 2 ] || die "--dsl needs a profile"; dsl=$2; shift ;;
+            --lte) [ $# -ge 2 ] || die "--lte needs a profile"; lte=$2; shift ;;
+            *) die "unknown option $1 for scale; usage: bench.sh scale [--conns N] [--dsl PROFILE] [--lte PROFILE]" ;;
+        esac
+        shift
+    done
+    [[ $conns =~ ^[0-9]+$ ]] && [ "$conns" -ge 100 ] && [ "$conns" -le 60000 ] ||
+        die "--conns must be 100-60000, got '$conns'"
+    local start=$SECONDS
+    TMP=$(mktemp -d)
+    lab_up --dsl "$dsl" --lte "$lte" >/dev/null
+    # The lab's concentrator config, with room for every connection in the
+    # lab client's own limit.
+    sed 's/^tunnel_v6 = "fd77::2"/&\nmax_connections = 60000/' deploy/lab/concentrator.toml >"$TMP/concentrator.toml"
+    grep -q '^max_connections = 60000' "$TMP/concentrator.toml" || die "deploy/lab/concentrator.toml changed shape"
+    exec_in mpb-srv python3 scripts/lib/conns.py serve 198.51.100.10 7400 >"$TMP/echo.log" 2>&1 &
+    BG_PIDS+=("$!")
+    bulk_server
+    sleep 0.5
+
+    # The baseline: the same load from mpb-cli straight over its default
+    # line (dsl), mpbond not running: what the generator and the line give.
+    echo "  scale: $conns connections direct from mpb-cli (the baseline)" >&2
+    scale_load mpb-cli "$conns" "$TMP/direct.json"
+
+    labq start --concentrator-config "$TMP/concentrator.toml"
+    local client concentrator
+    client=$(lab_pid client)
+    concentrator=$(lab_pid concentrator)
+    { rss_fds "$client"; rss_fds "$concentrator"; } >"$TMP/idle.mem"
+    echo "  scale: a ${secs} s download via mpbond alone" >&2
+    nsx mpb-lan python3 scripts/lib/bulk.py run 198.51.100.10 5300 "$secs" >"$TMP/bulk-alone.json" ||
+        die "the bulk download alone failed"
+    echo "  scale: $conns connections via mpbond from mpb-lan beside the same download" >&2
+    nsx mpb-lan python3 scripts/lib/bulk.py run 198.51.100.10 5300 "$secs" >"$TMP/bulk-beside.json" &
+    local bulk=$!
+    sleep 2
+    scale_load mpb-lan "$conns" "$TMP/mpbond.json" "$client" "$concentrator"
+    wait "$bulk" || die "the bulk download beside the connections failed"
+    # Descriptors back within 30 s of the close.
+    local i
+    for i in $(seq 300); do
+        { rss_fds "$client"; rss_fds "$concentrator"; } >"$TMP/after.mem"
+        [ "$(awk 'NR == 1 {print $2}' "$TMP/after.mem")" -le $(($(awk 'NR == 1 {print $2}' "$TMP/idle.mem") + 8)) ] &&
+            [ "$(awk 'NR == 2 {print $2}' "$TMP/after.mem")" -le $(($(awk 'NR == 2 {print $2}' "$TMP/idle.mem") + 8)) ] && break
+        sleep 0.1
+    done
+    # The daemons give freed memory back every 30 s (sys::TRIM_EVERY).
+    sleep 31
+    { rss_fds "$client"; rss_fds "$concentrator"; } >"$TMP/after.mem"
+    grep -h "open-file limit\|concentrator listening" "$LAB_RUN/client.log" "$LAB_RUN/concentrator.log" |
+        grep -o 'connections=[0-9]*' >"$TMP/caps" || true
+    local rc=0
+    python3 - "$TMP" "$conns" <<'PY' || rc=$?
+import json, os, sys
+tmp, asked = sys.argv[1], int(sys.argv[2])
+def lines(name):
+    return [json.loads(l) for l in open(os.path.join(tmp, name)) if l.startswith("{")]
+def mem(name):
+    return [tuple(int(v) for v in l.split()) for l in open(os.path.join(tmp, name)) if l.strip()]
+caps = [int(l.split("=")[1]) for l in open(os.path.join(tmp, "caps"))]
+print()
+if caps:
+    print(f"{asked} connections asked (and the download); the open-file limits here carry "
+          f"{min(caps)} (client and concentrator say: {', '.join(map(str, caps))})")
+print(f"{'path':<24} {'opened':>7} {'refused':>7} {'open/s':>7} {'open s':>7} "
+      f"{'echo 2':>7} {'lost':>5} {'corrupt':>7}")
+print("-" * 80)
+rates = {}
+for name, label in (("direct.json", "direct (mpb-cli, dsl)"), ("mpbond.json", "mpbond (mpb-lan)")):
+    opened, done = lines(name)
+    rates[name] = opened["per_sec"]
+    print(f"{label:<24} {opened['opened']:>7} {opened['failed']:>7} {opened['per_sec']:>7.0f} "
+          f"{opened['open_secs']:>7.1f} {done['echoed']:>7} {done['lost']:>5} "
+          f"{opened['corrupt'] + done['corrupt']:>7}")
+print(f"mpbond opens connections at {rates['mpbond.json'] / rates['direct.json']:.2f} of the direct rate")
+print()
+opened = lines("mpbond.json")[0]["opened"]
+idle, held, after = mem("idle.mem"), mem("mpbond.json.mem"), mem("after.mem")
+print(f"{'daemon':<13} {'idle RSS':>9} {'fds':>6} | {'all open RSS':>12} {'fds':>6} "
+      f"{'KiB/conn':>8} | {'30 s after':>10} {'fds':>6}")
+print("-" * 80)
+worst = 0.0
+for i, name in enumerate(("client", "concentrator")):
+    per = (held[i][0] - idle[i][0]) / max(opened, 1)
+    worst = max(worst, per)
+    print(f"{name:<13} {idle[i][0] / 1024:>7.1f}MB {idle[i][1]:>6} | {held[i][0] / 1024:>10.1f}MB "
+          f"{held[i][1]:>6} {per:>8.1f} | {after[i][0] / 1024:>8.1f}MB {after[i][1]:>6}")
+print(f"goal: <= 64 KiB of user-space memory per connection at both ends: "
+      f"{'PASS' if worst <= 64 else 'MISS'} ({worst:.1f})")
+alone = json.load(open(os.path.join(tmp, "bulk-alone.json")))
+beside = json.load(open(os.path.join(tmp, "bulk-beside.json")))
+ratio = beside["goodput_bps"] / alone["goodput_bps"] if alone["goodput_bps"] else 0
+print(f"bulk download via mpbond: alone {alone['goodput_bps'] / 1e6:.1f} Mbit/s, beside the "
+      f"connections {beside['goodput_bps'] / 1e6:.1f} Mbit/s ({ratio:.2f}); longest stall "
+      f"beside them {beside['stall_ms']:.0f} ms")
+for name, label in (("direct.json", "direct"), ("mpbond.json", "mpbond")):
+    opened, done = lines(name)
+    if opened["errors"] or done["errors"]:
+        print(f"{label}: errors opening {opened['errors'] or 'none'}, "
+              f"echoing again {done['errors'] or 'none'}")
+opened, done = lines("mpbond.json")
+if done["lost"] or done["corrupt"] or opened["corrupt"]:
+    sys.exit("bench: connections through mpbond lost or corrupted")
+PY
+    echo "bench scale: $((SECONDS - start)) s"
+    trap - EXIT
+    cleanup
+    [ $rc = 0 ] || die "scale measured something wrong (see above)"
+    # What floods and slow peers cost the concentrator, on a lab of its own.
+    bench_floods
+}
+
+[ $# -ge 1 ] || die "usage: bench.sh linkem [--quick] [--status] | tcp [--secs N] [--live] [--dsl PROFILE] [--lte PROFILE]... [--flows N[,N...]] [--all] | failover [--lte PROFILE] | udp [--secs N] [--len BYTES] | quic [--small N] [--bulk N] | scale [--conns N] | floods [--idle N] [--slow N] [--secs S]"
 what=$1
 shift
 case $what in
@@ -1246,6 +1407,7 @@ case $what in
     failover) bench_failover "$@" ;;
     udp) bench_udp "$@" ;;
     quic) bench_quic "$@" ;;
+    scale) bench_scale "$@" ;;
     floods) bench_floods "$@" ;;
-    *) die "unknown benchmark $what; available: linkem, tcp, failover, udp, quic, floods" ;;
+    *) die "unknown benchmark $what; available: linkem, tcp, failover, udp, quic, scale, floods" ;;
 esac

@@ -3,7 +3,7 @@
 # root), and puts cargo on PATH. Source it (`. scripts/deps.sh`) so the PATH
 # change sticks; it does nothing when everything is already there.
 
-_mpb_pkgs=(iproute2 ethtool iperf3 iputils-ping procps psmisc util-linux python3 gcc libc6-dev ca-certificates mptcpize nftables dnsmasq-base tcpdump)
+_mpb_pkgs=(iproute2 ethtool iperf3 iputils-ping procps psmisc util-linux python3 gcc libc6-dev ca-certificates mptcpize nftables dnsmasq-base tcpdump faketime)
 # Userspace WireGuard, bench.sh udp's baseline. Without recommends:
 # wireguard-tools recommends the kernel module, which apt satisfies with a
 # whole kernel image (and initramfs-tools, udev, ...).

@@ -96,7 +96,10 @@
 # when missing), MPBOND_LINKEM (the link emulator; default mpbond-linkem
 # next to the mpbond binary), MPB_CC (TCP congestion control pinned in every
 # namespace; default bbr), MPB_LAB_RUN (state directory; default
-# /run/mpbond-lab).
+# /run/mpbond-lab), MPB_CLIENT_ENV (VAR=VALUE words that start puts in the
+# environment of `mpbond client` in mpb-cli, and only there, e.g. an
+# LD_PRELOAD of libfaketime to step the client's clock; restart client
+# runs the same command again, environment included).
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -728,7 +731,12 @@ cmd_start() {
         say "started: concentrator ($conc_config) and the probe server; no client"
         return 0
     fi
-    spawn client "$bin" client --config "$client_config"
+    local client_env=() word
+    read -ra client_env <<<"${MPB_CLIENT_ENV:-}"
+    for word in "${client_env[@]}"; do
+        [[ $word =~ ^[A-Za-z_][A-Za-z0-9_]*= ]] || die "MPB_CLIENT_ENV: \"$word\" is no VAR=VALUE word"
+    done
+    spawn client env "${client_env[@]}" "$bin" client --config "$client_config"
     local second=0
     if [ -e /run/netns/mpb-cli2 ]; then
         second=1

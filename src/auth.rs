@@ -11,7 +11,11 @@
 //! inside the time window, for this concentrator run's epoch, and never
 //! seen before ([`ReplayGuard`]). A request for another epoch is answered
 //! with [`sign_epoch`]'s authenticated announcement of the current one,
-//! which the client checks with [`verify_epoch`] before signing again.
+//! which the client checks with [`verify_epoch`] before signing again; one
+//! outside the time window is answered (within an answer budget) with the
+//! concentrator's clock and epoch, [`sign_clock`], which the client checks
+//! with [`verify_clock`] before it corrects its clock offset
+//! ([`crate::clock`]) and signs again.
 //!
 //! Everything here is pure except [`Key::generate`], [`Epoch::generate`]
 //! and [`random_nonce`], which read the system's random number generator.
@@ -39,6 +43,9 @@ pub const MAC_DOMAIN: &[u8] = b"mpbond connect v2\0";
 
 /// Domain-separation label of an epoch announcement's MAC.
 const EPOCH_DOMAIN: &[u8] = b"mpbond epoch v1\0";
+
+/// Domain-separation label of a clock answer's MAC.
+const CLOCK_DOMAIN: &[u8] = b"mpbond clock v1\0";
 
 /// Why a key or a nonce could not be made.
 #[derive(Debug, thiserror::Error)]
@@ -250,6 +257,41 @@ pub fn sign_epoch(key: &Key, epoch: Epoch, request: &ConnectRequest) -> [u8; 32]
 /// [`sign_epoch`]); constant time. Only then may a client sign for it.
 pub fn verify_epoch(key: &Key, epoch: Epoch, mac: &[u8; 32], request: &ConnectRequest) -> bool {
     epoch.is_known() && hmac::verify(&key.hmac_key(), &epoch_bytes(epoch, request), mac).is_ok()
+}
+
+/// The MAC with which the concentrator tells its clock `now_ms` and its
+/// `epoch` in answer to `request`, which verified but whose timestamp lies
+/// outside the window (see [`crate::clock`]).
+///
+/// Like [`sign_epoch`] it covers the request's own MAC, so it is good for
+/// that one request only.
+pub fn sign_clock(key: &Key, now_ms: u64, epoch: Epoch, request: &ConnectRequest) -> [u8; 32] {
+    let tag = hmac::sign(&key.hmac_key(), &clock_bytes(now_ms, epoch, request));
+    let mut mac = [0; 32];
+    mac.copy_from_slice(tag.as_ref());
+    mac
+}
+
+/// Whether `mac` tells clock `now_ms` and `epoch` in answer to `request`
+/// (see [`sign_clock`]); constant time. Only then may a client set its
+/// clock offset and sign for that epoch.
+pub fn verify_clock(
+    key: &Key,
+    now_ms: u64,
+    epoch: Epoch,
+    mac: &[u8; 32],
+    request: &ConnectRequest,
+) -> bool {
+    epoch.is_known()
+        && hmac::verify(&key.hmac_key(), &clock_bytes(now_ms, epoch, request), mac).is_ok()
+}
+
+fn clock_bytes(now_ms: u64, epoch: Epoch, request: &ConnectRequest) -> Vec<u8> {
+    let mut bytes = CLOCK_DOMAIN.to_vec();
+    bytes.extend_from_slice(&now_ms.to_be_bytes());
+    bytes.extend_from_slice(&epoch.0.to_be_bytes());
+    bytes.extend_from_slice(&request.auth.mac);
+    bytes
 }
 
 fn epoch_bytes(epoch: Epoch, request: &ConnectRequest) -> Vec<u8> {
@@ -468,7 +510,12 @@ impl Default for ReplayGuard {
 ///   connection: one more round trip after each restart (and for the first
 ///   connection after the client starts), with no one acting. A replayed
 ///   header gets that announcement too, which gives its sender nothing it
-///   did not see on the wire; anything outside the window gets silence.
+///   did not see on the wire. One outside the window is refused as
+///   [`ReplayError::TooOld`] or [`ReplayError::FromFuture`], whatever its
+///   epoch; the concentrator answers that (within a per-client budget)
+///   with its clock and epoch ([`sign_clock`]), so that a client whose
+///   clock stepped carries on (see [`crate::clock`]). Neither answer makes
+///   the guard accept anything it refused before.
 ///
 /// Why not a persisted floor or high-water mark:
 ///
@@ -816,6 +863,38 @@ mod tests {
         assert_ne!(mac, request.auth.mac);
         let unknown = sign_epoch(&key(7), Epoch::UNKNOWN, &request);
         assert!(!verify_epoch(&key(7), Epoch::UNKNOWN, &unknown, &request));
+    }
+
+    #[test]
+    fn a_clock_answer_holds_for_its_request_clock_epoch_and_key_only() {
+        let request = signed(&key(7), EPOCH, nonce(1), NOW - 300_000);
+        let mac = sign_clock(&key(7), NOW, EPOCH, &request);
+        assert!(verify_clock(&key(7), NOW, EPOCH, &mac, &request));
+        assert!(!verify_clock(&key(8), NOW, EPOCH, &mac, &request));
+        // An attacker cannot move the time it tells, nor the epoch.
+        assert!(!verify_clock(&key(7), NOW + 1, EPOCH, &mac, &request));
+        assert!(!verify_clock(
+            &key(7),
+            NOW,
+            Epoch(EPOCH.0 + 1),
+            &mac,
+            &request
+        ));
+        // An old answer replayed to the client's next request.
+        let next = signed(&key(7), EPOCH, nonce(2), NOW - 299_000);
+        assert!(!verify_clock(&key(7), NOW, EPOCH, &mac, &next));
+        // It is neither an epoch announcement nor a connect MAC.
+        assert!(!verify_epoch(&key(7), EPOCH, &mac, &request));
+        assert_ne!(mac, sign_epoch(&key(7), EPOCH, &request));
+        assert_ne!(mac, request.auth.mac);
+        let unknown = sign_clock(&key(7), NOW, Epoch::UNKNOWN, &request);
+        assert!(!verify_clock(
+            &key(7),
+            NOW,
+            Epoch::UNKNOWN,
+            &unknown,
+            &request
+        ));
     }
 
     #[test]

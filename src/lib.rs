@@ -7,6 +7,7 @@
 pub mod auth;
 mod chain;
 pub mod client;
+pub mod clock;
 pub mod concentrator;
 pub mod config;
 pub mod crypto;

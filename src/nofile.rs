@@ -37,18 +37,18 @@ pub fn connections_for(limit: u64) -> u64 {
 /// Raises the process's open-file limit for `connections` concurrent
 /// connections (`what`: "client" or "concentrator", for the log); logs
 /// what it did and warns when the system allows less. Returns the soft
-/// limit now in force.
-pub fn raise_for(what: &str, connections: u64) -> u64 {
+/// limit now in force (`None` if it cannot be read).
+pub fn raise_for(what: &str, connections: u64) -> Option<u64> {
     let wanted = needed(connections);
     let current = match crate::sys::open_file_limit() {
         Ok(current) => current,
         Err(e) => {
             warn!(error = %e, "cannot read the open-file limit (RLIMIT_NOFILE)");
-            return 0;
+            return None;
         }
     };
     let Some(tries) = plan(current, wanted) else {
-        return current.0;
+        return Some(current.0);
     };
     for (soft, hard) in tries {
         if crate::sys::set_open_file_limit(soft, hard).is_ok() {
@@ -70,7 +70,7 @@ pub fn raise_for(what: &str, connections: u64) -> u64 {
                      or ulimit -Hn) to at least the wanted number"
                 );
             }
-            return soft;
+            return Some(soft);
         }
     }
     warn!(
@@ -80,7 +80,7 @@ pub fn raise_for(what: &str, connections: u64) -> u64 {
         "{what}: cannot raise the open-file limit; this caps it at about that many \
          connections: raise LimitNOFILE= in the systemd unit, or ulimit -n"
     );
-    current.0
+    Some(current.0)
 }
 
 #[cfg(test)]

@@ -7,7 +7,12 @@
 //! - **Reset:** an error on either side (a reset, a timeout) resets the
 //!   other with `SO_LINGER` 0, never a clean close: a transfer cut short
 //!   must not look complete. The same happens when the relay is dropped
-//!   midway (the concentrator shutting down).
+//!   midway (the concentrator shutting down), and when the process dies
+//!   (`kill -9`, a crash): both sockets carry `SO_LINGER` 0 from the start
+//!   of the relay until it has ended cleanly, so the kernel resets them
+//!   when it closes a dead process's descriptors. Without that it would
+//!   send a FIN for any socket with nothing unread, and the peer would
+//!   take a download or an upload cut short for a complete one.
 //!
 //! - **Dead peers:** keepalive probes on both sockets end a relay whose
 //!   client or server vanished without a reset, freeing its slot.
@@ -26,8 +31,13 @@ use tracing::debug;
 
 use crate::sendbuf::Sizer;
 
-/// Bytes buffered per direction, allocated once per connection.
-pub(crate) const BUFFER_LEN: usize = 64 * 1024;
+/// Bytes buffered per direction at first: a request or a small answer.
+/// Most connections never need more, and ten thousand of them must fit a
+/// small router (`bench.sh scale`).
+const START_LEN: usize = 4 * 1024;
+/// The most bytes buffered per direction: a read that fills the buffer
+/// doubles it up to this (a bulk transfer reaches it within a few reads).
+const BUFFER_LEN: usize = 64 * 1024;
 
 /// Idle time before keepalive probes start.
 const KEEPALIVE_IDLE: Duration = Duration::from_secs(60);
@@ -106,6 +116,7 @@ pub(crate) async fn relay(
         sockets: [client, server],
         armed: true,
     };
+    guard.reset_on_close(true);
     for stream in [client, server] {
         keepalive(stream);
         // Relayed bytes go out as they come: Nagle would hold a small write
@@ -114,9 +125,9 @@ pub(crate) async fn relay(
             debug!(error = %e, "cannot set TCP_NODELAY");
         }
     }
-    let mut up = vec![0; BUFFER_LEN.max(early.len())].into_boxed_slice();
+    let mut up = vec![0; START_LEN.max(early.len())];
     up[..early.len()].copy_from_slice(early);
-    let mut down = vec![0; BUFFER_LEN].into_boxed_slice();
+    let down = vec![0; START_LEN];
     let (mut to_server, mut to_client) = (None, None);
     match sized {
         Some((Side::Server, sizer)) => to_server = Some(sizer),
@@ -124,27 +135,24 @@ pub(crate) async fn relay(
         None => {}
     }
     let (up, down) = tokio::try_join!(
-        pump(
-            client,
-            server,
-            &mut up,
-            early.len(),
-            Side::Client,
-            to_server
-        ),
-        pump(server, client, &mut down, 0, Side::Server, to_client),
+        pump(client, server, up, early.len(), Side::Client, to_server),
+        pump(server, client, down, 0, Side::Server, to_client),
     )?;
+    // Both directions ended with a FIN each way: close cleanly, after
+    // what is still queued has gone.
+    guard.reset_on_close(false);
     guard.armed = false;
     Ok(Transferred { up, down })
 }
 
 /// Copies `from` → `to` until `from` ends, starting with `buf[..pending]`,
 /// then half-closes `to`; `sizer` sizes `to`'s send buffer as it goes.
-/// Returns the bytes written.
+/// `buf` grows (see [`grown`]) while reads fill it. Returns the bytes
+/// written.
 async fn pump(
     from: &TcpStream,
     to: &TcpStream,
-    buf: &mut [u8],
+    mut buf: Vec<u8>,
     mut pending: usize,
     from_side: Side,
     mut sizer: Option<Sizer>,
@@ -166,10 +174,15 @@ async fn pump(
                 sizer.tick(std::time::Instant::now(), to);
             }
         }
-        pending = read(from, buf).await.map_err(|source| RelayError::Read {
-            side: from_side,
-            source,
-        })?;
+        if let Some(len) = grown(pending, buf.len()) {
+            buf.resize(len, 0);
+        }
+        pending = read(from, &mut buf)
+            .await
+            .map_err(|source| RelayError::Read {
+                side: from_side,
+                source,
+            })?;
         if pending == 0 {
             break;
         }
@@ -178,6 +191,12 @@ async fn pump(
         .shutdown(Shutdown::Write)
         .map_err(write_error)?;
     Ok(total)
+}
+
+/// The new length of a relay buffer of `len` bytes whose last read brought
+/// `read` bytes: double while reads fill it, up to [`BUFFER_LEN`].
+fn grown(read: usize, len: usize) -> Option<usize> {
+    (read >= len && len < BUFFER_LEN).then(|| (len * 2).min(BUFFER_LEN))
 }
 
 /// Reads what is available, waiting for at least one byte or end of stream.
@@ -228,15 +247,25 @@ struct ResetOnDrop<'a> {
     armed: bool,
 }
 
-impl Drop for ResetOnDrop<'_> {
-    fn drop(&mut self) {
-        if !self.armed {
-            return;
-        }
+impl ResetOnDrop<'_> {
+    /// `SO_LINGER` 0 on both sockets (`reset`), or the default graceful
+    /// close again.
+    fn reset_on_close(&self, reset: bool) {
+        let linger = reset.then_some(Duration::ZERO);
         for socket in self.sockets {
             // A socket that cannot take the option is already closed or
             // reset; there is nothing more to do for it.
-            let _ = SockRef::from(socket).set_linger(Some(Duration::ZERO));
+            if let Err(e) = SockRef::from(socket).set_linger(linger) {
+                debug!(error = %e, reset, "cannot set SO_LINGER");
+            }
+        }
+    }
+}
+
+impl Drop for ResetOnDrop<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            self.reset_on_close(true);
         }
     }
 }
@@ -246,6 +275,21 @@ mod tests {
     use super::*;
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
     use tokio::net::TcpListener;
+
+    #[test]
+    fn buffers_start_small_and_double_while_reads_fill_them() {
+        let mut len = START_LEN;
+        assert_eq!(grown(100, len), None, "a small read keeps it");
+        let mut steps = 0;
+        while let Some(next) = grown(len, len) {
+            len = next;
+            steps += 1;
+        }
+        assert_eq!((len, steps), (BUFFER_LEN, 4));
+        assert_eq!(grown(BUFFER_LEN, BUFFER_LEN), None);
+        // Early payload larger than the start: already past it.
+        assert_eq!(grown(70_000, 70_000), None);
+    }
 
     /// A connected pair of loopback TCP streams.
     async fn pair() -> (TcpStream, TcpStream) {
@@ -286,6 +330,96 @@ mod tests {
 
             let transferred = relay.await.expect("join").expect("clean end");
             assert_eq!(transferred, Transferred { up: 10, down: 13 });
+        })
+        .await;
+    }
+
+    /// `SO_LINGER` of `stream`: `Some(0)` means its close is a reset.
+    fn linger(stream: &TcpStream) -> Option<Duration> {
+        SockRef::from(stream).linger().expect("SO_LINGER")
+    }
+
+    #[tokio::test]
+    async fn sockets_reset_on_close_while_relaying_and_close_cleanly_after() {
+        bounded(async {
+            let (mut client, client_end) = pair().await;
+            let (server_end, mut server) = pair().await;
+            let ends = std::sync::Arc::new((client_end, server_end));
+            let relay = {
+                let ends = std::sync::Arc::clone(&ends);
+                tokio::spawn(async move { relay(&ends.0, &ends.1, b"", None).await })
+            };
+            client.write_all(b"x").await.expect("write");
+            let mut one = [0; 1];
+            server.read_exact(&mut one).await.expect("relayed");
+            // Running: were the process to die now, the kernel would reset
+            // both connections instead of ending them with a FIN.
+            assert_eq!(linger(&ends.0), Some(Duration::ZERO));
+            assert_eq!(linger(&ends.1), Some(Duration::ZERO));
+
+            client.shutdown().await.expect("half-close");
+            server.shutdown().await.expect("half-close");
+            let mut rest = Vec::new();
+            server.read_to_end(&mut rest).await.expect("EOF");
+            client.read_to_end(&mut rest).await.expect("EOF");
+            relay.await.expect("join").expect("clean end");
+            // Ended cleanly: closing must let queued bytes go, then FIN.
+            assert_eq!(linger(&ends.0), None);
+            assert_eq!(linger(&ends.1), None);
+        })
+        .await;
+    }
+
+    #[tokio::test]
+    async fn megabytes_both_ways_arrive_intact_as_the_buffers_grow() {
+        bounded(async {
+            let (mut client, client_end) = pair().await;
+            let (server_end, mut server) = pair().await;
+            let relay =
+                tokio::spawn(async move { relay(&client_end, &server_end, b"", None).await });
+            let data: Vec<u8> = (0..3_000_000u32).map(|i| (i * 7 + i / 251) as u8).collect();
+            let (up, down) = (data.clone(), data.clone());
+            let (client_got, server_got) = tokio::join!(
+                async move {
+                    let (mut r, mut w) = client.split();
+                    let (_, got) = tokio::join!(
+                        async {
+                            w.write_all(&up).await.expect("write up");
+                            w.shutdown().await.expect("half-close");
+                        },
+                        async {
+                            let mut got = Vec::new();
+                            r.read_to_end(&mut got).await.expect("read down");
+                            got
+                        }
+                    );
+                    got
+                },
+                async move {
+                    let (mut r, mut w) = server.split();
+                    let (_, got) = tokio::join!(
+                        async {
+                            w.write_all(&down).await.expect("write down");
+                            w.shutdown().await.expect("half-close");
+                        },
+                        async {
+                            let mut got = Vec::new();
+                            r.read_to_end(&mut got).await.expect("read up");
+                            got
+                        }
+                    );
+                    got
+                }
+            );
+            assert!(client_got == data && server_got == data, "bytes differ");
+            let transferred = relay.await.expect("join").expect("clean end");
+            assert_eq!(
+                transferred,
+                Transferred {
+                    up: 3_000_000,
+                    down: 3_000_000
+                }
+            );
         })
         .await;
     }

@@ -20,6 +20,7 @@ use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
+use harness::udp::{echo_once, Echo};
 use harness::{in_ns, ns_ok, ping, run_in, Lab, Pattern};
 
 const SRV: &str = "mpb-srv";
@@ -31,70 +32,6 @@ const ECHO_PORT: u16 = 7400;
 /// The longest a blackholed line may interrupt a stream of datagrams: the
 /// failover goal.
 const FAILOVER_GOAL: Duration = Duration::from_millis(300);
-
-/// A UDP echo server in a namespace: answers each datagram with the
-/// sender's address, a newline, then the datagram. Stops when dropped.
-struct Echo {
-    stop: Arc<AtomicBool>,
-    threads: Vec<thread::JoinHandle<()>>,
-}
-
-impl Echo {
-    fn start(ns: &str, addrs: &[SocketAddr]) -> Self {
-        let stop = Arc::new(AtomicBool::new(false));
-        let mut threads = Vec::new();
-        for &addr in addrs {
-            let stop = Arc::clone(&stop);
-            let (tx, rx) = std::sync::mpsc::channel();
-            threads.push(in_ns(ns, move || {
-                let socket = UdpSocket::bind(addr).unwrap_or_else(|e| panic!("bind {addr}: {e}"));
-                socket
-                    .set_read_timeout(Some(Duration::from_millis(100)))
-                    .expect("timeout");
-                let _ = tx.send(());
-                let mut buf = vec![0; 65_536];
-                while !stop.load(Ordering::Relaxed) {
-                    let Ok((n, from)) = socket.recv_from(&mut buf) else {
-                        continue;
-                    };
-                    let mut answer = format!("{}\n", from.ip()).into_bytes();
-                    answer.extend_from_slice(&buf[..n]);
-                    let _ = socket.send_to(&answer, from);
-                }
-            }));
-            rx.recv_timeout(Duration::from_secs(5))
-                .expect("the echo server binds");
-        }
-        Self { stop, threads }
-    }
-}
-
-impl Drop for Echo {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        for thread in self.threads.drain(..) {
-            let _ = thread.join();
-        }
-    }
-}
-
-/// Sends `payload` to `to` and waits up to `wait` for the echo; the
-/// address the server saw, if it answered with the same payload.
-fn echo_once(socket: &UdpSocket, to: SocketAddr, payload: &[u8], wait: Duration) -> Option<IpAddr> {
-    socket.send_to(payload, to).ok()?;
-    socket.set_read_timeout(Some(wait)).ok()?;
-    let mut buf = vec![0; 65_536];
-    let deadline = Instant::now() + wait;
-    while Instant::now() < deadline {
-        let Ok(n) = socket.recv(&mut buf) else { break };
-        let answer = &buf[..n];
-        let newline = answer.iter().position(|&b| b == b'\n')?;
-        if &answer[newline + 1..] == payload {
-            return std::str::from_utf8(&answer[..newline]).ok()?.parse().ok();
-        }
-    }
-    None
-}
 
 /// What the server saw for each of `sizes` payloads sent from the LAN
 /// host to `server`.

@@ -7,9 +7,9 @@
 //! Besides "no panic", it checks that a header's length is bounded, that
 //! the MAC only verifies for the request that was signed (re-signing an
 //! accepted request with the test key verifies; one changed bit of the
-//! destination does not), that an epoch announcement verifies only with
-//! its genuine MAC, and that the length `header_len` announces is the
-//! length `decode` takes.
+//! destination does not), that an epoch announcement and a clock answer
+//! verify only with their genuine MAC, and that the length `header_len`
+//! announces is the length `decode` takes.
 //!
 //! Seeds: `fuzz/corpus/convert/`, written by the unit test
 //! `wire::convert::tests::write_fuzz_corpus`.
@@ -72,23 +72,33 @@ fuzz_target!(|data: &[u8]| {
         assert_eq!(Some(used), announced);
         let encoded = response.encode();
         assert_eq!(Response::decode(&encoded), Ok((response, encoded.len())));
-        // An epoch announcement holds only for the request it answers.
+        // An epoch announcement or a clock answer holds only for the
+        // request it answers.
+        let key = Key::from_bytes([7; 32]);
+        let request = auth::sign_request(
+            &key,
+            "lab".parse().expect("valid id"),
+            SocketAddr::from(([198, 51, 100, 10], 80)),
+            auth::Epoch::UNKNOWN,
+            [0x5a; 16],
+            1_795_000_000_000,
+        );
         if let Response::StaleEpoch { epoch, mac } = response {
-            let key = Key::from_bytes([7; 32]);
-            let request = auth::sign_request(
-                &key,
-                "lab".parse().expect("valid id"),
-                SocketAddr::from(([198, 51, 100, 10], 80)),
-                auth::Epoch::UNKNOWN,
-                [0x5a; 16],
-                1_795_000_000_000,
-            );
             let epoch = auth::Epoch::from_u64(epoch);
             let genuine = auth::sign_epoch(&key, epoch, &request);
             assert_eq!(
                 auth::verify_epoch(&key, epoch, &mac, &request),
                 mac == genuine && epoch.is_known()
             );
+        }
+        if let Response::StaleClock { now_ms, epoch, mac } = response {
+            let epoch = auth::Epoch::from_u64(epoch);
+            let genuine = auth::sign_clock(&key, now_ms, epoch, &request);
+            assert_eq!(
+                auth::verify_clock(&key, now_ms, epoch, &mac, &request),
+                mac == genuine && epoch.is_known()
+            );
+            assert!(!auth::verify_clock(&key, now_ms ^ 1, epoch, &genuine, &request));
         }
     }
 });

@@ -6,8 +6,9 @@
 use std::net::IpAddr;
 use std::ops::Range;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
-use tracing::{debug, info, trace};
+use tracing::{debug, info, trace, warn};
 
 use super::datagram::Sockets;
 use super::redirect::{Decision, Flow, FlowKey};
@@ -39,6 +40,7 @@ pub(super) async fn run(shared: Arc<Shared>) -> Result<(), ClientError> {
     let mut sockets: Sockets = Default::default();
     let mut sends = Vec::new();
     let mut replies = Vec::new();
+    let mut full = FullLog::default();
     loop {
         let n = shared
             .tun
@@ -65,6 +67,10 @@ pub(super) async fn run(shared: Arc<Shared>) -> Result<(), ClientError> {
             match decision {
                 Decision::Forward => send(&shared, packet).await,
                 Decision::Reply(reply) => send(&shared, &reply).await,
+                Decision::Full(reply) => {
+                    full.refused(std::time::Instant::now(), shared.table().open());
+                    send(&shared, &reply).await;
+                }
                 Decision::Hold(key, flow) => {
                     tokio::spawn(hold(shared.clone(), key, flow, packet.to_vec()));
                 }
@@ -88,6 +94,39 @@ pub(super) async fn run(shared: Arc<Shared>) -> Result<(), ClientError> {
         for reply in replies.drain(..) {
             send(&shared, &reply).await;
         }
+    }
+}
+
+/// How often at most the client says it reset new flows for want of
+/// descriptors.
+const FULL_LOG_EVERY: Duration = Duration::from_secs(10);
+
+/// Counts new flows reset because the flow table is full and says so at
+/// most every [`FULL_LOG_EVERY`]: a LAN host opening flows in a loop must
+/// not fill the log.
+#[derive(Debug, Default)]
+struct FullLog {
+    since: Option<Instant>,
+    unlogged: u64,
+}
+
+impl FullLog {
+    fn refused(&mut self, now: Instant, open: usize) {
+        self.unlogged += 1;
+        if self
+            .since
+            .is_some_and(|since| now.saturating_duration_since(since) < FULL_LOG_EVERY)
+        {
+            return;
+        }
+        warn!(
+            reset = std::mem::take(&mut self.unlogged),
+            open,
+            "new connections from the LAN reset: as many flows are open as the open-file \
+             limit carries (see the open-file limit warning at start; raise LimitNOFILE= \
+             or ulimit -Hn)"
+        );
+        self.since = Some(now);
     }
 }
 

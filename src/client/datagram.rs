@@ -31,9 +31,11 @@ use std::collections::VecDeque;
 use std::net::{IpAddr, SocketAddr};
 use std::ops::Range;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use tracing::{debug, info, trace};
+
+use super::clock::Clock;
 
 use crate::crypto::cookie::RateLimiter;
 use crate::crypto::session::SessionError;
@@ -138,6 +140,9 @@ pub(super) struct Datagrams {
     v6: Option<IpAddr>,
     /// The config's cap on the MTU.
     mtu_cap: Option<u16>,
+    /// The clock of handshake timestamps (the concentrator's, as far as
+    /// the client knows it).
+    clock: Arc<Clock>,
 }
 
 impl std::fmt::Debug for Datagrams {
@@ -176,23 +181,18 @@ pub(super) enum Outgoing {
     Nothing,
 }
 
-fn unix_now() -> Duration {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default()
-}
-
 impl Datagrams {
     /// A tunnel to `concentrator` with this identity, for uplinks with
-    /// these settings (config order), its MTU at most `mtu_cap`.
+    /// these settings (config order), from tunnel addresses `(v4, v6)`, its
+    /// MTU at most `mtu_cap`, its handshakes stamped by `clock`.
     pub(super) fn new(
         identity: (StaticSecret, PublicKey),
         concentrator: SocketAddr,
         scheduler: SchedulerConfig,
         uplinks: &[PathSettings],
-        v4: IpAddr,
-        v6: Option<IpAddr>,
+        (v4, v6): (IpAddr, Option<IpAddr>),
         mtu_cap: Option<u16>,
+        clock: Arc<Clock>,
     ) -> Self {
         let now = Instant::now();
         let mut sched = Scheduler::new(scheduler, now);
@@ -227,6 +227,7 @@ impl Datagrams {
             v4,
             v6,
             mtu_cap,
+            clock,
         }
     }
 
@@ -366,7 +367,7 @@ impl Datagrams {
                 } else {
                     state.no_session += 1;
                 }
-                run_timers(state, now);
+                run_timers(state, now, &self.clock);
                 Outgoing::Send(drain(state))
             }
         }
@@ -523,7 +524,7 @@ impl Datagrams {
     fn on_tick(&self) -> Vec<(Arc<UdpSocket>, Vec<u8>)> {
         let now = Instant::now();
         let mut state = self.state();
-        run_timers(&mut state, now);
+        run_timers(&mut state, now, &self.clock);
         if now.saturating_duration_since(state.drop_log.1) >= LOG_WINDOW {
             state.drop_log.1 = now;
             let dropped = state.drop_log.0.end_window();
@@ -611,12 +612,12 @@ fn announce(state: &mut State, now: Instant, sends: &mut Vec<(Arc<UdpSocket>, Ve
 /// socket: an initiation made before then would be dropped, and the
 /// initiator, counting it as sent, would retry only after the rekey
 /// timeout (5 s of no datagrams after a start).
-fn run_timers(state: &mut State, now: Instant) {
+fn run_timers(state: &mut State, now: Instant, clock: &Clock) {
     if !state.sockets.iter().any(Option::is_some) {
         return;
     }
     if state.initiator.poll_timeout().is_some_and(|at| at <= now) {
-        if let Err(e) = state.initiator.handle_timeout(now, unix_now()) {
+        if let Err(e) = state.initiator.handle_timeout(now, clock.unix_now()) {
             debug!(error = %e, "datagram tunnel timers");
         }
     }
@@ -891,9 +892,9 @@ mod tests {
             "127.0.0.1:7300".parse().expect("addr"),
             SchedulerConfig::default(),
             &[PathSettings::default()],
-            "10.77.0.2".parse().expect("addr"),
+            ("10.77.0.2".parse().expect("addr"), None),
             None,
-            None,
+            Arc::new(Clock::new()),
         );
         assert!(
             datagrams.on_tick().is_empty(),
@@ -947,9 +948,9 @@ mod tests {
             "127.0.0.1:7300".parse().expect("addr"),
             SchedulerConfig::default(),
             &vec![PathSettings::default(); uplinks],
-            "10.77.0.2".parse().expect("addr"),
+            ("10.77.0.2".parse().expect("addr"), None),
             None,
-            None,
+            Arc::new(Clock::new()),
         );
         (datagrams, responder)
     }

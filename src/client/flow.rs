@@ -44,7 +44,7 @@ pub(super) async fn accept_loop(
             reset(&stream);
             continue;
         };
-        tokio::spawn(serve(shared.clone(), key, flow, stream));
+        shared.spawn_flow(serve(shared.clone(), key, flow, stream));
     }
 }
 

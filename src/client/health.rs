@@ -557,7 +557,7 @@ fn send_probe(shared: &Shared, index: usize, line: &Line, seq: u64) {
         kind: Kind::Request,
         client_id: tunnels.id.clone(),
         seq,
-        sent_ms: auth::unix_ms(),
+        sent_ms: tunnels.clock.stamp_probe(index, seq),
     };
     let bytes = request.encode(&auth::sign_probe(&tunnels.key, &request.body()));
     if let Err(e) = socket.try_send_to(&bytes, tunnels.concentrator) {
@@ -611,11 +611,22 @@ impl Reader {
                 else {
                     continue;
                 };
-                if reply.kind != Kind::Reply
+                if reply.kind == Kind::Request
                     || reply.client_id != tunnels.id
                     || !auth::verify_probe(&tunnels.key, body, &mac)
                 {
                     continue;
+                }
+                // Refused for its timestamp, but answered: the line works,
+                // and the concentrator's clock corrects ours.
+                if let Kind::Clock { concentrator_ms } = reply.kind {
+                    tunnels.clock.probe_answer(
+                        self.index,
+                        reply.seq,
+                        reply.sent_ms,
+                        concentrator_ms,
+                        at,
+                    );
                 }
                 answers.push(reply.seq);
             }

@@ -8,6 +8,7 @@
 //! family; one per flow opens its tunnel and relays; one expires old flows.
 
 mod capture;
+mod clock;
 mod datagram;
 mod flow;
 mod health;
@@ -40,6 +41,15 @@ pub const LISTEN_PORT: u16 = 7301;
 
 /// How often old flows are expired.
 const EXPIRE_EVERY: Duration = Duration::from_secs(5);
+
+/// At shutdown, how long the relayed flows' tasks may take to end once
+/// aborted (each only closes two sockets).
+const FLOWS_END_WITHIN: Duration = Duration::from_secs(1);
+
+/// At shutdown, how long the capture keeps running after the flows were
+/// reset, to carry their resets out of the TUN to the LAN hosts (each is
+/// one packet the kernel queued on the TUN when the socket closed).
+const RESETS_DRAIN: Duration = Duration::from_millis(100);
 
 /// Why the client could not start or stopped.
 #[derive(Debug, thiserror::Error)]
@@ -131,6 +141,9 @@ struct Shared {
     joins: Arc<joins::JoinWatch>,
     /// The datagram tunnel, if the config has one.
     datagrams: Option<Arc<datagram::Datagrams>>,
+    /// The relayed flows' tasks, so that shutdown can reset them while the
+    /// capture still carries the resets to the LAN hosts.
+    flows: Mutex<JoinSet<()>>,
     start: Instant,
 }
 
@@ -146,6 +159,37 @@ impl Shared {
         self.table.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    fn flows(&self) -> MutexGuard<'_, JoinSet<()>> {
+        self.flows.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Runs `flow` as one of the relayed flows' tasks (forgetting those
+    /// that ended).
+    fn spawn_flow(&self, flow: impl Future<Output = ()> + Send + 'static) {
+        let mut flows = self.flows();
+        while flows.try_join_next().is_some() {}
+        flows.spawn(flow);
+    }
+
+    /// Resets every relayed flow, and gives the capture the time to carry
+    /// the resets to the LAN hosts: stopped without this, the client would
+    /// leave each LAN host waiting on a connection nobody serves (a host
+    /// that only receives would never learn of it).
+    async fn reset_flows(&self) {
+        let mut flows = std::mem::take(&mut *self.flows());
+        if flows.is_empty() {
+            return;
+        }
+        info!(flows = flows.len(), "resetting the relayed flows");
+        // An aborted relay closes both its sockets with SO_LINGER 0.
+        flows.abort_all();
+        let _ = tokio::time::timeout(FLOWS_END_WITHIN, async {
+            while flows.join_next().await.is_some() {}
+        })
+        .await;
+        tokio::time::sleep(RESETS_DRAIN).await;
+    }
+
     fn parked(&self) -> MutexGuard<'_, HashMap<FlowKey, (Instant, Tunnel)>> {
         self.parked.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -155,7 +199,10 @@ impl Shared {
 /// everything it installed before returning.
 pub async fn run(config: ClientConfig, shutdown: impl Future) -> Result<(), ClientError> {
     // Two descriptors per flow: the LAN host's socket and its tunnel.
-    crate::nofile::raise_for("client", redirect::MAX_FLOWS as u64);
+    let limit = crate::nofile::raise_for("client", redirect::MAX_FLOWS as u64);
+    let max_flows = limit
+        .and_then(|limit| usize::try_from(crate::nofile::connections_for(limit)).ok())
+        .map_or(redirect::MAX_FLOWS, |n| n.min(redirect::MAX_FLOWS));
     let tun_config = &config.tun;
     let tun = DeviceBuilder::new()
         .name(tun_config.name.clone())
@@ -190,6 +237,7 @@ pub async fn run(config: ClientConfig, shutdown: impl Future) -> Result<(), Clie
         nat,
     )
     .await?;
+    let clock = Arc::new(clock::Clock::new());
     let datagrams = match (&config.datagram, &config.identity) {
         (Some(dg), Some(identity)) => {
             let settings: Vec<_> = config
@@ -202,9 +250,9 @@ pub async fn run(config: ClientConfig, shutdown: impl Future) -> Result<(), Clie
                 SocketAddr::new(config.concentrator.ip(), dg.port),
                 dg.scheduler(),
                 &settings,
-                dg.address_v4.into(),
-                dg.address_v6.map(Into::into),
+                (dg.address_v4.into(), dg.address_v6.map(Into::into)),
                 dg.mtu,
+                Arc::clone(&clock),
             )))
         }
         _ => None,
@@ -250,7 +298,7 @@ pub async fn run(config: ClientConfig, shutdown: impl Future) -> Result<(), Clie
         tun_name: tun_config.name.clone(),
         addrs,
         mode: config.connect_mode,
-        table: Mutex::new(FlowTable::new(addrs, config.connect_mode)),
+        table: Mutex::new(FlowTable::with_limit(addrs, config.connect_mode, max_flows)),
         parked: Mutex::new(HashMap::new()),
         tunnels: Tunnels {
             concentrator: config.concentrator,
@@ -261,9 +309,11 @@ pub async fn run(config: ClientConfig, shutdown: impl Future) -> Result<(), Clie
             send_buffer: config.send_buffer,
             warm: WarmPool::new(config.warm_connections, config.warm_max_age),
             epoch: std::sync::atomic::AtomicU64::new(crate::auth::Epoch::UNKNOWN.as_u64()),
+            clock,
         },
         joins,
         datagrams,
+        flows: Mutex::new(JoinSet::new()),
         start: Instant::now(),
     });
 
@@ -300,6 +350,8 @@ pub async fn run(config: ClientConfig, shutdown: impl Future) -> Result<(), Clie
         }
         Some(ended) = tasks.join_next() => ended,
     };
+    // The capture still runs: it carries the flows' resets to the LAN.
+    shared.reset_flows().await;
     tasks.set.shutdown().await;
     drop(shared);
     // Also after a task failed or panicked; waits until it is all gone.
@@ -366,8 +418,13 @@ fn listen(addr: SocketAddr) -> Result<TcpListener, ClientError> {
 
 async fn expire_loop(shared: Arc<Shared>) -> Result<(), ClientError> {
     let mut tick = tokio::time::interval(EXPIRE_EVERY);
+    let mut trimmed = Instant::now();
     loop {
         tick.tick().await;
+        if trimmed.elapsed() >= crate::sys::TRIM_EVERY {
+            crate::sys::trim_free_memory();
+            trimmed = Instant::now();
+        }
         shared.table().expire(shared.now());
         shared
             .parked()

@@ -112,6 +112,9 @@ pub enum Decision {
     /// Answer the sender with this packet (a reset): the flow is unknown
     /// (e.g. from before a restart) or the table is full.
     Reply(Vec<u8>),
+    /// A new flow while as many flows are open as the table allows: answer
+    /// the SYN with this reset.
+    Full(Vec<u8>),
     /// Not something the redirect handles; drop it.
     Drop(DropReason),
 }
@@ -146,23 +149,47 @@ pub struct FlowTable {
     by_key: HashMap<FlowKey, Entry>,
     by_flow: HashMap<Flow, FlowKey>,
     next_port: [u16; 2],
+    /// Flows not yet closed: each holds descriptors (its LAN socket and
+    /// its tunnel) once a relay carries it.
+    open: usize,
+    /// The most open flows allowed: past it new flows are reset, so the
+    /// process never runs out of descriptors mid-relay.
+    max_open: usize,
 }
 
 impl FlowTable {
     /// An empty table.
     pub fn new(addrs: RedirectAddrs, mode: ConnectMode) -> Self {
+        Self::with_limit(addrs, mode, MAX_FLOWS)
+    }
+
+    /// An empty table that resets new flows while `max_open` flows are
+    /// open (not yet closed), e.g. what the open-file limit carries.
+    pub fn with_limit(addrs: RedirectAddrs, mode: ConnectMode, max_open: usize) -> Self {
         Self {
             addrs,
             mode,
             by_key: HashMap::new(),
             by_flow: HashMap::new(),
             next_port: [FIRST_PORT; 2],
+            open: 0,
+            max_open,
         }
     }
 
-    /// Number of flows in the table.
+    /// Number of flows in the table (closed ones still lingering too).
     pub fn len(&self) -> usize {
         self.by_key.len()
+    }
+
+    /// Number of flows not yet closed.
+    pub fn open(&self) -> usize {
+        self.open
+    }
+
+    /// Whether a new flow would be refused because `max_open` are open.
+    pub fn is_full(&self) -> bool {
+        self.open >= self.max_open
     }
 
     /// `true` when no flow is in the table.
@@ -200,7 +227,22 @@ impl FlowTable {
             client: src,
             server: dst,
         };
-        if let Some(&key) = self.by_flow.get(&flow) {
+        let mut known = self.by_flow.get(&flow).copied();
+        if let Some(key) = known {
+            let reopened = flags.syn && !flags.ack && !flags.rst;
+            if reopened
+                && matches!(self.by_key.get(&key), Some(e) if matches!(e.state, State::Closed(_)))
+            {
+                // The LAN host opens a new connection with the 4-tuple of
+                // one that closed moments ago (its port was free again on
+                // its side): a new flow on a new fake port. On the old
+                // port the listener's side of the old connection may
+                // still be in TIME_WAIT, and the relay is gone.
+                self.remove(key);
+                known = None;
+            }
+        }
+        if let Some(key) = known {
             let Some(entry) = self.by_key.get_mut(&key) else {
                 return Decision::Drop(DropReason::Unknown);
             };
@@ -218,6 +260,12 @@ impl FlowTable {
             }
             return match build_rst_for(&packet) {
                 Some(rst) => Decision::Reply(rst),
+                None => Decision::Drop(DropReason::Unknown),
+            };
+        }
+        if self.is_full() {
+            return match build_rst_for(&packet) {
+                Some(rst) => Decision::Full(rst),
                 None => Decision::Drop(DropReason::Unknown),
             };
         }
@@ -241,6 +289,7 @@ impl FlowTable {
             },
         );
         self.by_flow.insert(flow, key);
+        self.open += 1;
         if state == State::Held {
             return Decision::Hold(key, flow);
         }
@@ -297,6 +346,9 @@ impl FlowTable {
     /// [`CLOSED_LINGER`], then the port is free again.
     pub fn closed(&mut self, now: Duration, key: FlowKey) {
         if let Some(entry) = self.by_key.get_mut(&key) {
+            if !matches!(entry.state, State::Closed(_)) {
+                self.open -= 1;
+            }
             entry.state = State::Closed(now);
         }
     }
@@ -323,6 +375,9 @@ impl FlowTable {
     fn remove(&mut self, key: FlowKey) {
         if let Some(entry) = self.by_key.remove(&key) {
             self.by_flow.remove(&entry.flow);
+            if !matches!(entry.state, State::Closed(_)) {
+                self.open -= 1;
+            }
         }
     }
 
@@ -631,6 +686,75 @@ mod tests {
         assert_eq!(t.len(), 1);
         t.expire(closed_at + CLOSED_LINGER);
         assert!(t.is_empty());
+    }
+
+    #[test]
+    fn a_new_connection_on_a_closed_flows_four_tuple_gets_a_new_port() {
+        let mut t = FlowTable::new(addrs(), ConnectMode::Fast);
+        let mut syn = tcp(LAN, SRV, SYN, b"");
+        assert_eq!(t.handle(Duration::ZERO, &mut syn), Decision::Forward);
+        let (fake, _) = endpoints(&syn);
+        let (key, _) = t.claim(fake).expect("claimed");
+        // A retransmitted SYN of the running flow keeps its port.
+        let mut again = tcp(LAN, SRV, SYN, b"");
+        assert_eq!(t.handle(Duration::ZERO, &mut again), Decision::Forward);
+        assert_eq!(endpoints(&again).0, fake);
+        t.closed(Duration::from_secs(1), key);
+
+        // Seconds later the LAN host reuses its port for the same server.
+        let mut reused = tcp(LAN, SRV, SYN, b"");
+        assert_eq!(
+            t.handle(Duration::from_secs(2), &mut reused),
+            Decision::Forward
+        );
+        let (new_fake, _) = endpoints(&reused);
+        assert_ne!(new_fake, fake, "the old port may still be in TIME_WAIT");
+        assert!(
+            t.claim(new_fake).is_some(),
+            "the new connection is the redirect's own"
+        );
+        assert_eq!((t.open(), t.len()), (1, 1));
+        // A late packet of the old connection (not a SYN) is the new
+        // flow's now: it goes to the new port, as any NAT would do.
+        let mut ack = tcp(LAN, SRV, ACK, b"");
+        assert_eq!(
+            t.handle(Duration::from_secs(2), &mut ack),
+            Decision::Forward
+        );
+        assert_eq!(endpoints(&ack).0, new_fake);
+    }
+
+    #[test]
+    fn past_the_open_flow_limit_new_flows_are_reset_until_one_closes() {
+        let mut t = FlowTable::with_limit(addrs(), ConnectMode::Fast, 2);
+        let mut first = tcp("192.168.77.2:40001", SRV, SYN, b"");
+        let mut second = tcp("192.168.77.2:40002", SRV, SYN, b"");
+        assert_eq!(t.handle(Duration::ZERO, &mut first), Decision::Forward);
+        assert_eq!(t.handle(Duration::ZERO, &mut second), Decision::Forward);
+        let mut third = tcp("192.168.77.2:40003", SRV, SYN, b"");
+        let Decision::Full(rst) = t.handle(Duration::ZERO, &mut third.clone()) else {
+            panic!("a third flow past the limit of 2 must be reset");
+        };
+        let rst = TcpPacket::new_checked(&rst[..]).expect("a TCP reset");
+        assert!(rst.flags().rst);
+        assert_eq!(rst.dst(), "192.168.77.2:40003".parse().expect("addr"));
+        assert!(t.is_full());
+
+        // A closed flow lingers but holds no descriptors: room again.
+        let (key, _) = t.claim(endpoints(&first).0).expect("claimed");
+        t.closed(Duration::from_secs(1), key);
+        assert_eq!((t.open(), t.len()), (1, 2));
+        assert_eq!(
+            t.handle(Duration::from_secs(1), &mut third),
+            Decision::Forward
+        );
+        assert!(t.is_full());
+        // Expiry of the lingering one does not count it twice.
+        for syn in [&second, &third] {
+            t.claim(endpoints(syn).0).expect("relayed");
+        }
+        t.expire(Duration::from_secs(1) + CLOSED_LINGER);
+        assert_eq!((t.open(), t.len()), (2, 2));
     }
 
     #[test]

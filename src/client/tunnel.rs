@@ -7,13 +7,16 @@
 //! with its new epoch under a MAC bound to that header; the tunnel then
 //! signs again and retries once on a new connection. Nothing was forwarded,
 //! so the LAN host's first bytes go again safely (see
-//! [`crate::auth::ConnectGuard`]).
+//! [`crate::auth::ConnectGuard`]). Likewise, a header whose timestamp the
+//! concentrator finds outside its window (this host's clock stepped, or
+//! is off) is answered with the concentrator's clock and epoch: the client
+//! corrects its clock offset ([`super::clock`]) and retries once.
 
 use std::collections::VecDeque;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use socket2::{Domain, Protocol, SockAddr, SockRef, Socket, Type};
@@ -22,6 +25,7 @@ use tokio::net::TcpStream;
 use tokio::sync::Notify;
 use tracing::{debug, info, warn};
 
+use super::clock::{Clock, Told};
 use crate::auth::{self, Epoch, Key};
 use crate::config::SendBuffer;
 use crate::sys;
@@ -66,6 +70,8 @@ pub(super) struct Tunnels {
     /// The concentrator epoch headers are signed for: the last one it
     /// announced ([`Epoch::as_u64`]), 0 ([`Epoch::UNKNOWN`]) until then.
     pub(super) epoch: AtomicU64,
+    /// The clock headers (and probes, and handshakes) are stamped with.
+    pub(super) clock: Arc<Clock>,
 }
 
 /// How long after the last new flow warm tunnels are kept: an idle site
@@ -213,6 +219,27 @@ pub(super) enum TunnelError {
         /// Its epoch, now the one headers are signed for.
         epoch: Epoch,
     },
+    /// The concentrator refused the header as outside its clock window and
+    /// told its clock and epoch; the clock offset now follows it, and
+    /// signing again is the cure.
+    #[error(
+        "the concentrator {concentrator} found the header's timestamp outside its window \
+         (this host's clock is off or stepped): nothing was forwarded; sign again on its clock"
+    )]
+    StaleClock {
+        /// The concentrator.
+        concentrator: SocketAddr,
+    },
+    /// A clock answer whose MAC does not verify.
+    #[error(
+        "the concentrator {concentrator} sent a clock answer that does not verify with this \
+         client's key: it was forged on the way, or the concentrator has another key for \
+         this client"
+    )]
+    BadClock {
+        /// The concentrator.
+        concentrator: SocketAddr,
+    },
     /// An epoch announcement whose MAC does not verify.
     #[error(
         "the concentrator {concentrator} announced an epoch that does not verify with this \
@@ -267,6 +294,7 @@ impl Tunnels {
             let mut warm = self.warm.take();
             let mut closed_retry = true;
             let mut epoch_retry = true;
+            let mut clock_retry = true;
             loop {
                 let (stream, is_warm) = match warm.take() {
                     Some(stream) => (stream, true),
@@ -298,6 +326,12 @@ impl Tunnels {
                     Err(e @ TunnelError::StaleEpoch { .. }) if epoch_retry => {
                         epoch_retry = false;
                         debug!(error = %e, "signing again for the concentrator's epoch");
+                    }
+                    // Likewise; the header will now carry the
+                    // concentrator's time (and epoch).
+                    Err(e @ TunnelError::StaleClock { .. }) if clock_retry => {
+                        clock_retry = false;
+                        debug!(error = %e, "signing again on the concentrator's clock");
                     }
                     result => return result,
                 }
@@ -380,7 +414,8 @@ impl Tunnels {
             concentrator,
             source,
         };
-        let now_ms = auth::unix_ms();
+        let sent = Instant::now();
+        let now_ms = self.clock.now_ms();
         let request = auth::sign_request(
             &self.key,
             self.id.clone(),
@@ -444,6 +479,19 @@ impl Tunnels {
                     concentrator,
                     epoch,
                 })
+            }
+            Response::StaleClock { now_ms, epoch, mac } => {
+                let epoch = Epoch::from_u64(epoch);
+                if !auth::verify_clock(&self.key, now_ms, epoch, &mac, &request) {
+                    return Err(TunnelError::BadClock { concentrator });
+                }
+                self.clock
+                    .learn(now_ms, sent, Instant::now(), Told::Connect);
+                let before = self.epoch.swap(epoch.as_u64(), Ordering::Relaxed);
+                if before != epoch.as_u64() {
+                    info!(%epoch, "the concentrator announced a new epoch with its clock; signing for it");
+                }
+                Err(TunnelError::StaleClock { concentrator })
             }
         }
     }

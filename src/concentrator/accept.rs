@@ -6,19 +6,22 @@
 //! TLV: a scanner learns nothing about what listens here. Only an
 //! authenticated client is told why it was refused; a recent header signed
 //! for another concentrator run (before this one started) gets the current
-//! epoch, so that its client can sign again (see [`auth::ConnectGuard`]).
+//! epoch, so that its client can sign again (see [`auth::ConnectGuard`]),
+//! and one whose timestamp lies outside the window gets this host's clock
+//! and epoch, within a budget per client (see [`crate::clock`]).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::ops::Range;
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncRead, AsyncReadExt as _};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::policy::{Denied, Policy};
 use crate::auth::{self, ConnectGuard, Epoch, Key, ReplayError};
+use crate::clock::AnswerBudget;
 use crate::config::concentrator::ClientConfig;
 use crate::wire::convert::{
     self, ClientId, ConnectRequest, DecodeError, Response, MAX_MESSAGE_LEN,
@@ -33,6 +36,8 @@ pub(super) struct Client {
     pub(super) id: ClientId,
     key: Key,
     replay: Mutex<ConnectGuard>,
+    /// Clock answers left for this client (connect headers and probes).
+    clock_answers: Mutex<AnswerBudget>,
     connections: Arc<Semaphore>,
     pub(super) max_connections: usize,
 }
@@ -99,6 +104,20 @@ pub(super) enum Rejected {
         /// The announcement of the current epoch, for this request.
         answer: Response,
     },
+    /// The request is authentic but its timestamp lies outside the window
+    /// around this host's clock: refused, and answered with `answer` (this
+    /// host's clock and epoch) instead of silence.
+    #[error("client {id}: connect header refused; told this host's clock")]
+    StaleClock {
+        /// The client.
+        id: ClientId,
+        /// How far off ([`ReplayError::TooOld`] or
+        /// [`ReplayError::FromFuture`]).
+        #[source]
+        source: ReplayError,
+        /// The clock answer, for this request.
+        answer: Response,
+    },
 }
 
 impl Rejected {
@@ -111,13 +130,14 @@ impl Rejected {
                 | Self::BadMac(_)
                 | Self::Replay { .. }
                 | Self::StaleEpoch { .. }
+                | Self::StaleClock { .. }
         )
     }
 
-    /// What the peer is told: only a stale epoch gets an answer.
+    /// What the peer is told: only a stale epoch or clock gets an answer.
     pub(super) fn answer(&self) -> Option<Response> {
         match self {
-            Self::StaleEpoch { answer, .. } => Some(*answer),
+            Self::StaleEpoch { answer, .. } | Self::StaleClock { answer, .. } => Some(*answer),
             _ => None,
         }
     }
@@ -136,6 +156,15 @@ pub(super) enum Refused {
         /// The client's limit.
         limit: usize,
     },
+    /// As many connections are open as the open-file limit carries.
+    #[error(
+        "open-file limit reached ({limit} connections open in all): raise LimitNOFILE= \
+         (or ulimit -Hn) for the concentrator"
+    )]
+    Full {
+        /// The connections the limit carries.
+        limit: usize,
+    },
 }
 
 /// An authenticated client's request, admitted to be forwarded.
@@ -145,6 +174,40 @@ pub(super) struct Admitted {
     pub(super) client: Arc<Client>,
     /// One of the client's connection slots, given back on drop.
     _permit: OwnedSemaphorePermit,
+    /// One of the concentrator's slots (its descriptors), given back on drop.
+    _slot: OwnedSemaphorePermit,
+}
+
+/// The concentrator's connection slots: as many as its open-file limit
+/// carries, for all clients together.
+#[derive(Debug)]
+pub(super) struct Slots {
+    semaphore: Arc<Semaphore>,
+    limit: usize,
+}
+
+impl Slots {
+    /// `limit` slots.
+    pub(super) fn new(limit: usize) -> Self {
+        let limit = limit.min(Semaphore::MAX_PERMITS);
+        Self {
+            semaphore: Arc::new(Semaphore::new(limit)),
+            limit,
+        }
+    }
+
+    /// The slots that an open-file limit of `descriptors` carries, with
+    /// `handshakes` descriptors kept for connections still in their
+    /// handshake (each a socket of its own).
+    pub(super) fn for_descriptors(descriptors: u64, handshakes: usize) -> Self {
+        let kept = descriptors.saturating_sub(handshakes as u64);
+        Self::new(usize::try_from(crate::nofile::connections_for(kept)).unwrap_or(usize::MAX))
+    }
+
+    /// How many slots there are.
+    pub(super) fn limit(&self) -> usize {
+        self.limit
+    }
 }
 
 impl Clients {
@@ -157,6 +220,7 @@ impl Clients {
                 id: config.id.clone(),
                 key: config.key,
                 replay: Mutex::new(ConnectGuard::new(epoch)),
+                clock_answers: Mutex::new(AnswerBudget::new()),
                 connections: Arc::new(Semaphore::new(config.max_connections)),
                 max_connections: config.max_connections,
             };
@@ -183,17 +247,19 @@ impl Clients {
         self.epoch
     }
 
-    /// The key of client `id`, if it is configured.
-    pub(super) fn key(&self, id: &ClientId) -> Option<&Key> {
-        self.by_id.get(id).map(|client| &client.key)
+    /// The client `id`, if it is configured.
+    pub(super) fn client(&self, id: &ClientId) -> Option<&Arc<Client>> {
+        self.by_id.get(id)
     }
 
     /// The client that sent `request` if its MAC verifies and it is fresh
-    /// at `now_ms` (unix milliseconds).
+    /// at `now_ms` (unix milliseconds); `now` (the monotonic clock) paces
+    /// the clock answers.
     pub(super) fn authenticate(
         &self,
         request: &ConnectRequest,
         now_ms: u64,
+        now: Instant,
     ) -> Result<Arc<Client>, Rejected> {
         let id = &request.auth.client_id;
         let client = self
@@ -219,6 +285,19 @@ impl Clients {
                     mac: auth::sign_epoch(&client.key, current, request),
                 },
             }),
+            Err(source @ (ReplayError::TooOld { .. } | ReplayError::FromFuture { .. }))
+                if client.take_clock_answer(now) =>
+            {
+                Err(Rejected::StaleClock {
+                    id: id.clone(),
+                    source,
+                    answer: Response::StaleClock {
+                        now_ms,
+                        epoch: self.epoch.as_u64(),
+                        mac: auth::sign_clock(&client.key, now_ms, self.epoch, request),
+                    },
+                })
+            }
             Err(source) => Err(Rejected::Replay {
                 id: id.clone(),
                 source,
@@ -228,12 +307,27 @@ impl Clients {
 }
 
 impl Client {
+    /// The client's key.
+    pub(super) fn key(&self) -> &Key {
+        &self.key
+    }
+
+    /// Whether this client may be told this host's clock once more at
+    /// `now` (see [`AnswerBudget`]).
+    pub(super) fn take_clock_answer(&self, now: Instant) -> bool {
+        self.clock_answers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take(now)
+    }
+
     /// Checks `destination` against `policy`, then takes one of this
     /// client's connection slots.
     pub(super) fn admit(
         self: &Arc<Self>,
         destination: SocketAddr,
         policy: &Policy,
+        slots: &Slots,
     ) -> Result<Admitted, Refused> {
         policy.check(destination).map_err(Refused::Denied)?;
         let permit = Arc::clone(&self.connections)
@@ -241,9 +335,13 @@ impl Client {
             .map_err(|_| Refused::Busy {
                 limit: self.max_connections,
             })?;
+        let slot = Arc::clone(&slots.semaphore)
+            .try_acquire_owned()
+            .map_err(|_| Refused::Full { limit: slots.limit })?;
         Ok(Admitted {
             client: Arc::clone(self),
             _permit: permit,
+            _slot: slot,
         })
     }
 
@@ -337,7 +435,9 @@ mod tests {
         let clients = clients(4);
         for (n, before) in [(1, Epoch::UNKNOWN), (2, Epoch::from_u64(0x6d70_0000))] {
             let req = sign_request(&key(), id("lab"), destination(), before, [n; 16], NOW);
-            let rejected = clients.authenticate(&req, NOW).expect_err("stale");
+            let rejected = clients
+                .authenticate(&req, NOW, Instant::now())
+                .expect_err("stale");
             assert!(rejected.speaks_protocol());
             let Some(Response::StaleEpoch { epoch, mac }) = rejected.answer() else {
                 panic!("a stale epoch is answered: {rejected:?}");
@@ -345,15 +445,20 @@ mod tests {
             assert_eq!(epoch, EPOCH.as_u64());
             assert!(auth::verify_epoch(&key(), EPOCH, &mac, &req));
             // Again and again: answered each time, never admitted.
-            assert!(clients.authenticate(&req, NOW + 1).is_err());
+            assert!(clients.authenticate(&req, NOW + 1, Instant::now()).is_err());
             // The client signs again for the announced epoch and is in.
             let again = sign_request(&key(), id("lab"), destination(), EPOCH, [n; 16], NOW + 2);
-            assert!(clients.authenticate(&again, NOW + 3).is_ok());
+            assert!(clients
+                .authenticate(&again, NOW + 3, Instant::now())
+                .is_ok());
         }
-        // Replays and strangers still get no answer at all.
+        // Replays and strangers still get no answer at all; a header from
+        // outside the window gets the clock (see the test below).
         let req = request("lab", &key(), 9);
-        assert!(clients.authenticate(&req, NOW).is_ok());
-        let replayed = clients.authenticate(&req, NOW).expect_err("replay");
+        assert!(clients.authenticate(&req, NOW, Instant::now()).is_ok());
+        let replayed = clients
+            .authenticate(&req, NOW, Instant::now())
+            .expect_err("replay");
         assert_eq!(replayed.answer(), None);
         let old = sign_request(
             &key(),
@@ -363,8 +468,13 @@ mod tests {
             [8; 16],
             NOW,
         );
-        let too_old = clients.authenticate(&old, NOW + 60_000).expect_err("old");
-        assert_eq!(too_old.answer(), None);
+        let too_old = clients
+            .authenticate(&old, NOW + 60_000, Instant::now())
+            .expect_err("old");
+        assert!(matches!(
+            too_old.answer(),
+            Some(Response::StaleClock { .. })
+        ));
         let wrong = Key::generate().expect("random");
         let forged = sign_request(
             &wrong,
@@ -376,7 +486,7 @@ mod tests {
         );
         assert_eq!(
             clients
-                .authenticate(&forged, NOW)
+                .authenticate(&forged, NOW, Instant::now())
                 .expect_err("bad mac")
                 .answer(),
             None
@@ -384,20 +494,82 @@ mod tests {
     }
 
     #[test]
+    fn a_header_outside_the_window_is_answered_with_this_hosts_clock() {
+        let clients = clients(4);
+        let t0 = Instant::now();
+        // The client's clock is 5 minutes ahead, then 5 minutes behind;
+        // it does not know the epoch yet either.
+        for (n, skew) in [(1u8, 300_000i64), (2, -300_000)] {
+            let stamped = NOW.saturating_add_signed(skew);
+            let req = sign_request(
+                &key(),
+                id("lab"),
+                destination(),
+                Epoch::UNKNOWN,
+                [n; 16],
+                stamped,
+            );
+            let rejected = clients.authenticate(&req, NOW, t0).expect_err("off");
+            assert!(rejected.speaks_protocol());
+            let Some(Response::StaleClock { now_ms, epoch, mac }) = rejected.answer() else {
+                panic!("a header outside the window is answered with the clock: {rejected:?}");
+            };
+            assert_eq!((now_ms, epoch), (NOW, EPOCH.as_u64()));
+            assert!(auth::verify_clock(&key(), now_ms, EPOCH, &mac, &req));
+            // Signed again on the concentrator's clock and epoch: in, once.
+            let again = sign_request(&key(), id("lab"), destination(), EPOCH, [n; 16], NOW + 20);
+            assert!(clients.authenticate(&again, NOW + 30, t0).is_ok());
+            assert!(matches!(
+                clients.authenticate(&again, NOW + 40, t0),
+                Err(Rejected::Replay {
+                    source: ReplayError::Replayed,
+                    ..
+                })
+            ));
+        }
+        // Anyone replaying a captured old header is answered within the
+        // budget only, then met with silence; nothing is ever admitted.
+        let old = request("lab", &key(), 3);
+        let answered = (0..100)
+            .filter(|_| {
+                let rejected = clients
+                    .authenticate(&old, NOW + 3_600_000, t0)
+                    .expect_err("old");
+                rejected.answer().is_some()
+            })
+            .count();
+        assert_eq!(answered, AnswerBudget::BURST as usize - 2);
+        let later = t0 + Duration::from_secs(1);
+        let rejected = clients
+            .authenticate(&old, NOW + 3_600_000, later)
+            .expect_err("old");
+        assert!(rejected.answer().is_some(), "the budget refills");
+        // A bad MAC outside the window: silence, and no answer spent.
+        let wrong = Key::generate().expect("random");
+        let forged = sign_request(&wrong, id("lab"), destination(), EPOCH, [4; 16], NOW);
+        assert!(matches!(
+            clients.authenticate(&forged, NOW + 3_600_000, later),
+            Err(Rejected::BadMac(_))
+        ));
+    }
+
+    #[test]
     fn a_signed_request_authenticates_once() {
         let clients = clients(4);
         let req = request("lab", &key(), 1);
-        let client = clients.authenticate(&req, NOW + 10).expect("valid");
+        let client = clients
+            .authenticate(&req, NOW + 10, Instant::now())
+            .expect("valid");
         assert_eq!(client.id.as_str(), "lab");
         assert!(matches!(
-            clients.authenticate(&req, NOW + 20),
+            clients.authenticate(&req, NOW + 20, Instant::now()),
             Err(Rejected::Replay {
                 source: ReplayError::Replayed,
                 ..
             })
         ));
         assert!(clients
-            .authenticate(&request("lab", &key(), 2), NOW)
+            .authenticate(&request("lab", &key(), 2), NOW, Instant::now())
             .is_ok());
     }
 
@@ -405,30 +577,30 @@ mod tests {
     fn unknown_ids_bad_macs_and_stale_requests_are_rejected() {
         let clients = clients(4);
         assert!(matches!(
-            clients.authenticate(&request("other", &key(), 1), NOW),
+            clients.authenticate(&request("other", &key(), 1), NOW, Instant::now()),
             Err(Rejected::UnknownClient(_))
         ));
         let wrong = Key::generate().expect("random");
         assert!(matches!(
-            clients.authenticate(&request("lab", &wrong, 1), NOW),
+            clients.authenticate(&request("lab", &wrong, 1), NOW, Instant::now()),
             Err(Rejected::BadMac(_))
         ));
         let mut tampered = request("lab", &key(), 1);
         tampered.destination = "198.51.100.8:443".parse().expect("addr");
         assert!(matches!(
-            clients.authenticate(&tampered, NOW),
+            clients.authenticate(&tampered, NOW, Instant::now()),
             Err(Rejected::BadMac(_))
         ));
         assert!(matches!(
-            clients.authenticate(&request("lab", &key(), 1), NOW + 60_000),
-            Err(Rejected::Replay {
+            clients.authenticate(&request("lab", &key(), 1), NOW + 60_000, Instant::now()),
+            Err(Rejected::StaleClock {
                 source: ReplayError::TooOld { .. },
                 ..
             })
         ));
         // A bad MAC must not consume the nonce: the genuine request still passes.
         assert!(clients
-            .authenticate(&request("lab", &key(), 1), NOW)
+            .authenticate(&request("lab", &key(), 1), NOW, Instant::now())
             .is_ok());
     }
 
@@ -448,28 +620,65 @@ mod tests {
     fn admission_checks_policy_then_holds_a_slot_per_connection() {
         let clients = clients(2);
         let client = clients
-            .authenticate(&request("lab", &key(), 1), NOW)
+            .authenticate(&request("lab", &key(), 1), NOW, Instant::now())
             .expect("valid");
         let policy = Policy::default();
+        let slots = Slots::new(10);
 
         let denied = "127.0.0.1:22".parse().expect("addr");
         assert!(matches!(
-            client.admit(denied, &policy),
+            client.admit(denied, &policy, &slots),
             Err(Refused::Denied(_))
         ));
         assert_eq!(client.open_connections(), 0);
 
-        let first = client.admit(destination(), &policy).expect("slot 1");
-        let second = client.admit(destination(), &policy).expect("slot 2");
+        let first = client
+            .admit(destination(), &policy, &slots)
+            .expect("slot 1");
+        let second = client
+            .admit(destination(), &policy, &slots)
+            .expect("slot 2");
         assert_eq!(client.open_connections(), 2);
         assert!(matches!(
-            client.admit(destination(), &policy),
+            client.admit(destination(), &policy, &slots),
             Err(Refused::Busy { limit: 2 })
         ));
         drop(first);
         assert_eq!(client.open_connections(), 1);
-        assert!(client.admit(destination(), &policy).is_ok());
+        assert!(client.admit(destination(), &policy, &slots).is_ok());
         drop(second);
+    }
+
+    #[test]
+    fn the_concentrators_slots_cap_all_clients_together() {
+        let clients = clients(5);
+        let client = clients
+            .authenticate(&request("lab", &key(), 1), NOW, Instant::now())
+            .expect("valid");
+        let policy = Policy::default();
+        let slots = Slots::new(2);
+        let first = client
+            .admit(destination(), &policy, &slots)
+            .expect("slot 1");
+        let _second = client
+            .admit(destination(), &policy, &slots)
+            .expect("slot 2");
+        let full = client.admit(destination(), &policy, &slots);
+        assert!(matches!(full, Err(Refused::Full { limit: 2 })), "{full:?}");
+        assert_eq!(
+            client.open_connections(),
+            2,
+            "the refused one holds nothing"
+        );
+        drop(first);
+        assert!(client.admit(destination(), &policy, &slots).is_ok());
+    }
+
+    #[test]
+    fn slots_leave_room_for_handshakes_and_the_rest() {
+        // 20,000 descriptors, 1,024 handshakes, 256 spare: two per slot.
+        assert_eq!(Slots::for_descriptors(20_000, 1024).limit(), 9_360);
+        assert_eq!(Slots::for_descriptors(100, 1024).limit(), 0);
     }
 
     async fn read_from(

@@ -382,7 +382,7 @@ fn handle_batch(
         };
         if datagram.starts_with(&MAGIC) {
             if let Some((reply, id)) =
-                super::probe::answer(clients, datagram, crate::auth::unix_ms())
+                super::probe::answer(clients, datagram, crate::auth::unix_ms(), now)
             {
                 if let Some(datagrams) = datagrams {
                     state

@@ -95,7 +95,7 @@ impl Refused {
     pub(super) fn code(&self) -> ErrorCode {
         match self {
             Self::Denied(_) => ErrorCode::NotAuthorized,
-            Self::Busy { .. } => ErrorCode::ResourceExceeded,
+            Self::Busy { .. } | Self::Full { .. } => ErrorCode::ResourceExceeded,
         }
     }
 }

@@ -28,7 +28,7 @@ use std::future::Future;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::net::TcpStream;
 use tokio::sync::oneshot;
@@ -41,7 +41,7 @@ use crate::log_budget::{LogBudget, LOG_WINDOW};
 use crate::relay::Side;
 use crate::sendbuf::{self, Sizer};
 use crate::sys::SysctlGuard;
-use crate::wire::convert::{ClientId, MAX_MESSAGE_LEN};
+use crate::wire::convert::{ClientId, Response, MAX_MESSAGE_LEN};
 use accept::{Clients, HeaderBuf};
 use policy::Policy;
 
@@ -154,6 +154,8 @@ struct Shared {
     send_buffer: SendBuffer,
     /// The connections between accept and authentication.
     handshakes: Arc<Handshakes>,
+    /// Connections the open-file limit carries, for all clients.
+    slots: accept::Slots,
     /// Rejections of peers that speak the protocol (replays among them:
     /// anyone who captured a header can cause them), logged at `info`.
     rejection_log: Mutex<LogBudget>,
@@ -240,11 +242,18 @@ impl Concentrator {
                 &policy,
             )?),
         };
+        // The limit as raised at start (`run`); unknown: no cap but the
+        // clients' own.
+        let slots = crate::sys::open_file_limit()
+            .map_or(accept::Slots::new(usize::MAX), |(soft, _)| {
+                accept::Slots::for_descriptors(soft, MAX_HANDSHAKES)
+            });
         info!(
             listen = %local_addr,
             multipath = listener.multipath,
             clients = clients.len(),
             epoch = %clients.epoch(),
+            connections = slots.limit(),
             "concentrator listening"
         );
         let shared = Arc::new(Shared {
@@ -254,6 +263,7 @@ impl Concentrator {
             connect_timeout: config.connect_timeout,
             send_buffer: config.send_buffer,
             handshakes: Arc::new(Mutex::new(handshakes::Table::new(MAX_HANDSHAKES))),
+            slots,
             rejection_log: Mutex::new(LogBudget::new(REJECTIONS_LOGGED_PER_WINDOW)),
             noise_log: Mutex::new(LogBudget::new(NOISE_LOGGED_PER_WINDOW)),
         });
@@ -330,6 +340,7 @@ impl Concentrator {
         let mut accept_errors = LogBudget::new(ACCEPT_ERRORS_LOGGED_PER_WINDOW);
         let mut log_window =
             tokio::time::interval_at(tokio::time::Instant::now() + LOG_WINDOW, LOG_WINDOW);
+        let mut trim = tokio::time::interval(crate::sys::TRIM_EVERY);
         tokio::pin!(shutdown);
         loop {
             tokio::select! {
@@ -337,6 +348,8 @@ impl Concentrator {
                 _ = log_window.tick() => {
                     end_log_window(&shared, &mut evictions, &mut accept_errors);
                 }
+                // What closed connections freed goes back to the system.
+                _ = trim.tick() => crate::sys::trim_free_memory(),
                 Some(joined) = async { Some((&mut probe_task.as_mut()?).await) } => {
                     probe_task = None;
                     result = task_ended("probe echo", joined);
@@ -618,9 +631,10 @@ async fn connection(shared: Arc<Shared>, mut stream: TcpStream, mut pending: Pen
         _ = &mut pending.evicted => Err(accept::Rejected::Evicted),
     };
     let authenticated = read.and_then(|(request, early)| {
-        let client = shared
-            .clients
-            .authenticate(&request, crate::auth::unix_ms())?;
+        let client =
+            shared
+                .clients
+                .authenticate(&request, crate::auth::unix_ms(), Instant::now())?;
         Ok((client, request, early))
     });
     drop(pending);
@@ -637,7 +651,7 @@ async fn connection(shared: Arc<Shared>, mut stream: TcpStream, mut pending: Pen
         .record("dst", field::display(destination));
     info!("client authenticated");
 
-    let admitted = match client.admit(destination, &shared.policy) {
+    let admitted = match client.admit(destination, &shared.policy, &shared.slots) {
         Ok(admitted) => admitted,
         Err(refused) => {
             info!(error = %Chain(&refused), code = %refused.code(), "request refused");
@@ -685,13 +699,15 @@ async fn connection(shared: Arc<Shared>, mut stream: TcpStream, mut pending: Pen
 }
 
 /// Closes a peer whose header was refused: without a word, but for a
-/// recent authentic header of another run, which gets the current epoch.
+/// recent authentic header of another run, which gets the current epoch,
+/// and an authentic header from outside the time window, which gets this
+/// host's clock (within the client's budget).
 async fn reject(shared: &Shared, stream: TcpStream, rejected: accept::Rejected) {
     let answer = rejected.answer();
-    let what = if answer.is_some() {
-        "answered with this run's epoch; closing"
-    } else {
-        "closing without an answer"
+    let what = match answer {
+        Some(Response::StaleClock { .. }) => "answered with this host's clock; closing",
+        Some(_) => "answered with this run's epoch; closing",
+        None => "closing without an answer",
     };
     if rejected.speaks_protocol() {
         if lock(&shared.rejection_log).take() {
@@ -705,7 +721,7 @@ async fn reject(shared: &Shared, stream: TcpStream, rejected: accept::Rejected) 
     };
     forward::established(&stream, shared.handshake_timeout).await;
     if let Err(e) = forward::answer_and_close(stream, answer).await {
-        debug!(error = %e, "answering with the epoch failed");
+        debug!(error = %e, "answering the refused header failed");
     }
 }
 

@@ -7,6 +7,7 @@
 //! Callers above this module stay safe Rust.
 
 mod iface;
+mod memory;
 mod mptcp_info;
 mod netlink;
 mod netns;
@@ -32,6 +33,7 @@ pub use sockopt::{
 pub use sysctl::{read_sysctl, SysctlGuard, RECORDS as SYSCTL_RECORDS};
 
 pub use iface::interface_index;
+pub use memory::{trim_free_memory, TRIM_EVERY};
 
 use std::io;
 

@@ -57,13 +57,23 @@
 //!     +2..4     reserved = 0
 //!     +4..12    the concentrator's current epoch
 //!     +12..44   MAC over the epoch and the refused request (`crate::auth`)
+//!   stale clock: fixed header + Error TLV (not authorized) + Clock TLV
+//!                                          01 0f 22 63 | 1e 01 20 00 | ca 0d 00 00 ...
+//!     +0        type = 202 (private use)
+//!     +1        length = 13
+//!     +2..4     reserved = 0
+//!     +4..12    the concentrator's clock when it answered, unix milliseconds
+//!     +12..20   the concentrator's current epoch
+//!     +20..52   MAC over clock, epoch and the refused request (`crate::auth`)
 //! ```
 //!
 //! The epoch is what makes a header captured before a concentrator restart
-//! useless after it: see [`crate::auth::ConnectGuard`].
+//! useless after it: see [`crate::auth::ConnectGuard`]. The clock answer
+//! is what keeps a client whose clock stepped working: see
+//! [`crate::clock`].
 //!
 //! On read, Info TLVs and private-use TLVs other than Auth (and, in a
-//! response, Epoch) are skipped (they must still come before Auth in a
+//! response, Epoch and Clock) are skipped (they must still come before Auth in a
 //! request); Cookie, Extended TCP Header,
 //! Supported TCP Extensions and unassigned types are refused as unsupported.
 //!
@@ -114,6 +124,9 @@ pub mod tlv_type {
     /// mpbond's stale-epoch answer: the concentrator's current epoch
     /// (private use; responses only).
     pub const EPOCH: u8 = 201;
+    /// mpbond's stale-clock answer: the concentrator's clock and current
+    /// epoch (private use; responses only).
+    pub const CLOCK: u8 = 202;
 }
 
 /// Field offsets: message-relative for the fixed header, TLV-relative below.
@@ -146,6 +159,12 @@ mod field {
     pub(super) const EPOCH_VALUE: Range<usize> = 4..12;
     pub(super) const EPOCH_MAC: Range<usize> = 12..44;
     pub(super) const EPOCH_LEN: usize = 44;
+
+    pub(super) const CLOCK_RESERVED: Range<usize> = 2..4;
+    pub(super) const CLOCK_NOW: Range<usize> = 4..12;
+    pub(super) const CLOCK_EPOCH: Range<usize> = 12..20;
+    pub(super) const CLOCK_MAC: Range<usize> = 20..52;
+    pub(super) const CLOCK_LEN: usize = 52;
 }
 
 /// A client's name: 1 to 64 bytes of printable ASCII without spaces.
@@ -342,31 +361,52 @@ pub enum Response {
         /// Its MAC, bound to the refused request (`crate::auth::sign_epoch`).
         mac: [u8; 32],
     },
+    /// The request authenticated but its timestamp lies outside the window
+    /// around the concentrator's clock (the client's clock is off, or
+    /// stepped): it was refused, nothing was forwarded, and the client may
+    /// sign again on the concentrator's clock, for `epoch`. Encoded as "not
+    /// authorized" plus a Clock TLV.
+    StaleClock {
+        /// The concentrator's clock when it answered, unix milliseconds.
+        now_ms: u64,
+        /// The concentrator's current epoch.
+        epoch: u64,
+        /// Its MAC, bound to the refused request (`crate::auth::sign_clock`).
+        mac: [u8; 32],
+    },
 }
 
 impl Response {
     /// Encodes the response: the fixed header alone for
     /// [`Response::Connected`], plus an Error TLV for [`Response::Error`].
     pub fn encode(&self) -> Vec<u8> {
-        let (code, value, epoch) = match *self {
+        let mut extra = Vec::new();
+        let (code, value) = match *self {
             Self::Connected => {
                 let mut out = Vec::with_capacity(FIXED_HEADER_LEN);
                 push_fixed_header(&mut out, FIXED_HEADER_LEN);
                 return out;
             }
-            Self::Error { code, value } => (code, value, None),
-            Self::StaleEpoch { epoch, mac } => (ErrorCode::NotAuthorized, 0, Some((epoch, mac))),
+            Self::Error { code, value } => (code, value),
+            Self::StaleEpoch { epoch, mac } => {
+                extra.extend_from_slice(&[tlv_type::EPOCH, words(field::EPOCH_LEN), 0, 0]);
+                extra.extend_from_slice(&epoch.to_be_bytes());
+                extra.extend_from_slice(&mac);
+                (ErrorCode::NotAuthorized, 0)
+            }
+            Self::StaleClock { now_ms, epoch, mac } => {
+                extra.extend_from_slice(&[tlv_type::CLOCK, words(field::CLOCK_LEN), 0, 0]);
+                extra.extend_from_slice(&now_ms.to_be_bytes());
+                extra.extend_from_slice(&epoch.to_be_bytes());
+                extra.extend_from_slice(&mac);
+                (ErrorCode::NotAuthorized, 0)
+            }
         };
-        let epoch_len = epoch.map_or(0, |_| field::EPOCH_LEN);
-        let total = FIXED_HEADER_LEN + 4 + epoch_len;
+        let total = FIXED_HEADER_LEN + 4 + extra.len();
         let mut out = Vec::with_capacity(total);
         push_fixed_header(&mut out, total);
         out.extend_from_slice(&[tlv_type::ERROR, 1, code.into(), value]);
-        if let Some((epoch, mac)) = epoch {
-            out.extend_from_slice(&[tlv_type::EPOCH, words(field::EPOCH_LEN), 0, 0]);
-            out.extend_from_slice(&epoch.to_be_bytes());
-            out.extend_from_slice(&mac);
-        }
+        out.extend_from_slice(&extra);
         out
     }
 
@@ -377,6 +417,7 @@ impl Response {
         let mut response = Self::Connected;
         let mut seen_error = false;
         let mut epoch = None;
+        let mut clock = None;
         for tlv in Tlvs::new(msg) {
             let tlv = tlv?;
             match tlv.kind {
@@ -391,21 +432,40 @@ impl Response {
                     return Err(DecodeError::DuplicateEpoch { offset: tlv.offset });
                 }
                 tlv_type::EPOCH => epoch = Some((parse_epoch(&tlv)?, tlv.offset)),
+                tlv_type::CLOCK if clock.is_some() => {
+                    return Err(DecodeError::DuplicateClock { offset: tlv.offset });
+                }
+                tlv_type::CLOCK => clock = Some((parse_clock(&tlv)?, tlv.offset)),
                 tlv_type::INFO => {}
                 tlv_type::AUTH => return Err(tlv.unsupported(tlv_type::AUTH)),
                 kind if kind >= tlv_type::PRIVATE_USE_START => {}
                 kind => return Err(tlv.unsupported(kind)),
             }
         }
-        if let Some(((epoch, mac), offset)) = epoch {
-            let Self::Error {
+        let refused = matches!(
+            response,
+            Self::Error {
                 code: ErrorCode::NotAuthorized,
                 ..
-            } = response
-            else {
+            }
+        );
+        match (epoch, clock) {
+            (Some((_, epoch_at)), Some((_, clock_at))) => {
+                return Err(DecodeError::EpochAndClock {
+                    offset: epoch_at.max(clock_at),
+                });
+            }
+            (Some((_, offset)), None) if !refused => {
                 return Err(DecodeError::EpochWithoutRefusal { offset });
-            };
-            response = Self::StaleEpoch { epoch, mac };
+            }
+            (None, Some((_, offset))) if !refused => {
+                return Err(DecodeError::ClockWithoutRefusal { offset });
+            }
+            (Some(((epoch, mac), _)), None) => response = Self::StaleEpoch { epoch, mac },
+            (None, Some(((now_ms, epoch, mac), _))) => {
+                response = Self::StaleClock { now_ms, epoch, mac };
+            }
+            (None, None) => {}
         }
         Ok((response, msg.len()))
     }
@@ -619,6 +679,33 @@ pub enum DecodeError {
     EpochWithoutRefusal {
         /// The Epoch TLV's offset in the message.
         offset: usize,
+    },
+    /// A response holds a second Clock TLV.
+    #[error("connect answer: second Clock TLV at byte {offset}")]
+    DuplicateClock {
+        /// Its offset in the message.
+        offset: usize,
+    },
+    /// A response holds a Clock TLV but is no "not authorized" refusal.
+    #[error("connect answer: Clock TLV at byte {offset} without a \"not authorized\" Error TLV")]
+    ClockWithoutRefusal {
+        /// The Clock TLV's offset in the message.
+        offset: usize,
+    },
+    /// A response holds both an Epoch and a Clock TLV (a clock answer
+    /// carries the epoch itself).
+    #[error("connect answer: both an Epoch and a Clock TLV (the later at byte {offset})")]
+    EpochAndClock {
+        /// The offset of the later of the two.
+        offset: usize,
+    },
+    /// A Clock TLV is not 13 words long.
+    #[error("connect answer: Clock TLV at byte {offset} is {words} words, not 13")]
+    ClockLength {
+        /// Its offset in the message.
+        offset: usize,
+        /// Its length, in words.
+        words: usize,
     },
     /// An Epoch TLV is not 11 words long.
     #[error("connect answer: Epoch TLV at byte {offset} is {words} words, not 11")]
@@ -919,6 +1006,27 @@ fn parse_epoch(tlv: &Tlv<'_>) -> Result<(u64, [u8; 32]), DecodeError> {
     Ok((u64::from_be_bytes(epoch), mac))
 }
 
+/// Reads a Clock TLV: the concentrator's clock, its epoch and their MAC.
+fn parse_clock(tlv: &Tlv<'_>) -> Result<(u64, u64, [u8; 32]), DecodeError> {
+    let b = tlv.bytes;
+    let (true, Some(reserved), Some(now_ms), Some(epoch), Some(mac)) = (
+        b.len() == field::CLOCK_LEN,
+        b.get(field::CLOCK_RESERVED),
+        array(b, field::CLOCK_NOW),
+        array(b, field::CLOCK_EPOCH),
+        array(b, field::CLOCK_MAC),
+    ) else {
+        return Err(DecodeError::ClockLength {
+            offset: tlv.offset,
+            words: tlv.words(),
+        });
+    };
+    if reserved.iter().any(|&byte| byte != 0) {
+        return Err(DecodeError::NonZeroReserved { offset: tlv.offset });
+    }
+    Ok((u64::from_be_bytes(now_ms), u64::from_be_bytes(epoch), mac))
+}
+
 /// Reads an Error TLV; an RFC 8803 value may be longer than one byte, and
 /// only its first byte is kept.
 fn parse_error(tlv: &Tlv<'_>) -> Result<Response, DecodeError> {
@@ -1005,6 +1113,15 @@ mod tests {
                     Response::StaleEpoch {
                         epoch: 0x6d70_626f_6e64_0002,
                         mac: [0x42; 32],
+                    }
+                    .encode(),
+                ),
+                (
+                    "stale-clock",
+                    Response::StaleClock {
+                        now_ms: 1_795_000_300_000,
+                        epoch: 0x6d70_626f_6e64_0002,
+                        mac: [0x43; 32],
                     }
                     .encode(),
                 ),
@@ -1444,7 +1561,7 @@ mod tests {
         let req = v4_request();
         let (connect, auth) = split(&req.encode());
         let info = tlv(1, &[0, 0]);
-        let private = tlv(202, b"later");
+        let private = tlv(230, b"later");
         let bytes = message_of(&[&info, &connect, &private, &auth]);
         assert_eq!(ConnectRequest::decode(&bytes), Ok((req, bytes.len())));
 
@@ -1518,6 +1635,73 @@ mod tests {
             Err(DecodeError::EpochLength {
                 offset: 8,
                 words: 12
+            })
+        );
+    }
+
+    #[test]
+    fn a_stale_clock_answer_is_a_refusal_with_the_clock_and_epoch() {
+        let answer = Response::StaleClock {
+            now_ms: 0x0102_0304_0506_0708,
+            epoch: 0x1122_3344_5566_7788,
+            mac: [0xee; 32],
+        };
+        let encoded = answer.encode();
+        assert_eq!(encoded.len(), 60);
+        assert_eq!(
+            &encoded[..12],
+            &[1, 15, 0x22, 0x63, 30, 1, 32, 0, 202, 13, 0, 0]
+        );
+        assert_eq!(&encoded[12..20], &0x0102_0304_0506_0708u64.to_be_bytes());
+        assert_eq!(&encoded[20..28], &0x1122_3344_5566_7788u64.to_be_bytes());
+        assert_eq!(&encoded[28..], &[0xee; 32]);
+        assert_eq!(Response::decode(&encoded), Ok((answer, 60)));
+        for len in 0..encoded.len() {
+            assert!(matches!(
+                Response::decode(&encoded[..len]),
+                Err(DecodeError::Incomplete { .. })
+            ));
+        }
+
+        let (error, clock) = (&encoded[4..8], &encoded[8..]);
+        assert_eq!(
+            Response::decode(&message_of(&[clock, error])),
+            Ok((answer, 60))
+        );
+        assert_eq!(
+            Response::decode(&message_of(&[clock])),
+            Err(DecodeError::ClockWithoutRefusal { offset: 4 })
+        );
+        let other = tlv(30, &[97, 0]);
+        assert_eq!(
+            Response::decode(&message_of(&[&other, clock])),
+            Err(DecodeError::ClockWithoutRefusal { offset: 8 })
+        );
+        assert_eq!(
+            Response::decode(&message_of(&[error, clock, clock])),
+            Err(DecodeError::DuplicateClock { offset: 60 })
+        );
+        let epoch = Response::StaleEpoch {
+            epoch: 1,
+            mac: [0; 32],
+        }
+        .encode();
+        assert_eq!(
+            Response::decode(&message_of(&[error, clock, &epoch[8..]])),
+            Err(DecodeError::EpochAndClock { offset: 60 })
+        );
+        let mut reserved = clock.to_vec();
+        reserved[2] = 1;
+        assert_eq!(
+            Response::decode(&message_of(&[error, &reserved])),
+            Err(DecodeError::NonZeroReserved { offset: 8 })
+        );
+        let short = tlv(202, &[0; 42]);
+        assert_eq!(
+            Response::decode(&message_of(&[error, &short])),
+            Err(DecodeError::ClockLength {
+                offset: 8,
+                words: 11
             })
         );
     }
@@ -1634,6 +1818,12 @@ mod tests {
             }
             .encode(),
             Response::StaleEpoch {
+                epoch: 7,
+                mac: [9; 32],
+            }
+            .encode(),
+            Response::StaleClock {
+                now_ms: 1_795_000_000_000,
                 epoch: 7,
                 mac: [9; 32],
             }

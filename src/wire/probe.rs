@@ -3,13 +3,21 @@
 //! everything while its carrier stays up (a blackhole).
 //!
 //! ```text
-//! "MPBP" | version 1 | kind (1 request, 2 reply) | id length | client id
-//!        | seq (u64 BE) | sent (unix ms, u64 BE) | HMAC-SHA256 (32 bytes)
+//! "MPBP" | version 1 | kind (1 request, 2 reply, 3 clock) | id length | client id
+//!        | seq (u64 BE) | sent (unix ms, u64 BE)
+//!        | [clock only: the concentrator's clock (unix ms, u64 BE)]
+//!        | HMAC-SHA256 (32 bytes)
 //! ```
 //!
 //! The MAC (see [`crate::auth::sign_probe`]) covers everything before it
 //! with the client's key, in both directions, so neither end answers or
-//! believes a forged probe. Pure and panic-free: bytes from the network.
+//! believes a forged probe. A *clock* answer is the reply to a request
+//! that verified but whose `sent` lies outside the concentrator's window:
+//! it echoes the request's seq and sent time (so it is bound to that
+//! request) and tells the concentrator's clock, from which the client
+//! corrects the offset of its timestamps ([`crate::clock`]). A client
+//! that does not know kind 3 drops it. Pure and panic-free: bytes from the
+//! network.
 
 use crate::wire::convert::ClientId;
 
@@ -19,8 +27,9 @@ pub const MAGIC: [u8; 4] = *b"MPBP";
 pub const VERSION: u8 = 1;
 /// Length of the MAC at the end.
 pub const MAC_LEN: usize = 32;
-/// Longest probe: fixed fields, the longest client id, the MAC.
-pub const MAX_LEN: usize = 4 + 1 + 1 + 1 + ClientId::MAX_LEN + 8 + 8 + MAC_LEN;
+/// Longest probe: fixed fields, the longest client id, a clock answer's
+/// clock, the MAC.
+pub const MAX_LEN: usize = 4 + 1 + 1 + 1 + ClientId::MAX_LEN + 8 + 8 + 8 + MAC_LEN;
 
 /// Which way a probe goes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -29,6 +38,12 @@ pub enum Kind {
     Request,
     /// Concentrator back to the client.
     Reply,
+    /// Concentrator back to the client, for a request outside its clock
+    /// window: not answered as a reply, but with its clock.
+    Clock {
+        /// The concentrator's clock when it answered, unix milliseconds.
+        concentrator_ms: u64,
+    },
 }
 
 /// A probe's fields.
@@ -68,12 +83,16 @@ impl Probe {
         out.push(match self.kind {
             Kind::Request => 1,
             Kind::Reply => 2,
+            Kind::Clock { .. } => 3,
         });
         // A ClientId is at most 64 bytes.
         out.push(u8::try_from(id.len()).unwrap_or(u8::MAX));
         out.extend_from_slice(id);
         out.extend_from_slice(&self.seq.to_be_bytes());
         out.extend_from_slice(&self.sent_ms.to_be_bytes());
+        if let Kind::Clock { concentrator_ms } = self.kind {
+            out.extend_from_slice(&concentrator_ms.to_be_bytes());
+        }
         out
     }
 
@@ -93,13 +112,13 @@ impl Probe {
         if buf[..4] != MAGIC || buf[4] != VERSION {
             return Err(ProbeError::NotAProbe);
         }
-        let kind = match buf[5] {
-            1 => Kind::Request,
-            2 => Kind::Reply,
+        let clock = match buf[5] {
+            1 | 2 => false,
+            3 => true,
             other => return Err(ProbeError::Kind(other)),
         };
         let id_len = usize::from(buf[6]);
-        let body_len = 7 + id_len + 16;
+        let body_len = 7 + id_len + 16 + if clock { 8 } else { 0 };
         if buf.len() != body_len + MAC_LEN {
             return Err(ProbeError::NotAProbe);
         }
@@ -112,6 +131,13 @@ impl Probe {
         };
         let seq = number(7 + id_len);
         let sent_ms = number(15 + id_len);
+        let kind = match buf[5] {
+            1 => Kind::Request,
+            3 => Kind::Clock {
+                concentrator_ms: number(23 + id_len),
+            },
+            _ => Kind::Reply,
+        };
         let mut mac = [0; MAC_LEN];
         mac.copy_from_slice(&buf[body_len..]);
         Ok((
@@ -156,12 +182,24 @@ mod tests {
             seq: u64::MAX,
             ..probe()
         };
+        let clock = Probe {
+            kind: Kind::Clock {
+                concentrator_ms: 1_795_000_300_000,
+            },
+            ..probe()
+        };
+        let clock_long = Probe {
+            kind: clock.kind,
+            ..long.clone()
+        };
         crate::fuzz_seeds::write(
             "probe",
             &[
                 ("request", signed(probe())),
                 ("reply", signed(reply)),
                 ("request-long-id", signed(long)),
+                ("clock", signed(clock)),
+                ("clock-long-id", signed(clock_long)),
             ],
         );
     }
@@ -174,6 +212,40 @@ mod tests {
         assert_eq!(back, p);
         assert_eq!(body, &p.body()[..]);
         assert_eq!(mac, [0xab; MAC_LEN]);
+    }
+
+    #[test]
+    fn a_clock_answer_carries_the_concentrators_clock_under_the_mac() {
+        let p = Probe {
+            kind: Kind::Clock {
+                concentrator_ms: 0x0102_0304_0506_0708,
+            },
+            ..probe()
+        };
+        let bytes = p.encode(&[0xab; MAC_LEN]);
+        assert_eq!(bytes.len(), probe().encode(&[0; MAC_LEN]).len() + 8);
+        assert_eq!(bytes[5], 3);
+        let (back, body, _) = Probe::decode(&bytes).expect("decodes");
+        assert_eq!(back, p);
+        assert_eq!(
+            &body[body.len() - 8..],
+            &0x0102_0304_0506_0708u64.to_be_bytes()
+        );
+        // Not a reply with 8 bytes too many, nor a clock answer 8 short.
+        let mut as_reply = bytes.clone();
+        as_reply[5] = 2;
+        assert_eq!(Probe::decode(&as_reply), Err(ProbeError::NotAProbe));
+        let mut short = probe().encode(&[0; MAC_LEN]);
+        short[5] = 3;
+        assert_eq!(Probe::decode(&short), Err(ProbeError::NotAProbe));
+        // The longest id fits.
+        let long = Probe {
+            client_id: ClientId::try_from("z".repeat(ClientId::MAX_LEN).as_str()).expect("id"),
+            ..p
+        };
+        let bytes = long.encode(&[0; MAC_LEN]);
+        assert_eq!(bytes.len(), MAX_LEN);
+        assert_eq!(Probe::decode(&bytes).expect("decodes").0, long);
     }
 
     #[test]
