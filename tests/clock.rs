@@ -31,8 +31,9 @@ use std::sync::{mpsc, Arc};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use harness::udp::{echo_once, Echo};
 use harness::{
-    connect, in_ns, run_in, short_request, Behavior, Hasher, Lab, NsServer, Pattern, Sha256, RUN,
+    connect, run_in, short_request, Behavior, Hasher, Lab, NsServer, Pattern, Sha256, RUN,
 };
 
 const SERVER: IpAddr = IpAddr::V4(Ipv4Addr::new(198, 51, 100, 10));
@@ -118,54 +119,6 @@ impl Drop for FakeClock {
     }
 }
 
-/// A UDP echo in mpb-srv: answers each datagram with the sender's address,
-/// a newline and the datagram. Stops when dropped.
-struct Echo {
-    stop: Arc<AtomicBool>,
-    thread: Option<thread::JoinHandle<()>>,
-}
-
-impl Echo {
-    fn start(addr: SocketAddr) -> Self {
-        let stop = Arc::new(AtomicBool::new(false));
-        let (tx, rx) = mpsc::channel();
-        let thread = {
-            let stop = Arc::clone(&stop);
-            in_ns(SRV, move || {
-                let socket = UdpSocket::bind(addr).unwrap_or_else(|e| panic!("bind {addr}: {e}"));
-                socket
-                    .set_read_timeout(Some(Duration::from_millis(100)))
-                    .expect("timeout");
-                let _ = tx.send(());
-                let mut buf = vec![0; 2048];
-                while !stop.load(Ordering::Relaxed) {
-                    let Ok((n, from)) = socket.recv_from(&mut buf) else {
-                        continue;
-                    };
-                    let mut answer = format!("{}\n", from.ip()).into_bytes();
-                    answer.extend_from_slice(&buf[..n]);
-                    let _ = socket.send_to(&answer, from);
-                }
-            })
-        };
-        rx.recv_timeout(Duration::from_secs(5))
-            .expect("the echo server binds");
-        Self {
-            stop,
-            thread: Some(thread),
-        }
-    }
-}
-
-impl Drop for Echo {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
-    }
-}
-
 /// From the LAN host, UDP to `echo` until it answers (each try waits
 /// 200 ms) or `limit` passes: the address the echo saw.
 fn udp_echo(echo: SocketAddr, limit: Duration) -> Option<IpAddr> {
@@ -175,25 +128,19 @@ fn udp_echo(echo: SocketAddr, limit: Duration) -> Option<IpAddr> {
             .set_read_timeout(Some(Duration::from_millis(200)))
             .expect("timeout");
         let deadline = Instant::now() + limit;
-        let mut buf = [0; 2048];
         for n in 0u32.. {
             if Instant::now() >= deadline {
                 return None;
             }
             let payload = format!("clock step echo {n}");
-            let _ = socket.send_to(payload.as_bytes(), echo);
-            let until = Instant::now() + Duration::from_millis(200);
-            while Instant::now() < until {
-                let Ok(len) = socket.recv(&mut buf) else {
-                    break;
-                };
-                let answer = &buf[..len];
-                let Some(newline) = answer.iter().position(|&b| b == b'\n') else {
-                    continue;
-                };
-                if answer[newline + 1..] == *payload.as_bytes() {
-                    return std::str::from_utf8(&answer[..newline]).ok()?.parse().ok();
-                }
+            let seen = echo_once(
+                &socket,
+                echo,
+                payload.as_bytes(),
+                Duration::from_millis(200),
+            );
+            if seen.is_some() {
+                return seen;
             }
         }
         None
@@ -285,7 +232,7 @@ fn the_clients_clock_steps_by_minutes_and_everything_keeps_working() {
         },
     );
     let echo_addr = SocketAddr::new(SERVER, 5303);
-    let _echo = Echo::start(echo_addr);
+    let _echo = Echo::start(SRV, &[echo_addr]);
     assert_eq!(
         udp_echo(echo_addr, RECOVERY),
         Some(CONCENTRATOR),

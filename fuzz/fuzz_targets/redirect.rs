@@ -55,7 +55,12 @@ fuzz_target!(|input: &[u8]| {
         ConnectMode::Fast
     };
     let addrs = addrs();
-    let mut table = FlowTable::new(addrs, connect_mode);
+    // Bits 1-3 of the mode byte: a small open-flow limit (1-7) so that
+    // full tables are fuzzed too; 0: the whole table.
+    let mut table = match (mode >> 1) & 7 {
+        0 => FlowTable::new(addrs, connect_mode),
+        limit => FlowTable::with_limit(addrs, connect_mode, usize::from(limit)),
+    };
     let mut now = Duration::ZERO;
     let mut syns = 0;
     let mut last: Option<FlowKey> = None;
@@ -156,6 +161,13 @@ fuzz_target!(|input: &[u8]| {
                 let (src, dst, _) = before.expect("only TCP is held");
                 assert_eq!((flow.client, flow.server), (src, dst));
                 last = Some(key);
+            }
+            Decision::Full(rst) => {
+                assert!(table.is_full(), "a new flow reset as if the table were full");
+                let (src, dst, _) = before.expect("only TCP is answered");
+                let (rst_src, rst_dst, rst_valid) = endpoints(&rst).expect("a reset parses");
+                assert!(rst_valid);
+                assert_eq!((rst_src, rst_dst), (dst, src));
             }
             Decision::Reply(rst) => {
                 let (src, dst, _) = before.expect("only TCP is answered");

@@ -405,11 +405,11 @@ impl Concentrator {
             }
         }
         drop(listener);
-        if let Some(task) = probe_task {
-            task.abort();
-        }
-        datagram_tasks.shutdown().await;
-        drop(datagram);
+        // Probes and datagrams go on answering through the grace: silent,
+        // the concentrator would have its clients declare every uplink
+        // dead and take their subflows down, and the resets at the end of
+        // the grace would then have no way to them (their LAN hosts'
+        // connections would hang instead of failing).
         if !connections.is_empty() {
             info!(
                 open = connections.len(),
@@ -425,6 +425,11 @@ impl Concentrator {
             }
             connections.shutdown().await;
         }
+        if let Some(task) = probe_task {
+            task.abort();
+        }
+        datagram_tasks.shutdown().await;
+        drop(datagram);
         info!("concentrator stopped");
         result
     }
