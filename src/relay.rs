@@ -370,6 +370,24 @@ mod tests {
         .await;
     }
 
+    /// Writes `data` to `stream` and half-closes it while reading what
+    /// comes back to the end.
+    async fn exchange(stream: &mut TcpStream, data: &[u8]) -> Vec<u8> {
+        let (mut r, mut w) = stream.split();
+        let (_, got) = tokio::join!(
+            async {
+                w.write_all(data).await.expect("write");
+                w.shutdown().await.expect("half-close");
+            },
+            async {
+                let mut got = Vec::new();
+                r.read_to_end(&mut got).await.expect("read to EOF");
+                got
+            }
+        );
+        got
+    }
+
     #[tokio::test]
     async fn megabytes_both_ways_arrive_intact_as_the_buffers_grow() {
         bounded(async {
@@ -378,39 +396,8 @@ mod tests {
             let relay =
                 tokio::spawn(async move { relay(&client_end, &server_end, b"", None).await });
             let data: Vec<u8> = (0..3_000_000u32).map(|i| (i * 7 + i / 251) as u8).collect();
-            let (up, down) = (data.clone(), data.clone());
-            let (client_got, server_got) = tokio::join!(
-                async move {
-                    let (mut r, mut w) = client.split();
-                    let (_, got) = tokio::join!(
-                        async {
-                            w.write_all(&up).await.expect("write up");
-                            w.shutdown().await.expect("half-close");
-                        },
-                        async {
-                            let mut got = Vec::new();
-                            r.read_to_end(&mut got).await.expect("read down");
-                            got
-                        }
-                    );
-                    got
-                },
-                async move {
-                    let (mut r, mut w) = server.split();
-                    let (_, got) = tokio::join!(
-                        async {
-                            w.write_all(&down).await.expect("write down");
-                            w.shutdown().await.expect("half-close");
-                        },
-                        async {
-                            let mut got = Vec::new();
-                            r.read_to_end(&mut got).await.expect("read up");
-                            got
-                        }
-                    );
-                    got
-                }
-            );
+            let (client_got, server_got) =
+                tokio::join!(exchange(&mut client, &data), exchange(&mut server, &data));
             assert!(client_got == data && server_got == data, "bytes differ");
             let transferred = relay.await.expect("join").expect("clean end");
             assert_eq!(

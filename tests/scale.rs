@@ -21,6 +21,8 @@ use std::time::{Duration, Instant};
 
 use harness::download::{check_download, start_download, wait_for};
 use harness::{root, Behavior, Lab, NsServer, RUN};
+use mpbond::concentrator::MAX_HANDSHAKES;
+use mpbond::nofile;
 
 const SERVER: IpAddr = IpAddr::V4(Ipv4Addr::new(198, 51, 100, 10));
 const ECHO_PORT: u16 = 7400;
@@ -245,7 +247,7 @@ fn ten_thousand_connections_echo_intact_next_to_a_download_and_give_back_every_d
     // listening line how many it carries.
     let (client_limit, client_idle) = descriptors(client);
     let (_, concentrator_idle) = descriptors(concentrator);
-    let client_cap = usize::try_from(client_limit.saturating_sub(256) / 2).expect("cap");
+    let client_cap = usize::try_from(nofile::connections_for(client_limit)).expect("cap");
     let log = lab.log_tail("concentrator", 200);
     let concentrator_cap = listening_field(&log, "connections=")
         .unwrap_or_else(|| panic!("no connections= in the listening line:\n{log}"));
@@ -258,7 +260,7 @@ fn ten_thousand_connections_echo_intact_next_to_a_download_and_give_back_every_d
              concentrator {concentrator_cap} connections (two descriptors each); {GOAL} needs a \
              hard limit of about {} (ulimit -Hn, LimitNOFILE=): holding {cap}, and asking for \
              {PAST_THE_CAP} more to see them refused",
-            2 * GOAL + 256 + 1024
+            nofile::needed(GOAL as u64) + MAX_HANDSHAKES as u64
         );
         (cap, cap + PAST_THE_CAP)
     };

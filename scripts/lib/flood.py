@@ -317,21 +317,22 @@ def flood_handshakes(args):
             pass
         i += 1
         if i % 64 == 0:
-            while True:
-                try:
-                    s.recv(2048)
-                    answers += 1
-                except OSError:
-                    break
+            answers += drain(s)
     took = time.monotonic() - t0
     time.sleep(0.2)
+    answers += drain(s)
+    return {"size": sent, "rate": round(sent / max(took, 1e-3)), "answers": answers}
+
+
+def drain(sock):
+    """Reads every answer queued on non-blocking `sock`: how many."""
+    count = 0
     while True:
         try:
-            s.recv(2048)
-            answers += 1
+            sock.recv(2048)
         except OSError:
-            break
-    return {"size": sent, "rate": round(sent / max(took, 1e-3)), "answers": answers}
+            return count
+        count += 1
 
 
 def checksum(data):
@@ -388,19 +389,9 @@ def flood_client(args):
         i += 1
         if i % 50 == 0:
             time.sleep(0.005)
-            while True:
-                try:
-                    s.recv(2048)
-                    answers += 1
-                except OSError:
-                    break
+            answers += drain(s)
     time.sleep(0.2)
-    while True:
-        try:
-            s.recv(2048)
-            answers += 1
-        except OSError:
-            break
+    answers += drain(s)
     return {"size": sent, "rate": round(sent / max(args.secs, 1e-3)), "answers": answers}
 
 

@@ -6,13 +6,14 @@
 use std::net::IpAddr;
 use std::ops::Range;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use tracing::{debug, info, trace, warn};
 
 use super::datagram::Sockets;
 use super::redirect::{Decision, Flow, FlowKey};
 use super::{ClientError, Shared};
+use crate::log_budget::{LogBudget, LOG_WINDOW};
 use crate::udp;
 use crate::wire::{build_icmp_unreachable_for, build_rst_for, classify, Protocol, TcpPacket};
 
@@ -97,36 +98,44 @@ pub(super) async fn run(shared: Arc<Shared>) -> Result<(), ClientError> {
     }
 }
 
-/// How often at most the client says it reset new flows for want of
-/// descriptors.
-const FULL_LOG_EVERY: Duration = Duration::from_secs(10);
-
-/// Counts new flows reset because the flow table is full and says so at
-/// most every [`FULL_LOG_EVERY`]: a LAN host opening flows in a loop must
-/// not fill the log.
-#[derive(Debug, Default)]
+/// Counts new flows reset because the flow table is full and says so once
+/// per [`LOG_WINDOW`], with the count of the window before: a LAN host
+/// opening flows in a loop must not fill the log.
+#[derive(Debug)]
 struct FullLog {
-    since: Option<Instant>,
-    unlogged: u64,
+    budget: LogBudget,
+    window: Option<Instant>,
+}
+
+impl Default for FullLog {
+    fn default() -> Self {
+        Self {
+            budget: LogBudget::new(1),
+            window: None,
+        }
+    }
 }
 
 impl FullLog {
     fn refused(&mut self, now: Instant, open: usize) {
-        self.unlogged += 1;
+        let mut unlogged = 0;
         if self
-            .since
-            .is_some_and(|since| now.saturating_duration_since(since) < FULL_LOG_EVERY)
+            .window
+            .is_none_or(|start| now.saturating_duration_since(start) >= LOG_WINDOW)
         {
+            self.window = Some(now);
+            unlogged = self.budget.end_window();
+        }
+        if !self.budget.take() {
             return;
         }
         warn!(
-            reset = std::mem::take(&mut self.unlogged),
+            reset = unlogged + 1,
             open,
             "new connections from the LAN reset: as many flows are open as the open-file \
              limit carries (see the open-file limit warning at start; raise LimitNOFILE= \
              or ulimit -Hn)"
         );
-        self.since = Some(now);
     }
 }
 

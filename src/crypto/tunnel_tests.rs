@@ -582,17 +582,23 @@ fn sessions_expire_without_traffic_and_come_back_on_demand() {
     assert!(net.seal_up(0, b"still there").is_ok());
 }
 
+/// The `n`th initiation of a flood: a fresh initiator each, as a flooder
+/// with the server's public key makes them.
+fn flood_initiation(n: u64, now: Instant) -> Vec<u8> {
+    let mut flooder = Initiator::new(secret(1), secret(2).public_key(), TestRng(n + 100), now);
+    flooder
+        .handle_timeout(now, UNIX_START + Duration::from_secs(n))
+        .expect("rng");
+    flooder.poll_transmit().expect("initiation").bytes
+}
+
 #[test]
 fn an_initiation_flood_is_rate_limited() {
     let mut net = Net::new();
     let now = net.now;
     let mut limited = 0;
     for n in 0..50u64 {
-        let mut flooder = Initiator::new(secret(1), secret(2).public_key(), TestRng(n + 100), now);
-        flooder
-            .handle_timeout(now, UNIX_START + Duration::from_secs(n))
-            .expect("rng");
-        let mut init = flooder.poll_transmit().expect("initiation").bytes;
+        let mut init = flood_initiation(n, now);
         if let Err(Dropped::RateLimited { .. }) =
             net.server.handle_datagram(now, client_addr(0), &mut init)
         {
@@ -609,11 +615,7 @@ fn under_load_a_flooding_source_gets_few_cookie_replies() {
     let now = net.now;
     let (mut replies, mut limited) = (0, 0);
     for n in 0..50u64 {
-        let mut flooder = Initiator::new(secret(1), secret(2).public_key(), TestRng(n + 100), now);
-        flooder
-            .handle_timeout(now, UNIX_START + Duration::from_secs(n))
-            .expect("rng");
-        let mut init = flooder.poll_transmit().expect("initiation").bytes;
+        let mut init = flood_initiation(n, now);
         match net.server.handle_datagram(now, client_addr(0), &mut init) {
             Ok(Received::Cookie) => replies += 1,
             Err(Dropped::CookieRateLimited { .. }) => limited += 1,
