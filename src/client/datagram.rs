@@ -856,6 +856,7 @@ mod tests {
             limits: Limits {
                 quiet: Duration::from_millis(120),
                 busy: Duration::from_millis(600),
+                hold: Duration::from_millis(250),
             },
             damping: 0.0,
             gaps: GapHistogram::default(),

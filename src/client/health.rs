@@ -232,7 +232,7 @@ pub(super) async fn watch(
         let active = !shared.table().is_empty()
             || shared.tunnels.warm.active()
             || shared.datagrams.as_ref().is_some_and(|d| d.active(now));
-        for (index, line) in lines.iter_mut().enumerate() {
+        for line in lines.iter_mut() {
             line.path.set_active(now, active);
             if active && line.carrier && line.addressed {
                 match rtnl.as_ref().map(|r| r.link_stats(line.uplink.ifindex)) {
@@ -247,6 +247,10 @@ pub(super) async fn watch(
                     _ => line.path.counters_unavailable(),
                 }
             }
+        }
+        let starved = others_starved(&lines, now);
+        for (index, line) in lines.iter_mut().enumerate() {
+            line.path.set_others_starved(starved[index]);
             line.path.handle_timeout(now);
             while let Some(seq) = line.path.poll_transmit(now) {
                 send_probe(&shared, index, line, seq);
@@ -271,6 +275,19 @@ pub(super) async fn watch(
             repick_source(&shared, &lines);
         }
     }
+}
+
+/// For each line, whether the lines that work besides it (usable or
+/// back: answering their probes) carry far less than they did lately.
+fn others_starved(lines: &[Line], now: Instant) -> Vec<bool> {
+    (0..lines.len())
+        .map(|index| {
+            let others = lines.iter().enumerate().filter(|&(other, line)| {
+                other != index && matches!(line.path.verdict(), Verdict::Usable | Verdict::Back)
+            });
+            path::starved(others.map(|(_, line)| &line.path), now)
+        })
+        .collect()
 }
 
 /// Whether a kernel event about interface `ifindex` concerns an uplink

@@ -185,6 +185,74 @@ impl RateMeter {
     }
 }
 
+/// How much a line carries now against what it carried lately: the rate
+/// over the last [`Throughput::INTERVAL`] (no smoothing, so a line that
+/// stops carrying shows it within two intervals) and a decaying peak of
+/// that rate. A bonded connection whose data waits behind a silent line
+/// shows on its other lines as a rate far below their peak.
+#[derive(Clone, Copy, Debug)]
+pub struct Throughput {
+    last: Option<(u64, Instant)>,
+    rate: f64,
+    peak: Option<(f64, Instant)>,
+    half_life: Duration,
+}
+
+impl Throughput {
+    /// The interval a rate is computed over.
+    pub const INTERVAL: Duration = Duration::from_millis(100);
+
+    /// A meter whose peak halves every `half_life`.
+    pub fn new(half_life: Duration) -> Self {
+        Self {
+            last: None,
+            rate: 0.0,
+            peak: None,
+            half_life,
+        }
+    }
+
+    /// The bytes counted so far (received plus sent) were `total` at
+    /// `now`. A counter that went backwards starts over.
+    pub fn update(&mut self, now: Instant, total: u64) {
+        let Some((last, at)) = self.last else {
+            self.last = Some((total, now));
+            return;
+        };
+        if total < last {
+            self.last = Some((total, now));
+            self.rate = 0.0;
+            return;
+        }
+        let elapsed = now.saturating_duration_since(at);
+        if elapsed < Self::INTERVAL {
+            return;
+        }
+        self.rate = (total - last) as f64 / elapsed.as_secs_f64();
+        self.last = Some((total, now));
+        if self.rate > self.peak(now) {
+            self.peak = Some((self.rate, now));
+        }
+    }
+
+    /// The rate over the last interval, in bytes per second.
+    pub fn rate(&self) -> f64 {
+        self.rate
+    }
+
+    /// The decaying peak of the rate at `now`, in bytes per second.
+    pub fn peak(&self, now: Instant) -> f64 {
+        self.peak.map_or(0.0, |(peak, at)| {
+            peak * decay(now.saturating_duration_since(at), self.half_life)
+        })
+    }
+
+    /// Forgets what the line carried (it went down or moved).
+    pub fn reset(&mut self) {
+        *self = Self::new(self.half_life);
+    }
+}
+
 /// Counts of delivery gaps by length: how often the line pauses, for the
 /// status view and for a scheduler that wants to know how bursty a line is.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -219,6 +287,28 @@ mod tests {
 
     fn ms(n: u64) -> Duration {
         Duration::from_millis(n)
+    }
+
+    #[test]
+    fn throughput_is_the_last_interval_and_its_peak_decays() {
+        let t = clock();
+        let mut meter = Throughput::new(ms(1000));
+        meter.update(t(0), 0);
+        // Too soon for a rate.
+        meter.update(t(50), 10_000);
+        assert_eq!(meter.rate(), 0.0);
+        meter.update(t(100), 100_000);
+        assert_eq!(meter.rate(), 1_000_000.0);
+        // A line that stops carrying shows it after one interval.
+        meter.update(t(200), 100_000);
+        assert_eq!(meter.rate(), 0.0);
+        assert!((meter.peak(t(200)) - 1_000_000.0 / 2f64.powf(0.1)).abs() < 1.0);
+        assert!((meter.peak(t(1100)) - 500_000.0).abs() < 1.0);
+        // A counter that went backwards starts over.
+        meter.update(t(300), 5);
+        assert_eq!(meter.rate(), 0.0);
+        meter.reset();
+        assert_eq!(meter.peak(t(300)), 0.0);
     }
 
     #[test]

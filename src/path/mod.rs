@@ -37,7 +37,16 @@
 //!   quiet limit, twice the longest probe silence that ended in an answer
 //!   lately, and `srtt + 4·rttvar`.
 //!
-//! Both are stretched by flap damping (a dead verdict undone within
+//! A third limit, **holding back**, applies only while the site's other
+//! lines carry far less than they did lately (the driver tells, see
+//! [`starved`]): a bonded connection's data is then waiting behind this
+//! line's silence (head-of-line blocking), and every moment waited costs
+//! the other lines' throughput, while calling it dead costs only a fresh
+//! subflow on it. It is the larger of [`Config::hold_floor`] (250 ms) and
+//! twice the smallest round trip plus a probe interval; neither learned
+//! nor damped, and such a verdict undone quickly is no false alarm.
+//!
+//! The quiet and busy limits are stretched by flap damping (a dead verdict undone within
 //! [`Config::quick_return`] was a false alarm: the penalty grows by one
 //! and halves every [`Config::damping_half_life`]) and capped at
 //! [`Config::ceiling`] (3 s; the busy limit at twice that). So a DSL line that never pauses keeps 120 ms, an
@@ -64,7 +73,7 @@ use std::collections::VecDeque;
 use std::fmt;
 use std::time::{Duration, Instant};
 
-pub use estimate::{Damping, Envelope, GapHistogram, RateMeter, RttEstimator};
+pub use estimate::{Damping, Envelope, GapHistogram, RateMeter, RttEstimator, Throughput};
 
 /// How many probes are remembered to match answers and count losses.
 const RING: usize = 128;
@@ -105,6 +114,11 @@ pub struct Config {
     pub damping_half_life: Duration,
     /// How long a line that came back stays [`Verdict::Back`].
     pub probation: Duration,
+    /// The smallest silence after which a line holding the others back
+    /// is dead.
+    pub hold_floor: Duration,
+    /// Half-life of the peak throughput the others are compared with.
+    pub throughput_memory: Duration,
 }
 
 impl Default for Config {
@@ -124,6 +138,8 @@ impl Default for Config {
             damping_max: 3.0,
             damping_half_life: Duration::from_secs(60),
             probation: Duration::from_secs(1),
+            hold_floor: Duration::from_millis(250),
+            throughput_memory: Duration::from_secs(5),
         }
     }
 }
@@ -195,6 +211,14 @@ pub enum Reason {
         /// Whether the interface had received nothing meanwhile either.
         quiet: bool,
     },
+    /// Probes unanswered for `silent`, past `limit`, while the other lines
+    /// carried far less than lately: the bond waits for this line.
+    HoldingBack {
+        /// How long since the first unanswered probe.
+        silent: Duration,
+        /// The limit that was passed.
+        limit: Duration,
+    },
     /// The interface lost its carrier, was set down or disappeared.
     NoCarrier,
     /// The interface has no address of the concentrator's family.
@@ -224,6 +248,11 @@ impl fmt::Display for Reason {
                 limit,
                 quiet: false,
             } => write!(f, "probes unanswered for {silent:?} (limit {limit:?})"),
+            Reason::HoldingBack { silent, limit } => write!(
+                f,
+                "probes unanswered for {silent:?} (limit {limit:?}) while the other \
+                 uplinks wait for it"
+            ),
             Reason::NoCarrier => f.write_str("no carrier, down or gone"),
             Reason::NoAddress => {
                 f.write_str("its interface has no address of the concentrator's family")
@@ -254,6 +283,8 @@ pub struct Limits {
     pub quiet: Duration,
     /// Whatever the interface received.
     pub busy: Duration,
+    /// While the other lines wait for this one.
+    pub hold: Duration,
 }
 
 /// What the core knows of its line, for schedulers and the status view.
@@ -296,6 +327,17 @@ pub struct Counters {
     pub tx_bytes: u64,
 }
 
+/// Why a line is dead.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum DeadBy {
+    /// Its carrier or address (or it is not dead).
+    Link,
+    /// Its probes' silence.
+    Silence,
+    /// Its silence while the other lines waited for it.
+    HoldingBack,
+}
+
 #[derive(Clone, Copy, Debug)]
 struct Sent {
     seq: u64,
@@ -310,8 +352,8 @@ pub struct Path {
     verdict: Verdict,
     /// When the verdict last changed.
     since: Instant,
-    /// Whether the current dead verdict comes from silence (not the link).
-    dead_by_silence: bool,
+    /// Why the current dead verdict was given.
+    dead_by: DeadBy,
     carrier: bool,
     addressed: bool,
     active: bool,
@@ -338,6 +380,10 @@ pub struct Path {
     outage_end: Option<Instant>,
     rx_rate: RateMeter,
     tx_rate: RateMeter,
+    throughput: Throughput,
+    /// Whether the other lines carry far less than lately (set by the
+    /// driver before each [`Path::handle_timeout`]).
+    others_starved: bool,
     last_wake: Instant,
     events: VecDeque<Event>,
     changes: u64,
@@ -352,7 +398,7 @@ impl Path {
             config,
             verdict: Verdict::Usable,
             since: now,
-            dead_by_silence: false,
+            dead_by: DeadBy::Link,
             carrier: true,
             addressed: true,
             active: false,
@@ -372,6 +418,8 @@ impl Path {
             outage_end: None,
             rx_rate: RateMeter::default(),
             tx_rate: RateMeter::default(),
+            throughput: Throughput::new(config.throughput_memory),
+            others_starved: false,
             last_wake: now,
             events: VecDeque::new(),
             changes: 0,
@@ -412,8 +460,9 @@ impl Path {
                 Reason::NoCarrier
             };
             self.forget_probes();
+            self.throughput.reset();
             self.transition(now, Verdict::Dead, reason);
-            self.dead_by_silence = false;
+            self.dead_by = DeadBy::Link;
         } else if !was_up && up {
             self.forget_probes();
             self.active_since = now;
@@ -496,13 +545,13 @@ impl Path {
             }
         }
         match self.verdict {
-            Verdict::Dead if self.dead_by_silence => {
+            Verdict::Dead if self.dead_by != DeadBy::Link => {
                 let dead_for = now.saturating_duration_since(self.since);
-                if dead_for <= self.config.quick_return {
+                if dead_for > self.config.quick_return {
+                    self.outage_end = Some(now);
+                } else if self.dead_by == DeadBy::Silence {
                     self.false_alarms += 1;
                     self.damping.add(now, self.config.damping_step);
-                } else {
-                    self.outage_end = Some(now);
                 }
                 let after = silent.unwrap_or(dead_for);
                 self.transition(now, Verdict::Back, Reason::Answered { after });
@@ -520,6 +569,8 @@ impl Path {
     pub fn on_counters(&mut self, now: Instant, counters: Counters) {
         self.rx_rate.update(now, counters.rx_bytes);
         self.tx_rate.update(now, counters.tx_bytes);
+        self.throughput
+            .update(now, counters.rx_bytes.saturating_add(counters.tx_bytes));
         let count = counters.rx_packets;
         self.rx = match self.rx {
             Some((last, since)) if last == count => Some((last, since)),
@@ -540,6 +591,18 @@ impl Path {
     /// The interface's counters could not be read: judge by probes alone.
     pub fn counters_unavailable(&mut self) {
         self.rx = None;
+    }
+
+    /// Whether the site's other lines carry far less than they did lately
+    /// (see [`starved`]); the driver tells before each
+    /// [`Path::handle_timeout`].
+    pub fn set_others_starved(&mut self, starved: bool) {
+        self.others_starved = starved;
+    }
+
+    /// What the line carries now against its recent peak.
+    pub fn throughput(&self) -> &Throughput {
+        &self.throughput
     }
 
     /// Whether a silence or gap that began at `start` shows the line's
@@ -587,6 +650,11 @@ impl Path {
                     limit: limits.quiet,
                     quiet: true,
                 })
+            } else if self.others_starved && silent >= limits.hold {
+                Some(Reason::HoldingBack {
+                    silent,
+                    limit: limits.hold,
+                })
             } else {
                 None
             };
@@ -605,7 +673,10 @@ impl Path {
             (Some(_), Verdict::Dead) => {}
             (Some(reason), _) => {
                 self.transition(now, Verdict::Dead, reason);
-                self.dead_by_silence = true;
+                self.dead_by = match reason {
+                    Reason::HoldingBack { .. } => DeadBy::HoldingBack,
+                    _ => DeadBy::Silence,
+                };
             }
             (None, Verdict::Usable | Verdict::Back) if suspect => {
                 let limits = self.limits(now);
@@ -680,7 +751,11 @@ impl Path {
             .max(quiet_base * 2);
         let quiet = quiet_base.mul_f64(damp).min(c.ceiling);
         let busy = busy_base.mul_f64(damp).min(c.ceiling * 2);
-        Limits { quiet, busy }
+        let hold = c
+            .hold_floor
+            .max(self.rtt.min().unwrap_or_default() * 2 + c.probe_every)
+            .min(busy);
+        Limits { quiet, busy, hold }
     }
 
     /// What the core knows of its line at `now`.
@@ -754,6 +829,25 @@ impl Path {
         self.since = now;
         self.changes += 1;
     }
+}
+
+/// Below this share of their recent peak, lines are starved.
+const STARVED_SHARE: f64 = 0.5;
+
+/// Lines whose peak together is below this (bytes per second) carry too
+/// little for a wait to cost anything: never starved.
+const STARVED_MIN_PEAK: f64 = 256.0 * 1024.0;
+
+/// Whether `others` (the lines that work, besides the one in question)
+/// carry far less than they did lately: together below half their peak,
+/// and that peak worth a bulk transfer. With no other line, nothing can
+/// be starved by this one.
+pub fn starved<'a>(others: impl IntoIterator<Item = &'a Path>, now: Instant) -> bool {
+    let (rate, peak) = others.into_iter().fold((0.0, 0.0), |(rate, peak), path| {
+        let t = path.throughput();
+        (rate + t.rate(), peak + t.peak(now))
+    });
+    peak >= STARVED_MIN_PEAK && rate < peak * STARVED_SHARE
 }
 
 fn slot(seq: u64) -> usize {

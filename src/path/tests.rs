@@ -347,3 +347,102 @@ fn a_new_address_starts_without_a_verdict_but_keeps_the_habits() {
     let events = d.run(&mut path, &t, 4000, 20_000, |_| false, |_| false);
     assert!(dead_at(&events).is_none(), "{events:?}");
 }
+
+#[test]
+fn a_line_the_others_wait_for_is_dead_sooner_and_that_is_no_false_alarm() {
+    let t = clock();
+    let mut path = active_path(&t);
+    let mut d = Driver::new();
+    // A busy line (its interface keeps receiving): probes unanswered from
+    // 2000 would take 600 ms to condemn it; with the others starved, the
+    // hold limit (250 ms) does.
+    d.run(&mut path, &t, 0, 2000, |_| true, |_| true);
+    path.set_others_starved(true);
+    let events = d.run(&mut path, &t, 2000, 2400, |now| now < 2000, |_| true);
+    let dead = events
+        .iter()
+        .find(|e| e.to == Verdict::Dead)
+        .expect("dead while holding the others back");
+    assert!(
+        dead.at >= t(2000 + 250 - 30) && dead.at <= t(2000 + 260),
+        "{events:?}"
+    );
+    assert!(matches!(dead.reason, Reason::HoldingBack { limit, .. } if limit == ms(250)));
+    // It answers again 100 ms later: back, and not damped.
+    let events = d.run(&mut path, &t, 2400, 3000, |_| true, |_| true);
+    assert_eq!(
+        events.first().map(|e| e.to),
+        Some(Verdict::Back),
+        "{events:?}"
+    );
+    let estimates = path.estimates(t(3000));
+    assert_eq!(estimates.false_alarms, 0);
+    assert_eq!(estimates.damping, 0.0);
+
+    // The same silence while the others carry on: not dead within 500 ms.
+    let mut calm = active_path(&t);
+    let mut d = Driver::new();
+    d.run(&mut calm, &t, 0, 2000, |_| true, |_| true);
+    let events = d.run(&mut calm, &t, 2000, 2500, |now| now < 2000, |_| true);
+    assert_eq!(dead_at(&events), None, "{events:?}");
+}
+
+#[test]
+fn the_hold_limit_follows_the_smallest_round_trip() {
+    let t = clock();
+    let mut path = active_path(&t);
+    let mut d = Driver::new();
+    d.rtt = 200;
+    d.run(&mut path, &t, 0, 3000, |_| true, |_| true);
+    // 2 × 200 ms + a probe interval.
+    assert_eq!(path.limits(t(3000)).hold, ms(430));
+}
+
+#[test]
+fn others_are_starved_below_half_their_peak_when_it_is_worth_a_transfer() {
+    let t = clock();
+    // A line carrying 1 MB/s from 0 to 1000 ms, then `after` bytes per
+    // 100 ms.
+    let line = |after: u64| {
+        let mut path = active_path(&t);
+        let mut total = 0;
+        for step in 0..=15u64 {
+            total += if step <= 10 { 100_000 } else { after };
+            path.on_counters(
+                t(step * 100),
+                Counters {
+                    rx_packets: total / 1500,
+                    rx_bytes: total,
+                    tx_bytes: 0,
+                },
+            );
+        }
+        path
+    };
+    let now = t(1500);
+    let (full, slowed, stopped) = (line(100_000), line(60_000), line(10_000));
+    assert!(!starved([&full], now));
+    assert!(!starved([&slowed], now));
+    assert!(starved([&stopped], now));
+    // Together: 1.1 MB/s now against a peak near 2 MB/s.
+    assert!(!starved([&full, &stopped], now));
+    assert!(starved([&slowed, &stopped], now));
+    // No other line, or one that never carried much: nothing to starve.
+    assert!(!starved([], now));
+    let trickle = {
+        let mut path = active_path(&t);
+        for step in 0..=15u64 {
+            let total = if step <= 10 { step * 2_000 } else { 20_000 };
+            path.on_counters(
+                t(step * 100),
+                Counters {
+                    rx_packets: total / 100,
+                    rx_bytes: total,
+                    tx_bytes: 0,
+                },
+            );
+        }
+        path
+    };
+    assert!(!starved([&trickle], now));
+}

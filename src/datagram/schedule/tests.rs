@@ -66,6 +66,7 @@ fn estimates(verdict: Verdict, srtt_ms: Option<u64>) -> Estimates {
         limits: Limits {
             quiet: ms(120),
             busy: ms(600),
+            hold: ms(250),
         },
         damping: 0.0,
         gaps: GapHistogram::default(),
