@@ -15,11 +15,16 @@ echo "== cargo clippy"
 cargo clippy --locked --workspace --all-targets -- -D warnings
 echo "== cargo build --release"
 cargo build --locked --workspace --release
-echo "== cargo test"
+echo "== cargo test --release"
 # --workspace: the link emulator (linkem/) is a crate of its own.
+# --release: the lab runs the release binaries anyway, so the tests share
+# their dependencies' build instead of building every crate a second time
+# in debug (minutes on two cores); the seeded simulations run faster too.
+# Overflow and debug assertions are still exercised by the fuzz targets'
+# debug build below.
 # No doc tests (there are none): their empty run would close the output.
 status=0
-cargo test --locked --workspace --lib --bins --tests 2>&1 | tee /tmp/mpbond-test.log || status=$?
+cargo test --release --locked --workspace --lib --bins --tests 2>&1 | tee /tmp/mpbond-test.log || status=$?
 
 # Every fuzz target for a few seconds from its seed corpus, so a parser
 # that panics on its own seeds or on what a few seconds find fails here.

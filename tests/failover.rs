@@ -2,8 +2,9 @@
 //! lost (`down`, seen through the kernel's link events) and blackholed
 //! (carrier up, everything dropped: seen by the client's probes).
 //!
-//! Each test downloads 60 MiB from mpb-srv to the LAN host through the
-//! tunnel on the default profiles, changes a line mid-transfer with
+//! Each test downloads from mpb-srv to the LAN host through the tunnel on
+//! the default profiles (as much as it needs to see the line fail and the
+//! transfer carry on for seconds after; 60 MiB at most), changes a line mid-transfer with
 //! `scripts/lab.sh link`, and checks what a user would: every byte arrives
 //! (sha256), the connection lives to the end, and how long the receiver
 //! waited at most (printed).
@@ -27,20 +28,26 @@ const SRV: &str = "mpb-srv";
 const LAN: &str = "mpb-lan";
 const CLI: &str = "mpb-cli";
 const MIB: u64 = 1 << 20;
-const LEN: u64 = 60 * MIB;
 const SEED: u64 = 0xfa11;
+
+/// A line's return is measured for 5 s after it: 8 MiB before the cut,
+/// up to 8 s of one line, then 5 s of both (about 6.6 MB/s).
+const RETURN_LEN: u64 = 60 * MIB;
+
+/// A cut at 10 MiB leaves 20 MiB to the other line: 9 s over dsl alone.
+const OUTAGE_LEN: u64 = 30 * MIB;
 
 /// The longest a line's return (or renumbering) may stall the download:
 /// the failover goal.
 const RETURN_STALL_GOAL: Duration = Duration::from_millis(300);
 
-fn source(port: u16) -> NsServer {
+fn source(port: u16, len: u64) -> NsServer {
     NsServer::start(
         SRV,
         SocketAddr::new(SERVER, port),
         Behavior::Source {
             request: 4,
-            len: LEN,
+            len,
             seed: SEED,
         },
     )
@@ -51,13 +58,19 @@ fn source(port: u16) -> NsServer {
 /// it moved.
 fn outage_mid_transfer(link: &str, how: &str, port: u16, why: &str) {
     let lab = Lab::up_and_start(&[], &[]);
-    let srv = source(port);
+    let srv = source(port, OUTAGE_LEN);
     let (tx, rx) = mpsc::channel();
     let download = start_download(srv.addr(), tx);
     wait_for(&rx, 10 * MIB);
     lab.link(&[link, how]);
     let got = download.join().expect("download thread");
-    check_download(&format!("{link} {how} at 10 MiB"), got, &srv, LEN, SEED);
+    check_download(
+        &format!("{link} {how} at 10 MiB"),
+        got,
+        &srv,
+        OUTAGE_LEN,
+        SEED,
+    );
     let log = lab.log_tail("client", 50);
     assert!(
         log.contains("uplink down") && log.contains(&format!("uplink={link}")) && log.contains(why),
@@ -83,7 +96,7 @@ fn lte_blackholed_mid_transfer_loses_nothing() {
 /// stalls the download no longer than the goal.
 fn line_returns(link: &str, how: &str, outage: Duration, port: u16) {
     let lab = Lab::up_and_start(&[], &[]);
-    let srv = source(port);
+    let srv = source(port, RETURN_LEN);
     let dev = format!("{link}0");
     let (tx, rx) = mpsc::channel();
     let download = start_download(srv.addr(), tx);
@@ -105,7 +118,7 @@ fn line_returns(link: &str, how: &str, outage: Duration, port: u16) {
         &format!("{link} {how} for {outage:?}"),
         got,
         &srv,
-        LEN,
+        RETURN_LEN,
         SEED,
     );
     let stall = got.longest_gap_within(back, back + Duration::from_secs(5));
@@ -142,7 +155,7 @@ fn lte_returns_to_the_running_connection_after_an_8s_blackhole() {
 #[test]
 fn a_renumbered_line_returns_to_the_running_connection() {
     let lab = Lab::up_and_start(&[], &[]);
-    let srv = source(5608);
+    let srv = source(5608, RETURN_LEN);
     let (tx, rx) = mpsc::channel();
     let download = start_download(srv.addr(), tx);
     wait_for(&rx, 8 * MIB);
@@ -169,7 +182,7 @@ fn a_renumbered_line_returns_to_the_running_connection() {
         carried as f64 / MIB as f64
     );
     let got = download.join().expect("download thread");
-    let got = check_download("lte renumbered at 8 MiB", got, &srv, LEN, SEED);
+    let got = check_download("lte renumbered at 8 MiB", got, &srv, RETURN_LEN, SEED);
     let stall = got.longest_gap_within(renumbered, renumbered + Duration::from_secs(5));
     eprintln!("longest wait for a byte within 5 s of the renumbering: {stall:?}");
     assert!(
@@ -236,6 +249,9 @@ fn new_connections_work_while_dsl_is_blackholed() {
     new_connections_while("blackhole", 5606);
 }
 
+/// 12 MiB over dsl alone, then 12 MiB over lte alone.
+const BACKUP_LEN: u64 = 24 * MIB;
+
 /// With lte as a `backup` uplink (deploy/lab/client-backup.toml): lte
 /// carries (almost) nothing while dsl works; when dsl is blackholed, the
 /// transfer carries on over lte.
@@ -246,7 +262,7 @@ fn a_backup_uplink_takes_over_only_when_needed() {
         .to_string_lossy()
         .into_owned();
     let lab = Lab::up_and_start(&[], &["--client-config", &config]);
-    let srv = source(5607);
+    let srv = source(5607, BACKUP_LEN);
     let (tx, rx) = mpsc::channel();
     let (dsl0, lte0) = (if_bytes(CLI, "dsl0").rx, if_bytes(CLI, "lte0").rx);
     let download = start_download(srv.addr(), tx);
@@ -267,8 +283,11 @@ fn a_backup_uplink_takes_over_only_when_needed() {
     );
     lab.link(&["dsl", "blackhole"]);
     let got = download.join().expect("download thread");
-    check_download("dsl blackholed, lte backup", got, &srv, LEN, SEED);
+    check_download("dsl blackholed, lte backup", got, &srv, BACKUP_LEN, SEED);
 }
+
+/// What the issue asks of a bursty line: 60 MiB.
+const BURSTY_LEN: u64 = 60 * MIB;
 
 /// On a bursty cellular lte (profile `lte-bursty`: delivery pauses of
 /// 50 ms to 1.5 s tens of times a minute while the line is alive), a 60 MiB
@@ -278,11 +297,17 @@ fn a_backup_uplink_takes_over_only_when_needed() {
 #[test]
 fn a_bursty_lte_is_not_mistaken_for_a_dead_one() {
     let lab = Lab::up_and_start(&["--lte", "lte-bursty"], &[]);
-    let srv = source(5609);
+    let srv = source(5609, BURSTY_LEN);
     let (tx, _rx) = mpsc::channel();
     let download = start_download(srv.addr(), tx);
     let got = download.join().expect("download thread");
-    let got = check_download("60 MiB over dsl and a bursty lte", got, &srv, LEN, SEED);
+    let got = check_download(
+        "60 MiB over dsl and a bursty lte",
+        got,
+        &srv,
+        BURSTY_LEN,
+        SEED,
+    );
     let log = lab.log_tail("client", 2000);
     let downs = log
         .lines()
@@ -295,7 +320,7 @@ fn a_bursty_lte_is_not_mistaken_for_a_dead_one() {
     eprintln!(
         "lte called dead {downs} times, back {backs} times in {:.1} s; {:.1} Mbit/s",
         got.took.as_secs_f64(),
-        LEN as f64 * 8.0 / got.took.as_secs_f64() / 1e6
+        BURSTY_LEN as f64 * 8.0 / got.took.as_secs_f64() / 1e6
     );
     assert!(
         downs <= 3,
