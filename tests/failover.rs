@@ -309,25 +309,43 @@ fn a_bursty_lte_is_not_mistaken_for_a_dead_one() {
         SEED,
     );
     let log = lab.log_tail("client", 2000);
-    let downs = log
-        .lines()
-        .filter(|l| l.contains("uplink down") && l.contains("uplink=lte"))
+    let lte_downs = || {
+        log.lines()
+            .filter(|l| l.contains("uplink down") && l.contains("uplink=lte"))
+    };
+    // Taken out while dsl waited for it (head-of-line blocking): on
+    // purpose, and cheap; any other dead verdict mistook a pause for an
+    // outage.
+    let holds = lte_downs()
+        .filter(|l| l.contains("other uplinks wait for it"))
         .count();
+    let mistaken = lte_downs().count() - holds;
     let backs = log
         .lines()
         .filter(|l| l.contains("uplink back") && l.contains("uplink=lte"))
         .count();
+    let secs = got.took.as_secs_f64();
     eprintln!(
-        "lte called dead {downs} times, back {backs} times in {:.1} s; {:.1} Mbit/s",
-        got.took.as_secs_f64(),
-        BURSTY_LEN as f64 * 8.0 / got.took.as_secs_f64() / 1e6
+        "lte called dead {mistaken} times for silence and taken out {holds} times while dsl \
+         waited for it, back {backs} times in {secs:.1} s; {:.1} Mbit/s",
+        BURSTY_LEN as f64 * 8.0 / secs / 1e6
     );
-    assert!(
-        downs <= 3,
-        "lte was called dead {downs} times during the download; its verdicts:\n{}",
+    let verdicts = || {
         log.lines()
             .filter(|l| l.contains("uplink verdict"))
             .collect::<Vec<_>>()
             .join("\n")
+    };
+    assert!(
+        mistaken <= 3,
+        "lte was called dead {mistaken} times for silence during the download; its verdicts:\n{}",
+        verdicts()
+    );
+    // bench.sh tcp saw 3 in 20 s on this profile; one every 250 ms of
+    // silence would be 80.
+    assert!(
+        holds <= 12,
+        "lte was taken out {holds} times while dsl waited for it; its verdicts:\n{}",
+        verdicts()
     );
 }
