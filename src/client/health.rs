@@ -486,6 +486,7 @@ fn log_event(line: &mut Line, event: &Event) {
         why = %event.reason,
         quiet_limit_ms = limits.quiet.as_millis() as u64,
         busy_limit_ms = limits.busy.as_millis() as u64,
+        hold_limit_ms = limits.hold.as_millis() as u64,
         "uplink verdict"
     );
 }

@@ -46,9 +46,10 @@
 //! twice the smallest round trip plus a probe interval; neither learned
 //! nor damped, and such a verdict undone quickly is no false alarm.
 //!
-//! The quiet and busy limits are stretched by flap damping (a dead verdict undone within
-//! [`Config::quick_return`] was a false alarm: the penalty grows by one
-//! and halves every [`Config::damping_half_life`]) and capped at
+//! The quiet and busy limits are stretched by flap damping (a dead
+//! verdict undone within [`Config::quick_return`] was a false alarm: the
+//! penalty grows by one and halves every [`Config::damping_half_life`])
+//! and capped at
 //! [`Config::ceiling`] (3 s; the busy limit at twice that). So a DSL line that never pauses keeps 120 ms, an
 //! LTE line that pauses for 700 ms now and then gets about 1.5 s, and a
 //! line that flaps is suspected less eagerly for a while. Silences that
