@@ -349,3 +349,91 @@ fn responses_say_how_long_they_are_and_close() {
         .expect("text")
         .ends_with("\r\n\r\n"));
 }
+
+/// A fresh directory for socket tests, removed on drop.
+struct TempDir(std::path::PathBuf);
+
+impl TempDir {
+    fn new(test: &str) -> Self {
+        let dir =
+            std::env::temp_dir().join(format!("mpbond-control-{}-{test}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        Self(dir)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+#[tokio::test]
+async fn the_socket_is_root_only_answers_status_and_goes_on_drop() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let dir = TempDir::new("serve");
+    let path = dir.0.join("run/client-test.sock");
+    let socket = super::socket::ControlSocket::bind(&path).expect("binds");
+    let mode = std::fs::metadata(&path)
+        .expect("exists")
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600, "socket mode {mode:o}");
+    let dir_mode = std::fs::metadata(path.parent().expect("dir"))
+        .expect("dir")
+        .permissions()
+        .mode();
+    assert_eq!(dir_mode & 0o777, 0o700, "directory mode {dir_mode:o}");
+    let provider: super::Provider = std::sync::Arc::new(client_status);
+    let server = tokio::spawn(socket.serve(provider));
+    let asked = path.clone();
+    let status = tokio::task::spawn_blocking(move || super::socket::query(&asked))
+        .await
+        .expect("query thread")
+        .expect("answers");
+    assert_eq!(status.client, client_status().client);
+    assert_eq!(
+        status.socket,
+        path.display().to_string(),
+        "the daemon names its socket"
+    );
+    // A second daemon on the same socket is refused while it answers.
+    let second = super::socket::ControlSocket::bind(&path).expect_err("in use");
+    assert!(
+        matches!(second, super::socket::ControlError::InUse { .. }),
+        "{second}"
+    );
+    server.abort();
+    let _ = server.await;
+    assert!(!path.exists(), "the socket is removed when the server goes");
+    let error = super::socket::query(&path).expect_err("no daemon");
+    assert!(
+        error.to_string().starts_with("no mpbond daemon answers on"),
+        "{error}"
+    );
+}
+
+#[tokio::test]
+async fn a_stale_socket_is_replaced_and_anything_else_kept() {
+    let dir = TempDir::new("stale");
+    std::fs::create_dir_all(&dir.0).expect("dir");
+    let path = dir.0.join("concentrator-test.sock");
+    // A crash leaves the file, with no one listening.
+    drop(std::os::unix::net::UnixListener::bind(&path).expect("bind"));
+    assert!(path.exists());
+    let socket = super::socket::ControlSocket::bind(&path).expect("replaces the stale socket");
+    drop(socket);
+    assert!(!path.exists());
+    std::fs::write(&path, "not a socket").expect("write");
+    let error = super::socket::ControlSocket::bind(&path).expect_err("not a socket");
+    assert!(
+        matches!(error, super::socket::ControlError::NotASocket { .. }),
+        "{error}"
+    );
+    assert!(
+        path.exists(),
+        "a file that is not a socket is never removed"
+    );
+    let found = super::socket::discover(&dir.0).expect("lists");
+    assert!(found.is_empty(), "only sockets count: {found:?}");
+}
