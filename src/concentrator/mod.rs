@@ -755,13 +755,9 @@ async fn connection(shared: Arc<Shared>, mut stream: TcpStream, mut pending: Pen
     }
     let sized = (shared.send_buffer == SendBuffer::Auto)
         .then(|| (Side::Client, Sizer::new(sendbuf::Policy::downloads(), 0)));
-    match crate::relay::relay(&stream, &server, &header[early], sized).await {
-        Ok(done) => {
-            if let Some(c) = counters {
-                c.carried(done.up, done.down);
-            }
-            info!(up = done.up, down = done.down, "connection closed");
-        }
+    let counted = counters.map(status::ClientCounters::meters);
+    match crate::relay::relay_counted(&stream, &server, &header[early], sized, counted).await {
+        Ok(done) => info!(up = done.up, down = done.down, "connection closed"),
         Err(e) => info!(error = %Chain(&e), "connection reset"),
     }
     drop(admitted);

@@ -1,5 +1,6 @@
 //! What `mpbond status` and the metrics show of the concentrator: the
-//! counters it keeps for that (atomics, bumped once per connection), and
+//! counters it keeps for that (atomics, bumped once per connection and,
+//! for bytes, once per relay write), and
 //! the snapshot built on request from them, the clients' connection slots
 //! and the datagram tunnel.
 
@@ -65,10 +66,9 @@ impl ClientCounters {
         self.refused.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// A connection closed cleanly after carrying this much each way.
-    pub(super) fn carried(&self, up: u64, down: u64) {
-        self.up.fetch_add(up, Ordering::Relaxed);
-        self.down.fetch_add(down, Ordering::Relaxed);
+    /// The byte counters the relay adds to as it writes: (up, down).
+    pub(super) fn meters(&self) -> (&AtomicU64, &AtomicU64) {
+        (&self.up, &self.down)
     }
 }
 

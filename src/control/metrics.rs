@@ -233,11 +233,11 @@ fn concentrator_metrics(sink: &mut Sink, conc: &ConcentratorStatus) {
     );
     let up = sink.counter(
         "client_up_bytes",
-        "Bytes from the client to its destinations, of closed connections",
+        "Bytes relayed from the client to its destinations",
     );
     let down = sink.counter(
         "client_down_bytes",
-        "Bytes from the destinations to the client, of closed connections",
+        "Bytes relayed from the destinations to the client",
     );
     let dg = conc.clients.iter().any(|c| c.datagram.is_some()).then(|| {
         (

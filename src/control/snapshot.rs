@@ -169,9 +169,9 @@ pub struct ClientEntry {
     pub connections_total: u64,
     /// Requests refused since start (destination denied, limits).
     pub refused: u64,
-    /// Bytes from the client to its destinations, of closed connections.
+    /// Bytes relayed from the client to its destinations since start.
     pub up_bytes: u64,
-    /// Bytes from the destinations to the client, of closed connections.
+    /// Bytes relayed from the destinations to the client since start.
     pub down_bytes: u64,
     /// Its datagram tunnel; absent when it has none.
     #[serde(default, skip_serializing_if = "Option::is_none")]

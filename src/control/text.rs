@@ -154,7 +154,7 @@ fn render_client_entry(out: &mut String, status: &Status, c: &ClientEntry) {
     );
     let _ = writeln!(
         out,
-        "  transfer: {} down, {} up (closed connections)",
+        "  transfer: {} down, {} up",
         bytes(c.down_bytes),
         bytes(c.up_bytes)
     );
