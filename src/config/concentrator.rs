@@ -778,7 +778,7 @@ mod tests {
             error("listen = \"0.0.0.0:7300\"\nlisten_port = 1\n"),
             "/etc/mpbond/concentrator.toml:2: listen_port: unknown field `listen_port`, \
              expected one of `listen`, `handshake_timeout`, `connect_timeout`, `send_buffer`, \
-             `client`, `policy`, `datagram`, `private_key`, `private_key_file`"
+             `client`, `policy`, `datagram`, `private_key`, `private_key_file`, `control`"
         );
     }
 
