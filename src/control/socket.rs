@@ -144,7 +144,7 @@ pub enum ControlError {
         message: String,
     },
     /// The directory of sockets could not be listed.
-    #[error("cannot list {}", .path.display())]
+    #[error("cannot list the control sockets in {} (run mpbond status as root)", .path.display())]
     List {
         /// The directory.
         path: PathBuf,
