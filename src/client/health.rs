@@ -275,14 +275,15 @@ pub(super) async fn watch(
             repick_source(&shared, &lines);
         }
         if changed || now.saturating_duration_since(published) >= super::status::PUBLISH_EVERY {
-            publish(&shared, &lines, now);
+            publish(&shared, &lines, now, active);
             published = now;
         }
     }
 }
 
-/// Publishes each uplink's state for `mpbond status`.
-fn publish(shared: &Shared, lines: &[Line], now: Instant) {
+/// Publishes each uplink's state for `mpbond status`; `active`: whether
+/// the site is busy (the counters, and so the rates, are read only then).
+fn publish(shared: &Shared, lines: &[Line], now: Instant, active: bool) {
     shared
         .status
         .publish(lines.iter().map(|line| super::status::Seen {
@@ -292,6 +293,7 @@ fn publish(shared: &Shared, lines: &[Line], now: Instant) {
             reason: &line.last_reason,
             changed: line.last_change,
             endpoint: line.endpoint,
+            active,
         }));
 }
 

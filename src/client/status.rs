@@ -43,6 +43,9 @@ pub(super) struct Seen<'a> {
     pub(super) reason: &'a str,
     pub(super) changed: Instant,
     pub(super) endpoint: bool,
+    /// Whether the site is busy: the path core measures rates only then,
+    /// and keeps the last one while idle.
+    pub(super) active: bool,
 }
 
 impl Board {
@@ -72,8 +75,16 @@ impl Board {
                     loss: s.estimates.loss,
                     rx_bytes: None,
                     tx_bytes: None,
-                    rx_bytes_per_sec: s.estimates.rx_bytes_per_sec,
-                    tx_bytes_per_sec: s.estimates.tx_bytes_per_sec,
+                    rx_bytes_per_sec: if s.active {
+                        s.estimates.rx_bytes_per_sec
+                    } else {
+                        0
+                    },
+                    tx_bytes_per_sec: if s.active {
+                        s.estimates.tx_bytes_per_sec
+                    } else {
+                        0
+                    },
                     datagram: None,
                 },
             })

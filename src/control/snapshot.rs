@@ -98,7 +98,8 @@ pub struct UplinkStatus {
     pub rx_bytes: Option<u64>,
     /// Bytes the interface sent.
     pub tx_bytes: Option<u64>,
-    /// Receive rate, bytes per second (measured while the site is busy).
+    /// Receive rate, bytes per second (measured while the site is busy;
+    /// 0 while it is idle).
     pub rx_bytes_per_sec: u64,
     /// Send rate, bytes per second.
     pub tx_bytes_per_sec: u64,
