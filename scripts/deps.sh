@@ -7,7 +7,9 @@ _mpb_pkgs=(iproute2 ethtool iperf3 iputils-ping procps psmisc util-linux python3
 # Userspace WireGuard, bench.sh udp's baseline. Without recommends:
 # wireguard-tools recommends the kernel module, which apt satisfies with a
 # whole kernel image (and initramfs-tools, udev, ...).
-_mpb_norec=(wireguard-go wireguard-tools)
+# prometheus: promtool checks the metrics (tests/status.rs); without
+# recommends, which would add the node exporter.
+_mpb_norec=(wireguard-go wireguard-tools prometheus)
 _mpb_missing=()
 _mpb_missing_norec=()
 for _p in "${_mpb_pkgs[@]}"; do

@@ -82,6 +82,10 @@
 #             the second client                                         (client2.log)
 #   mpb-srv   the probe server on port 7 (IPv4 and IPv6): writes the peer's
 #             address and a newline, then closes                        (probe.log)
+# Status and metrics: each daemon's control socket is /run/mpbond/ROLE-CONFIG.sock
+# (status shows `mpbond status` of each); the client serves metrics on
+# http://192.168.77.1:9310/metrics (the router's LAN address, from mpb-lan),
+# the concentrator on http://127.0.0.1:9311/metrics inside mpb-conc.
 # The configs use the key pairs $RUN/client.key(.pub), $RUN/client2.key(.pub)
 # and $RUN/concentrator.key(.pub), made by start when missing.
 # Datagram tunnel: TUN mpbc0 in mpb-conc (10.77.0.1/24, fd77::1/64, made by
@@ -625,6 +629,18 @@ spawn() {
     printf '%q ' "$@" >"$RUN/$name.cmd"
 }
 
+# daemon_config NAME: the --config daemon NAME was started with (none for
+# the probe server).
+daemon_config() {
+    local cmdfile=$RUN/$1.cmd prev="" arg args=()
+    [ -r "$cmdfile" ] || return 0
+    eval "args=($(cat "$cmdfile"))"
+    for arg in "${args[@]}"; do
+        [ "$prev" = --config ] && { echo "$arg"; return 0; }
+        prev=$arg
+    done
+}
+
 # Fails at once, with its log, if daemon NAME is gone.
 check_alive() {
     [ -n "$(daemon_pid "$1")" ] && return 0
@@ -826,11 +842,16 @@ cmd_status() {
         fi
     done
     [ "$any" = 1 ] || { echo "lab is down"; return 0; }
-    local name bin pid
+    local name bin pid config
     for name in "${DAEMONS[@]}"; do
         pid=$(daemon_pid "$name")
         if [ -n "$pid" ]; then
             echo "== $name: running in ${DAEMON_NS[$name]}, pid $pid, log $RUN/$name.log"
+            config=$(daemon_config "$name")
+            # mpbond's own view: uplinks, clients, connections.
+            if [ -n "$config" ]; then
+                nsx "${DAEMON_NS[$name]}" "$(mpbond_bin)" status --config "$config" | sed 's/^/   /' || true
+            fi
         else
             echo "== $name: not running"
         fi

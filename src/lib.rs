@@ -10,6 +10,7 @@ pub mod client;
 pub mod clock;
 pub mod concentrator;
 pub mod config;
+pub mod control;
 pub mod crypto;
 pub mod datagram;
 #[cfg(test)]

@@ -11,7 +11,9 @@ use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 
 use mpbond::auth::Key;
+use mpbond::config::control;
 use mpbond::config::{ClientConfig, ConcentratorConfig};
+use mpbond::control::{socket, text};
 use mpbond::crypto::{keygen_text, StaticSecret};
 use mpbond::{client, concentrator};
 
@@ -54,6 +56,28 @@ enum Command {
         #[arg(long)]
         shared: bool,
     },
+    /// Show what the running daemons see: each uplink's state, round trip,
+    /// loss and traffic (client), each client's connections and tunnel
+    /// (concentrator). Asks each daemon on its control socket (root only).
+    Status {
+        /// Ask the daemon running with this config file (on the control
+        /// socket it names); without it, every daemon with a socket in
+        /// /run/mpbond.
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+        /// Print a JSON list, one document per daemon (fields in the README).
+        #[arg(long)]
+        json: bool,
+        /// Refresh in place until Ctrl-C (with --json: one list per line).
+        #[arg(long)]
+        watch: bool,
+        /// With --watch: seconds between refreshes.
+        #[arg(long, value_name = "SECS", default_value_t = 1.0, requires = "watch")]
+        interval: f64,
+        /// With --watch: stop after this many refreshes.
+        #[arg(long, value_name = "N", requires = "watch")]
+        count: Option<u64>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -80,17 +104,106 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Client { config } => run_client(&config),
         Command::Concentrator { config } => run_concentrator(&config),
         Command::Keygen { out, shared } => keygen(out.as_deref(), shared),
+        Command::Status {
+            config,
+            json,
+            watch,
+            interval,
+            count,
+        } => status(config.as_deref(), json, watch.then_some((interval, count))),
     }
 }
 
-fn run_client(config: &Path) -> anyhow::Result<()> {
-    let config = ClientConfig::load(config)?;
-    until_signal(|shutdown| async move { Ok(client::run(config, shutdown).await?) })
+fn run_client(path: &Path) -> anyhow::Result<()> {
+    let config = ClientConfig::load(path)?;
+    until_signal(|shutdown| async move { Ok(client::run(config, path, shutdown).await?) })
 }
 
-fn run_concentrator(config: &Path) -> anyhow::Result<()> {
-    let config = ConcentratorConfig::load(config)?;
-    until_signal(|shutdown| async move { Ok(concentrator::run(config, shutdown).await?) })
+fn run_concentrator(path: &Path) -> anyhow::Result<()> {
+    let config = ConcentratorConfig::load(path)?;
+    until_signal(|shutdown| async move { Ok(concentrator::run(config, path, shutdown).await?) })
+}
+
+/// `mpbond status`: once, or with `watch` (seconds between refreshes, how
+/// many at most) until Ctrl-C.
+fn status(
+    config: Option<&Path>,
+    json: bool,
+    watch: Option<(f64, Option<u64>)>,
+) -> anyhow::Result<()> {
+    let sockets = match config {
+        Some(path) => vec![control::socket_of(path)?.1],
+        None => {
+            let dir = Path::new(control::RUN_DIR);
+            let sockets = socket::discover(dir)?;
+            if sockets.is_empty() {
+                anyhow::bail!(
+                    "no mpbond daemon runs here: {} holds no control socket. Start one \
+                     (mpbond client --config FILE, mpbond concentrator --config FILE), or give \
+                     --config FILE for a daemon whose [control] socket lies elsewhere",
+                    dir.display()
+                );
+            }
+            sockets
+        }
+    };
+    let Some((interval, count)) = watch else {
+        print!("{}", status_once(&sockets, json, config.is_some())?);
+        return Ok(());
+    };
+    let interval = std::time::Duration::try_from_secs_f64(interval)
+        .ok()
+        .filter(|d| !d.is_zero())
+        .context("--interval must be a positive number of seconds")?;
+    for done in 1u64.. {
+        let shown = status_once(&sockets, json, config.is_some());
+        let mut out = std::io::stdout().lock();
+        match (&shown, json) {
+            (Ok(text), true) => write!(out, "{text}")?,
+            // Home, clear the screen, draw.
+            (Ok(text), false) => write!(out, "\x1b[H\x1b[2J{text}")?,
+            (Err(e), _) => writeln!(out, "mpbond: {e:#}")?,
+        }
+        out.flush()?;
+        if count.is_some_and(|count| done >= count) {
+            break;
+        }
+        std::thread::sleep(interval);
+    }
+    Ok(())
+}
+
+/// Every daemon's status on `sockets`, as text or one JSON list (one
+/// line). An unanswered socket found in /run/mpbond (not `named` by a
+/// config) is a stale one: it is reported on stderr and skipped, unless
+/// none answers.
+fn status_once(sockets: &[PathBuf], json: bool, named: bool) -> anyhow::Result<String> {
+    let mut statuses = Vec::new();
+    let mut errors = Vec::new();
+    for socket in sockets {
+        match socket::query(socket) {
+            Ok(status) => statuses.push(status),
+            Err(e) if named => return Err(e.into()),
+            Err(e) => errors.push(anyhow::Error::new(e)),
+        }
+    }
+    let mut errors = errors.into_iter();
+    if statuses.is_empty() {
+        if let Some(first) = errors.next() {
+            for e in errors {
+                eprintln!("mpbond: {e:#}");
+            }
+            return Err(first);
+        }
+    }
+    for e in errors {
+        eprintln!("mpbond: {e:#}");
+    }
+    if json {
+        return Ok(format!("{}\n", serde_json::to_string(&statuses)?));
+    }
+    let blocks: Vec<String> = statuses.iter().map(text::render).collect();
+    Ok(blocks.join("\n"))
 }
 
 /// Runs `serve` on a multi-threaded runtime, handing it a future that

@@ -23,6 +23,7 @@
 use std::fmt;
 use std::io;
 use std::net::Shutdown;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use socket2::{SockRef, TcpKeepalive};
@@ -112,6 +113,18 @@ pub(crate) async fn relay(
     early: &[u8],
     sized: Option<(Side, Sizer)>,
 ) -> Result<Transferred, RelayError> {
+    relay_counted(client, server, early, sized, None).await
+}
+
+/// [`relay`], adding the bytes written each way to `counted` (up, down)
+/// as they go, for a live count across connections.
+pub(crate) async fn relay_counted(
+    client: &TcpStream,
+    server: &TcpStream,
+    early: &[u8],
+    sized: Option<(Side, Sizer)>,
+    counted: Option<(&AtomicU64, &AtomicU64)>,
+) -> Result<Transferred, RelayError> {
     let mut guard = ResetOnDrop {
         sockets: [client, server],
         armed: true,
@@ -134,9 +147,18 @@ pub(crate) async fn relay(
         Some((Side::Client, sizer)) => to_client = Some(sizer),
         None => {}
     }
+    let (up_count, down_count) = counted.unzip();
     let (up, down) = tokio::try_join!(
-        pump(client, server, up, early.len(), Side::Client, to_server),
-        pump(server, client, down, 0, Side::Server, to_client),
+        pump(
+            client,
+            server,
+            up,
+            early.len(),
+            Side::Client,
+            to_server,
+            up_count
+        ),
+        pump(server, client, down, 0, Side::Server, to_client, down_count),
     )?;
     // Both directions ended with a FIN each way: close cleanly, after
     // what is still queued has gone.
@@ -146,9 +168,9 @@ pub(crate) async fn relay(
 }
 
 /// Copies `from` → `to` until `from` ends, starting with `buf[..pending]`,
-/// then half-closes `to`; `sizer` sizes `to`'s send buffer as it goes.
-/// `buf` grows (see [`grown`]) while reads fill it. Returns the bytes
-/// written.
+/// then half-closes `to`; `sizer` sizes `to`'s send buffer as it goes;
+/// `counted` adds up what was written. `buf` grows (see [`grown`]) while
+/// reads fill it. Returns the bytes written.
 async fn pump(
     from: &TcpStream,
     to: &TcpStream,
@@ -156,6 +178,7 @@ async fn pump(
     mut pending: usize,
     from_side: Side,
     mut sizer: Option<Sizer>,
+    counted: Option<&AtomicU64>,
 ) -> Result<u64, RelayError> {
     let to_side = match from_side {
         Side::Client => Side::Server,
@@ -170,6 +193,9 @@ async fn pump(
         if pending > 0 {
             write_all(to, &buf[..pending]).await.map_err(write_error)?;
             total += pending as u64;
+            if let Some(counted) = counted {
+                counted.fetch_add(pending as u64, Ordering::Relaxed);
+            }
             if let Some(sizer) = sizer.as_mut() {
                 sizer.tick(std::time::Instant::now(), to);
             }

@@ -22,7 +22,7 @@ use tokio::sync::{mpsc, oneshot};
 use mpbond::auth::{random_nonce, sign_request, verify_epoch, Epoch, Key};
 use mpbond::concentrator::Concentrator;
 use mpbond::config::concentrator::{ClientConfig, PolicyConfig};
-use mpbond::config::ConcentratorConfig;
+use mpbond::config::{ConcentratorConfig, ControlConfig};
 use mpbond::wire::convert::{self, ClientId, ErrorCode, Response};
 
 const CONCENTRATOR_IP: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 1);
@@ -63,6 +63,11 @@ fn config(key: &Key, max_connections: usize, allow: &[&str]) -> ConcentratorConf
         },
         datagram: None,
         private_key: None,
+        // Unused: only `concentrator::run` serves it.
+        control: ControlConfig {
+            socket: "/run/mpbond/concentrator-test.sock".into(),
+            metrics: None,
+        },
     }
 }
 

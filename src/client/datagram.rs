@@ -37,6 +37,7 @@ use tracing::{debug, info, trace};
 
 use super::clock::Clock;
 
+use crate::control::snapshot::{PathCounters, TunnelStatus};
 use crate::crypto::cookie::RateLimiter;
 use crate::crypto::session::SessionError;
 use crate::crypto::{Dropped, Initiator, PublicKey, Received, StaticSecret, SystemRng};
@@ -126,6 +127,10 @@ struct State {
     /// `debug`) in the current log window, which started then: anyone on
     /// the path can forge them.
     drop_log: (LogBudget, Instant),
+    /// When the last handshake completed.
+    handshake_at: Option<Instant>,
+    /// Data packets sent and received per path, for the status.
+    counters: [PathCounters; MAX_PATHS],
 }
 
 /// Dropped datagrams logged per log window.
@@ -210,6 +215,8 @@ impl Datagrams {
                 sockets: Default::default(),
                 established: false,
                 no_session: 0,
+                handshake_at: None,
+                counters: [PathCounters::default(); MAX_PATHS],
                 drop_log: (LogBudget::new(DROP_LOGS_PER_WINDOW), Instant::now()),
                 last_packet: None,
                 announced: [None; MAX_PATHS],
@@ -324,7 +331,10 @@ impl Datagrams {
                 continue;
             };
             match self.tun_packet(&mut state, now, packet, room) {
-                Outgoing::Sealed(len, bits) => batch.commit(bits, len),
+                Outgoing::Sealed(len, bits) => {
+                    batch.commit(bits, len);
+                    count_sent(&mut state.counters, bits, packet.len());
+                }
                 Outgoing::Send(more) => sends.extend(more),
                 Outgoing::Reply(reply) => replies.push(reply),
                 Outgoing::Nothing => {}
@@ -371,6 +381,19 @@ impl Datagrams {
                 Outgoing::Send(drain(state))
             }
         }
+    }
+
+    /// The tunnel's state and each uplink's (by index) packet counts, for
+    /// the status.
+    pub(super) fn status(&self) -> (TunnelStatus, Vec<PathCounters>) {
+        let now = Instant::now();
+        let state = self.state();
+        let tunnel = TunnelStatus {
+            session: state.initiator.is_established(now),
+            last_handshake_unix: state.handshake_at.map(crate::control::snapshot::unix_at),
+            mtu: state.mtu as u64,
+        };
+        (tunnel, state.counters.to_vec())
     }
 
     /// Whether datagrams went through lately (so health probes at the
@@ -487,6 +510,10 @@ impl Datagrams {
                 inner: Inner::Ip(packet),
                 ..
             }) => {
+                if let Some(c) = state.counters.get_mut(usize::from(path)) {
+                    c.rx_packets += 1;
+                    c.rx_bytes += packet.len() as u64;
+                }
                 steer(state, now, packet, path, sends);
                 udp::range_in(base, len, packet)
             }
@@ -502,6 +529,7 @@ impl Datagrams {
                     info!(concentrator = %self.concentrator, "datagram tunnel up");
                 }
                 state.established = true;
+                state.handshake_at = Some(now);
                 // The new session's concentrator may be a restarted one.
                 state.announced = [None; MAX_PATHS];
                 flush_staged(state, now, sends);
@@ -549,6 +577,16 @@ impl Datagrams {
             announce(&mut state, now, &mut sends);
         }
         sends
+    }
+}
+
+/// Counts a data packet of `len` bytes sealed for the paths of `bits`.
+fn count_sent(counters: &mut [PathCounters; MAX_PATHS], bits: u8, len: usize) {
+    for (i, c) in counters.iter_mut().enumerate() {
+        if bits & (1 << i) != 0 {
+            c.tx_packets += 1;
+            c.tx_bytes += len as u64;
+        }
     }
 }
 

@@ -98,6 +98,8 @@ struct Line {
     generation: u64,
     /// Why its verdict last changed, for the endpoint's log line.
     last_reason: String,
+    /// When its verdict last changed, for the status.
+    last_change: Instant,
 }
 
 /// An uplink as [`pick_source`] sees it.
@@ -185,6 +187,7 @@ pub(super) async fn watch(
                 reader: None,
                 generation: 0,
                 last_reason: String::from("start"),
+                last_change: start,
             }
         })
         .collect();
@@ -195,6 +198,7 @@ pub(super) async fn watch(
         // The initial "no address" verdict: its endpoint was never installed.
         while line.path.poll_event().is_some() {}
     }
+    let mut published = start;
     let mut repick = tokio::time::interval(SOURCE_EVERY);
     repick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     loop {
@@ -274,6 +278,10 @@ pub(super) async fn watch(
         if changed {
             repick_source(&shared, &lines);
         }
+        if changed || now.saturating_duration_since(published) >= super::status::PUBLISH_EVERY {
+            publish(&shared, &lines, now, active);
+            published = now;
+        }
     }
 }
 
@@ -288,6 +296,22 @@ fn others_starved(lines: &[Line], now: Instant) -> Vec<bool> {
             path::starved(others.map(|(_, line)| &line.path), now)
         })
         .collect()
+}
+
+/// Publishes each uplink's state for `mpbond status`; `active`: whether
+/// the site is busy (the counters, and so the rates, are read only then).
+fn publish(shared: &Shared, lines: &[Line], now: Instant, active: bool) {
+    shared
+        .status
+        .publish(lines.iter().map(|line| super::status::Seen {
+            uplink: &line.uplink,
+            addressed: line.addressed,
+            estimates: line.path.estimates(now),
+            reason: &line.last_reason,
+            changed: line.last_change,
+            endpoint: line.endpoint,
+            active,
+        }));
 }
 
 /// Whether a kernel event about interface `ifindex` concerns an uplink
@@ -467,6 +491,7 @@ fn close_probes(shared: &Shared, index: usize, line: &mut Line) {
 fn log_event(line: &mut Line, event: &Event) {
     let uplink = &line.uplink;
     line.last_reason = event.reason.to_string();
+    line.last_change = event.at;
     let limits = line.path.limits(event.at);
     if event.to == Verdict::Suspect || event.from == Verdict::Suspect {
         debug!(

@@ -14,6 +14,7 @@ mod flow;
 mod health;
 mod joins;
 pub mod redirect;
+mod status;
 pub mod system;
 mod tunnel;
 
@@ -31,6 +32,8 @@ use tracing::{info, warn};
 use tun_rs::{AsyncDevice, DeviceBuilder};
 
 use crate::config::ClientConfig;
+use crate::control::http::HttpError;
+use crate::control::socket::{ControlError, ControlSocket};
 use crate::sys::{LinkEvents, MptcpEvents, MptcpPm, NetlinkError};
 use redirect::{ConnectMode, FlowKey, FlowTable, RedirectAddrs};
 use system::UplinkError;
@@ -102,6 +105,12 @@ pub enum ClientError {
          net.mptcp.enabled=1 (sysctl)"
     )]
     HealthPathManager(#[source] NetlinkError),
+    /// The control socket or the metrics listener could not be opened.
+    #[error("cannot serve the status")]
+    Control(#[from] ControlError),
+    /// The metrics listener could not be opened.
+    #[error("cannot serve the metrics")]
+    Metrics(#[from] HttpError),
     /// Uplink health could not subscribe to the kernel's link and address
     /// events.
     #[error(
@@ -118,7 +127,8 @@ pub enum ClientError {
          restarts the client"
     )]
     TaskPanicked {
-        /// Which task: "capture", "accept", "expire", "health" or "warm pool".
+        /// Which task: "capture", "accept", "expire", "health", "warm pool",
+        /// "control socket" or "metrics".
         task: &'static str,
         /// The panic, with its message.
         #[source]
@@ -144,6 +154,8 @@ struct Shared {
     /// The relayed flows' tasks, so that shutdown can reset them while the
     /// capture still carries the resets to the LAN hosts.
     flows: Mutex<JoinSet<()>>,
+    /// The uplinks as health last published them, for `mpbond status`.
+    status: status::Board,
     start: Instant,
 }
 
@@ -195,9 +207,22 @@ impl Shared {
     }
 }
 
-/// Runs the client until `shutdown` completes or a part fails; removes
-/// everything it installed before returning.
-pub async fn run(config: ClientConfig, shutdown: impl Future) -> Result<(), ClientError> {
+/// Runs the client with the config read from `path` until `shutdown`
+/// completes or a part fails; removes everything it installed before
+/// returning.
+pub async fn run(
+    config: ClientConfig,
+    path: &std::path::Path,
+    shutdown: impl Future,
+) -> Result<(), ClientError> {
+    // First: a second client with the same config stops here, before it
+    // touches anything.
+    let control = ControlSocket::bind(&config.control.socket)?;
+    let metrics = config
+        .control
+        .metrics
+        .map(crate::control::http::bind)
+        .transpose()?;
     // Two descriptors per flow: the LAN host's socket and its tunnel.
     let limit = crate::nofile::raise_for("client", redirect::MAX_FLOWS as u64);
     let max_flows = limit
@@ -314,6 +339,7 @@ pub async fn run(config: ClientConfig, shutdown: impl Future) -> Result<(), Clie
         joins,
         datagrams,
         flows: Mutex::new(JoinSet::new()),
+        status: status::Board::default(),
         start: Instant::now(),
     });
 
@@ -335,6 +361,20 @@ pub async fn run(config: ClientConfig, shutdown: impl Future) -> Result<(), Clie
         warm.tunnels.keep_warm().await;
         Ok(())
     });
+    let provider = status::provider(&shared, &config, path);
+    tasks.spawn("control socket", {
+        let provider = provider.clone();
+        async move {
+            control.serve(provider).await;
+            Ok(())
+        }
+    });
+    if let Some(listener) = metrics {
+        tasks.spawn("metrics", async move {
+            crate::control::http::serve(listener, provider).await;
+            Ok(())
+        });
+    }
     info!(
         concentrator = %config.concentrator,
         mode = ?config.connect_mode,

@@ -42,6 +42,7 @@ use tracing::{debug, info, warn};
 
 use super::accept::Clients;
 use super::policy::Policy;
+use crate::control::snapshot::{unix_at, PathCounters, PeerTunnel};
 use crate::crypto::cookie::RateLimiter;
 use crate::crypto::{Dropped, PeerId, Received, Responder, SystemRng};
 use crate::datagram::schedule::MAX_PATHS;
@@ -113,6 +114,10 @@ struct Peer {
     /// The largest IP packet it takes whole, as it announced; `None`
     /// until it has (packets then go as they are).
     mtu: Option<usize>,
+    /// When its last handshake completed.
+    handshake_at: Option<Instant>,
+    /// Its data packets, for the status (`tx`: towards it).
+    counters: PathCounters,
 }
 
 impl Peer {
@@ -242,6 +247,8 @@ impl Datagrams {
                 last_data: None,
                 probe_seq: [0; MAX_PATHS],
                 mtu: None,
+                handshake_at: None,
+                counters: PathCounters::default(),
             });
         }
         Self {
@@ -266,6 +273,26 @@ impl Datagrams {
 
     fn state(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Each tunnel client's session and traffic, by id, for the status.
+    pub(super) fn status(&self) -> HashMap<ClientId, PeerTunnel> {
+        let now = Instant::now();
+        let state = self.state();
+        state
+            .by_id
+            .iter()
+            .filter_map(|(id, &peer)| {
+                let client = state.peers.get(peer.0)?;
+                let tunnel = PeerTunnel {
+                    session: state.responder.is_established(peer, now),
+                    last_handshake_unix: client.handshake_at.map(unix_at),
+                    paths: u64::from(client.live(now).count_ones()),
+                    counters: client.counters,
+                };
+                Some((id.clone(), tunnel))
+            })
+            .collect()
     }
 }
 
@@ -441,8 +468,11 @@ fn from_client(
             }
             match inner {
                 Inner::Ip(packet) => {
+                    let packet_len = packet.len() as u64;
                     match check_packet(policy, &state.by_addr, client, peer, packet) {
                         Ok(key) => {
+                            client.counters.rx_packets += 1;
+                            client.counters.rx_bytes += packet_len;
                             // One path: that one; several: every live one.
                             let bits = match index.filter(|_| path != ANY_PATH) {
                                 Some(i) => {
@@ -504,6 +534,9 @@ fn from_client(
         }
         Ok(Received::Handshake { peer }) => {
             info!(%src, client = peer.0, "datagram tunnel handshake");
+            if let Some(client) = state.peers.get_mut(peer.0) {
+                client.handshake_at = Some(now);
+            }
             None
         }
         Ok(Received::Cookie) => None,
@@ -714,6 +747,8 @@ fn to_client(
         1 => only,
         _ => ANY_PATH,
     };
+    client.counters.tx_packets += 1;
+    client.counters.tx_bytes += packet.len() as u64;
     if fit == Fit::Fragment {
         let Some(mut fragments) = Fragments::new(packet, mtu) else {
             return;
@@ -791,6 +826,8 @@ mod tests {
             last_data: None,
             probe_seq: [0; MAX_PATHS],
             mtu: None,
+            handshake_at: None,
+            counters: PathCounters::default(),
         }
     }
 

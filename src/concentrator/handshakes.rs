@@ -62,6 +62,10 @@ impl<T> Table<T> {
             by_source: HashMap::new(),
         }
     }
+    /// How many connections are pending.
+    pub(super) fn len(&self) -> usize {
+        self.len
+    }
 
     /// Admits a connection from `addr` with `value`; when that makes one
     /// too many, the oldest of the source with the most (ties: the one

@@ -23,6 +23,7 @@ mod handshakes;
 mod listen;
 pub mod policy;
 mod probe;
+mod status;
 
 use std::future::Future;
 use std::io;
@@ -37,6 +38,8 @@ use tracing::{debug, field, info, info_span, warn, Instrument as _, Span};
 
 use crate::chain::Chain;
 use crate::config::{ConcentratorConfig, SendBuffer};
+use crate::control::http::HttpError;
+use crate::control::socket::{ControlError, ControlSocket};
 use crate::log_budget::{LogBudget, LOG_WINDOW};
 use crate::relay::Side;
 use crate::sendbuf::{self, Sizer};
@@ -98,6 +101,12 @@ pub enum ConcentratorError {
     /// The datagram tunnel's keys are unusable.
     #[error("cannot set up the datagram tunnel's keys")]
     Keys(#[source] crate::crypto::ResponderError),
+    /// The control socket could not be opened.
+    #[error("cannot serve the status")]
+    Control(#[from] ControlError),
+    /// The metrics listener could not be opened.
+    #[error("cannot serve the metrics")]
+    Metrics(#[from] HttpError),
     /// The datagram tunnel's UDP port could not be opened.
     #[error("cannot open the datagram tunnel's UDP port {addr}: is another process using it?")]
     DatagramPort {
@@ -162,6 +171,10 @@ struct Shared {
     /// Rejections of everything else (scanners, garbage, silence, slow
     /// peers), logged at `debug`.
     noise_log: Mutex<LogBudget>,
+    /// Counters for the status.
+    stats: status::Stats,
+    /// The datagram tunnel, for the status.
+    datagrams: Option<Arc<datagram::Datagrams>>,
 }
 
 /// The pending connections; each one's value is what tells its task that
@@ -266,6 +279,8 @@ impl Concentrator {
             slots,
             rejection_log: Mutex::new(LogBudget::new(REJECTIONS_LOGGED_PER_WINDOW)),
             noise_log: Mutex::new(LogBudget::new(NOISE_LOGGED_PER_WINDOW)),
+            stats: status::Stats::new(&config),
+            datagrams: datagram.as_ref().map(|d| Arc::clone(&d.datagrams)),
         });
         Ok((
             Self {
@@ -293,6 +308,18 @@ impl Concentrator {
     /// and it fell back to plain TCP.
     pub fn is_multipath(&self) -> bool {
         self.listener.multipath
+    }
+
+    /// What builds this concentrator's status (`mpbond status`, metrics);
+    /// `config` is what it was bound with, read from `path`.
+    pub fn status_provider(
+        &self,
+        config: &ConcentratorConfig,
+        path: &std::path::Path,
+    ) -> crate::control::Provider {
+        let mut config = config.clone();
+        config.listen = self.listener.local_addr;
+        status::provider(&self.shared, &config, path, self.listener.multipath)
     }
 
     /// Serves clients until `shutdown` completes; then stops accepting,
@@ -582,11 +609,21 @@ fn datagram_side(
     })
 }
 
-/// Binds the listener of `config` and serves until `shutdown` completes.
+/// Binds the listener of `config` (read from `path`), serves its status on
+/// its control socket (and metrics, if configured), and serves clients
+/// until `shutdown` completes.
 pub async fn run(
     config: ConcentratorConfig,
+    path: &std::path::Path,
     shutdown: impl Future,
 ) -> Result<(), ConcentratorError> {
+    // First: a second concentrator with the same config stops here.
+    let control = ControlSocket::bind(&config.control.socket)?;
+    let metrics = config
+        .control
+        .metrics
+        .map(crate::control::http::bind)
+        .transpose()?;
     // The listener's TCP_FASTOPEN works only with the server bit of this
     // sysctl (the default, 1, enables clients only). Owned: restored when
     // the guard drops on the way out.
@@ -604,8 +641,19 @@ pub async fn run(
         "concentrator",
         (connections + MAX_HANDSHAKES.div_ceil(2)) as u64,
     );
+    let control_config = config.clone();
     let (concentrator, _) = Concentrator::bind(config)?;
-    concentrator.serve(shutdown).await
+    let provider = concentrator.status_provider(&control_config, path);
+    drop(control_config);
+    let mut observers = JoinSet::new();
+    observers.spawn(control.serve(provider.clone()));
+    if let Some(listener) = metrics {
+        observers.spawn(crate::control::http::serve(listener, provider));
+    }
+    let served = concentrator.serve(shutdown).await;
+    // Dropping the tasks closes the socket and removes its file.
+    observers.shutdown().await;
+    served
 }
 
 /// What the end of a task the concentrator cannot run without means: a
@@ -646,10 +694,12 @@ async fn connection(shared: Arc<Shared>, mut stream: TcpStream, mut pending: Pen
     let (client, request, early) = match authenticated {
         Ok(authenticated) => authenticated,
         Err(rejected) => {
+            shared.stats.rejected(&rejected);
             reject(&shared, stream, rejected).await;
             return;
         }
     };
+    let counters = shared.stats.client(&client.id);
     let destination = request.destination;
     Span::current()
         .record("client", client.id.as_str())
@@ -659,6 +709,9 @@ async fn connection(shared: Arc<Shared>, mut stream: TcpStream, mut pending: Pen
     let admitted = match client.admit(destination, &shared.policy, &shared.slots) {
         Ok(admitted) => admitted,
         Err(refused) => {
+            if let Some(c) = counters {
+                c.refused();
+            }
             info!(error = %Chain(&refused), code = %refused.code(), "request refused");
             forward::established(&stream, shared.handshake_timeout).await;
             if let Err(e) = forward::refuse(stream, refused.code()).await {
@@ -670,6 +723,9 @@ async fn connection(shared: Arc<Shared>, mut stream: TcpStream, mut pending: Pen
     let server = match forward::connect(destination, shared.connect_timeout).await {
         Ok(server) => server,
         Err(e) => {
+            if let Some(c) = counters {
+                c.refused();
+            }
             info!(error = %Chain(&e), code = %e.code(), "connecting to the destination failed");
             drop(admitted);
             forward::established(&stream, shared.handshake_timeout).await;
@@ -679,6 +735,9 @@ async fn connection(shared: Arc<Shared>, mut stream: TcpStream, mut pending: Pen
             return;
         }
     };
+    if let Some(c) = counters {
+        c.admitted();
+    }
     let local = server
         .local_addr()
         .map(|a| a.to_string())
@@ -696,7 +755,8 @@ async fn connection(shared: Arc<Shared>, mut stream: TcpStream, mut pending: Pen
     }
     let sized = (shared.send_buffer == SendBuffer::Auto)
         .then(|| (Side::Client, Sizer::new(sendbuf::Policy::downloads(), 0)));
-    match crate::relay::relay(&stream, &server, &header[early], sized).await {
+    let counted = counters.map(status::ClientCounters::meters);
+    match crate::relay::relay_counted(&stream, &server, &header[early], sized, counted).await {
         Ok(done) => info!(up = done.up, down = done.down, "connection closed"),
         Err(e) => info!(error = %Chain(&e), "connection reset"),
     }

@@ -62,6 +62,9 @@
 //!                                   # tunnel carries whole (576-9000; default:
 //!                                   # each uplink's path MTU less the outer
 //!                                   # headers, the smallest of them)
+//!
+//! [control]                         # optional: status and metrics, see
+//!                                   # crate::config::control
 //! ```
 
 use std::collections::HashMap;
@@ -73,6 +76,7 @@ use ipnet::{Ipv4Net, Ipv6Net};
 use serde::Deserialize;
 use toml::Spanned;
 
+use super::control::{ControlConfig, RawControl};
 use super::{
     is_unicast_host, parse_nonzero_duration, parse_port, parse_send_buffer, parse_socket_addr,
     ConfigError, ConfigFile, KeyNames, Parsed, RawSendBuffer, SendBuffer, ValueError,
@@ -113,6 +117,8 @@ pub struct ClientConfig {
     /// (`private_key[_file]`, `concentrator_public_key[_file]`): the
     /// datagram tunnel's identities, and the source of the connect key.
     pub identity: Option<(StaticSecret, PublicKey)>,
+    /// The control socket and metrics (`[control]`).
+    pub control: ControlConfig,
 }
 
 /// The datagram tunnel's settings (`[datagram]`).
@@ -267,6 +273,7 @@ pub struct RawClientConfig {
     #[serde(default)]
     uplink: Vec<Spanned<RawUplink>>,
     datagram: Option<Spanned<RawDatagram>>,
+    control: Option<RawControl>,
 }
 
 /// The `[datagram]` table as written.
@@ -482,6 +489,8 @@ impl TryFrom<Parsed<'_, RawClientConfig>> for ClientConfig {
             ));
         }
 
+        let control = ControlConfig::from_raw(file, "client", raw.control.as_ref())?;
+
         Ok(Self {
             concentrator,
             id,
@@ -495,6 +504,7 @@ impl TryFrom<Parsed<'_, RawClientConfig>> for ClientConfig {
             uplinks,
             datagram,
             identity,
+            control,
         })
     }
 }

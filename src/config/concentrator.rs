@@ -47,6 +47,7 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use super::client::is_interface_name;
+use super::control::{ControlConfig, RawControl};
 use super::{
     parse_nonzero_duration, parse_port, parse_prefix, parse_send_buffer, parse_socket_addr,
     ConfigError, ConfigFile, KeyNames, Parsed, PoolAddress, RawSendBuffer, SendBuffer, ValueError,
@@ -76,6 +77,8 @@ pub struct ConcentratorConfig {
     /// `private_key_file`): the datagram tunnel's identity, and with a
     /// client's public key the source of its connect-header key.
     pub private_key: Option<StaticSecret>,
+    /// The control socket and metrics (`[control]`).
+    pub control: ControlConfig,
 }
 
 /// The datagram tunnel's exit (`[datagram]`): the concentrator's TUN,
@@ -170,6 +173,7 @@ pub struct RawConcentratorConfig {
     datagram: Option<Spanned<RawDatagram>>,
     private_key: Option<Spanned<String>>,
     private_key_file: Option<Spanned<String>>,
+    control: Option<RawControl>,
 }
 
 /// The `[datagram]` table as written.
@@ -339,6 +343,8 @@ impl TryFrom<Parsed<'_, RawConcentratorConfig>> for ConcentratorConfig {
             deny: prefixes("deny", &raw.policy.deny)?,
         };
 
+        let control = ControlConfig::from_raw(file, "concentrator", raw.control.as_ref())?;
+
         Ok(Self {
             listen,
             handshake_timeout,
@@ -348,6 +354,7 @@ impl TryFrom<Parsed<'_, RawConcentratorConfig>> for ConcentratorConfig {
             policy,
             datagram,
             private_key,
+            control,
         })
     }
 }
@@ -771,7 +778,7 @@ mod tests {
             error("listen = \"0.0.0.0:7300\"\nlisten_port = 1\n"),
             "/etc/mpbond/concentrator.toml:2: listen_port: unknown field `listen_port`, \
              expected one of `listen`, `handshake_timeout`, `connect_timeout`, `send_buffer`, \
-             `client`, `policy`, `datagram`, `private_key`, `private_key_file`"
+             `client`, `policy`, `datagram`, `private_key`, `private_key_file`, `control`"
         );
     }
 

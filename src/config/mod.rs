@@ -19,9 +19,11 @@
 
 pub mod client;
 pub mod concentrator;
+pub mod control;
 
 pub use client::ClientConfig;
 pub use concentrator::ConcentratorConfig;
+pub use control::ControlConfig;
 
 use std::fmt;
 use std::fs::File;
@@ -443,6 +445,29 @@ pub enum ValueError {
         /// Line of the first use.
         line: usize,
     },
+    /// A control socket path that cannot be a Unix socket's.
+    #[error(
+        "{text:?} cannot be a control socket: give a file path of at most {max} bytes \
+         (e.g. \"/run/mpbond/client-home.sock\")"
+    )]
+    ControlSocket {
+        /// The value as written.
+        text: String,
+        /// The longest path allowed.
+        max: usize,
+    },
+    /// Port 0 for the metrics.
+    #[error(
+        "port 0 would pick a random port: give the port Prometheus scrapes, \
+         e.g. \"127.0.0.1:9311\""
+    )]
+    MetricsPortZero,
+    /// A file that is neither a client's nor a concentrator's config.
+    #[error(
+        "not an mpbond config: a client's has `concentrator = ...`, a concentrator's \
+         `listen = ...`"
+    )]
+    UnknownRole,
 }
 
 /// An address of a pool that no client can have.
