@@ -322,8 +322,9 @@ pub fn query(path: &Path) -> Result<Status, ControlError> {
     parse_answer(path, &line)
 }
 
-/// A daemon's answer: its status, or the error it gave.
-fn parse_answer(path: &Path, line: &str) -> Result<Status, ControlError> {
+/// A daemon's answer line read from the socket `path`: its status, or
+/// the error it gave.
+pub fn parse_answer(path: &Path, line: &str) -> Result<Status, ControlError> {
     #[derive(serde::Deserialize)]
     struct Refusal {
         error: String,

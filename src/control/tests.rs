@@ -437,3 +437,21 @@ async fn a_stale_socket_is_replaced_and_anything_else_kept() {
     let found = super::socket::discover(&dir.0).expect("lists");
     assert!(found.is_empty(), "only sockets count: {found:?}");
 }
+
+/// The `control` fuzz target's seeds of daemon answers (see
+/// `fuzz_seeds`): both ends' status as the socket sends it.
+#[test]
+fn write_fuzz_corpus() {
+    let answer = |status: Status| {
+        let mut line = serde_json::to_vec(&status).expect("serializes");
+        line.push(b'\n');
+        line
+    };
+    crate::fuzz_seeds::write(
+        "control",
+        &[
+            ("answer-client", answer(client_status())),
+            ("answer-concentrator", answer(concentrator_status())),
+        ],
+    );
+}
