@@ -347,7 +347,10 @@ mod tests {
         assert_eq!(table.remove(b), Some(2), "authenticated");
         assert!(table.has_room(), "one slot held, by a closing socket");
         let (c, evicted) = table.admit(flooder, 3);
-        assert!(evicted.is_none(), "the newcomer is never the one pushed out");
+        assert!(
+            evicted.is_none(),
+            "the newcomer is never the one pushed out"
+        );
         assert!(!table.has_room(), "the evicted one still closing");
         assert_eq!(table.remove(a), None);
         assert!(table.has_room());
