@@ -1516,7 +1516,9 @@ bench_soak() {
         local p=$client ns=mpb-cli
         [ $f = concentrator ] && p=$concentrator ns=mpb-conc
         { ls -l "/proc/$p/fd" | awk 'NR > 1 {print $NF}' | sed 's/[0-9][0-9]*/N/g' | sort | uniq -c
-            nsx $ns ss -tuanp | grep "pid=$p,"; } >"$TMP/$f.fds" 2>&1 || true
+            nsx $ns ss -tuanp | grep "pid=$p,"
+            # Only mpbond uses MPTCP in these namespaces.
+            echo "MPTCP sockets in $ns:"; nsx $ns ss -Man; } >"$TMP/$f.fds" 2>&1 || true
     done
     local panics=0 f
     for f in client concentrator; do
