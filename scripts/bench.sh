@@ -116,6 +116,19 @@
 #       legitimate requests from mpb-lan through the client (a new
 #       connection every 50 ms echoing 4 KiB) during the flood, against the
 #       same with no flood in the same run. bench.sh scale calls it too.
+#
+#   scripts/bench.sh soak [--minutes N]
+#       N minutes (default 5, at most 120) of mixed traffic from mpb-lan
+#       through mpbond to mpb-srv (scripts/lib/soak.py, every byte checked):
+#       short TCP requests (4 workers, 64-16384 bytes echoed, each on a new
+#       connection), 15 s downloads and uploads one after the other, a UDP
+#       stream of 50 datagrams/s echoed through the datagram tunnel; while
+#       a line changes every 4 s (lte down/up, blackhole/up, renumbered to
+#       10.77.2.3 and back; dsl down/up, blackhole/up: never both at once).
+#       Prints per class the bytes sent and received intact and the errors,
+#       and each daemon's RSS and descriptors idle before, every 5 s under
+#       load and idle after (once its descriptors are back and a malloc_trim
+#       has run), with a verdict on growth. About N + 2 minutes.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 . scripts/deps.sh
@@ -1398,7 +1411,212 @@ PY
     bench_floods
 }
 
-[ $# -ge 1 ] || die "usage: bench.sh linkem [--quick] [--status] | tcp [--secs N] [--live] [--dsl PROFILE] [--lte PROFILE]... [--flows N[,N...]] [--all] | failover [--lte PROFILE] | udp [--secs N] [--len BYTES] | quic [--small N] [--bulk N] | scale [--conns N] | floods [--idle N] [--slow N] [--secs S]"
+# The line events of bench.sh soak, one every PERIOD seconds until
+# DEADLINE (epoch seconds), at most COUNT, each logged to FILE as "T EVENT
+# rc"; the lines are both up and lte at 10.77.2.2 after each pair.
+#   soak_events PERIOD DEADLINE COUNT FILE
+soak_events() {
+    local period=$1 deadline=$2 count=$3 file=$4 i rc
+    local events=("lte down" "lte up" "lte blackhole" "lte up" "lte renumber 3" "lte renumber 2"
+        "dsl down" "dsl up" "dsl blackhole" "dsl up")
+    for ((i = 0; i < count; i++)); do
+        sleep "$period"
+        # Stop only between pairs, with both lines up.
+        if [ $((i % 2)) = 0 ] && [ "$(date +%s)" -ge "$deadline" ]; then
+            break
+        fi
+        local event=${events[$((i % ${#events[@]}))]}
+        rc=0
+        # shellcheck disable=SC2086 # the event is words
+        timeout 30 "$LAB" link $event >>"$TMP/events.out" 2>&1 || rc=$?
+        echo "$(date +%s.%N) $event $rc" >>"$file"
+    done
+}
+
+# RSS and descriptors of the client and the concentrator every 5 s until
+# killed (at most COUNT samples): "T RSS FDS RSS FDS" lines to FILE.
+#   soak_samples CLIENT CONCENTRATOR COUNT FILE
+soak_samples() {
+    local i
+    for ((i = 0; i < $3; i++)); do
+        echo "$(date +%s) $(rss_fds "$1") $(rss_fds "$2")" >>"$4" 2>/dev/null || return 0
+        sleep 5
+    done
+}
+
+bench_soak() {
+    local minutes=5
+    while [ $# -gt 0 ]; do
+        case $1 in
+            --minutes) [ $# -ge 2 ] || die "--minutes needs a number"; minutes=$2; shift ;;
+            *) die "unknown option $1 for soak; usage: bench.sh soak [--minutes N]" ;;
+        esac
+        shift
+    done
+    [[ $minutes =~ ^[0-9]+$ ]] && [ "$minutes" -ge 1 ] && [ "$minutes" -le 120 ] ||
+        die "--minutes must be 1-120, got '$minutes'"
+    local secs=$((minutes * 60)) period=4 start=$SECONDS
+    TMP=$(mktemp -d)
+    echo
+    echo "bench soak: $minutes min of mixed traffic with a line event every ${period} s; about $((minutes + 2)) min"
+    lab_up >/dev/null
+    labq start
+    exec_in mpb-srv python3 scripts/lib/soak.py serve 7500 >"$TMP/server.log" 2>&1 &
+    BG_PIDS+=("$!")
+    local i
+    for i in $(seq 100); do
+        grep -q listening "$TMP/server.log" && break
+        sleep 0.05
+    done
+    grep -q listening "$TMP/server.log" || die "soak.py serve did not listen: $(tail -n 5 "$TMP/server.log")"
+    local client concentrator
+    client=$(lab_pid client)
+    concentrator=$(lab_pid concentrator)
+    { rss_fds "$client"; rss_fds "$concentrator"; } >"$TMP/start.mem"
+    local client_lines
+    client_lines=$(wc -l <"$LAB_RUN/client.log")
+
+    soak_samples "$client" "$concentrator" $((secs / 5 + 30)) "$TMP/samples" &
+    local sampler=$!
+    BG_PIDS+=("$sampler")
+    soak_events "$period" $(($(date +%s) + secs)) $((secs / period + 2)) "$TMP/events" &
+    local events=$!
+    BG_PIDS+=("$events")
+    local rc=0
+    timeout $((secs + 150)) ip netns exec mpb-lan python3 scripts/lib/soak.py run 198.51.100.10 7500 "$secs" \
+        >"$TMP/traffic.json" 2>"$TMP/traffic.err" || rc=$?
+    [ $rc = 0 ] || echo "bench soak: the traffic generator failed (rc $rc): $(tail -n 5 "$TMP/traffic.err")" >&2
+    wait "$events" || true
+    kill "$sampler" 2>/dev/null || true
+    wait "$sampler" 2>/dev/null || true
+    # Whatever the last event left: both lines up, lte at its own address.
+    $LAB link lte up >/dev/null
+    $LAB link dsl up >/dev/null
+    nsx mpb-cli ip -4 addr show dev lte0 | grep -q 'inet 10.77.2.2/' || $LAB link lte renumber 2 >/dev/null
+    local changes
+    changes=$(uplink_changes "$client_lines")
+
+    # Idle again: descriptors back (at most 60 s), then a malloc_trim (every 30 s).
+    # The client's capture loop keeps the uplink sockets it last sent a
+    # datagram on: a line renumbered after the last datagram leaves its old
+    # socket open until the next one (one per line at most, not a leak).
+    local fc0 fk0 fc fk
+    read -r _ fc0 < <(sed -n 1p "$TMP/start.mem")
+    read -r _ fk0 < <(sed -n 2p "$TMP/start.mem")
+    for i in $(seq 600); do
+        read -r _ fc < <(rss_fds "$client")
+        read -r _ fk < <(rss_fds "$concentrator")
+        [ "$fc" -le "$fc0" ] && [ "$fk" -le "$fk0" ] && break
+        sleep 0.1
+    done
+    sleep 31
+    { rss_fds "$client"; rss_fds "$concentrator"; } >"$TMP/end.mem"
+    # What the descriptors are, for a growth to be explained.
+    for f in client concentrator; do
+        local p=$client ns=mpb-cli
+        [ $f = concentrator ] && p=$concentrator ns=mpb-conc
+        { ls -l "/proc/$p/fd" | awk 'NR > 1 {print $NF}' | sed 's/[0-9][0-9]*/N/g' | sort | uniq -c
+            nsx $ns ss -tuanp | grep "pid=$p,"
+            # Only mpbond uses MPTCP in these namespaces.
+            echo "MPTCP sockets in $ns:"; nsx $ns ss -Man; } >"$TMP/$f.fds" 2>&1 || true
+    done
+    local panics=0 f
+    for f in client concentrator; do
+        panics=$((panics + $(grep -c 'panicked' "$LAB_RUN/$f.log" || true)))
+    done
+    local alive=""
+    [ -n "$(daemon_running client)" ] && [ "$(daemon_running client)" = "$client" ] || alive="${alive}client "
+    [ -n "$(daemon_running concentrator)" ] && [ "$(daemon_running concentrator)" = "$concentrator" ] ||
+        alive="${alive}concentrator "
+    python3 - "$TMP" "$minutes" "$changes" "$panics" "$alive" <<'PY' || rc=$?
+import json, os, statistics, sys
+tmp, minutes, changes, panics, gone = sys.argv[1], int(sys.argv[2]), sys.argv[3], int(sys.argv[4]), sys.argv[5].split()
+rows = {}
+for line in open(os.path.join(tmp, "traffic.json")):
+    if line.startswith("{"):
+        row = json.loads(line)
+        rows[row["class"]] = row
+events = [l.split() for l in open(os.path.join(tmp, "events"))] if os.path.exists(os.path.join(tmp, "events")) else []
+failed_events = [" ".join(e[1:-1]) for e in events if e[-1] != "0"]
+print()
+print(f"{minutes} min, default profiles; {len(events)} line events every 4 s "
+      f"(lte down/up, blackhole/up, renumber 3/2; dsl down/up, blackhole/up), "
+      f"{len(failed_events)} failed; the client logged uplinks down/back {changes}")
+print(f"{'class':<10} {'count':>7} {'ok':>7} {'sent MB':>9} {'intact MB':>10}  errors")
+print("-" * 78)
+bad = []
+for name in ("requests", "download", "upload", "udp"):
+    r = rows.get(name)
+    if r is None:
+        print(f"{name:<10} no result")
+        bad.append(f"{name}: no result")
+        continue
+    if name == "udp":
+        errs = (f"lost {r['lost']} ({100 * r['lost'] / max(r['count'], 1):.2f} %, at most "
+                f"{r['longest_loss_run']} in a row), duplicates {r['dups']}, corrupt {r['corrupt']}")
+        if r["corrupt"] or r["dups"]:
+            bad.append("udp: datagrams corrupt or duplicated")
+    else:
+        errs = ", ".join(f"{k} {v}" for k, v in sorted(r["errors"].items())) or "none"
+        if r.get("first_error"):
+            errs += f" (first: {r['first_error']})"
+        if r["errors"]:
+            bad.append(f"{name}: {sum(r['errors'].values())} failed")
+    print(f"{name:<10} {r['count']:>7} {r['ok']:>7} {r['sent'] / 1e6:>9.1f} {r['intact'] / 1e6:>10.1f}  {errs}")
+if "hung" in rows:
+    bad.append(f"{rows['hung']['threads']} traffic threads still running at the hard deadline")
+print("(udp: datagrams echoed by mpb-srv, both ways through the datagram tunnel; intact = came back as sent)")
+
+def mem(name):
+    return [tuple(int(v) for v in l.split()) for l in open(os.path.join(tmp, name)) if l.strip()]
+start, end = mem("start.mem"), mem("end.mem")
+samples = [tuple(int(v) for v in l.split()) for l in open(os.path.join(tmp, "samples")) if len(l.split()) == 5]
+third = max(len(samples) // 3, 1)
+print()
+print(f"{'daemon':<13} {'idle before':>16} | {'under load, RSS MB (median)':>27} {'peak':>6} {'fds max':>7} | {'idle after':>16}")
+print(f"{'':<13} {'RSS MB   fds':>16} | {'first third':>13} {'last third':>13} {'':>6} {'':>7} | {'RSS MB   fds':>16}")
+print("-" * 92)
+verdicts = []
+for i, name in enumerate(("client", "concentrator")):
+    rss = [s[1 + 2 * i] for s in samples]
+    fds = [s[2 + 2 * i] for s in samples]
+    first = statistics.median(rss[:third]) if rss else 0
+    last = statistics.median(rss[-third:]) if rss else 0
+    spread = (max(rss[:third]) - min(rss[:third])) if rss else 0
+    print(f"{name:<13} {start[i][0] / 1024:>8.1f} {start[i][1]:>6} | {first / 1024:>13.1f} {last / 1024:>13.1f} "
+          f"{max(rss, default=0) / 1024:>6.1f} {max(fds, default=0):>7} | {end[i][0] / 1024:>8.1f} {end[i][1]:>6}")
+    # Noise: the spread of the first third, at least 2 MiB or 10 %.
+    noise = max(spread, 2048, first * 0.10)
+    if last - first > noise:
+        verdicts.append(f"{name} RSS under load grew {(last - first) / 1024:.1f} MB from the first "
+                        f"third to the last (noise {noise / 1024:.1f} MB)")
+    if end[i][1] > start[i][1] + 2:
+        verdicts.append(f"{name} holds {end[i][1] - start[i][1]} more descriptors idle after than before")
+print("(idle after: descriptors back, then 31 s for malloc_trim; under load: a sample every 5 s)")
+if panics:
+    bad.append(f"{panics} panics in the daemons' logs")
+if gone:
+    bad.append(f"not running any more (or restarted): {' '.join(gone)}")
+if failed_events:
+    bad.append(f"line events failed: {', '.join(failed_events)}")
+print()
+print("verdict: " + ("no growth beyond noise (RSS under load, first third vs last; descriptors idle before vs after)"
+                     if not verdicts else "GROWTH: " + "; ".join(verdicts)))
+print("traffic: " + ("every byte intact, no errors, no panic" if not bad else "PROBLEMS: " + "; ".join(bad)))
+sys.exit(1 if verdicts or bad else 0)
+PY
+    # The evidence outlives the lab.
+    local keep=/tmp/mpbond-soak-last
+    rm -rf "$keep" && mkdir -p "$keep"
+    cp "$LAB_RUN/client.log" "$LAB_RUN/concentrator.log" "$TMP"/events "$TMP"/samples "$TMP"/traffic.* \
+        "$TMP"/*.mem "$TMP"/*.fds "$keep"/ 2>/dev/null || true
+    echo "bench soak: $((SECONDS - start)) s (logs, events and samples kept in $keep)"
+    trap - EXIT
+    cleanup
+    [ $rc = 0 ] || die "soak found problems (see above)"
+}
+
+[ $# -ge 1 ] || die "usage: bench.sh linkem [--quick] [--status] | tcp [--secs N] [--live] [--dsl PROFILE] [--lte PROFILE]... [--flows N[,N...]] [--all] | failover [--lte PROFILE] | udp [--secs N] [--len BYTES] | quic [--small N] [--bulk N] | scale [--conns N] | floods [--idle N] [--slow N] [--secs S] | soak [--minutes N]"
 what=$1
 shift
 case $what in
@@ -1409,5 +1627,6 @@ case $what in
     quic) bench_quic "$@" ;;
     scale) bench_scale "$@" ;;
     floods) bench_floods "$@" ;;
-    *) die "unknown benchmark $what; available: linkem, tcp, failover, udp, quic, scale, floods" ;;
+    soak) bench_soak "$@" ;;
+    *) die "unknown benchmark $what; available: linkem, tcp, failover, udp, quic, scale, floods, soak" ;;
 esac

@@ -32,7 +32,6 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use tokio::net::TcpStream;
-use tokio::sync::oneshot;
 use tokio::task::{JoinError, JoinSet};
 use tracing::{debug, field, info, info_span, warn, Instrument as _, Span};
 
@@ -46,13 +45,16 @@ use crate::sendbuf::{self, Sizer};
 use crate::sys::SysctlGuard;
 use crate::wire::convert::{ClientId, Response, MAX_MESSAGE_LEN};
 use accept::{Clients, HeaderBuf};
+use handshakes::{Handshakes, Pending};
 use policy::Policy;
 
 /// Connections at most that may be between accept and authentication at
 /// once. Bounds what unauthenticated peers can hold (a task, a socket, a
 /// header buffer each: about 8 KiB of memory and one descriptor); when all
 /// are taken, a new connection still gets in and the oldest pending one of
-/// the source holding the most is closed (see `handshakes`).
+/// the source holding the most is closed (see `handshakes`). One closed to
+/// make room counts until its socket is closed, so at most one more socket
+/// than this is ever in its handshake.
 pub const MAX_HANDSHAKES: usize = 1024;
 
 /// After shutdown is asked for, how long open connections may go on
@@ -177,25 +179,6 @@ struct Shared {
     datagrams: Option<Arc<datagram::Datagrams>>,
 }
 
-/// The pending connections; each one's value is what tells its task that
-/// it was evicted (dropping it).
-type Handshakes = Mutex<handshakes::Table<oneshot::Sender<()>>>;
-
-/// A connection's place among the pending ones while it has not
-/// authenticated; given back on drop.
-struct Pending {
-    table: Arc<Handshakes>,
-    slot: handshakes::Slot,
-    /// Completes (with an error) when the connection was evicted.
-    evicted: oneshot::Receiver<()>,
-}
-
-impl Drop for Pending {
-    fn drop(&mut self) {
-        lock(&self.table).remove(self.slot);
-    }
-}
-
 /// Locks `mutex`, also after a panic elsewhere (the state stays usable).
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
@@ -275,7 +258,7 @@ impl Concentrator {
             handshake_timeout: config.handshake_timeout,
             connect_timeout: config.connect_timeout,
             send_buffer: config.send_buffer,
-            handshakes: Arc::new(Mutex::new(handshakes::Table::new(MAX_HANDSHAKES))),
+            handshakes: Handshakes::new(MAX_HANDSHAKES),
             slots,
             rejection_log: Mutex::new(LogBudget::new(REJECTIONS_LOGGED_PER_WINDOW)),
             noise_log: Mutex::new(LogBudget::new(NOISE_LOGGED_PER_WINDOW)),
@@ -395,16 +378,18 @@ impl Concentrator {
                         warn!(error = %e, "a connection task panicked");
                     }
                 }
-                accepted = listener.listener.accept() => match accepted {
+                // Only while the handshake slots have room, counting the
+                // connections pushed out whose sockets are still open: a
+                // burst of accepts must not outrun their closes.
+                accepted = async {
+                    shared.handshakes.room().await;
+                    listener.listener.accept().await
+                } => match accepted {
                     Ok((stream, peer)) => {
-                        let (pending, evicted) =
-                            admit(&shared.handshakes, peer.ip(), &mut evictions);
-                        if evicted {
-                            // Let the evicted connection's task close its
-                            // socket before the next accept, so that a
-                            // burst of accepts does not outrun the closes
-                            // and hold more descriptors than the slots.
-                            tokio::task::yield_now().await;
+                        let (pending, evicted) = shared.handshakes.admit(peer.ip());
+                        if let Some(source) = evicted {
+                            evictions.count += 1;
+                            evictions.latest = Some(source);
                         }
                         let span = info_span!(
                             "conn",
@@ -460,27 +445,6 @@ impl Concentrator {
         info!("concentrator stopped");
         result
     }
-}
-
-/// Admits a connection from `ip` among the pending ones; when that evicts
-/// another, tells its task (by dropping its sender), counts it and says
-/// so.
-fn admit(table: &Arc<Handshakes>, ip: IpAddr, evictions: &mut Evictions) -> (Pending, bool) {
-    let (tx, evicted) = oneshot::channel();
-    let (slot, gone) = lock(table).admit(ip, tx);
-    let pending = Pending {
-        table: Arc::clone(table),
-        slot,
-        evicted,
-    };
-    let Some(gone) = gone else {
-        return (pending, false);
-    };
-    // Its task sees its receiver fail and closes the connection.
-    drop(gone.value);
-    evictions.count += 1;
-    evictions.latest = Some(gone.source);
-    (pending, true)
 }
 
 /// Ends a log window: one line per kind of event that was left out of the
@@ -681,7 +645,7 @@ async fn connection(shared: Arc<Shared>, mut stream: TcpStream, mut pending: Pen
     }
     let read = tokio::select! {
         read = accept::read_header(&mut stream, &mut header, shared.handshake_timeout) => read,
-        _ = &mut pending.evicted => Err(accept::Rejected::Evicted),
+        () = pending.evicted() => Err(accept::Rejected::Evicted),
     };
     let authenticated = read.and_then(|(request, early)| {
         let client =
@@ -690,12 +654,19 @@ async fn connection(shared: Arc<Shared>, mut stream: TcpStream, mut pending: Pen
                 .authenticate(&request, crate::auth::unix_ms(), Instant::now())?;
         Ok((client, request, early))
     });
-    drop(pending);
+    // From here on, the handshake slot is given back only once the socket
+    // is closed (or counted by a connection slot), and an eviction closes
+    // it at once, also while a refusal is being answered.
     let (client, request, early) = match authenticated {
         Ok(authenticated) => authenticated,
         Err(rejected) => {
             shared.stats.rejected(&rejected);
-            reject(&shared, stream, rejected).await;
+            tokio::select! {
+                biased;
+                () = reject(&shared, stream, rejected) => {}
+                () = pending.evicted() => {}
+            }
+            drop(pending);
             return;
         }
     };
@@ -713,13 +684,23 @@ async fn connection(shared: Arc<Shared>, mut stream: TcpStream, mut pending: Pen
                 c.refused();
             }
             info!(error = %Chain(&refused), code = %refused.code(), "request refused");
-            forward::established(&stream, shared.handshake_timeout).await;
-            if let Err(e) = forward::refuse(stream, refused.code()).await {
-                debug!(error = %e, "answering the refusal failed");
+            let answer = async {
+                forward::established(&stream, shared.handshake_timeout).await;
+                if let Err(e) = forward::refuse(stream, refused.code()).await {
+                    debug!(error = %e, "answering the refusal failed");
+                }
+            };
+            tokio::select! {
+                biased;
+                () = answer => {}
+                () = pending.evicted() => {}
             }
+            drop(pending);
             return;
         }
     };
+    // The connection slot counts this socket now.
+    drop(pending);
     let server = match forward::connect(destination, shared.connect_timeout).await {
         Ok(server) => server,
         Err(e) => {

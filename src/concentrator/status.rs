@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use super::accept::Rejected;
-use super::{lock, Shared};
+use super::Shared;
 use crate::config::ConcentratorConfig;
 use crate::control::snapshot::{self, ClientEntry, ConcentratorStatus, Status};
 use crate::control::Provider;
@@ -179,7 +179,7 @@ pub(super) fn provider(
                 multipath,
                 connections: total,
                 connection_limit: shared.slots.limit() as u64,
-                handshakes: lock(&shared.handshakes).len() as u64,
+                handshakes: shared.handshakes.len() as u64,
                 clients: entries,
                 rejected,
             }),
