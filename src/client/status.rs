@@ -129,14 +129,6 @@ pub(super) fn provider(shared: &Arc<Shared>, config: &ClientConfig, path: &Path)
             flows.len() as u64
         };
         Status {
-            version: snapshot::VERSION,
-            role: "client".to_owned(),
-            config: config_path.clone(),
-            socket: String::new(),
-            pid: std::process::id(),
-            mpbond_version: env!("CARGO_PKG_VERSION").to_owned(),
-            started_unix: started,
-            now_unix: snapshot::unix_now(),
             client: Some(ClientStatus {
                 id: id.clone(),
                 concentrator: concentrator.clone(),
@@ -146,7 +138,7 @@ pub(super) fn provider(shared: &Arc<Shared>, config: &ClientConfig, path: &Path)
                 source: shared.tunnels.source().map(|a| a.to_string()),
                 datagram: datagram.map(|(tunnel, _)| tunnel),
             }),
-            concentrator: None,
+            ..Status::of_this_process("client", &config_path, started)
         }
     })
 }

@@ -165,15 +165,6 @@ pub(super) fn provider(
             .map(|(why, n)| ((*why).to_owned(), n.load(Ordering::Relaxed)))
             .collect();
         Status {
-            version: snapshot::VERSION,
-            role: "concentrator".to_owned(),
-            config: config_path.clone(),
-            socket: String::new(),
-            pid: std::process::id(),
-            mpbond_version: env!("CARGO_PKG_VERSION").to_owned(),
-            started_unix: started,
-            now_unix: snapshot::unix_now(),
-            client: None,
             concentrator: Some(ConcentratorStatus {
                 listen: listen.clone(),
                 multipath,
@@ -183,6 +174,7 @@ pub(super) fn provider(
                 clients: entries,
                 rejected,
             }),
+            ..Status::of_this_process("concentrator", &config_path, started)
         }
     })
 }

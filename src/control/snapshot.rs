@@ -43,6 +43,26 @@ pub struct Status {
     pub concentrator: Option<ConcentratorStatus>,
 }
 
+impl Status {
+    /// This process's status as `role` (`"client"` or `"concentrator"`),
+    /// running with the config at `config` since `started_unix`, taken now;
+    /// neither end's state filled in yet.
+    pub fn of_this_process(role: &str, config: &str, started_unix: f64) -> Self {
+        Self {
+            version: VERSION,
+            role: role.to_owned(),
+            config: config.to_owned(),
+            socket: String::new(),
+            pid: std::process::id(),
+            mpbond_version: env!("CARGO_PKG_VERSION").to_owned(),
+            started_unix,
+            now_unix: unix_now(),
+            client: None,
+            concentrator: None,
+        }
+    }
+}
+
 /// A client's state.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct ClientStatus {

@@ -45,10 +45,7 @@ fn render_client(out: &mut String, status: &Status, client: &ClientStatus) {
         client.flows, client.relayed
     );
     if let Some(dg) = &client.datagram {
-        let handshake = dg.last_handshake_unix.map_or_else(
-            || "no handshake yet".to_owned(),
-            |at| format!("last handshake {} ago", ago(status.now_unix - at)),
-        );
+        let handshake = handshake(dg.last_handshake_unix, status.now_unix);
         let session = if dg.session { "up" } else { "down" };
         let _ = writeln!(
             out,
@@ -159,10 +156,7 @@ fn render_client_entry(out: &mut String, status: &Status, c: &ClientEntry) {
         bytes(c.up_bytes)
     );
     if let Some(dg) = &c.datagram {
-        let handshake = dg.last_handshake_unix.map_or_else(
-            || "no handshake yet".to_owned(),
-            |at| format!("last handshake {} ago", ago(status.now_unix - at)),
-        );
+        let handshake = handshake(dg.last_handshake_unix, status.now_unix);
         let session = if dg.session { "up" } else { "down" };
         let _ = writeln!(
             out,
@@ -170,6 +164,15 @@ fn render_client_entry(out: &mut String, status: &Status, c: &ClientEntry) {
             dg.paths, dg.counters.tx_packets, dg.counters.rx_packets
         );
     }
+}
+
+/// When the datagram session's last handshake completed, as of `now`
+/// (seconds since 1970).
+fn handshake(last_unix: Option<f64>, now: f64) -> String {
+    last_unix.map_or_else(
+        || "no handshake yet".to_owned(),
+        |at| format!("last handshake {} ago", ago(now - at)),
+    )
 }
 
 /// A byte count with a binary unit: `1.5 MiB`.

@@ -146,36 +146,51 @@ impl Damping {
     }
 }
 
+/// A byte counter read now and then, turned into a rate over intervals of
+/// at least [`Sampler::INTERVAL`]. A counter that went backwards (an
+/// interface re-created) starts over.
+#[derive(Clone, Copy, Debug, Default)]
+struct Sampler {
+    last: Option<(u64, Instant)>,
+}
+
+impl Sampler {
+    const INTERVAL: Duration = Duration::from_millis(100);
+
+    /// The counter read `total` at `now`: the rate since the last sample
+    /// once an interval has passed.
+    fn sample(&mut self, now: Instant, total: u64) -> Option<f64> {
+        let Some((last, at)) = self.last.filter(|&(last, _)| last <= total) else {
+            self.last = Some((total, now));
+            return None;
+        };
+        let elapsed = now.saturating_duration_since(at);
+        if elapsed < Self::INTERVAL {
+            return None;
+        }
+        self.last = Some((total, now));
+        Some((total - last) as f64 / elapsed.as_secs_f64())
+    }
+}
+
 /// Bytes per second through a counter, smoothed over intervals of at least
 /// [`RateMeter::INTERVAL`] with gain 1/4.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct RateMeter {
-    last: Option<(u64, Instant)>,
+    sampler: Sampler,
     rate: f64,
 }
 
 impl RateMeter {
     /// The shortest interval a rate is computed over.
-    pub const INTERVAL: Duration = Duration::from_millis(100);
+    pub const INTERVAL: Duration = Sampler::INTERVAL;
 
     /// The counter read `total` at `now`. A counter that went backwards
     /// (an interface re-created) starts over.
     pub fn update(&mut self, now: Instant, total: u64) {
-        let Some((last, at)) = self.last else {
-            self.last = Some((total, now));
-            return;
-        };
-        if total < last {
-            self.last = Some((total, now));
-            return;
+        if let Some(sample) = self.sampler.sample(now, total) {
+            self.rate += (sample - self.rate) / 4.0;
         }
-        let elapsed = now.saturating_duration_since(at);
-        if elapsed < Self::INTERVAL {
-            return;
-        }
-        let sample = (total - last) as f64 / elapsed.as_secs_f64();
-        self.rate += (sample - self.rate) / 4.0;
-        self.last = Some((total, now));
     }
 
     /// The smoothed rate in bytes per second.
@@ -192,7 +207,7 @@ impl RateMeter {
 /// shows on its other lines as a rate far below their peak.
 #[derive(Clone, Copy, Debug)]
 pub struct Throughput {
-    last: Option<(u64, Instant)>,
+    sampler: Sampler,
     rate: f64,
     peak: Option<(f64, Instant)>,
     half_life: Duration,
@@ -200,12 +215,12 @@ pub struct Throughput {
 
 impl Throughput {
     /// The interval a rate is computed over.
-    pub const INTERVAL: Duration = Duration::from_millis(100);
+    pub const INTERVAL: Duration = Sampler::INTERVAL;
 
     /// A meter whose peak halves every `half_life`.
     pub fn new(half_life: Duration) -> Self {
         Self {
-            last: None,
+            sampler: Sampler::default(),
             rate: 0.0,
             peak: None,
             half_life,
@@ -215,23 +230,12 @@ impl Throughput {
     /// The bytes counted so far (received plus sent) were `total` at
     /// `now`. A counter that went backwards starts over.
     pub fn update(&mut self, now: Instant, total: u64) {
-        let Some((last, at)) = self.last else {
-            self.last = Some((total, now));
+        let Some(rate) = self.sampler.sample(now, total) else {
             return;
         };
-        if total < last {
-            self.last = Some((total, now));
-            self.rate = 0.0;
-            return;
-        }
-        let elapsed = now.saturating_duration_since(at);
-        if elapsed < Self::INTERVAL {
-            return;
-        }
-        self.rate = (total - last) as f64 / elapsed.as_secs_f64();
-        self.last = Some((total, now));
-        if self.rate > self.peak(now) {
-            self.peak = Some((self.rate, now));
+        self.rate = rate;
+        if rate > self.peak(now) {
+            self.peak = Some((rate, now));
         }
     }
 
