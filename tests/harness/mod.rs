@@ -35,10 +35,16 @@ pub fn root() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
 }
 
-/// The release binary the lab runs. Built once per test binary, with the
-/// link emulator beside it (which must not be a debug build: it would
-/// distort delays); `MPBOND=PATH` in the environment runs that binary
-/// instead (as `scripts/lab.sh` does).
+/// The release binary the lab runs, with the link emulator beside it
+/// (neither may be a debug build: it would distort delays and rates);
+/// `MPBOND=PATH` in the environment runs that binary instead (as
+/// `scripts/lab.sh` does).
+///
+/// Under `cargo test --release` (the test command) it is the binary cargo
+/// built for this test; otherwise it is built once per test binary. Cargo
+/// builds the binary for tests with the dev-dependencies' features
+/// unified in, so a plain `cargo build --release` here would rebuild it
+/// (a minute on two cores) and the next test run would rebuild it back.
 pub fn mpbond_bin() -> &'static Path {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
     BIN.get_or_init(|| {
@@ -47,14 +53,22 @@ pub fn mpbond_bin() -> &'static Path {
             assert!(bin.is_file(), "MPBOND={} is not a file", bin.display());
             return bin;
         }
-        let status = Command::new(env!("CARGO"))
-            .args(["build", "--release", "--quiet", "--bin", "mpbond"])
-            .args(["--bin", "mpbond-linkem"])
+        let release = !cfg!(debug_assertions);
+        let mut build = Command::new(env!("CARGO"));
+        build.args(["build", "--release", "--quiet", "--bin", "mpbond-linkem"]);
+        if !release {
+            build.args(["--bin", "mpbond"]);
+        }
+        let status = build
             .current_dir(root())
             .status()
             .expect("run cargo build --release");
         assert!(status.success(), "cargo build --release failed");
-        root().join("target/release/mpbond")
+        if release {
+            PathBuf::from(env!("CARGO_BIN_EXE_mpbond"))
+        } else {
+            root().join("target/release/mpbond")
+        }
     })
 }
 
