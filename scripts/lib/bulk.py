@@ -39,7 +39,7 @@ def read_line(sock):
         if not byte:
             break
         out += byte
-    return out.decode()
+    return out.decode(errors="replace")
 
 
 def send(conn):

@@ -39,6 +39,8 @@ import sys
 import threading
 import time
 
+from bulk import read_line
+
 CHUNK = 64 * 1024
 TRAILER = b"SOAK-END"
 # A transfer or request that hears nothing for this long has failed (a
@@ -56,17 +58,6 @@ def block(seed):
 
 def chunk(body, index):
     return index.to_bytes(8, "big") + body[8:]
-
-
-def read_line(sock):
-    """One line, byte by byte: nothing after it is consumed."""
-    out = bytearray()
-    while not out.endswith(b"\n") and len(out) < 64:
-        byte = sock.recv(1)
-        if not byte:
-            break
-        out += byte
-    return out.decode(errors="replace").split()
 
 
 def recv_exact(sock, n):
@@ -108,7 +99,7 @@ class Checker:
 def serve_conn(conn, body):
     try:
         conn.settimeout(IDLE_TIMEOUT)
-        words = read_line(conn)
+        words = read_line(conn).split()
         if len(words) == 2 and words[0] == "echo":
             data = recv_exact(conn, min(int(words[1]), 1 << 20))
             conn.sendall(data)
