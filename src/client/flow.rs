@@ -69,14 +69,14 @@ async fn serve(shared: Arc<Shared>, key: FlowKey, flow: Flow, lan: TcpStream) {
     match opened {
         Ok(tunnel) => {
             shared.joins.tunnel_opened(&tunnel.stream);
-            relay(&flow, &lan, tunnel, shared.tunnels.send_buffer).await
+            relay(&shared, &flow, &lan, tunnel).await
         }
         Err(e) => refused(&flow, &lan, &e),
     }
     shared.table().closed(shared.now(), key);
 }
 
-async fn relay(flow: &Flow, lan: &TcpStream, tunnel: Tunnel, send_buffer: SendBuffer) {
+async fn relay(shared: &Shared, flow: &Flow, lan: &TcpStream, tunnel: Tunnel) {
     if !tunnel.leftover.is_empty() {
         if let Err(e) = crate::relay::write_all(lan, &tunnel.leftover).await {
             debug!(error = %e, "LAN host gone");
@@ -86,17 +86,26 @@ async fn relay(flow: &Flow, lan: &TcpStream, tunnel: Tunnel, send_buffer: SendBu
         }
     }
     debug!(client = %flow.client, server = %flow.server, "relaying");
-    let sized =
-        (send_buffer == SendBuffer::Auto).then(|| (Side::Server, Sizer::new(Policy::default(), 0)));
-    match crate::relay::relay(lan, &tunnel.stream, &[], sized).await {
-        Ok(done) => debug!(
+    let sized = (shared.tunnels.send_buffer == SendBuffer::Auto)
+        .then(|| (Side::Server, Sizer::new(Policy::default(), 0)));
+    tokio::select! {
+        done = crate::relay::relay(lan, &tunnel.stream, &[], sized) => match done {
+            Ok(done) => debug!(
+                client = %flow.client,
+                server = %flow.server,
+                up = done.up,
+                down = done.down,
+                "flow closed"
+            ),
+            Err(e) => debug!(client = %flow.client, server = %flow.server, error = %e, "flow reset"),
+        },
+        // Dropping the relay resets both sides: the LAN host learns now,
+        // not when TCP gives up.
+        () = shared.tunnels.orphaned(&tunnel.stream) => info!(
             client = %flow.client,
             server = %flow.server,
-            up = done.up,
-            down = done.down,
-            "flow closed"
+            "flow reset: every uplink its tunnel had went down, and it gained no working one"
         ),
-        Err(e) => debug!(client = %flow.client, server = %flow.server, error = %e, "flow reset"),
     }
 }
 

@@ -45,6 +45,7 @@ use tokio::task::{AbortHandle, JoinSet};
 use tracing::{debug, info, warn};
 
 use super::system::{AddressChange, Handle, LinkChange, Uplink, NO_INTERFACE};
+use super::tunnel::Paths;
 use super::{ClientError, Shared};
 use crate::auth;
 use crate::chain::Chain;
@@ -724,7 +725,12 @@ fn repick_source(shared: &Shared, lines: &[Line]) {
         .collect();
     let current = shared.tunnels.source();
     let source = pick_source(&candidates, current);
-    if shared.tunnels.set_source(source) {
+    let live = lines
+        .iter()
+        .filter(|l| l.addressed && l.path.verdict().rank().is_some())
+        .map(|l| l.uplink.addr)
+        .collect();
+    if shared.tunnels.set_paths(Paths { source, live }) {
         let rtts: Vec<String> = candidates
             .iter()
             .map(|c| format!("{}={:?}", c.uplink.name, c.rtt))

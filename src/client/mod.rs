@@ -329,7 +329,10 @@ pub async fn run(
             concentrator: config.concentrator,
             id: config.id.clone(),
             key: config.key.clone(),
-            source: Mutex::new(source),
+            paths: tokio::sync::watch::Sender::new(tunnel::Paths {
+                source,
+                live: Vec::new(),
+            }),
             timeout: config.connect_timeout,
             send_buffer: config.send_buffer,
             warm: WarmPool::new(config.warm_connections, config.warm_max_age),

@@ -11,6 +11,16 @@
 //! concentrator finds outside its window (this host's clock stepped, or
 //! is off) is answered with the concentrator's clock and epoch: the client
 //! corrects its clock offset ([`super::clock`]) and retries once.
+//!
+//! A tunnel whose every subflow is on an uplink that died before the
+//! answer came (it was opened just before the cut: the kernel joins the
+//! other uplinks only once the connection is fully established) would hang
+//! until the connect timeout. It is **rescued**: the same signed bytes go
+//! once more on a new tunnel from a live uplink. The concentrator's replay
+//! guard makes that safe: if the first copy reached it, the second is
+//! refused unanswered and nothing is forwarded twice; then the first
+//! tunnel gets [`RESCUE_GRACE`] to gain a live subflow, or fails (the LAN
+//! host sees a reset at once instead of after the timeout).
 
 use std::collections::VecDeque;
 use std::io;
@@ -22,14 +32,16 @@ use std::time::{Duration, Instant};
 use socket2::{Domain, Protocol, SockAddr, SockRef, Socket, Type};
 use tokio::io::Interest;
 use tokio::net::TcpStream;
-use tokio::sync::Notify;
+use tokio::sync::{watch, Notify};
 use tracing::{debug, info, warn};
 
 use super::clock::{Clock, Told};
 use crate::auth::{self, Epoch, Key};
 use crate::config::SendBuffer;
 use crate::sys;
-use crate::wire::convert::{header_len, ClientId, DecodeError, ErrorCode, Response};
+use crate::wire::convert::{
+    header_len, ClientId, ConnectRequest, DecodeError, ErrorCode, Response,
+};
 
 /// Largest first flight of LAN bytes sent with the connect header: header
 /// and data must fit in one SYN (an MSS of 1460 less MPTCP and TCP options).
@@ -50,6 +62,84 @@ pub(super) const RECV_BUFFER: u32 = 4 << 20;
 /// TLV; anything longer is a broken concentrator).
 const MAX_RESPONSE: usize = 64;
 
+/// How long a tunnel whose uplinks died waits, once its rescue is sent,
+/// for the rescue's answer or for a subflow of its own on a live uplink,
+/// before it fails. The kernel joins the live uplinks within a round trip
+/// once a connection is fully established; one that is not never gains
+/// one. A rescue the concentrator refused as a replay is closed without a
+/// word, which does not always reach the client promptly.
+pub(super) const RESCUE_GRACE: Duration = Duration::from_secs(3);
+
+/// How often a tunnel whose uplinks changed looks at its subflows.
+const RESCUE_POLL: Duration = Duration::from_millis(100);
+
+/// How long a tunnel must be seen on a working uplink, after its uplinks
+/// changed, before it stops looking: a join the concentrator refuses (it
+/// lost the handshake's last ACK with the line) is reset a round trip
+/// after it looked established.
+const SETTLE: Duration = Duration::from_secs(2);
+
+/// Whether a tunnel keeps a working uplink after its uplinks changed,
+/// from what is seen of its subflows every [`RESCUE_POLL`] (pure: `now`
+/// passed in).
+#[derive(Debug)]
+struct Lifeline {
+    /// Since when it has been seen on a working uplink without a break.
+    fine_since: Option<tokio::time::Instant>,
+    /// Since when it has not (or since the change).
+    lost_since: tokio::time::Instant,
+}
+
+/// What [`Lifeline::observe`] concludes.
+#[derive(Debug, PartialEq, Eq)]
+enum Held {
+    /// Look again after [`RESCUE_POLL`].
+    Watching,
+    /// On a working uplink for [`SETTLE`]: stop looking until the next
+    /// change.
+    Settled,
+    /// On none for `grace`: it will not carry anything again.
+    Lost,
+}
+
+impl Lifeline {
+    /// Starts watching at `now`, when the uplinks changed.
+    fn new(now: tokio::time::Instant) -> Self {
+        Self {
+            fine_since: None,
+            lost_since: now,
+        }
+    }
+
+    /// `fine`: some subflow is established on a working uplink now.
+    fn observe(&mut self, now: tokio::time::Instant, fine: bool, grace: Duration) -> Held {
+        if fine {
+            let since = *self.fine_since.get_or_insert(now);
+            if now.saturating_duration_since(since) >= SETTLE {
+                return Held::Settled;
+            }
+            return Held::Watching;
+        }
+        if self.fine_since.take().is_some() {
+            self.lost_since = now;
+        }
+        if now.saturating_duration_since(self.lost_since) >= grace {
+            Held::Lost
+        } else {
+            Held::Watching
+        }
+    }
+}
+
+/// The uplinks tunnels can use now, as uplink health last judged them.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(super) struct Paths {
+    /// The address new tunnels bind to (a usable uplink's).
+    pub(super) source: Option<IpAddr>,
+    /// The addresses of every uplink that works (not dead, addressed).
+    pub(super) live: Vec<IpAddr>,
+}
+
 /// What the client needs to open tunnels.
 #[derive(Debug)]
 pub(super) struct Tunnels {
@@ -59,8 +149,9 @@ pub(super) struct Tunnels {
     pub(super) id: ClientId,
     /// Its key.
     pub(super) key: Key,
-    /// Source address of the first subflow (a usable uplink's address).
-    pub(super) source: Mutex<Option<IpAddr>>,
+    /// Where new tunnels start from and which uplinks work, from uplink
+    /// health; tunnels waiting for their answer watch it.
+    pub(super) paths: watch::Sender<Paths>,
     /// Reaching the concentrator and, through it, the destination.
     pub(super) timeout: Duration,
     /// `SO_SNDBUF` of each tunnel socket; 0: the kernel's autotuning.
@@ -250,6 +341,17 @@ pub(super) enum TunnelError {
         /// The concentrator.
         concentrator: SocketAddr,
     },
+    /// Every uplink the tunnel had died before the answer came, and the
+    /// concentrator holds it (it refused the same header on a live
+    /// uplink as a replay), so it cannot be tried again safely.
+    #[error(
+        "the uplink the tunnel to {concentrator} started on went down before its answer \
+         came, and the connection gained no other within {RESCUE_GRACE:?}"
+    )]
+    LineLost {
+        /// The concentrator.
+        concentrator: SocketAddr,
+    },
     /// The signing randomness failed.
     #[error("cannot sign the connect header")]
     Auth(#[from] auth::AuthError),
@@ -306,7 +408,8 @@ impl Tunnels {
                         false,
                     ),
                 };
-                match self.request(stream, destination, early).await {
+                let (request, first) = self.sign(destination, early)?;
+                match self.answered(stream, &request, &first).await {
                     // The concentrator closed a warm tunnel without reading
                     // the header (restart, timeout): no server saw anything
                     // yet.
@@ -348,21 +451,27 @@ impl Tunnels {
 
     /// The source address new tunnels bind to now.
     pub(super) fn source(&self) -> Option<IpAddr> {
-        *self.source.lock().unwrap_or_else(|e| e.into_inner())
+        self.paths.borrow().source
     }
 
-    /// New tunnels start from `source`; warm tunnels from elsewhere go.
-    /// `true` if that changed anything.
-    pub(super) fn set_source(&self, source: Option<IpAddr>) -> bool {
-        let mut current = self.source.lock().unwrap_or_else(|e| e.into_inner());
-        if *current == source {
-            return false;
+    /// New tunnels start from `paths.source`; warm tunnels from elsewhere
+    /// go; tunnels waiting for their answer look again at their uplinks.
+    /// `true` if the source changed.
+    pub(super) fn set_paths(&self, paths: Paths) -> bool {
+        let mut moved = false;
+        self.paths.send_if_modified(|current| {
+            if *current == paths {
+                return false;
+            }
+            moved = current.source != paths.source;
+            *current = paths;
+            true
+        });
+        if moved {
+            self.warm.idle().clear();
+            self.warm.wanted.notify_one();
         }
-        *current = source;
-        drop(current);
-        self.warm.idle().clear();
-        self.warm.wanted.notify_one();
-        true
+        moved
     }
 
     /// Keeps the warm pool filled while the site is active; never returns.
@@ -402,31 +511,162 @@ impl Tunnels {
         Ok(stream)
     }
 
-    /// Sends the signed header and `early` on `stream` and reads the answer.
-    async fn request(
+    /// The signed header for `destination` and, behind it, `early`: the
+    /// first bytes of a tunnel.
+    fn sign(
         &self,
-        stream: TcpStream,
         destination: SocketAddr,
         early: &[u8],
-    ) -> Result<Tunnel, TunnelError> {
-        let concentrator = self.concentrator;
-        let io_error = |source| TunnelError::Io {
-            concentrator,
-            source,
-        };
-        let sent = Instant::now();
-        let now_ms = self.clock.now_ms();
+    ) -> Result<(ConnectRequest, Vec<u8>), TunnelError> {
         let request = auth::sign_request(
             &self.key,
             self.id.clone(),
             destination,
             self.epoch(),
             auth::random_nonce()?,
-            now_ms,
+            self.clock.now_ms(),
         );
         let mut first = request.encode();
         first.extend_from_slice(early);
-        write_all(&stream, &first).await.map_err(io_error)?;
+        Ok((request, first))
+    }
+
+    /// Returns once every subflow of the relaying tunnel `stream` has been
+    /// on dead uplinks for [`RESCUE_GRACE`] while another uplink works:
+    /// the kernel joins the live uplinks only when the connection became
+    /// fully established, so one that lost its only line before that (or
+    /// whose join failed) would hang until TCP gives up, for minutes, or
+    /// forever once half-closed. Never returns otherwise.
+    pub(super) async fn orphaned(&self, stream: &TcpStream) {
+        let mut paths = self.paths.subscribe();
+        let mut seen = Subflows::default();
+        loop {
+            if paths.changed().await.is_err() {
+                return std::future::pending().await;
+            }
+            let mut lifeline = Lifeline::new(tokio::time::Instant::now());
+            loop {
+                let live = paths.borrow_and_update().live.clone();
+                // With no uplink working, there is nothing better to be on;
+                // it may carry on when its own comes back.
+                let fine = live.is_empty() || seen.established_on(stream, &live);
+                match lifeline.observe(tokio::time::Instant::now(), fine, RESCUE_GRACE) {
+                    Held::Watching => tokio::time::sleep(RESCUE_POLL).await,
+                    Held::Settled => break,
+                    Held::Lost => {
+                        debug!(subflows = ?seen.locals, live = ?live, "the tunnel has no subflow on a working uplink");
+                        return;
+                    }
+                }
+            }
+        }
+    }
+
+    /// [`Self::exchange`] on `stream`, rescued once if every uplink it has
+    /// dies before the answer comes (see the module's documentation).
+    async fn answered(
+        &self,
+        stream: TcpStream,
+        request: &ConnectRequest,
+        first: &[u8],
+    ) -> Result<Tunnel, TunnelError> {
+        let mut paths = self.paths.subscribe();
+        let mut rescued = false;
+        let mut seen = Subflows::default();
+        let outcome = {
+            let original = self.exchange(&stream, request, first);
+            tokio::pin!(original);
+            loop {
+                tokio::select! {
+                    result = &mut original => break result.map(|leftover| (None, leftover)),
+                    changed = paths.changed(), if !rescued => {
+                        if changed.is_err() {
+                            break original.await.map(|leftover| (None, leftover));
+                        }
+                    }
+                }
+                // With no uplink working, there is nowhere to rescue it to;
+                // it may still get through when its own comes back.
+                let live = paths.borrow_and_update().live.clone();
+                if live.is_empty() || seen.on(&stream, &live) {
+                    continue;
+                }
+                rescued = true;
+                debug!(
+                    subflows = ?seen.locals,
+                    live = ?live,
+                    "the tunnel's uplinks died before its answer; sending its header again from a live one"
+                );
+                let rescue = async {
+                    let stream = self.socket(true).map_err(|source| TunnelError::Socket {
+                        concentrator: self.concentrator,
+                        source,
+                    })?;
+                    let leftover = self.exchange(&stream, request, first).await?;
+                    Ok::<_, TunnelError>((stream, leftover))
+                };
+                tokio::pin!(rescue);
+                let mut rescue_pending = true;
+                let mut lifeline = Lifeline::new(tokio::time::Instant::now());
+                let gained = loop {
+                    tokio::select! {
+                        result = &mut original => break Some(result.map(|leftover| (None, leftover))),
+                        result = &mut rescue, if rescue_pending => match result {
+                            Ok((stream, leftover)) => {
+                                info!("tunnel rescued: its uplink died before the answer; the same header went again from a live one");
+                                break Some(Ok((Some(stream), leftover)));
+                            }
+                            // Refused as a replay (the first copy got
+                            // through), or it failed: the first tunnel is
+                            // the one left.
+                            Err(e) => {
+                                rescue_pending = false;
+                                debug!(error = %e, "the rescue did not get through; waiting for the first tunnel to gain a live uplink");
+                            }
+                        },
+                        () = tokio::time::sleep(RESCUE_POLL) => {}
+                    }
+                    // Once the first tunnel has a working subflow, the
+                    // concentrator holds it: the rescue can only be refused.
+                    let live = paths.borrow_and_update().live.clone();
+                    let fine = seen.established_on(&stream, &live);
+                    match lifeline.observe(tokio::time::Instant::now(), fine, RESCUE_GRACE) {
+                        Held::Watching => {}
+                        Held::Settled => break None,
+                        Held::Lost => {
+                            break Some(Err(TunnelError::LineLost {
+                                concentrator: self.concentrator,
+                            }))
+                        }
+                    }
+                };
+                if let Some(result) = gained {
+                    break result;
+                }
+            }
+        };
+        let (rescue, leftover) = outcome?;
+        Ok(Tunnel {
+            stream: rescue.unwrap_or(stream),
+            leftover,
+        })
+    }
+
+    /// Sends `first` (the signed `request` and the LAN host's first bytes)
+    /// on `stream` and reads the answer; the bytes read past it come back.
+    async fn exchange(
+        &self,
+        stream: &TcpStream,
+        request: &ConnectRequest,
+        first: &[u8],
+    ) -> Result<Vec<u8>, TunnelError> {
+        let concentrator = self.concentrator;
+        let io_error = |source| TunnelError::Io {
+            concentrator,
+            source,
+        };
+        let sent = Instant::now();
+        write_all(stream, first).await.map_err(io_error)?;
 
         let mut buf = [0; MAX_RESPONSE];
         let mut have = 0;
@@ -447,7 +687,7 @@ impl Tunnels {
                     })
                 }
             }
-            let n = crate::relay::read(&stream, &mut buf[have..])
+            let n = crate::relay::read(stream, &mut buf[have..])
                 .await
                 .map_err(io_error)?;
             if n == 0 {
@@ -461,14 +701,11 @@ impl Tunnels {
                 source,
             })?;
         match response {
-            Response::Connected => Ok(Tunnel {
-                stream,
-                leftover: buf[used..have].to_vec(),
-            }),
+            Response::Connected => Ok(buf[used..have].to_vec()),
             Response::Error { code, .. } => Err(TunnelError::Refused { code }),
             Response::StaleEpoch { epoch, mac } => {
                 let epoch = Epoch::from_u64(epoch);
-                if !auth::verify_epoch(&self.key, epoch, &mac, &request) {
+                if !auth::verify_epoch(&self.key, epoch, &mac, request) {
                     return Err(TunnelError::BadEpoch { concentrator });
                 }
                 let before = self.epoch.swap(epoch.as_u64(), Ordering::Relaxed);
@@ -482,7 +719,7 @@ impl Tunnels {
             }
             Response::StaleClock { now_ms, epoch, mac } => {
                 let epoch = Epoch::from_u64(epoch);
-                if !auth::verify_clock(&self.key, now_ms, epoch, &mac, &request) {
+                if !auth::verify_clock(&self.key, now_ms, epoch, &mac, request) {
                     return Err(TunnelError::BadClock { concentrator });
                 }
                 self.clock
@@ -548,6 +785,55 @@ impl Tunnels {
     }
 }
 
+/// What is seen of a tunnel's subflows, with the buffers to see it.
+#[derive(Debug, Default)]
+struct Subflows {
+    /// Each subflow's local address, as last seen.
+    locals: Vec<IpAddr>,
+    /// Each subflow's TCP state and more, as last seen.
+    infos: Vec<sys::SubflowInfo>,
+    buf: Vec<u8>,
+}
+
+impl Subflows {
+    /// Whether some subflow of `stream` starts from a `live` address, in
+    /// whatever state. A connection that fell back to plain TCP, or a
+    /// plain TCP socket, has its own local address.
+    fn on(&mut self, stream: &TcpStream, live: &[IpAddr]) -> bool {
+        if sys::mptcp_subflow_locals(stream, &mut self.locals).is_err() {
+            self.locals.clear();
+            self.locals.extend(stream.local_addr().ok().map(|a| a.ip()));
+            return self.locals.iter().any(|a| live.contains(a));
+        }
+        self.locals.iter().any(|a| live.contains(a))
+    }
+
+    /// Whether some subflow of `stream` is established from a `live`
+    /// address. The kernel lists the subflows in the same order for both
+    /// questions; answers that disagree on their number (a subflow came or
+    /// went in between) count as no.
+    fn established_on(&mut self, stream: &TcpStream, live: &[IpAddr]) -> bool {
+        if sys::mptcp_subflow_locals(stream, &mut self.locals).is_err() {
+            self.locals.clear();
+            self.locals.extend(stream.local_addr().ok().map(|a| a.ip()));
+            return self.locals.iter().any(|a| live.contains(a))
+                && matches!(sys::tcp_state(stream), Ok(TCP_ESTABLISHED));
+        }
+        if sys::mptcp_subflows(stream, &mut self.buf, &mut self.infos).is_err()
+            || self.infos.len() != self.locals.len()
+        {
+            return false;
+        }
+        self.locals
+            .iter()
+            .zip(&self.infos)
+            .any(|(addr, info)| live.contains(addr) && info.state == TCP_ESTABLISHED)
+    }
+}
+
+/// `TCP_ESTABLISHED` of `tcpi_state`.
+const TCP_ESTABLISHED: u8 = 1;
+
 /// Writes all of `data`; the first write of a Fast Open socket sends the SYN
 /// (with the data when a cookie is cached). Without a cookie the kernel
 /// answers that write with EINPROGRESS and sends the data once the
@@ -578,4 +864,78 @@ fn retry(e: &io::Error) -> bool {
         e.kind(),
         io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(start: tokio::time::Instant, ms: u64) -> tokio::time::Instant {
+        start + Duration::from_millis(ms)
+    }
+
+    #[test]
+    fn a_tunnel_seen_on_a_working_uplink_settles_after_a_while() {
+        let start = tokio::time::Instant::now();
+        let mut line = Lifeline::new(start);
+        assert_eq!(
+            line.observe(at(start, 0), true, RESCUE_GRACE),
+            Held::Watching
+        );
+        assert_eq!(
+            line.observe(at(start, 1_900), true, RESCUE_GRACE),
+            Held::Watching
+        );
+        assert_eq!(
+            line.observe(at(start, 2_000), true, RESCUE_GRACE),
+            Held::Settled
+        );
+    }
+
+    #[test]
+    fn a_tunnel_on_no_working_uplink_is_lost_after_the_grace() {
+        let start = tokio::time::Instant::now();
+        let mut line = Lifeline::new(start);
+        assert_eq!(
+            line.observe(at(start, 100), false, RESCUE_GRACE),
+            Held::Watching
+        );
+        assert_eq!(
+            line.observe(at(start, 2_900), false, RESCUE_GRACE),
+            Held::Watching
+        );
+        assert_eq!(
+            line.observe(at(start, 3_000), false, RESCUE_GRACE),
+            Held::Lost
+        );
+    }
+
+    #[test]
+    fn a_join_that_looked_established_and_was_refused_does_not_save_it() {
+        // The concentrator resets a join a round trip after it looked
+        // established (it never got the handshake's last ACK): the grace
+        // counts again from when the join went.
+        let start = tokio::time::Instant::now();
+        let mut line = Lifeline::new(start);
+        assert_eq!(
+            line.observe(at(start, 100), false, RESCUE_GRACE),
+            Held::Watching
+        );
+        assert_eq!(
+            line.observe(at(start, 200), true, RESCUE_GRACE),
+            Held::Watching
+        );
+        assert_eq!(
+            line.observe(at(start, 300), false, RESCUE_GRACE),
+            Held::Watching
+        );
+        assert_eq!(
+            line.observe(at(start, 3_200), false, RESCUE_GRACE),
+            Held::Watching
+        );
+        assert_eq!(
+            line.observe(at(start, 3_300), false, RESCUE_GRACE),
+            Held::Lost
+        );
+    }
 }

@@ -744,7 +744,7 @@ async fn connection(shared: Arc<Shared>, mut stream: TcpStream, mut pending: Pen
     drop(admitted);
 }
 
-/// Closes a peer whose header was refused: without a word, but for a
+/// Closes a peer whose header was refused: without a word (a reset), but for a
 /// recent authentic header of another run, which gets the current epoch,
 /// and an authentic header from outside the time window, which gets this
 /// host's clock (within the client's budget).
@@ -763,6 +763,11 @@ async fn reject(shared: &Shared, stream: TcpStream, rejected: accept::Rejected) 
         debug!(error = %Chain(&rejected), "peer rejected; {what}");
     }
     let Some(answer) = answer else {
+        // A reset, so that a client that sent the same header again to
+        // rescue a tunnel whose uplink died learns at once that the first
+        // copy got through (an MPTCP close with the client's bytes unread
+        // can take seconds to reach it).
+        let _ = socket2::SockRef::from(&stream).set_linger(Some(Duration::ZERO));
         return;
     };
     forward::established(&stream, shared.handshake_timeout).await;

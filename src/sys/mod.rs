@@ -16,7 +16,7 @@ mod rlimit;
 mod sockopt;
 mod sysctl;
 
-pub use mptcp_info::mptcp_fell_back;
+pub use mptcp_info::{mptcp_fell_back, mptcp_subflow_locals};
 pub use netlink::{
     AddressFamily, EndpointFlags, FlushReport, LinkEvent, LinkEvents, LinkStats, MptcpEndpoint,
     MptcpEvent, MptcpEventKind, MptcpEvents, MptcpLimits, MptcpPm, NetlinkError, Route, Rtnl, Rule,
