@@ -4,6 +4,11 @@
 # change sticks; it does nothing when everything is already there.
 
 _mpb_pkgs=(iproute2 ethtool iperf3 iputils-ping procps psmisc util-linux python3 gcc libc6-dev ca-certificates mptcpize nftables dnsmasq-base tcpdump faketime)
+# The package (scripts/package.sh, tests/package.rs): dpkg-shlibdeps
+# (dpkg-dev) for its dependencies, systemd-analyze (systemd) to verify the
+# units, man (man-db) for the man pages they name. cargo-deb itself comes
+# from crates.io (scripts/package.sh).
+_mpb_pkgs+=(dpkg-dev systemd man-db)
 # Userspace WireGuard, bench.sh udp's baseline. Without recommends:
 # wireguard-tools recommends the kernel module, which apt satisfies with a
 # whole kernel image (and initramfs-tools, udev, ...).

@@ -7,7 +7,8 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::Context;
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory as _, Parser, Subcommand};
+use clap_complete::Shell;
 use tracing_subscriber::EnvFilter;
 
 use mpbond::auth::Key;
@@ -78,6 +79,31 @@ enum Command {
         #[arg(long, value_name = "N", requires = "watch")]
         count: Option<u64>,
     },
+    /// Write the man pages or the shell completions into a directory, from
+    /// this command line's own definition (for packaging: scripts/package.sh).
+    #[command(hide = true)]
+    Generate {
+        #[command(subcommand)]
+        what: Generate,
+    },
+}
+
+/// What `mpbond generate` writes.
+#[derive(Debug, Subcommand)]
+enum Generate {
+    /// Man pages: mpbond.1 and one per subcommand (mpbond-client.1, ...).
+    Man {
+        /// The directory to write them into (created if missing).
+        #[arg(value_name = "DIR")]
+        dir: PathBuf,
+    },
+    /// Completions for bash (mpbond.bash), zsh (_mpbond) and fish
+    /// (mpbond.fish).
+    Completions {
+        /// The directory to write them into (created if missing).
+        #[arg(value_name = "DIR")]
+        dir: PathBuf,
+    },
 }
 
 fn main() -> ExitCode {
@@ -111,7 +137,48 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             interval,
             count,
         } => status(config.as_deref(), json, watch.then_some((interval, count))),
+        Command::Generate { what } => generate(what),
     }
+}
+
+/// The command line as documented: without the hidden subcommands (this
+/// one), which the completions would offer otherwise.
+fn documented() -> clap::Command {
+    let full = Cli::command();
+    let mut cmd = clap::Command::new("mpbond")
+        .version(env!("CARGO_PKG_VERSION"))
+        .subcommand_required(true)
+        .subcommands(full.get_subcommands().filter(|s| !s.is_hide_set()).cloned());
+    if let Some(about) = full.get_about() {
+        cmd = cmd.about(about.clone());
+    }
+    cmd
+}
+
+/// `mpbond generate`: man pages or completions, from the same definition
+/// of the command line that parses it, so they never disagree. No date in
+/// the man pages, so that a package build is reproducible.
+fn generate(what: Generate) -> anyhow::Result<()> {
+    let (Generate::Man { dir } | Generate::Completions { dir }) = &what;
+    std::fs::create_dir_all(dir)
+        .with_context(|| format!("cannot create directory {}", dir.display()))?;
+    let cmd = documented();
+    match what {
+        Generate::Man { dir } => clap_mangen::generate_to(cmd, &dir)
+            .with_context(|| format!("cannot write the man pages into {}", dir.display()))?,
+        Generate::Completions { dir } => {
+            let mut cmd = cmd;
+            for shell in [Shell::Bash, Shell::Zsh, Shell::Fish] {
+                clap_complete::generate_to(shell, &mut cmd, "mpbond", &dir).with_context(|| {
+                    format!(
+                        "cannot write the {shell} completions into {}",
+                        dir.display()
+                    )
+                })?;
+            }
+        }
+    }
+    Ok(())
 }
 
 fn run_client(path: &Path) -> anyhow::Result<()> {
@@ -282,4 +349,22 @@ fn keygen(out: Option<&Path>, shared: bool) -> anyhow::Result<()> {
         println!("public_key = \"{}\"", public.trim());
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        Cli::command().debug_assert();
+        documented().debug_assert();
+    }
+
+    #[test]
+    fn the_documented_command_line_lists_every_command_but_generate() {
+        let cmd = documented();
+        let names: Vec<&str> = cmd.get_subcommands().map(|s| s.get_name()).collect();
+        assert_eq!(names, ["client", "concentrator", "keygen", "status"]);
+    }
 }
