@@ -31,6 +31,7 @@ use std::time::{Duration, Instant};
 
 use harness::download::{check_download, start_download, wait_for};
 use harness::{mpbond_bin, ns_run, root, run_in, Behavior, Lab, NsServer};
+use mpbond::control::history::HistoryDocument;
 use mpbond::control::snapshot::{ClientEntry, Status, UplinkStatus};
 
 const SERVER: IpAddr = IpAddr::V4(Ipv4Addr::new(198, 51, 100, 10));
@@ -203,7 +204,7 @@ impl Browser {
         let _ = std::fs::remove_dir_all(&profile);
         std::fs::create_dir_all(&profile).expect("create the browser's profile directory");
         let script = root().join("tests/browser/cdp.py");
-        let mut child = Command::new("ip")
+        let spawned = Command::new("ip")
             .args(["netns", "exec", ns, "python3"])
             .arg(&script)
             .arg(CHROMIUM)
@@ -211,8 +212,11 @@ impl Browser {
             .arg(url)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
-            .spawn()
-            .unwrap_or_else(|e| panic!("start {}: {e}", script.display()));
+            .spawn();
+        let mut child = spawned.unwrap_or_else(|e| {
+            let _ = std::fs::remove_dir_all(&profile);
+            panic!("start {}: {e}", script.display())
+        });
         let stdout = child.stdout.take().expect("stdout");
         let (tx, answers) = mpsc::channel();
         thread::spawn(move || {
@@ -490,6 +494,8 @@ fn status_and_metrics_show_both_ends_and_a_blackholed_line() {
     assert_eq!(from_page.role, "client");
     let (code, _) = request("mpb-lan", CLIENT_METRICS, "GET /nothing HTTP/1.1\r\n\r\n");
     assert_eq!(code, 404);
+    let (code, head, _) = request_full("mpb-conc", CONCENTRATOR_METRICS, "HEAD / HTTP/1.1\r\n\r\n");
+    assert_eq!(code, 200, "the concentrator serves the page too: {head}");
     let (code, _) = request("mpb-lan", CLIENT_METRICS, "\x16\x03\x01 garbage\r\n\r\n");
     assert_eq!(code, 400, "garbage is a bad request");
 
@@ -556,6 +562,31 @@ fn status_and_metrics_show_both_ends_and_a_blackholed_line() {
         )
     });
     eprintln!("page: listed \"{event}\"");
+    // What a page opened now starts from: the last minutes of both lines
+    // and the change.
+    let (code, history) = request(
+        "mpb-lan",
+        CLIENT_METRICS,
+        "GET /history.json HTTP/1.1\r\n\r\n",
+    );
+    assert_eq!(code, 200, "{history}");
+    let history: HistoryDocument =
+        serde_json::from_str(&history).unwrap_or_else(|e| panic!("history.json ({e}): {history}"));
+    for name in ["dsl", "lte"] {
+        let line = history.uplinks.iter().find(|u| u.name == name);
+        assert!(
+            line.is_some_and(|u| u.samples.iter().any(|s| s.rx_bytes_per_sec > 100_000)),
+            "{name} carried traffic in history.json: {history:?}"
+        );
+    }
+    assert!(
+        history
+            .events
+            .iter()
+            .any(|e| e.uplink == "lte" && e.to == "dead"),
+        "{:?}",
+        history.events
+    );
     assert!(
         event.contains(&lte.reason),
         "{event:?} gives the reason {:?}",

@@ -358,14 +358,14 @@ function renderClients(s) {
     return el("tr", { "data-client": c.id, "data-connections": c.connections },
       el("td", {}, c.id),
       el("td", {}, c.connections + " / " + c.max_connections),
-      el("td", {}, rate(r.downRate) + " · " + bytes(c.down_bytes)),
-      el("td", {}, rate(r.upRate) + " · " + bytes(c.up_bytes)),
+      el("td", {}, el("span", {}, rate(r.downRate)), el("span", { class: "muted" }, bytes(c.down_bytes))),
+      el("td", {}, el("span", {}, rate(r.upRate)), el("span", { class: "muted" }, bytes(c.up_bytes))),
       el("td", {}, session));
   });
   const table = el("table", {},
     el("thead", {}, el("tr", {},
-      el("th", {}, "client"), el("th", {}, "connections"), el("th", {}, "to it"),
-      el("th", {}, "from it"), el("th", {}, "datagrams"))),
+      el("th", {}, "client"), el("th", {}, "connections"), el("th", {}, "down"),
+      el("th", {}, "up"), el("th", {}, "datagrams"))),
     el("tbody", {}, ...rows));
   box.replaceChildren(el("h2", {}, "Clients"), el("div", { class: "scroll" }, table));
 }
