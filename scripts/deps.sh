@@ -14,7 +14,9 @@ _mpb_pkgs+=(dpkg-dev systemd man-db)
 # whole kernel image (and initramfs-tools, udev, ...).
 # prometheus: promtool checks the metrics (tests/status.rs); without
 # recommends, which would add the node exporter.
-_mpb_norec=(wireguard-go wireguard-tools prometheus)
+# chromium: the status page test loads the page in headless Chromium
+# (tests/status.rs); without recommends (udev, upower, printing, ...).
+_mpb_norec=(wireguard-go wireguard-tools prometheus chromium)
 _mpb_missing=()
 _mpb_missing_norec=()
 for _p in "${_mpb_pkgs[@]}"; do

@@ -7,21 +7,31 @@
 //! metrics`. Stopped, the daemons leave no socket and `mpbond status` says
 //! none runs.
 //!
-//! Needs root and promtool (Debian package prometheus, installed by
-//! scripts/deps.sh); one lab at a time.
+//! The status page, as a user on the LAN sees it: headless Chromium in
+//! `mpb-lan` (driven by `tests/browser/cdp.py`) opens
+//! http://192.168.77.1:9310/ as the download starts; the page shows both
+//! uplinks up and carrying it, then lte down within a few seconds of the
+//! blackhole, with the change and its reason listed. The page exposes what
+//! it shows in data-* attributes, which is what is checked; screenshots
+//! (desktop while both lines carry, phone-sized once lte is down) are kept
+//! in `target/status-page/` for people to look at.
+//!
+//! Needs root, promtool and chromium (Debian packages prometheus and
+//! chromium, installed by scripts/deps.sh); one lab at a time.
 
 mod harness;
 
-use std::io::{Read as _, Write as _};
+use std::io::{BufRead as _, BufReader, Read as _, Write as _};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream};
-use std::path::PathBuf;
-use std::process::{Command, Stdio};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
 
 use harness::download::{check_download, start_download, wait_for};
 use harness::{mpbond_bin, ns_run, root, run_in, Behavior, Lab, NsServer};
+use mpbond::control::history::HistoryDocument;
 use mpbond::control::snapshot::{ClientEntry, Status, UplinkStatus};
 
 const SERVER: IpAddr = IpAddr::V4(Ipv4Addr::new(198, 51, 100, 10));
@@ -90,6 +100,13 @@ fn scrape(ns: &str, addr: &str) -> (u16, String) {
 
 /// Sends `request` to ADDR from namespace `ns`: the status code and body.
 fn request(ns: &str, addr: &str, request: &str) -> (u16, String) {
+    let (code, _, body) = request_full(ns, addr, request);
+    (code, body)
+}
+
+/// Sends `request` to ADDR from namespace `ns`: the status code, head and
+/// body.
+fn request_full(ns: &str, addr: &str, request: &str) -> (u16, String, String) {
     let addr: SocketAddr = addr.parse().expect("address");
     let request = request.to_owned();
     run_in(ns, "HTTP request", Duration::from_secs(5), move || {
@@ -108,7 +125,7 @@ fn request(ns: &str, addr: &str, request: &str) -> (u16, String) {
             .nth(1)
             .and_then(|c| c.parse().ok())
             .unwrap_or_else(|| panic!("no status code: {head}"));
-        (code, body.to_owned())
+        (code, head.to_owned(), body.to_owned())
     })
 }
 
@@ -166,15 +183,187 @@ fn poll<T>(limit: Duration, mut probe: impl FnMut() -> Option<T>) -> Option<(T, 
     }
 }
 
+/// Headless Chromium in a namespace, driven by `tests/browser/cdp.py` (one
+/// JSON command a line, one JSON answer a line); on drop it is stopped
+/// (end of input; killed if it lingers, Chromium with it) and its profile
+/// directory removed.
+struct Browser {
+    child: Child,
+    stdin: Option<ChildStdin>,
+    answers: mpsc::Receiver<String>,
+    profile: PathBuf,
+}
+
+const CHROMIUM: &str = "chromium";
+
+impl Browser {
+    /// Starts Chromium in `ns` opening `url`; [`Browser::ready`] waits for
+    /// it.
+    fn launch(ns: &str, url: &str) -> Self {
+        let profile = std::env::temp_dir().join(format!("mpbond-chromium-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&profile);
+        std::fs::create_dir_all(&profile).expect("create the browser's profile directory");
+        let script = root().join("tests/browser/cdp.py");
+        let spawned = Command::new("ip")
+            .args(["netns", "exec", ns, "python3"])
+            .arg(&script)
+            .arg(CHROMIUM)
+            .arg(&profile)
+            .arg(url)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn();
+        let mut child = spawned.unwrap_or_else(|e| {
+            let _ = std::fs::remove_dir_all(&profile);
+            panic!("start {}: {e}", script.display())
+        });
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, answers) = mpsc::channel();
+        thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Self {
+            stdin: child.stdin.take(),
+            child,
+            answers,
+            profile,
+        }
+    }
+
+    /// The next answer, within `limit`: its value; panics with the error.
+    fn answer(&self, what: &str, limit: Duration) -> serde_json::Value {
+        let line = self.answers.recv_timeout(limit).unwrap_or_else(|e| {
+            panic!(
+                "the browser gave no answer to {what} within {limit:?} ({e}); chromium said:\n{}",
+                self.log_tail()
+            )
+        });
+        let mut answer: serde_json::Value = serde_json::from_str(&line)
+            .unwrap_or_else(|e| panic!("not an answer from cdp.py ({e}): {line}"));
+        if let Some(error) = answer.get("error") {
+            panic!(
+                "the browser failed at {what}: {error}; chromium said:\n{}",
+                self.log_tail()
+            );
+        }
+        answer["ok"].take()
+    }
+
+    fn log_tail(&self) -> String {
+        let log = std::fs::read_to_string(self.profile.join("chromium.log")).unwrap_or_default();
+        let lines: Vec<&str> = log.lines().collect();
+        lines[lines.len().saturating_sub(20)..].join("\n")
+    }
+
+    /// Waits for Chromium to have started and opened the page.
+    fn ready(&self) {
+        self.answer("starting Chromium", Duration::from_secs(30));
+    }
+
+    fn command(&mut self, what: &str, command: serde_json::Value) -> serde_json::Value {
+        let stdin = self.stdin.as_mut().expect("stdin");
+        writeln!(stdin, "{command}").expect("send a command to cdp.py");
+        self.answer(what, Duration::from_secs(20))
+    }
+
+    /// The value of the JavaScript expression `expr` in the page.
+    fn eval(&mut self, expr: &str) -> serde_json::Value {
+        self.command(expr, serde_json::json!({"cmd": "eval", "expr": expr}))
+    }
+
+    fn viewport(&mut self, width: u32, height: u32, mobile: bool) {
+        self.command(
+            "setting the viewport",
+            serde_json::json!({"cmd": "viewport", "width": width, "height": height, "mobile": mobile}),
+        );
+    }
+
+    /// A full-page screenshot saved as `path`.
+    fn screenshot(&mut self, path: &Path) {
+        let size = self.command(
+            "a screenshot",
+            serde_json::json!({"cmd": "shot", "path": path}),
+        );
+        eprintln!("page: screenshot {} ({size})", path.display());
+    }
+
+    /// What the page shows of each uplink (its data-* attributes).
+    fn uplinks(&mut self) -> Vec<PageUplink> {
+        let value = self.eval(
+            "[...document.querySelectorAll('article.uplink')].map(e => ({ \
+               name: e.dataset.uplink, state: e.dataset.state, up: e.dataset.up === 'true', \
+               peak_rx: Number(e.dataset.peakRxBps), samples: Number(e.dataset.samples), \
+               rtt_ms: e.dataset.rttMs, svg_paths: e.querySelectorAll('svg path.rx').length }))",
+        );
+        serde_json::from_value(value.clone())
+            .unwrap_or_else(|e| panic!("the page's uplinks ({e}): {value}"))
+    }
+}
+
+impl Drop for Browser {
+    fn drop(&mut self) {
+        drop(self.stdin.take());
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while matches!(self.child.try_wait(), Ok(None)) && Instant::now() < deadline {
+            thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if let Err(e) = std::fs::remove_dir_all(&self.profile) {
+            eprintln!("cannot remove {}: {e}", self.profile.display());
+        }
+    }
+}
+
+/// One uplink card as the page shows it.
+#[derive(Debug, serde::Deserialize)]
+struct PageUplink {
+    name: String,
+    state: String,
+    up: bool,
+    /// The highest receive rate in its graph's last 10 s, bytes/s.
+    peak_rx: f64,
+    samples: u64,
+    rtt_ms: String,
+    svg_paths: u64,
+}
+
+fn page_uplink<'a>(uplinks: &'a [PageUplink], name: &str) -> &'a PageUplink {
+    uplinks
+        .iter()
+        .find(|u| u.name == name)
+        .unwrap_or_else(|| panic!("no uplink {name} on the page: {uplinks:?}"))
+}
+
+/// Where the screenshots go: `target/status-page/`.
+fn screenshots() -> PathBuf {
+    let dir = root().join("target/status-page");
+    std::fs::create_dir_all(&dir).expect("create target/status-page");
+    dir
+}
+
 #[test]
 fn status_and_metrics_show_both_ends_and_a_blackholed_line() {
-    // Fail early, not after the lab is up, if promtool is missing.
+    // Fail early, not after the lab is up, if promtool or chromium is
+    // missing.
     let promtool = Command::new("promtool").arg("--version").output();
     assert!(
         promtool.is_ok_and(|o| o.status.success()),
         "promtool is missing: source scripts/deps.sh (Debian package prometheus)"
     );
+    let chromium = Command::new(CHROMIUM).arg("--version").output();
+    assert!(
+        chromium.is_ok_and(|o| o.status.success()),
+        "chromium is missing: source scripts/deps.sh (Debian package chromium)"
+    );
     let lab = Lab::up_and_start(&[], &[]);
+    // The page opens as the download starts (Chromium takes a moment).
+    let mut browser = Browser::launch("mpb-lan", &format!("http://{CLIENT_METRICS}/"));
     let srv = NsServer::start(
         "mpb-srv",
         SocketAddr::new(SERVER, 5801),
@@ -213,6 +402,43 @@ fn status_and_metrics_show_both_ends_and_a_blackholed_line() {
     assert_eq!(before.role, "client");
     assert!(before.pid > 0);
 
+    // The page shows both uplinks up and carrying the download.
+    browser.ready();
+    let shown = poll(Duration::from_secs(5), || {
+        let page = browser.uplinks();
+        let both = ["dsl", "lte"].iter().all(|name| {
+            page.iter()
+                .any(|u| u.name == *name && u.up && u.state == "usable" && u.peak_rx > 100e3)
+        });
+        both.then_some(page)
+    });
+    let (page, took) = shown.unwrap_or_else(|| {
+        panic!(
+            "the page never showed both uplinks usable and carrying the download: {:?}",
+            browser.uplinks()
+        )
+    });
+    eprintln!("page: both uplinks up and carrying after {took:?} more");
+    for u in &page {
+        eprintln!(
+            "  {}: {} peak {:.1} Mbit/s, rtt {} ms, {} samples",
+            u.name,
+            u.state,
+            u.peak_rx * 8.0 / 1e6,
+            u.rtt_ms,
+            u.samples
+        );
+        assert!(u.svg_paths >= 1, "{} has a graph: {u:?}", u.name);
+        assert!(!u.rtt_ms.is_empty(), "{} shows its RTT: {u:?}", u.name);
+    }
+    let facts = browser.eval(
+        "({ live: document.body.dataset.live, \
+            connections: Number(document.getElementById('connections').dataset.connections) })",
+    );
+    assert_eq!(facts["live"], "ok", "{facts}");
+    assert!(facts["connections"].as_u64() >= Some(1), "{facts}");
+    browser.screenshot(&screenshots().join("desktop-both-uplinks.png"));
+
     // The concentrator has the client, with the download's connection.
     let conc = status_of("mpb-conc", "concentrator.toml");
     let lab_entry = lab_client(&conc);
@@ -245,8 +471,31 @@ fn status_and_metrics_show_both_ends_and_a_blackholed_line() {
         rtt > 0.015 && rtt < 1.0,
         "dsl's rtt {rtt} s (a 2 x 10 ms line)"
     );
-    let (code, _) = request("mpb-lan", CLIENT_METRICS, "GET / HTTP/1.1\r\n\r\n");
-    assert_eq!(code, 404, "only /metrics is served yet");
+    let (code, head, page) = request_full("mpb-lan", CLIENT_METRICS, "GET / HTTP/1.1\r\n\r\n");
+    assert_eq!(code, 200, "{head}");
+    assert!(
+        head.contains("Content-Type: text/html; charset=utf-8\r\n"),
+        "{head}"
+    );
+    assert!(page.contains("<title>mpbond status</title>"), "{page}");
+    let (code, head, json) = request_full(
+        "mpb-lan",
+        CLIENT_METRICS,
+        "GET /status.json HTTP/1.1\r\n\r\n",
+    );
+    assert_eq!(code, 200, "{head}");
+    assert!(
+        head.contains("Content-Type: application/json\r\n"),
+        "{head}"
+    );
+    assert!(head.contains("Cache-Control: no-store\r\n"), "{head}");
+    let from_page: Status = serde_json::from_str(&json)
+        .unwrap_or_else(|e| panic!("status.json is the status document ({e}): {json}"));
+    assert_eq!(from_page.role, "client");
+    let (code, _) = request("mpb-lan", CLIENT_METRICS, "GET /nothing HTTP/1.1\r\n\r\n");
+    assert_eq!(code, 404);
+    let (code, head, _) = request_full("mpb-conc", CONCENTRATOR_METRICS, "HEAD / HTTP/1.1\r\n\r\n");
+    assert_eq!(code, 200, "the concentrator serves the page too: {head}");
     let (code, _) = request("mpb-lan", CLIENT_METRICS, "\x16\x03\x01 garbage\r\n\r\n");
     assert_eq!(code, 400, "garbage is a bad request");
 
@@ -276,6 +525,81 @@ fn status_and_metrics_show_both_ends_and_a_blackholed_line() {
     );
     assert!(lte.changed_unix > before.now_unix, "{lte:?}");
     assert_eq!(uplink(&after, "dsl").state, "usable");
+
+    // The page, open all along, shows lte down within a few seconds, the
+    // change and its reason listed.
+    let down = poll(Duration::from_secs(5), || {
+        let page = browser.uplinks();
+        let lte = page_uplink(&page, "lte");
+        (!lte.up && lte.state == "dead").then_some(())
+    });
+    let shown_after = cut.elapsed();
+    assert!(
+        down.is_some(),
+        "the page did not show lte down within 5 s of the status saying dead: {:?}",
+        browser.uplinks()
+    );
+    eprintln!(
+        "page: lte shown down {:.2} s after the blackhole",
+        shown_after.as_secs_f64()
+    );
+    assert!(
+        shown_after < Duration::from_secs(8),
+        "lte shown down {shown_after:?} after the blackhole"
+    );
+    let page = browser.uplinks();
+    assert!(page_uplink(&page, "dsl").up, "{page:?}");
+    let listed = poll(Duration::from_secs(3), || {
+        let event = browser.eval(
+            "(e => e && e.textContent)(document.querySelector('#events li[data-uplink=\"lte\"][data-to=\"dead\"]'))",
+        );
+        event.as_str().map(str::to_owned)
+    });
+    let (event, _) = listed.unwrap_or_else(|| {
+        panic!(
+            "the page lists no change of lte to dead: {}",
+            browser.eval("document.getElementById('events').textContent")
+        )
+    });
+    eprintln!("page: listed \"{event}\"");
+    // What a page opened now starts from: the last minutes of both lines
+    // and the change.
+    let (code, history) = request(
+        "mpb-lan",
+        CLIENT_METRICS,
+        "GET /history.json HTTP/1.1\r\n\r\n",
+    );
+    assert_eq!(code, 200, "{history}");
+    let history: HistoryDocument =
+        serde_json::from_str(&history).unwrap_or_else(|e| panic!("history.json ({e}): {history}"));
+    for name in ["dsl", "lte"] {
+        let line = history.uplinks.iter().find(|u| u.name == name);
+        assert!(
+            line.is_some_and(|u| u.samples.iter().any(|s| s.rx_bytes_per_sec > 100_000)),
+            "{name} carried traffic in history.json: {history:?}"
+        );
+    }
+    assert!(
+        history
+            .events
+            .iter()
+            .any(|e| e.uplink == "lte" && e.to == "dead"),
+        "{:?}",
+        history.events
+    );
+    assert!(
+        event.contains(&lte.reason),
+        "{event:?} gives the reason {:?}",
+        lte.reason
+    );
+    browser.viewport(390, 844, true);
+    let narrow = browser.eval("document.documentElement.scrollWidth");
+    assert!(
+        narrow.as_u64().is_some_and(|w| w <= 390),
+        "the page fits a phone's width: {narrow}"
+    );
+    browser.screenshot(&screenshots().join("phone-lte-down.png"));
+    drop(browser);
 
     let scraped = poll(Duration::from_secs(3), || {
         let (code, body) = scrape("mpb-lan", CLIENT_METRICS);

@@ -263,6 +263,7 @@ pub(super) async fn watch(
             while let Some(event) = line.path.poll_event() {
                 changed = true;
                 log_event(line, &event);
+                shared.status.changed(&line.uplink.name, &event);
             }
             if let Some(datagrams) = &shared.datagrams {
                 datagrams.update(index, now, &line.path.estimates(now));

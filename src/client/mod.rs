@@ -373,8 +373,9 @@ pub async fn run(
         }
     });
     if let Some(listener) = metrics {
+        let history = shared.status.history();
         tasks.spawn("metrics", async move {
-            crate::control::http::serve(listener, provider).await;
+            crate::control::http::serve(listener, provider, history).await;
             Ok(())
         });
     }

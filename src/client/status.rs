@@ -13,9 +13,10 @@ use super::system::Uplink;
 use super::Shared;
 use crate::chain::Chain;
 use crate::config::ClientConfig;
+use crate::control::history::{History, StateChange};
 use crate::control::snapshot::{self, ClientStatus, Status, UplinkStatus};
 use crate::control::Provider;
-use crate::path::Estimates;
+use crate::path::{Estimates, Event};
 use crate::sys::Rtnl;
 
 /// How often health publishes while nothing changes.
@@ -33,6 +34,7 @@ pub(super) struct Published {
 #[derive(Debug, Default)]
 pub(super) struct Board {
     uplinks: Mutex<Vec<Published>>,
+    history: Arc<History>,
 }
 
 /// What health knows of one uplink, for [`Board::publish`].
@@ -51,6 +53,22 @@ pub(super) struct Seen<'a> {
 impl Board {
     fn lock(&self) -> MutexGuard<'_, Vec<Published>> {
         self.uplinks.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The history the status page reads.
+    pub(super) fn history(&self) -> Arc<History> {
+        Arc::clone(&self.history)
+    }
+
+    /// Uplink `uplink`'s verdict changed.
+    pub(super) fn changed(&self, uplink: &str, event: &Event) {
+        self.history.changed(StateChange {
+            unix: snapshot::unix_at(event.at),
+            uplink: uplink.to_owned(),
+            from: event.from.as_str().to_owned(),
+            to: event.to.as_str().to_owned(),
+            reason: event.reason.to_string(),
+        });
     }
 
     /// Health's view of every uplink now.
@@ -89,6 +107,8 @@ impl Board {
                 },
             })
             .collect();
+        self.history
+            .offer(snapshot::unix_now(), published.iter().map(|p| &p.status));
         *self.lock() = published;
     }
 }

@@ -612,7 +612,9 @@ pub async fn run(
     let mut observers = JoinSet::new();
     observers.spawn(control.serve(provider.clone()));
     if let Some(listener) = metrics {
-        observers.spawn(crate::control::http::serve(listener, provider));
+        // No uplinks here: the page shows the clients as they are now.
+        let history = std::sync::Arc::default();
+        observers.spawn(crate::control::http::serve(listener, provider, history));
     }
     let served = concentrator.serve(shutdown).await;
     // Dropping the tasks closes the socket and removes its file.

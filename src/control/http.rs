@@ -1,13 +1,17 @@
-//! A minimal HTTP/1.1 responder for the metrics: `GET /metrics` (and
-//! `HEAD`), 404 for any other path, 405 for any other method, 400 for what
-//! is not a request, 431 for a head larger than [`MAX_HEAD`]. One request
-//! per connection (`Connection: close`), read within
-//! [`REQUEST_TIMEOUT`]; at most [`MAX_CONNECTIONS`] at once (more are
-//! closed at once). The request parser is pure and never panics.
+//! A minimal HTTP/1.1 responder for the metrics and the status page:
+//! `GET` (and `HEAD`) of `/metrics`, the page (`/`, its script and style,
+//! compiled into the binary) and the two documents it reads
+//! (`/status.json`: the daemon's [`Status`](super::Status), as
+//! `mpbond status --json` prints it; `/history.json`: the last minutes,
+//! [`HistoryDocument`](super::history::HistoryDocument)); 404 for any
+//! other path, 405 for any other method, 400 for what is not a request,
+//! 431 for a head larger than [`MAX_HEAD`]. One request per connection
+//! (`Connection: close`), read within [`REQUEST_TIMEOUT`]; at most
+//! [`MAX_CONNECTIONS`] at once (more are closed at once). The request
+//! parser is pure and never panics.
 //!
-//! Hand-written rather than a web framework: two routes, no body to read,
-//! and the product otherwise needs no HTTP stack. `/` is kept for the live
-//! status page.
+//! Hand-written rather than a web framework: a handful of fixed routes,
+//! no body to read, and the product otherwise needs no HTTP stack.
 
 use std::io;
 use std::net::SocketAddr;
@@ -19,7 +23,20 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tracing::{debug, info, warn};
 
+use super::history::History;
 use super::Provider;
+
+/// The status page, its script and its style.
+const PAGE_HTML: &str = include_str!("page/index.html");
+const PAGE_JS: &str = include_str!("page/page.js");
+const PAGE_CSS: &str = include_str!("page/page.css");
+
+/// `Cache-Control` of what changes all the time (documents, metrics).
+const NO_STORE: &str = "no-store";
+/// `Cache-Control` of the page's files: fixed per binary, but checked
+/// again on each load so that an upgraded daemon's page is never mixed
+/// with an old script.
+const NO_CACHE: &str = "no-cache";
 
 /// Largest request head (request line and headers) read.
 pub const MAX_HEAD: usize = 8192;
@@ -105,6 +122,8 @@ pub struct Response {
     pub status: u16,
     /// `Content-Type`.
     pub content_type: &'static str,
+    /// `Cache-Control`.
+    pub cache: &'static str,
     /// The body.
     pub body: String,
     /// Whether to leave the body out (a `HEAD` request).
@@ -116,7 +135,19 @@ impl Response {
         Self {
             status,
             content_type: "text/plain; charset=utf-8",
+            cache: NO_STORE,
             body: format!("{body}\n"),
+            head_only: false,
+        }
+    }
+
+    /// A 200 with `body` of type `content_type`.
+    fn ok(content_type: &'static str, cache: &'static str, body: String) -> Self {
+        Self {
+            status: 200,
+            content_type,
+            cache,
+            body,
             head_only: false,
         }
     }
@@ -137,12 +168,17 @@ impl Response {
         } else {
             ""
         };
+        // The page loads nothing from elsewhere and runs no inline code;
+        // no other site may frame it.
         let mut out = format!(
             "HTTP/1.1 {} {reason}\r\nContent-Type: {}\r\nContent-Length: {}\r\n{allow}\
-             Cache-Control: no-store\r\nConnection: close\r\n\r\n",
+             Cache-Control: {}\r\nX-Content-Type-Options: nosniff\r\n\
+             Content-Security-Policy: default-src 'self'; img-src 'self' data:; \
+             frame-ancestors 'none'\r\nConnection: close\r\n\r\n",
             self.status,
             self.content_type,
-            self.body.len()
+            self.body.len(),
+            self.cache,
         )
         .into_bytes();
         if !self.head_only {
@@ -157,7 +193,17 @@ impl Response {
 pub enum Route {
     /// `/metrics`.
     Metrics,
-    /// Anything else (`/` waits for the status page).
+    /// `/` (and `/index.html`): the status page.
+    Page,
+    /// `/page.js`.
+    Script,
+    /// `/page.css`.
+    Style,
+    /// `/status.json`: the status document.
+    Status,
+    /// `/history.json`: the last minutes.
+    History,
+    /// Anything else.
     NotFound,
 }
 
@@ -165,12 +211,18 @@ pub enum Route {
 pub fn route(path: &str) -> Route {
     match path {
         "/metrics" => Route::Metrics,
+        "/" | "/index.html" => Route::Page,
+        "/page.js" => Route::Script,
+        "/page.css" => Route::Style,
+        "/status.json" => Route::Status,
+        "/history.json" => Route::History,
         _ => Route::NotFound,
     }
 }
 
-/// Serves the metrics on `listener` until the task is aborted.
-pub async fn serve(listener: TcpListener, provider: Provider) {
+/// Serves the metrics and the status page on `listener` until the task is
+/// aborted; `history`: the last minutes the page shows on opening.
+pub async fn serve(listener: TcpListener, provider: Provider, history: Arc<History>) {
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     loop {
         let (stream, peer) = match listener.accept().await {
@@ -186,8 +238,10 @@ pub async fn serve(listener: TcpListener, provider: Provider) {
             continue;
         };
         let provider = provider.clone();
+        let history = Arc::clone(&history);
         tokio::spawn(async move {
-            if let Err(e) = tokio::time::timeout(REQUEST_TIMEOUT, respond(stream, &provider))
+            let respond = respond(stream, &provider, &history);
+            if let Err(e) = tokio::time::timeout(REQUEST_TIMEOUT, respond)
                 .await
                 .unwrap_or_else(|_| Err(io::ErrorKind::TimedOut.into()))
             {
@@ -206,17 +260,17 @@ pub fn bind(addr: SocketAddr) -> Result<TcpListener, HttpError> {
         TcpListener::from_std(socket)
     };
     let listener = bind().map_err(|source| HttpError::Bind { addr, source })?;
-    info!(%addr, "serving metrics at http://{addr}/metrics");
+    info!(%addr, "serving the status page at http://{addr}/ and metrics at /metrics");
     Ok(listener)
 }
 
 /// Reads one request from `stream` and answers it.
-async fn respond(mut stream: TcpStream, provider: &Provider) -> io::Result<()> {
+async fn respond(mut stream: TcpStream, provider: &Provider, history: &History) -> io::Result<()> {
     let mut buf = Vec::with_capacity(1024);
     let mut chunk = [0; 1024];
     let response = loop {
         match parse_head(&buf) {
-            Ok(Some(head)) => break answer(head, provider).await,
+            Ok(Some(head)) => break answer(head, provider, history).await,
             Ok(None) => {}
             Err(BadRequest::TooLarge) => break Response::text(431, "request head too large"),
             Err(BadRequest::Malformed) => break Response::text(400, "not an HTTP/1 request"),
@@ -232,21 +286,39 @@ async fn respond(mut stream: TcpStream, provider: &Provider) -> io::Result<()> {
 }
 
 /// The answer to a complete request head.
-async fn answer(head: Head<'_>, provider: &Provider) -> Response {
+async fn answer(head: Head<'_>, provider: &Provider, history: &History) -> Response {
     let head_only = head.method == "HEAD";
     if head.method != "GET" && !head_only {
         return Response::text(405, "only GET and HEAD");
     }
+    const JSON: &str = "application/json";
+    let failed = || Response::text(500, "the daemon could not build its status (see its log)");
     let mut response = match route(head.path) {
-        Route::NotFound => Response::text(404, "not found: the metrics are at /metrics"),
+        Route::NotFound => Response::text(
+            404,
+            "not found: the status page is at /, the metrics at /metrics",
+        ),
+        Route::Page => Response::ok("text/html; charset=utf-8", NO_CACHE, PAGE_HTML.into()),
+        Route::Script => Response::ok("text/javascript; charset=utf-8", NO_CACHE, PAGE_JS.into()),
+        Route::Style => Response::ok("text/css; charset=utf-8", NO_CACHE, PAGE_CSS.into()),
         Route::Metrics => match super::snapshot(provider).await {
-            Some(status) => Response {
-                status: 200,
-                content_type: super::metrics::CONTENT_TYPE,
-                body: super::metrics::render(&status),
-                head_only: false,
-            },
-            None => Response::text(500, "the daemon could not build its status (see its log)"),
+            Some(status) => Response::ok(
+                super::metrics::CONTENT_TYPE,
+                NO_STORE,
+                super::metrics::render(&status),
+            ),
+            None => failed(),
+        },
+        Route::Status => match super::snapshot(provider)
+            .await
+            .map(|s| serde_json::to_string(&s))
+        {
+            Some(Ok(json)) => Response::ok(JSON, NO_STORE, json),
+            _ => failed(),
+        },
+        Route::History => match serde_json::to_string(&history.document()) {
+            Ok(json) => Response::ok(JSON, NO_STORE, json),
+            Err(_) => failed(),
         },
     };
     response.head_only = head_only;

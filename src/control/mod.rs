@@ -1,14 +1,16 @@
 //! Observing a running daemon: a snapshot of its state ([`snapshot`]),
 //! served on a root-only Unix socket ([`socket`]) to `mpbond status`, which
 //! prints it for people ([`text`]) or as JSON, and as Prometheus metrics
-//! ([`metrics`]) over a small HTTP listener ([`http`]), all from the same
-//! snapshot.
+//! ([`metrics`]) and a live status page over a small HTTP listener
+//! ([`http`]), all from the same snapshot; the page also shows the last
+//! minutes a client keeps ([`history`]).
 //!
 //! The daemons build a [`Status`] on request from what they keep anyway
 //! (the path core's estimates, the interface counters, the flow table,
 //! atomics they bump per batch), so that observing costs nothing while no
 //! one looks.
 
+pub mod history;
 pub mod http;
 pub mod metrics;
 pub mod snapshot;

@@ -277,8 +277,12 @@ fn a_complete_request_head_gives_method_and_path() {
         })
     );
     assert_eq!(route("/metrics"), Route::Metrics);
-    assert_eq!(route("/"), Route::NotFound);
+    assert_eq!(route("/"), Route::Page);
+    assert_eq!(route("/page.js"), Route::Script);
+    assert_eq!(route("/status.json"), Route::Status);
+    assert_eq!(route("/history.json"), Route::History);
     assert_eq!(route("/metrics/x"), Route::NotFound);
+    assert_eq!(route("/../page.js"), Route::NotFound);
     // Bare newlines (netcat, curl's own are \r\n).
     assert!(matches!(parse_head(b"HEAD / HTTP/1.0\n\n"), Ok(Some(_))));
 }
@@ -333,6 +337,7 @@ fn responses_say_how_long_they_are_and_close() {
     let response = Response {
         status: 404,
         content_type: "text/plain; charset=utf-8",
+        cache: "no-store",
         body: "not found\n".into(),
         head_only: false,
     };
@@ -340,6 +345,8 @@ fn responses_say_how_long_they_are_and_close() {
     assert!(bytes.starts_with("HTTP/1.1 404 Not Found\r\n"), "{bytes}");
     assert!(bytes.contains("Content-Length: 10\r\n"));
     assert!(bytes.contains("Connection: close\r\n"));
+    assert!(bytes.contains("Cache-Control: no-store\r\n"));
+    assert!(bytes.contains("X-Content-Type-Options: nosniff\r\n"));
     assert!(bytes.ends_with("\r\n\r\nnot found\n"));
     let head = Response {
         head_only: true,
@@ -436,6 +443,107 @@ async fn a_stale_socket_is_replaced_and_anything_else_kept() {
     );
     let found = super::socket::discover(&dir.0).expect("lists");
     assert!(found.is_empty(), "only sockets count: {found:?}");
+}
+
+fn at(name: &str, state: &str, rx: u64) -> UplinkStatus {
+    UplinkStatus {
+        rx_bytes_per_sec: rx,
+        ..uplink(name, state)
+    }
+}
+
+#[test]
+fn history_samples_once_a_second_and_keeps_the_last_minutes() {
+    use super::history::{History, SAMPLES, SAMPLE_EVERY_S};
+    let history = History::default();
+    // Health publishes ten times a second; one sample a second is kept.
+    for tenth in 0..=(SAMPLES as u64 + 20) * 10 {
+        let now = NOW + tenth as f64 / 10.0;
+        history.offer(now, &[at("dsl", "usable", tenth), at("lte", "dead", 0)]);
+    }
+    let doc = history.document();
+    assert_eq!(doc.interval_s, SAMPLE_EVERY_S);
+    let names: Vec<&str> = doc.uplinks.iter().map(|u| u.name.as_str()).collect();
+    assert_eq!(names, ["dsl", "lte"]);
+    let dsl = &doc.uplinks[0].samples;
+    assert_eq!(dsl.len(), SAMPLES, "bounded");
+    let last = dsl.last().expect("samples");
+    assert!(
+        (last.unix - (NOW + (SAMPLES + 20) as f64)).abs() < 1e-6,
+        "{last:?}"
+    );
+    assert_eq!(last.rx_bytes_per_sec, (SAMPLES as u64 + 20) * 10);
+    assert!(dsl
+        .windows(2)
+        .all(|w| (w[1].unix - w[0].unix - 1.0).abs() < 1e-6));
+    assert_eq!(doc.uplinks[1].samples[0].state, "dead");
+
+    // An uplink removed (a reload) loses its samples; a new one starts.
+    let later = NOW + 1000.0;
+    history.offer(later, &[at("lte", "usable", 5), at("wifi", "usable", 7)]);
+    let doc = history.document();
+    let names: Vec<&str> = doc.uplinks.iter().map(|u| u.name.as_str()).collect();
+    assert_eq!(names, ["lte", "wifi"]);
+    assert_eq!(doc.uplinks[0].samples.len(), SAMPLES);
+    assert_eq!(doc.uplinks[1].samples.len(), 1);
+    // The clock going back takes a sample rather than stalling.
+    history.offer(NOW, &[at("lte", "usable", 9)]);
+    assert_eq!(
+        history.document().uplinks[0]
+            .samples
+            .last()
+            .map(|s| s.rx_bytes_per_sec),
+        Some(9)
+    );
+}
+
+#[test]
+fn history_keeps_the_latest_state_changes_with_bounded_reasons() {
+    use super::history::{History, StateChange, EVENTS};
+    let history = History::default();
+    for i in 0..EVENTS + 5 {
+        history.changed(StateChange {
+            unix: NOW + i as f64,
+            uplink: "lte".into(),
+            from: "usable".into(),
+            to: "dead".into(),
+            reason: format!("change {i}"),
+        });
+    }
+    history.changed(StateChange {
+        reason: "é".repeat(500),
+        ..StateChange::default()
+    });
+    let events = history.document().events;
+    assert_eq!(events.len(), EVENTS);
+    assert_eq!(events[0].reason, "change 6", "the oldest went first");
+    let long = &events.last().expect("events").reason;
+    assert!(
+        long.len() <= 200 && long.chars().all(|c| c == 'é'),
+        "{long}"
+    );
+    // The document the page reads round-trips.
+    let json = serde_json::to_string(&history.document()).expect("serializes");
+    let back: super::history::HistoryDocument = serde_json::from_str(&json).expect("parses");
+    assert_eq!(back, history.document());
+}
+
+#[test]
+fn the_page_and_its_files_are_compiled_in_and_refer_to_each_other() {
+    let page = include_str!("page/index.html");
+    let script = include_str!("page/page.js");
+    assert!(page.contains(r#"src="page.js""#) && page.contains(r#"href="page.css""#));
+    assert!(
+        !page.contains("http://") && !page.contains("https://"),
+        "nothing from elsewhere"
+    );
+    for url in ["history.json", "status.json"] {
+        assert!(script.contains(url), "{url}");
+        assert!(route(&format!("/{url}")) != Route::NotFound, "{url}");
+    }
+    for path in ["/page.js", "/page.css"] {
+        assert!(route(path) != Route::NotFound, "{path}");
+    }
 }
 
 /// The `control` fuzz target's seeds of daemon answers (see
