@@ -16,6 +16,7 @@ pub mod datagram;
 #[cfg(test)]
 mod fuzz_seeds;
 mod log_budget;
+pub mod logging;
 pub mod nofile;
 pub mod path;
 mod relay;

@@ -1,7 +1,7 @@
 //! The `mpbond` command line.
 
 use std::fs::OpenOptions;
-use std::io::{IsTerminal as _, Write as _};
+use std::io::Write as _;
 use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -9,7 +9,6 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{CommandFactory as _, Parser, Subcommand};
 use clap_complete::Shell;
-use tracing_subscriber::EnvFilter;
 
 use mpbond::auth::Key;
 use mpbond::config::control;
@@ -107,19 +106,12 @@ enum Generate {
 }
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_env("MPBOND_LOG").unwrap_or_else(|_| EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        // Colours only on a terminal, not in log files and journals.
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
+    mpbond::logging::init();
     let cli = Cli::parse();
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("mpbond: {e:#}");
+            eprintln!("{}mpbond: {e:#}", mpbond::logging::error_prefix());
             ExitCode::FAILURE
         }
     }
