@@ -79,6 +79,10 @@ const RESCUE_POLL: Duration = Duration::from_millis(100);
 /// after it looked established.
 const SETTLE: Duration = Duration::from_secs(2);
 
+/// How often a relaying tunnel that looks fine looks again until it
+/// settles.
+const SETTLE_POLL: Duration = Duration::from_millis(500);
+
 /// Whether a tunnel keeps a working uplink after its uplinks changed,
 /// from what is seen of its subflows every [`RESCUE_POLL`] (pure: `now`
 /// passed in).
@@ -551,6 +555,11 @@ impl Tunnels {
                 // it may carry on when its own comes back.
                 let fine = live.is_empty() || seen.established_on(stream, &live);
                 match lifeline.observe(tokio::time::Instant::now(), fine, RESCUE_GRACE) {
+                    // Every relaying tunnel looks when the lines change: one
+                    // that looks fine looks a few times until it settles
+                    // (cheap with thousands of tunnels), one that does not
+                    // looks often.
+                    Held::Watching if fine => tokio::time::sleep(SETTLE_POLL).await,
                     Held::Watching => tokio::time::sleep(RESCUE_POLL).await,
                     Held::Settled => break,
                     Held::Lost => {
