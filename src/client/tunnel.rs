@@ -879,44 +879,37 @@ fn retry(e: &io::Error) -> bool {
 mod tests {
     use super::*;
 
-    fn at(start: tokio::time::Instant, ms: u64) -> tokio::time::Instant {
-        start + Duration::from_millis(ms)
+    /// Feeds a fresh [`Lifeline`] what is seen at each time (ms after the
+    /// lines changed) and checks each conclusion.
+    fn watch(steps: &[(u64, bool, Held)]) {
+        let start = tokio::time::Instant::now();
+        let mut line = Lifeline::new(start);
+        for (ms, fine, held) in steps {
+            let now = start + Duration::from_millis(*ms);
+            assert_eq!(
+                line.observe(now, *fine, RESCUE_GRACE),
+                *held,
+                "at {ms} ms, fine: {fine}"
+            );
+        }
     }
 
     #[test]
     fn a_tunnel_seen_on_a_working_uplink_settles_after_a_while() {
-        let start = tokio::time::Instant::now();
-        let mut line = Lifeline::new(start);
-        assert_eq!(
-            line.observe(at(start, 0), true, RESCUE_GRACE),
-            Held::Watching
-        );
-        assert_eq!(
-            line.observe(at(start, 1_900), true, RESCUE_GRACE),
-            Held::Watching
-        );
-        assert_eq!(
-            line.observe(at(start, 2_000), true, RESCUE_GRACE),
-            Held::Settled
-        );
+        watch(&[
+            (0, true, Held::Watching),
+            (1_900, true, Held::Watching),
+            (2_000, true, Held::Settled),
+        ]);
     }
 
     #[test]
     fn a_tunnel_on_no_working_uplink_is_lost_after_the_grace() {
-        let start = tokio::time::Instant::now();
-        let mut line = Lifeline::new(start);
-        assert_eq!(
-            line.observe(at(start, 100), false, RESCUE_GRACE),
-            Held::Watching
-        );
-        assert_eq!(
-            line.observe(at(start, 2_900), false, RESCUE_GRACE),
-            Held::Watching
-        );
-        assert_eq!(
-            line.observe(at(start, 3_000), false, RESCUE_GRACE),
-            Held::Lost
-        );
+        watch(&[
+            (100, false, Held::Watching),
+            (2_900, false, Held::Watching),
+            (3_000, false, Held::Lost),
+        ]);
     }
 
     #[test]
@@ -924,27 +917,12 @@ mod tests {
         // The concentrator resets a join a round trip after it looked
         // established (it never got the handshake's last ACK): the grace
         // counts again from when the join went.
-        let start = tokio::time::Instant::now();
-        let mut line = Lifeline::new(start);
-        assert_eq!(
-            line.observe(at(start, 100), false, RESCUE_GRACE),
-            Held::Watching
-        );
-        assert_eq!(
-            line.observe(at(start, 200), true, RESCUE_GRACE),
-            Held::Watching
-        );
-        assert_eq!(
-            line.observe(at(start, 300), false, RESCUE_GRACE),
-            Held::Watching
-        );
-        assert_eq!(
-            line.observe(at(start, 3_200), false, RESCUE_GRACE),
-            Held::Watching
-        );
-        assert_eq!(
-            line.observe(at(start, 3_300), false, RESCUE_GRACE),
-            Held::Lost
-        );
+        watch(&[
+            (100, false, Held::Watching),
+            (200, true, Held::Watching),
+            (300, false, Held::Watching),
+            (3_200, false, Held::Watching),
+            (3_300, false, Held::Lost),
+        ]);
     }
 }
