@@ -506,7 +506,14 @@ fn down_leaves_nothing_behind_even_after_a_crash() {
         .args(["netns", "exec", "mpb-dsl", "sleep", "60"])
         .spawn()
         .expect("start a process in mpb-dsl");
-    std::thread::sleep(Duration::from_millis(200));
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while !netns_has_pids("mpb-dsl") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the process started in mpb-dsl is not there after 5 s"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
     harness::lab_ok(&["down"]);
     let _ = sleeper.wait();
 
@@ -536,6 +543,15 @@ fn down_leaves_nothing_behind_even_after_a_crash() {
         "state directory left"
     );
     drop(lock);
+}
+
+/// Whether a process runs in namespace `ns`.
+fn netns_has_pids(ns: &str) -> bool {
+    let out = std::process::Command::new("ip")
+        .args(["netns", "pids", ns])
+        .output()
+        .expect("ip netns pids");
+    !String::from_utf8_lossy(&out.stdout).trim().is_empty()
 }
 
 /// The pid in `$RUN/NAME.pid` (written by `lab.sh start`).
