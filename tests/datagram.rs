@@ -8,6 +8,9 @@
 //! fd77:9::2) when it went through the tunnel, the LAN host's own address
 //! when it leaked past it.
 //!
+//! Most scenarios share one lab, each on mpbond started afresh; the path
+//! MTU test has a lab of its own (see there).
+//!
 //! Needs root; one lab at a time.
 
 mod harness;
@@ -21,7 +24,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use harness::udp::{echo_once, Echo};
-use harness::{in_ns, ns_ok, ping, run_in, Lab, Pattern};
+use harness::{in_ns, ns_ok, on_fresh_daemons, ping, run_in, scenario, Lab, Pattern};
 
 const SRV: &str = "mpb-srv";
 const LAN: &str = "mpb-lan";
@@ -96,9 +99,56 @@ fn echo_stream(
     })
 }
 
+/// The datagram tunnel on one lab (default profiles), mpbond started
+/// afresh for each scenario, so none sees another's sessions: stopping the
+/// concentrator leaves nothing (first, while mpb-conc is as `up` made it),
+/// strangers get no answer, DNS and QUIC go through and what the policy
+/// denies does not, datagrams carry on across a concentrator restart, and
+/// UDP and ping leave from the concentrator and survive a blackholed line
+/// (last: its large datagrams leave path MTUs learnt in mpb-lan and
+/// mpb-srv, which a daemon restart does not clear).
 #[test]
-fn udp_and_ping_from_the_lan_leave_from_the_concentrator_and_survive_a_blackholed_line() {
-    let lab = Lab::up_and_start(&[], &[]);
+fn datagrams_go_through_the_tunnel_and_nowhere_else_and_survive_failures() {
+    let lab = Lab::up(&[]);
+    scenario(
+        "stopping the concentrator leaves nothing even after kill -9",
+        || stopping_the_concentrator_leaves_nothing_even_after_kill_9(&lab),
+    );
+    on_fresh_daemons(
+        &lab,
+        &[],
+        "strangers get no answer from the tunnel port",
+        strangers_get_no_answer_from_the_tunnel_port,
+    );
+    on_fresh_daemons(
+        &lab,
+        &[],
+        "DNS goes through the tunnel and denied destinations get nothing",
+        dns_goes_through_the_tunnel_and_denied_destinations_get_nothing,
+    );
+    scenario(
+        "QUIC goes through the tunnel intact and block refuses it at once",
+        || quic_goes_through_the_tunnel_intact_and_block_refuses_it_at_once(&lab),
+    );
+    on_fresh_daemons(
+        &lab,
+        &[],
+        "datagrams carry on seconds after the concentrator restarts",
+        datagrams_carry_on_seconds_after_the_concentrator_restarts,
+    );
+    on_fresh_daemons(
+        &lab,
+        &[],
+        "UDP and ping from the LAN leave from the concentrator and survive a blackholed line",
+        || {
+            udp_and_ping_from_the_lan_leave_from_the_concentrator_and_survive_a_blackholed_line(
+                &lab,
+            )
+        },
+    );
+}
+
+fn udp_and_ping_from_the_lan_leave_from_the_concentrator_and_survive_a_blackholed_line(lab: &Lab) {
     let v4: SocketAddr = format!("{SERVER_V4}:{ECHO_PORT}").parse().expect("addr");
     let v6: SocketAddr = format!("[{SERVER_V6}]:{ECHO_PORT}").parse().expect("addr");
     let _echo = Echo::start(SRV, &[v4, v6]);
@@ -155,6 +205,7 @@ fn udp_and_ping_from_the_lan_leave_from_the_concentrator_and_survive_a_blackhole
     );
     let pings = ping(LAN, SERVER_V4, 5, Duration::from_millis(100));
     assert!(pings.received >= 4, "ping over lte alone: {pings:?}");
+    lab.link(&["dsl", "up"]);
 }
 
 /// dnsmasq in mpb-srv answering one name; the caller kills it.
@@ -234,9 +285,7 @@ fn a_records(response: &[u8], query_len: usize) -> Vec<[u8; 4]> {
     out
 }
 
-#[test]
 fn dns_goes_through_the_tunnel_and_denied_destinations_get_nothing() {
-    let _lab = Lab::up_and_start(&[], &[]);
     let mut dns = dnsmasq();
     let answer = run_in(LAN, "DNS query", Duration::from_secs(10), || {
         let socket = UdpSocket::bind("0.0.0.0:0").expect("bind");
@@ -292,9 +341,7 @@ fn dns_goes_through_the_tunnel_and_denied_destinations_get_nothing() {
     assert!(local.is_some(), "the echo in mpb-wan answers locally");
 }
 
-#[test]
 fn strangers_get_no_answer_from_the_tunnel_port() {
-    let _lab = Lab::up_and_start(&[], &[]);
     let answers = run_in("mpb-wan", "strangers", Duration::from_secs(20), || {
         let socket = UdpSocket::bind("10.77.9.1:0").expect("bind");
         socket
@@ -395,8 +442,8 @@ fn quic_server(
     })
 }
 
-#[test]
-fn quic_goes_through_the_tunnel_intact_and_block_refuses_it_at_once() {
+/// On a lab with mpbond stopped; stops it again.
+fn quic_goes_through_the_tunnel_intact_and_block_refuses_it_at_once(lab: &Lab) {
     let _ = rustls::crypto::ring::default_provider().install_default();
     // quic = "tunnel" first; the default (block) after.
     let tunnel =
@@ -408,7 +455,7 @@ fn quic_goes_through_the_tunnel_intact_and_block_refuses_it_at_once() {
         "[datagram] is the last table"
     );
     std::fs::write(&tunnel, format!("{text}quic = \"tunnel\"\n")).expect("write config");
-    let lab = Lab::up_and_start(&[], &["--client-config", &tunnel.to_string_lossy()]);
+    lab.start(&["--client-config", &tunnel.to_string_lossy()]);
     let _ = std::fs::remove_file(&tunnel);
     let cert =
         rcgen::generate_simple_self_signed(vec![QUIC_NAME.to_owned()]).expect("a certificate");
@@ -532,6 +579,7 @@ fn quic_goes_through_the_tunnel_intact_and_block_refuses_it_at_once() {
         "blocked QUIC refused after {:?}; other UDP to 443 echoed after {:?}",
         refused.1, echoed.1
     );
+    lab.stop();
 }
 
 // ---------------------------------------------------------------- cleanup
@@ -571,9 +619,9 @@ fn sysctl_in(ns: &str, key: &str) -> String {
 /// `lab.sh stop` leaves mpb-conc as it was; after `kill -9` of the
 /// concentrator (its TUN goes with it, its nftables table and forwarding
 /// stay), the next start cleans up and a clean stop again leaves nothing.
-#[test]
-fn stopping_the_concentrator_leaves_nothing_even_after_kill_9() {
-    let lab = Lab::up(&[]);
+/// On a lab where no concentrator has run yet (its baseline is mpb-conc as
+/// `up` made it); leaves mpbond stopped.
+fn stopping_the_concentrator_leaves_nothing_even_after_kill_9(lab: &Lab) {
     let baseline = concentrator_state();
     assert_eq!(
         sysctl_in(CONC, "net.ipv4.ip_forward"),
@@ -631,9 +679,7 @@ fn stopping_the_concentrator_leaves_nothing_even_after_kill_9() {
 /// The concentrator restarts under a 50 datagrams/s echo stream: the
 /// client notices the lost session within seconds (3 s of sending with
 /// nothing heard back), handshakes again, and the stream carries on.
-#[test]
 fn datagrams_carry_on_seconds_after_the_concentrator_restarts() {
-    let lab = Lab::up_and_start(&[], &[]);
     let v4: SocketAddr = format!("{SERVER_V4}:{ECHO_PORT}").parse().expect("addr");
     let _echo = Echo::start(SRV, &[v4]);
     const GAP: Duration = Duration::from_millis(20);
@@ -669,7 +715,6 @@ fn datagrams_carry_on_seconds_after_the_concentrator_restarts() {
         (COUNT - 150..COUNT).all(|s| answered.contains(&s)),
         "the last 3 s of the stream all come back: lost {lost:?}"
     );
-    drop(lab);
 }
 
 /// Runs ping in `ns` with `args`; stdout and stderr together, and whether
@@ -723,6 +768,10 @@ fn df_ping_until_mtu(addr: &str, size: usize, mtu: usize, limit: Duration) -> (S
 /// echo still crosses lte whole both ways (a concentrator that ignored the
 /// announcement would send lte0 outer fragments of 1500 bytes, which it
 /// drops).
+///
+/// On a lab of its own: what it changes (lte0's MTU, the path MTUs that
+/// mpb-lan, mpb-srv and mpb-cli learn) outlives a daemon restart, and it
+/// needs a lab where no path MTU was learnt yet.
 #[test]
 fn packets_over_the_tunnel_mtu_are_fragmented_or_refused_with_icmp_both_ways() {
     let lab = Lab::up_and_start(&[], &[]);

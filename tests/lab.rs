@@ -9,7 +9,7 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::time::Duration;
 
-use harness::{in_ns, lab_sh, ns_ok, ping, Lab, LabLock};
+use harness::{in_ns, lab_sh, ns_ok, ping, scenario, Lab, LabLock};
 
 const NAMESPACES: [&str; 7] = [
     "mpb-lan", "mpb-cli", "mpb-dsl", "mpb-lte", "mpb-wan", "mpb-conc", "mpb-srv",
@@ -42,9 +42,36 @@ fn stat(stats: &[(String, String)], key: &str) -> u64 {
         .unwrap_or_else(|| panic!("no counter {key} in {stats:?}"))
 }
 
+/// One lab on the default profiles (dsl, lte), without mpbond: its
+/// topology, what each line's emulator does to real traffic, then the live
+/// link commands, one scenario after the other. A scenario that changes a
+/// line puts it back as `up` made it and checks that it works again, so
+/// none depends on another's leftovers; unplug re-creates lte0 and its
+/// emulator, so it goes last.
 #[test]
+fn default_lines_match_lab_md_and_follow_link_commands() {
+    let lab = Lab::up(&[]);
+    scenario("topology matches LAB.md", topology_matches_lab_md);
+    scenario(
+        "ping RTT reflects each profile",
+        ping_rtt_reflects_each_profile,
+    );
+    scenario(
+        "TCP crosses each line intact both ways",
+        tcp_crosses_each_line_intact_both_ways,
+    );
+    scenario("blackhole and down cut one line only", || {
+        blackhole_and_down_cut_one_line_only(&lab)
+    });
+    scenario("set changes shaping live", || {
+        set_changes_shaping_live(&lab)
+    });
+    scenario("unplug and plug lte (emulated)", || {
+        unplug_and_plug_take_the_interface_away_and_bring_it_back(&lab, "lte")
+    });
+}
+
 fn topology_matches_lab_md() {
-    let _lab = Lab::up(&[]);
     for ns in NAMESPACES {
         assert!(
             std::path::Path::new("/run/netns").join(ns).exists(),
@@ -112,9 +139,7 @@ fn topology_matches_lab_md() {
     }
 }
 
-#[test]
 fn ping_rtt_reflects_each_profile() {
-    let _lab = Lab::up(&[]);
     // (address across the line, one-way delay, jitter) of the default profiles.
     for (dst, delay, jitter) in [
         ("10.77.1.1", 10.0, 0.0),
@@ -141,17 +166,22 @@ fn ping_rtt_reflects_each_profile() {
     assert!(p.received >= 4 && p.min_ms >= 20.0, "lan to srv: {p:?}");
 }
 
-#[test]
-fn blackhole_and_down_cut_one_line_only() {
-    let lab = Lab::up(&[]);
+fn blackhole_and_down_cut_one_line_only(lab: &Lab) {
     let fast = Duration::from_millis(100);
-    assert!(ping("mpb-cli", "10.77.1.1", 3, fast).received >= 2);
+    let dsl = ping("mpb-cli", "10.77.1.1", 3, fast);
+    assert!(
+        dsl.received >= 2,
+        "dsl answers before the blackhole: {dsl:?}"
+    );
 
     lab.link(&["dsl", "blackhole"]);
     let before = stat(&lab.link_stats("dsl"), "up.drop_down");
     let dsl = ping("mpb-cli", "10.77.1.1", 5, fast);
     assert_eq!(dsl.received, 0, "a blackholed dsl still answers: {dsl:?}");
-    assert!(stat(&lab.link_stats("dsl"), "up.drop_down") >= before + 5);
+    assert!(
+        stat(&lab.link_stats("dsl"), "up.drop_down") >= before + 5,
+        "the blackholed dsl's emulator counts the dropped pings"
+    );
     assert_eq!(
         carrier("mpb-cli", "dsl0"),
         "1",
@@ -182,14 +212,16 @@ fn blackhole_and_down_cut_one_line_only() {
     );
 
     lab.link(&["lte", "up"]);
-    assert_eq!(carrier("mpb-cli", "lte0"), "1");
+    assert_eq!(
+        carrier("mpb-cli", "lte0"),
+        "1",
+        "up must bring the carrier back"
+    );
     let lte = ping("mpb-cli", "10.77.2.1", 5, fast);
     assert!(lte.received >= 4, "lte did not come back after up: {lte:?}");
 }
 
-#[test]
-fn set_changes_shaping_live() {
-    let lab = Lab::up(&[]);
+fn set_changes_shaping_live(lab: &Lab) {
     lab.link(&["dsl", "set", "-", "40ms", "-"]);
     let p = ping("mpb-cli", "10.77.1.1", 5, Duration::from_millis(100));
     assert!(
@@ -213,7 +245,18 @@ fn set_changes_shaping_live() {
     assert_eq!(err.trim().lines().count(), 1, "one clear line: {err}");
     // The refused command changed nothing.
     let p = ping("mpb-cli", "10.77.1.1", 3, Duration::from_millis(100));
-    assert!(p.received >= 2 && p.min_ms >= 45.0, "{p:?}");
+    assert!(
+        p.received >= 2 && p.min_ms >= 45.0,
+        "a refused set must change nothing: {p:?}"
+    );
+
+    // Back to the profile's 10 ms each way, for the scenarios after this.
+    lab.link(&["dsl", "set", "-", "10ms", "-"]);
+    let p = ping("mpb-cli", "10.77.1.1", 5, Duration::from_millis(100));
+    assert!(
+        p.received >= 4 && p.min_ms >= 20.0 && p.max_ms < 30.0,
+        "delay 10 ms each way again should give RTT about 20 ms: {p:?}"
+    );
 }
 
 /// Sends `len` pseudo-random bytes from `from_ns` to `to_addr` (listening
@@ -264,9 +307,7 @@ fn tcp_csum_errors(ns: &str) -> u64 {
         .expect("Tcp InCsumErrors in /proc/net/snmp")
 }
 
-#[test]
 fn tcp_crosses_each_line_intact_both_ways() {
-    let _lab = Lab::up(&[]);
     let lines = [("10.77.1.1", "10.77.1.2"), ("10.77.2.1", "10.77.2.2")];
     for (i, (wan_addr, cli_addr)) in lines.into_iter().enumerate() {
         let seed = i as u8;
@@ -278,9 +319,11 @@ fn tcp_crosses_each_line_intact_both_ways() {
     let v6: SocketAddr = "[fd77:2::2]:5203".parse().expect("addr");
     tcp_transfer("mpb-wan", "mpb-cli", v6, 1 << 20, 42);
     // Partial checksums leaking through the emulator make the receiver drop
-    // every segment; the transfers above would stall, and this counts them.
-    assert_eq!(tcp_csum_errors("mpb-cli"), 0);
-    assert_eq!(tcp_csum_errors("mpb-wan"), 0);
+    // every segment; the transfers above would stall, and this counts them
+    // (since the lab came up).
+    for ns in ["mpb-cli", "mpb-wan"] {
+        assert_eq!(tcp_csum_errors(ns), 0, "TCP checksum errors in {ns}");
+    }
 }
 
 #[test]
@@ -463,7 +506,14 @@ fn down_leaves_nothing_behind_even_after_a_crash() {
         .args(["netns", "exec", "mpb-dsl", "sleep", "60"])
         .spawn()
         .expect("start a process in mpb-dsl");
-    std::thread::sleep(Duration::from_millis(200));
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while !netns_has_pids("mpb-dsl") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the process started in mpb-dsl is not there after 5 s"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
     harness::lab_ok(&["down"]);
     let _ = sleeper.wait();
 
@@ -493,6 +543,15 @@ fn down_leaves_nothing_behind_even_after_a_crash() {
         "state directory left"
     );
     drop(lock);
+}
+
+/// Whether a process runs in namespace `ns`.
+fn netns_has_pids(ns: &str) -> bool {
+    let out = std::process::Command::new("ip")
+        .args(["netns", "pids", ns])
+        .output()
+        .expect("ip netns pids");
+    !String::from_utf8_lossy(&out.stdout).trim().is_empty()
 }
 
 /// The pid in `$RUN/NAME.pid` (written by `lab.sh start`).
@@ -553,50 +612,57 @@ fn ifindex(ns: &str, dev: &str) -> Option<String> {
 
 /// `link lte unplug` deletes lte0 (a modem pulled out); `plug` brings it
 /// back under the same name and addresses with a new index, working, on
-/// an emulated line (the emulator restarted: its commands work again) and
-/// on a plain veth (the wan's end re-created too).
+/// an emulated line (the emulator restarted: its commands work again; in
+/// the default lab's test above) and on a plain veth (the wan's end
+/// re-created too).
 #[test]
-fn unplug_and_plug_take_the_interface_away_and_bring_it_back() {
-    let fast = Duration::from_millis(100);
-    for profile in ["lte", "none"] {
-        let lab = Lab::up(&["--lte", profile]);
-        let before = ifindex("mpb-cli", "lte0").expect("lte0 is there after up");
-        lab.link(&["lte", "unplug"]);
-        assert_eq!(ifindex("mpb-cli", "lte0"), None, "{profile}: lte0 stayed");
-        let refused = lab_sh(&["link", "lte", "down"]);
-        assert!(
-            !refused.status.success()
-                && String::from_utf8_lossy(&refused.stderr).contains("unplugged"),
-            "{profile}: link lte down while unplugged must say it is unplugged"
-        );
-        assert!(
-            ping("mpb-cli", "10.77.1.1", 3, fast).received >= 2,
-            "{profile}: dsl must keep working while lte is unplugged"
-        );
+fn unplug_and_plug_take_a_plain_veth_away_and_bring_it_back() {
+    let lab = Lab::up(&["--lte", "none"]);
+    unplug_and_plug_take_the_interface_away_and_bring_it_back(&lab, "none");
+}
 
-        lab.link(&["lte", "plug"]);
-        let after = ifindex("mpb-cli", "lte0").expect("lte0 is back after plug");
-        assert_ne!(
-            before, after,
-            "{profile}: a plugged-in lte0 is a new interface"
-        );
-        let lte = ping("mpb-cli", "10.77.2.1", 5, fast);
-        assert!(
-            lte.received >= 4,
-            "{profile}: lte does not work after plug: {lte:?}"
-        );
-        let routes = ns_ok("mpb-cli", &["ip", "route", "show", "default"]);
-        assert!(
-            routes.contains("via 10.77.2.1 dev lte0 metric 200"),
-            "{profile}: lte0's default route is not back:\n{routes}"
-        );
-        lab.link(&["lte", "down"]);
-        let lte = ping("mpb-cli", "10.77.2.1", 2, fast);
-        assert_eq!(
-            lte.received, 0,
-            "{profile}: lte answers while down: {lte:?}"
-        );
-        lab.link(&["lte", "up"]);
-        drop(lab);
-    }
+/// On a lab whose lte line has `profile`; leaves lte up.
+fn unplug_and_plug_take_the_interface_away_and_bring_it_back(lab: &Lab, profile: &str) {
+    let fast = Duration::from_millis(100);
+    let before = ifindex("mpb-cli", "lte0").expect("lte0 is there after up");
+    lab.link(&["lte", "unplug"]);
+    assert_eq!(ifindex("mpb-cli", "lte0"), None, "{profile}: lte0 stayed");
+    let refused = lab_sh(&["link", "lte", "down"]);
+    assert!(
+        !refused.status.success() && String::from_utf8_lossy(&refused.stderr).contains("unplugged"),
+        "{profile}: link lte down while unplugged must say it is unplugged"
+    );
+    assert!(
+        ping("mpb-cli", "10.77.1.1", 3, fast).received >= 2,
+        "{profile}: dsl must keep working while lte is unplugged"
+    );
+
+    lab.link(&["lte", "plug"]);
+    let after = ifindex("mpb-cli", "lte0").expect("lte0 is back after plug");
+    assert_ne!(
+        before, after,
+        "{profile}: a plugged-in lte0 is a new interface"
+    );
+    let lte = ping("mpb-cli", "10.77.2.1", 5, fast);
+    assert!(
+        lte.received >= 4,
+        "{profile}: lte does not work after plug: {lte:?}"
+    );
+    let routes = ns_ok("mpb-cli", &["ip", "route", "show", "default"]);
+    assert!(
+        routes.contains("via 10.77.2.1 dev lte0 metric 200"),
+        "{profile}: lte0's default route is not back:\n{routes}"
+    );
+    lab.link(&["lte", "down"]);
+    let lte = ping("mpb-cli", "10.77.2.1", 2, fast);
+    assert_eq!(
+        lte.received, 0,
+        "{profile}: lte answers while down: {lte:?}"
+    );
+    lab.link(&["lte", "up"]);
+    let lte = ping("mpb-cli", "10.77.2.1", 5, fast);
+    assert!(
+        lte.received >= 4,
+        "{profile}: lte does not work after down and up: {lte:?}"
+    );
 }

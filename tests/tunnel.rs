@@ -1,7 +1,10 @@
 //! The tunnel end to end in the lab (LAB.md): `mpbond client` in mpb-cli,
 //! `mpbond concentrator` in mpb-conc, ordinary TCP servers in mpb-srv, the
-//! LAN host in mpb-lan. Each test brings its own lab up, starts mpbond with
-//! `scripts/lab.sh start` and tears everything down, also when it fails.
+//! LAN host in mpb-lan. Each test brings its own lab up and runs its
+//! scenarios one after the other, each on mpbond started afresh with
+//! `scripts/lab.sh start` (and stopped after it), so that no scenario sees
+//! another's flows, warm tunnels or replay window; the lab goes down at
+//! the end, also when a scenario fails.
 //!
 //! What a user would check: bytes arrive intact over both uplinks, the
 //! server sees the concentrator, TCP keeps its meaning (half-close, reset,
@@ -25,8 +28,9 @@ use socket2::{Domain, Protocol, Socket, Type};
 
 use harness::state::{assert_clean, client_state, describe, mptcp_limits};
 use harness::{
-    bad_requests, connect, if_bytes, in_ns, netstat, ns_run, read_hashed, run_in, send_pattern,
-    short_request, ss_ip, subflows, Behavior, IfBytes, Lab, NsServer, Pattern, Sha256, RUN,
+    bad_requests, connect, if_bytes, in_ns, netstat, ns_run, on_fresh_daemons, read_hashed, run_in,
+    scenario, send_pattern, short_request, ss_ip, subflows, Behavior, IfBytes, Lab, NsServer,
+    Pattern, Sha256, RUN,
 };
 use mpbond::auth::{random_nonce, sign_request, verify_epoch, Epoch, Key};
 use mpbond::wire::convert::{self, ErrorCode, Response};
@@ -65,6 +69,83 @@ fn strict_config() -> String {
 
 fn cold_config() -> String {
     harness::root().join(COLD).to_string_lossy().into_owned()
+}
+
+/// What a user of the tunnel checks, on one lab (default profiles): bulk
+/// transfers over both uplinks (home router, road warrior, IPv6), TCP's
+/// meaning in fast and strict mode, 200 flows at once, and short requests
+/// on fresh tunnels (TCP Fast Open) and on warm ones.
+#[test]
+fn tcp_through_the_tunnel_is_intact_over_both_uplinks_and_keeps_its_meaning() {
+    let lab = Lab::up(&[]);
+    on_fresh_daemons(
+        &lab,
+        &[],
+        "LAN host bulk transfer uses both uplinks",
+        lan_host_bulk_transfer_uses_both_uplinks,
+    );
+    on_fresh_daemons(
+        &lab,
+        &[],
+        "road warrior and IPv6 transfers use both uplinks",
+        road_warrior_and_ipv6_transfers_use_both_uplinks,
+    );
+    on_fresh_daemons(&lab, &[], "TCP semantics in fast mode", || {
+        tcp_semantics(Mode::Fast)
+    });
+    on_fresh_daemons(
+        &lab,
+        &["--client-config", &strict_config()],
+        "TCP semantics in strict mode",
+        || tcp_semantics(Mode::Strict),
+    );
+    on_fresh_daemons(
+        &lab,
+        &[],
+        "two hundred concurrent flows arrive intact",
+        two_hundred_concurrent_flows_arrive_intact,
+    );
+    on_fresh_daemons(
+        &lab,
+        &["--client-config", &cold_config()],
+        "repeated short requests ride TCP Fast Open",
+        repeated_short_requests_ride_tcp_fast_open,
+    );
+    on_fresh_daemons(
+        &lab,
+        &[],
+        "repeated short requests use warm tunnels",
+        repeated_short_requests_use_warm_tunnels,
+    );
+}
+
+/// The ends themselves, on one lab (default profiles): a stopped or
+/// crashed client leaves nothing behind (first, while mpb-cli is as `up`
+/// made it), the concentrator refuses bad peers with and without the
+/// client running, and both daemons raise their open-file limit.
+#[test]
+fn the_ends_clean_up_refuse_bad_peers_and_raise_their_open_file_limit() {
+    let lab = Lab::up(&[]);
+    scenario(
+        "stopping the client leaves nothing even after kill -9",
+        || stopping_the_client_leaves_nothing_even_after_kill_9(&lab),
+    );
+    on_fresh_daemons(
+        &lab,
+        &["--no-client"],
+        "the concentrator in the lab refuses bad peers",
+        bad_peers_get_nothing,
+    );
+    on_fresh_daemons(
+        &lab,
+        &[],
+        "bad peers and private destinations leave the tunnel working",
+        bad_peers_and_private_destinations_leave_the_tunnel_working,
+    );
+    scenario(
+        "both daemons raise their open-file limit to what they need",
+        || both_daemons_raise_their_open_file_limit_to_what_they_need(&lab),
+    );
 }
 
 #[test]
@@ -307,17 +388,13 @@ fn upload(from: &str, server: SocketAddr, expect_peer: IpAddr, len: u64, what: &
 /// (a) The home-router case: the LAN host downloads 50 MiB and uploads
 /// 16 MiB. The upload is smaller because the uplinks' sum is 15 Mbit/s:
 /// 50 MiB would take about 28 s, 16 MiB takes about 9 s and shows the same.
-#[test]
 fn lan_host_bulk_transfer_uses_both_uplinks() {
-    let _lab = Lab::up_and_start(&[], &[]);
     transfer_both_ways(LAN, at(SERVER, 5001), CONCENTRATOR, 50 * MIB, 16 * MIB);
 }
 
 /// (b) The road-warrior case (a process on the client itself) and IPv6
 /// from the LAN host; smaller transfers.
-#[test]
 fn road_warrior_and_ipv6_transfers_use_both_uplinks() {
-    let _lab = Lab::up_and_start(&[], &[]);
     transfer_both_ways(CLI, at(SERVER, 5002), CONCENTRATOR, 8 * MIB, 8 * MIB);
     transfer_both_ways(LAN, at(SERVER6, 5003), CONCENTRATOR6, 8 * MIB, 8 * MIB);
 }
@@ -479,18 +556,6 @@ fn closed_port_outcome(addr: SocketAddr) -> Result<usize, Step> {
     s.write_all(b"x").map_err(|e| Step::Write(e.kind()))?;
     let mut buf = [0; 16];
     s.read(&mut buf).map_err(|e| Step::Read(e.kind()))
-}
-
-#[test]
-fn tcp_semantics_in_fast_mode() {
-    let _lab = Lab::up_and_start(&[], &[]);
-    tcp_semantics(Mode::Fast);
-}
-
-#[test]
-fn tcp_semantics_in_strict_mode() {
-    let _lab = Lab::up_and_start(&[], &["--client-config", &strict_config()]);
-    tcp_semantics(Mode::Strict);
 }
 
 // ---------------------------------------------------------------- bad peers
@@ -755,18 +820,10 @@ fn assert_nothing_arrived(listeners: &[NsServer]) {
     }
 }
 
-#[test]
-fn the_concentrator_in_the_lab_refuses_bad_peers() {
-    let _lab = Lab::up_and_start(&[], &["--no-client"]);
-    bad_peers_get_nothing();
-}
-
 /// (d) With the client running: the bad peers again, then private
 /// destinations through the tunnel from the LAN host (refused or reset,
 /// nothing arrives), then a good flow through the tunnel.
-#[test]
 fn bad_peers_and_private_destinations_leave_the_tunnel_working() {
-    let _lab = Lab::up_and_start(&[], &[]);
     bad_peers_get_nothing();
 
     // Through the tunnel from the LAN host. The concentrator must never
@@ -866,12 +923,10 @@ fn bad_peers_and_private_destinations_leave_the_tunnel_working() {
 /// 400 subflows share 15 Mbit/s up with 50-100 ms drop-tail queues and
 /// some flows starve for over 30 s in RTO backoff, as plain TCP would: a
 /// test of TCP fairness, not of mpbond.
-#[test]
 fn two_hundred_concurrent_flows_arrive_intact() {
     const FLOWS: u64 = 200;
     const LEN: u64 = 8 << 10;
     const REPLY_TIMEOUT: Duration = Duration::from_secs(30);
-    let _lab = Lab::up_and_start(&[], &[]);
     let srv = NsServer::start(SRV, at(SERVER, 5301), Behavior::HashReply);
     let addr = srv.addr();
     let started = Instant::now();
@@ -926,10 +981,17 @@ fn two_hundred_concurrent_flows_arrive_intact() {
         }
     }
     let took = started.elapsed();
-    // Connections still being served have not reported yet; give them a
-    // moment, bounded.
-    thread::sleep(Duration::from_millis(500));
-    let served = srv.drain();
+    // Connections still being served may not have reported yet: wait for
+    // every accepted one, at most 500 ms.
+    let mut served = Vec::new();
+    let drained = Instant::now() + Duration::from_millis(500);
+    loop {
+        served.extend(srv.drain());
+        if served.len() >= srv.accepted() || Instant::now() > drained {
+            break;
+        }
+        thread::sleep(Duration::from_millis(10));
+    }
     let bypassed = served
         .iter()
         .filter(|s| s.peer.ip() != CONCENTRATOR)
@@ -1027,10 +1089,7 @@ fn short_requests(what: &str) -> (u64, u64) {
 /// bulk download on such a tunnel runs at speed over both uplinks (with
 /// receive autotuning, the kernel collapsed it to about 1 Mbit/s: 16 MiB
 /// would take minutes).
-#[test]
 fn repeated_short_requests_ride_tcp_fast_open() {
-    let config = cold_config();
-    let _lab = Lab::up_and_start(&[], &["--client-config", &config]);
     let (active, passive) = short_requests("fresh tunnels (warm_connections = 0)");
     assert!(
         active >= 45,
@@ -1069,9 +1128,7 @@ fn repeated_short_requests_ride_tcp_fast_open() {
 /// With warm tunnels (the default) the same requests take tunnels that are
 /// already established: still byte-exact and quick, and most need no new
 /// tunnel at all (few Fast Open SYNs).
-#[test]
 fn repeated_short_requests_use_warm_tunnels() {
-    let _lab = Lab::up_and_start(&[], &[]);
     let (active, _) = short_requests("warm tunnels (default)");
     assert!(
         active < 25,
@@ -1084,9 +1141,9 @@ fn repeated_short_requests_use_warm_tunnels() {
 
 /// (g) `lab.sh stop` leaves mpb-cli as it was; after `kill -9` of the
 /// client, a restart works and a clean stop again leaves nothing.
-#[test]
-fn stopping_the_client_leaves_nothing_even_after_kill_9() {
-    let lab = Lab::up(&[]);
+/// On a lab where no client has run yet (its baseline is mpb-cli as `up`
+/// made it); leaves mpbond stopped.
+fn stopping_the_client_leaves_nothing_even_after_kill_9(lab: &Lab) {
     let baseline = client_state();
     let limits = mptcp_limits();
     assert_eq!(
@@ -1147,16 +1204,16 @@ fn open_files_limit(pid: u32) -> u64 {
 /// concentrator for its clients' `max_connections`, as far as the hard
 /// limit allows (and the hard one too where it may), saying so when that
 /// is less than needed. Started here with a soft limit of 1024 (systemd's
-/// default), which would cap the client at a few hundred flows.
-#[test]
-fn both_daemons_raise_their_open_file_limit_to_what_they_need() {
+/// default), which would cap the client at a few hundred flows. On a lab
+/// with mpbond stopped; stops it again.
+fn both_daemons_raise_their_open_file_limit_to_what_they_need(lab: &Lab) {
     let (soft, hard) = mpbond::sys::open_file_limit().expect("this process's limit");
     // Inherited by lab.sh and the daemons it starts; this process's own
     // limit is back before anything else runs.
     mpbond::sys::set_open_file_limit(1024.min(soft), hard).expect("lower the soft limit");
-    let lab = std::panic::catch_unwind(|| Lab::up_and_start(&[], &[]));
+    let started = std::panic::catch_unwind(|| lab.start(&[]));
     mpbond::sys::set_open_file_limit(soft, hard).expect("restore the soft limit");
-    let lab = lab.unwrap_or_else(|e| std::panic::resume_unwind(e));
+    started.unwrap_or_else(|e| std::panic::resume_unwind(e));
 
     let client = lab.pid("client").expect("the client runs");
     let concentrator = lab.pid("concentrator").expect("the concentrator runs");
@@ -1184,5 +1241,5 @@ fn both_daemons_raise_their_open_file_limit_to_what_they_need() {
         "the concentrator's open-file limit is {limit}, below the {wanted} its clients' \
          max_connections need (hard limit {hard})"
     );
-    drop(lab);
+    lab.stop();
 }
