@@ -296,22 +296,7 @@ uplink_rx() {
 # Prints per-uplink receive throughput every second until killed.
 live_rates() {
     # exec: the caller's kill must reach python, not a subshell.
-    exec ip netns exec mpb-cli python3 - <<'PY'
-import time
-def rx():
-    out = []
-    for dev in ("dsl0", "lte0"):
-        with open("/sys/class/net/%s/statistics/rx_bytes" % dev) as f:
-            out.append(int(f.read()))
-    return time.monotonic(), out
-t0, b0 = rx()
-while True:
-    time.sleep(1)
-    t1, b1 = rx()
-    d, l = ((b1[i] - b0[i]) * 8 / (t1 - t0) / 1e6 for i in range(2))
-    print("  dsl0 %6.1f Mbit/s  lte0 %6.1f Mbit/s  sum %6.1f Mbit/s (on the wire)" % (d, l, d + l), flush=True)
-    t0, b0 = t1, b1
-PY
+    exec ip netns exec mpb-cli python3 scripts/lib/live_rates.py
 }
 
 # Median time to first byte in ms of COUNT small requests from NS (a 1 KiB
