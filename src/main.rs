@@ -282,17 +282,28 @@ where
     })
 }
 
-/// Completes on the first Ctrl-C (SIGINT) or SIGTERM.
+/// Completes on the first Ctrl-C (SIGINT) or SIGTERM; a SIGHUP is
+/// logged and ignored.
 fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
     use tokio::signal::unix::{signal, SignalKind};
     let mut interrupt =
         signal(SignalKind::interrupt()).context("cannot install the SIGINT handler")?;
     let mut terminate =
         signal(SignalKind::terminate()).context("cannot install the SIGTERM handler")?;
+    // SIGHUP's default would end the daemon at once, leaving its routes,
+    // rules and endpoints for the next start to clean up. Reloading the
+    // config is not there yet: say so, and carry on.
+    let mut hangup = signal(SignalKind::hangup()).context("cannot install the SIGHUP handler")?;
     Ok(async move {
-        let name = tokio::select! {
-            _ = interrupt.recv() => "SIGINT",
-            _ = terminate.recv() => "SIGTERM",
+        let name = loop {
+            tokio::select! {
+                _ = interrupt.recv() => break "SIGINT",
+                _ = terminate.recv() => break "SIGTERM",
+                _ = hangup.recv() => tracing::warn!(
+                    "SIGHUP: reloading the config is not supported yet; it keeps running with \
+                     the config it started with (restart it to apply a changed config)"
+                ),
+            }
         };
         tracing::info!(signal = name, "shutting down");
     })

@@ -702,6 +702,35 @@ fn status_and_metrics_show_both_ends_and_a_blackholed_line() {
         SEED,
     );
 
+    // SIGHUP (a habit, or logrotate) neither ends nor changes the daemons:
+    // they say that reload is not there yet and keep answering.
+    for (name, ns, config_file) in [
+        ("client", "mpb-cli", "client.toml"),
+        ("concentrator", "mpb-conc", "concentrator.toml"),
+    ] {
+        let pid = lab
+            .pid(name)
+            .unwrap_or_else(|| panic!("{name} is not running"));
+        let hup = Command::new("kill")
+            .args(["-HUP", &pid.to_string()])
+            .status()
+            .expect("run kill");
+        assert!(hup.success(), "kill -HUP {pid} failed");
+        let said = poll(Duration::from_secs(5), || {
+            lab.log_tail(name, 20)
+                .contains("SIGHUP: reloading the config is not supported yet")
+                .then_some(())
+        });
+        assert!(
+            said.is_some(),
+            "{name} did not log the SIGHUP:\n{}",
+            lab.log_tail(name, 20)
+        );
+        assert_eq!(lab.pid(name), Some(pid), "{name} did not survive SIGHUP");
+        let after = status_of(ns, config_file);
+        assert_eq!(after.role, name, "{name} answers its status after SIGHUP");
+    }
+
     // Stopped: the sockets are gone and status says what to do.
     let sockets = [
         before.socket.clone(),

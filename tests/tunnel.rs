@@ -655,7 +655,16 @@ struct Silent {
 
 impl Silent {
     fn ok(&self) -> bool {
-        self.got.is_empty() && matches!(self.end, Ok(()) | Err(io::ErrorKind::ConnectionReset))
+        // Closed, or reset (seen as a reset, or as a broken pipe or no
+        // connection by a peer still sending).
+        self.got.is_empty()
+            && matches!(
+                self.end,
+                Ok(())
+                    | Err(io::ErrorKind::ConnectionReset
+                        | io::ErrorKind::BrokenPipe
+                        | io::ErrorKind::NotConnected)
+            )
     }
 }
 
@@ -670,11 +679,21 @@ fn bad_peer(first: Vec<u8>, close: bool) -> Silent {
         // peer sees the concentrator close rather than its own timeout.
         s.set_read_timeout(Some(HANDSHAKE_TIMEOUT + Duration::from_secs(5)))
             .expect("set the read timeout");
+        // The concentrator resets a refused peer at once, maybe before it
+        // has sent it all or half-closed: that is the refusal.
+        let mut sent = Ok(());
         if !first.is_empty() {
-            s.write_all(&first).expect("send to the concentrator");
+            sent = s.write_all(&first);
         }
         if close {
-            s.shutdown(Shutdown::Write).expect("half-close");
+            sent = sent.and_then(|()| s.shutdown(Shutdown::Write));
+        }
+        if let Err(e) = sent {
+            return Silent {
+                got: Vec::new(),
+                end: Err(e.kind()),
+                after: started.elapsed(),
+            };
         }
         let mut got = Vec::new();
         let end = s.read_to_end(&mut got).map(drop).map_err(|e| e.kind());
