@@ -8,6 +8,10 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/../.."
 LAB=scripts/lab.sh
+# The binaries demo.sh built: under CARGO_TARGET_DIR when that is set.
+TARGET=${CARGO_TARGET_DIR:-$PWD/target}
+export MPBOND=${MPBOND:-$TARGET/release/mpbond}
+export MPBOND_LINKEM=${MPBOND_LINKEM:-$TARGET/release/mpbond-linkem}
 exec 8>/run/mpbond-lab-user.lock
 flock -w 900 8 || { echo "demo: another lab user holds /run/mpbond-lab-user.lock" >&2; exit 1; }
 PIDS=()
@@ -90,7 +94,7 @@ ip netns exec mpb-lan ping -n -q -c 10 -i 0.1 198.51.100.10 | tail -n 2 | sed 's
 udp
 echo
 echo "== what the client says of its uplinks now (mpbond status, as on a real router)"
-ip netns exec mpb-cli "${MPBOND:-${CARGO_TARGET_DIR:-target}/release/mpbond}" status --config deploy/lab/client.toml | sed 's/^/  /'
+ip netns exec mpb-cli "$MPBOND" status --config deploy/lab/client.toml | sed 's/^/  /'
 echo "  The same live in a browser: the status page the client serves to its LAN"
 echo "  (http://192.168.77.1:9310/ in the lab; try: scripts/lab.sh up && scripts/lab.sh start,"
 echo "  then ip netns exec mpb-lan curl -s http://192.168.77.1:9310/status.json),"
