@@ -708,14 +708,7 @@ fn status_and_metrics_show_both_ends_and_a_blackholed_line() {
         ("client", "mpb-cli", "client.toml"),
         ("concentrator", "mpb-conc", "concentrator.toml"),
     ] {
-        let pid = lab
-            .pid(name)
-            .unwrap_or_else(|| panic!("{name} is not running"));
-        let hup = Command::new("kill")
-            .args(["-HUP", &pid.to_string()])
-            .status()
-            .expect("run kill");
-        assert!(hup.success(), "kill -HUP {pid} failed");
+        let pid = lab.signal(name, "-HUP");
         let said = poll(Duration::from_secs(5), || {
             lab.log_tail(name, 20)
                 .contains("SIGHUP: reloading the config is not supported yet")

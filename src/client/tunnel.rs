@@ -805,15 +805,23 @@ struct Subflows {
 }
 
 impl Subflows {
-    /// Whether some subflow of `stream` starts from a `live` address, in
-    /// whatever state. A connection that fell back to plain TCP, or a
-    /// plain TCP socket, has its own local address.
-    fn on(&mut self, stream: &TcpStream, live: &[IpAddr]) -> bool {
-        if sys::mptcp_subflow_locals(stream, &mut self.locals).is_err() {
-            self.locals.clear();
-            self.locals.extend(stream.local_addr().ok().map(|a| a.ip()));
-            return self.locals.iter().any(|a| live.contains(a));
+    /// Reads the local address of each subflow of `stream` into
+    /// [`Self::locals`]; `false` when it has none to list (a connection
+    /// that fell back to plain TCP, or a plain TCP socket), whose own
+    /// local address is then the one listed.
+    fn read_locals(&mut self, stream: &TcpStream) -> bool {
+        if sys::mptcp_subflow_locals(stream, &mut self.locals).is_ok() {
+            return true;
         }
+        self.locals.clear();
+        self.locals.extend(stream.local_addr().ok().map(|a| a.ip()));
+        false
+    }
+
+    /// Whether some subflow of `stream` starts from a `live` address, in
+    /// whatever state.
+    fn on(&mut self, stream: &TcpStream, live: &[IpAddr]) -> bool {
+        self.read_locals(stream);
         self.locals.iter().any(|a| live.contains(a))
     }
 
@@ -822,9 +830,7 @@ impl Subflows {
     /// questions; answers that disagree on their number (a subflow came or
     /// went in between) count as no.
     fn established_on(&mut self, stream: &TcpStream, live: &[IpAddr]) -> bool {
-        if sys::mptcp_subflow_locals(stream, &mut self.locals).is_err() {
-            self.locals.clear();
-            self.locals.extend(stream.local_addr().ok().map(|a| a.ip()));
+        if !self.read_locals(stream) {
             return self.locals.iter().any(|a| live.contains(a))
                 && matches!(sys::tcp_state(stream), Ok(TCP_ESTABLISHED));
         }

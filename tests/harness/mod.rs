@@ -236,17 +236,24 @@ impl Lab {
         text.split_whitespace().next()?.parse().ok()
     }
 
-    /// Kills daemon `name` (`client`, `concentrator`) with SIGKILL, as a
-    /// crash would, and waits until it is gone.
-    pub fn kill_9(&self, name: &str) {
+    /// Sends daemon `name` (`client`, `concentrator`) the signal `flag`
+    /// (`kill`'s, e.g. `-HUP`); returns its pid.
+    pub fn signal(&self, name: &str, flag: &str) -> u32 {
         let pid = self
             .pid(name)
             .unwrap_or_else(|| panic!("no pid file for {name}"));
-        let killed = Command::new("kill")
-            .args(["-9", &pid.to_string()])
+        let sent = Command::new("kill")
+            .args([flag, &pid.to_string()])
             .status()
             .expect("run kill");
-        assert!(killed.success(), "kill -9 {pid} ({name})");
+        assert!(sent.success(), "kill {flag} {pid} ({name})");
+        pid
+    }
+
+    /// Kills daemon `name` (`client`, `concentrator`) with SIGKILL, as a
+    /// crash would, and waits until it is gone.
+    pub fn kill_9(&self, name: &str) {
+        let pid = self.signal(name, "-9");
         let deadline = Instant::now() + Duration::from_secs(5);
         while Path::new(&format!("/proc/{pid}")).exists() {
             assert!(Instant::now() < deadline, "{name} survived kill -9");
