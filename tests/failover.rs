@@ -212,7 +212,7 @@ fn a_renumbered_line_returns_to_the_running_connection() {
 /// Connections opened one after the other by 16 LAN hosts while dsl dies
 /// (`how`) under them: each ends within 5 s, intact or reset, none hangs.
 /// Then, with dsl still down, new connections start on lte at once: 20
-/// small requests each complete within a second.
+/// small requests each complete within 2 s (one lost SYN on lte allowed).
 ///
 /// Those whose tunnel got no answer before the cut are sent again from
 /// lte (the concentrator's replay guard refuses the copy if the first got
@@ -323,10 +323,14 @@ fn connections_opened_as_dsl_dies(how: &str, port: u16) {
     });
     let slowest = results.iter().map(|r| r.2).max().unwrap_or_default();
     eprintln!("20 requests with dsl {how}: slowest {slowest:?}");
-    let bad = bad_requests(&results, Duration::from_secs(1));
+    // Within 2 s: lte loses 0.5 % of packets each way, and a lost SYN or
+    // SYN-ACK costs TCP's 1 s initial retransmission timeout (20 requests
+    // right after the burst crossed 1 s in about one run in five); one
+    // waiting on dead dsl would take the 3 s rescue or the 30 s timeout.
+    let bad = bad_requests(&results, Duration::from_secs(2));
     assert!(
         bad.is_empty(),
-        "with dsl {how}, requests must complete within 1 s:\n{}",
+        "with dsl {how}, requests must complete within 2 s:\n{}",
         bad.join("\n")
     );
 }
