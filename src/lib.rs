@@ -20,6 +20,7 @@ pub mod logging;
 pub mod nofile;
 pub mod path;
 mod relay;
+pub mod reload;
 pub mod sendbuf;
 #[allow(unsafe_code)]
 pub mod sys;

@@ -12,6 +12,7 @@ use clap_complete::Shell;
 
 use mpbond::auth::Key;
 use mpbond::config::control;
+use mpbond::reload::{Asker, Hangups};
 use mpbond::config::{ClientConfig, ConcentratorConfig};
 use mpbond::control::{socket, text};
 use mpbond::crypto::{keygen_text, StaticSecret};
@@ -175,12 +176,16 @@ fn generate(what: Generate) -> anyhow::Result<()> {
 
 fn run_client(path: &Path) -> anyhow::Result<()> {
     let config = ClientConfig::load(path)?;
-    until_signal(|shutdown| async move { Ok(client::run(config, path, shutdown).await?) })
+    until_signal(|shutdown, hangups| async move {
+        Ok(client::run(config, path, shutdown, hangups).await?)
+    })
 }
 
 fn run_concentrator(path: &Path) -> anyhow::Result<()> {
     let config = ConcentratorConfig::load(path)?;
-    until_signal(|shutdown| async move { Ok(concentrator::run(config, path, shutdown).await?) })
+    until_signal(|shutdown, hangups| async move {
+        Ok(concentrator::run(config, path, shutdown, hangups).await?)
+    })
 }
 
 /// `mpbond status`: once, or with `watch` (seconds between refreshes, how
@@ -266,10 +271,10 @@ fn status_once(sockets: &[PathBuf], json: bool, named: bool) -> anyhow::Result<S
 }
 
 /// Runs `serve` on a multi-threaded runtime, handing it a future that
-/// completes on SIGINT or SIGTERM.
+/// completes on SIGINT or SIGTERM and the reload requests (SIGHUP).
 fn until_signal<F, Fut>(serve: F) -> anyhow::Result<()>
 where
-    F: FnOnce(std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>) -> Fut,
+    F: FnOnce(std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>, Hangups) -> Fut,
     Fut: std::future::Future<Output = anyhow::Result<()>>,
 {
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -277,32 +282,32 @@ where
         .build()
         .context("cannot start the async runtime")?;
     runtime.block_on(async {
-        let shutdown = shutdown_signal()?;
-        serve(Box::pin(shutdown)).await
+        let (asker, hangups) = Hangups::channel();
+        let shutdown = shutdown_signal(asker)?;
+        serve(Box::pin(shutdown), hangups).await
     })
 }
 
-/// Completes on the first Ctrl-C (SIGINT) or SIGTERM; a SIGHUP is
-/// logged and ignored.
-fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
+/// Completes on the first Ctrl-C (SIGINT) or SIGTERM; a SIGHUP asks
+/// `asker` for a reload of the config.
+fn shutdown_signal(asker: Asker) -> anyhow::Result<impl std::future::Future<Output = ()>> {
     use tokio::signal::unix::{signal, SignalKind};
     let mut interrupt =
         signal(SignalKind::interrupt()).context("cannot install the SIGINT handler")?;
     let mut terminate =
         signal(SignalKind::terminate()).context("cannot install the SIGTERM handler")?;
     // SIGHUP's default would end the daemon at once, leaving its routes,
-    // rules and endpoints for the next start to clean up. Reloading the
-    // config is not there yet: say so, and carry on.
+    // rules and endpoints for the next start to clean up.
     let mut hangup = signal(SignalKind::hangup()).context("cannot install the SIGHUP handler")?;
     Ok(async move {
         let name = loop {
             tokio::select! {
                 _ = interrupt.recv() => break "SIGINT",
                 _ = terminate.recv() => break "SIGTERM",
-                _ = hangup.recv() => tracing::warn!(
-                    "SIGHUP: reloading the config is not supported yet; it keeps running with \
-                     the config it started with (restart it to apply a changed config)"
-                ),
+                _ = hangup.recv() => {
+                    tracing::info!(signal = "SIGHUP", "reloading the config");
+                    asker.ask();
+                }
             }
         };
         tracing::info!(signal = name, "shutting down");

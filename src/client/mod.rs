@@ -214,6 +214,7 @@ pub async fn run(
     config: ClientConfig,
     path: &std::path::Path,
     shutdown: impl Future,
+    _hangups: crate::reload::Hangups,
 ) -> Result<(), ClientError> {
     // First: a second client with the same config stops here, before it
     // touches anything.

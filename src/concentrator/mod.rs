@@ -580,6 +580,7 @@ pub async fn run(
     config: ConcentratorConfig,
     path: &std::path::Path,
     shutdown: impl Future,
+    _hangups: crate::reload::Hangups,
 ) -> Result<(), ConcentratorError> {
     // First: a second concentrator with the same config stops here.
     let control = ControlSocket::bind(&config.control.socket)?;
