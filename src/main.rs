@@ -12,10 +12,10 @@ use clap_complete::Shell;
 
 use mpbond::auth::Key;
 use mpbond::config::control;
-use mpbond::reload::{Asker, Hangups};
 use mpbond::config::{ClientConfig, ConcentratorConfig};
 use mpbond::control::{socket, text};
 use mpbond::crypto::{keygen_text, StaticSecret};
+use mpbond::reload::{Asker, Hangups};
 use mpbond::{client, concentrator};
 
 #[derive(Debug, Parser)]

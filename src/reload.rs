@@ -62,7 +62,10 @@ mod tests {
             .await
             .expect("the first request is seen");
         let again = tokio::time::timeout(Duration::from_millis(50), hangups.next()).await;
-        assert!(again.is_err(), "two requests before the wait are one reload");
+        assert!(
+            again.is_err(),
+            "two requests before the wait are one reload"
+        );
         asker.ask();
         tokio::time::timeout(Duration::from_secs(1), hangups.next())
             .await

@@ -13,11 +13,12 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::ops::Range;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncRead, AsyncReadExt as _};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 
 use super::policy::{Denied, Policy};
 use crate::auth::{self, ConnectGuard, Epoch, Key, ReplayError};
@@ -38,15 +39,38 @@ pub(super) struct Client {
     replay: Mutex<ConnectGuard>,
     /// Clock answers left for this client (connect headers and probes).
     clock_answers: Mutex<AnswerBudget>,
-    connections: Arc<Semaphore>,
-    pub(super) max_connections: usize,
+    /// Connections open.
+    open: AtomicUsize,
+    /// Connections it may have open (a reload may change it).
+    max_connections: AtomicUsize,
+    /// Set when a reload removed the client (or changed its key): its
+    /// connections end.
+    removed: watch::Sender<bool>,
 }
 
-/// The configured clients by id, and this concentrator run's epoch.
+/// The configured clients by id, and this concentrator run's epoch. A
+/// reload replaces the set ([`Clients::reload`]).
 #[derive(Debug)]
 pub(super) struct Clients {
-    by_id: HashMap<ClientId, Arc<Client>>,
+    by_id: RwLock<HashMap<ClientId, Arc<Client>>>,
+    /// Clients a reload removed, for their replay guards: a client
+    /// removed and added again must not take headers it already took.
+    retired: Mutex<HashMap<ClientId, Arc<Client>>>,
     epoch: Epoch,
+}
+
+/// What a reload changed in the clients.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub(super) struct ClientChanges {
+    /// New ids.
+    pub(super) added: Vec<ClientId>,
+    /// Ids no longer configured: their connections end.
+    pub(super) removed: Vec<ClientId>,
+    /// Ids with another key: their connections end (they were made with
+    /// the old key).
+    pub(super) rekeyed: Vec<ClientId>,
+    /// Ids with another connection limit: (id, old, new).
+    pub(super) limits: Vec<(ClientId, usize, usize)>,
 }
 
 /// Two clients with the same id were configured.
@@ -167,15 +191,20 @@ pub(super) enum Refused {
     },
 }
 
-/// An authenticated client's request, admitted to be forwarded.
+/// An authenticated client's request, admitted to be forwarded. Holds one
+/// of the client's connection slots and one of the concentrator's (its
+/// descriptors), given back on drop.
 #[derive(Debug)]
 pub(super) struct Admitted {
     /// The client.
     pub(super) client: Arc<Client>,
-    /// One of the client's connection slots, given back on drop.
-    _permit: OwnedSemaphorePermit,
-    /// One of the concentrator's slots (its descriptors), given back on drop.
     _slot: OwnedSemaphorePermit,
+}
+
+impl Drop for Admitted {
+    fn drop(&mut self) {
+        self.client.open.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 /// The concentrator's connection slots: as many as its open-file limit
@@ -214,32 +243,99 @@ impl Clients {
     /// The clients of the config, for concentrator run `epoch` (drawn
     /// once per start with [`Epoch::generate`]); ids must be unique.
     pub(super) fn new(configs: Vec<ClientConfig>, epoch: Epoch) -> Result<Self, DuplicateClient> {
-        let mut clients = HashMap::with_capacity(configs.len());
-        for config in configs {
-            let client = Client {
-                id: config.id.clone(),
-                key: config.key,
-                replay: Mutex::new(ConnectGuard::new(epoch)),
-                clock_answers: Mutex::new(AnswerBudget::new()),
-                connections: Arc::new(Semaphore::new(config.max_connections)),
-                max_connections: config.max_connections,
-            };
-            if clients
-                .insert(config.id.clone(), Arc::new(client))
-                .is_some()
-            {
-                return Err(DuplicateClient(config.id));
-            }
-        }
-        Ok(Self {
-            by_id: clients,
+        let clients = Self {
+            by_id: RwLock::new(HashMap::new()),
+            retired: Mutex::new(HashMap::new()),
             epoch,
-        })
+        };
+        clients.reload(configs)?;
+        Ok(clients)
+    }
+
+    /// Replaces the configured clients with `configs` (ids must be
+    /// unique; on a duplicate nothing changes). A client whose id and key
+    /// stay keeps its state and its open connections (under its new
+    /// limit: above it, no new one is admitted until enough have closed);
+    /// one removed, or whose key changed, is marked removed, which ends
+    /// its connections (see [`Client::removed`]).
+    pub(super) fn reload(
+        &self,
+        configs: Vec<ClientConfig>,
+    ) -> Result<ClientChanges, DuplicateClient> {
+        let mut seen = std::collections::HashSet::with_capacity(configs.len());
+        if let Some(dup) = configs.iter().find(|c| !seen.insert(&c.id)) {
+            return Err(DuplicateClient(dup.id.clone()));
+        }
+        let mut changes = ClientChanges::default();
+        let mut by_id = self.by_id.write().unwrap_or_else(PoisonError::into_inner);
+        let mut retired = lock(&self.retired);
+        let mut old = std::mem::take(&mut *by_id);
+        for config in configs {
+            let kept = old.remove(&config.id);
+            let client = match kept {
+                Some(client) if client.key == config.key => {
+                    let before = client
+                        .max_connections
+                        .swap(config.max_connections, Ordering::AcqRel);
+                    if before != config.max_connections {
+                        changes
+                            .limits
+                            .push((config.id.clone(), before, config.max_connections));
+                    }
+                    client
+                }
+                kept => {
+                    match &kept {
+                        Some(client) => {
+                            changes.rekeyed.push(config.id.clone());
+                            client.remove();
+                        }
+                        None => changes.added.push(config.id.clone()),
+                    }
+                    // The replay guard of the same id and key removed
+                    // before carries over.
+                    let guard = retired
+                        .remove(&config.id)
+                        .filter(|r| r.key == config.key)
+                        .map(|r| {
+                            std::mem::replace(&mut *lock(&r.replay), ConnectGuard::new(self.epoch))
+                        })
+                        .unwrap_or_else(|| ConnectGuard::new(self.epoch));
+                    if let Some(client) = kept {
+                        retired.insert(config.id.clone(), client);
+                    }
+                    Arc::new(Client {
+                        id: config.id.clone(),
+                        key: config.key,
+                        replay: Mutex::new(guard),
+                        clock_answers: Mutex::new(AnswerBudget::new()),
+                        open: AtomicUsize::new(0),
+                        max_connections: AtomicUsize::new(config.max_connections),
+                        removed: watch::Sender::new(false),
+                    })
+                }
+            };
+            by_id.insert(config.id, client);
+        }
+        for (id, client) in old {
+            client.remove();
+            changes.removed.push(id.clone());
+            retired.insert(id, client);
+        }
+        changes.added.sort();
+        changes.removed.sort();
+        changes.rekeyed.sort();
+        changes.limits.sort();
+        Ok(changes)
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<ClientId, Arc<Client>>> {
+        self.by_id.read().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// How many clients are configured.
     pub(super) fn len(&self) -> usize {
-        self.by_id.len()
+        self.read().len()
     }
 
     /// This concentrator run's epoch.
@@ -248,8 +344,8 @@ impl Clients {
     }
 
     /// The client `id`, if it is configured.
-    pub(super) fn client(&self, id: &ClientId) -> Option<&Arc<Client>> {
-        self.by_id.get(id)
+    pub(super) fn client(&self, id: &ClientId) -> Option<Arc<Client>> {
+        self.read().get(id).cloned()
     }
 
     /// The client that sent `request` if its MAC verifies and it is fresh
@@ -263,8 +359,7 @@ impl Clients {
     ) -> Result<Arc<Client>, Rejected> {
         let id = &request.auth.client_id;
         let client = self
-            .by_id
-            .get(id)
+            .client(id)
             .ok_or_else(|| Rejected::UnknownClient(id.clone()))?;
         if !auth::verify(&client.key, request) {
             return Err(Rejected::BadMac(id.clone()));
@@ -276,7 +371,7 @@ impl Clients {
             .unwrap_or_else(PoisonError::into_inner)
             .check(now_ms, &request.auth);
         match checked {
-            Ok(()) => Ok(Arc::clone(client)),
+            Ok(()) => Ok(client),
             Err(source @ ReplayError::StaleEpoch { current, .. }) => Err(Rejected::StaleEpoch {
                 id: id.clone(),
                 source,
@@ -330,25 +425,54 @@ impl Client {
         slots: &Slots,
     ) -> Result<Admitted, Refused> {
         policy.check(destination).map_err(Refused::Denied)?;
-        let permit = Arc::clone(&self.connections)
-            .try_acquire_owned()
-            .map_err(|_| Refused::Busy {
-                limit: self.max_connections,
-            })?;
-        let slot = Arc::clone(&slots.semaphore)
-            .try_acquire_owned()
-            .map_err(|_| Refused::Full { limit: slots.limit })?;
-        Ok(Admitted {
-            client: Arc::clone(self),
-            _permit: permit,
-            _slot: slot,
-        })
+        let limit = self.max_connections();
+        self.open
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |open| {
+                (open < limit).then_some(open + 1)
+            })
+            .map_err(|_| Refused::Busy { limit })?;
+        // From here on, dropping `admitted` gives the client's slot back.
+        let slot = Arc::clone(&slots.semaphore).try_acquire_owned();
+        let client = Arc::clone(self);
+        match slot {
+            Ok(slot) => Ok(Admitted {
+                client,
+                _slot: slot,
+            }),
+            Err(_) => {
+                client.open.fetch_sub(1, Ordering::AcqRel);
+                Err(Refused::Full { limit: slots.limit })
+            }
+        }
     }
 
     /// How many connections the client has open.
     pub(super) fn open_connections(&self) -> usize {
-        self.max_connections - self.connections.available_permits()
+        self.open.load(Ordering::Acquire)
     }
+
+    /// How many connections it may have open.
+    pub(super) fn max_connections(&self) -> usize {
+        self.max_connections.load(Ordering::Acquire)
+    }
+
+    /// Marks the client removed: its connections end.
+    fn remove(&self) {
+        self.removed.send_replace(true);
+    }
+
+    /// Completes once a reload has removed the client (at once if it has
+    /// been already).
+    pub(super) async fn removed(&self) {
+        let mut removed = self.removed.subscribe();
+        // The sender lives as long as `self`.
+        let _ = removed.wait_for(|removed| *removed).await;
+    }
+}
+
+/// Locks `mutex`, also after a panic elsewhere (the state stays usable).
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// Reads one connect header from `peer` into `buf` within `timeout` and
@@ -602,6 +726,145 @@ mod tests {
         assert!(clients
             .authenticate(&request("lab", &key(), 1), NOW, Instant::now())
             .is_ok());
+    }
+
+    fn config(name: &str, key: Key, max_connections: usize) -> ClientConfig {
+        ClientConfig {
+            id: id(name),
+            key,
+            max_connections,
+            tunnel: None,
+            public_key: None,
+        }
+    }
+
+    /// Whether `client` has been marked removed (its connections end).
+    fn is_removed(client: &Client) -> bool {
+        *client.removed.borrow()
+    }
+
+    #[test]
+    fn a_reload_keeps_kept_clients_and_ends_removed_ones() {
+        let clients = clients(2);
+        let lab = clients
+            .authenticate(&request("lab", &key(), 1), NOW, Instant::now())
+            .expect("valid");
+        let (policy, slots) = (Policy::default(), Slots::new(10));
+        let open = lab.admit(destination(), &policy, &slots).expect("slot");
+        let _second = lab.admit(destination(), &policy, &slots).expect("slot");
+
+        // Another client added, lab's limit lowered below what it has open.
+        let other = Key::generate().expect("random");
+        let changes = clients
+            .reload(vec![
+                config("lab", key(), 1),
+                config("two", other.clone(), 5),
+            ])
+            .expect("unique ids");
+        assert_eq!(
+            changes,
+            ClientChanges {
+                added: vec![id("two")],
+                limits: vec![(id("lab"), 2, 1)],
+                ..ClientChanges::default()
+            }
+        );
+        assert!(!is_removed(&lab), "kept: its connections go on");
+        let same = clients.client(&id("lab")).expect("still there");
+        assert!(Arc::ptr_eq(&same, &lab));
+        assert_eq!(lab.open_connections(), 2);
+        // Above its new limit: nothing more until enough have closed.
+        assert!(matches!(
+            lab.admit(destination(), &policy, &slots),
+            Err(Refused::Busy { limit: 1 })
+        ));
+        drop(open);
+        assert!(matches!(
+            lab.admit(destination(), &policy, &slots),
+            Err(Refused::Busy { limit: 1 })
+        ));
+        // Its replay guard carries on: a header it took is still refused.
+        assert!(matches!(
+            clients.authenticate(&request("lab", &key(), 1), NOW, Instant::now()),
+            Err(Rejected::Replay { .. })
+        ));
+        assert!(clients
+            .authenticate(&request("two", &other, 1), NOW, Instant::now())
+            .is_ok());
+
+        // Removed: marked so, unknown from now on.
+        let changes = clients
+            .reload(vec![config("two", other.clone(), 5)])
+            .expect("unique ids");
+        assert_eq!(changes.removed, [id("lab")]);
+        assert!(is_removed(&lab));
+        assert!(matches!(
+            clients.authenticate(&request("lab", &key(), 2), NOW, Instant::now()),
+            Err(Rejected::UnknownClient(_))
+        ));
+
+        // Back with the same key: a fresh client, but the headers it sent
+        // before are still refused.
+        let changes = clients
+            .reload(vec![
+                config("two", other.clone(), 5),
+                config("lab", key(), 2),
+            ])
+            .expect("unique ids");
+        assert_eq!(changes.added, [id("lab")]);
+        let back = clients.client(&id("lab")).expect("back");
+        assert!(!is_removed(&back));
+        assert_eq!(back.open_connections(), 0);
+        assert!(matches!(
+            clients.authenticate(&request("lab", &key(), 1), NOW, Instant::now()),
+            Err(Rejected::Replay { .. })
+        ));
+        assert!(clients
+            .authenticate(&request("lab", &key(), 3), NOW, Instant::now())
+            .is_ok());
+
+        // Another key: the old client's connections end.
+        let new_key = Key::generate().expect("random");
+        let changes = clients
+            .reload(vec![
+                config("two", other.clone(), 5),
+                config("lab", new_key.clone(), 2),
+            ])
+            .expect("unique ids");
+        assert_eq!(changes.rekeyed, [id("lab")]);
+        assert!(is_removed(&back));
+        assert!(matches!(
+            clients.authenticate(&request("lab", &key(), 4), NOW, Instant::now()),
+            Err(Rejected::BadMac(_))
+        ));
+        assert!(clients
+            .authenticate(&request("lab", &new_key, 4), NOW, Instant::now())
+            .is_ok());
+
+        // Duplicates change nothing.
+        let dup = vec![config("two", other.clone(), 5), config("two", other, 5)];
+        assert!(clients.reload(dup).is_err());
+        assert_eq!(clients.len(), 2);
+    }
+
+    #[tokio::test]
+    async fn removed_completes_for_a_client_removed_before_or_after_the_wait() {
+        let clients = clients(2);
+        let lab = clients.client(&id("lab")).expect("configured");
+        let waiting = tokio::spawn({
+            let lab = Arc::clone(&lab);
+            async move { lab.removed().await }
+        });
+        tokio::task::yield_now().await;
+        assert!(!waiting.is_finished());
+        clients.reload(Vec::new()).expect("no clients");
+        tokio::time::timeout(Duration::from_secs(1), waiting)
+            .await
+            .expect("woken")
+            .expect("task");
+        tokio::time::timeout(Duration::from_secs(1), lab.removed())
+            .await
+            .expect("already removed");
     }
 
     #[test]

@@ -99,6 +99,8 @@ const MIN_CLIENT_MTU: u16 = 576;
 /// One client of the tunnel.
 #[derive(Debug)]
 struct Peer {
+    /// Its public key (a reload that changes it starts a new peer).
+    key: crate::crypto::PublicKey,
     /// Its tunnel addresses.
     v4: Option<IpAddr>,
     v6: Option<IpAddr>,
@@ -191,6 +193,8 @@ struct State {
     by_addr: HashMap<IpAddr, PeerId>,
     /// The tunnel's clients by the id their uplink probes carry.
     by_id: HashMap<ClientId, PeerId>,
+    /// The destination policy (a reload replaces it).
+    policy: Arc<Policy>,
     /// Dropped datagrams logged in the current log window.
     drop_log: LogBudget,
     /// Initiations in the current second, and when it started.
@@ -206,7 +210,6 @@ struct State {
 pub(super) struct Datagrams {
     state: Mutex<State>,
     tun: tun_rs::AsyncDevice,
-    policy: Arc<Policy>,
 }
 
 impl std::fmt::Debug for Datagrams {
@@ -231,44 +234,40 @@ impl Datagrams {
         tun: tun_rs::AsyncDevice,
         policy: Arc<Policy>,
     ) -> Self {
-        let mut by_addr = HashMap::new();
-        let mut by_id = HashMap::new();
-        let mut peers = Vec::with_capacity(clients.len());
-        for (i, client) in clients.into_iter().enumerate() {
-            for addr in [client.v4, client.v6].into_iter().flatten() {
-                by_addr.insert(addr, PeerId(i));
-            }
-            by_id.insert(client.id, PeerId(i));
-            peers.push(Peer {
-                v4: client.v4,
-                v6: client.v6,
-                paths: [None; MAX_PATHS],
-                flows: HashMap::new(),
-                last_data: None,
-                probe_seq: [0; MAX_PATHS],
-                mtu: None,
-                handshake_at: None,
-                counters: PathCounters::default(),
-            });
-        }
-        Self {
-            state: Mutex::new(State {
-                responder,
-                peers,
-                by_addr,
-                by_id,
-                drop_log: LogBudget::new(DROP_LOGS_PER_WINDOW),
-                initiations: (Instant::now(), 0),
-                load: None,
-                too_big: RateLimiter::with_limits(
-                    TOO_BIG_PER_SEC,
-                    TOO_BIG_PER_SEC,
-                    TOO_BIG_SOURCES,
-                ),
-            }),
-            tun,
+        let mut state = State {
+            responder,
+            peers: Vec::new(),
+            by_addr: HashMap::new(),
+            by_id: HashMap::new(),
             policy,
+            drop_log: LogBudget::new(DROP_LOGS_PER_WINDOW),
+            initiations: (Instant::now(), 0),
+            load: None,
+            too_big: RateLimiter::with_limits(TOO_BIG_PER_SEC, TOO_BIG_PER_SEC, TOO_BIG_SOURCES),
+        };
+        state.set_peers(clients);
+        Self {
+            state: Mutex::new(state),
+            tun,
         }
+    }
+
+    /// A config reload: the tunnel's clients and the policy from now on.
+    /// A client whose id and key stay keeps its session, paths and
+    /// counters; one removed (or with another key) loses its session at
+    /// once. On an error (a key the responder refuses) nothing changes.
+    pub(super) fn reload(
+        &self,
+        clients: Vec<TunnelClient>,
+        policy: Arc<Policy>,
+    ) -> Result<(), crate::crypto::ResponderError> {
+        let mut state = self.state();
+        state
+            .responder
+            .set_clients(clients.iter().map(|c| c.public_key))?;
+        state.set_peers(clients);
+        state.policy = policy;
+        Ok(())
     }
 
     fn state(&self) -> MutexGuard<'_, State> {
@@ -297,6 +296,49 @@ impl Datagrams {
 }
 
 impl State {
+    /// Sets the tunnel's clients, in the responder's order (a client's
+    /// [`PeerId`] is its position). A client whose id and key were there
+    /// before keeps its state, under its (maybe new) addresses.
+    fn set_peers(&mut self, clients: Vec<TunnelClient>) {
+        let mut old: HashMap<ClientId, Peer> = HashMap::with_capacity(self.peers.len());
+        let mut peers: Vec<Option<Peer>> = std::mem::take(&mut self.peers)
+            .into_iter()
+            .map(Some)
+            .collect();
+        for (id, peer) in self.by_id.drain() {
+            if let Some(peer) = peers.get_mut(peer.0).and_then(Option::take) {
+                old.insert(id, peer);
+            }
+        }
+        self.by_addr.clear();
+        for (i, client) in clients.into_iter().enumerate() {
+            for addr in [client.v4, client.v6].into_iter().flatten() {
+                self.by_addr.insert(addr, PeerId(i));
+            }
+            let peer = match old.remove(&client.id) {
+                Some(peer) if peer.key == client.public_key => Peer {
+                    v4: client.v4,
+                    v6: client.v6,
+                    ..peer
+                },
+                _ => Peer {
+                    key: client.public_key,
+                    v4: client.v4,
+                    v6: client.v6,
+                    paths: [None; MAX_PATHS],
+                    flows: HashMap::new(),
+                    last_data: None,
+                    probe_seq: [0; MAX_PATHS],
+                    mtu: None,
+                    handshake_at: None,
+                    counters: PathCounters::default(),
+                },
+            };
+            self.by_id.insert(client.id, PeerId(i));
+            self.peers.push(peer);
+        }
+    }
+
     /// Client `id`'s uplink probe, which verified, came from `src`: that
     /// path is alive (if it is one of the client's tunnel paths).
     fn heard_probe(&mut self, id: &ClientId, src: SocketAddr, now: Instant) {
@@ -424,7 +466,8 @@ fn handle_batch(
             continue;
         };
         let state = state.get_or_insert_with(|| datagrams.state());
-        if let Some(packet) = from_client(state, &datagrams.policy, now, src, datagram, replies) {
+        let policy = Arc::clone(&state.policy);
+        if let Some(packet) = from_client(state, &policy, now, src, datagram, replies) {
             packets.push(range.start + packet.start..range.start + packet.end);
         }
     }
@@ -819,6 +862,7 @@ mod tests {
 
     fn peer() -> Peer {
         Peer {
+            key: crate::crypto::StaticSecret::from_bytes([1; 32]).public_key(),
             v4: None,
             v6: None,
             paths: [None; MAX_PATHS],

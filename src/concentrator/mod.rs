@@ -23,15 +23,17 @@ mod handshakes;
 mod listen;
 pub mod policy;
 mod probe;
+mod reload;
 mod status;
 
 use std::future::Future;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
 use tokio::net::TcpStream;
+use tokio::sync::watch;
 use tokio::task::{JoinError, JoinSet};
 use tracing::{debug, field, info, info_span, warn, Instrument as _, Span};
 
@@ -47,6 +49,7 @@ use crate::wire::convert::{ClientId, Response, MAX_MESSAGE_LEN};
 use accept::{Clients, HeaderBuf};
 use handshakes::{Handshakes, Pending};
 use policy::Policy;
+pub use reload::{ReloadError, Reloaded, Reloader};
 
 /// Connections at most that may be between accept and authentication at
 /// once. Bounds what unauthenticated peers can hold (a task, a socket, a
@@ -158,11 +161,13 @@ struct DatagramSide {
 #[derive(Debug)]
 struct Shared {
     clients: Arc<Clients>,
-    policy: Arc<Policy>,
-    handshake_timeout: Duration,
-    connect_timeout: Duration,
-    /// How accepted tunnels' send buffers are sized.
-    send_buffer: SendBuffer,
+    /// The destination policy. A reload sends a new one: each connection
+    /// checks its destination against it and ends if it is denied now.
+    policy: watch::Sender<Arc<Policy>>,
+    /// The running config, as last reloaded (its `listen` the bound
+    /// address): each connection's timeouts and send buffer, the status,
+    /// and what the next reload compares with.
+    config: RwLock<Arc<ConcentratorConfig>>,
     /// The connections between accept and authentication.
     handshakes: Arc<Handshakes>,
     /// Connections the open-file limit carries, for all clients.
@@ -182,6 +187,13 @@ struct Shared {
 /// Locks `mutex`, also after a panic elsewhere (the state stays usable).
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl Shared {
+    /// The running config.
+    fn config(&self) -> Arc<ConcentratorConfig> {
+        Arc::clone(&self.config.read().unwrap_or_else(PoisonError::into_inner))
+    }
 }
 
 /// Rejections of peers that speak the protocol logged per window.
@@ -252,17 +264,18 @@ impl Concentrator {
             connections = slots.limit(),
             "concentrator listening"
         );
+        let stats = status::Stats::new(&config);
+        let mut running = config;
+        running.listen = local_addr;
         let shared = Arc::new(Shared {
             clients,
-            policy: Arc::clone(&policy),
-            handshake_timeout: config.handshake_timeout,
-            connect_timeout: config.connect_timeout,
-            send_buffer: config.send_buffer,
+            policy: watch::Sender::new(Arc::clone(&policy)),
+            config: RwLock::new(Arc::new(running)),
             handshakes: Handshakes::new(MAX_HANDSHAKES),
             slots,
             rejection_log: Mutex::new(LogBudget::new(REJECTIONS_LOGGED_PER_WINDOW)),
             noise_log: Mutex::new(LogBudget::new(NOISE_LOGGED_PER_WINDOW)),
-            stats: status::Stats::new(&config),
+            stats,
             datagrams: datagram.as_ref().map(|d| Arc::clone(&d.datagrams)),
         });
         Ok((
@@ -294,15 +307,17 @@ impl Concentrator {
     }
 
     /// What builds this concentrator's status (`mpbond status`, metrics);
-    /// `config` is what it was bound with, read from `path`.
-    pub fn status_provider(
-        &self,
-        config: &ConcentratorConfig,
-        path: &std::path::Path,
-    ) -> crate::control::Provider {
-        let mut config = config.clone();
-        config.listen = self.listener.local_addr;
-        status::provider(&self.shared, &config, path, self.listener.multipath)
+    /// its config was read from `path`.
+    pub fn status_provider(&self, path: &std::path::Path) -> crate::control::Provider {
+        status::provider(&self.shared, path, self.listener.multipath)
+    }
+
+    /// What applies a new config to this concentrator while it serves
+    /// (see [`Reloader::reload`]).
+    pub fn reloader(&self) -> Reloader {
+        Reloader {
+            shared: Arc::clone(&self.shared),
+        }
     }
 
     /// Serves clients until `shutdown` completes; then stops accepting,
@@ -506,19 +521,7 @@ fn datagram_side(
         // The config refuses [datagram] without a private key.
         return Err(ConcentratorError::NoPrivateKey);
     };
-    let tunnel_clients: Vec<datagram::TunnelClient> = config
-        .clients
-        .iter()
-        .filter_map(|c| {
-            let tunnel = c.tunnel?;
-            Some(datagram::TunnelClient {
-                id: c.id.clone(),
-                public_key: c.public_key?,
-                v4: Some(IpAddr::V4(tunnel.v4)),
-                v6: tunnel.v6.map(IpAddr::V6),
-            })
-        })
-        .collect();
+    let tunnel_clients = tunnel_clients(config);
     let responder = crate::crypto::Responder::new(
         secret,
         tunnel_clients.iter().map(|c| c.public_key),
@@ -573,6 +576,23 @@ fn datagram_side(
     })
 }
 
+/// The clients of `config` that use the datagram tunnel.
+fn tunnel_clients(config: &ConcentratorConfig) -> Vec<datagram::TunnelClient> {
+    config
+        .clients
+        .iter()
+        .filter_map(|c| {
+            let tunnel = c.tunnel?;
+            Some(datagram::TunnelClient {
+                id: c.id.clone(),
+                public_key: c.public_key?,
+                v4: Some(IpAddr::V4(tunnel.v4)),
+                v6: tunnel.v6.map(IpAddr::V6),
+            })
+        })
+        .collect()
+}
+
 /// Binds the listener of `config` (read from `path`), serves its status on
 /// its control socket (and metrics, if configured), and serves clients
 /// until `shutdown` completes.
@@ -580,7 +600,7 @@ pub async fn run(
     config: ConcentratorConfig,
     path: &std::path::Path,
     shutdown: impl Future,
-    _hangups: crate::reload::Hangups,
+    mut hangups: crate::reload::Hangups,
 ) -> Result<(), ConcentratorError> {
     // First: a second concentrator with the same config stops here.
     let control = ControlSocket::bind(&config.control.socket)?;
@@ -606,10 +626,9 @@ pub async fn run(
         "concentrator",
         (connections + MAX_HANDSHAKES.div_ceil(2)) as u64,
     );
-    let control_config = config.clone();
     let (concentrator, _) = Concentrator::bind(config)?;
-    let provider = concentrator.status_provider(&control_config, path);
-    drop(control_config);
+    let provider = concentrator.status_provider(path);
+    let reloader = concentrator.reloader();
     let mut observers = JoinSet::new();
     observers.spawn(control.serve(provider.clone()));
     if let Some(listener) = metrics {
@@ -617,7 +636,16 @@ pub async fn run(
         let history = std::sync::Arc::default();
         observers.spawn(crate::control::http::serve(listener, provider, history));
     }
-    let served = concentrator.serve(shutdown).await;
+    let reloads = async {
+        loop {
+            hangups.next().await;
+            reloader.reload_from(path);
+        }
+    };
+    let served = tokio::select! {
+        served = concentrator.serve(shutdown) => served,
+        never = reloads => never,
+    };
     // Dropping the tasks closes the socket and removes its file.
     observers.shutdown().await;
     served
@@ -632,6 +660,11 @@ fn task_ended(task: &'static str, joined: Result<(), JoinError>) -> Result<(), C
 
 /// One client connection, from accept to close; runs in its span.
 async fn connection(shared: Arc<Shared>, mut stream: TcpStream, mut pending: Pending) {
+    // The settings of the config running now serve the whole connection;
+    // the policy is watched from here on (a reload may deny the
+    // destination later).
+    let config = shared.config();
+    let mut policy = shared.policy.subscribe();
     let mut header: HeaderBuf = [0; MAX_MESSAGE_LEN];
     // The answer and the first relayed bytes must not wait for each other's
     // ACK (Nagle); that would add a round trip to every connection.
@@ -641,13 +674,13 @@ async fn connection(shared: Arc<Shared>, mut stream: TcpStream, mut pending: Pen
     // A bounded send buffer: what a dead line had in flight is re-sent
     // behind what is queued on the surviving ones, so less queued means a
     // shorter stall (FIELD-NOTES). Autotuning would grow it to megabytes.
-    if let SendBuffer::Fixed(bytes) = shared.send_buffer {
+    if let SendBuffer::Fixed(bytes) = config.send_buffer {
         if let Err(e) = socket2::SockRef::from(&stream).set_send_buffer_size(bytes as usize) {
             debug!(error = %e, "cannot set the tunnel's send buffer");
         }
     }
     let read = tokio::select! {
-        read = accept::read_header(&mut stream, &mut header, shared.handshake_timeout) => read,
+        read = accept::read_header(&mut stream, &mut header, config.handshake_timeout) => read,
         () = pending.evicted() => Err(accept::Rejected::Evicted),
     };
     let authenticated = read.and_then(|(request, early)| {
@@ -680,15 +713,16 @@ async fn connection(shared: Arc<Shared>, mut stream: TcpStream, mut pending: Pen
         .record("dst", field::display(destination));
     info!("client authenticated");
 
-    let admitted = match client.admit(destination, &shared.policy, &shared.slots) {
+    let current = Arc::clone(&policy.borrow_and_update());
+    let admitted = match client.admit(destination, &current, &shared.slots) {
         Ok(admitted) => admitted,
         Err(refused) => {
-            if let Some(c) = counters {
+            if let Some(c) = &counters {
                 c.refused();
             }
             info!(error = %Chain(&refused), code = %refused.code(), "request refused");
             let answer = async {
-                forward::established(&stream, shared.handshake_timeout).await;
+                forward::established(&stream, config.handshake_timeout).await;
                 if let Err(e) = forward::refuse(stream, refused.code()).await {
                     debug!(error = %e, "answering the refusal failed");
                 }
@@ -704,22 +738,22 @@ async fn connection(shared: Arc<Shared>, mut stream: TcpStream, mut pending: Pen
     };
     // The connection slot counts this socket now.
     drop(pending);
-    let server = match forward::connect(destination, shared.connect_timeout).await {
+    let server = match forward::connect(destination, config.connect_timeout).await {
         Ok(server) => server,
         Err(e) => {
-            if let Some(c) = counters {
+            if let Some(c) = &counters {
                 c.refused();
             }
             info!(error = %Chain(&e), code = %e.code(), "connecting to the destination failed");
             drop(admitted);
-            forward::established(&stream, shared.handshake_timeout).await;
+            forward::established(&stream, config.handshake_timeout).await;
             if let Err(e) = forward::refuse(stream, e.code()).await {
                 debug!(error = %e, "answering the refusal failed");
             }
             return;
         }
     };
-    if let Some(c) = counters {
+    if let Some(c) = &counters {
         c.admitted();
     }
     let local = server
@@ -731,18 +765,32 @@ async fn connection(shared: Arc<Shared>, mut stream: TcpStream, mut pending: Pen
         open = admitted.client.open_connections(),
         "connected to destination"
     );
-    forward::established(&stream, shared.handshake_timeout).await;
+    forward::established(&stream, config.handshake_timeout).await;
     if let Err(e) = forward::connected(&mut stream).await {
         info!(error = %e, "client gone before the answer; resetting the destination");
         let _ = socket2::SockRef::from(&server).set_linger(Some(Duration::ZERO));
         return;
     }
-    let sized = (shared.send_buffer == SendBuffer::Auto)
+    let sized = (config.send_buffer == SendBuffer::Auto)
         .then(|| (Side::Client, Sizer::new(sendbuf::Policy::downloads(), 0)));
-    let counted = counters.map(status::ClientCounters::meters);
-    match crate::relay::relay_counted(&stream, &server, &header[early], sized, counted).await {
-        Ok(done) => info!(up = done.up, down = done.down, "connection closed"),
-        Err(e) => info!(error = %Chain(&e), "connection reset"),
+    let counted = counters.as_deref().map(status::ClientCounters::meters);
+    let relayed = tokio::select! {
+        relayed = crate::relay::relay_counted(&stream, &server, &header[early], sized, counted) => {
+            Some(relayed)
+        }
+        why = reload::disallowed(&admitted.client, destination, &mut policy) => {
+            // Both ends learn at once that the connection is over.
+            for socket in [&stream, &server] {
+                let _ = socket2::SockRef::from(socket).set_linger(Some(Duration::ZERO));
+            }
+            info!("connection reset: {why} (config reload)");
+            None
+        }
+    };
+    match relayed {
+        Some(Ok(done)) => info!(up = done.up, down = done.down, "connection closed"),
+        Some(Err(e)) => info!(error = %Chain(&e), "connection reset"),
+        None => {}
     }
     drop(admitted);
 }
@@ -773,7 +821,7 @@ async fn reject(shared: &Shared, stream: TcpStream, rejected: accept::Rejected) 
         let _ = socket2::SockRef::from(&stream).set_linger(Some(Duration::ZERO));
         return;
     };
-    forward::established(&stream, shared.handshake_timeout).await;
+    forward::established(&stream, shared.config().handshake_timeout).await;
     if let Err(e) = forward::answer_and_close(stream, answer).await {
         debug!(error = %e, "answering the refused header failed");
     }

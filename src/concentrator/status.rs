@@ -7,7 +7,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError, RwLock};
 
 use super::accept::Rejected;
 use super::Shared;
@@ -76,19 +76,28 @@ impl ClientCounters {
 #[derive(Debug)]
 pub(super) struct Stats {
     rejected: [AtomicU64; REASONS.len()],
-    clients: HashMap<ClientId, ClientCounters>,
+    clients: RwLock<HashMap<ClientId, Arc<ClientCounters>>>,
 }
 
 impl Stats {
     /// Counters for the clients of `config`.
     pub(super) fn new(config: &ConcentratorConfig) -> Self {
-        Self {
+        let stats = Self {
             rejected: Default::default(),
-            clients: config
-                .clients
-                .iter()
-                .map(|c| (c.id.clone(), ClientCounters::default()))
-                .collect(),
+            clients: RwLock::default(),
+        };
+        stats.reload(config);
+        stats
+    }
+
+    /// A reload: counters for the clients of `config`; those of clients
+    /// still there go on, those of clients removed go.
+    pub(super) fn reload(&self, config: &ConcentratorConfig) {
+        let mut clients = self.clients.write().unwrap_or_else(PoisonError::into_inner);
+        let mut old = std::mem::take(&mut *clients);
+        for c in &config.clients {
+            let counters = old.remove(&c.id).unwrap_or_default();
+            clients.insert(c.id.clone(), counters);
         }
     }
 
@@ -100,36 +109,36 @@ impl Stats {
     }
 
     /// Client `id`'s counters.
-    pub(super) fn client(&self, id: &ClientId) -> Option<&ClientCounters> {
-        self.clients.get(id)
+    pub(super) fn client(&self, id: &ClientId) -> Option<Arc<ClientCounters>> {
+        self.clients
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(id)
+            .cloned()
     }
 }
 
 /// The concentrator's snapshot builder.
-pub(super) fn provider(
-    shared: &Arc<Shared>,
-    config: &ConcentratorConfig,
-    path: &Path,
-    multipath: bool,
-) -> Provider {
+pub(super) fn provider(shared: &Arc<Shared>, path: &Path, multipath: bool) -> Provider {
     let shared = Arc::clone(shared);
     let started = snapshot::unix_now();
     let config_path = path.display().to_string();
-    let listen = config.listen.to_string();
-    // The clients in config order, with their tunnel addresses.
-    let clients: Vec<(ClientId, Vec<String>)> = config
-        .clients
-        .iter()
-        .map(|c| {
-            let addresses = c.tunnel.map_or_else(Vec::new, |t| {
-                std::iter::once(t.v4.to_string())
-                    .chain(t.v6.map(|v6| v6.to_string()))
-                    .collect()
-            });
-            (c.id.clone(), addresses)
-        })
-        .collect();
     Arc::new(move || {
+        let config = shared.config();
+        let listen = config.listen.to_string();
+        // The clients in config order, with their tunnel addresses.
+        let clients: Vec<(ClientId, Vec<String>)> = config
+            .clients
+            .iter()
+            .map(|c| {
+                let addresses = c.tunnel.map_or_else(Vec::new, |t| {
+                    std::iter::once(t.v4.to_string())
+                        .chain(t.v6.map(|v6| v6.to_string()))
+                        .collect()
+                });
+                (c.id.clone(), addresses)
+            })
+            .collect();
         let tunnels = shared
             .datagrams
             .as_ref()
@@ -140,17 +149,19 @@ pub(super) fn provider(
             .iter()
             .map(|(id, addresses)| {
                 let client = shared.clients.client(id);
-                let open = client.map_or(0, |c| c.open_connections() as u64);
+                let open = client.as_ref().map_or(0, |c| c.open_connections() as u64);
                 total += open;
                 let counters = shared.stats.client(id);
                 let get = |f: fn(&ClientCounters) -> &AtomicU64| {
-                    counters.map_or(0, |c| f(c).load(Ordering::Relaxed))
+                    counters
+                        .as_deref()
+                        .map_or(0, |c| f(c).load(Ordering::Relaxed))
                 };
                 ClientEntry {
                     id: id.to_string(),
                     tunnel_addresses: addresses.clone(),
                     connections: open,
-                    max_connections: client.map_or(0, |c| c.max_connections as u64),
+                    max_connections: client.as_ref().map_or(0, |c| c.max_connections() as u64),
                     connections_total: get(|c| &c.admitted),
                     refused: get(|c| &c.refused),
                     up_bytes: get(|c| &c.up),
@@ -166,7 +177,7 @@ pub(super) fn provider(
             .collect();
         Status {
             concentrator: Some(ConcentratorStatus {
-                listen: listen.clone(),
+                listen,
                 multipath,
                 connections: total,
                 connection_limit: shared.slots.limit() as u64,

@@ -586,6 +586,9 @@ pub struct Responder<R: Random> {
     by_key: HashMap<PublicKey, PeerId>,
     /// Session index → client; at most three per client.
     by_index: HashMap<u32, PeerId>,
+    /// The last initiation timestamp of clients a reload removed, so that
+    /// one configured again refuses its old initiations (replays).
+    retired: HashMap<PublicKey, Tai64n>,
     under_load: bool,
     queue: VecDeque<ResponderTransmit>,
 }
@@ -598,36 +601,83 @@ impl<R: Random> Responder<R> {
         clients: impl IntoIterator<Item = PublicKey>,
         rng: R,
     ) -> Result<Self, ResponderError> {
-        let mut peers = Vec::new();
-        let mut by_key = HashMap::new();
-        for key in clients {
-            if local.diffie_hellman(&key).is_none() {
-                return Err(ResponderError::LowOrderClient { key });
-            }
-            if by_key.insert(key, PeerId(peers.len())).is_some() {
-                return Err(ResponderError::DuplicateClient { key });
-            }
-            peers.push(Peer {
-                mac1: Mac1Key::new(&key),
-                last_timestamp: None,
-                current: None,
-                previous: None,
-                next: None,
-                keepalive_due: None,
-            });
-        }
-        Ok(Self {
+        let mut responder = Self {
             checker: CookieChecker::new(&local.public_key()),
             local,
             limiter: RateLimiter::new(),
             cookie_limiter: RateLimiter::new(),
             rng,
-            peers,
-            by_key,
+            peers: Vec::new(),
+            by_key: HashMap::new(),
             by_index: HashMap::new(),
+            retired: HashMap::new(),
             under_load: false,
             queue: VecDeque::new(),
-        })
+        };
+        responder.set_clients(clients)?;
+        Ok(responder)
+    }
+
+    /// Replaces the clients (a config reload), each [`PeerId`] being a
+    /// client's position in `clients` from now on. A key configured before
+    /// keeps its sessions; the sessions of a key no longer configured end
+    /// at once (its data is dropped as from a stranger). A key removed and
+    /// configured again later still refuses its old initiations (their
+    /// timestamps are remembered). On an error nothing changes.
+    pub fn set_clients(
+        &mut self,
+        clients: impl IntoIterator<Item = PublicKey>,
+    ) -> Result<(), ResponderError> {
+        let keys: Vec<PublicKey> = clients.into_iter().collect();
+        let mut by_key = HashMap::with_capacity(keys.len());
+        for (i, &key) in keys.iter().enumerate() {
+            if self.local.diffie_hellman(&key).is_none() {
+                return Err(ResponderError::LowOrderClient { key });
+            }
+            if by_key.insert(key, PeerId(i)).is_some() {
+                return Err(ResponderError::DuplicateClient { key });
+            }
+        }
+        // The old peers by key, to be moved to their new places.
+        let mut old: HashMap<PublicKey, Peer> = HashMap::with_capacity(self.peers.len());
+        let old_keys = std::mem::take(&mut self.by_key);
+        let mut old_peers: Vec<Option<Peer>> = std::mem::take(&mut self.peers)
+            .into_iter()
+            .map(Some)
+            .collect();
+        for (key, id) in old_keys {
+            if let Some(peer) = old_peers.get_mut(id.0).and_then(Option::take) {
+                old.insert(key, peer);
+            }
+        }
+        self.peers = keys
+            .iter()
+            .map(|key| {
+                old.remove(key).unwrap_or_else(|| Peer {
+                    mac1: Mac1Key::new(key),
+                    last_timestamp: self.retired.remove(key),
+                    current: None,
+                    previous: None,
+                    next: None,
+                    keepalive_due: None,
+                })
+            })
+            .collect();
+        // Sessions follow their peer to its new place.
+        self.by_index.clear();
+        for (i, peer) in self.peers.iter().enumerate() {
+            for session in peer.sessions() {
+                self.by_index.insert(session.local_index(), PeerId(i));
+            }
+        }
+        // What is left was removed: its sessions are gone with it.
+        for (key, peer) in old {
+            if let Some(timestamp) = peer.last_timestamp {
+                self.retired.insert(key, timestamp);
+            }
+        }
+        self.by_key = by_key;
+        Ok(())
     }
 
     /// Says whether the concentrator is under load: while it is, an

@@ -182,6 +182,16 @@ impl Net {
         Ok(buf)
     }
 
+    fn seal_down_to(&mut self, peer: PeerId, path: u8, payload: &[u8]) -> Vec<u8> {
+        let mut buf = vec![0; payload.len() + 64];
+        let len = self
+            .server
+            .seal(self.now, peer, path, &Inner::Ip(payload), &mut buf)
+            .expect("session");
+        buf.truncate(len);
+        buf
+    }
+
     fn delivered(&self, dir: Dir) -> Vec<Vec<u8>> {
         self.delivered
             .iter()
@@ -724,4 +734,60 @@ fn debug_output_shows_no_key() {
         assert!(!text.contains(&key));
     }
     assert!(!text.contains(&format!("{:?}", [1u8; 32])));
+}
+
+/// A reload that keeps the client keeps its session (also when it moves
+/// to another place in the list); one that removes it ends the session at
+/// once; configured again, it cannot be let in with its old initiation.
+#[test]
+fn a_reload_keeps_kept_clients_sessions_and_ends_removed_ones() {
+    let mut net = Net::new();
+    let now = net.now;
+    net.client.handle_timeout(now, UNIX_START).expect("rng");
+    let initiation = net.client.poll_transmit().expect("initiation").bytes;
+    net.send(Dir::Up, 0, initiation.clone());
+    net.run_for(Duration::from_millis(200));
+    assert!(net.server.is_established(PeerId(0), net.now));
+
+    // Another client first: ours moves to PeerId(1) with its session.
+    let other = secret(7).public_key();
+    net.server
+        .set_clients([other, secret(1).public_key()])
+        .expect("valid clients");
+    assert!(net.server.is_established(PeerId(1), net.now));
+    assert!(!net.server.is_established(PeerId(0), net.now));
+    let up = net.seal_up(0, b"after the reload").expect("session");
+    net.send(Dir::Up, 0, up);
+    net.run_for(Duration::from_millis(100));
+    assert_eq!(net.delivered(Dir::Up), [b"after the reload".to_vec()]);
+    let down = net.seal_down_to(PeerId(1), 0, b"to the moved client");
+    net.send(Dir::Down, 0, down);
+    net.run_for(Duration::from_millis(100));
+    assert_eq!(net.delivered(Dir::Down), [b"to the moved client".to_vec()]);
+
+    // A bad list changes nothing.
+    assert!(net.server.set_clients([other, other]).is_err());
+    assert!(net.server.is_established(PeerId(1), net.now));
+
+    // Removed: its data is dropped from now on.
+    net.server.set_clients([other]).expect("valid clients");
+    let up = net.seal_up(0, b"removed").expect("client session");
+    let mut dropped = up;
+    assert!(net
+        .server
+        .handle_datagram(net.now, client_addr(0), &mut dropped)
+        .is_err());
+    assert_eq!(net.delivered(Dir::Up).len(), 1);
+
+    // Configured again: the initiation it made before is still refused.
+    net.server
+        .set_clients([other, secret(1).public_key()])
+        .expect("valid clients");
+    let mut replay = initiation;
+    assert!(matches!(
+        net.server
+            .handle_datagram(net.now, client_addr(0), &mut replay),
+        Err(Dropped::StaleTimestamp { peer: PeerId(1) })
+    ));
+    assert!(!net.server.is_established(PeerId(1), net.now));
 }
