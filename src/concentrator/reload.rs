@@ -304,3 +304,96 @@ pub(super) async fn disallowed(
         () = denied => Disallowed::Denied,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const KEY: &str = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
+    const SECRET_A: &str = "IBESExQVFhcYGRobHB0eHyAhIiMkJSYnKCkqKywtLi8=";
+    const SECRET_B: &str = "MDEyMzQ1Njc4OTo7PD0+P0BBQkNERUZHSElKS0xNTk8=";
+
+    /// The config `extra` adds to, loaded from a file of its own.
+    fn config(extra: &str) -> ConcentratorConfig {
+        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        // One name: the control socket's follows it.
+        let dir =
+            std::env::temp_dir().join(format!("mpbond-reload-plan-{}-{n}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("create the config directory");
+        let path = dir.join("concentrator.toml");
+        let text = format!(
+            "listen = \"127.0.0.1:7300\"\n{extra}\n[[client]]\nid = \"lab\"\nkey = \"{KEY}\"\n"
+        );
+        std::fs::write(&path, text).expect("write the config");
+        let loaded = ConcentratorConfig::load(&path);
+        let _ = std::fs::remove_dir_all(&dir);
+        loaded.expect("a valid config")
+    }
+
+    #[test]
+    fn the_same_config_changes_nothing() {
+        let plan = plan(&config(""), &config("")).expect("applies");
+        assert_eq!(plan, Plan::default());
+    }
+
+    #[test]
+    fn settings_apply_and_sockets_wait_for_a_restart() {
+        let old = config("");
+        let mut new = config(
+            "handshake_timeout = \"3s\"\n\
+             [policy]\nallow = [\"10.9.0.0/16\"]\n[control]\nmetrics = \"127.0.0.1:9999\"",
+        );
+        new.listen.set_port(7301);
+        let plan = plan(&old, &new).expect("applies");
+        assert!(plan.policy);
+        assert!(
+            plan.changes.iter().any(|c| c == "policy changed"),
+            "{plan:?}"
+        );
+        assert!(
+            plan.changes
+                .iter()
+                .any(|c| c.starts_with("handshake_timeout")),
+            "{plan:?}"
+        );
+        assert_eq!(plan.needs_restart, ["listen", "[control]"]);
+    }
+
+    #[test]
+    fn a_new_identity_or_datagram_exit_is_refused_whole() {
+        let a = config(&format!("private_key = \"{SECRET_A}\""));
+        let b = config(&format!("private_key = \"{SECRET_B}\""));
+        assert!(matches!(plan(&a, &b), Err(ReloadError::PrivateKey)));
+        assert!(matches!(
+            plan(&a, &config("")),
+            Err(ReloadError::PrivateKey)
+        ));
+        let exit = |net: &str| {
+            config(&format!(
+                "private_key = \"{SECRET_A}\"\n[datagram]\nipv4 = \"{net}\""
+            ))
+        };
+        assert!(matches!(
+            plan(&exit("10.77.0.1/24"), &exit("10.78.0.1/24")),
+            Err(ReloadError::Datagram)
+        ));
+        assert!(plan(&exit("10.77.0.1/24"), &exit("10.77.0.1/24")).is_ok());
+    }
+
+    #[test]
+    fn a_bound_port_0_is_the_same_listen() {
+        let mut old = config("");
+        let new = config("");
+        old.listen.set_port(0);
+        let mut bound = config("");
+        bound.listen.set_port(43_210);
+        let mut zero = new.clone();
+        zero.listen.set_port(0);
+        assert!(plan(&bound, &zero)
+            .expect("applies")
+            .needs_restart
+            .is_empty());
+        assert_eq!(plan(&old, &new).expect("applies").needs_restart, ["listen"]);
+    }
+}
