@@ -42,9 +42,12 @@
 //! [`starved`]): a bonded connection's data is then waiting behind this
 //! line's silence (head-of-line blocking), and every moment waited costs
 //! the other lines' throughput, while calling it dead costs only a fresh
-//! subflow on it. It is the larger of [`Config::hold_floor`] (250 ms) and
-//! twice the smallest round trip plus a probe interval; neither learned
-//! nor damped, and such a verdict undone quickly is no false alarm.
+//! subflow on it. It is the largest of [`Config::hold_floor`] (250 ms),
+//! twice the smallest round trip plus a probe interval, and the loaded
+//! round trip's `srtt + 4·rttvar` plus a probe interval (a line with a
+//! deep queue answers its probes only after the data queued ahead of
+//! them: that wait is its habit, not silence); neither learned nor damped,
+//! and such a verdict undone quickly is no false alarm.
 //!
 //! The quiet and busy limits are stretched by flap damping (a dead
 //! verdict undone within [`Config::quick_return`] was a false alarm: the
@@ -752,9 +755,12 @@ impl Path {
             .max(quiet_base * 2);
         let quiet = quiet_base.mul_f64(damp).min(c.ceiling);
         let busy = busy_base.mul_f64(damp).min(c.ceiling * 2);
+        // A probe waiting its turn in the line's own queue under load is
+        // not silence: never less than the loaded round trip's RTO.
         let hold = c
             .hold_floor
             .max(self.rtt.min().unwrap_or_default() * 2 + c.probe_every)
+            .max(rto)
             .min(busy);
         Limits { quiet, busy, hold }
     }

@@ -398,6 +398,35 @@ fn the_hold_limit_follows_the_smallest_round_trip() {
     assert_eq!(path.limits(t(3000)).hold, ms(430));
 }
 
+/// A line with a deep queue (lte-weak: 300 ms of it) answers its probes
+/// only after the data queued ahead of them. While it holds the others
+/// back that wait is no silence; when it does go silent, the hold rule
+/// still condemns it well before the busy limit would.
+#[test]
+fn the_hold_limit_follows_the_loaded_round_trip() {
+    let t = clock();
+    let mut path = active_path(&t);
+    let mut d = Driver::new();
+    d.rtt = 40;
+    d.run(&mut path, &t, 0, 2000, |_| true, |_| true);
+    // Loaded: the queue fills and every probe waits 350 ms for its answer.
+    d.rtt = 350;
+    d.run(&mut path, &t, 2000, 4000, |_| true, |_| true);
+    path.set_others_starved(true);
+    let events = d.run(&mut path, &t, 4000, 10_000, |_| true, |_| true);
+    assert_eq!(dead_at(&events), None, "{events:?}");
+    let hold = path.limits(t(10_000)).hold;
+    assert!(hold > ms(380), "{hold:?}");
+    // Blackholed at 10 s.
+    let events = d.run(&mut path, &t, 10_000, 13_000, |_| false, |_| true);
+    let dead = events
+        .iter()
+        .find(|e| e.to == Verdict::Dead)
+        .expect("dead once it goes silent");
+    assert!(matches!(dead.reason, Reason::HoldingBack { .. }), "{events:?}");
+    assert!(dead.at <= t(10_000 + 350 + 600), "{events:?}");
+}
+
 #[test]
 fn others_are_starved_below_half_their_peak_when_it_is_worth_a_transfer() {
     let t = clock();
