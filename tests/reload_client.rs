@@ -303,6 +303,9 @@ fn a_reload_refuses_a_broken_file_and_removes_and_adds_an_uplink_under_a_downloa
         shown == ["dsl"]
     });
     assert!(hidden.is_some(), "mpbond status still shows: {shown:?}");
+    // What lte's emulator still held queued (up to 100 ms of it) arrives
+    // first; then lte0 must be idle.
+    wait_for(&rx, 16 * MIB);
     let lte_before = if_bytes(CLI, "lte0").rx;
     let dsl_before = if_bytes(CLI, "dsl0").rx;
     wait_for(&rx, 40 * MIB);
@@ -359,8 +362,47 @@ fn a_reload_refuses_a_broken_file_and_removes_and_adds_an_uplink_under_a_downloa
         endpoints.contains("10.77.2.2"),
         "lte's endpoint is back: {endpoints}"
     );
+
+    // lte made a backup line: its endpoint is marked in place (MP_PRIO),
+    // its subflow stays, and the download leaves it for dsl.
+    let as_backup = original.replacen(LTE_SECTION, &format!("{LTE_SECTION}backup = true\n"), 1);
+    std::fs::write(&path, &as_backup).expect("write the config with lte as backup");
+    lab.signal("client", "-HUP");
+    let line = logged(&lab, "config reloaded", 3);
+    assert!(
+        line.contains("uplinks with a new backup flag: [\"lte\"]"),
+        "the reload says lte's backup flag changed: {line}"
+    );
+    let mut endpoints = String::new();
+    let marked = within(Duration::from_secs(2), || {
+        endpoints = ns_ok(CLI, &["ip", "mptcp", "endpoint", "show"]);
+        endpoints
+            .lines()
+            .any(|l| l.contains("10.77.2.2") && l.contains("backup"))
+    });
+    assert!(
+        marked.is_some(),
+        "lte's endpoint is not marked backup: {endpoints}"
+    );
+    assert!(lte_subflows(), "marking lte backup dropped its subflow");
+    let (lte_before, dsl_before) = (if_bytes(CLI, "lte0").rx, if_bytes(CLI, "dsl0").rx);
+    wait_for(&rx, 80 * MIB);
+    let (lte, dsl) = (
+        if_bytes(CLI, "lte0").rx - lte_before,
+        if_bytes(CLI, "dsl0").rx - dsl_before,
+    );
+    eprintln!(
+        "lte as backup: dsl0 received {:.1} MiB, lte0 {:.1} MiB",
+        dsl as f64 / MIB as f64,
+        lte as f64 / MIB as f64
+    );
+    assert!(
+        lte < dsl / 4,
+        "with lte a backup line and dsl working, lte0 still carried {lte} bytes to dsl0's {dsl}"
+    );
     check_download(
-        "120 MiB, two refused reloads, lte removed at 12 MiB and added back at 40 MiB",
+        "120 MiB, two refused reloads, lte removed at 12 MiB, added back at 40 MiB, \
+         made a backup after",
         download.join().expect("download thread"),
         &srv,
         LEN,
