@@ -456,8 +456,17 @@ impl Plumbing {
             // Taken, or a gap: the caller's numbering is not ours.
             _ => return Err(no_index()),
         }
-        self.raise_limits()?;
-        let ifindex = self.lookup(&config.name, &config.interface)?;
+        let ready = self
+            .raise_limits()
+            .and_then(|()| self.lookup(&config.name, &config.interface));
+        let ifindex = match ready {
+            Ok(ifindex) => ifindex,
+            Err(e) => {
+                // Nothing was installed for it yet: the index is vacant again.
+                self.slots[slot].retired = true;
+                return Err(e);
+            }
+        };
         info!(
             uplink = %config.name,
             interface = %config.interface,
@@ -476,7 +485,16 @@ impl Plumbing {
         }
         if let Some(ifindex) = ifindex {
             self.attach(slot, ifindex);
-            self.readdress(slot)?;
+            if let Err(e) = self.readdress(slot) {
+                // As for a hot-plugged one: its next address or carrier
+                // change tries again.
+                warn!(
+                    uplink = %config.name,
+                    interface = %config.interface,
+                    error = %Chain(&e),
+                    "the uplink's route or rule cannot be installed yet"
+                );
+            }
         }
         Ok(self.slots[slot].uplink.clone())
     }
