@@ -5,7 +5,8 @@
 //! set-up).
 //!
 //! Tasks: one reads the TUN and rewrites packets; one accepts per address
-//! family; one per flow opens its tunnel and relays; one expires old flows.
+//! family; one per flow opens its tunnel and relays; one expires old flows;
+//! one reloads the config at each SIGHUP (`reload.rs` says what changes).
 
 mod capture;
 mod clock;
@@ -210,7 +211,8 @@ impl Shared {
 
 /// Runs the client with the config read from `path` until `shutdown`
 /// completes or a part fails; removes everything it installed before
-/// returning.
+/// returning. Each of `hangups` reads `path` again and applies what
+/// changed (see `reload.rs`).
 pub async fn run(
     config: ClientConfig,
     path: &std::path::Path,
