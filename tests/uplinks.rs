@@ -794,3 +794,95 @@ fn endpoints_go_and_come_back_through_the_owner() {
         })
     });
 }
+
+/// What a config reload asks of the owner: a removed uplink is retired
+/// (everything of its goes and stays gone, whatever its interface does), an
+/// added one joins at a vacant index or the next one (route and rule at
+/// once, endpoint when asked), and a changed `backup` flag is set on the
+/// installed endpoint in place.
+#[test]
+fn a_reload_retires_joins_and_reflags_uplinks_through_the_owner() {
+    let ns = two_uplink_ns("reload");
+    ns.veth("w0", &["10.77.3.2/24"]);
+    ns.run(|| {
+        block_on(async {
+            let system = install(&two_uplinks(), "mpbt0", ip_addr(CONCENTRATOR))
+                .await
+                .expect("install");
+            let endpoints = || ns.ip_lines(&["mptcp", "endpoint", "show"], "");
+
+            // Backup flags change in place.
+            system.set_backup(1, false).await.expect("lte not backup");
+            system.set_backup(0, true).await.expect("dsl backup");
+            assert_eq!(
+                endpoints(),
+                [
+                    "10.77.1.2 id 96 subflow backup dev d0",
+                    "10.77.2.2 id 97 subflow dev d1",
+                ]
+            );
+            assert!(system.uplinks().await[0].backup);
+            system.set_backup(0, false).await.expect("dsl not backup");
+
+            // lte removed: all of its goes, and nothing brings it back.
+            system.retire(1).await.expect("retire lte");
+            let of_lte = || {
+                leftovers(&ns)
+                    .into_iter()
+                    .filter(|l| l.contains("10.77.2.2") || l.contains("7702"))
+                    .collect::<Vec<_>>()
+            };
+            assert_eq!(of_lte(), Vec::<String>::new());
+            assert_eq!(system.relink(1).await.expect("relink"), LinkChange::Same);
+            assert_eq!(
+                system.readdress(1).await.expect("readdress"),
+                AddressChange::Same
+            );
+            system.set_endpoint(1, true).await.expect("set_endpoint");
+            assert_eq!(of_lte(), Vec::<String>::new());
+            system.retire(1).await.expect("retired twice is no error");
+            assert_eq!(endpoints(), ["10.77.1.2 id 96 subflow dev d0"]);
+
+            // wifi added: it takes lte's vacant index and numbering.
+            assert!(matches!(
+                system.join(0, uplink("taken", "w0")).await,
+                Err(UplinkError::NoIndex { .. })
+            ));
+            assert!(matches!(
+                system.join(3, uplink("gap", "w0")).await,
+                Err(UplinkError::NoIndex { .. })
+            ));
+            let wifi = system.join(1, uplink("wifi", "w0")).await.expect("join");
+            assert_eq!((wifi.index, wifi.addr), (1, ip_addr("10.77.3.2")));
+            assert_eq!(
+                ns.ip_lines(&["-4", "rule", "show"], "from 10.77.3"),
+                ["7701: from 10.77.3.2 lookup 7702 proto 109"]
+            );
+            assert_eq!(
+                ns.ip_lines(&["-4", "route", "show", "table", "7702"], ""),
+                ["default dev w0 proto 109 scope 253"]
+            );
+            system.set_endpoint(1, true).await.expect("wifi's endpoint");
+            assert!(endpoints().contains(&"10.77.3.2 id 97 subflow dev w0".to_owned()));
+
+            // sat added, its interface missing: the next index, waiting;
+            // the limits make room for it.
+            let sat = system.join(2, uplink("sat", "s0")).await.expect("join");
+            assert_eq!(sat.ifindex, system::NO_INTERFACE);
+            assert_eq!(
+                ns.ip_lines(&["mptcp", "limits", "show"], ""),
+                ["add_addr_accepted 3 subflows 3"]
+            );
+            ns.veth("s0", &["10.77.4.2/24"]);
+            let LinkChange::Joined(joined) = system.relink(2).await.expect("relink") else {
+                panic!("s0 was not joined");
+            };
+            assert_eq!(joined.addr, ip_addr("10.77.4.2"));
+            system.set_endpoint(2, true).await.expect("sat's endpoint");
+            assert!(endpoints().contains(&"10.77.4.2 id 98 subflow dev s0".to_owned()));
+
+            system.shutdown().await.expect("remove");
+            assert_eq!(leftovers(&ns), Vec::<String>::new());
+        })
+    });
+}

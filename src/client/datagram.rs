@@ -287,6 +287,35 @@ impl Datagrams {
         state.mtu_stale = true;
     }
 
+    /// The scheduling policy of `config` applies from now on (a config
+    /// reload).
+    pub(super) fn set_policy(&self, config: &SchedulerConfig) {
+        self.state().scheduler.set_policy(Instant::now(), config);
+    }
+
+    /// Uplink `index` is a path with these settings now (it joined, or
+    /// its `backup` flag changed), or none (`None`: it was removed; its
+    /// flows move at their next packet).
+    pub(super) fn set_path(&self, index: usize, settings: Option<PathSettings>) {
+        let Ok(id) = u8::try_from(index) else { return };
+        let now = Instant::now();
+        let mut state = self.state();
+        match settings {
+            // Past the last path: the uplink carries TCP alone.
+            Some(settings) => {
+                if let Err(e) = state.scheduler.add_path(now, PathId(id), settings) {
+                    debug!(error = %e, "the uplink gets no datagram path");
+                }
+            }
+            None => state.scheduler.remove_path(now, PathId(id)),
+        }
+        if settings.is_none() {
+            if let Some(slot) = state.sockets.get_mut(index) {
+                *slot = None;
+            }
+        }
+    }
+
     /// Uplink `index`'s path core says this now.
     pub(super) fn update(&self, index: usize, now: Instant, estimates: &Estimates) {
         let Ok(id) = u8::try_from(index) else { return };

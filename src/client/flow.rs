@@ -86,7 +86,7 @@ async fn relay(shared: &Shared, flow: &Flow, lan: &TcpStream, tunnel: Tunnel) {
         }
     }
     debug!(client = %flow.client, server = %flow.server, "relaying");
-    let sized = (shared.tunnels.send_buffer == SendBuffer::Auto)
+    let sized = (shared.tunnels.settings().send_buffer == SendBuffer::Auto)
         .then(|| (Side::Server, Sizer::new(Policy::default(), 0)));
     tokio::select! {
         done = crate::relay::relay(lan, &tunnel.stream, &[], sized) => match done {

@@ -33,6 +33,12 @@
 //! or unplugged (its route, rule and endpoint then go), joins when an
 //! interface of that name appears, whatever its new index; until then it
 //! is dead for want of carrier.
+//!
+//! A config reload ([`super::reload`]) sends uplink orders: a removed
+//! uplink leaves as an unplugged one does and is forgotten (its index
+//! stays vacant), an added one joins as a hot-plugged one does, and a
+//! changed `backup` flag applies to the endpoint, new tunnels and the
+//! datagram scheduler at once.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -44,6 +50,7 @@ use tokio::sync::mpsc;
 use tokio::task::{AbortHandle, JoinSet};
 use tracing::{debug, info, warn};
 
+use super::reload::UplinkOrder;
 use super::system::{AddressChange, Handle, LinkChange, Uplink, NO_INTERFACE};
 use super::tunnel::Paths;
 use super::{ClientError, Shared};
@@ -101,6 +108,36 @@ struct Line {
     last_reason: String,
     /// When its verdict last changed, for the status.
     last_change: Instant,
+    /// A config reload removed it: it is no longer watched, shown or
+    /// used, and its index waits for an uplink a later reload adds.
+    retired: bool,
+}
+
+impl Line {
+    /// A line for `uplink` as the owner set it up at `now`: it carries
+    /// once it has an address (`endpoint`: whether its MPTCP endpoint is
+    /// installed already).
+    fn new(uplink: Uplink, now: Instant, endpoint: bool, why: &str) -> Self {
+        let addressed = !uplink.addr.is_unspecified();
+        let carrier = uplink.present();
+        let mut path = Path::new(path::Config::default(), now);
+        // An uplink without an address (or an interface) yet waits for
+        // one, unprobed.
+        path.set_link(now, carrier, addressed);
+        Line {
+            uplink,
+            path,
+            carrier,
+            addressed,
+            endpoint: endpoint && addressed,
+            socket: None,
+            reader: None,
+            generation: 0,
+            last_reason: why.to_owned(),
+            last_change: now,
+            retired: false,
+        }
+    }
 }
 
 /// An uplink as [`pick_source`] sees it.
@@ -145,12 +182,13 @@ pub(super) fn pick_source(candidates: &[Candidate<'_>], current: Option<IpAddr>)
 /// `system` is the owner of what is installed: endpoints follow the
 /// verdicts through it, and it moves an uplink's rule, route and endpoint
 /// when its address or gateway changes; `events` are the kernel's link and
-/// address events.
+/// address events; `orders` come from config reloads.
 pub(super) async fn watch(
     shared: Arc<Shared>,
     system: Handle,
     uplinks: Vec<Uplink>,
     events: LinkEvents,
+    mut orders: mpsc::UnboundedReceiver<UplinkOrder>,
 ) -> Result<(), ClientError> {
     let (tx, mut rx) = mpsc::channel::<Report>(256);
     let link_tx = tx.clone();
@@ -169,28 +207,10 @@ pub(super) async fn watch(
     // Dropped (and so stopped) with this task.
     let mut readers = JoinSet::new();
     let start = Instant::now();
+    // Start-up installed the endpoint of each uplink with an address.
     let mut lines: Vec<Line> = uplinks
         .into_iter()
-        .map(|uplink| {
-            let addressed = !uplink.addr.is_unspecified();
-            let carrier = uplink.present();
-            let mut path = Path::new(path::Config::default(), start);
-            // An uplink without an address (or an interface) yet waits for
-            // one, unprobed.
-            path.set_link(start, carrier, addressed);
-            Line {
-                uplink,
-                path,
-                carrier,
-                addressed,
-                endpoint: addressed,
-                socket: None,
-                reader: None,
-                generation: 0,
-                last_reason: String::from("start"),
-                last_change: start,
-            }
-        })
+        .map(|uplink| Line::new(uplink, start, true, "start"))
         .collect();
     for (index, line) in lines.iter_mut().enumerate() {
         if line.addressed {
@@ -205,6 +225,7 @@ pub(super) async fn watch(
     loop {
         let wake = lines
             .iter()
+            .filter(|l| !l.retired)
             .map(|l| l.path.poll_timeout())
             .min()
             .unwrap_or_else(|| Instant::now() + SOURCE_EVERY)
@@ -230,6 +251,10 @@ pub(super) async fn watch(
                 // Cannot happen while this task holds a sender.
                 None => return std::future::pending().await,
             },
+            Some(order) = orders.recv() => {
+                on_order(&shared, &system, &mut lines, &mut readers, &tx, order).await;
+                changed = true;
+            }
             _ = tokio::time::sleep_until(wake.into()) => {}
             _ = repick.tick() => changed = true,
         }
@@ -237,7 +262,7 @@ pub(super) async fn watch(
         let active = !shared.table().is_empty()
             || shared.tunnels.warm.active()
             || shared.datagrams.as_ref().is_some_and(|d| d.active(now));
-        for line in lines.iter_mut() {
+        for line in lines.iter_mut().filter(|l| !l.retired) {
             line.path.set_active(now, active);
             if active && line.carrier && line.addressed {
                 match rtnl.as_ref().map(|r| r.link_stats(line.uplink.ifindex)) {
@@ -255,6 +280,9 @@ pub(super) async fn watch(
         }
         let starved = others_starved(&lines, now);
         for (index, line) in lines.iter_mut().enumerate() {
+            if line.retired {
+                continue;
+            }
             line.path.set_others_starved(starved[index]);
             line.path.handle_timeout(now);
             while let Some(seq) = line.path.poll_transmit(now) {
@@ -293,7 +321,9 @@ fn others_starved(lines: &[Line], now: Instant) -> Vec<bool> {
     (0..lines.len())
         .map(|index| {
             let others = lines.iter().enumerate().filter(|&(other, line)| {
-                other != index && matches!(line.path.verdict(), Verdict::Usable | Verdict::Back)
+                other != index
+                    && !line.retired
+                    && matches!(line.path.verdict(), Verdict::Usable | Verdict::Back)
             });
             path::starved(others.map(|(_, line)| &line.path), now)
         })
@@ -305,15 +335,20 @@ fn others_starved(lines: &[Line], now: Instant) -> Vec<bool> {
 fn publish(shared: &Shared, lines: &[Line], now: Instant, active: bool) {
     shared
         .status
-        .publish(lines.iter().map(|line| super::status::Seen {
-            uplink: &line.uplink,
-            addressed: line.addressed,
-            estimates: line.path.estimates(now),
-            reason: &line.last_reason,
-            changed: line.last_change,
-            endpoint: line.endpoint,
-            active,
-        }));
+        .publish(
+            lines
+                .iter()
+                .filter(|line| !line.retired)
+                .map(|line| super::status::Seen {
+                    uplink: &line.uplink,
+                    addressed: line.addressed,
+                    estimates: line.path.estimates(now),
+                    reason: &line.last_reason,
+                    changed: line.last_change,
+                    endpoint: line.endpoint,
+                    active,
+                }),
+        );
 }
 
 /// Whether a kernel event about interface `ifindex` concerns an uplink
@@ -345,7 +380,7 @@ async fn on_link_event(
     for (index, line) in lines
         .iter_mut()
         .enumerate()
-        .filter(|(_, l)| concerns(l.uplink.ifindex, &event))
+        .filter(|(_, l)| !l.retired && concerns(l.uplink.ifindex, &event))
     {
         let now = Instant::now();
         match event {
@@ -424,6 +459,102 @@ async fn on_link_event(
         }
     }
     changed
+}
+
+/// Carries out a config reload's order: through the owner for what is
+/// installed, here for the probes and the verdicts, and in the datagram
+/// scheduler and the join watch.
+async fn on_order(
+    shared: &Arc<Shared>,
+    system: &Handle,
+    lines: &mut Vec<Line>,
+    readers: &mut JoinSet<()>,
+    tx: &mpsc::Sender<Report>,
+    order: UplinkOrder,
+) {
+    match order {
+        UplinkOrder::Leave { index } => {
+            let Some(line) = lines.get_mut(index).filter(|l| !l.retired) else {
+                return;
+            };
+            close_probes(shared, index, line);
+            if let Some(datagrams) = &shared.datagrams {
+                datagrams.set_path(index, None);
+            }
+            shared.joins.observe(&line.uplink, false);
+            // The owner removes the endpoint with the rest: the kernel
+            // closes the uplink's subflows and tells the concentrator, so
+            // running connections go on over the other uplinks.
+            if let Err(e) = system.retire(index).await {
+                warn!(uplink = %line.uplink.name, error = %Chain(&e), "cannot remove all that was installed for the removed uplink; the next start removes what stayed");
+            }
+            line.retired = true;
+            line.endpoint = false;
+            line.carrier = false;
+            line.addressed = false;
+            info!(
+                uplink = %line.uplink.name,
+                interface = %line.uplink.interface,
+                "uplink left: removed from the config by a reload"
+            );
+        }
+        UplinkOrder::Join { index, config } => {
+            let name = config.name.clone();
+            if index > lines.len() || lines.get(index).is_some_and(|l| !l.retired) {
+                warn!(uplink = %name, index, "cannot add the uplink: its index is taken");
+                return;
+            }
+            let backup = config.backup;
+            let uplink = match system.join(index, config).await {
+                Ok(uplink) => uplink,
+                Err(e) => {
+                    warn!(uplink = %name, error = %Chain(&e), "cannot add the uplink; it is not used until the client restarts");
+                    return;
+                }
+            };
+            shared.joins.set_uplink(&uplink);
+            if let Some(datagrams) = &shared.datagrams {
+                let settings = crate::datagram::schedule::PathSettings { backup };
+                datagrams.set_path(index, Some(settings));
+            }
+            let mut line = Line::new(uplink, Instant::now(), false, "added by a config reload");
+            while line.path.poll_event().is_some() {}
+            if line.addressed {
+                open_probes(shared, readers, tx, index, &mut line).await;
+            }
+            info!(
+                uplink = %line.uplink.name,
+                interface = %line.uplink.interface,
+                addr = ?(line.addressed.then_some(line.uplink.addr)),
+                "uplink joins: added to the config by a reload; its MPTCP endpoint follows \
+                 once the line works"
+            );
+            match lines.get_mut(index) {
+                Some(slot) => *slot = line,
+                None => lines.push(line),
+            }
+        }
+        UplinkOrder::Backup { index, backup } => {
+            let Some(line) = lines.get_mut(index).filter(|l| !l.retired) else {
+                return;
+            };
+            if let Err(e) = system.set_backup(index, backup).await {
+                warn!(uplink = %line.uplink.name, error = %Chain(&e), "cannot change the uplink's backup flag");
+                return;
+            }
+            line.uplink.backup = backup;
+            line.uplink.endpoint.flags.backup = backup;
+            if let Some(datagrams) = &shared.datagrams {
+                let settings = crate::datagram::schedule::PathSettings { backup };
+                datagrams.set_path(index, Some(settings));
+            }
+            info!(
+                uplink = %line.uplink.name,
+                backup,
+                "uplink's backup flag changed by a config reload"
+            );
+        }
+    }
 }
 
 /// Has the owner read the uplink's addresses again and follows what it
@@ -713,8 +844,8 @@ impl Reader {
 
 /// Points new tunnels at the best uplink now.
 fn repick_source(shared: &Shared, lines: &[Line]) {
-    let candidates: Vec<Candidate<'_>> = lines
-        .iter()
+    let lines = || lines.iter().filter(|l| !l.retired);
+    let candidates: Vec<Candidate<'_>> = lines()
         .map(|l| Candidate {
             uplink: &l.uplink,
             rank: shared.joins.rank(
@@ -726,8 +857,7 @@ fn repick_source(shared: &Shared, lines: &[Line]) {
         .collect();
     let current = shared.tunnels.source();
     let source = pick_source(&candidates, current);
-    let live = lines
-        .iter()
+    let live = lines()
         .filter(|l| l.addressed && l.path.verdict().rank().is_some())
         .map(|l| l.uplink.addr)
         .collect();

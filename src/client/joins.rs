@@ -142,6 +142,24 @@ impl JoinWatch {
         }
     }
 
+    /// Uplink `uplink` is new at its index (a config reload added it):
+    /// its tallies start afresh.
+    pub(super) fn set_uplink(&self, uplink: &Uplink) {
+        let line = Line {
+            uplink: uplink.clone(),
+            joins: Joins::new(Config::default()),
+            last_warned: None,
+            warned: false,
+        };
+        let mut book = self.book();
+        let len = book.lines.len();
+        match book.lines.get_mut(uplink.index) {
+            Some(slot) => *slot = line,
+            None if uplink.index == len => book.lines.push(line),
+            None => {}
+        }
+    }
+
     /// A tunnel was opened on `stream`: if it fell back to plain TCP, that
     /// counts against the uplink its initial subflow used.
     pub(super) fn tunnel_opened(&self, stream: &TcpStream) {

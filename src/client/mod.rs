@@ -5,7 +5,8 @@
 //! set-up).
 //!
 //! Tasks: one reads the TUN and rewrites packets; one accepts per address
-//! family; one per flow opens its tunnel and relays; one expires old flows.
+//! family; one per flow opens its tunnel and relays; one expires old flows;
+//! one reloads the config at each SIGHUP (`reload.rs` says what changes).
 
 mod capture;
 mod clock;
@@ -14,6 +15,7 @@ mod flow;
 mod health;
 mod joins;
 pub mod redirect;
+mod reload;
 mod status;
 pub mod system;
 mod tunnel;
@@ -128,7 +130,7 @@ pub enum ClientError {
     )]
     TaskPanicked {
         /// Which task: "capture", "accept", "expire", "health", "warm pool",
-        /// "control socket" or "metrics".
+        /// "control socket", "metrics" or "reload".
         task: &'static str,
         /// The panic, with its message.
         #[source]
@@ -209,12 +211,13 @@ impl Shared {
 
 /// Runs the client with the config read from `path` until `shutdown`
 /// completes or a part fails; removes everything it installed before
-/// returning.
+/// returning. Each of `hangups` reads `path` again and applies what
+/// changed (see `reload.rs`).
 pub async fn run(
     config: ClientConfig,
     path: &std::path::Path,
     shutdown: impl Future,
-    _hangups: crate::reload::Hangups,
+    hangups: crate::reload::Hangups,
 ) -> Result<(), ClientError> {
     // First: a second client with the same config stops here, before it
     // touches anything.
@@ -334,9 +337,8 @@ pub async fn run(
                 source,
                 live: Vec::new(),
             }),
-            timeout: config.connect_timeout,
-            send_buffer: config.send_buffer,
-            warm: WarmPool::new(config.warm_connections, config.warm_max_age),
+            settings: tokio::sync::watch::Sender::new(tunnel_settings(&config)),
+            warm: WarmPool::new(),
             epoch: std::sync::atomic::AtomicU64::new(crate::auth::Epoch::UNKNOWN.as_u64()),
             clock,
         },
@@ -356,9 +358,16 @@ pub async fn run(
     if let Some(datagrams) = &shared.datagrams {
         tasks.spawn("datagram timers", datagram::timers(Arc::clone(datagrams)));
     }
+    let (orders, orders_rx) = tokio::sync::mpsc::unbounded_channel();
     tasks.spawn(
         "health",
-        health::watch(shared.clone(), system.clone(), uplinks.clone(), link_events),
+        health::watch(
+            shared.clone(),
+            system.clone(),
+            uplinks.clone(),
+            link_events,
+            orders_rx,
+        ),
     );
     let warm = shared.clone();
     tasks.spawn("warm pool", async move {
@@ -387,6 +396,10 @@ pub async fn run(
         source = ?source,
         "client ready"
     );
+    tasks.spawn(
+        "reload",
+        reload_loop(shared.clone(), config, path.to_owned(), hangups, orders),
+    );
 
     let result = tokio::select! {
         _ = shutdown => {
@@ -405,6 +418,70 @@ pub async fn run(
         Err(e) => warn!(error = %e, "could not remove all of the uplink set-up"),
     }
     result
+}
+
+/// What new tunnels are opened with, as `config` says.
+fn tunnel_settings(config: &ClientConfig) -> tunnel::TunnelSettings {
+    tunnel::TunnelSettings {
+        timeout: config.connect_timeout,
+        send_buffer: config.send_buffer,
+        warm: config.warm_connections,
+        warm_max_age: config.warm_max_age,
+    }
+}
+
+/// Reloads the config from `path` at each request of `hangups` (SIGHUP),
+/// until the client stops; never returns otherwise. A file that does not
+/// load changes nothing; one that does is compared with the running
+/// config ([`reload::plan`]): tunnel settings and the datagram policy apply
+/// at once, uplink changes go to health as `orders`, and keys that need a
+/// restart keep their running value.
+async fn reload_loop(
+    shared: Arc<Shared>,
+    mut running: ClientConfig,
+    path: std::path::PathBuf,
+    mut hangups: crate::reload::Hangups,
+    orders: tokio::sync::mpsc::UnboundedSender<reload::UplinkOrder>,
+) -> Result<(), ClientError> {
+    let mut slots: reload::Slots = running.uplinks.iter().cloned().map(Some).collect();
+    loop {
+        hangups.next().await;
+        let new = match ClientConfig::load(&path) {
+            Ok(new) => new,
+            Err(e) => {
+                warn!(
+                    path = %path.display(),
+                    error = %crate::chain::Chain(&e),
+                    "reload refused: the file has an error; the running config stays, unchanged"
+                );
+                continue;
+            }
+        };
+        let plan = reload::plan(&running, &slots, &new);
+        if plan.is_empty() {
+            info!(path = %path.display(), "config reloaded: nothing changed");
+            continue;
+        }
+        if plan.settings_changed() {
+            shared.tunnels.set_settings(tunnel_settings(&plan.config));
+            if let (Some(datagrams), Some(dg)) = (&shared.datagrams, &plan.config.datagram) {
+                datagrams.set_policy(&dg.scheduler());
+            }
+        }
+        if !plan.restart.is_empty() {
+            warn!(
+                keys = ?plan.restart,
+                "config reload: these keys changed but take effect only after a restart                  (systemctl restart); their running values stay"
+            );
+        }
+        info!(path = %path.display(), "config reloaded: {plan}");
+        for order in plan.orders {
+            // Health runs as long as this task does.
+            let _ = orders.send(order);
+        }
+        running = plan.config;
+        slots = plan.slots;
+    }
 }
 
 /// The client's top-level tasks, each with a name for the error that says

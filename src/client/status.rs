@@ -25,6 +25,8 @@ pub(super) const PUBLISH_EVERY: Duration = Duration::from_millis(100);
 /// One uplink as health last published it.
 #[derive(Debug, Clone)]
 pub(super) struct Published {
+    /// The uplink's index (its datagram path's).
+    index: usize,
     /// Its interface's index (for the counters), if it has one.
     ifindex: Option<u32>,
     status: UplinkStatus,
@@ -76,6 +78,7 @@ impl Board {
         let ms = |d: Duration| d.as_secs_f64() * 1000.0;
         let published: Vec<Published> = seen
             .map(|s| Published {
+                index: s.uplink.index,
                 ifindex: (s.uplink.ifindex != super::system::NO_INTERFACE)
                     .then_some(s.uplink.ifindex),
                 status: UplinkStatus {
@@ -137,12 +140,13 @@ pub(super) fn provider(shared: &Arc<Shared>, config: &ClientConfig, path: &Path)
             }
         }
         let datagram = shared.datagrams.as_ref().map(|d| d.status());
-        let mut uplinks: Vec<UplinkStatus> = uplinks.into_iter().map(|u| u.status).collect();
         if let Some((_, paths)) = &datagram {
-            for (u, counters) in uplinks.iter_mut().zip(paths.iter()) {
-                u.datagram = Some(*counters);
+            // By index: a reload may have left vacant ones between them.
+            for u in uplinks.iter_mut() {
+                u.status.datagram = paths.get(u.index).copied();
             }
         }
+        let uplinks: Vec<UplinkStatus> = uplinks.into_iter().map(|u| u.status).collect();
         let relayed = {
             let mut flows = shared.flows();
             while flows.try_join_next().is_some() {}

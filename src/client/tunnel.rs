@@ -156,10 +156,9 @@ pub(super) struct Tunnels {
     /// Where new tunnels start from and which uplinks work, from uplink
     /// health; tunnels waiting for their answer watch it.
     pub(super) paths: watch::Sender<Paths>,
-    /// Reaching the concentrator and, through it, the destination.
-    pub(super) timeout: Duration,
-    /// `SO_SNDBUF` of each tunnel socket; 0: the kernel's autotuning.
-    pub(super) send_buffer: SendBuffer,
+    /// The settings a config reload may change; each new tunnel reads
+    /// them when it starts.
+    pub(super) settings: watch::Sender<TunnelSettings>,
     /// Tunnels connected ahead of use.
     pub(super) warm: WarmPool,
     /// The concentrator epoch headers are signed for: the last one it
@@ -167,6 +166,20 @@ pub(super) struct Tunnels {
     pub(super) epoch: AtomicU64,
     /// The clock headers (and probes, and handshakes) are stamped with.
     pub(super) clock: Arc<Clock>,
+}
+
+/// What new tunnels are opened with; a config reload changes them for the
+/// tunnels opened after it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) struct TunnelSettings {
+    /// Reaching the concentrator and, through it, the destination.
+    pub(super) timeout: Duration,
+    /// `SO_SNDBUF` of each tunnel socket; 0: the kernel's autotuning.
+    pub(super) send_buffer: SendBuffer,
+    /// Warm tunnels kept while the site is active.
+    pub(super) warm: usize,
+    /// How old a warm tunnel may get before it is replaced.
+    pub(super) warm_max_age: Duration,
 }
 
 /// How long after the last new flow warm tunnels are kept: an idle site
@@ -188,19 +201,16 @@ const WARM_BACKOFF: Duration = Duration::from_secs(1);
 /// concentrator's handshake timeout would close them.
 #[derive(Debug)]
 pub(super) struct WarmPool {
-    target: usize,
-    max_age: Duration,
     idle: Mutex<VecDeque<(Instant, TcpStream)>>,
     last_use: Mutex<Option<Instant>>,
     wanted: Notify,
 }
 
 impl WarmPool {
-    /// A pool that keeps `target` tunnels, each at most `max_age` old.
-    pub(super) fn new(target: usize, max_age: Duration) -> Self {
+    /// An empty pool; how many tunnels it keeps, and how old, are the
+    /// [`TunnelSettings`].
+    pub(super) fn new() -> Self {
         Self {
-            target,
-            max_age,
             idle: Mutex::new(VecDeque::new()),
             last_use: Mutex::new(None),
             wanted: Notify::new(),
@@ -211,13 +221,13 @@ impl WarmPool {
         self.idle.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// A warm tunnel young enough to use, if any; counts as activity.
-    fn take(&self) -> Option<TcpStream> {
+    /// A warm tunnel younger than `max_age`, if any; counts as activity.
+    fn take(&self, max_age: Duration) -> Option<TcpStream> {
         *self.last_use.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
         self.wanted.notify_one();
         let mut idle = self.idle();
         while let Some((at, stream)) = idle.pop_back() {
-            if at.elapsed() < self.max_age {
+            if at.elapsed() < max_age {
                 return Some(stream);
             }
         }
@@ -232,11 +242,13 @@ impl WarmPool {
             .is_some_and(|at| at.elapsed() < WARM_LINGER)
     }
 
-    /// Drops tunnels past their age, or all of them once the site is idle.
-    fn expire(&self) {
+    /// Drops tunnels past `max_age`, and all but `keep` (the newest), or
+    /// all of them once the site is idle.
+    fn expire(&self, keep: usize, max_age: Duration) {
         let active = self.active();
-        self.idle()
-            .retain(|(at, _)| active && at.elapsed() < self.max_age);
+        let mut idle = self.idle();
+        idle.retain(|(at, _)| active && at.elapsed() < max_age);
+        idle.truncate(keep);
     }
 }
 
@@ -396,8 +408,9 @@ impl Tunnels {
         early: &[u8],
     ) -> Result<Tunnel, TunnelError> {
         let concentrator = self.concentrator;
+        let settings = self.settings();
         let open = async {
-            let mut warm = self.warm.take();
+            let mut warm = self.warm.take(settings.warm_max_age);
             let mut closed_retry = true;
             let mut epoch_retry = true;
             let mut clock_retry = true;
@@ -444,13 +457,25 @@ impl Tunnels {
                 }
             }
         };
-        match tokio::time::timeout(self.timeout, open).await {
+        match tokio::time::timeout(settings.timeout, open).await {
             Ok(result) => result,
             Err(_) => Err(TunnelError::TimedOut {
                 concentrator,
-                after: self.timeout,
+                after: settings.timeout,
             }),
         }
+    }
+
+    /// The settings new tunnels use now.
+    pub(super) fn settings(&self) -> TunnelSettings {
+        *self.settings.borrow()
+    }
+
+    /// New tunnels use `settings` from now on; the warm pool follows at
+    /// once (tunnels beyond a smaller target, or older than a shorter
+    /// age, go at its next look).
+    pub(super) fn set_settings(&self, settings: TunnelSettings) {
+        self.settings.send_replace(settings);
     }
 
     /// The source address new tunnels bind to now.
@@ -478,19 +503,26 @@ impl Tunnels {
         moved
     }
 
-    /// Keeps the warm pool filled while the site is active; never returns.
+    /// Keeps the warm pool filled while the site is active, as the
+    /// settings say at each look; never returns.
     pub(super) async fn keep_warm(&self) {
-        if self.warm.target == 0 {
-            return std::future::pending().await;
-        }
-        let tick = self.warm.max_age / 4;
+        let mut changes = self.settings.subscribe();
         loop {
+            let settings = *changes.borrow_and_update();
+            if settings.warm == 0 {
+                self.warm.idle().clear();
+                // The sender lives as long as `self`.
+                let _ = changes.changed().await;
+                continue;
+            }
             tokio::select! {
                 () = self.warm.wanted.notified() => {}
-                () = tokio::time::sleep(tick) => {}
+                () = tokio::time::sleep(settings.warm_max_age / 4) => {}
+                _ = changes.changed() => {}
             }
-            self.warm.expire();
-            while self.warm.active() && self.warm.idle().len() < self.warm.target {
+            let settings = self.settings();
+            self.warm.expire(settings.warm, settings.warm_max_age);
+            while self.warm.active() && self.warm.idle().len() < settings.warm {
                 match self.connect_warm().await {
                     Ok(stream) => self.warm.idle().push_front((Instant::now(), stream)),
                     Err(e) => {
@@ -505,7 +537,7 @@ impl Tunnels {
 
     async fn connect_warm(&self) -> io::Result<TcpStream> {
         let stream = self.socket(false)?;
-        tokio::time::timeout(self.timeout, stream.writable())
+        tokio::time::timeout(self.settings().timeout, stream.writable())
             .await
             .map_err(|_| io::Error::from(io::ErrorKind::TimedOut))??;
         if let Some(e) = stream.take_error()? {
@@ -771,7 +803,7 @@ impl Tunnels {
         }
         // Bounded, so that an upload's data on a dead line is re-sent soon:
         // it queues behind what the surviving lines already hold.
-        if let SendBuffer::Fixed(bytes) = self.send_buffer {
+        if let SendBuffer::Fixed(bytes) = self.settings().send_buffer {
             if let Err(e) = socket.set_send_buffer_size(bytes as usize) {
                 debug!(error = %e, "cannot set the tunnel's send buffer");
             }

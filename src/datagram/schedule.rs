@@ -779,6 +779,21 @@ impl Scheduler {
         &self.config
     }
 
+    /// Takes the policy of `config` (mode, redundancy, QUIC) from now on,
+    /// as a config reload asks: each packet is scheduled by the policy of
+    /// its time, and the routes are worked out again at once. The flow
+    /// table keeps its size and its flows (`max_flows` and the timers stay
+    /// as they were made).
+    pub fn set_policy(&mut self, now: Instant, config: &SchedulerConfig) {
+        self.config.mode = config.mode;
+        self.config.dns_redundant = config.dns_redundant;
+        self.config.redundant_ef = config.redundant_ef;
+        self.config.redundant_ports = config.redundant_ports;
+        self.config.quic = config.quic;
+        self.rebalance = None;
+        self.refresh(now);
+    }
+
     /// Adds path `id` (or changes its settings). Until its first
     /// [`Scheduler::update`] it counts as usable with an unknown round
     /// trip, as the path core does.

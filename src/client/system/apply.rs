@@ -58,6 +58,10 @@ struct Slot {
     pinned: bool,
     /// Its route as it should be (installed while it has an address).
     route: Route,
+    /// A config reload removed the uplink: nothing is installed for it,
+    /// and it never joins again (its index waits for an uplink added by a
+    /// later reload).
+    retired: bool,
 }
 
 /// Everything installed for the uplinks. Dropping it removes it all (in
@@ -69,8 +73,11 @@ struct Slot {
 pub(super) struct Plumbing {
     rtnl: Rtnl,
     pm: MptcpPm,
-    /// The uplinks, in config order.
+    /// The uplinks, by index (config order at start).
     slots: Vec<Slot>,
+    /// The concentrator's family: the uplinks' addresses, routes and
+    /// endpoints are of it.
+    family: AddressFamily,
     /// In the order added; undone from the back.
     installed: Vec<Installed>,
     /// Dropped after `installed` is undone (field order).
@@ -111,9 +118,11 @@ impl Plumbing {
                 count: uplinks.len(),
             });
         }
+        let family = AddressFamily::of(concentrator);
         let mut plumbing = Plumbing {
             rtnl,
             pm,
+            family,
             slots: Vec::new(),
             installed: Vec::new(),
             sysctls: Vec::new(),
@@ -134,7 +143,6 @@ impl Plumbing {
                 })
             }
         };
-        let family = AddressFamily::of(concentrator);
         // Checked above: every uplink has an id.
         for ((i, config), id) in uplinks.iter().enumerate().zip(ENDPOINT_IDS) {
             plumbing.install_uplink(i, id, config, family)?;
@@ -194,7 +202,7 @@ impl Plumbing {
             current: had,
             route,
             ..
-        }) = self.slots.get(slot)
+        }) = self.live(slot)
         else {
             return Ok(AddressChange::Same);
         };
@@ -267,7 +275,7 @@ impl Plumbing {
     pub(super) fn set_endpoint(&mut self, slot: usize, on: bool) -> Result<(), UplinkError> {
         let Some(Slot {
             uplink, current, ..
-        }) = self.slots.get(slot)
+        }) = self.live(slot)
         else {
             return Ok(());
         };
@@ -360,32 +368,8 @@ impl Plumbing {
         family: AddressFamily,
     ) -> Result<(), UplinkError> {
         let ifindex = self.lookup(&config.name, &config.interface)?;
-        let pinned = match family {
-            AddressFamily::V4 => config.gateway.map(IpAddr::V4),
-            AddressFamily::V6 => config.gateway6.map(IpAddr::V6),
-        };
-        let endpoint = uplink_endpoint(
-            id,
-            None,
-            family,
-            ifindex.unwrap_or(NO_INTERFACE),
-            config.backup,
-        );
         let slot = self.slots.len();
-        self.slots.push(Slot {
-            uplink: Uplink {
-                index: i,
-                name: config.name.clone(),
-                interface: config.interface.clone(),
-                ifindex: NO_INTERFACE,
-                addr: endpoint.addr,
-                backup: config.backup,
-                endpoint,
-            },
-            current: None,
-            pinned: pinned.is_some(),
-            route: uplink_route(i, family, pinned, NO_INTERFACE),
-        });
+        self.slots.push(new_slot(i, id, config, family));
         let Some(ifindex) = ifindex else {
             warn!(
                 uplink = %config.name,
@@ -421,6 +405,125 @@ impl Plumbing {
             endpoint = endpoint.id,
             "uplink installed"
         );
+        Ok(())
+    }
+
+    /// Slot `slot` if it holds an uplink (not one a reload removed).
+    fn live(&self, slot: usize) -> Option<&Slot> {
+        self.slots.get(slot).filter(|s| !s.retired)
+    }
+
+    /// A config reload removed uplink `slot`: it leaves as an unplugged
+    /// one does (its endpoint, source rule and route go; the kernel closes
+    /// its subflows and tells the concentrator), and it stays out, whatever
+    /// its interface does. Tries all three; returns the first failure (the
+    /// uplink is out all the same). Nothing to do for a slot already
+    /// vacant or past the last.
+    pub(super) fn retire(&mut self, slot: usize) -> Result<(), UplinkError> {
+        let Some(Slot { uplink, .. }) = self.live(slot) else {
+            return Ok(());
+        };
+        info!(
+            uplink = %uplink.name,
+            interface = %uplink.interface,
+            "uplink removed from the config: its route, rule and MPTCP endpoint are removed"
+        );
+        let left = self.leave(slot);
+        self.slots[slot].retired = true;
+        left
+    }
+
+    /// A config reload added uplink `config` at `slot` (vacant, or one
+    /// past the last): it is set up as a hot-plugged one is (route and
+    /// source rule once its interface is there with an address; its
+    /// endpoint with the next [`set_endpoint`](Self::set_endpoint), when
+    /// health says the line works), and the MPTCP limits are raised for
+    /// it. Returns the uplink as it is now.
+    pub(super) fn join(
+        &mut self,
+        slot: usize,
+        config: &UplinkConfig,
+    ) -> Result<Uplink, UplinkError> {
+        let no_index = || UplinkError::NoIndex {
+            uplink: config.name.clone(),
+        };
+        let id = ENDPOINT_IDS.clone().nth(slot).ok_or_else(no_index)?;
+        let fresh = new_slot(slot, id, config, self.family);
+        let len = self.slots.len();
+        match self.slots.get_mut(slot) {
+            Some(vacant) if vacant.retired => *vacant = fresh,
+            None if slot == len => self.slots.push(fresh),
+            // Taken, or a gap: the caller's numbering is not ours.
+            _ => return Err(no_index()),
+        }
+        let ready = self
+            .raise_limits()
+            .and_then(|()| self.lookup(&config.name, &config.interface));
+        let ifindex = match ready {
+            Ok(ifindex) => ifindex,
+            Err(e) => {
+                // Nothing was installed for it yet: the index is vacant again.
+                self.slots[slot].retired = true;
+                return Err(e);
+            }
+        };
+        info!(
+            uplink = %config.name,
+            interface = %config.interface,
+            table = uplink_table(slot),
+            endpoint = id,
+            "uplink added to the config"
+        );
+        if ifindex.is_none() {
+            warn!(
+                uplink = %config.name,
+                interface = %config.interface,
+                "uplink waits for its interface, which does not exist yet; it joins when \
+                 the interface appears (check `interface` in its [[uplink]] section if it \
+                 never does)"
+            );
+        }
+        if let Some(ifindex) = ifindex {
+            self.attach(slot, ifindex);
+            if let Err(e) = self.readdress(slot) {
+                // As for a hot-plugged one: its next address or carrier
+                // change tries again.
+                warn!(
+                    uplink = %config.name,
+                    interface = %config.interface,
+                    error = %Chain(&e),
+                    "the uplink's route or rule cannot be installed yet"
+                );
+            }
+        }
+        Ok(self.slots[slot].uplink.clone())
+    }
+
+    /// A config reload changed uplink `slot`'s `backup`: its endpoint, if
+    /// installed, is marked at once (the kernel tells the concentrator of
+    /// running connections, MP_PRIO), and as it is added back later.
+    pub(super) fn set_backup(&mut self, slot: usize, backup: bool) -> Result<(), UplinkError> {
+        let Some(Slot { uplink, .. }) = self.live(slot) else {
+            return Ok(());
+        };
+        let (name, id) = (uplink.name.clone(), uplink.endpoint.id);
+        let installed = self
+            .installed
+            .iter()
+            .any(|item| matches!(item, Installed::Endpoint(i) if *i == id));
+        if installed {
+            self.pm.set_endpoint_backup(id, backup).map_err(|source| {
+                UplinkError::EndpointBackup {
+                    uplink: name,
+                    id,
+                    backup,
+                    source,
+                }
+            })?;
+        }
+        let uplink = &mut self.slots[slot].uplink;
+        uplink.backup = backup;
+        uplink.endpoint.flags.backup = backup;
         Ok(())
     }
 
@@ -557,7 +660,7 @@ impl Plumbing {
     /// for one that went. Logs each join and leave once. Fails only when
     /// the name cannot be looked up (then nothing changed).
     pub(super) fn relink(&mut self, slot: usize) -> Result<LinkChange, UplinkError> {
-        let Some(Slot { uplink, .. }) = self.slots.get(slot) else {
+        let Some(Slot { uplink, .. }) = self.live(slot) else {
             return Ok(LinkChange::Same);
         };
         let (name, interface) = (uplink.name.clone(), uplink.interface.clone());
@@ -660,6 +763,7 @@ impl Plumbing {
             current,
             pinned: false,
             route,
+            retired: false,
         }) = self.slots.get(slot).filter(|s| s.uplink.present())
         else {
             return Ok(None);
@@ -730,10 +834,13 @@ impl Plumbing {
         Ok(())
     }
 
+    /// Raises the MPTCP limits for the uplinks there are; the limits from
+    /// before the first raise come back at the end.
     fn raise_limits(&mut self) -> Result<(), UplinkError> {
         let limits = |source| UplinkError::Limits { source };
         let current = self.pm.limits().map_err(limits)?;
-        let wanted = raised_limits(current, self.slots.len());
+        let uplinks = self.slots.iter().filter(|s| !s.retired).count();
+        let wanted = raised_limits(current, uplinks);
         if wanted == current {
             debug!(?current, "MPTCP limits already high enough");
             return Ok(());
@@ -746,7 +853,13 @@ impl Plumbing {
             previous_add_addr_accepted = current.add_addr_accepted,
             "MPTCP limits raised"
         );
-        self.installed.push(Installed::Limits(current));
+        if !self
+            .installed
+            .iter()
+            .any(|item| matches!(item, Installed::Limits(_)))
+        {
+            self.installed.push(Installed::Limits(current));
+        }
         Ok(())
     }
 
@@ -801,6 +914,31 @@ impl Plumbing {
             None => Ok(()),
             Some(source) => Err(UplinkError::Remove { source }),
         }
+    }
+}
+
+/// Uplink `i`'s slot for `config`, with endpoint `id`, of the
+/// concentrator's `family`: nothing installed yet, no interface attached.
+fn new_slot(i: usize, id: u8, config: &UplinkConfig, family: AddressFamily) -> Slot {
+    let pinned = match family {
+        AddressFamily::V4 => config.gateway.map(IpAddr::V4),
+        AddressFamily::V6 => config.gateway6.map(IpAddr::V6),
+    };
+    let endpoint = uplink_endpoint(id, None, family, NO_INTERFACE, config.backup);
+    Slot {
+        uplink: Uplink {
+            index: i,
+            name: config.name.clone(),
+            interface: config.interface.clone(),
+            ifindex: NO_INTERFACE,
+            addr: endpoint.addr,
+            backup: config.backup,
+            endpoint,
+        },
+        current: None,
+        pinned: pinned.is_some(),
+        route: uplink_route(i, family, pinned, NO_INTERFACE),
+        retired: false,
     }
 }
 

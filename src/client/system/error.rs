@@ -51,6 +51,32 @@ pub enum UplinkError {
         /// Its name.
         tun: String,
     },
+    /// An uplink's endpoint could not be marked backup or not (a config
+    /// reload changed its `backup`).
+    #[error(
+        "cannot mark uplink {uplink}'s MPTCP endpoint id {id} as {}; it stays as it was",
+        if *backup { "backup" } else { "not backup" }
+    )]
+    EndpointBackup {
+        /// The uplink.
+        uplink: String,
+        /// The endpoint id.
+        id: u8,
+        /// What it should have become.
+        backup: bool,
+        /// The netlink failure.
+        #[source]
+        source: NetlinkError,
+    },
+    /// A config reload added an uplink past the last endpoint id.
+    #[error(
+        "cannot add uplink {uplink}: every one of the {} MPTCP endpoint ids is taken",
+        super::ENDPOINT_IDS.len()
+    )]
+    NoIndex {
+        /// The uplink.
+        uplink: String,
+    },
     /// Looking up the TUN device failed.
     #[error("cannot look up TUN device {tun}")]
     LookupTun {

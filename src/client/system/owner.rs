@@ -43,6 +43,20 @@ enum Command {
     Uplinks {
         reply: oneshot::Sender<Vec<Uplink>>,
     },
+    Retire {
+        index: usize,
+        reply: oneshot::Sender<Result<(), UplinkError>>,
+    },
+    Join {
+        index: usize,
+        config: UplinkConfig,
+        reply: oneshot::Sender<Result<Uplink, UplinkError>>,
+    },
+    SetBackup {
+        index: usize,
+        backup: bool,
+        reply: oneshot::Sender<Result<(), UplinkError>>,
+    },
     Shutdown {
         reply: oneshot::Sender<Result<(), UplinkError>>,
     },
@@ -117,6 +131,23 @@ fn serve(mut plumbing: Plumbing, mut commands: mpsc::UnboundedReceiver<Command>)
             }
             Command::Uplinks { reply } => {
                 let _ = reply.send(plumbing.uplinks());
+            }
+            Command::Retire { index, reply } => {
+                let _ = reply.send(plumbing.retire(index));
+            }
+            Command::Join {
+                index,
+                config,
+                reply,
+            } => {
+                let _ = reply.send(plumbing.join(index, &config));
+            }
+            Command::SetBackup {
+                index,
+                backup,
+                reply,
+            } => {
+                let _ = reply.send(plumbing.set_backup(index, backup));
             }
             Command::Shutdown { reply } => {
                 let removed = plumbing.remove();
@@ -239,6 +270,42 @@ impl Handle {
     /// route). `Same` for an `index` past the last uplink.
     pub async fn relink(&self, index: usize) -> Result<LinkChange, UplinkError> {
         self.ask(|reply| Command::Relink { index, reply }).await?
+    }
+
+    /// A config reload removed uplink `index`: it leaves as an unplugged
+    /// one does (endpoint, source rule and route removed) and stays out
+    /// whatever its interface does; later commands for `index` do nothing
+    /// until [`join`](Self::join) puts an uplink there again. Returns the
+    /// first failure to remove something (the uplink is out all the same).
+    pub async fn retire(&self, index: usize) -> Result<(), UplinkError> {
+        self.ask(|reply| Command::Retire { index, reply }).await?
+    }
+
+    /// A config reload added uplink `config` at `index` (one retired, or
+    /// one past the last): it joins as a hot-plugged one does (route and
+    /// source rule once its interface has an address, its endpoint with
+    /// the next [`set_endpoint`](Self::set_endpoint)). Returns it as it is
+    /// now (without an interface yet, its index is
+    /// [`NO_INTERFACE`](super::NO_INTERFACE)).
+    pub async fn join(&self, index: usize, config: UplinkConfig) -> Result<Uplink, UplinkError> {
+        self.ask(|reply| Command::Join {
+            index,
+            config,
+            reply,
+        })
+        .await?
+    }
+
+    /// A config reload changed uplink `index`'s `backup`: its endpoint is
+    /// marked so at once if installed (running connections keep their
+    /// subflows), and when it is added later.
+    pub async fn set_backup(&self, index: usize, backup: bool) -> Result<(), UplinkError> {
+        self.ask(|reply| Command::SetBackup {
+            index,
+            backup,
+            reply,
+        })
+        .await?
     }
 
     /// The uplinks as they are now, in config order; one without an

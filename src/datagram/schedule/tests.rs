@@ -1079,3 +1079,36 @@ fn a_blackholed_line_costs_at_most_300_ms_in_latency_mode_and_nothing_redundant(
         );
     }
 }
+
+#[test]
+fn a_new_policy_applies_from_the_next_packet() {
+    let mut b = Bench::latency(&[false, false]);
+    b.set(A, Verdict::Usable, Some(10));
+    b.set(B, Verdict::Usable, Some(30));
+    assert_eq!(b.path(&flow(1)), A);
+    assert_eq!(b.send(&quic()), Decision::Block);
+    let redundant = SchedulerConfig {
+        mode: Mode::Redundant,
+        quic: QuicPolicy::Tunnel,
+        // Not a policy: stays as the scheduler was made.
+        max_flows: 3,
+        ..SchedulerConfig::default()
+    };
+    b.s.set_policy(b.now, &redundant);
+    let Decision::Send(paths) = b.send(&flow(1)) else {
+        panic!("sent");
+    };
+    assert_eq!(
+        paths.as_slice(),
+        &[A, B],
+        "the pinned flow goes on both now"
+    );
+    assert!(
+        matches!(b.send(&quic()), Decision::Send(_)),
+        "QUIC is carried"
+    );
+    assert_eq!(b.s.config().max_flows, SchedulerConfig::default().max_flows);
+    b.s.set_policy(b.now, &SchedulerConfig::default());
+    assert_eq!(b.path(&flow(2)), A);
+    assert_eq!(b.send(&quic()), Decision::Block);
+}
