@@ -706,12 +706,17 @@ fn status_and_metrics_show_both_ends_and_a_blackholed_line() {
     // unchanged: the daemons reload it, change nothing and keep answering
     // (tests/reload.rs changes it).
     for (name, ns, config_file, said) in [
-        ("client", "mpb-cli", "client.toml", "reloading the config"),
+        (
+            "client",
+            "mpb-cli",
+            "client.toml",
+            "config reloaded: nothing changed",
+        ),
         (
             "concentrator",
             "mpb-conc",
             "concentrator.toml",
-            "config reloaded: nothing to change",
+            "config reloaded: nothing changed",
         ),
     ] {
         let pid = lab.signal(name, "-HUP");

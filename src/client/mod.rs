@@ -471,7 +471,8 @@ async fn reload_loop(
         if !plan.restart.is_empty() {
             warn!(
                 keys = ?plan.restart,
-                "config reload: these keys changed but take effect only after a restart                  (systemctl restart); their running values stay"
+                "config reload: these keys changed but take effect only after a restart \
+                 (systemctl restart); their running values stay"
             );
         }
         info!(path = %path.display(), "config reloaded: {plan}");

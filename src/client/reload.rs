@@ -123,7 +123,7 @@ fn restart_keys(running: &ClientConfig, new: &ClientConfig) -> Vec<&'static str>
     };
     check("concentrator", running.concentrator != new.concentrator);
     check("id", running.id != new.id);
-    check("key", running.key.as_bytes() != new.key.as_bytes());
+    check("key", running.key != new.key);
     let identity = |c: &ClientConfig| {
         c.identity
             .as_ref()

@@ -70,7 +70,7 @@ pub struct Reloaded {
 impl fmt::Display for Reloaded {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         if self.changes.is_empty() {
-            f.write_str("nothing to change")?;
+            f.write_str("nothing changed")?;
         } else {
             f.write_str(&self.changes.join("; "))?;
         }

@@ -423,7 +423,10 @@ fn the_hold_limit_follows_the_loaded_round_trip() {
         .iter()
         .find(|e| e.to == Verdict::Dead)
         .expect("dead once it goes silent");
-    assert!(matches!(dead.reason, Reason::HoldingBack { .. }), "{events:?}");
+    assert!(
+        matches!(dead.reason, Reason::HoldingBack { .. }),
+        "{events:?}"
+    );
     assert!(dead.at <= t(10_000 + 350 + 600), "{events:?}");
 }
 
