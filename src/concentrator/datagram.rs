@@ -123,6 +123,22 @@ struct Peer {
 }
 
 impl Peer {
+    /// A client of the tunnel not heard from yet.
+    fn new(key: crate::crypto::PublicKey, v4: Option<IpAddr>, v6: Option<IpAddr>) -> Self {
+        Self {
+            key,
+            v4,
+            v6,
+            paths: [None; MAX_PATHS],
+            flows: HashMap::new(),
+            last_data: None,
+            probe_seq: [0; MAX_PATHS],
+            mtu: None,
+            handshake_at: None,
+            counters: PathCounters::default(),
+        }
+    }
+
     fn owns(&self, addr: IpAddr) -> bool {
         Some(addr) == self.v4 || Some(addr) == self.v6
     }
@@ -321,18 +337,7 @@ impl State {
                     v6: client.v6,
                     ..peer
                 },
-                _ => Peer {
-                    key: client.public_key,
-                    v4: client.v4,
-                    v6: client.v6,
-                    paths: [None; MAX_PATHS],
-                    flows: HashMap::new(),
-                    last_data: None,
-                    probe_seq: [0; MAX_PATHS],
-                    mtu: None,
-                    handshake_at: None,
-                    counters: PathCounters::default(),
-                },
+                _ => Peer::new(client.public_key, client.v4, client.v6),
             };
             self.by_id.insert(client.id, PeerId(i));
             self.peers.push(peer);
@@ -861,18 +866,11 @@ mod tests {
     }
 
     fn peer() -> Peer {
-        Peer {
-            key: crate::crypto::StaticSecret::from_bytes([1; 32]).public_key(),
-            v4: None,
-            v6: None,
-            paths: [None; MAX_PATHS],
-            flows: HashMap::new(),
-            last_data: None,
-            probe_seq: [0; MAX_PATHS],
-            mtu: None,
-            handshake_at: None,
-            counters: PathCounters::default(),
-        }
+        Peer::new(
+            crate::crypto::StaticSecret::from_bytes([1; 32]).public_key(),
+            None,
+            None,
+        )
     }
 
     fn flow() -> FlowKey {
