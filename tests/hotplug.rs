@@ -18,6 +18,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use harness::download::{check_download, start_download, wait_for};
+use harness::state::installed;
 use harness::{if_bytes, ns_ok, subflows, Behavior, Lab, NsServer};
 
 const SERVER: IpAddr = IpAddr::V4(Ipv4Addr::new(198, 51, 100, 10));
@@ -81,36 +82,6 @@ fn lte_carries_again(plugged: Instant, limit: Duration) {
         "lte0 received less than 1 MiB in the {limit:?} after its subflow came: it carries \
          nothing"
     );
-}
-
-/// What of mpbond's is installed in mpb-cli: rules and routes with its
-/// protocol (tables 7701+ and 7799), and MPTCP endpoints.
-fn installed() -> Vec<String> {
-    let mut all = Vec::new();
-    for family in ["-4", "-6"] {
-        all.extend(
-            ns_ok(CLI, &["ip", family, "rule", "show"])
-                .lines()
-                .filter(|l| l.contains("proto 109"))
-                .map(str::to_owned),
-        );
-        all.extend(
-            ns_ok(
-                CLI,
-                &[
-                    "ip", family, "route", "show", "table", "all", "proto", "109",
-                ],
-            )
-            .lines()
-            .map(str::to_owned),
-        );
-    }
-    all.extend(
-        ns_ok(CLI, &["ip", "mptcp", "endpoint", "show"])
-            .lines()
-            .map(str::to_owned),
-    );
-    all
 }
 
 /// The client starts with lte's interface missing (the modem not plugged

@@ -24,6 +24,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use harness::download::{check_download, start_download, wait_for};
+use harness::state::installed;
 use harness::{if_bytes, mpbond_bin, ns_ok, subflows, Behavior, Lab, NsServer, RUN};
 
 const SERVER: IpAddr = IpAddr::V4(Ipv4Addr::new(198, 51, 100, 10));
@@ -110,63 +111,10 @@ fn status_uplinks(config: &Path) -> Vec<String> {
 /// (10.77.2.2), its source rule (from 10.77.2.2, table 7702) and its route
 /// (table 7702).
 fn installed_for_lte() -> Vec<String> {
-    let mut all = Vec::new();
-    for family in ["-4", "-6"] {
-        all.extend(
-            ns_ok(CLI, &["ip", family, "rule", "show"])
-                .lines()
-                .filter(|l| l.contains("proto 109"))
-                .map(str::to_owned),
-        );
-        all.extend(
-            ns_ok(
-                CLI,
-                &[
-                    "ip", family, "route", "show", "table", "all", "proto", "109",
-                ],
-            )
-            .lines()
-            .map(str::to_owned),
-        );
-    }
-    all.extend(
-        ns_ok(CLI, &["ip", "mptcp", "endpoint", "show"])
-            .lines()
-            .map(str::to_owned),
-    );
-    all.into_iter()
+    installed()
+        .into_iter()
         .filter(|l| l.contains("10.77.2.2") || l.contains("7702") || l.contains("lte0"))
         .collect()
-}
-
-/// Everything of mpbond's in mpb-cli (rules and routes with its protocol,
-/// MPTCP endpoints).
-fn installed() -> Vec<String> {
-    let mut all = Vec::new();
-    for family in ["-4", "-6"] {
-        all.extend(
-            ns_ok(CLI, &["ip", family, "rule", "show"])
-                .lines()
-                .filter(|l| l.contains("proto 109"))
-                .map(str::to_owned),
-        );
-        all.extend(
-            ns_ok(
-                CLI,
-                &[
-                    "ip", family, "route", "show", "table", "all", "proto", "109",
-                ],
-            )
-            .lines()
-            .map(str::to_owned),
-        );
-    }
-    all.extend(
-        ns_ok(CLI, &["ip", "mptcp", "endpoint", "show"])
-            .lines()
-            .map(str::to_owned),
-    );
-    all
 }
 
 /// Subflows of the tunnels from lte's address now.
@@ -177,7 +125,7 @@ fn lte_subflows() -> bool {
 
 /// The client is still the process `pid`.
 fn alive(lab: &Lab, pid: u32) -> bool {
-    lab.pid("client") == Some(pid) && Path::new(&format!("/proc/{pid}")).exists()
+    lab.pid("client") == Some(pid) && harness::running(pid)
 }
 
 /// The 1-based line of `text` that starts with `prefix`.

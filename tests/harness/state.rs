@@ -68,6 +68,36 @@ impl ClientState {
     }
 }
 
+/// What of mpbond's is installed in mpb-cli: rules and routes with its
+/// protocol (tables 7701+ and 7799), and MPTCP endpoints.
+pub fn installed() -> Vec<String> {
+    let mut all = Vec::new();
+    for family in ["-4", "-6"] {
+        all.extend(
+            ns_ok(CLI, &["ip", family, "rule", "show"])
+                .lines()
+                .filter(|l| l.contains("proto 109"))
+                .map(str::to_owned),
+        );
+        all.extend(
+            ns_ok(
+                CLI,
+                &[
+                    "ip", family, "route", "show", "table", "all", "proto", "109",
+                ],
+            )
+            .lines()
+            .map(str::to_owned),
+        );
+    }
+    all.extend(
+        ns_ok(CLI, &["ip", "mptcp", "endpoint", "show"])
+            .lines()
+            .map(str::to_owned),
+    );
+    all
+}
+
 /// `ip mptcp limits` in mpb-cli: shown, not required to come back (a
 /// setting, not something installed).
 pub fn mptcp_limits() -> String {
