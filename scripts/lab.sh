@@ -207,6 +207,11 @@ ns_base() {
     nsx "$ns" ip link set lo up
     nsx "$ns" sysctl -qw net.ipv4.tcp_congestion_control="$CC"
     nsx "$ns" sysctl -qw net.ipv4.conf.all.rp_filter=0 net.ipv4.conf.default.rp_filter=0
+    # No duplicate address detection on the lab's own interfaces: nothing
+    # can collide here, and waiting for it took half of `up`. The client
+    # namespaces get it back once their lines exist (up), so that mpbond's
+    # TUN and a re-plugged modem see it as on a real host.
+    nsx "$ns" sysctl -qw net.ipv6.conf.all.accept_dad=0 net.ipv6.conf.default.accept_dad=0
 }
 
 addr() { # NS IF V4/PREFIX V6/PREFIX
@@ -363,9 +368,13 @@ cmd_up() {
         nsx mpb-cli2 ip -6 route add default via fd77:3::1
     fi
     nsx mpb-wan ip -6 route add fd77:77::/64 via fd77:1::2
-    # Link-local addresses go through duplicate address detection; until
-    # they are ready, neighbour discovery (and so the first IPv6 packets)
-    # stalls for a second or two.
+    for ns in mpb-cli mpb-cli2; do
+        [ -e "/run/netns/$ns" ] || continue
+        nsx "$ns" sysctl -qw net.ipv6.conf.all.accept_dad=1 net.ipv6.conf.default.accept_dad=1
+    done
+    # Link-local addresses of what was made with detection on (none
+    # today) wait for it; until they are ready, neighbour discovery (and
+    # so the first IPv6 packets) stalls for a second or two.
     local i tentative
     for i in $(seq 60); do
         tentative=""
@@ -592,6 +601,18 @@ probe() { # NS ADDR
 
 # The start time of process PID (clock ticks since boot; /proc/PID/stat
 # field 22), to tell it from a later process given the same pid.
+# running PID: whether process PID is alive. A process that exited is a
+# zombie until its parent reaps it, and a daemon's parent is init, which
+# here may take two seconds to do so (kill -0 still succeeds meanwhile);
+# a zombie holds nothing any more (its sockets, TUN and memory are gone).
+running() {
+    local stat
+    stat=$(cat "/proc/$1/stat" 2>/dev/null) || return 1
+    stat=${stat##*) } # the command name may hold spaces
+    case ${stat%% *} in Z | X | x) return 1 ;; esac
+    return 0
+}
+
 proc_start() {
     local stat
     stat=$(cat "/proc/$1/stat" 2>/dev/null) || return 0
@@ -671,13 +692,13 @@ stop_all() {
         pids+=("$name:$pid")
     done
     [ ${#pids[@]} -gt 0 ] || return 0
-    for i in $(seq 100); do
+    for i in $(seq 200); do
         left=()
         for pid in "${pids[@]}"; do
-            kill -0 "${pid#*:}" 2>/dev/null && left+=("$pid")
+            running "${pid#*:}" && left+=("$pid")
         done
         [ ${#left[@]} -eq 0 ] && break
-        sleep 0.1
+        sleep 0.05
     done
     for pid in "${left[@]}"; do
         say "${pid%%:*} (pid ${pid#*:}) ignored SIGTERM for 10 s; sending SIGKILL"
@@ -793,10 +814,10 @@ cmd_restart() {
     if [ -n "$pid" ]; then
         kill -TERM "$pid" 2>/dev/null || true
         for i in $(seq 100); do
-            kill -0 "$pid" 2>/dev/null || break
+            running "$pid" || break
             sleep 0.1
         done
-        if kill -0 "$pid" 2>/dev/null; then
+        if running "$pid"; then
             say "$name (pid $pid) ignored SIGTERM for 10 s; sending SIGKILL"
             kill -KILL "$pid" 2>/dev/null || true
         fi

@@ -153,6 +153,18 @@ pub struct Lab {
     since: Instant,
 }
 
+/// Whether process `pid` is alive: not gone, and not a zombie waiting for
+/// init to reap it (which here may take two seconds; a zombie holds
+/// nothing any more).
+pub fn running(pid: u32) -> bool {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return false;
+    };
+    // The command name, in parentheses, may hold spaces.
+    let state = stat.rsplit_once(") ").map(|(_, rest)| rest.chars().next());
+    !matches!(state, Some(Some('Z' | 'X' | 'x')) | None)
+}
+
 /// Where each test's time holding the lab is appended (test name and
 /// seconds), to see what the suite's time goes to.
 pub const LAB_TIMES: &str = "/tmp/mpbond-lab-times.log";
@@ -255,7 +267,7 @@ impl Lab {
     pub fn kill_9(&self, name: &str) {
         let pid = self.signal(name, "-9");
         let deadline = Instant::now() + Duration::from_secs(5);
-        while Path::new(&format!("/proc/{pid}")).exists() {
+        while running(pid) {
             assert!(Instant::now() < deadline, "{name} survived kill -9");
             thread::sleep(Duration::from_millis(50));
         }
