@@ -14,11 +14,11 @@ mod harness;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::mpsc;
-use std::thread;
 use std::time::{Duration, Instant};
 
 use harness::download::{check_download, start_download, wait_for};
 use harness::state::installed;
+use harness::within;
 use harness::{if_bytes, ns_ok, subflows, Behavior, Lab, NsServer};
 
 const SERVER: IpAddr = IpAddr::V4(Ipv4Addr::new(198, 51, 100, 10));
@@ -39,21 +39,6 @@ fn source(port: u16) -> NsServer {
             seed: SEED,
         },
     )
-}
-
-/// Polls `condition` every 20 ms until it holds or `limit` has passed;
-/// how long it took.
-fn within(limit: Duration, mut condition: impl FnMut() -> bool) -> Option<Duration> {
-    let started = Instant::now();
-    loop {
-        if condition() {
-            return Some(started.elapsed());
-        }
-        if started.elapsed() > limit {
-            return None;
-        }
-        thread::sleep(Duration::from_millis(20));
-    }
 }
 
 /// After lte is plugged in (at `plugged`): a running download gets a

@@ -13,11 +13,10 @@ use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
-use std::thread;
 use std::time::{Duration, Instant};
 
 use harness::download::{check_download, start_download, wait_for};
-use harness::{connect, run_in, Behavior, Lab, NsServer, Pattern};
+use harness::{connect, run_in, within, Behavior, Lab, NsServer, Pattern};
 
 const SRV: &str = "mpb-srv";
 const ECHO: &str = "198.51.100.10:7470";
@@ -164,27 +163,13 @@ fn new_connection_works(ns: &str) -> bool {
     )
 }
 
-/// Polls `f` every 200 ms until it holds, at most `limit`.
-fn eventually(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + limit;
-    loop {
-        if f() {
-            return true;
-        }
-        if Instant::now() >= deadline {
-            return false;
-        }
-        thread::sleep(Duration::from_millis(200));
-    }
-}
-
 /// SIGHUPs the concentrator and waits for the log line of the outcome
 /// that contains `expect`; returns that line.
 fn reload(lab: &Lab, expect: &str) -> String {
     let before = lab.log_tail("concentrator", 10_000).lines().count();
     let pid = lab.signal("concentrator", "-HUP");
     let mut found = None;
-    let ok = eventually(Duration::from_secs(5), || {
+    let ok = within(Duration::from_secs(5), || {
         let log = lab.log_tail("concentrator", 10_000);
         found = log
             .lines()
@@ -194,7 +179,7 @@ fn reload(lab: &Lab, expect: &str) -> String {
         found.is_some()
     });
     assert!(
-        ok,
+        ok.is_some(),
         "the concentrator logged no reload outcome:\n{}",
         lab.log_tail("concentrator", 20)
     );
@@ -294,7 +279,7 @@ fn sighup_applies_client_and_policy_changes_and_refuses_a_broken_config() {
     let reloaded = reload(&lab, "config reloaded");
     assert!(reloaded.contains("clients added: lab2"), "{reloaded}");
     assert!(
-        eventually(Duration::from_secs(20), || new_connection_works("mpb-cli2")),
+        within(Duration::from_secs(20), || new_connection_works("mpb-cli2")).is_some(),
         "lab2 gets no new connection through after it was added back"
     );
     lab1.round_trip()

@@ -20,11 +20,11 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::mpsc;
-use std::thread;
 use std::time::{Duration, Instant};
 
 use harness::download::{check_download, start_download, wait_for};
 use harness::state::installed;
+use harness::within;
 use harness::{if_bytes, mpbond_bin, ns_ok, subflows, Behavior, Lab, NsServer, RUN};
 
 const SERVER: IpAddr = IpAddr::V4(Ipv4Addr::new(198, 51, 100, 10));
@@ -38,21 +38,6 @@ const SEED: u64 = 0x4e10;
 /// lte's section of the lab client config.
 const LTE_SECTION: &str = "[[uplink]]\nname = \"lte\"\ninterface = \"lte0\"\n\
                            gateway = \"10.77.2.1\"\ngateway6 = \"fd77:2::1\"\n";
-
-/// Polls `condition` every 20 ms until it holds or `limit` has passed;
-/// how long it took.
-fn within(limit: Duration, mut condition: impl FnMut() -> bool) -> Option<Duration> {
-    let started = Instant::now();
-    loop {
-        if condition() {
-            return Some(started.elapsed());
-        }
-        if started.elapsed() > limit {
-            return None;
-        }
-        thread::sleep(Duration::from_millis(20));
-    }
-}
 
 /// The client's log lines so far that contain `text`.
 fn log_lines(text: &str) -> Vec<String> {

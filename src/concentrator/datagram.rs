@@ -450,6 +450,9 @@ fn handle_batch(
     packets: &mut Vec<Range<usize>>,
 ) {
     let mut state = None;
+    // The policy as the batch found it (one clone per batch, not per
+    // packet; a reload's new one applies from the next batch).
+    let mut policy: Option<Arc<Policy>> = None;
     for (src, range) in received.drain(..) {
         let Some(datagram) = bytes.get_mut(range.clone()) else {
             continue;
@@ -471,8 +474,8 @@ fn handle_batch(
             continue;
         };
         let state = state.get_or_insert_with(|| datagrams.state());
-        let policy = Arc::clone(&state.policy);
-        if let Some(packet) = from_client(state, &policy, now, src, datagram, replies) {
+        let policy = policy.get_or_insert_with(|| Arc::clone(&state.policy));
+        if let Some(packet) = from_client(state, policy, now, src, datagram, replies) {
             packets.push(range.start + packet.start..range.start + packet.end);
         }
     }

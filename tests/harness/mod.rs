@@ -153,6 +153,21 @@ pub struct Lab {
     since: Instant,
 }
 
+/// Polls `condition` every 20 ms until it holds or `limit` has passed;
+/// how long it took.
+pub fn within(limit: Duration, mut condition: impl FnMut() -> bool) -> Option<Duration> {
+    let started = Instant::now();
+    loop {
+        if condition() {
+            return Some(started.elapsed());
+        }
+        if started.elapsed() > limit {
+            return None;
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// Whether process `pid` is alive: not gone, and not a zombie waiting for
 /// init to reap it (which here may take two seconds; a zombie holds
 /// nothing any more).

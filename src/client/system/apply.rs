@@ -371,13 +371,7 @@ impl Plumbing {
         let slot = self.slots.len();
         self.slots.push(new_slot(i, id, config, family));
         let Some(ifindex) = ifindex else {
-            warn!(
-                uplink = %config.name,
-                interface = %config.interface,
-                "uplink waits for its interface, which does not exist yet; it joins when \
-                 the interface appears (check `interface` in its [[uplink]] section if it \
-                 never does)"
-            );
+            warn_waiting(config);
             return Ok(());
         };
         self.attach(slot, ifindex);
@@ -475,13 +469,7 @@ impl Plumbing {
             "uplink added to the config"
         );
         if ifindex.is_none() {
-            warn!(
-                uplink = %config.name,
-                interface = %config.interface,
-                "uplink waits for its interface, which does not exist yet; it joins when \
-                 the interface appears (check `interface` in its [[uplink]] section if it \
-                 never does)"
-            );
+            warn_waiting(config);
         }
         if let Some(ifindex) = ifindex {
             self.attach(slot, ifindex);
@@ -994,4 +982,15 @@ fn remove_leftovers(rtnl: &Rtnl, pm: &MptcpPm) -> Result<usize, UplinkError> {
         }
     }
     Ok(report.routes + report.rules + endpoints + nat)
+}
+
+/// Says that uplink `config` waits for its interface to appear.
+fn warn_waiting(config: &UplinkConfig) {
+    warn!(
+        uplink = %config.name,
+        interface = %config.interface,
+        "uplink waits for its interface, which does not exist yet; it joins when \
+         the interface appears (check `interface` in its [[uplink]] section if it \
+         never does)"
+    );
 }
