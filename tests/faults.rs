@@ -16,7 +16,7 @@ use std::sync::mpsc::{self, Receiver};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use harness::download::{check_download, start_download, wait_for};
+use harness::download::{check_download, start_cut_download, start_download, wait_for, Cut};
 use harness::state::{client_state, describe, ClientState};
 use harness::{connect, ns_ok, ns_run, run_in, scenario, Behavior, Lab, NsServer};
 
@@ -39,9 +39,6 @@ const RESETTING: &str = "198.51.100.10:7484";
 const RESET_SEED: u64 = 0x5e7;
 /// mpb-srv drops every packet to this port: blackholed.
 const BLACKHOLED: &str = "198.51.100.10:7485";
-
-/// How a cut download ended: intact bytes before the end, the end, when.
-type Cut = (u64, io::Result<()>, Instant);
 
 /// Whether one short request through the tunnel gets its whole answer.
 fn request_works(seed: u64) -> bool {
@@ -69,27 +66,7 @@ fn works_again_within(limit: Duration) -> Option<Duration> {
 /// Starts a long download to the LAN host and waits until 1 MiB
 /// arrived; its end and its progress.
 fn long_download() -> (Receiver<Cut>, Receiver<u64>) {
-    let addr: SocketAddr = LONG.parse().expect("addr");
-    let (end_tx, ended) = mpsc::channel();
-    let (progress_tx, progress) = mpsc::channel();
-    thread::spawn(move || {
-        let cut = run_in(LAN, "long download", Duration::from_secs(90), move || {
-            let mut s = match connect(addr, Duration::from_secs(5)) {
-                Ok(s) => s,
-                Err(e) => return (0, Err(e), Instant::now()),
-            };
-            if let Err(e) = s.write_all(b"get\n") {
-                return (0, Err(e), Instant::now());
-            }
-            let (len, how) = harness::read_pattern(&mut s, LONG_SEED, |n| {
-                let _ = progress_tx.send(n);
-            });
-            (len, how, Instant::now())
-        });
-        let _ = end_tx.send(cut);
-    });
-    wait_for(&progress, 1 << 20);
-    (ended, progress)
+    start_cut_download(LONG.parse().expect("addr"), LONG_SEED, ())
 }
 
 /// What the client has installed, once it matches `baseline` (within

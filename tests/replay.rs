@@ -25,6 +25,7 @@ use std::process::{Child, Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use harness::download::{start_cut_download, Cut};
 use harness::{connect, lab_ok, run_in, Behavior, Lab, NsServer, Sha256};
 use mpbond::wire::convert::{self, Response};
 
@@ -491,10 +492,6 @@ fn replays_open_nothing_after_restarting(srv: &NsServer, daemon: &str) {
 const CUT_SEED: u64 = 0xc07;
 const CUT_SERVER: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(198, 51, 100, 10)), 5211);
 
-/// How a download cut short ended: the bytes that came (each checked
-/// against the pattern) and how the stream ended, and when.
-type Cut = (u64, io::Result<()>, Instant);
-
 /// Starts a long download through the tunnel to the LAN host and waits
 /// until it runs (1 MiB in); returns its end and its progress.
 fn running_download() -> (
@@ -510,34 +507,7 @@ fn running_download() -> (
             seed: CUT_SEED,
         },
     );
-    let (end_tx, ended) = std::sync::mpsc::channel();
-    let (progress_tx, progress) = std::sync::mpsc::channel();
-    thread::spawn(move || {
-        let cut = run_in(LAN, "cut download", Duration::from_secs(60), move || {
-            let _srv = srv;
-            let mut s = match connect(CUT_SERVER, Duration::from_secs(5)) {
-                Ok(s) => s,
-                Err(e) => return (0, Err(e), Instant::now()),
-            };
-            if let Err(e) = s.write_all(b"get\n") {
-                return (0, Err(e), Instant::now());
-            }
-            let (len, how) = harness::read_pattern(&mut s, CUT_SEED, |n| {
-                let _ = progress_tx.send(n);
-            });
-            (len, how, Instant::now())
-        });
-        let _ = end_tx.send(cut);
-    });
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        match progress.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
-            Ok(n) if n >= 1 << 20 => break,
-            Ok(_) => {}
-            Err(e) => panic!("the download before the concentrator restart did not run: {e}"),
-        }
-    }
-    (ended, progress)
+    start_cut_download(CUT_SERVER, CUT_SEED, srv)
 }
 
 /// A download running through the concentrator as it restarted ends on

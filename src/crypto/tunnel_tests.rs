@@ -164,6 +164,17 @@ impl Net {
         assert!(self.server.is_established(PeerId(0), self.now));
     }
 
+    /// Handshakes (as [`Net::connect`] does, without its checks) and
+    /// returns the client's initiation, to be replayed.
+    fn connect_keeping_the_initiation(&mut self) -> Vec<u8> {
+        let now = self.now;
+        self.client.handle_timeout(now, UNIX_START).expect("rng");
+        let initiation = self.client.poll_transmit().expect("initiation").bytes;
+        self.send(Dir::Up, 0, initiation.clone());
+        self.run_for(Duration::from_millis(200));
+        initiation
+    }
+
     fn seal_up(&mut self, path: u8, payload: &[u8]) -> Result<Vec<u8>, SealError> {
         let mut buf = vec![0; payload.len() + 64];
         let len = self
@@ -394,11 +405,7 @@ fn a_replayed_initiation_is_refused() {
 #[test]
 fn a_replayed_initiation_after_a_restart_forwards_nothing() {
     let mut net = Net::new();
-    let now = net.now;
-    net.client.handle_timeout(now, UNIX_START).expect("rng");
-    let initiation = net.client.poll_transmit().expect("initiation").bytes;
-    net.send(Dir::Up, 0, initiation.clone());
-    net.run_for(Duration::from_millis(200));
+    let initiation = net.connect_keeping_the_initiation();
     assert!(net.client.is_established(net.now));
     let recorded: Vec<Vec<u8>> = (0..3u8)
         .map(|n| net.seal_up(0, &[b'r', n]).expect("session"))
@@ -742,11 +749,7 @@ fn debug_output_shows_no_key() {
 #[test]
 fn a_reload_keeps_kept_clients_sessions_and_ends_removed_ones() {
     let mut net = Net::new();
-    let now = net.now;
-    net.client.handle_timeout(now, UNIX_START).expect("rng");
-    let initiation = net.client.poll_transmit().expect("initiation").bytes;
-    net.send(Dir::Up, 0, initiation.clone());
-    net.run_for(Duration::from_millis(200));
+    let initiation = net.connect_keeping_the_initiation();
     assert!(net.server.is_established(PeerId(0), net.now));
 
     // Another client first: ours moves to PeerId(1) with its session.

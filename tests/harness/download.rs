@@ -129,3 +129,44 @@ pub fn check_download(
     assert!(served.error.is_none(), "{what}: server: {:?}", served.error);
     got
 }
+
+/// How a download cut short ended: the bytes that came (each checked
+/// against the pattern), how the stream ended, and when.
+pub type Cut = (u64, io::Result<()>, Instant);
+
+/// Starts a download of [`Pattern`] `seed` from `server` (a
+/// [`super::Behavior::Source`]) to the LAN host, meant to be cut by a
+/// fault, and waits until 1 MiB arrived; returns its end and its progress.
+/// `keep` (the server, say) lives until the download ends.
+pub fn start_cut_download(
+    server: SocketAddr,
+    seed: u64,
+    keep: impl Send + 'static,
+) -> (mpsc::Receiver<Cut>, mpsc::Receiver<u64>) {
+    let (end_tx, ended) = mpsc::channel();
+    let (progress_tx, progress) = mpsc::channel();
+    thread::spawn(move || {
+        let cut = run_in(
+            "mpb-lan",
+            "cut download",
+            Duration::from_secs(90),
+            move || {
+                let _keep = keep;
+                let mut s = match connect(server, Duration::from_secs(5)) {
+                    Ok(s) => s,
+                    Err(e) => return (0, Err(e), Instant::now()),
+                };
+                if let Err(e) = s.write_all(b"get\n") {
+                    return (0, Err(e), Instant::now());
+                }
+                let (len, how) = super::read_pattern(&mut s, seed, |n| {
+                    let _ = progress_tx.send(n);
+                });
+                (len, how, Instant::now())
+            },
+        );
+        let _ = end_tx.send(cut);
+    });
+    wait_for(&progress, 1 << 20);
+    (ended, progress)
+}
