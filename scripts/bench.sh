@@ -117,6 +117,32 @@
 #       connection every 50 ms echoing 4 KiB) during the flood, against the
 #       same with no flood in the same run. bench.sh scale calls it too.
 #
+#   scripts/bench.sh speed [--secs N] [--len BYTES] [--rate BPS]
+#       The data path's speed and cost on profile none (both lines plain
+#       veths), one run, about 2.5 min. iperf3 (-t N, default 8, no -O so CPU
+#       and bytes cover the same span) between mpb-srv and:
+#         direct   mpb-cli bound to dsl's address, plain TCP over one veth;
+#         mptcp    mpb-cli, kernel MPTCP used directly (mptcpize on both
+#                  ends; one subflow endpoint per line), mpbond not running;
+#         mpbond   mpb-lan through the client's TUN (both uplinks), on a
+#                  freshly built lab;
+#       with 1 and 4 TCP flows, download (-R) and upload. Then the datagram
+#       tunnel (a client with only the dsl uplink, latency mode, as bench.sh
+#       udp part 4): one UDP flow each way (iperf3 -u -b RATE -l BYTES,
+#       defaults 0 = unlimited and 1200); then the round trip of 200 pings
+#       at 10 ms, unloaded, from mpb-lan through the tunnel against from
+#       mpb-cli bound to dsl's address (median and p90; the difference is
+#       what the client, the concentrator and the LAN hop add).
+#       Columns: goodput (receiver's count, all flows), its ratio to direct
+#       TCP and to kernel MPTCP with the same flows and direction, and CPU per Gbit/s (= CPU
+#       seconds per Gbit delivered, i.e. cores busy per Gbit/s) of the client
+#       and the concentrator processes (/proc/PID/stat utime + stime,
+#       threads included) and of softirq on the whole machine (/proc/stat,
+#       the softirq column of the cpu line: every namespace's veth and
+#       stack work, whoever caused it; noisy when others use the machine).
+#       Goals (issue 12) checked: mpbond >= 0.35 of direct both ways,
+#       datagram goodput >= 2 Gbit/s, added ping latency < 0.1 ms.
+#
 #   scripts/bench.sh soak [--minutes N]
 #       N minutes (default 5, at most 120) of mixed traffic from mpb-lan
 #       through mpbond to mpb-srv (scripts/lib/soak.py, every byte checked):
@@ -1117,6 +1143,241 @@ bench_udp() {
     [ $rc = 0 ] || echo "bench: udp missed a goal or measured the wrong path (see above)" >&2
 }
 
+# softirq time of the whole machine so far, in seconds (/proc/stat: the
+# seventh value of the "cpu" line, in USER_HZ).
+softirq_secs() {
+    python3 - <<'PY'
+import os
+for line in open("/proc/stat"):
+    if line.startswith("cpu "):
+        print(int(line.split()[7]) / os.sysconf("SC_CLK_TCK"))
+        break
+PY
+}
+
+# The iperf3 server of bench speed in mpb-srv, one test, at most SECS + 20 s;
+# with mptcp, an MPTCP listener (mptcpize). Waits (at most 3 s) until it
+# listens. Sets SPEED_SRV.   speed_server plain|mptcp
+SPEED_PORT=5230
+speed_server() {
+    local wrap=()
+    [ "$1" = mptcp ] && wrap=(mptcpize run)
+    exec_in mpb-srv timeout $((SPEED_SECS + 20)) "${wrap[@]}" iperf3 -s -1 -B 198.51.100.10 -p $SPEED_PORT \
+        >"$TMP/speed-srv.log" 2>&1 &
+    SPEED_SRV=$!
+    BG_PIDS+=("$SPEED_SRV")
+    local _
+    for _ in $(seq 60); do
+        [ -n "$(nsx mpb-srv ss -Hltn "sport = :$SPEED_PORT")" ] && return 0
+        sleep 0.05
+    done
+    die "iperf3 did not listen in mpb-srv within 3 s: $(tail -n 3 "$TMP/speed-srv.log")"
+}
+
+# One row of bench speed: iperf3 from NS to mpb-srv, appended to $ROWS.
+#   speed_row PATH NS PROTO DIR FLOWS CLIENT_PID|- CONC_PID|- IPERF_ARGS...
+# PROTO: tcp, mptcp (mptcpize on both ends) or udp.
+speed_row() {
+    local path=$1 ns=$2 proto=$3 dir=$4 flows=$5 cpid=$6 spid=$7
+    shift 7
+    local args=("$@") wrap=() c0=0 s0=0 c1=0 s1=0 q0 q1 rc=0
+    [ "$dir" = down ] && args+=(-R)
+    [ "$proto" = udp ] && args+=(-u -b "$SPEED_RATE" -l "$SPEED_LEN")
+    if [ "$proto" = mptcp ]; then
+        wrap=(mptcpize run)
+        speed_server mptcp
+    else
+        speed_server plain
+    fi
+    [ "$cpid" = - ] || c0=$(cpu_secs "$cpid")
+    [ "$spid" = - ] || s0=$(cpu_secs "$spid")
+    q0=$(softirq_secs)
+    nsx "$ns" timeout $((SPEED_SECS + 15)) "${wrap[@]}" iperf3 -c 198.51.100.10 -p $SPEED_PORT \
+        -t "$SPEED_SECS" -P "$flows" -J "${args[@]}" >"$TMP/speed.json" 2>"$TMP/speed.err" || rc=$?
+    q1=$(softirq_secs)
+    [ "$cpid" = - ] || c1=$(cpu_secs "$cpid")
+    [ "$spid" = - ] || s1=$(cpu_secs "$spid")
+    kill "$SPEED_SRV" 2>/dev/null || true
+    wait "$SPEED_SRV" 2>/dev/null || true
+    python3 - "$TMP/speed.json" "$rc" "$path" "$proto" "$dir" "$flows" "$cpid" "$spid" \
+        "$c0" "$c1" "$s0" "$s1" "$q0" "$q1" >>"$ROWS" <<'PY'
+import json, sys
+f, rc, path, proto, d, flows, cpid, spid = sys.argv[1:9]
+c0, c1, s0, s1, q0, q1 = map(float, sys.argv[9:])
+row = {"path": path, "proto": proto, "dir": d, "flows": int(flows)}
+try:
+    data = json.load(open(f))
+except (OSError, ValueError):
+    data = {}
+end = data.get("end", {})
+r = end.get("sum_received") or end.get("sum")
+if rc != "0" or not r or data.get("error"):
+    row["failed"] = "iperf3 exit %s: %s" % (rc, data.get("error", "no JSON"))
+else:
+    bps = r["bits_per_second"]
+    if "sum_received" not in end and r.get("lost_percent"):
+        # A UDP sum without the receiver's own: the sender's rate less the loss.
+        bps *= 1 - r["lost_percent"] / 100
+    row["bps"] = bps
+    row["gbit"] = bps * r["seconds"] / 1e9
+    row["lost"] = r.get("lost_percent")
+    row["cpu_client"] = None if cpid == "-" else c1 - c0
+    row["cpu_conc"] = None if spid == "-" else s1 - s0
+    row["softirq"] = q1 - q0
+print(json.dumps(row))
+PY
+    echo "  done: $path $proto $dir, $flows flow(s)" >&2
+}
+
+# 200 pings at 10 ms from NS (ping ARGS...) to mpb-srv into FILE.
+speed_ping() {
+    local ns=$1 out=$2
+    shift 2
+    nsx "$ns" timeout 15 ping -n -c 200 -i 0.01 -W 1 "$@" 198.51.100.10 >"$out" 2>&1 || true
+}
+
+bench_speed() {
+    SPEED_SECS=8 SPEED_LEN=1200 SPEED_RATE=0
+    while [ $# -gt 0 ]; do
+        case $1 in
+            --secs) [ $# -ge 2 ] || die "--secs needs a number"; SPEED_SECS=$2; shift ;;
+            --len) [ $# -ge 2 ] || die "--len needs a number of bytes"; SPEED_LEN=$2; shift ;;
+            --rate) [ $# -ge 2 ] || die "--rate needs a rate (iperf3 -b: 0, 800M, 2G)"; SPEED_RATE=$2; shift ;;
+            *) die "unknown option $1 for speed; usage: bench.sh speed [--secs N] [--len BYTES] [--rate BPS]" ;;
+        esac
+        shift
+    done
+    [[ $SPEED_SECS =~ ^[0-9]+$ ]] && [ "$SPEED_SECS" -ge 3 ] && [ "$SPEED_SECS" -le 60 ] ||
+        die "--secs must be 3-60 seconds, got '$SPEED_SECS'"
+    [[ $SPEED_LEN =~ ^[0-9]+$ ]] && [ "$SPEED_LEN" -ge 64 ] && [ "$SPEED_LEN" -le 1472 ] ||
+        die "--len must be 64-1472 bytes, got '$SPEED_LEN'"
+    [[ $SPEED_RATE =~ ^[0-9]+(\.[0-9]+)?[KMG]?$ ]] || die "--rate must be an iperf3 rate (0, 800M, 2G), got '$SPEED_RATE'"
+    TMP=$(mktemp -d)
+    ROWS=$TMP/speed.jsonl
+    local start=$SECONDS flows dir cli conc
+    echo
+        # Measured here: 129 s with the defaults (14 iperf3 runs, 2 labs, 2 starts).
+    echo "bench speed: profile none, ${SPEED_SECS}s per iperf3 run; about $(((SPEED_SECS * 14 + 20 + 59) / 60)) min"
+    lab_up --dsl none --lte none >"$TMP/lab.out" 2>&1 || die "lab.sh up failed: $(tail -n 20 "$TMP/lab.out")"
+    kernel_mptcp_setup
+    for flows in 1 4; do
+        for dir in down up; do
+            speed_row direct mpb-cli tcp $dir $flows - - -B 10.77.1.2
+            speed_row mptcp mpb-cli mptcp $dir $flows - - -B 10.77.1.2
+        done
+    done
+    # mpbond on a lab without the baselines' rules and endpoints.
+    labq down
+    labq up --dsl none --lte none
+    labq start
+    cli=$(lab_pid client) conc=$(lab_pid concentrator)
+    for flows in 1 4; do
+        for dir in down up; do
+            speed_row mpbond mpb-lan tcp $dir $flows "$cli" "$conc"
+        done
+    done
+    labq stop
+    UDP_WAITS=()
+    udp_start "$(udp_config latency dsl-only)"
+    cli=$(lab_pid client) conc=$(lab_pid concentrator)
+    for dir in down up; do
+        speed_row datagram mpb-lan udp $dir 1 "$cli" "$conc"
+    done
+    speed_ping mpb-lan "$TMP/ping-tunnel.txt"
+    speed_ping mpb-cli "$TMP/ping-direct.txt" -I 10.77.1.2
+    labq stop
+    labq down
+
+    local rc=0
+    python3 - "$ROWS" "$TMP/ping-tunnel.txt" "$TMP/ping-direct.txt" "$SPEED_SECS" "$SPEED_LEN" "$SPEED_RATE" <<'PY' || rc=$?
+import json, statistics, sys
+rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
+secs, length, rate = sys.argv[4:7]
+
+def pings(path):
+    out = []
+    for line in open(path):
+        if "time=" in line:
+            out.append(float(line.split("time=")[1].split()[0]))
+    return sorted(out)
+
+def pct(v, q):
+    return v[min(len(v) - 1, int(q * len(v)))] if v else float("nan")
+
+def per_gbit(cpu, r):
+    return "-" if cpu is None or not r.get("gbit") else "%.3f" % (cpu / r["gbit"])
+
+base = {(r["dir"], r["flows"]): r.get("bps") for r in rows if r["path"] == "direct"}
+kernel = {(r["dir"], r["flows"]): r.get("bps") for r in rows if r["path"] == "mptcp"}
+misses = []
+print()
+print("bench speed: profile none, %s s per run; CPU per Gbit/s = CPU seconds per Gbit delivered" % secs)
+hdr = "%-8s %-4s %5s | %9s | %8s %7s | %10s %10s %10s | %s"
+print(hdr % ("path", "dir", "flows", "Gbit/s", "x direct", "x mptcp", "client", "conc", "softirq", "goal"))
+print("-" * 104)
+for r in rows:
+    if r["proto"] == "udp":
+        continue
+    if "failed" in r:
+        print("%-8s %-4s %5d | FAILED: %s" % (r["path"], r["dir"], r["flows"], r["failed"]))
+        if r["path"] == "mpbond":
+            misses.append("mpbond %s %d flow(s) failed" % (r["dir"], r["flows"]))
+        continue
+    b = base.get((r["dir"], r["flows"]))
+    ratio = r["bps"] / b if b else float("nan")
+    k = kernel.get((r["dir"], r["flows"]))
+    kratio = r["bps"] / k if k else float("nan")
+    goal = ""
+    if r["path"] == "mpbond":
+        ok = ratio >= 0.35
+        goal = "%s (>= 0.35 x direct)" % ("PASS" if ok else "MISS")
+        if not ok:
+            misses.append("mpbond %s %d flow(s): %.2f of direct" % (r["dir"], r["flows"], ratio))
+    print("%-8s %-4s %5d | %9.2f | %8.2f %7.2f | %10s %10s %10s | %s" % (
+        r["path"], r["dir"], r["flows"], r["bps"] / 1e9, ratio, kratio,
+        per_gbit(r.get("cpu_client"), r), per_gbit(r.get("cpu_conc"), r), per_gbit(r.get("softirq"), r), goal))
+print()
+print("datagram tunnel (client with the dsl uplink only, latency mode; iperf3 -u -b %s -l %s, one flow)" % (rate, length))
+print("%-8s %-4s | %9s %6s | %10s %10s %10s | %s" % ("path", "dir", "Gbit/s", "loss%", "client", "conc", "softirq", "goal"))
+print("-" * 80)
+for r in rows:
+    if r["proto"] != "udp":
+        continue
+    if "failed" in r:
+        print("%-8s %-4s | FAILED: %s" % (r["path"], r["dir"], r["failed"]))
+        misses.append("datagram %s failed" % r["dir"])
+        continue
+    ok = r["bps"] >= 2e9
+    if not ok:
+        misses.append("datagram %s: %.2f Gbit/s" % (r["dir"], r["bps"] / 1e9))
+    print("%-8s %-4s | %9.2f %6.1f | %10s %10s %10s | %s" % (
+        r["path"], r["dir"], r["bps"] / 1e9, r.get("lost") or 0.0,
+        per_gbit(r.get("cpu_client"), r), per_gbit(r.get("cpu_conc"), r), per_gbit(r.get("softirq"), r),
+        "%s (>= 2 Gbit/s)" % ("PASS" if ok else "MISS")))
+tun, direct = pings(sys.argv[2]), pings(sys.argv[3])
+print()
+print("ping to mpb-srv, 200 at 10 ms, unloaded (ms)")
+print("%-42s %8s %8s %6s" % ("path", "median", "p90", "n"))
+print("%-42s %8.3f %8.3f %6d" % ("mpb-lan through the tunnel", pct(tun, 0.5), pct(tun, 0.9), len(tun)))
+print("%-42s %8.3f %8.3f %6d" % ("mpb-cli bound to dsl (direct)", pct(direct, 0.5), pct(direct, 0.9), len(direct)))
+if tun and direct:
+    added = statistics.median(tun) - statistics.median(direct)
+    ok = added < 0.1
+    print("added (median): %.3f ms  %s (< 0.1 ms)" % (added, "PASS" if ok else "MISS"))
+    if not ok:
+        misses.append("ping adds %.3f ms" % added)
+else:
+    misses.append("no ping answers (tunnel %d, direct %d)" % (len(tun), len(direct)))
+if misses:
+    print("missed: " + "; ".join(misses))
+    sys.exit(3)
+PY
+    echo "bench speed: $((SECONDS - start)) s"
+    trap - EXIT
+    cleanup
+    [ $rc = 0 ] || echo "bench: speed missed a goal (see above)" >&2
+}
+
 # Parts 1-3 of bench udp: per mode on the default profiles (the lab is up).
 bench_udp_modes() {
     # Baselines: each line alone, mpbond not running.
@@ -1615,7 +1876,7 @@ PY
     [ $rc = 0 ] || die "soak found problems (see above)"
 }
 
-[ $# -ge 1 ] || die "usage: bench.sh linkem [--quick] [--status] | tcp [--secs N] [--live] [--dsl PROFILE] [--lte PROFILE]... [--flows N[,N...]] [--all] | failover [--lte PROFILE] | udp [--secs N] [--len BYTES] | quic [--small N] [--bulk N] | scale [--conns N] | floods [--idle N] [--slow N] [--secs S] | soak [--minutes N]"
+[ $# -ge 1 ] || die "usage: bench.sh linkem [--quick] [--status] | tcp [--secs N] [--live] [--dsl PROFILE] [--lte PROFILE]... [--flows N[,N...]] [--all] | failover [--lte PROFILE] | udp [--secs N] [--len BYTES] | quic [--small N] [--bulk N] | scale [--conns N] | floods [--idle N] [--slow N] [--secs S] | soak [--minutes N] | speed [--secs N] [--len BYTES] [--rate BPS]"
 what=$1
 shift
 case $what in
@@ -1627,5 +1888,6 @@ case $what in
     scale) bench_scale "$@" ;;
     floods) bench_floods "$@" ;;
     soak) bench_soak "$@" ;;
-    *) die "unknown benchmark $what; available: linkem, tcp, failover, udp, quic, scale, floods, soak" ;;
+    speed) bench_speed "$@" ;;
+    *) die "unknown benchmark $what; available: linkem, tcp, failover, udp, quic, scale, floods, soak, speed" ;;
 esac
