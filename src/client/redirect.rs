@@ -17,7 +17,7 @@ use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::Duration;
 
-use crate::wire::{build_rst_for, PacketError, TcpPacket};
+use crate::wire::{build_rst_for, tcp, PacketError, TcpPacket};
 
 /// Lowest fake peer port handed out.
 const FIRST_PORT: u16 = 1024;
@@ -132,6 +132,22 @@ pub enum DropReason {
     Unknown,
 }
 
+/// How the TCP checksum of a packet read from the TUN stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Checksum {
+    /// Complete (a TUN without offloads, or a packet that arrived whole).
+    Full,
+    /// Partial (a TUN with offloads, `NEEDS_CSUM`): the field holds the
+    /// pseudo-header sum and the kernel completes it from `start`, the
+    /// field being at `start + offset`. A super-packet's always is.
+    Partial {
+        /// Where the kernel starts summing: the TCP header.
+        start: usize,
+        /// Where the field is from there: the TCP checksum's offset.
+        offset: usize,
+    },
+}
+
 /// How new flows start.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ConnectMode {
@@ -200,8 +216,32 @@ impl FlowTable {
     /// Decides what to do with one packet read from the TUN, rewriting it
     /// in place when it is to be forwarded.
     pub fn handle(&mut self, now: Duration, buf: &mut [u8]) -> Decision {
+        self.handle_with(now, buf, Checksum::Full)
+    }
+
+    /// As [`handle`](Self::handle), for a packet (maybe a super-packet of
+    /// many segments) whose TCP checksum stands as `checksum` says; a
+    /// partial one is rewritten as the pseudo-header sum it is. A partial
+    /// checksum that is not the TCP header's is malformed.
+    pub fn handle_with(&mut self, now: Duration, buf: &mut [u8], checksum: Checksum) -> Decision {
         let Ok(mut packet) = TcpPacket::new_checked(&mut *buf) else {
             return Decision::Drop(DropReason::Malformed);
+        };
+        let partial = match checksum {
+            Checksum::Full => false,
+            Checksum::Partial { start, offset } => {
+                if start != packet.ip_header_len() || offset != tcp::field::CHECKSUM {
+                    return Decision::Drop(DropReason::Malformed);
+                }
+                true
+            }
+        };
+        let rewrite = |packet: &mut TcpPacket<&mut [u8]>, src: SocketAddr, dst: SocketAddr| {
+            rewritten(if partial {
+                packet.rewrite_partial(src, dst)
+            } else {
+                packet.rewrite(src, dst)
+            })
         };
         let (src, dst, v6) = (packet.src(), packet.dst(), packet.is_ipv6());
         let flags = packet.flags();
@@ -217,7 +257,7 @@ impl FlowTable {
             };
             entry.last_seen = now;
             let flow = entry.flow;
-            return rewritten(packet.rewrite(flow.server, flow.client));
+            return rewrite(&mut packet, flow.server, flow.client);
         }
         if dst.ip() == self.addrs.tun(v6) || dst.ip() == self.addrs.fake(v6) {
             return Decision::Drop(DropReason::NotForUs);
@@ -251,7 +291,7 @@ impl FlowTable {
                 return Decision::Drop(DropReason::HeldSyn);
             }
             let fake = SocketAddr::new(self.addrs.fake(v6), key.port);
-            return rewritten(packet.rewrite(fake, listener));
+            return rewrite(&mut packet, fake, listener);
         }
 
         if !flags.syn || flags.ack || flags.rst {
@@ -294,7 +334,7 @@ impl FlowTable {
             return Decision::Hold(key, flow);
         }
         let fake = SocketAddr::new(self.addrs.fake(v6), port);
-        rewritten(packet.rewrite(fake, listener))
+        rewrite(&mut packet, fake, listener)
     }
 
     /// The flow behind a connection the listener accepted from `peer`
@@ -571,6 +611,110 @@ mod tests {
             assert_eq!(t.handle(Duration::ZERO, &mut data), Decision::Forward);
             assert_eq!(endpoints(&data).0, fake);
             assert_eq!(key.port, fake.port());
+        }
+    }
+
+    /// Makes `buf`'s TCP checksum partial as a TUN with offloads hands it
+    /// over (the pseudo-header sum); returns how [`FlowTable::handle_with`]
+    /// is told so.
+    fn partial(buf: &mut [u8]) -> Checksum {
+        use crate::wire::checksum;
+        let (v6, start, len) = {
+            let p = TcpPacket::new_checked(&*buf).expect("valid");
+            (p.is_ipv6(), p.ip_header_len(), p.packet_len())
+        };
+        let (src, dst) = if v6 {
+            (8..24, 24..40)
+        } else {
+            (12..16, 16..20)
+        };
+        let pseudo = checksum::pseudo_header_sum(&buf[src], &buf[dst], 6, len - start);
+        let at = start + tcp::field::CHECKSUM;
+        buf[at..at + 2].copy_from_slice(&checksum::fold(pseudo).to_be_bytes());
+        Checksum::Partial {
+            start,
+            offset: tcp::field::CHECKSUM,
+        }
+    }
+
+    /// What the kernel does with the partial checksum of a (super-)packet
+    /// written back: completes it over the TCP header and payload.
+    fn complete(buf: &mut [u8]) {
+        use crate::wire::checksum;
+        let (start, len) = {
+            let p = TcpPacket::new_checked(&*buf).expect("valid");
+            (p.ip_header_len(), p.packet_len())
+        };
+        let at = start + tcp::field::CHECKSUM;
+        let sum = checksum::complement(checksum::sum_words(&buf[start..len]));
+        buf[at..at + 2].copy_from_slice(&sum.to_be_bytes());
+    }
+
+    /// Super-packets (60 KB of segments) with partial checksums both ways
+    /// through the table, IPv4 and IPv6: once the kernel completes their
+    /// checksums they are right for the rewritten addresses and ports. A
+    /// partial checksum somewhere other than the TCP header's is dropped.
+    #[test]
+    fn super_packets_with_partial_checksums_round_trip() {
+        let big: Vec<u8> = (0..60_000u32).map(|i| (i % 251) as u8).collect();
+        for (lan, srv, listener) in [
+            (LAN, SRV, "172.29.77.1:7301"),
+            (
+                "[fd77:77::2]:40000",
+                "[2001:db8:100::10]:443",
+                "[fd00:6d70:62::1]:7301",
+            ),
+        ] {
+            let mut t = FlowTable::new(addrs(), ConnectMode::Fast);
+            let mut syn = tcp(lan, srv, SYN, b"");
+            let csum = partial(&mut syn);
+            assert_eq!(
+                t.handle_with(Duration::ZERO, &mut syn, csum),
+                Decision::Forward
+            );
+            complete(&mut syn);
+            let (fake, to) = endpoints(&syn);
+            assert_eq!(to, listener.parse().expect("listener"));
+
+            let mut up = tcp(lan, srv, ACK, &big);
+            let csum = partial(&mut up);
+            assert_eq!(
+                t.handle_with(Duration::ZERO, &mut up, csum),
+                Decision::Forward
+            );
+            complete(&mut up);
+            assert_eq!(endpoints(&up), (fake, to));
+
+            let mut down = tcp(listener, &fake.to_string(), ACK, &big[1..]);
+            let csum = partial(&mut down);
+            assert_eq!(
+                t.handle_with(Duration::ZERO, &mut down, csum),
+                Decision::Forward
+            );
+            complete(&mut down);
+            assert_eq!(
+                endpoints(&down),
+                (srv.parse().expect("srv"), lan.parse().expect("lan"))
+            );
+
+            let mut odd = tcp(lan, srv, ACK, b"x");
+            let Checksum::Partial { start, offset } = partial(&mut odd) else {
+                unreachable!()
+            };
+            let before = odd.clone();
+            for wrong in [
+                Checksum::Partial {
+                    start: start + 1,
+                    offset,
+                },
+                Checksum::Partial { start, offset: 6 },
+            ] {
+                assert_eq!(
+                    t.handle_with(Duration::ZERO, &mut odd, wrong),
+                    Decision::Drop(DropReason::Malformed)
+                );
+                assert_eq!(odd, before, "left alone");
+            }
         }
     }
 

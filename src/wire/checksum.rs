@@ -96,6 +96,21 @@ pub fn adjust(packet: &mut [u8], at: usize, delta: u64) {
     *slot = (!sum).to_be_bytes();
 }
 
+/// Applies `delta` (from [`replace`]) to a partial checksum field at `at`:
+/// one that holds a pseudo-header sum, not complemented, for the device
+/// to complete (a TUN's `NEEDS_CSUM`). The sum simply gains the change:
+/// `S' = S + ~m + m'`. Does nothing if the field is not in `packet`.
+pub fn adjust_partial(packet: &mut [u8], at: usize, delta: u64) {
+    let Some(slot) = packet
+        .get_mut(at..at.saturating_add(2))
+        .and_then(|slot| <&mut [u8; 2]>::try_from(slot).ok())
+    else {
+        return;
+    };
+    let old = u16::from_be_bytes(*slot);
+    *slot = fold(u64::from(old) + delta).to_be_bytes();
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -24,6 +24,9 @@
 //! refuses QUIC when the config blocks it; [`fragment`] decides what
 //! becomes of a packet larger than the tunnel's MTU (cut into IPv4
 //! fragments, or refused with [`build_icmp_too_big_for`]).
+//!
+//! [`vnet`] is the virtio-net header in front of every packet of a TUN with
+//! offloads (super-packets, partial checksums).
 
 pub mod checksum;
 pub mod convert;
@@ -37,6 +40,7 @@ pub mod probe;
 pub mod tcp;
 pub mod tunnel;
 pub mod udp;
+pub mod vnet;
 
 #[cfg(test)]
 pub(crate) mod test_packets;
