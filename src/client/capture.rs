@@ -11,33 +11,52 @@ use std::time::Instant;
 use tracing::{debug, info, trace, warn};
 
 use super::datagram::Sockets;
-use super::redirect::{Decision, Flow, FlowKey};
+use super::redirect::{Checksum, Decision, Flow, FlowKey};
 use super::{ClientError, Shared};
 use crate::log_budget::{LogBudget, LOG_WINDOW};
 use crate::udp;
-use crate::wire::{build_icmp_unreachable_for, build_rst_for, classify, Protocol, TcpPacket};
+use crate::wire::{build_icmp_unreachable_for, build_rst_for, classify, vnet, Protocol, TcpPacket};
 
-/// Largest packet read from the TUN (no offloads: at most the MTU).
+/// Largest IP packet read from the TUN (a super-packet with offloads).
 const MAX_PACKET: usize = 65_535;
 
 /// Packets read from the TUN per wake-up at most.
 const TUN_BATCH: usize = 64;
 
-/// The read buffer: room for [`TUN_BATCH`] full-sized packets and one of
-/// the largest.
+/// The read buffer without offloads: room for [`TUN_BATCH`] full-sized
+/// packets and one of the largest.
 const READ_ROOM: usize = TUN_BATCH * 1500 + MAX_PACKET;
+
+/// The read buffer with offloads: a wake-up reads at least this many
+/// super-packets (or [`TUN_BATCH`] packets).
+const SUPER_PACKETS: usize = 8;
 
 /// Reads the TUN until it fails. A wake-up reads what is queued, up to
 /// [`TUN_BATCH`] packets: TCP goes through the redirect one by one; the
 /// rest is sealed for the datagram tunnel under one lock into one buffer
 /// and sent in runs of equal-sized datagrams per uplink (GSO).
+///
+/// With offloads each packet comes behind its [`vnet`] header: TCP may be a
+/// super-packet with a partial checksum, rewritten as such and written
+/// back with the same header; a partial checksum of anything else is
+/// finished here before it is sealed (UDP segmentation is off, so no
+/// datagram is a super-packet).
 pub(super) async fn run(shared: Arc<Shared>) -> Result<(), ClientError> {
-    let mut buf = vec![0; READ_ROOM];
+    let offload = shared.tun.offload();
+    let (head, room) = if offload {
+        (
+            vnet::LEN,
+            TUN_BATCH * 1500 + SUPER_PACKETS * (vnet::LEN + MAX_PACKET),
+        )
+    } else {
+        (0, READ_ROOM)
+    };
+    let mut buf = vec![0; room];
     let mut read: Vec<Range<usize>> = Vec::with_capacity(TUN_BATCH);
     let mut tunnelled: Vec<Range<usize>> = Vec::with_capacity(TUN_BATCH);
     // Sealing adds at most DATA_OVERHEAD + 1 per packet (fragments a
     // header more each): twice the read room holds any batch.
-    let mut batch = udp::SendBatch::<u8>::new(2 * READ_ROOM);
+    let mut batch = udp::SendBatch::<u8>::new(2 * room);
     let mut sockets: Sockets = Default::default();
     let mut sends = Vec::new();
     let mut replies = Vec::new();
@@ -51,28 +70,74 @@ pub(super) async fn run(shared: Arc<Shared>) -> Result<(), ClientError> {
                 name: shared.tun_name.clone(),
                 source,
             })?;
-        udp::read_queued_tun(&shared.tun, &mut buf, n, MAX_PACKET, TUN_BATCH, &mut read);
+        udp::read_queued_tun(
+            &shared.tun,
+            &mut buf,
+            n,
+            head + MAX_PACKET,
+            TUN_BATCH,
+            &mut read,
+        );
         tunnelled.clear();
-        for range in &read {
+        for framed in &read {
+            let header = if offload {
+                match buf.get(framed.clone()).map(vnet::Header::parse) {
+                    Some(Ok(header)) => Some(header),
+                    _ => {
+                        trace!(len = framed.len(), "TUN read without its virtio-net header");
+                        continue;
+                    }
+                }
+            } else {
+                None
+            };
+            let range = framed.start + head..framed.end;
             let Some(packet) = buf.get_mut(range.clone()) else {
                 continue;
             };
             if shared.datagrams.is_some()
                 && !matches!(classify(packet), Protocol::Tcp | Protocol::Invalid)
             {
-                tunnelled.push(range.clone());
+                if let Some(header) = &header {
+                    if let Err(e) = vnet::finish_checksum(header, packet) {
+                        trace!(error = %e, len = packet.len(), "packet for the tunnel dropped");
+                        continue;
+                    }
+                }
+                tunnelled.push(range);
                 continue;
             }
             let n = packet.len();
-            let decision = shared.table().handle(shared.now(), packet);
+            let checksum = match &header {
+                Some(h) if h.needs_csum() => Checksum::Partial {
+                    start: usize::from(h.csum_start),
+                    offset: usize::from(h.csum_offset),
+                },
+                _ => Checksum::Full,
+            };
+            let decision = shared.table().handle_with(shared.now(), packet, checksum);
             match decision {
-                Decision::Forward => send(&shared, packet).await,
+                Decision::Forward => {
+                    let Some(out) = buf.get(framed.clone()) else {
+                        continue;
+                    };
+                    if let Err(e) = shared.tun.send_framed(out).await {
+                        debug!(error = %e, len = out.len(), "writing to the TUN failed");
+                    }
+                }
                 Decision::Reply(reply) => send(&shared, &reply).await,
                 Decision::Full(reply) => {
                     full.refused(std::time::Instant::now(), shared.table().open());
                     send(&shared, &reply).await;
                 }
                 Decision::Hold(key, flow) => {
+                    // Written back later as a plain packet: with its checksum whole.
+                    if let Some(header) = &header {
+                        if let Err(e) = vnet::finish_checksum(header, packet) {
+                            trace!(error = %e, "held SYN dropped");
+                            continue;
+                        }
+                    }
                     tokio::spawn(hold(shared.clone(), key, flow, packet.to_vec()));
                 }
                 Decision::Drop(reason) => trace!(?reason, len = n, "packet dropped"),

@@ -18,6 +18,7 @@ pub mod redirect;
 mod reload;
 mod status;
 pub mod system;
+mod tun;
 mod tunnel;
 
 use std::collections::HashMap;
@@ -31,7 +32,6 @@ use socket2::{Domain, SockAddr, Socket, Type};
 use tokio::net::TcpListener;
 use tokio::task::{JoinError, JoinSet};
 use tracing::{info, warn};
-use tun_rs::{AsyncDevice, DeviceBuilder};
 
 use crate::config::ClientConfig;
 use crate::control::http::HttpError;
@@ -140,7 +140,7 @@ pub enum ClientError {
 
 /// What the client's tasks share.
 struct Shared {
-    tun: AsyncDevice,
+    tun: tun::Tun,
     tun_name: String,
     addrs: RedirectAddrs,
     mode: ConnectMode,
@@ -233,16 +233,10 @@ pub async fn run(
         .and_then(|limit| usize::try_from(crate::nofile::connections_for(limit)).ok())
         .map_or(redirect::MAX_FLOWS, |n| n.min(redirect::MAX_FLOWS));
     let tun_config = &config.tun;
-    let tun = DeviceBuilder::new()
-        .name(tun_config.name.clone())
-        .ipv4(tun_config.ipv4.addr(), tun_config.ipv4.prefix_len(), None)
-        .ipv6(tun_config.ipv6.addr(), tun_config.ipv6.prefix_len())
-        .mtu(tun_config.mtu)
-        .build_async()
-        .map_err(|source| ClientError::Tun {
-            name: tun_config.name.clone(),
-            source,
-        })?;
+    let tun = tun::Tun::open(tun_config).map_err(|source| ClientError::Tun {
+        name: tun_config.name.clone(),
+        source,
+    })?;
     info!(name = %tun_config.name, ipv4 = %tun_config.ipv4, ipv6 = %tun_config.ipv6, "TUN device up");
 
     // Opened before anything is installed: without them health would only

@@ -187,6 +187,10 @@ pub struct TunConfig {
     pub ipv6: Ipv6Net,
     /// Its MTU.
     pub mtu: u16,
+    /// Whether to ask the kernel for TCP offloads (super-packets, partial
+    /// checksums); without them, or when the kernel refuses, one packet per
+    /// read and write.
+    pub offload: bool,
 }
 
 impl TunConfig {
@@ -210,6 +214,7 @@ impl Default for TunConfig {
             ipv6: Ipv6Net::new(Ipv6Addr::new(0xfd00, 0x6d70, 0x62, 0, 0, 0, 0, 1), 126)
                 .expect("valid prefix length"),
             mtu: 1500,
+            offload: true,
         }
     }
 }
@@ -300,6 +305,7 @@ pub struct RawTun {
     ipv4: Option<Spanned<String>>,
     ipv6: Option<Spanned<String>>,
     mtu: Option<Spanned<i64>>,
+    offload: Option<bool>,
 }
 
 /// One `[[uplink]]` table as written.
@@ -749,6 +755,9 @@ fn tun(file: &ConfigFile, raw: Option<&RawTun>) -> Result<TunConfig, ConfigError
                     },
                 )
             })?;
+    }
+    if let Some(offload) = raw.offload {
+        tun.offload = offload;
     }
     Ok(tun)
 }

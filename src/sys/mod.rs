@@ -15,6 +15,7 @@ mod nft;
 mod rlimit;
 mod sockopt;
 mod sysctl;
+mod tun;
 
 pub use mptcp_info::{mptcp_fell_back, mptcp_subflow_locals};
 pub use netlink::{
@@ -34,6 +35,7 @@ pub use sysctl::{read_sysctl, SysctlGuard, RECORDS as SYSCTL_RECORDS};
 
 pub use iface::interface_index;
 pub use memory::{trim_free_memory, TRIM_EVERY};
+pub use tun::{set_tun_offloads, TUN_TCP_OFFLOADS};
 
 use std::io;
 

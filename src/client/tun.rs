@@ -1,0 +1,100 @@
+//! The client's TUN device, with TCP offloads when the kernel grants them.
+//!
+//! With offloads the device is opened with `IFF_VNET_HDR` and
+//! `TUNSETOFFLOAD` of checksum and TCP segmentation (IPv4 and IPv6): every
+//! packet read or written carries a [`vnet`] header, TCP arrives as
+//! super-packets of up to 64 KiB with partial checksums, and goes back the
+//! same way for the kernel to segment (or to deliver whole to the local
+//! listener). UDP segmentation is left off, so datagrams for the tunnel
+//! arrive one by one (their checksums may still be partial: the capture
+//! finishes them before sealing).
+
+use std::io::{self, IoSlice};
+use std::ops::Deref;
+use std::os::fd::AsFd;
+
+use tracing::{debug, info};
+use tun_rs::{AsyncDevice, DeviceBuilder};
+
+use crate::config::client::TunConfig;
+use crate::wire::vnet;
+
+/// The TUN device and how its packets are framed.
+pub(super) struct Tun {
+    device: AsyncDevice,
+    offload: bool,
+}
+
+impl Tun {
+    /// Opens the device, with offloads if `config.offload` and the kernel
+    /// grants them, plain otherwise.
+    pub(super) fn open(config: &TunConfig) -> io::Result<Self> {
+        if config.offload {
+            match Self::build(config, true) {
+                Ok(device) => {
+                    match crate::sys::set_tun_offloads(device.as_fd(), crate::sys::TUN_TCP_OFFLOADS)
+                    {
+                        Ok(()) => {
+                            info!(name = %config.name, "TUN offloads on (checksum, TCP segmentation)");
+                            return Ok(Self {
+                                device,
+                                offload: true,
+                            });
+                        }
+                        Err(e) => {
+                            debug!(error = %e, "the kernel refuses the TUN's TCP offloads; plain packets");
+                            drop(device);
+                        }
+                    }
+                }
+                Err(e) => debug!(error = %e, "no TUN offloads; plain packets"),
+            }
+        }
+        Ok(Self {
+            device: Self::build(config, false)?,
+            offload: false,
+        })
+    }
+
+    fn build(config: &TunConfig, offload: bool) -> io::Result<AsyncDevice> {
+        DeviceBuilder::new()
+            .name(config.name.clone())
+            .ipv4(config.ipv4.addr(), config.ipv4.prefix_len(), None)
+            .ipv6(config.ipv6.addr(), config.ipv6.prefix_len())
+            .mtu(config.mtu)
+            .offload(offload)
+            .build_async()
+    }
+
+    /// Whether packets carry a [`vnet`] header.
+    pub(super) fn offload(&self) -> bool {
+        self.offload
+    }
+
+    /// Writes one whole IP packet with a complete checksum (one mpbond
+    /// built, or a datagram from the tunnel); in front of it a plain
+    /// [`vnet`] header when the device has offloads. Returns the bytes of
+    /// the IP packet written.
+    pub(super) async fn send(&self, packet: &[u8]) -> io::Result<usize> {
+        if !self.offload {
+            return self.device.send(packet).await;
+        }
+        let bufs = [IoSlice::new(&vnet::PLAIN), IoSlice::new(packet)];
+        let n = self.device.send_vectored(&bufs).await?;
+        Ok(n.saturating_sub(vnet::LEN))
+    }
+
+    /// Writes a packet as read, with its own header if the device has
+    /// offloads.
+    pub(super) async fn send_framed(&self, framed: &[u8]) -> io::Result<usize> {
+        self.device.send(framed).await
+    }
+}
+
+impl Deref for Tun {
+    type Target = AsyncDevice;
+
+    fn deref(&self) -> &AsyncDevice {
+        &self.device
+    }
+}
