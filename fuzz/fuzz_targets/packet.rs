@@ -1,10 +1,14 @@
 //! Fuzzes the TUN packet views: classification, the per-protocol views
 //! (`wire::{ipv4, ipv6, tcp, icmp}`), the combined TCP view and its
-//! accessors, the in-place rewrite, and the RST and ICMP builders.
+//! accessors, the in-place rewrite (of full and of partial checksums), the
+//! RST and ICMP builders, and the virtio-net header of a TUN with offloads
+//! with the finishing of a partial checksum.
 //!
 //! Besides "no panic", it checks that a rewrite keeps correct checksums
-//! correct and writes exactly the addresses asked for, and that every built
-//! reply parses back with valid checksums.
+//! correct and writes exactly the addresses asked for, that a partial
+//! checksum rewritten and then completed equals the full checksum of the
+//! rewritten packet, and that every built reply parses back with valid
+//! checksums.
 
 #![no_main]
 
@@ -12,8 +16,8 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use libfuzzer_sys::fuzz_target;
 use mpbond::wire::{
-    build_icmp_unreachable_for, build_rst_for, classify, icmp, ipv4, ipv6, tcp, Protocol,
-    TcpPacket,
+    build_icmp_unreachable_for, build_rst_for, checksum, classify, icmp, ipv4, ipv6, tcp, vnet,
+    Protocol, TcpPacket,
 };
 
 /// Addresses to rewrite to, taken from the input's last bytes so the fuzzer
@@ -75,8 +79,31 @@ fn views(data: &[u8]) {
     }
 }
 
+/// The pseudo-header sum of the TCP packet in `buf` (addresses from the
+/// IP header, length of the segment), folded: a partial checksum field.
+fn partial_field(buf: &[u8], ipv6: bool, tcp_at: usize, len: usize) -> u16 {
+    let (src, dst) = if ipv6 { (8..24, 24..40) } else { (12..16, 16..20) };
+    checksum::fold(checksum::pseudo_header_sum(
+        &buf[src],
+        &buf[dst],
+        6,
+        len - tcp_at,
+    ))
+}
+
+/// What the kernel writes into a partial checksum field: the complement of
+/// the sum from the TCP header on, the field's pseudo-header sum included.
+fn completed(buf: &[u8], tcp_at: usize, len: usize) -> u16 {
+    checksum::complement(checksum::sum_words(&buf[tcp_at..len]))
+}
+
 fuzz_target!(|data: &[u8]| {
     views(data);
+    if let Ok(header) = vnet::Header::parse(data) {
+        assert_eq!(header.to_bytes()[..], data[..vnet::LEN]);
+        let mut rest = data[vnet::LEN..].to_vec();
+        let _ = vnet::finish_checksum(&header, &mut rest);
+    }
     let protocol = classify(data);
 
     for from in [
@@ -136,4 +163,23 @@ fuzz_target!(|data: &[u8]| {
         copy[at..at + 2].copy_from_slice(&data[at..at + 2]);
     }
     assert_eq!(copy, data);
+
+    // The same rewrite on the packet as a TUN with offloads gives it (a
+    // partial checksum), completed afterwards as the kernel would, gives
+    // the full checksum of the rewritten packet.
+    let view = TcpPacket::new_checked(data).expect("same bytes, same verdict");
+    let (v6, tcp_at, len) = (view.is_ipv6(), view.ip_header_len(), view.packet_len());
+    let field = tcp_at + 16;
+    let mut partial = data.to_vec();
+    let sum = partial_field(&partial, v6, tcp_at, len);
+    partial[field..field + 2].copy_from_slice(&sum.to_be_bytes());
+    TcpPacket::new_checked(&mut partial[..])
+        .expect("same header, same verdict")
+        .rewrite_partial(new_src, new_dst)
+        .expect("same family");
+    let done = completed(&partial, tcp_at, len);
+    let mut full = partial.clone();
+    let sum = partial_field(&full, v6, tcp_at, len);
+    full[field..field + 2].copy_from_slice(&sum.to_be_bytes());
+    assert_eq!(done, completed(&full, tcp_at, len), "partial checksum after the rewrite");
 });
