@@ -139,6 +139,7 @@ fn restart_keys(running: &ClientConfig, new: &ClientConfig) -> Vec<&'static str>
     check("tun.ipv4", tun.ipv4 != new_tun.ipv4);
     check("tun.ipv6", tun.ipv6 != new_tun.ipv6);
     check("tun.mtu", tun.mtu != new_tun.mtu);
+    check("tun.offload", tun.offload != new_tun.offload);
     check(
         "control.socket",
         running.control.socket != new.control.socket,
@@ -507,7 +508,8 @@ mod tests {
         let new = config(
             &format!(
                 "key = \"{OTHER_KEY}\"\nconnect_mode = \"strict\"\nwarm_connections = 4\n\
-                 [control]\nmetrics = \"127.0.0.1:9310\"\n[tun]\nname = \"bond0\"\nmtu = 1400"
+                 [control]\nmetrics = \"127.0.0.1:9310\"\n[tun]\nname = \"bond0\"\nmtu = 1400\n\
+                 offload = false"
             ),
             TWO,
             "",
@@ -520,6 +522,7 @@ mod tests {
                 "connect_mode",
                 "tun.name",
                 "tun.mtu",
+                "tun.offload",
                 "control.metrics"
             ]
         );
