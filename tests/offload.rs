@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use harness::udp::{echo_once, Echo};
 use harness::{
     connect, netstat, ns_ok, on_fresh_daemons, read_hashed, run_in, send_pattern, short_request,
-    within, Behavior, Lab, NsServer, Pattern, RUN,
+    within, Behavior, Lab, NsServer, Pattern,
 };
 
 const SERVER: IpAddr = IpAddr::V4(Ipv4Addr::new(198, 51, 100, 10));
@@ -81,12 +81,22 @@ impl Drop for PlainConfig {
 }
 
 fn transfers(offload: bool) {
-    let log = std::fs::read_to_string(format!("{RUN}/client.log")).expect("the client's log");
+    let features = ns_ok("mpb-cli", &["ethtool", "-k", "mpb0"]);
+    let feature = |name: &str| {
+        features
+            .lines()
+            .find_map(|l| l.trim().strip_prefix(name))
+            .map(|v| v.trim_start_matches(':').trim().starts_with("on"))
+            .unwrap_or_else(|| panic!("ethtool -k mpb0 shows no {name}:\n{features}"))
+    };
     assert_eq!(
-        log.contains("TUN offloads on"),
+        feature("tcp-segmentation-offload"),
         offload,
-        "the client's TUN offloads should be {}",
-        if offload { "on" } else { "off" }
+        "TCP segmentation on the client's TUN:\n{features}"
+    );
+    assert!(
+        !feature("tx-udp-segmentation"),
+        "UDP segmentation must stay off on the client's TUN (datagrams are sealed one by one)"
     );
     for (i, server) in [SERVER, SERVER6].into_iter().enumerate() {
         let port = 5400 + 10 * i as u16;
