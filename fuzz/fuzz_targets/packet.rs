@@ -82,7 +82,11 @@ fn views(data: &[u8]) {
 /// The pseudo-header sum of the TCP packet in `buf` (addresses from the
 /// IP header, length of the segment), folded: a partial checksum field.
 fn partial_field(buf: &[u8], ipv6: bool, tcp_at: usize, len: usize) -> u16 {
-    let (src, dst) = if ipv6 { (8..24, 24..40) } else { (12..16, 16..20) };
+    let (src, dst) = if ipv6 {
+        (8..24, 24..40)
+    } else {
+        (12..16, 16..20)
+    };
     checksum::fold(checksum::pseudo_header_sum(
         &buf[src],
         &buf[dst],
@@ -181,5 +185,9 @@ fuzz_target!(|data: &[u8]| {
     let mut full = partial.clone();
     let sum = partial_field(&full, v6, tcp_at, len);
     full[field..field + 2].copy_from_slice(&sum.to_be_bytes());
-    assert_eq!(done, completed(&full, tcp_at, len), "partial checksum after the rewrite");
+    assert_eq!(
+        done,
+        completed(&full, tcp_at, len),
+        "partial checksum after the rewrite"
+    );
 });
