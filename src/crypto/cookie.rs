@@ -140,6 +140,7 @@ fn address_bytes(src: SocketAddr) -> ([u8; 18], usize) {
 }
 
 /// The responder's side: checks mac1 and mac2 and makes cookie replies.
+#[cfg_attr(fuzzing, derive(Clone))]
 pub struct CookieChecker {
     mac1: Mac1Key,
     reply_key: Zeroizing<[u8; 32]>,
@@ -233,6 +234,7 @@ impl std::fmt::Debug for CookieChecker {
 
 /// The initiator's side: stamps initiations with mac1 and, once it has a
 /// cookie, mac2; opens cookie replies.
+#[cfg_attr(fuzzing, derive(Clone))]
 pub struct CookieJar {
     mac1: Mac1Key,
     reply_key: Zeroizing<[u8; 32]>,
@@ -319,6 +321,7 @@ pub const RATE_LIMIT_SOURCES: usize = 4096;
 /// (it then starts again with a full bucket, so eviction never locks a
 /// source out).
 #[derive(Debug)]
+#[cfg_attr(fuzzing, derive(Clone))]
 pub struct RateLimiter {
     buckets: HashMap<IpAddr, Bucket>,
     order: VecDeque<IpAddr>,

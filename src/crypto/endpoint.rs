@@ -257,6 +257,35 @@ impl<R: Random> Initiator<R> {
         }
     }
 
+    /// A copy, for fuzzing only (`--cfg fuzzing`): the tunnel target sets
+    /// up its endpoints once and copies them for each input, instead of
+    /// paying for X25519 on every one. `None` while a handshake is in
+    /// flight (its Noise state cannot be copied).
+    #[cfg(fuzzing)]
+    pub fn fuzz_clone(&self) -> Option<Self>
+    where
+        R: Clone,
+    {
+        if self.pending.is_some() {
+            return None;
+        }
+        Some(Self {
+            local: self.local.clone(),
+            peer: self.peer,
+            jar: self.jar.clone(),
+            response_mac1: self.response_mac1.clone(),
+            rng: self.rng.clone(),
+            pending: None,
+            current: self.current.clone(),
+            previous: self.previous.clone(),
+            rekey_jitter: self.rekey_jitter,
+            wanted_since: self.wanted_since,
+            unanswered_since: self.unanswered_since,
+            last_unix: self.last_unix,
+            queue: self.queue.clone(),
+        })
+    }
+
     /// Whether a session is up to send with at `now`.
     pub fn is_established(&self, now: Instant) -> bool {
         self.current.as_ref().is_some_and(|s| !s.is_expired(now))
@@ -550,6 +579,7 @@ pub enum ResponderError {
 
 /// One configured client's state on the responder.
 #[derive(Debug)]
+#[cfg_attr(fuzzing, derive(Clone))]
 struct Peer {
     /// mac1 key of responses to it.
     mac1: Mac1Key,
@@ -575,6 +605,7 @@ impl Peer {
 
 /// The concentrator's end: many clients, known by public key.
 #[derive(Debug)]
+#[cfg_attr(fuzzing, derive(Clone))]
 pub struct Responder<R: Random> {
     local: StaticSecret,
     checker: CookieChecker,

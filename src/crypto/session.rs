@@ -75,6 +75,7 @@ pub enum SessionError {
 }
 
 /// One session's keys, counter, replay window and age.
+#[cfg_attr(fuzzing, derive(Clone))]
 pub struct Session {
     local_index: u32,
     remote_index: u32,
