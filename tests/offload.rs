@@ -11,14 +11,14 @@
 
 mod harness;
 
-use std::io::{self, Write};
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, Shutdown, SocketAddr, UdpSocket};
+use std::io::Write;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use harness::udp::{echo_once, Echo};
 use harness::{
-    connect, netstat, ns_ok, on_fresh_daemons, read_hashed, run_in, send_pattern, short_request,
+    connect, netstat, ns_ok, on_fresh_daemons, read_hashed, run_in, short_request, upload_pattern,
     within, Behavior, Lab, NsServer, Pattern,
 };
 
@@ -149,16 +149,7 @@ fn download(server: SocketAddr, len: u64) {
 fn upload(server: SocketAddr, len: u64) {
     let seed = 0x0ff2;
     let srv = NsServer::start(SRV, server, Behavior::Sink);
-    let started = Instant::now();
-    let sent = run_in(LAN, "upload", Duration::from_secs(120), move || {
-        let mut s = connect(server, Duration::from_secs(5))?;
-        let hash = send_pattern(&mut s, seed, len)?;
-        s.shutdown(Shutdown::Write)?;
-        read_hashed(&mut s)?;
-        Ok::<_, io::Error>(hash)
-    });
-    let took = started.elapsed();
-    let sent = sent.unwrap_or_else(|e| panic!("upload to {server} failed: {e}"));
+    let (sent, took) = upload_pattern(LAN, server, seed, len, Duration::from_secs(120), "upload");
     let served = srv.next(Duration::from_secs(10));
     eprintln!(
         "upload to {server}: {} MiB in {:.1} s ({:.2} Gbit/s)",

@@ -29,8 +29,8 @@ use socket2::{Domain, Protocol, Socket, Type};
 use harness::state::{assert_clean, client_state, describe, mptcp_limits};
 use harness::{
     bad_requests, connect, if_bytes, in_ns, netstat, ns_run, on_fresh_daemons, read_hashed, run_in,
-    scenario, send_pattern, short_request, ss_ip, subflows, Behavior, IfBytes, Lab, NsServer,
-    Pattern, Sha256, RUN,
+    scenario, send_pattern, short_request, ss_ip, subflows, upload_pattern, Behavior, IfBytes, Lab,
+    NsServer, Pattern, Sha256, RUN,
 };
 use mpbond::auth::{random_nonce, sign_request, verify_epoch, Epoch, Key};
 use mpbond::wire::convert::{self, ErrorCode, Response};
@@ -350,17 +350,7 @@ fn upload(from: &str, server: SocketAddr, expect_peer: IpAddr, len: u64, what: &
     let seed = 0x0b;
     let srv = NsServer::start(SRV, server, Behavior::Sink);
     let before = uplinks();
-    let started = Instant::now();
-    let sent = run_in(from, "upload", Duration::from_secs(90), move || {
-        let mut s = connect(server, Duration::from_secs(5))?;
-        let hash = send_pattern(&mut s, seed, len)?;
-        s.shutdown(Shutdown::Write)?;
-        // The server closes after reading everything.
-        read_hashed(&mut s)?;
-        Ok::<_, io::Error>(hash)
-    });
-    let took = started.elapsed();
-    let sent = sent.unwrap_or_else(|e| panic!("{what}: upload of {len} bytes failed: {e}"));
+    let (sent, took) = upload_pattern(from, server, seed, len, Duration::from_secs(90), what);
     let served = srv.next(Duration::from_secs(10));
     let after = uplinks();
     eprintln!(

@@ -80,10 +80,7 @@ pub fn replace<const N: usize>(packet: &mut [u8], at: usize, new: [u8; N], delta
 /// result); an incorrect one stays incorrect by the same amount. Does
 /// nothing if the field is not in `packet`.
 pub fn adjust(packet: &mut [u8], at: usize, delta: u64) {
-    let Some(slot) = packet
-        .get_mut(at..at.saturating_add(2))
-        .and_then(|slot| <&mut [u8; 2]>::try_from(slot).ok())
-    else {
+    let Some(slot) = field(packet, at) else {
         return;
     };
     let old = u16::from_be_bytes(*slot);
@@ -101,14 +98,18 @@ pub fn adjust(packet: &mut [u8], at: usize, delta: u64) {
 /// to complete (a TUN's `NEEDS_CSUM`). The sum simply gains the change:
 /// `S' = S + ~m + m'`. Does nothing if the field is not in `packet`.
 pub fn adjust_partial(packet: &mut [u8], at: usize, delta: u64) {
-    let Some(slot) = packet
-        .get_mut(at..at.saturating_add(2))
-        .and_then(|slot| <&mut [u8; 2]>::try_from(slot).ok())
-    else {
+    let Some(slot) = field(packet, at) else {
         return;
     };
     let old = u16::from_be_bytes(*slot);
     *slot = fold(u64::from(old) + delta).to_be_bytes();
+}
+
+/// The two-byte checksum field at `at`, if `packet` holds it.
+fn field(packet: &mut [u8], at: usize) -> Option<&mut [u8; 2]> {
+    packet
+        .get_mut(at..at.saturating_add(2))
+        .and_then(|slot| <&mut [u8; 2]>::try_from(slot).ok())
 }
 
 #[cfg(test)]

@@ -674,6 +674,33 @@ pub fn bad_requests(results: &[(u64, io::Result<bool>, Duration)], limit: Durati
         .collect()
 }
 
+/// Uploads `len` bytes of the pattern `seed` from namespace `ns` to
+/// `server` (a [`Behavior::Sink`]), half-closes and waits for the server
+/// to close; returns the hash sent and how long it took. Panics (naming
+/// `what`) if it fails or takes longer than `limit`.
+pub fn upload_pattern(
+    ns: &str,
+    server: SocketAddr,
+    seed: u64,
+    len: u64,
+    limit: Duration,
+    what: &str,
+) -> (Sha256, Duration) {
+    let started = Instant::now();
+    let sent = run_in(ns, what, limit, move || {
+        let mut s = connect(server, Duration::from_secs(5))?;
+        let hash = send_pattern(&mut s, seed, len)?;
+        s.shutdown(std::net::Shutdown::Write)?;
+        // The server closes after reading everything.
+        read_hashed(&mut s)?;
+        Ok::<_, io::Error>(hash)
+    });
+    let took = started.elapsed();
+    let sent =
+        sent.unwrap_or_else(|e| panic!("{what}: upload of {len} bytes to {server} failed: {e}"));
+    (sent, took)
+}
+
 pub fn send_pattern(stream: &mut impl Write, seed: u64, len: u64) -> io::Result<Sha256> {
     let mut pattern = Pattern::new(seed);
     let mut hash = Hasher::new();
