@@ -11,14 +11,13 @@
 
 mod harness;
 
-use std::io::Write;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket};
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use harness::udp::{echo_once, Echo};
 use harness::{
-    connect, netstat, ns_ok, on_fresh_daemons, read_hashed, run_in, short_request, upload_pattern,
+    download_hashed, netstat, ns_ok, on_fresh_daemons, run_in, short_request, upload_pattern,
     within, Behavior, Lab, NsServer, Pattern,
 };
 
@@ -124,14 +123,7 @@ fn download(server: SocketAddr, len: u64) {
             seed,
         },
     );
-    let started = Instant::now();
-    let got = run_in(LAN, "download", Duration::from_secs(120), move || {
-        let mut s = connect(server, Duration::from_secs(5))?;
-        s.write_all(b"get\n")?;
-        read_hashed(&mut s)
-    });
-    let took = started.elapsed();
-    let got = got.unwrap_or_else(|e| panic!("download from {server} failed: {e}"));
+    let (got, took) = download_hashed(LAN, server, Duration::from_secs(120), "download");
     eprintln!(
         "download from {server}: {} MiB in {:.1} s ({:.2} Gbit/s)",
         len / MIB,

@@ -28,9 +28,9 @@ use socket2::{Domain, Protocol, Socket, Type};
 
 use harness::state::{assert_clean, client_state, describe, mptcp_limits};
 use harness::{
-    bad_requests, connect, if_bytes, in_ns, netstat, ns_run, on_fresh_daemons, read_hashed, run_in,
-    scenario, send_pattern, short_request, ss_ip, subflows, upload_pattern, Behavior, IfBytes, Lab,
-    NsServer, Pattern, Sha256, RUN,
+    bad_requests, connect, download_hashed, if_bytes, in_ns, netstat, ns_run, on_fresh_daemons,
+    read_hashed, run_in, scenario, send_pattern, short_request, ss_ip, subflows, upload_pattern,
+    Behavior, IfBytes, Lab, NsServer, Pattern, Sha256, RUN,
 };
 use mpbond::auth::{random_nonce, sign_request, verify_epoch, Epoch, Key};
 use mpbond::wire::convert::{self, ErrorCode, Response};
@@ -307,14 +307,7 @@ fn download(from: &str, server: SocketAddr, expect_peer: IpAddr, len: u64, what:
         },
     );
     let before = uplinks();
-    let started = Instant::now();
-    let got = run_in(from, "download", Duration::from_secs(90), move || {
-        let mut s = connect(server, Duration::from_secs(5))?;
-        s.write_all(b"get\n")?;
-        read_hashed(&mut s)
-    });
-    let took = started.elapsed();
-    let (n, hash) = got.unwrap_or_else(|e| panic!("{what}: download of {len} bytes failed: {e}"));
+    let ((n, hash), took) = download_hashed(from, server, Duration::from_secs(90), what);
     let served = srv.next(Duration::from_secs(10));
     let after = uplinks();
     eprintln!(

@@ -674,6 +674,27 @@ pub fn bad_requests(results: &[(u64, io::Result<bool>, Duration)], limit: Durati
         .collect()
 }
 
+/// Asks `server` (a [`Behavior::Source`]) for its data from namespace
+/// `ns` and reads to the end; returns how many bytes came, their hash and
+/// how long it took. Panics (naming `what`) if it fails or takes longer
+/// than `limit`.
+pub fn download_hashed(
+    ns: &str,
+    server: SocketAddr,
+    limit: Duration,
+    what: &str,
+) -> ((u64, Sha256), Duration) {
+    let started = Instant::now();
+    let got = run_in(ns, what, limit, move || {
+        let mut s = connect(server, Duration::from_secs(5))?;
+        s.write_all(b"get\n")?;
+        read_hashed(&mut s)
+    });
+    let took = started.elapsed();
+    let got = got.unwrap_or_else(|e| panic!("{what}: download from {server} failed: {e}"));
+    (got, took)
+}
+
 /// Uploads `len` bytes of the pattern `seed` from namespace `ns` to
 /// `server` (a [`Behavior::Sink`]), half-closes and waits for the server
 /// to close; returns the hash sent and how long it took. Panics (naming
