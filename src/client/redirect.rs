@@ -618,21 +618,8 @@ mod tests {
     /// over (the pseudo-header sum); returns how [`FlowTable::handle_with`]
     /// is told so.
     fn partial(buf: &mut [u8]) -> Checksum {
-        use crate::wire::checksum;
-        let (v6, start, len) = {
-            let p = TcpPacket::new_checked(&*buf).expect("valid");
-            (p.is_ipv6(), p.ip_header_len(), p.packet_len())
-        };
-        let (src, dst) = if v6 {
-            (8..24, 24..40)
-        } else {
-            (12..16, 16..20)
-        };
-        let pseudo = checksum::pseudo_header_sum(&buf[src], &buf[dst], 6, len - start);
-        let at = start + tcp::field::CHECKSUM;
-        buf[at..at + 2].copy_from_slice(&checksum::fold(pseudo).to_be_bytes());
         Checksum::Partial {
-            start,
+            start: crate::wire::test_packets::make_partial(buf),
             offset: tcp::field::CHECKSUM,
         }
     }
@@ -640,14 +627,7 @@ mod tests {
     /// What the kernel does with the partial checksum of a (super-)packet
     /// written back: completes it over the TCP header and payload.
     fn complete(buf: &mut [u8]) {
-        use crate::wire::checksum;
-        let (start, len) = {
-            let p = TcpPacket::new_checked(&*buf).expect("valid");
-            (p.ip_header_len(), p.packet_len())
-        };
-        let at = start + tcp::field::CHECKSUM;
-        let sum = checksum::complement(checksum::sum_words(&buf[start..len]));
-        buf[at..at + 2].copy_from_slice(&sum.to_be_bytes());
+        crate::wire::test_packets::finish_partial(buf);
     }
 
     /// Super-packets (60 KB of segments) with partial checksums both ways

@@ -342,3 +342,35 @@ pub(crate) fn sized_udp(ipv6: bool, payload: usize, dont_fragment: bool) -> Vec<
     }
     out
 }
+
+/// Turns a packet's TCP checksum into what a TUN with offloads hands
+/// over with `NEEDS_CSUM`: the pseudo-header sum, not complemented.
+/// Returns where the kernel starts summing (the TCP header).
+pub(crate) fn make_partial(bytes: &mut [u8]) -> usize {
+    let (ipv6, tcp_at, len) = {
+        let p = TcpPacket::new_checked(&*bytes).expect("valid");
+        (p.is_ipv6(), p.ip_header_len(), p.packet_len())
+    };
+    let (src, dst) = if ipv6 {
+        (8..24, 24..40)
+    } else {
+        (12..16, 16..20)
+    };
+    let pseudo = checksum::pseudo_header_sum(&bytes[src], &bytes[dst], 6, len - tcp_at);
+    let at = tcp_at + tcp::field::CHECKSUM;
+    bytes[at..at + 2].copy_from_slice(&checksum::fold(pseudo).to_be_bytes());
+    tcp_at
+}
+
+/// What the kernel does with a partial TCP checksum when it takes the
+/// packet back (for a super-packet, before segmenting): sums the TCP
+/// header and payload into it and complements.
+pub(crate) fn finish_partial(bytes: &mut [u8]) {
+    let (tcp_at, len) = {
+        let p = TcpPacket::new_checked(&*bytes).expect("valid");
+        (p.ip_header_len(), p.packet_len())
+    };
+    let at = tcp_at + tcp::field::CHECKSUM;
+    let sum = checksum::complement(checksum::sum_words(&bytes[tcp_at..len]));
+    bytes[at..at + 2].copy_from_slice(&sum.to_be_bytes());
+}
