@@ -279,11 +279,13 @@ pub(super) async fn watch(
             }
         }
         let starved = others_starved(&lines, now);
+        let answered = others_answered(&lines);
         for (index, line) in lines.iter_mut().enumerate() {
             if line.retired {
                 continue;
             }
             line.path.set_others_starved(starved[index]);
+            line.path.set_others_answered(answered[index]);
             line.path.handle_timeout(now);
             while let Some(seq) = line.path.poll_transmit(now) {
                 send_probe(&shared, index, line, seq);
@@ -326,6 +328,20 @@ fn others_starved(lines: &[Line], now: Instant) -> Vec<bool> {
                     && matches!(line.path.verdict(), Verdict::Usable | Verdict::Back)
             });
             path::starved(others.map(|(_, line)| &line.path), now)
+        })
+        .collect()
+}
+
+/// For each line, when the newest probe answered on any other line left.
+fn others_answered(lines: &[Line]) -> Vec<Option<Instant>> {
+    (0..lines.len())
+        .map(|index| {
+            lines
+                .iter()
+                .enumerate()
+                .filter(|&(other, line)| other != index && !line.retired)
+                .filter_map(|(_, line)| line.path.answered_sent())
+                .max()
         })
         .collect()
 }

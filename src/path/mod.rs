@@ -37,6 +37,15 @@
 //!   quiet limit, twice the longest probe silence that ended in an answer
 //!   lately, and `srtt + 4·rttvar`.
 //!
+//! The busy limit applies only while another line has answered a probe
+//! sent after this line fell silent. A line that keeps delivering while
+//! every line's probes go unanswered points at what they share (the
+//! concentrator, or this host too loaded to read its answers: seen at
+//! Gbit/s), not at the line; calling it dead would move its traffic
+//! nowhere and tear down every subflow at once. A quiet line (nothing
+//! received either) is still condemned alone, as are carrier and address
+//! loss.
+//!
 //! A third limit, **holding back**, applies only while the site's other
 //! lines carry far less than they did lately (the driver tells, see
 //! [`starved`]): a bonded connection's data is then waiting behind this
@@ -47,7 +56,8 @@
 //! round trip's `srtt + 4·rttvar` plus a probe interval (a line with a
 //! deep queue answers its probes only after the data queued ahead of
 //! them: that wait is its habit, not silence); neither learned nor damped,
-//! and such a verdict undone quickly is no false alarm.
+//! and such a verdict undone quickly is no false alarm. Like the busy
+//! limit, it needs another line to have answered meanwhile.
 //!
 //! The quiet and busy limits are stretched by flap damping (a dead
 //! verdict undone within [`Config::quick_return`] was a false alarm: the
@@ -388,6 +398,11 @@ pub struct Path {
     /// Whether the other lines carry far less than lately (set by the
     /// driver before each [`Path::handle_timeout`]).
     others_starved: bool,
+    /// When the newest probe answered on another line left (set by the
+    /// driver before each [`Path::handle_timeout`]).
+    others_answered: Option<Instant>,
+    /// When the newest probe answered on this line left.
+    answered_sent: Option<Instant>,
     last_wake: Instant,
     events: VecDeque<Event>,
     changes: u64,
@@ -424,6 +439,8 @@ impl Path {
             tx_rate: RateMeter::default(),
             throughput: Throughput::new(config.throughput_memory),
             others_starved: false,
+            others_answered: None,
+            answered_sent: None,
             last_wake: now,
             events: VecDeque::new(),
             changes: 0,
@@ -537,6 +554,7 @@ impl Path {
         let sent_at = sent.at;
         self.rtt.sample(now, now.saturating_duration_since(sent_at));
         self.ever_answered = true;
+        self.answered_sent = self.answered_sent.max(Some(sent_at));
         let silent = self.waiting_since.map(|w| now.saturating_duration_since(w));
         if seq > self.newest_answered {
             self.newest_answered = seq;
@@ -604,6 +622,21 @@ impl Path {
         self.others_starved = starved;
     }
 
+    /// When the newest probe answered on the site's other lines left
+    /// (the latest of their [`Path::answered_sent`]); the driver tells
+    /// before each [`Path::handle_timeout`]. Only while one has answered
+    /// a probe sent after this line fell silent can silence alone (the
+    /// busy and holding-back limits) condemn it.
+    pub fn set_others_answered(&mut self, at: Option<Instant>) {
+        self.others_answered = at;
+    }
+
+    /// When the newest probe answered on this line was sent; `None`
+    /// before the first answer.
+    pub fn answered_sent(&self) -> Option<Instant> {
+        self.answered_sent
+    }
+
     /// What the line carries now against its recent peak.
     pub fn throughput(&self) -> &Throughput {
         &self.throughput
@@ -642,7 +675,10 @@ impl Path {
                 now.saturating_duration_since(since.max(self.active_since))
             });
             let quiet_for = silent.min(rx_quiet);
-            let dead = if silent >= limits.busy {
+            // Another line got a round trip through since this one fell
+            // silent: the silence is this line's own.
+            let alone = self.others_answered.is_some_and(|at| at >= waiting);
+            let dead = if alone && silent >= limits.busy {
                 Some(Reason::Silent {
                     silent,
                     limit: limits.busy,
@@ -654,7 +690,7 @@ impl Path {
                     limit: limits.quiet,
                     quiet: true,
                 })
-            } else if self.others_starved && silent >= limits.hold {
+            } else if alone && self.others_starved && silent >= limits.hold {
                 Some(Reason::HoldingBack {
                     silent,
                     limit: limits.hold,

@@ -207,6 +207,8 @@ fn simulate_with(config: Config, line: &Line, seed: u64, until: u64) -> Run {
                 tx_bytes: 0,
             },
         );
+        // The site's other line is clean: its probes come back in 20 ms.
+        path.set_others_answered(Some(at(now.saturating_sub(20))));
         path.handle_timeout(at(now));
         while let Some(seq) = path.poll_transmit(at(now)) {
             if let Some(arrival) = line.answer(&mut rng, now) {

@@ -21,6 +21,9 @@ struct Driver {
     rtt: u64,
     /// Probes in flight: (seq, answer due at ms).
     flight: Vec<(u64, u64)>,
+    /// Whether the site's other line answers its probes (after the same
+    /// round trip).
+    others: bool,
 }
 
 impl Driver {
@@ -29,6 +32,7 @@ impl Driver {
             rx: 0,
             rtt: 20,
             flight: Vec::new(),
+            others: true,
         }
     }
 
@@ -67,6 +71,9 @@ impl Driver {
                     tx_bytes: 0,
                 },
             );
+            if self.others {
+                path.set_others_answered(Some(t(now.saturating_sub(self.rtt))));
+            }
             path.handle_timeout(t(now));
             while let Some(seq) = path.poll_transmit(t(now)) {
                 self.flight.push((seq, now + self.rtt));
@@ -477,4 +484,73 @@ fn others_are_starved_below_half_their_peak_when_it_is_worth_a_transfer() {
         path
     };
     assert!(!starved([&trickle], now));
+}
+
+/// Every line's probes unanswered while the lines keep delivering (seen
+/// at Gbit/s: the client too loaded to read its answers) is no line's
+/// fault: silence alone condemns none of them, starved or not, until
+/// another line gets a round trip through. Going quiet still does.
+#[test]
+fn silence_on_every_line_at_once_condemns_none_unless_quiet() {
+    let t = clock();
+    let mut path = active_path(&t);
+    let mut d = Driver::new();
+    d.run(&mut path, &t, 0, 2000, |_| true, |_| true);
+    // From 2000 no line answers; this one keeps receiving.
+    d.others = false;
+    path.set_others_answered(Some(t(1990)));
+    path.set_others_starved(true);
+    let events = d.run(&mut path, &t, 2000, 6000, |now| now < 2000, |_| true);
+    assert_eq!(dead_at(&events), None, "{events:?}");
+    assert_eq!(path.verdict(), Verdict::Suspect, "{events:?}");
+    // The other line answers again from 6000: this one's silence is its
+    // own now, and it is dead within a probe interval and a round trip.
+    d.others = true;
+    let events = d.run(&mut path, &t, 6000, 6200, |_| false, |_| true);
+    let dead = events
+        .iter()
+        .find(|e| e.to == Verdict::Dead)
+        .expect("dead once another line answers");
+    assert!(dead.at <= t(6000 + 30 + 20), "{events:?}");
+
+    // Every line silent and this one receives nothing either (blackholed
+    // along with the rest): dead at the quiet limit as ever.
+    let mut path = active_path(&t);
+    let mut d = Driver::new();
+    d.run(&mut path, &t, 0, 2000, |_| true, |_| true);
+    d.others = false;
+    let events = d.run(
+        &mut path,
+        &t,
+        2000,
+        3000,
+        |now| now < 2000,
+        |now| now < 2000,
+    );
+    let dead = events
+        .iter()
+        .find(|e| e.to == Verdict::Dead)
+        .expect("a quiet line is dead alone");
+    assert!(dead.at <= t(2000 + 130), "{events:?}");
+    assert!(matches!(dead.reason, Reason::Silent { quiet: true, .. }));
+}
+
+/// What another line answered counts only from probes sent after this
+/// line fell silent: answers to older ones show nothing about now.
+#[test]
+fn only_answers_to_probes_sent_since_the_silence_count() {
+    let t = clock();
+    let mut path = active_path(&t);
+    let mut d = Driver::new();
+    d.run(&mut path, &t, 0, 2000, |_| true, |_| true);
+    assert!(path.answered_sent().is_some_and(|at| at >= t(1950)));
+    d.others = false;
+    // The other line's newest answered probe left at 1995, before this
+    // line's first unanswered one.
+    path.set_others_answered(Some(t(1995)));
+    let events = d.run(&mut path, &t, 2000, 4000, |now| now < 2000, |_| true);
+    assert_eq!(dead_at(&events), None, "{events:?}");
+    path.set_others_answered(Some(t(2100)));
+    let events = d.run(&mut path, &t, 4000, 4010, |_| false, |_| true);
+    assert!(dead_at(&events).is_some(), "{events:?}");
 }
