@@ -21,13 +21,16 @@ use std::time::{Duration, Instant};
 
 use harness::download::{check_download, start_download, wait_for, NOTED_GAP};
 use harness::NsServer;
-use harness::{bad_requests, if_bytes, ns_ok, run_in, short_request, subflows, Behavior, Lab};
+use harness::{
+    bad_requests, if_bytes, ns_ok, ns_run, run_in, short_request, subflows, within, Behavior, Lab,
+};
 
 const SERVER: IpAddr = IpAddr::V4(Ipv4Addr::new(198, 51, 100, 10));
 const CONCENTRATOR: IpAddr = IpAddr::V4(Ipv4Addr::new(10, 77, 9, 2));
 const SRV: &str = "mpb-srv";
 const LAN: &str = "mpb-lan";
 const CLI: &str = "mpb-cli";
+const WAN: &str = "mpb-wan";
 const MIB: u64 = 1 << 20;
 const SEED: u64 = 0xfa11;
 
@@ -459,5 +462,114 @@ fn a_bursty_lte_is_not_mistaken_for_a_dead_one() {
         holds <= 12,
         "lte was taken out {holds} times while dsl waited for it; its verdicts:\n{}",
         verdicts()
+    );
+}
+
+/// Drops the probes (UDP to the concentrator's port: the datagram
+/// tunnel's too) that `lines` (10.77.N.0/24) send, in mpb-wan; TCP passes.
+/// Each its own table, removed on drop, also when the test fails.
+struct ProbeDrop(String);
+
+impl ProbeDrop {
+    fn lines(lines: &[u8]) -> Self {
+        let names: Vec<String> = lines.iter().map(u8::to_string).collect();
+        let t = format!("mpbt_probe_drop_{}", names.join("_"));
+        let _ = ns_run(WAN, &["nft", "delete", "table", "inet", &t]);
+        let mut rules = format!(
+            "add table inet {t}; add chain inet {t} probes {{ type filter hook forward priority 0; }}"
+        );
+        for n in lines {
+            rules +=
+                &format!("; add rule inet {t} probes ip saddr 10.77.{n}.0/24 udp dport 7300 drop");
+        }
+        ns_ok(WAN, &["nft", &rules]);
+        Self(t)
+    }
+}
+
+impl Drop for ProbeDrop {
+    fn drop(&mut self) {
+        let _ = ns_run(WAN, &["nft", "delete", "table", "inet", &self.0]);
+    }
+}
+
+/// Client log lines since `skip` that give an uplink verdict.
+fn verdicts_since(lab: &Lab, skip: usize) -> Vec<String> {
+    lab.log_tail("client", usize::MAX)
+        .lines()
+        .skip(skip)
+        .filter(|l| l.contains("uplink down") || l.contains("uplink back"))
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Every line's probes unanswered while both keep delivering the data
+/// (what a client too loaded to read its answers in time sees, at
+/// Gbit/s): no line is called dead, since that would move the traffic
+/// nowhere and tear down every subflow, and the download goes on without
+/// a stall. Once lte answers again, dsl's silence is its own: dsl is dead
+/// within a second, and the download still ends intact over lte.
+#[test]
+fn probes_lost_on_every_line_condemn_none_but_one_answering_condemns_the_other() {
+    let lab = Lab::up_and_start(&[], &[]);
+    let srv = source(5609, RETURN_LEN);
+    let (tx, rx) = mpsc::channel();
+    let download = start_download(srv.addr(), tx);
+    wait_for(&rx, 4 * MIB);
+    let skip = lab.log_tail("client", usize::MAX).lines().count();
+    let both = ProbeDrop::lines(&[1, 2]);
+    let silent_from = Instant::now();
+    // Five busy limits (600 ms) of silence on both lines.
+    thread::sleep(Duration::from_secs(3));
+    let silent_to = Instant::now();
+    let verdicts = verdicts_since(&lab, skip);
+    assert!(
+        verdicts.is_empty(),
+        "lines called dead while every line's probes went unanswered:\n{}",
+        verdicts.join("\n")
+    );
+    let endpoints = ns_ok(CLI, &["ip", "mptcp", "endpoint", "show"]);
+    assert!(
+        endpoints.contains("10.77.1.2") && endpoints.contains("10.77.2.2"),
+        "an endpoint went while every line's probes went unanswered:\n{endpoints}"
+    );
+    // lte answers again; dsl's probes still go unanswered.
+    let dsl_only = ProbeDrop::lines(&[1]);
+    drop(both);
+    let dead = within(Duration::from_secs(3), || {
+        verdicts_since(&lab, skip)
+            .iter()
+            .any(|l| l.contains("uplink down") && l.contains("uplink=dsl"))
+    });
+    let got = download.join().expect("download thread");
+    drop(dsl_only);
+    let got = check_download(
+        "probes lost on both lines, then on dsl",
+        got,
+        &srv,
+        RETURN_LEN,
+        SEED,
+    );
+    let stall = got.longest_gap_within(silent_from, silent_to);
+    eprintln!(
+        "both lines' probes lost for 3 s: longest wait for a byte {stall:?}; dsl dead {dead:?} after lte answered"
+    );
+    assert!(
+        stall < RETURN_STALL_LIMIT,
+        "the download stalled {stall:?} while every line's probes were lost"
+    );
+    let dead = dead.unwrap_or_else(|| {
+        panic!(
+            "dsl not called dead within 3 s of lte answering again:\n{}",
+            lab.log_tail("client", usize::MAX)
+                .lines()
+                .skip(skip)
+                .collect::<Vec<_>>()
+                .join("\n")
+        )
+    });
+    assert!(
+        dead < Duration::from_secs(1),
+        "dsl called dead only {dead:?} after lte answered"
     );
 }

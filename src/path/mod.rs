@@ -37,8 +37,13 @@
 //!   quiet limit, twice the longest probe silence that ended in an answer
 //!   lately, and `srtt + 4·rttvar`.
 //!
-//! The busy limit applies only while another line has answered a probe
-//! sent after this line fell silent. A line that keeps delivering while
+//! The busy limit applies only while another line answers: it must have
+//! answered a probe sent in the second half of this line's silence (not
+//! merely after it began: a silence shared by every line starts on each
+//! a little apart, as far apart as their delays), and gone on doing so
+//! for this line's own round trip (`srtt + 4·rttvar`) plus a probe
+//! interval (a shared silence also ends on each a little apart: this
+//! line's answer would have come by then). A line that keeps delivering while
 //! every line's probes go unanswered points at what they share (the
 //! concentrator, or this host too loaded to read its answers: seen at
 //! Gbit/s), not at the line; calling it dead would move its traffic
@@ -403,6 +408,9 @@ pub struct Path {
     others_answered: Option<Instant>,
     /// When the newest probe answered on this line left.
     answered_sent: Option<Instant>,
+    /// Since when another line has been answering during this line's
+    /// silence, and the silence's start (`waiting_since`) it is about.
+    alone_since: Option<(Instant, Instant)>,
     last_wake: Instant,
     events: VecDeque<Event>,
     changes: u64,
@@ -441,6 +449,7 @@ impl Path {
             others_starved: false,
             others_answered: None,
             answered_sent: None,
+            alone_since: None,
             last_wake: now,
             events: VecDeque::new(),
             changes: 0,
@@ -625,8 +634,8 @@ impl Path {
     /// When the newest probe answered on the site's other lines left
     /// (the latest of their [`Path::answered_sent`]); the driver tells
     /// before each [`Path::handle_timeout`]. Only while one has answered
-    /// a probe sent after this line fell silent can silence alone (the
-    /// busy and holding-back limits) condemn it.
+    /// a probe sent in the second half of this line's silence can silence
+    /// alone (the busy and holding-back limits) condemn it.
     pub fn set_others_answered(&mut self, at: Option<Instant>) {
         self.others_answered = at;
     }
@@ -653,6 +662,29 @@ impl Path {
         self.outage_end.is_none_or(|end| start >= end)
     }
 
+    /// Whether this line's silence, from `waiting` and `silent` long at
+    /// `now`, is its own (see the module documentation): another line got
+    /// round trips through well after it began, for long enough that this
+    /// line's answers would have come too if the silence had been shared.
+    fn alone(&mut self, now: Instant, waiting: Instant, silent: Duration) -> bool {
+        let answering = self
+            .others_answered
+            .is_some_and(|at| at >= waiting + silent / 2);
+        if !answering {
+            self.alone_since = None;
+            return false;
+        }
+        let since = match self.alone_since {
+            Some((about, since)) if about == waiting => since,
+            _ => {
+                self.alone_since = Some((waiting, now));
+                now
+            }
+        };
+        let confirm = self.rtt.rto().unwrap_or_default() + self.config.probe_every;
+        now.saturating_duration_since(since) >= confirm
+    }
+
     /// Re-evaluates the verdict at `now`.
     pub fn handle_timeout(&mut self, now: Instant) {
         self.last_wake = now;
@@ -675,9 +707,7 @@ impl Path {
                 now.saturating_duration_since(since.max(self.active_since))
             });
             let quiet_for = silent.min(rx_quiet);
-            // Another line got a round trip through since this one fell
-            // silent: the silence is this line's own.
-            let alone = self.others_answered.is_some_and(|at| at >= waiting);
+            let alone = self.alone(now, waiting, silent);
             let dead = if alone && silent >= limits.busy {
                 Some(Reason::Silent {
                     silent,

@@ -21,9 +21,10 @@ struct Driver {
     rtt: u64,
     /// Probes in flight: (seq, answer due at ms).
     flight: Vec<(u64, u64)>,
-    /// Whether the site's other line answers its probes (after the same
-    /// round trip).
+    /// Whether the site's other line answers its probes.
     others: bool,
+    /// The other line's round trip, ms.
+    others_rtt: u64,
 }
 
 impl Driver {
@@ -33,6 +34,7 @@ impl Driver {
             rtt: 20,
             flight: Vec::new(),
             others: true,
+            others_rtt: 20,
         }
     }
 
@@ -72,7 +74,7 @@ impl Driver {
                 },
             );
             if self.others {
-                path.set_others_answered(Some(t(now.saturating_sub(self.rtt))));
+                path.set_others_answered(Some(t(now.saturating_sub(self.others_rtt))));
             }
             path.handle_timeout(t(now));
             while let Some(seq) = path.poll_transmit(t(now)) {
@@ -503,15 +505,16 @@ fn silence_on_every_line_at_once_condemns_none_unless_quiet() {
     let events = d.run(&mut path, &t, 2000, 6000, |now| now < 2000, |_| true);
     assert_eq!(dead_at(&events), None, "{events:?}");
     assert_eq!(path.verdict(), Verdict::Suspect, "{events:?}");
-    // The other line answers again from 6000: this one's silence is its
-    // own now, and it is dead within a probe interval and a round trip.
+    // The other line answers again from 6000 and this one does not: its
+    // silence is its own, and it is dead once its answer is overdue (its
+    // round trip, 20 ms, and a probe interval after the other's).
     d.others = true;
     let events = d.run(&mut path, &t, 6000, 6200, |_| false, |_| true);
     let dead = events
         .iter()
         .find(|e| e.to == Verdict::Dead)
         .expect("dead once another line answers");
-    assert!(dead.at <= t(6000 + 30 + 20), "{events:?}");
+    assert!(dead.at <= t(6000 + 20 + 30 + 60), "{events:?}");
 
     // Every line silent and this one receives nothing either (blackholed
     // along with the rest): dead at the quiet limit as ever.
@@ -535,10 +538,13 @@ fn silence_on_every_line_at_once_condemns_none_unless_quiet() {
     assert!(matches!(dead.reason, Reason::Silent { quiet: true, .. }));
 }
 
-/// What another line answered counts only from probes sent after this
-/// line fell silent: answers to older ones show nothing about now.
+/// What another line answered counts only from probes sent in the second
+/// half of this line's silence: answers to older ones show nothing about
+/// now, and a silence shared by every line starts on each a little apart
+/// (a probe on a line with less delay got through just after the first
+/// lost one on this line).
 #[test]
-fn only_answers_to_probes_sent_since_the_silence_count() {
+fn only_answers_to_probes_sent_well_into_the_silence_count() {
     let t = clock();
     let mut path = active_path(&t);
     let mut d = Driver::new();
@@ -552,5 +558,32 @@ fn only_answers_to_probes_sent_since_the_silence_count() {
     assert_eq!(dead_at(&events), None, "{events:?}");
     path.set_others_answered(Some(t(2100)));
     let events = d.run(&mut path, &t, 4000, 4010, |_| false, |_| true);
+    assert_eq!(dead_at(&events), None, "{events:?}");
+    // About 2 s of silence at 4010: a probe sent at 3100 is well into it.
+    path.set_others_answered(Some(t(3100)));
+    let events = d.run(&mut path, &t, 4010, 4200, |_| false, |_| true);
     assert!(dead_at(&events).is_some(), "{events:?}");
+}
+
+/// A silence shared by every line ends on each a little apart: the line
+/// with less delay answers first. The slower one, whose answer is a round
+/// trip away, is not condemned in that moment for a silence that long.
+#[test]
+fn the_end_of_a_shared_silence_condemns_none() {
+    let t = clock();
+    let mut path = active_path(&t);
+    let mut d = Driver::new();
+    d.rtt = 100;
+    d.run(&mut path, &t, 0, 2000, |_| true, |_| true);
+    // Every line silent from 2000 to 4000 (probes sent then are lost),
+    // the interface receiving throughout; the other line (20 ms) answers
+    // again from 4000, this one (100 ms) from 4100.
+    d.others = false;
+    let lost = |due: u64| !(2000..4000).contains(&due.saturating_sub(100));
+    let events = d.run(&mut path, &t, 2000, 4000, lost, |_| true);
+    assert_eq!(dead_at(&events), None, "{events:?}");
+    d.others = true;
+    let events = d.run(&mut path, &t, 4000, 5000, lost, |_| true);
+    assert_eq!(dead_at(&events), None, "{events:?}");
+    assert_eq!(path.verdict(), Verdict::Usable, "{events:?}");
 }
