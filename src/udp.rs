@@ -446,7 +446,10 @@ impl TunWriter {
                     Some(tun.try_send_vectored(&iov[..=count]))
                 });
             match written {
-                Some(Ok(_)) => {}
+                // A super-packet lands in the receiving socket at once; a
+                // local receiver (woken by it) gets the CPU before the next
+                // lands, rather than overflow a default socket buffer.
+                Some(Ok(_)) => std::thread::yield_now(),
                 Some(Err(e)) if e.kind() == io::ErrorKind::WouldBlock => fail(e, count),
                 refused => {
                     if let Some(Err(e)) = refused {
