@@ -393,9 +393,9 @@ impl TunWriter {
     /// What the write returned.
     pub fn write_one(&self, tun: &tun_rs::AsyncDevice, packet: &[u8]) -> io::Result<()> {
         if self.vnet {
-            tun.try_send_vectored(&[IoSlice::new(&vnet::PLAIN), IoSlice::new(packet)])?;
+            write_tun(tun, &[IoSlice::new(&vnet::PLAIN), IoSlice::new(packet)])?;
         } else {
-            tun.try_send(packet)?;
+            write_tun(tun, &[IoSlice::new(packet)])?;
         }
         Ok(())
     }
@@ -443,7 +443,7 @@ impl TunWriter {
                     for (k, slot) in iov.iter_mut().skip(1).take(count).enumerate() {
                         *slot = IoSlice::new(packet(i + k)?.get(skip..)?);
                     }
-                    Some(tun.try_send_vectored(&iov[..=count]))
+                    Some(write_tun(tun, &iov[..=count]))
                 });
             match written {
                 // A super-packet lands in the receiving socket at once; a
@@ -467,6 +467,13 @@ impl TunWriter {
         }
         failed
     }
+}
+
+/// One packet gathered from `bufs`, written at once: a TUN write never
+/// waits, so the runtime's idea of the descriptor's readiness (not yet
+/// known right after it opened) must not hold it back.
+fn write_tun(tun: &tun_rs::AsyncDevice, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+    crate::sys::write_tun(std::os::fd::AsFd::as_fd(&**tun), bufs)
 }
 
 /// The run of datagrams that joins the one at `first` (index `i`;
