@@ -367,9 +367,9 @@ impl<T: Copy + PartialEq> SendBatch<T> {
 /// as one super-packet, which the kernel cuts back into the datagrams
 /// after one trip through routing and the devices (and the receiving
 /// socket's owner is woken once per super-packet, not per datagram); the
-/// rest go one by one. If the kernel refuses a super-packet (too old for
-/// UDP segmentation from a TUN), its datagrams go one by one and the
-/// writer stops joining.
+/// rest go one by one. If the kernel refuses a super-packet's header
+/// (`EINVAL`: too old for UDP segmentation from a TUN), its datagrams go
+/// one by one and the writer stops joining.
 #[derive(Debug)]
 pub struct TunWriter {
     vnet: bool,
@@ -450,7 +450,10 @@ impl TunWriter {
                 // local receiver (woken by it) gets the CPU before the next
                 // lands, rather than overflow a default socket buffer.
                 Some(Ok(_)) => std::thread::yield_now(),
-                Some(Err(e)) if e.kind() == io::ErrorKind::WouldBlock => fail(e, count),
+                // The header refused (a kernel without UDP segmentation
+                // from a TUN); any other error (the device down) is not
+                // the super-packet's and would befall each datagram too.
+                Some(Err(e)) if e.raw_os_error() != Some(libc::EINVAL) => fail(e, count),
                 refused => {
                     if let Some(Err(e)) = refused {
                         debug!(error = %e, "the TUN refuses UDP super-packets; writing datagrams one by one");
