@@ -446,10 +446,7 @@ impl TunWriter {
                     Some(write_tun(tun, &iov[..=count]))
                 });
             match written {
-                // A super-packet lands in the receiving socket at once; a
-                // local receiver (woken by it) gets the CPU before the next
-                // lands, rather than overflow a default socket buffer.
-                Some(Ok(_)) => std::thread::yield_now(),
+                Some(Ok(_)) => {}
                 // The header refused (a kernel without UDP segmentation
                 // from a TUN); any other error (the device down) is not
                 // the super-packet's and would befall each datagram too.
