@@ -9,15 +9,21 @@
 //! quinn's, and tested across kernels: it falls back to one datagram per
 //! send where GSO fails). What is here holds the buffers, reused for every
 //! batch, so the hot path allocates nothing. [`read_queued_tun`] does the
-//! same for the TUN reads that feed these batches.
+//! same for the TUN reads that feed these batches, and [`TunWriter`] writes
+//! what the batches carried to the TUN, a flow's datagrams joined into UDP
+//! super-packets.
 
-use std::io::{self, IoSliceMut};
+use std::io::{self, IoSlice, IoSliceMut};
 use std::net::SocketAddr;
 use std::ops::{Deref, Range};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use quinn_udp::{RecvMeta, Transmit, UdpSocketState};
 use tokio::io::Interest;
 use tokio::net::UdpSocket;
+use tracing::debug;
+
+use crate::wire::{coalesce, vnet};
 
 /// Messages one receive takes at most (`recvmmsg`); with GRO each holds up
 /// to 64 datagrams from one source, else one.
@@ -353,6 +359,149 @@ impl<T: Copy + PartialEq> SendBatch<T> {
         self.used = 0;
         self.runs.clear();
     }
+}
+
+/// Writes IP packets to a TUN device, in order, without waiting (a TUN
+/// write never does): when the device takes virtio-net headers, each run
+/// of one flow's consecutive UDP datagrams that [`coalesce`] can join goes
+/// as one super-packet, which the kernel cuts back into the datagrams
+/// after one trip through routing and the devices (and the receiving
+/// socket's owner is woken once per super-packet, not per datagram); the
+/// rest go one by one. If the kernel refuses a super-packet's header
+/// (`EINVAL`: too old for UDP segmentation from a TUN), its datagrams go
+/// one by one and the writer stops joining.
+#[derive(Debug)]
+pub struct TunWriter {
+    vnet: bool,
+    coalesce: AtomicBool,
+}
+
+impl TunWriter {
+    /// A writer for a device with virtio-net headers (`vnet`) or without.
+    #[must_use]
+    pub fn new(vnet: bool) -> Self {
+        Self {
+            vnet,
+            coalesce: AtomicBool::new(vnet),
+        }
+    }
+
+    /// Writes one IP packet with a complete checksum.
+    ///
+    /// # Errors
+    ///
+    /// What the write returned.
+    pub fn write_one(&self, tun: &tun_rs::AsyncDevice, packet: &[u8]) -> io::Result<()> {
+        if self.vnet {
+            write_tun(tun, &[IoSlice::new(&vnet::PLAIN), IoSlice::new(packet)])?;
+        } else {
+            write_tun(tun, &[IoSlice::new(packet)])?;
+        }
+        Ok(())
+    }
+
+    /// Writes the IP packets at `packets` in `buf`, in that order. Returns
+    /// how many could not be written and the last error, if any.
+    pub fn write(
+        &self,
+        tun: &tun_rs::AsyncDevice,
+        buf: &[u8],
+        packets: &[Range<usize>],
+    ) -> (usize, Option<io::Error>) {
+        let mut failed = (0, None);
+        let mut fail = |e: io::Error, n: usize| {
+            failed.0 += n;
+            failed.1 = Some(e);
+        };
+        let coalesce = self.coalesce.load(Ordering::Relaxed);
+        let packet = |i: usize| packets.get(i).and_then(|r| buf.get(r.clone()));
+        let mut i = 0;
+        while i < packets.len() {
+            let Some(first) = packet(i) else {
+                i += 1;
+                continue;
+            };
+            let count = if coalesce {
+                joined(first, i, packet)
+            } else {
+                None
+            };
+            let Some((datagram, count, bytes)) = count else {
+                if let Err(e) = self.write_one(tun, first) {
+                    fail(e, 1);
+                }
+                i += 1;
+                continue;
+            };
+            let mut header = [0; coalesce::MAX_HEADER];
+            let mut iov = [IoSlice::new(&[]); 1 + coalesce::MAX_SEGMENTS];
+            let written = datagram
+                .super_header(first, bytes, &mut header)
+                .and_then(|len| {
+                    iov[0] = IoSlice::new(header.get(..len)?);
+                    let skip = datagram.header_len();
+                    for (k, slot) in iov.iter_mut().skip(1).take(count).enumerate() {
+                        *slot = IoSlice::new(packet(i + k)?.get(skip..)?);
+                    }
+                    Some(write_tun(tun, &iov[..=count]))
+                });
+            match written {
+                Some(Ok(_)) => {}
+                // The header refused (a kernel without UDP segmentation
+                // from a TUN); any other error (the device down) is not
+                // the super-packet's and would befall each datagram too.
+                Some(Err(e)) if e.raw_os_error() != Some(libc::EINVAL) => fail(e, count),
+                refused => {
+                    if let Some(Err(e)) = refused {
+                        debug!(error = %e, "the TUN refuses UDP super-packets; writing datagrams one by one");
+                        self.coalesce.store(false, Ordering::Relaxed);
+                    }
+                    for k in 0..count {
+                        if let Some(Err(e)) = packet(i + k).map(|p| self.write_one(tun, p)) {
+                            fail(e, 1);
+                        }
+                    }
+                }
+            }
+            i += count;
+        }
+        failed
+    }
+}
+
+/// One packet gathered from `bufs`, written at once: a TUN write never
+/// waits, so the runtime's idea of the descriptor's readiness (not yet
+/// known right after it opened) must not hold it back.
+fn write_tun(tun: &tun_rs::AsyncDevice, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+    crate::sys::write_tun(std::os::fd::AsFd::as_fd(&**tun), bufs)
+}
+
+/// The run of datagrams that joins the one at `first` (index `i`;
+/// `packet` gives each by index): the first's view, how many (at least
+/// two) and their payload bytes; `None` when nothing joins it.
+fn joined<'a>(
+    first: &[u8],
+    i: usize,
+    packet: impl Fn(usize) -> Option<&'a [u8]>,
+) -> Option<(coalesce::Datagram, usize, usize)> {
+    let datagram = coalesce::Datagram::of(first)?;
+    let (mut count, mut bytes, mut last) = (1, datagram.payload(), datagram.payload());
+    while let Some(p) = packet(i + count) {
+        let Some(next) = coalesce::Datagram::of(p) else {
+            break;
+        };
+        // The first's checksum is worth checking once a second joins.
+        if !datagram.joins(count, bytes, last, &next)
+            || !next.checksum_ok(p)
+            || (count == 1 && !datagram.checksum_ok(first))
+        {
+            break;
+        }
+        count += 1;
+        bytes += next.payload();
+        last = next.payload();
+    }
+    (count > 1).then_some((datagram, count, bytes))
 }
 
 /// After a TUN read woke up with the packet at `buf[..first]`: the packets

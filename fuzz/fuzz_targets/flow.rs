@@ -8,12 +8,18 @@
 //! answered in turn. For packets over the tunnel's MTU (`wire::fragment`,
 //! the MTU taken from the input's last two bytes): every fragment fits
 //! and parses, together they carry the datagram's payload, and the "too
-//! big" error is as well-behaved as the port unreachable.
+//! big" error is as well-behaved as the port unreachable. For the TUN's
+//! UDP super-packets (`wire::coalesce`): a datagram that may join others,
+//! made the first of a super-packet of itself alone, gets back its own
+//! headers (but the UDP checksum, partial, and the lengths of its
+//! payload), and nothing with another size of payload joins it.
 
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
+use mpbond::wire::coalesce::{self, Datagram};
 use mpbond::wire::fragment::{fit, Fit, Fragments};
+use mpbond::wire::vnet;
 use mpbond::wire::{
     build_icmp_port_unreachable_for, build_icmp_too_big_for, classify, flow_of, udp, Demux,
     Protocol,
@@ -60,6 +66,29 @@ fuzz_target!(|data: &[u8]| {
                 assert_eq!(carried, total - 20);
             }
         }
+    }
+
+    if let Some(datagram) = Datagram::of(data) {
+        let valid = datagram.checksum_ok(data);
+        let hdr = datagram.header_len();
+        assert_eq!(hdr + datagram.payload(), data.len());
+        let mut out = [0; coalesce::MAX_HEADER];
+        let len = datagram
+            .super_header(data, datagram.payload(), &mut out)
+            .expect("a header for the datagram's own bytes");
+        assert_eq!(len, vnet::LEN + hdr);
+        let header = vnet::Header::parse(&out).expect("vnet header");
+        assert_eq!(usize::from(header.hdr_len), hdr);
+        assert_eq!(usize::from(header.gso_size), datagram.payload());
+        let ip = &out[vnet::LEN..len];
+        // All but the UDP checksum field as it was (lengths agree already;
+        // a valid IPv4 header checksum is computed back to itself).
+        let field = hdr - 2;
+        for (at, (made, was)) in ip[..field].iter().zip(&data[..field]).enumerate() {
+            let header_checksum = hdr == 28 && (10..12).contains(&at);
+            assert!(made == was || (header_checksum && !valid), "byte {at}");
+        }
+        assert!(!datagram.joins(coalesce::MAX_SEGMENTS, 0, 0, &datagram));
     }
 
     let Ok(flow) = flow_of(data) else {

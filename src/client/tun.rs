@@ -7,22 +7,27 @@
 //! same way for the kernel to segment (or to deliver whole to the local
 //! listener). UDP segmentation is left off, so datagrams for the tunnel
 //! arrive one by one (their checksums may still be partial: the capture
-//! finishes them before sealing).
+//! finishes them before sealing); datagrams from the tunnel are written
+//! back a flow's run at a time as UDP super-packets, which the kernel
+//! takes from any device with virtio-net headers.
 
 use std::io::{self, IoSlice};
-use std::ops::Deref;
+use std::ops::{Deref, Range};
 use std::os::fd::AsFd;
 
 use tracing::{debug, info};
 use tun_rs::{AsyncDevice, DeviceBuilder};
 
 use crate::config::client::TunConfig;
+use crate::udp::TunWriter;
 use crate::wire::vnet;
 
 /// The TUN device and how its packets are framed.
 pub(super) struct Tun {
     device: AsyncDevice,
     offload: bool,
+    /// Writes batches of packets, a flow's datagrams joined with offloads.
+    writer: TunWriter,
 }
 
 impl Tun {
@@ -39,6 +44,7 @@ impl Tun {
                             return Ok(Self {
                                 device,
                                 offload: true,
+                                writer: TunWriter::new(true),
                             });
                         }
                         Err(e) => {
@@ -53,6 +59,7 @@ impl Tun {
         Ok(Self {
             device: Self::build(config, false)?,
             offload: false,
+            writer: TunWriter::new(false),
         })
     }
 
@@ -82,6 +89,19 @@ impl Tun {
         let bufs = [IoSlice::new(&vnet::PLAIN), IoSlice::new(packet)];
         let n = self.device.send_vectored(&bufs).await?;
         Ok(n.saturating_sub(vnet::LEN))
+    }
+
+    /// Writes the whole IP packets at `packets` in `buf` (datagrams from
+    /// the tunnel), in order, without waiting: with offloads, a flow's
+    /// consecutive UDP datagrams as one super-packet
+    /// ([`crate::wire::coalesce`]). Returns how many could not be written
+    /// and the last error.
+    pub(super) fn write_batch(
+        &self,
+        buf: &[u8],
+        packets: &[Range<usize>],
+    ) -> (usize, Option<io::Error>) {
+        self.writer.write(&self.device, buf, packets)
     }
 
     /// Writes a packet as read, with its own header if the device has

@@ -38,7 +38,7 @@ use std::ops::Range;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use tracing::{debug, info, warn};
+use tracing::{debug, info, trace, warn};
 
 use super::accept::Clients;
 use super::policy::Policy;
@@ -48,12 +48,12 @@ use crate::crypto::{Dropped, PeerId, Received, Responder, SystemRng};
 use crate::datagram::schedule::MAX_PATHS;
 use crate::log_budget::{LogBudget, LOG_WINDOW};
 use crate::udp;
-use crate::wire::build_icmp_too_big_for;
 use crate::wire::convert::ClientId;
 use crate::wire::flow::{flow_of, FlowKey};
 use crate::wire::fragment::{self, Fit, Fragments};
 use crate::wire::probe::MAGIC;
 use crate::wire::tunnel::{Inner, PathProbe, ANY_PATH, DATA_OVERHEAD, TYPE_INITIATION};
+use crate::wire::{build_icmp_too_big_for, vnet};
 
 /// Largest datagram read from the UDP socket or the TUN.
 const MAX_DATAGRAM: usize = 65_535;
@@ -226,6 +226,10 @@ struct State {
 pub(super) struct Datagrams {
     state: Mutex<State>,
     tun: tun_rs::AsyncDevice,
+    /// Whether the TUN's packets carry a virtio-net header.
+    vnet: bool,
+    /// Writes to the TUN, a flow's datagrams joined where it can.
+    writer: udp::TunWriter,
 }
 
 impl std::fmt::Debug for Datagrams {
@@ -247,7 +251,7 @@ impl Datagrams {
     pub(super) fn new(
         responder: Responder<SystemRng>,
         clients: Vec<TunnelClient>,
-        tun: tun_rs::AsyncDevice,
+        (tun, vnet): (tun_rs::AsyncDevice, bool),
         policy: Arc<Policy>,
     ) -> Self {
         let mut state = State {
@@ -265,6 +269,8 @@ impl Datagrams {
         Self {
             state: Mutex::new(state),
             tun,
+            vnet,
+            writer: udp::TunWriter::new(vnet),
         }
     }
 
@@ -420,14 +426,11 @@ pub(super) async fn serve_udp(
             }
         }
         if let Some(datagrams) = &datagrams {
-            for range in packets.drain(..) {
-                let Some(packet) = bytes.get(range) else {
-                    continue;
-                };
-                if let Err(e) = datagrams.tun.send(packet).await {
-                    debug!(error = %e, len = packet.len(), "writing to the TUN failed");
-                }
+            let (failed, error) = datagrams.writer.write(&datagrams.tun, bytes, &packets);
+            if let Some(e) = error {
+                debug!(error = %e, failed, "writing to the TUN failed");
             }
+            packets.clear();
         }
         if handled >= UDP_BUDGET {
             handled = 0;
@@ -702,7 +705,8 @@ type Targets = [Option<SocketAddr>; MAX_PATHS];
 /// datagrams to the same path with GSO. No allocation per packet, but for
 /// a packet too big for the client.
 pub(super) async fn serve_tun(socket: Arc<udp::Socket>, datagrams: Arc<Datagrams>) {
-    let mut buf = vec![0; TUN_READ_ROOM];
+    let head = if datagrams.vnet { vnet::LEN } else { 0 };
+    let mut buf = vec![0; TUN_READ_ROOM + TUN_BATCH * head];
     let mut read: Vec<Range<usize>> = Vec::with_capacity(TUN_BATCH);
     // Sealing adds at most DATA_OVERHEAD + 1 per packet, fragmenting a
     // header and that per fragment: twice the read room holds any batch.
@@ -720,7 +724,7 @@ pub(super) async fn serve_tun(socket: Arc<udp::Socket>, datagrams: Arc<Datagrams
             &datagrams.tun,
             &mut buf,
             n,
-            MAX_DATAGRAM,
+            head + MAX_DATAGRAM,
             TUN_BATCH,
             &mut read,
         );
@@ -728,7 +732,10 @@ pub(super) async fn serve_tun(socket: Arc<udp::Socket>, datagrams: Arc<Datagrams
             let now = Instant::now();
             let mut state = datagrams.state();
             for range in &read {
-                let Some(packet) = buf.get(range.clone()) else {
+                let Some(framed) = buf.get_mut(range.clone()) else {
+                    continue;
+                };
+                let Some(packet) = unframe(framed, head) else {
                     continue;
                 };
                 to_client(&mut state, now, packet, &mut batch, &mut refused);
@@ -743,11 +750,28 @@ pub(super) async fn serve_tun(socket: Arc<udp::Socket>, datagrams: Arc<Datagrams
         }
         batch.clear();
         for icmp in refused.drain(..) {
-            if let Err(e) = datagrams.tun.send(&icmp).await {
+            if let Err(e) = datagrams.writer.write_one(&datagrams.tun, &icmp) {
                 debug!(error = %e, "writing an ICMP error to the TUN failed");
             }
         }
     }
+}
+
+/// The IP packet of a TUN read, behind a virtio-net header of `head`
+/// bytes (0: none): a partial checksum finished (the TUN asks for no
+/// offload, so the kernel should leave none), a super-packet dropped
+/// (none asked for either).
+fn unframe(framed: &mut [u8], head: usize) -> Option<&[u8]> {
+    if head == 0 {
+        return Some(framed);
+    }
+    let header = vnet::Header::parse(framed).ok()?;
+    let packet = framed.get_mut(head..)?;
+    if let Err(e) = vnet::finish_checksum(&header, packet) {
+        trace!(error = %e, len = packet.len(), "TUN packet dropped");
+        return None;
+    }
+    Some(packet)
 }
 
 /// Seals one packet from the TUN for the client that owns its destination

@@ -26,8 +26,10 @@
 
 use std::fmt::Write as _;
 
+use std::os::fd::AsFd;
+
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 use tun_rs::{AsyncDevice, DeviceBuilder};
 
 use crate::chain::Chain;
@@ -130,6 +132,10 @@ pub fn ruleset(tun: &str, pools: &[IpNet]) -> String {
 pub struct Exit {
     /// The TUN device.
     pub tun: AsyncDevice,
+    /// Whether its packets carry a virtio-net header (`IFF_VNET_HDR`, with
+    /// no offload asked of the kernel: packets come whole, and the tunnel
+    /// writes UDP super-packets).
+    pub vnet: bool,
     _table: NftTable,
     _sysctls: Vec<SysctlGuard>,
 }
@@ -161,9 +167,10 @@ pub struct ExitGuards {
 
 impl Exit {
     /// The TUN and the rest, apart.
-    pub fn into_parts(self) -> (AsyncDevice, ExitGuards) {
+    pub fn into_parts(self) -> (AsyncDevice, bool, ExitGuards) {
         (
             self.tun,
+            self.vnet,
             ExitGuards {
                 _table: self._table,
                 _sysctls: self._sysctls,
@@ -174,19 +181,20 @@ impl Exit {
     /// Creates the TUN with its addresses, turns forwarding on and
     /// installs the masquerade.
     pub fn open(config: &ExitConfig) -> Result<Self, ExitError> {
-        let mut builder = DeviceBuilder::new()
-            .name(config.tun.clone())
-            .mtu(config.mtu);
-        if let Some(v4) = config.ipv4 {
-            builder = builder.ipv4(v4.addr(), v4.prefix_len(), None);
-        }
-        if let Some(v6) = config.ipv6 {
-            builder = builder.ipv6(v6.addr(), v6.prefix_len());
-        }
-        let tun = builder.build_async().map_err(|source| ExitError::Tun {
-            name: config.tun.clone(),
-            source,
-        })?;
+        let (tun, vnet) = match Self::build(config, true) {
+            Ok(tun) => match crate::sys::set_tun_offloads(tun.as_fd(), 0) {
+                Ok(()) => (tun, true),
+                Err(e) => {
+                    debug!(error = %e, "the TUN takes no offload settings; plain packets");
+                    drop(tun);
+                    (Self::build(config, false)?, false)
+                }
+            },
+            Err(e) => {
+                debug!(error = %e, "no virtio-net headers on the TUN; plain packets");
+                (Self::build(config, false)?, false)
+            }
+        };
         let mut sysctls = Vec::new();
         let mut forward = |key: &'static str| -> Result<(), ExitError> {
             sysctls.extend(
@@ -205,8 +213,29 @@ impl Exit {
         info!(tun = %config.tun, pools = ?config.pools(), "datagram exit open");
         Ok(Self {
             tun,
+            vnet,
             _table: table,
             _sysctls: sysctls,
+        })
+    }
+}
+
+impl Exit {
+    /// The TUN of `config`; with `IFF_VNET_HDR` if `vnet`.
+    fn build(config: &ExitConfig, vnet: bool) -> Result<AsyncDevice, ExitError> {
+        let mut builder = DeviceBuilder::new()
+            .name(config.tun.clone())
+            .mtu(config.mtu)
+            .offload(vnet);
+        if let Some(v4) = config.ipv4 {
+            builder = builder.ipv4(v4.addr(), v4.prefix_len(), None);
+        }
+        if let Some(v6) = config.ipv6 {
+            builder = builder.ipv6(v6.addr(), v6.prefix_len());
+        }
+        builder.build_async().map_err(|source| ExitError::Tun {
+            name: config.tun.clone(),
+            source,
         })
     }
 }

@@ -553,13 +553,13 @@ fn datagram_side(
         ipv6: dg.ipv6,
         mtu: exit::TUN_MTU,
     };
-    let (tun, guards) = exit::Exit::open(&exit_config)
+    let (tun, vnet, guards) = exit::Exit::open(&exit_config)
         .map_err(ConcentratorError::Exit)?
         .into_parts();
     let datagrams = Arc::new(datagram::Datagrams::new(
         responder,
         tunnel_clients,
-        tun,
+        (tun, vnet),
         Arc::clone(policy),
     ));
     info!(

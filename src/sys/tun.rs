@@ -1,6 +1,6 @@
 //! TUN device settings tun-rs does not expose.
 
-use std::io;
+use std::io::{self, IoSlice};
 use std::os::fd::{AsRawFd, BorrowedFd};
 
 use super::cvt;
@@ -24,4 +24,20 @@ pub fn set_tun_offloads(tun: BorrowedFd<'_>, offloads: libc::c_uint) -> io::Resu
         )
     };
     cvt(ret).map(|_| ())
+}
+
+/// Writes one packet gathered from `bufs` to the TUN `tun` with one
+/// `writev`, whatever an async runtime believes of the descriptor's
+/// readiness (a TUN write never waits for room: the kernel takes the
+/// packet into its stack at once, or refuses it). Returns the bytes
+/// written.
+pub fn write_tun(tun: BorrowedFd<'_>, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+    let count = libc::c_int::try_from(bufs.len())
+        .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    // SAFETY: `tun` is an open descriptor for the duration of the call;
+    // `IoSlice` is ABI-compatible with `struct iovec` on Unix (std
+    // documents it), and `bufs` outlives the call, which only reads the
+    // `count` entries and the memory they point to.
+    let written = unsafe { libc::writev(tun.as_raw_fd(), bufs.as_ptr().cast(), count) };
+    usize::try_from(written).map_err(|_| io::Error::last_os_error())
 }

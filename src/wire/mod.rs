@@ -26,9 +26,11 @@
 //! fragments, or refused with [`build_icmp_too_big_for`]).
 //!
 //! [`vnet`] is the virtio-net header in front of every packet of a TUN with
-//! offloads (super-packets, partial checksums).
+//! offloads (super-packets, partial checksums); [`coalesce`] joins a flow's
+//! consecutive UDP datagrams into super-packets written to such a TUN.
 
 pub mod checksum;
+pub mod coalesce;
 pub mod convert;
 pub mod flow;
 pub mod fragment;
