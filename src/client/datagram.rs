@@ -36,7 +36,6 @@ use std::time::{Duration, Instant};
 use tracing::{debug, info, trace};
 
 use super::clock::Clock;
-use super::tun::Tun;
 
 use crate::control::snapshot::{PathCounters, TunnelStatus};
 use crate::crypto::cookie::RateLimiter;
@@ -149,9 +148,6 @@ pub(super) struct Datagrams {
     /// The clock of handshake timestamps (the concentrator's, as far as
     /// the client knows it).
     clock: Arc<Clock>,
-    /// The TUN the packets from the concentrator are written to, a batch
-    /// at a time ([`Self::on_datagrams`]); `None`: the caller writes them.
-    tun: Option<Arc<Tun>>,
 }
 
 impl std::fmt::Debug for Datagrams {
@@ -193,9 +189,7 @@ pub(super) enum Outgoing {
 impl Datagrams {
     /// A tunnel to `concentrator` with this identity, for uplinks with
     /// these settings (config order), from tunnel addresses `(v4, v6)`, its
-    /// MTU at most `mtu_cap`, its handshakes stamped by `clock`, writing
-    /// what comes back to `tun`.
-    #[allow(clippy::too_many_arguments)]
+    /// MTU at most `mtu_cap`, its handshakes stamped by `clock`.
     pub(super) fn new(
         identity: (StaticSecret, PublicKey),
         concentrator: SocketAddr,
@@ -204,7 +198,6 @@ impl Datagrams {
         (v4, v6): (IpAddr, Option<IpAddr>),
         mtu_cap: Option<u16>,
         clock: Arc<Clock>,
-        tun: Option<Arc<Tun>>,
     ) -> Self {
         let now = Instant::now();
         let mut sched = Scheduler::new(scheduler, now);
@@ -242,7 +235,6 @@ impl Datagrams {
             v6,
             mtu_cap,
             clock,
-            tun,
         }
     }
 
@@ -495,11 +487,9 @@ impl Datagrams {
 
     /// Handles the datagrams uplink `index` received from the concentrator
     /// in one batch (where each lies in `bytes`), under one lock, opened in
-    /// place: the IP packets they carried are written to the TUN after the
-    /// lock (a flow's run as one super-packet, [`Tun::write_batch`]), or
-    /// without a TUN go to `packets` (where they lie) for the caller to
-    /// write; the sequence numbers of this uplink's probes they answer go
-    /// to `answers`, what to send in turn to `sends`.
+    /// place: where the IP packets for the TUN lie go to `packets`, the
+    /// sequence numbers of this uplink's probes they answer to `answers`,
+    /// what to send in turn to `sends`.
     pub(super) fn on_datagrams(
         &self,
         index: usize,
@@ -510,26 +500,17 @@ impl Datagrams {
         sends: &mut Sends,
     ) {
         let now = Instant::now();
-        let start = packets.len();
-        {
-            let mut state = self.state();
-            for range in datagrams {
-                let Some(datagram) = bytes.get_mut(range.clone()) else {
-                    continue;
-                };
-                let (packet, answer) = self.datagram(&mut state, now, index, datagram, sends);
-                if let Some(packet) = packet {
-                    packets.push(range.start + packet.start..range.start + packet.end);
-                }
-                answers.extend(answer);
+        let mut state = self.state();
+        for range in datagrams {
+            let Some(datagram) = bytes.get_mut(range.clone()) else {
+                continue;
+            };
+            let (packet, answer) = self.datagram(&mut state, now, index, datagram, sends);
+            if let Some(packet) = packet {
+                packets.push(range.start + packet.start..range.start + packet.end);
             }
+            answers.extend(answer);
         }
-        let Some(tun) = &self.tun else { return };
-        let (failed, error) = tun.write_batch(bytes, packets.get(start..).unwrap_or_default());
-        if let Some(e) = error {
-            debug!(error = %e, failed, "writing datagrams to the TUN failed");
-        }
-        packets.truncate(start);
     }
 
     /// One datagram from the concentrator on uplink `index`, opened in
@@ -982,7 +963,6 @@ mod tests {
             ("10.77.0.2".parse().expect("addr"), None),
             None,
             Arc::new(Clock::new()),
-            None,
         );
         assert!(
             datagrams.on_tick().is_empty(),
@@ -1039,7 +1019,6 @@ mod tests {
             ("10.77.0.2".parse().expect("addr"), None),
             None,
             Arc::new(Clock::new()),
-            None,
         );
         (datagrams, responder)
     }

@@ -846,14 +846,12 @@ impl Reader {
             }
             let Some(datagrams) = datagrams else { continue };
             super::datagram::send(datagrams.concentrator, std::mem::take(&mut sends));
-            for range in packets.drain(..) {
-                let Some(packet) = batch.bytes().get(range) else {
-                    continue;
-                };
-                if let Err(e) = self.shared.tun.send(packet).await {
-                    debug!(error = %e, "writing a datagram to the TUN failed");
-                }
+            // A flow's run of datagrams as one super-packet.
+            let (failed, error) = self.shared.tun.write_batch(batch.bytes(), &packets);
+            if let Some(e) = error {
+                debug!(error = %e, failed, "writing datagrams to the TUN failed");
             }
+            packets.clear();
         }
     }
 }

@@ -140,7 +140,7 @@ pub enum ClientError {
 
 /// What the client's tasks share.
 struct Shared {
-    tun: Arc<tun::Tun>,
+    tun: tun::Tun,
     tun_name: String,
     addrs: RedirectAddrs,
     mode: ConnectMode,
@@ -233,12 +233,10 @@ pub async fn run(
         .and_then(|limit| usize::try_from(crate::nofile::connections_for(limit)).ok())
         .map_or(redirect::MAX_FLOWS, |n| n.min(redirect::MAX_FLOWS));
     let tun_config = &config.tun;
-    let tun = Arc::new(
-        tun::Tun::open(tun_config).map_err(|source| ClientError::Tun {
-            name: tun_config.name.clone(),
-            source,
-        })?,
-    );
+    let tun = tun::Tun::open(tun_config).map_err(|source| ClientError::Tun {
+        name: tun_config.name.clone(),
+        source,
+    })?;
     info!(name = %tun_config.name, ipv4 = %tun_config.ipv4, ipv6 = %tun_config.ipv6, "TUN device up");
 
     // Opened before anything is installed: without them health would only
@@ -278,7 +276,6 @@ pub async fn run(
                 (dg.address_v4.into(), dg.address_v6.map(Into::into)),
                 dg.mtu,
                 Arc::clone(&clock),
-                Some(Arc::clone(&tun)),
             )))
         }
         _ => None,
