@@ -117,9 +117,10 @@
 #       connection every 50 ms echoing 4 KiB) during the flood, against the
 #       same with no flood in the same run. bench.sh scale calls it too.
 #
-#   scripts/bench.sh speed [--secs N] [--len BYTES] [--rate BPS]
+#   scripts/bench.sh speed [--secs N] [--len BYTES] [--rate BPS] [--part tcp|datagram]
 #       The data path's speed and cost on profile none (both lines plain
-#       veths), one run, about 2.5 min. iperf3 (-t N, default 8, no -O so CPU
+#       veths), one run, about 2.5 min (--part: only the TCP rows, or only
+#       the datagram rows, their direct UDP rows and the pings). iperf3 (-t N, default 8, no -O so CPU
 #       and bytes cover the same span) between mpb-srv and:
 #         direct   mpb-cli bound to dsl's address, plain TCP over one veth;
 #         mptcp    mpb-cli, kernel MPTCP used directly (mptcpize on both
@@ -1244,13 +1245,18 @@ speed_ping() {
 }
 
 bench_speed() {
-    SPEED_SECS=8 SPEED_LEN=1200 SPEED_RATE=0
+    SPEED_SECS=8 SPEED_LEN=1200 SPEED_RATE=0 SPEED_PART=all
     while [ $# -gt 0 ]; do
         case $1 in
             --secs) [ $# -ge 2 ] || die "--secs needs a number"; SPEED_SECS=$2; shift ;;
             --len) [ $# -ge 2 ] || die "--len needs a number of bytes"; SPEED_LEN=$2; shift ;;
             --rate) [ $# -ge 2 ] || die "--rate needs a rate (iperf3 -b: 0, 800M, 2G)"; SPEED_RATE=$2; shift ;;
-            *) die "unknown option $1 for speed; usage: bench.sh speed [--secs N] [--len BYTES] [--rate BPS]" ;;
+            --part)
+                [ $# -ge 2 ] && [[ $2 =~ ^(tcp|datagram)$ ]] || die "--part needs tcp or datagram"
+                SPEED_PART=$2
+                shift
+                ;;
+            *) die "unknown option $1 for speed; usage: bench.sh speed [--secs N] [--len BYTES] [--rate BPS] [--part tcp|datagram]" ;;
         esac
         shift
     done
@@ -1263,41 +1269,49 @@ bench_speed() {
     ROWS=$TMP/speed.jsonl
     local start=$SECONDS flows dir cli conc
     echo
-        # Measured here: 129 s with the defaults (14 iperf3 runs, 2 labs, 2 starts;
+    # Measured here: 129 s with the defaults (14 iperf3 runs, 2 labs, 2 starts;
     # 16 runs since the direct UDP rows).
     echo "bench speed: profile none, ${SPEED_SECS}s per iperf3 run; about $(((SPEED_SECS * 16 + 20 + 59) / 60)) min"
     lab_up --dsl none --lte none >"$TMP/lab.out" 2>&1 || die "lab.sh up failed: $(tail -n 20 "$TMP/lab.out")"
-    kernel_mptcp_setup
-    for flows in 1 4; do
-        for dir in down up; do
-            speed_row direct mpb-cli tcp $dir $flows - - -B 10.77.1.2
-            speed_row mptcp mpb-cli mptcp $dir $flows - - -B 10.77.1.2
+    if [ "$SPEED_PART" != datagram ]; then
+        kernel_mptcp_setup
+        for flows in 1 4; do
+            for dir in down up; do
+                speed_row direct mpb-cli tcp $dir $flows - - -B 10.77.1.2
+                speed_row mptcp mpb-cli mptcp $dir $flows - - -B 10.77.1.2
+            done
         done
-    done
-    # The datagram rows' yardstick: the same iperf3 UDP load straight over
-    # dsl, so a cap of iperf3 itself (one datagram per system call) shows.
-    for dir in down up; do
-        speed_row direct mpb-cli udp $dir 1 - - -B 10.77.1.2
-    done
+    fi
+    if [ "$SPEED_PART" != tcp ]; then
+        # The datagram rows' yardstick: the same iperf3 UDP load straight over
+        # dsl, so a cap of iperf3 itself (one datagram per system call) shows.
+        for dir in down up; do
+            speed_row direct mpb-cli udp $dir 1 - - -B 10.77.1.2
+        done
+    fi
     # mpbond on a lab without the baselines' rules and endpoints.
     labq down
     labq up --dsl none --lte none
-    labq start
-    cli=$(lab_pid client) conc=$(lab_pid concentrator)
-    for flows in 1 4; do
-        for dir in down up; do
-            speed_row mpbond mpb-lan tcp $dir $flows "$cli" "$conc"
+    if [ "$SPEED_PART" != datagram ]; then
+        labq start
+        cli=$(lab_pid client) conc=$(lab_pid concentrator)
+        for flows in 1 4; do
+            for dir in down up; do
+                speed_row mpbond mpb-lan tcp $dir $flows "$cli" "$conc"
+            done
         done
-    done
-    labq stop
-    UDP_WAITS=()
-    udp_start "$(udp_config latency dsl-only)"
-    cli=$(lab_pid client) conc=$(lab_pid concentrator)
-    for dir in down up; do
-        speed_row datagram mpb-lan udp $dir 1 "$cli" "$conc"
-    done
-    speed_ping mpb-lan "$TMP/ping-tunnel.txt"
-    speed_ping mpb-cli "$TMP/ping-direct.txt" -I 10.77.1.2
+        labq stop
+    fi
+    if [ "$SPEED_PART" != tcp ]; then
+        UDP_WAITS=()
+        udp_start "$(udp_config latency dsl-only)"
+        cli=$(lab_pid client) conc=$(lab_pid concentrator)
+        for dir in down up; do
+            speed_row datagram mpb-lan udp $dir 1 "$cli" "$conc"
+        done
+        speed_ping mpb-lan "$TMP/ping-tunnel.txt"
+        speed_ping mpb-cli "$TMP/ping-direct.txt" -I 10.77.1.2
+    fi
     labq stop
     labq down
 
@@ -1374,6 +1388,12 @@ for r in rows:
         r["bps"] / b if b else float("nan"),
         per_gbit(r.get("cpu_client"), r), per_gbit(r.get("cpu_conc"), r), per_gbit(r.get("softirq"), r),
         goal))
+import os
+if not os.path.exists(sys.argv[2]):
+    if misses:
+        print("missed: " + "; ".join(misses))
+        sys.exit(3)
+    sys.exit(0)
 tun, direct = pings(sys.argv[2]), pings(sys.argv[3])
 print()
 print("ping to mpb-srv, 200 at 10 ms, unloaded (ms)")
