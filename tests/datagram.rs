@@ -355,12 +355,12 @@ fn strangers_get_no_answer_from_the_tunnel_port() {
         // a cookie reply, data for unknown sessions.
         for (i, &(kind, len)) in [
             (0u8, 64),
-            (1, 148),
-            (2, 92),
+            (1, 149),
+            (2, 93),
             (3, 60),
             (4, 33),
             (4, 1400),
-            (9, 148),
+            (9, 149),
         ]
         .iter()
         .enumerate()

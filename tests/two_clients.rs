@@ -209,7 +209,7 @@ fn stranger() -> thread::JoinHandle<(u64, u64)> {
         // At most 6,000 datagrams, about 2,000 a second: a handshake flood
         // well past the load threshold (200/s).
         while Instant::now() < until && sent < 6_000 {
-            let (kind, len) = [(1u8, 148), (1, 148), (4, 64), (2, 92), (0, 40)][(i % 5) as usize];
+            let (kind, len) = [(1u8, 149), (1, 149), (4, 64), (2, 93), (0, 40)][(i % 5) as usize];
             let mut message = Pattern::bytes(i, len);
             message[0] = kind;
             message[1..4].fill(0);

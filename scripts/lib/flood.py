@@ -103,10 +103,10 @@ def mac1_key(public):
 
 def initiation(key, rng, i):
     """A datagram-tunnel initiation (wire::tunnel) with a valid mac1."""
-    msg = bytearray(148)
+    msg = bytearray(149)
     msg[0] = 1
-    msg[4:116] = rng.randbytes(112)
-    msg[116:132] = hashlib.blake2s(bytes(msg[:116]), key=key, digest_size=16).digest()
+    msg[4:117] = rng.randbytes(113)
+    msg[117:133] = hashlib.blake2s(bytes(msg[:117]), key=key, digest_size=16).digest()
     return bytes(msg)
 
 
@@ -302,7 +302,7 @@ def flood_handshakes(args):
     s.bind((FLOOD_SRC, 0))
     s.setblocking(False)
     # A pool of messages: making each costs more than sending it.
-    pool = [initiation(key, rng, i) if i % 8 else rng.randbytes(148) for i in range(512)]
+    pool = [initiation(key, rng, i) if i % 8 else rng.randbytes(149) for i in range(512)]
     until = time.monotonic() + args.secs
     t0 = time.monotonic()
     sent = answers = 0
@@ -367,7 +367,7 @@ def flood_client(args):
     s.bind((FLOOD_SRC, 0))
     s.setblocking(False)
     raw = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
-    kinds = [(1, 148), (2, 92), (3, 64), (4, 64), (4, 1200), (0, 40), (0x22, 60)]
+    kinds = [(1, 149), (2, 93), (3, 64), (4, 64), (4, 1200), (0, 40), (0x22, 60)]
     until = time.monotonic() + args.secs
     sent = answers = 0
     i = 0

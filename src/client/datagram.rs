@@ -555,7 +555,8 @@ impl Datagrams {
             }
             Ok(Received::Handshake { .. }) => {
                 if !state.established {
-                    info!(concentrator = %self.concentrator, "datagram tunnel up");
+                    let cipher = state.initiator.cipher().map(|c| c.name());
+                    info!(concentrator = %self.concentrator, cipher, "datagram tunnel up");
                 }
                 state.established = true;
                 state.handshake_at = Some(now);

@@ -587,7 +587,8 @@ fn from_client(
             }
         }
         Ok(Received::Handshake { peer }) => {
-            info!(%src, client = peer.0, "datagram tunnel handshake");
+            let cipher = state.responder.cipher(peer).map(|c| c.name());
+            info!(%src, client = peer.0, cipher, "datagram tunnel handshake");
             if let Some(client) = state.peers.get_mut(peer.0) {
                 client.handshake_at = Some(now);
             }

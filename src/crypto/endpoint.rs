@@ -50,7 +50,7 @@ use std::time::{Duration, Instant};
 use super::cookie::{CookieChecker, CookieError, CookieJar, Mac1Key, RateLimiter};
 use super::handshake::{self, HandshakeError, InitiatorHandshake, Tai64n};
 use super::keys::{PublicKey, StaticSecret};
-use super::session::{Session, SessionError};
+use super::session::{Cipher, Ciphers, Session, SessionError};
 use super::timers::{
     KEEPALIVE_TIMEOUT, NEW_HANDSHAKE_AFTER_SILENCE, REJECT_AFTER_TIME, REKEY_AFTER_TIME,
     REKEY_ATTEMPT_TIME, REKEY_JITTER, REKEY_TIMEOUT,
@@ -219,6 +219,8 @@ struct Pending {
 pub struct Initiator<R: Random> {
     local: StaticSecret,
     peer: PublicKey,
+    /// The data ciphers its initiations offer.
+    ciphers: Ciphers,
     jar: CookieJar,
     /// Checks mac1 of responses (keyed with our own public key).
     response_mac1: Mac1Key,
@@ -244,6 +246,7 @@ impl<R: Random> Initiator<R> {
             jar: CookieJar::new(&peer),
             local,
             peer,
+            ciphers: Ciphers::local(),
             response_mac1,
             rng,
             pending: None,
@@ -272,6 +275,7 @@ impl<R: Random> Initiator<R> {
         Some(Self {
             local: self.local.clone(),
             peer: self.peer,
+            ciphers: self.ciphers,
             jar: self.jar.clone(),
             response_mac1: self.response_mac1.clone(),
             rng: self.rng.clone(),
@@ -284,6 +288,18 @@ impl<R: Random> Initiator<R> {
             last_unix: self.last_unix,
             queue: self.queue.clone(),
         })
+    }
+
+    /// Offers `ciphers` instead of what this machine runs fast
+    /// ([`Ciphers::local`]) from the next handshake on.
+    pub fn with_ciphers(mut self, ciphers: Ciphers) -> Self {
+        self.ciphers = ciphers;
+        self
+    }
+
+    /// The cipher of the session it sends with, if any.
+    pub fn cipher(&self) -> Option<Cipher> {
+        self.current.as_ref().map(Session::cipher)
     }
 
     /// Whether a session is up to send with at `now`.
@@ -386,6 +402,7 @@ impl<R: Random> Initiator<R> {
             &self.peer,
             index,
             Tai64n::from_unix(unix),
+            self.ciphers,
             &mut out,
         ) else {
             // snow could not make an ephemeral key; try again at the next
@@ -474,6 +491,7 @@ impl<R: Random> Initiator<R> {
         let session = Session::new(
             pending.handshake.local_index(),
             established.remote_index,
+            established.cipher,
             &established.keys,
             now,
             true,
@@ -608,6 +626,8 @@ impl Peer {
 #[cfg_attr(fuzzing, derive(Clone))]
 pub struct Responder<R: Random> {
     local: StaticSecret,
+    /// The data ciphers it chooses from.
+    ciphers: Ciphers,
     checker: CookieChecker,
     limiter: RateLimiter,
     /// Cookie replies per source, under load.
@@ -635,6 +655,7 @@ impl<R: Random> Responder<R> {
         let mut responder = Self {
             checker: CookieChecker::new(&local.public_key()),
             local,
+            ciphers: Ciphers::local(),
             limiter: RateLimiter::new(),
             cookie_limiter: RateLimiter::new(),
             rng,
@@ -647,6 +668,22 @@ impl<R: Random> Responder<R> {
         };
         responder.set_clients(clients)?;
         Ok(responder)
+    }
+
+    /// Chooses among `ciphers` instead of what this machine runs fast
+    /// ([`Ciphers::local`]) from the next handshake on.
+    pub fn with_ciphers(mut self, ciphers: Ciphers) -> Self {
+        self.ciphers = ciphers;
+        self
+    }
+
+    /// The cipher of `peer`'s newest session (the one a handshake just
+    /// made, before the client confirms it), if any.
+    pub fn cipher(&self, peer: PeerId) -> Option<Cipher> {
+        self.peers
+            .get(peer.0)
+            .and_then(|p| p.next.as_ref().or(p.current.as_ref()))
+            .map(Session::cipher)
     }
 
     /// Replaces the clients (a config reload), each [`PeerId`] being a
@@ -842,12 +879,13 @@ impl<R: Random> Responder<R> {
         let index = self.fresh_index().map_err(Dropped::Random)?;
         let sender_index = received.sender_index;
         let timestamp = received.timestamp;
+        let cipher = self.ciphers.choose(received.offer);
         let mut out = [0; RESPONSE_LEN];
         let keys = received
-            .respond(index, &mut out)
+            .respond(index, cipher, &mut out)
             .map_err(Dropped::Handshake)?;
-        let session =
-            Session::new(index, sender_index, &keys, now, false).map_err(Dropped::Session)?;
+        let session = Session::new(index, sender_index, cipher, &keys, now, false)
+            .map_err(Dropped::Session)?;
         let Some(peer) = self.peers.get_mut(id.0) else {
             return Err(Dropped::UnknownPeer { key });
         };

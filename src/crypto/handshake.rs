@@ -7,12 +7,16 @@
 //! key from the first message and looks it up among its configured clients
 //! ([`InitiationReceived::peer`]); an unknown key gets no answer.
 //!
-//! The initiation's payload is the initiator's session index and a TAI64N
-//! timestamp from its wall clock. The responder accepts a client's
+//! The initiation's payload is the initiator's session index, a TAI64N
+//! timestamp from its wall clock and the data ciphers it offers
+//! ([`Ciphers`]: AES-256-GCM besides ChaCha20-Poly1305 when its CPU has
+//! AES instructions). The responder accepts a client's
 //! initiation only if the timestamp is later than that client's last
 //! accepted one (paper § 5.1): a recorded initiation replayed later cannot
 //! make the concentrator drop the client's session. The response's payload
-//! is the responder's index.
+//! is the responder's index and the cipher it chose from the offer. Both
+//! are inside the Noise messages, so authenticated: nobody on the path can
+//! change the choice.
 //!
 //! `IK` rather than `IKpsk2`: the optional preshared key of WireGuard would
 //! be a second secret per client to manage, and post-quantum hedging is out
@@ -30,6 +34,7 @@ use std::time::Duration;
 use zeroize::Zeroizing;
 
 use super::keys::{PublicKey, StaticSecret, KEY_LEN};
+use super::session::{Cipher, Ciphers};
 use crate::wire::tunnel::{
     self, INITIATION_LEN, INITIATION_NOISE_LEN, INITIATION_PAYLOAD_LEN, RESPONSE_LEN,
     RESPONSE_NOISE_LEN, RESPONSE_PAYLOAD_LEN,
@@ -38,8 +43,9 @@ use crate::wire::tunnel::{
 /// The Noise protocol name.
 pub const NOISE_PARAMS: &str = "Noise_IK_25519_ChaChaPoly_BLAKE2s";
 /// The Noise prologue: both ends must agree on it, which binds a handshake
-/// to this protocol and version.
-pub const PROLOGUE: &[u8] = b"mpbond tunnel v1";
+/// to this protocol and version (v2: the payloads carry the cipher offer
+/// and choice).
+pub const PROLOGUE: &[u8] = b"mpbond tunnel v2";
 
 /// Why a handshake step failed. Every one of them is silent towards the
 /// network: the caller drops the message.
@@ -74,6 +80,20 @@ pub enum HandshakeError {
     ResponsePayload {
         /// The payload length.
         len: usize,
+    },
+    /// The response names a cipher the initiation did not offer (a broken
+    /// or incompatible concentrator).
+    #[error("handshake response chose data cipher {byte}, which this client did not offer")]
+    ResponseCipher {
+        /// The cipher byte.
+        byte: u8,
+    },
+    /// The responder was asked to answer with a cipher the initiator did
+    /// not offer (a bug).
+    #[error("cannot answer with {cipher}: the initiator did not offer it")]
+    CipherNotOffered {
+        /// The cipher.
+        cipher: Cipher,
     },
     /// snow did not report the initiator's static key (a bug).
     #[error("the handshake did not reveal the initiator's static key")]
@@ -134,6 +154,7 @@ fn builder<'a>(local: &'a [u8]) -> Result<snow::Builder<'a>, HandshakeError> {
 pub struct InitiatorHandshake {
     state: snow::HandshakeState,
     local_index: u32,
+    offer: Ciphers,
 }
 
 impl std::fmt::Debug for InitiatorHandshake {
@@ -151,17 +172,20 @@ pub struct Established {
     pub remote_index: u32,
     /// The session's keys.
     pub keys: SessionKeys,
+    /// The cipher the responder chose.
+    pub cipher: Cipher,
 }
 
 /// Starts a handshake from `local` to `peer`, announcing `local_index`
-/// (data to us will carry it) and `timestamp`; writes the initiation, with
-/// zero MACs, into `out`. Stamp it with [`super::cookie::CookieJar::stamp`]
-/// before sending.
+/// (data to us will carry it), `timestamp` and the ciphers it `offer`s;
+/// writes the initiation, with zero MACs, into `out`. Stamp it with
+/// [`super::cookie::CookieJar::stamp`] before sending.
 pub fn initiate(
     local: &StaticSecret,
     peer: &PublicKey,
     local_index: u32,
     timestamp: Tai64n,
+    offer: Ciphers,
     out: &mut [u8; INITIATION_LEN],
 ) -> Result<InitiatorHandshake, HandshakeError> {
     let secret = local.to_bytes();
@@ -171,7 +195,8 @@ pub fn initiate(
         .map_err(HandshakeError::Setup)?;
     let mut payload = [0; INITIATION_PAYLOAD_LEN];
     payload[..4].copy_from_slice(&local_index.to_be_bytes());
-    payload[4..].copy_from_slice(timestamp.as_bytes());
+    payload[4..16].copy_from_slice(timestamp.as_bytes());
+    payload[16] = offer.to_byte();
     let mut noise = [0; INITIATION_NOISE_LEN];
     let len = state
         .write_message(&payload, &mut noise)
@@ -180,7 +205,11 @@ pub fn initiate(
         return Err(HandshakeError::WriteInitiation(snow::Error::Input));
     }
     tunnel::encode_initiation(out, &noise);
-    Ok(InitiatorHandshake { state, local_index })
+    Ok(InitiatorHandshake {
+        state,
+        local_index,
+        offer,
+    })
 }
 
 impl InitiatorHandshake {
@@ -200,14 +229,19 @@ impl InitiatorHandshake {
             .state
             .read_message(response.noise(), &mut payload)
             .map_err(HandshakeError::ReadResponse)?;
-        let index: [u8; RESPONSE_PAYLOAD_LEN] = payload
+        let payload: [u8; RESPONSE_PAYLOAD_LEN] = payload
             .get(..len)
             .and_then(|p| p.try_into().ok())
             .ok_or(HandshakeError::ResponsePayload { len })?;
+        let [a, b, c, d, byte] = payload;
+        let cipher = Cipher::from_byte(byte)
+            .filter(|&cipher| self.offer.contains(cipher))
+            .ok_or(HandshakeError::ResponseCipher { byte })?;
         let (initiator_to_responder, responder_to_initiator) =
             self.state.dangerously_get_raw_split();
         Ok(Established {
-            remote_index: u32::from_be_bytes(index),
+            remote_index: u32::from_be_bytes([a, b, c, d]),
+            cipher,
             keys: SessionKeys {
                 send: Zeroizing::new(initiator_to_responder),
                 recv: Zeroizing::new(responder_to_initiator),
@@ -228,6 +262,8 @@ pub struct InitiationReceived {
     pub sender_index: u32,
     /// The initiator's timestamp.
     pub timestamp: Tai64n,
+    /// The ciphers the initiator offers.
+    pub offer: Ciphers,
 }
 
 impl std::fmt::Debug for InitiationReceived {
@@ -265,28 +301,37 @@ pub fn receive_initiation<T: AsRef<[u8]>>(
     let mut index = [0; 4];
     index.copy_from_slice(&payload[..4]);
     let mut timestamp = [0; 12];
-    timestamp.copy_from_slice(&payload[4..]);
+    timestamp.copy_from_slice(&payload[4..16]);
     Ok(InitiationReceived {
         state,
         peer: PublicKey::from_bytes(peer),
         sender_index: u32::from_be_bytes(index),
         timestamp: Tai64n(timestamp),
+        offer: Ciphers::from_byte(payload[16]),
     })
 }
 
 impl InitiationReceived {
-    /// Answers with `local_index` (data to us will carry it): writes the
-    /// response, with zero MACs, into `out` and returns the session keys.
-    /// Stamp mac1 with [`super::cookie::Mac1Key`] of [`Self::peer`].
+    /// Answers with `local_index` (data to us will carry it) and `cipher`
+    /// (one of [`Self::offer`]): writes the response, with zero MACs, into
+    /// `out` and returns the session keys. Stamp mac1 with
+    /// [`super::cookie::Mac1Key`] of [`Self::peer`].
     pub fn respond(
         mut self,
         local_index: u32,
+        cipher: Cipher,
         out: &mut [u8; RESPONSE_LEN],
     ) -> Result<SessionKeys, HandshakeError> {
+        if !self.offer.contains(cipher) {
+            return Err(HandshakeError::CipherNotOffered { cipher });
+        }
+        let mut payload = [0; RESPONSE_PAYLOAD_LEN];
+        payload[..4].copy_from_slice(&local_index.to_be_bytes());
+        payload[4] = cipher.to_byte();
         let mut noise = [0; RESPONSE_NOISE_LEN];
         let len = self
             .state
-            .write_message(&local_index.to_be_bytes(), &mut noise)
+            .write_message(&payload, &mut noise)
             .map_err(HandshakeError::WriteResponse)?;
         if len != RESPONSE_NOISE_LEN {
             return Err(HandshakeError::WriteResponse(snow::Error::Input));
@@ -316,19 +361,34 @@ mod tests {
 
     /// A full handshake; returns both ends' keys.
     fn handshake(client: &StaticSecret, server: &StaticSecret) -> (Established, SessionKeys) {
+        handshake_with(client, server, Ciphers::WITH_AES, Ciphers::WITH_AES)
+    }
+
+    /// A full handshake, the client offering `offer`, the server running
+    /// `runs`; returns both ends' keys.
+    fn handshake_with(
+        client: &StaticSecret,
+        server: &StaticSecret,
+        offer: Ciphers,
+        runs: Ciphers,
+    ) -> (Established, SessionKeys) {
         let mut init = [0; INITIATION_LEN];
-        let mut hs = initiate(client, &server.public_key(), 11, ts(1000), &mut init).expect("init");
+        let mut hs =
+            initiate(client, &server.public_key(), 11, ts(1000), offer, &mut init).expect("init");
         let view = Initiation::new_checked(&init[..]).expect("parses");
         let received = receive_initiation(server, &view).expect("decrypts");
         assert_eq!(received.peer, client.public_key());
         assert_eq!(received.sender_index, 11);
         assert_eq!(received.timestamp, ts(1000));
+        assert_eq!(received.offer, offer);
+        let cipher = runs.choose(received.offer);
         let mut resp = [0; RESPONSE_LEN];
-        let server_keys = received.respond(22, &mut resp).expect("responds");
+        let server_keys = received.respond(22, cipher, &mut resp).expect("responds");
         let view = Response::new_checked(&resp[..]).expect("parses");
         assert_eq!(view.receiver_index(), 11);
         let established = hs.finish(&view).expect("finishes");
         assert_eq!(established.remote_index, 22);
+        assert_eq!(established.cipher, cipher);
         (established, server_keys)
     }
 
@@ -353,7 +413,15 @@ mod tests {
     #[test]
     fn an_initiation_for_another_key_does_not_decrypt() {
         let mut init = [0; INITIATION_LEN];
-        initiate(&secret(1), &secret(2).public_key(), 1, ts(1), &mut init).expect("init");
+        initiate(
+            &secret(1),
+            &secret(2).public_key(),
+            1,
+            ts(1),
+            Ciphers::WITH_AES,
+            &mut init,
+        )
+        .expect("init");
         let view = Initiation::new_checked(&init[..]).expect("parses");
         assert!(matches!(
             receive_initiation(&secret(3), &view),
@@ -371,14 +439,24 @@ mod tests {
     fn a_forged_response_does_not_spoil_the_handshake() {
         let (client, server) = (secret(1), secret(2));
         let mut init = [0; INITIATION_LEN];
-        let mut hs = initiate(&client, &server.public_key(), 5, ts(9), &mut init).expect("init");
+        let mut hs = initiate(
+            &client,
+            &server.public_key(),
+            5,
+            ts(9),
+            Ciphers::CHACHA_ONLY,
+            &mut init,
+        )
+        .expect("init");
         let received = receive_initiation(
             &server,
             &Initiation::new_checked(&init[..]).expect("parses"),
         )
         .expect("decrypts");
         let mut resp = [0; RESPONSE_LEN];
-        let server_keys = received.respond(6, &mut resp).expect("responds");
+        let server_keys = received
+            .respond(6, Cipher::ChaCha20Poly1305, &mut resp)
+            .expect("responds");
         let mut forged = resp;
         forged[50] ^= 1;
         assert!(matches!(
@@ -389,6 +467,54 @@ mod tests {
             .finish(&Response::new_checked(&resp[..]).expect("parses"))
             .expect("the genuine response still works");
         assert_eq!(*ok.keys.send, *server_keys.recv);
+    }
+
+    #[test]
+    fn the_cipher_is_aes_only_when_both_ends_offer_it_and_answers_only_from_the_offer() {
+        let (client, server) = (secret(1), secret(2));
+        for (offer, runs, cipher) in [
+            (Ciphers::WITH_AES, Ciphers::WITH_AES, Cipher::Aes256Gcm),
+            (
+                Ciphers::WITH_AES,
+                Ciphers::CHACHA_ONLY,
+                Cipher::ChaCha20Poly1305,
+            ),
+            (
+                Ciphers::CHACHA_ONLY,
+                Ciphers::WITH_AES,
+                Cipher::ChaCha20Poly1305,
+            ),
+            (
+                Ciphers::CHACHA_ONLY,
+                Ciphers::CHACHA_ONLY,
+                Cipher::ChaCha20Poly1305,
+            ),
+        ] {
+            let (c, s) = handshake_with(&client, &server, offer, runs);
+            assert_eq!(c.cipher, cipher);
+            assert_eq!(*c.keys.send, *s.recv);
+        }
+        let mut init = [0; INITIATION_LEN];
+        initiate(
+            &client,
+            &server.public_key(),
+            1,
+            ts(1),
+            Ciphers::CHACHA_ONLY,
+            &mut init,
+        )
+        .expect("init");
+        let received = receive_initiation(
+            &server,
+            &Initiation::new_checked(&init[..]).expect("parses"),
+        )
+        .expect("decrypts");
+        assert!(matches!(
+            received.respond(2, Cipher::Aes256Gcm, &mut [0; RESPONSE_LEN]),
+            Err(HandshakeError::CipherNotOffered {
+                cipher: Cipher::Aes256Gcm
+            })
+        ));
     }
 
     #[test]

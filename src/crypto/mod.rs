@@ -13,8 +13,9 @@
 //!   them.
 //! - [`handshake`]: Noise `IK` (initiator = client) with a timestamp against
 //!   replayed handshakes.
-//! - [`session`]: ChaCha20-Poly1305 with a 64-bit counter shared by all
-//!   paths, the header as associated data, rekey timers.
+//! - [`session`]: ChaCha20-Poly1305 or AES-256-GCM (when both ends have
+//!   AES instructions) with a 64-bit counter shared by all paths, the
+//!   header as associated data, rekey timers.
 //! - [`replay`]: the anti-replay bitmap window, wide enough for multipath
 //!   reordering.
 //! - [`cookie`]: mac1/mac2, cookie replies and the per-source rate limiter.

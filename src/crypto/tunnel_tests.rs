@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use super::endpoint::{Dropped, Initiator, PeerId, Received, Responder, SealError};
 use super::keys::StaticSecret;
-use super::session::SessionError;
+use super::session::{Cipher, Ciphers, SessionError};
 use super::timers::{
     NEW_HANDSHAKE_AFTER_SILENCE, REJECT_AFTER_TIME, REKEY_AFTER_TIME, REKEY_ATTEMPT_TIME,
     REKEY_TIMEOUT,
@@ -263,6 +263,37 @@ fn handshake_then_data_both_ways_on_both_paths() {
             inner: Inner::Probe(probe)
         }
     );
+}
+
+#[test]
+fn the_data_cipher_is_aes_gcm_only_when_both_ends_run_it() {
+    use Cipher::*;
+    for (client, server, cipher) in [
+        (Ciphers::WITH_AES, Ciphers::WITH_AES, Aes256Gcm),
+        (Ciphers::WITH_AES, Ciphers::CHACHA_ONLY, ChaCha20Poly1305),
+        (Ciphers::CHACHA_ONLY, Ciphers::WITH_AES, ChaCha20Poly1305),
+        (Ciphers::CHACHA_ONLY, Ciphers::CHACHA_ONLY, ChaCha20Poly1305),
+    ] {
+        let mut net = Net::new();
+        net.client = Initiator::new(secret(1), secret(2).public_key(), TestRng(11), net.now)
+            .with_ciphers(client);
+        net.server = Responder::new(secret(2), [secret(1).public_key()], TestRng(22))
+            .expect("valid clients")
+            .with_ciphers(server);
+        net.connect();
+        assert_eq!(net.client.cipher(), Some(cipher));
+        assert_eq!(net.server.cipher(PeerId(0)), Some(cipher));
+        for path in [0, 1] {
+            let up = net.seal_up(path, b"up").expect("session");
+            net.send(Dir::Up, path, up);
+            let down = net.seal_down(path, b"down").expect("session");
+            net.send(Dir::Down, path, down);
+        }
+        net.run_for(Duration::from_millis(100));
+        assert_eq!(net.delivered(Dir::Up), vec![b"up".to_vec(); 2]);
+        assert_eq!(net.delivered(Dir::Down), vec![b"down".to_vec(); 2]);
+        assert!(net.dropped.is_empty(), "{:?}", net.dropped);
+    }
 }
 
 #[test]

@@ -5,9 +5,9 @@
 //!
 //! ```text
 //! every message   type (u8) | reserved, zero (3 bytes) | ...
-//! 1 initiation    noise IK message 1 (112) | mac1 (16) | mac2 (16)          = 148
-//! 2 response      receiver index (u32) | noise IK message 2 (52)
-//!                 | mac1 (16) | mac2 (16)                                  = 92
+//! 1 initiation    noise IK message 1 (113) | mac1 (16) | mac2 (16)          = 149
+//! 2 response      receiver index (u32) | noise IK message 2 (53)
+//!                 | mac1 (16) | mac2 (16)                                  = 93
 //! 3 cookie reply  nonce (24) | cookie sealed with XChaCha20-Poly1305 (32)   = 60
 //! 4 data          receiver index (u32) | counter (u64) | path id (u8)
 //!                 | ciphertext | tag (16)                                  ≥ 33
@@ -66,16 +66,19 @@ pub const TAG_LEN: usize = 16;
 /// Length of the Noise part of an initiation: ephemeral key (32), sealed
 /// static key (32 + 16), sealed payload (16 + 16).
 pub const INITIATION_NOISE_LEN: usize = 32 + 48 + INITIATION_PAYLOAD_LEN + TAG_LEN;
-/// Length of an initiation's payload before sealing: sender index (u32)
-/// and TAI64N timestamp (12).
-pub const INITIATION_PAYLOAD_LEN: usize = 4 + 12;
+/// Length of an initiation's payload before sealing: sender index (u32),
+/// TAI64N timestamp (12) and the data ciphers the initiator offers (one
+/// byte of flags, `crate::crypto::session::Ciphers`).
+pub const INITIATION_PAYLOAD_LEN: usize = 4 + 12 + 1;
 /// Length of a whole initiation.
 pub const INITIATION_LEN: usize = HEADER_LEN + INITIATION_NOISE_LEN + 2 * MAC_LEN;
 /// Length of the Noise part of a response: ephemeral key (32), sealed
-/// payload (4 + 16).
+/// payload (5 + 16).
 pub const RESPONSE_NOISE_LEN: usize = 32 + RESPONSE_PAYLOAD_LEN + TAG_LEN;
-/// Length of a response's payload before sealing: the responder's index.
-pub const RESPONSE_PAYLOAD_LEN: usize = 4;
+/// Length of a response's payload before sealing: the responder's index
+/// and the data cipher it chose (one byte,
+/// `crate::crypto::session::Cipher`).
+pub const RESPONSE_PAYLOAD_LEN: usize = 4 + 1;
 /// Length of a whole response.
 pub const RESPONSE_LEN: usize = HEADER_LEN + 4 + RESPONSE_NOISE_LEN + 2 * MAC_LEN;
 /// Length of a cookie reply's nonce (XChaCha20).
@@ -96,19 +99,19 @@ pub mod field {
     /// Reserved bytes, zero.
     pub const RESERVED: std::ops::Range<usize> = 1..4;
     /// Initiation: the Noise message.
-    pub const INITIATION_NOISE: std::ops::Range<usize> = 4..116;
+    pub const INITIATION_NOISE: std::ops::Range<usize> = 4..117;
     /// Initiation: mac1.
-    pub const INITIATION_MAC1: std::ops::Range<usize> = 116..132;
+    pub const INITIATION_MAC1: std::ops::Range<usize> = 117..133;
     /// Initiation: mac2.
-    pub const INITIATION_MAC2: std::ops::Range<usize> = 132..148;
+    pub const INITIATION_MAC2: std::ops::Range<usize> = 133..149;
     /// Response and data: the receiver's index.
     pub const RECEIVER: usize = 4;
     /// Response: the Noise message.
-    pub const RESPONSE_NOISE: std::ops::Range<usize> = 8..60;
+    pub const RESPONSE_NOISE: std::ops::Range<usize> = 8..61;
     /// Response: mac1.
-    pub const RESPONSE_MAC1: std::ops::Range<usize> = 60..76;
+    pub const RESPONSE_MAC1: std::ops::Range<usize> = 61..77;
     /// Response: mac2.
-    pub const RESPONSE_MAC2: std::ops::Range<usize> = 76..92;
+    pub const RESPONSE_MAC2: std::ops::Range<usize> = 77..93;
     /// Cookie reply: the nonce.
     pub const COOKIE_NONCE: std::ops::Range<usize> = 4..28;
     /// Cookie reply: the sealed cookie.
@@ -796,11 +799,11 @@ mod tests {
 
     #[test]
     fn layouts_add_up() {
-        assert_eq!(INITIATION_NOISE_LEN, 112);
-        assert_eq!(INITIATION_LEN, 148);
+        assert_eq!(INITIATION_NOISE_LEN, 113);
+        assert_eq!(INITIATION_LEN, 149);
         assert_eq!(field::INITIATION_MAC2.end, INITIATION_LEN);
-        assert_eq!(RESPONSE_NOISE_LEN, 52);
-        assert_eq!(RESPONSE_LEN, 92);
+        assert_eq!(RESPONSE_NOISE_LEN, 53);
+        assert_eq!(RESPONSE_LEN, 93);
         assert_eq!(field::RESPONSE_MAC2.end, RESPONSE_LEN);
         assert_eq!(COOKIE_REPLY_LEN, 60);
         assert_eq!(field::COOKIE_SEALED.end, COOKIE_REPLY_LEN);
@@ -834,8 +837,8 @@ mod tests {
         let init = Initiation::new_checked(&out[..]).expect("parses");
         assert_eq!(init.noise(), &[3; INITIATION_NOISE_LEN][..]);
         assert_eq!((init.mac1(), init.mac2()), ([1; MAC_LEN], [2; MAC_LEN]));
-        assert_eq!(init.mac1_input().len(), 116);
-        assert_eq!(init.mac2_input().len(), 132);
+        assert_eq!(init.mac1_input().len(), 117);
+        assert_eq!(init.mac2_input().len(), 133);
 
         let mut out = [0xff; RESPONSE_LEN];
         encode_response(&mut out, 42, &[5; RESPONSE_NOISE_LEN]).set_mac1(&[6; MAC_LEN]);
