@@ -458,6 +458,32 @@ fn status_and_metrics_show_both_ends_and_a_blackholed_line() {
         "the lab client's datagram session is up: {lab_entry:?}"
     );
     assert_eq!(lab_entry.tunnel_addresses, ["10.77.0.2", "fd77::2"]);
+    // Both ends name the same data cipher: AES-256-GCM where the CPU has
+    // AES instructions (both ends run on this one), ChaCha20-Poly1305
+    // otherwise.
+    let flags = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let has = |flag: &str| flags.split_whitespace().any(|f| f == flag);
+    let expected = if cfg!(target_arch = "x86_64") && has("aes") && has("pclmulqdq") {
+        "aes-256-gcm"
+    } else if cfg!(target_arch = "x86_64") {
+        "chacha20-poly1305"
+    } else {
+        // Elsewhere the flags are named differently: agreement alone.
+        ""
+    };
+    let conc_cipher = lab_entry.datagram.as_ref().and_then(|d| d.cipher.clone());
+    let client_status = status_of("mpb-cli", "client.toml");
+    let client_cipher = client_status
+        .client
+        .as_ref()
+        .and_then(|c| c.datagram.as_ref())
+        .and_then(|d| d.cipher.clone());
+    eprintln!("datagram cipher: client {client_cipher:?}, concentrator {conc_cipher:?}");
+    assert!(conc_cipher.is_some(), "{lab_entry:?}");
+    assert_eq!(client_cipher, conc_cipher, "both ends use one cipher");
+    if !expected.is_empty() {
+        assert_eq!(conc_cipher.as_deref(), Some(expected));
+    }
 
     // The client's metrics from the LAN host, as Prometheus scrapes them.
     let (code, first) = scrape("mpb-lan", CLIENT_METRICS);

@@ -421,6 +421,7 @@ impl Datagrams {
             session: state.initiator.is_established(now),
             last_handshake_unix: state.handshake_at.map(crate::control::snapshot::unix_at),
             mtu: state.mtu as u64,
+            cipher: state.initiator.cipher().map(|c| c.name().to_owned()),
         };
         (tunnel, state.counters.to_vec())
     }

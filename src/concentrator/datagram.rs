@@ -309,6 +309,7 @@ impl Datagrams {
                     session: state.responder.is_established(peer, now),
                     last_handshake_unix: client.handshake_at.map(unix_at),
                     paths: u64::from(client.live(now).count_ones()),
+                    cipher: state.responder.cipher(peer).map(|c| c.name().to_owned()),
                     counters: client.counters,
                 };
                 Some((id.clone(), tunnel))

@@ -152,6 +152,10 @@ pub struct TunnelStatus {
     pub last_handshake_unix: Option<f64>,
     /// The tunnel's MTU (largest IP packet carried whole).
     pub mtu: u64,
+    /// The session's data cipher (`aes-256-gcm`, `chacha20-poly1305`);
+    /// absent without a session.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cipher: Option<String>,
 }
 
 /// A concentrator's state.
@@ -209,6 +213,9 @@ pub struct PeerTunnel {
     pub last_handshake_unix: Option<f64>,
     /// Its paths (uplinks) heard from lately.
     pub paths: u64,
+    /// Its newest session's data cipher; absent without one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cipher: Option<String>,
     /// Datagram traffic with it, all paths together (`tx`: towards it).
     pub counters: PathCounters,
 }

@@ -59,6 +59,7 @@ fn client_status() -> Status {
                 session: true,
                 last_handshake_unix: Some(NOW - 42.0),
                 mtu: 1438,
+                cipher: Some("aes-256-gcm".into()),
             }),
         }),
         concentrator: None,
@@ -98,6 +99,7 @@ fn concentrator_status() -> Status {
                     session: true,
                     last_handshake_unix: Some(NOW - 10.0),
                     paths: 2,
+                    cipher: Some("chacha20-poly1305".into()),
                     counters: PathCounters {
                         tx_packets: 5,
                         tx_bytes: 500,
@@ -117,7 +119,9 @@ fn text_shows_each_uplink_with_its_state_rtt_and_traffic() {
     assert!(out.starts_with("client home: /etc/mpbond/client.toml (pid 42, up 1 h 1 min)\n"));
     assert!(out.contains("  concentrator: 203.0.113.7:7300\n"), "{out}");
     assert!(out.contains("  flows: 4 from the LAN, 3 relayed; new tunnels from 10.77.3.2\n"));
-    assert!(out.contains("  datagram tunnel: session up, last handshake 42 s ago, mtu 1438\n"));
+    assert!(out.contains(
+        "  datagram tunnel: session up (aes-256-gcm), last handshake 42 s ago, mtu 1438\n"
+    ));
     assert!(
         out.contains("\nuplink dsl\n  interface: dsl0 (10.77.3.2)\n"),
         "{out}"
@@ -150,7 +154,7 @@ fn text_shows_each_client_of_the_concentrator() {
     assert!(out.contains("\nclient lab\n  tunnel addresses: 100.64.77.2, fd00:6d70:62:77::2\n"));
     assert!(out.contains("  connections: 5 open (limit 1024), 17 since start, 1 refused\n"));
     assert!(out.contains(
-        "  datagram tunnel: session up, last handshake 10 s ago, 2 paths; 5 packets sent, 6 received\n"
+        "  datagram tunnel: session up (chacha20-poly1305), last handshake 10 s ago, 2 paths; 5 packets sent, 6 received\n"
     ));
 }
 

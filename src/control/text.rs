@@ -46,7 +46,11 @@ fn render_client(out: &mut String, status: &Status, client: &ClientStatus) {
     );
     if let Some(dg) = &client.datagram {
         let handshake = handshake(dg.last_handshake_unix, status.now_unix);
-        let session = if dg.session { "up" } else { "down" };
+        let session = match (dg.session, &dg.cipher) {
+            (true, Some(cipher)) => format!("up ({cipher})"),
+            (true, None) => "up".to_owned(),
+            (false, _) => "down".to_owned(),
+        };
         let _ = writeln!(
             out,
             "  datagram tunnel: session {session}, {handshake}, mtu {}",
@@ -157,7 +161,11 @@ fn render_client_entry(out: &mut String, status: &Status, c: &ClientEntry) {
     );
     if let Some(dg) = &c.datagram {
         let handshake = handshake(dg.last_handshake_unix, status.now_unix);
-        let session = if dg.session { "up" } else { "down" };
+        let session = match (dg.session, &dg.cipher) {
+            (true, Some(cipher)) => format!("up ({cipher})"),
+            (true, None) => "up".to_owned(),
+            (false, _) => "down".to_owned(),
+        };
         let _ = writeln!(
             out,
             "  datagram tunnel: session {session}, {handshake}, {} paths; {} packets sent, {} received",
