@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use harness::udp::{echo_once, Echo};
 use harness::{
-    download_hashed, netstat, ns_ok, on_fresh_daemons, run_in, short_request, upload_pattern,
+    download_hashed, netstat, ns_ok, on_fresh_daemons, root, run_in, short_request, upload_pattern,
     within, Behavior, Lab, NsServer, Pattern,
 };
 
@@ -93,9 +93,20 @@ fn transfers(offload: bool) {
         offload,
         "TCP segmentation on the client's TUN:\n{features}"
     );
+    // UDP segmentation comes with the other offloads (Linux 6.2 on): a
+    // sender's UDP super-packet reaches the TUN whole and is cut up by
+    // the client. The concentrator's TUN asks for it whatever the
+    // client's config says.
+    assert_eq!(
+        feature("tx-udp-segmentation"),
+        offload,
+        "UDP segmentation on the client's TUN:\n{features}"
+    );
+    let conc = ns_ok("mpb-conc", &["ethtool", "-k", "mpbc0"]);
     assert!(
-        !feature("tx-udp-segmentation"),
-        "UDP segmentation must stay off on the client's TUN (datagrams are sealed one by one)"
+        conc.lines()
+            .any(|l| l.trim().starts_with("tx-udp-segmentation: on")),
+        "UDP segmentation on the concentrator's TUN:\n{conc}"
     );
     for (i, server) in [SERVER, SERVER6].into_iter().enumerate() {
         let port = 5400 + 10 * i as u16;
@@ -104,6 +115,7 @@ fn transfers(offload: bool) {
         edge_sizes(server, port + 2);
     }
     datagrams();
+    gso_bursts();
     let errors = checksum_errors();
     eprintln!("offload {offload}: checksum errors {errors:?}");
     assert!(
@@ -218,6 +230,71 @@ fn datagrams() {
             got.is_empty(),
             "datagrams of {got:?} bytes to {server} got no intact echo through the tunnel"
         );
+    }
+}
+
+/// UDP bursts sent as one super-packet each (`UDP_SEGMENT`, as QUIC stacks
+/// send) both ways, IPv4 and IPv6: every datagram arrives intact, as the
+/// sender cut it (`scripts/lib/gso.py`; the last of each upload burst is
+/// shorter). With the TUNs' UDP segmentation on, the client and the
+/// concentrator read each burst whole and cut it themselves.
+fn gso_bursts() {
+    let script = root().join("scripts/lib/gso.py");
+    let script = script.to_str().expect("a UTF-8 path");
+    for (server, port) in [(SERVER, 5495u16), (SERVER6, 5496)] {
+        let ip = server.to_string();
+        let _srv = Background::spawn(SRV, &["python3", script, "serve", &ip, &port.to_string()]);
+        let filter = format!("sport = :{port}");
+        within(Duration::from_secs(5), || {
+            !ns_ok(SRV, &["ss", "-Hlun", &filter]).trim().is_empty()
+        })
+        .unwrap_or_else(|| panic!("gso.py serve does not listen on {ip} port {port}"));
+        let out = ns_ok(
+            LAN,
+            &[
+                "timeout",
+                "120",
+                "python3",
+                script,
+                "check",
+                &ip,
+                &port.to_string(),
+                "20",
+                "10",
+                "1200",
+            ],
+        );
+        eprintln!("UDP_SEGMENT bursts to {ip}: {}", out.trim());
+        let got: serde_json::Value = serde_json::from_str(out.trim()).expect("gso.py prints JSON");
+        assert_eq!(got["bad"], 0, "{ip}: datagrams damaged or cut wrong: {got}");
+        assert_eq!(got["acked"], got["sent"], "{ip}: upload bursts: {got}");
+        assert_eq!(
+            got["received"], got["asked"],
+            "{ip}: download bursts: {got}"
+        );
+        assert_eq!(got["sent"], 200, "{got}");
+    }
+}
+
+/// A program in a namespace, killed when dropped.
+struct Background(std::process::Child);
+
+impl Background {
+    fn spawn(ns: &str, cmd: &[&str]) -> Self {
+        let child = std::process::Command::new("ip")
+            .args(["netns", "exec", ns])
+            .args(cmd)
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("in {ns}: {}: {e}", cmd.join(" ")));
+        Self(child)
+    }
+}
+
+impl Drop for Background {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
     }
 }
 

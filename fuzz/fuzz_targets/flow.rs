@@ -12,7 +12,9 @@
 //! UDP super-packets (`wire::coalesce`): a datagram that may join others,
 //! made the first of a super-packet of itself alone, gets back its own
 //! headers (but the UDP checksum, partial, and the lengths of its
-//! payload), and nothing with another size of payload joins it.
+//! payload), and nothing with another size of payload joins it; a
+//! super-packet cut up (`coalesce::split`) gives whole datagrams with
+//! valid checksums that carry its payload.
 
 #![no_main]
 
@@ -89,6 +91,30 @@ fuzz_target!(|data: &[u8]| {
             assert!(made == was || (header_checksum && !valid), "byte {at}");
         }
         assert!(!datagram.joins(coalesce::MAX_SEGMENTS, 0, 0, &datagram));
+    }
+
+    // Cut as a UDP super-packet read from a TUN, with a segment size from
+    // the first byte: what comes out is whole datagrams with valid
+    // checksums, carrying the payload in order, each no larger than the
+    // segment size.
+    if let Some(&first) = data.first() {
+        let gso_size = usize::from(first) * 8 + 1;
+        let mut out = vec![0; coalesce::MAX_SPLIT_LEN];
+        let mut ranges = Vec::new();
+        if let Ok(used) = coalesce::split(data, gso_size, &mut out, |r| ranges.push(r)) {
+            assert_eq!(ranges.last().map(|r| r.end), Some(used));
+            let mut carried = 0;
+            for r in &ranges {
+                let piece = &out[r.clone()];
+                let d = Datagram::of(piece);
+                let d = d.expect("a whole UDP datagram");
+                assert!(d.payload() <= gso_size);
+                assert!(d.checksum_ok(piece), "valid checksums");
+                carried += d.payload();
+            }
+            let hdr = Datagram::of(&out[ranges[0].clone()]).map(|d| d.header_len());
+            assert_eq!(Some(carried), hdr.map(|h| data.len() - h));
+        }
     }
 
     let Ok(flow) = flow_of(data) else {

@@ -15,6 +15,7 @@ use super::redirect::{Checksum, Decision, Flow, FlowKey};
 use super::{ClientError, Shared};
 use crate::log_budget::{LogBudget, LOG_WINDOW};
 use crate::udp;
+use crate::wire::coalesce::{self, SplitError};
 use crate::wire::{build_icmp_unreachable_for, build_rst_for, classify, vnet, Protocol, TcpPacket};
 
 /// Largest IP packet read from the TUN (a super-packet with offloads).
@@ -31,6 +32,11 @@ const READ_ROOM: usize = TUN_BATCH * 1500 + MAX_PACKET;
 /// super-packets (or [`TUN_BATCH`] packets).
 const SUPER_PACKETS: usize = 8;
 
+/// Room behind the read buffer for the datagrams of UDP super-packets
+/// cut up for the tunnel: two of the largest. When it is full, what the
+/// wake-up gathered for the tunnel so far goes out first.
+const SPLIT_ROOM: usize = 2 * coalesce::MAX_SPLIT_LEN;
+
 /// Reads the TUN until it fails. A wake-up reads what is queued, up to
 /// [`TUN_BATCH`] packets: TCP goes through the redirect one by one; the
 /// rest is sealed for the datagram tunnel under one lock into one buffer
@@ -38,9 +44,9 @@ const SUPER_PACKETS: usize = 8;
 ///
 /// With offloads each packet comes behind its [`vnet`] header: TCP may be a
 /// super-packet with a partial checksum, rewritten as such and written
-/// back with the same header; a partial checksum of anything else is
-/// finished here before it is sealed (UDP segmentation is off, so no
-/// datagram is a super-packet).
+/// back with the same header; a UDP super-packet is cut into its
+/// datagrams behind the read buffer; a partial checksum of anything else
+/// is finished here before it is sealed.
 pub(super) async fn run(shared: Arc<Shared>) -> Result<(), ClientError> {
     let offload = shared.tun.offload();
     let (head, room) = if offload {
@@ -51,20 +57,23 @@ pub(super) async fn run(shared: Arc<Shared>) -> Result<(), ClientError> {
     } else {
         (0, READ_ROOM)
     };
-    let mut buf = vec![0; room];
+    let split_room = if offload { SPLIT_ROOM } else { 0 };
+    let mut buf = vec![0; room + split_room];
     let mut read: Vec<Range<usize>> = Vec::with_capacity(TUN_BATCH);
     let mut tunnelled: Vec<Range<usize>> = Vec::with_capacity(TUN_BATCH);
     // Sealing adds at most DATA_OVERHEAD + 1 per packet (fragments a
-    // header more each): twice the read room holds any batch.
-    let mut batch = udp::SendBatch::<u8>::new(2 * room);
-    let mut sockets: Sockets = Default::default();
-    let mut sends = Vec::new();
-    let mut replies = Vec::new();
+    // header more each): twice the read and split rooms hold any batch.
+    let mut out = Outgoing {
+        batch: udp::SendBatch::<u8>::new(2 * (room + split_room)),
+        sockets: Default::default(),
+        sends: Vec::new(),
+        replies: Vec::new(),
+    };
     let mut full = FullLog::default();
     loop {
         let n = shared
             .tun
-            .recv(&mut buf)
+            .recv(&mut buf[..room])
             .await
             .map_err(|source| ClientError::TunIo {
                 name: shared.tun_name.clone(),
@@ -72,13 +81,15 @@ pub(super) async fn run(shared: Arc<Shared>) -> Result<(), ClientError> {
             })?;
         udp::read_queued_tun(
             &shared.tun,
-            &mut buf,
+            &mut buf[..room],
             n,
             head + MAX_PACKET,
             TUN_BATCH,
             &mut read,
         );
         tunnelled.clear();
+        // Bytes of the split room in use.
+        let mut split_used = 0;
         for framed in &read {
             let header = if offload {
                 match buf.get(framed.clone()).map(vnet::Header::parse) {
@@ -98,6 +109,38 @@ pub(super) async fn run(shared: Arc<Shared>) -> Result<(), ClientError> {
             if shared.datagrams.is_some()
                 && !matches!(classify(packet), Protocol::Tcp | Protocol::Invalid)
             {
+                if let Some(h) = header.filter(|h| h.gso_type & !vnet::GSO_ECN == vnet::GSO_UDP_L4)
+                {
+                    // Cut into its datagrams behind the read buffer; when
+                    // that is full, what is gathered goes out first.
+                    for _ in 0..2 {
+                        let (area, spare) = buf.split_at_mut(room);
+                        let Some(packet) = area.get(range.clone()) else {
+                            break;
+                        };
+                        let Some(spare) = spare.get_mut(split_used..) else {
+                            break;
+                        };
+                        let base = room + split_used;
+                        let split = coalesce::split(packet, usize::from(h.gso_size), spare, |r| {
+                            tunnelled.push(base + r.start..base + r.end)
+                        });
+                        match split {
+                            Ok(used) => split_used += used,
+                            Err(SplitError::NoRoom { .. }) if split_used > 0 => {
+                                flush(&shared, &buf, &tunnelled, &mut out).await;
+                                tunnelled.clear();
+                                split_used = 0;
+                                continue;
+                            }
+                            Err(e) => {
+                                trace!(error = %e, "UDP super-packet for the tunnel dropped");
+                            }
+                        }
+                        break;
+                    }
+                    continue;
+                }
                 if let Some(header) = &header {
                     if let Err(e) = vnet::finish_checksum(header, packet) {
                         trace!(error = %e, len = packet.len(), "packet for the tunnel dropped");
@@ -143,23 +186,38 @@ pub(super) async fn run(shared: Arc<Shared>) -> Result<(), ClientError> {
                 Decision::Drop(reason) => trace!(?reason, len = n, "packet dropped"),
             }
         }
-        let Some(datagrams) = shared.datagrams.as_ref().filter(|_| !tunnelled.is_empty()) else {
-            continue;
-        };
-        datagrams.on_tun_packets(
-            &buf,
-            &tunnelled,
-            &mut batch,
-            &mut sockets,
-            &mut sends,
-            &mut replies,
-        );
-        super::datagram::send_batch(datagrams.concentrator, &batch, &sockets);
-        batch.clear();
-        super::datagram::send(datagrams.concentrator, std::mem::take(&mut sends));
-        for reply in replies.drain(..) {
-            send(&shared, &reply).await;
-        }
+        flush(&shared, &buf, &tunnelled, &mut out).await;
+    }
+}
+
+/// What a wake-up sends for the datagram tunnel, kept between wake-ups
+/// for its buffers.
+struct Outgoing {
+    batch: udp::SendBatch<u8>,
+    sockets: Sockets,
+    sends: super::datagram::Sends,
+    replies: Vec<Vec<u8>>,
+}
+
+/// Seals the packets at `tunnelled` in `buf` for the datagram tunnel and
+/// sends them; answers for the LAN (ICMP errors) go to the TUN.
+async fn flush(shared: &Shared, buf: &[u8], tunnelled: &[Range<usize>], out: &mut Outgoing) {
+    let Some(datagrams) = shared.datagrams.as_ref().filter(|_| !tunnelled.is_empty()) else {
+        return;
+    };
+    datagrams.on_tun_packets(
+        buf,
+        tunnelled,
+        &mut out.batch,
+        &mut out.sockets,
+        &mut out.sends,
+        &mut out.replies,
+    );
+    super::datagram::send_batch(datagrams.concentrator, &out.batch, &out.sockets);
+    out.batch.clear();
+    super::datagram::send(datagrams.concentrator, std::mem::take(&mut out.sends));
+    for reply in out.replies.drain(..) {
+        send(shared, &reply).await;
     }
 }
 

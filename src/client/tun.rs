@@ -1,15 +1,19 @@
 //! The client's TUN device, with TCP offloads when the kernel grants them.
 //!
 //! With offloads the device is opened with `IFF_VNET_HDR` and
-//! `TUNSETOFFLOAD` of checksum and TCP segmentation (IPv4 and IPv6): every
-//! packet read or written carries a [`vnet`] header, TCP arrives as
-//! super-packets of up to 64 KiB with partial checksums, and goes back the
-//! same way for the kernel to segment (or to deliver whole to the local
-//! listener). UDP segmentation is left off, so datagrams for the tunnel
-//! arrive one by one (their checksums may still be partial: the capture
-//! finishes them before sealing); datagrams from the tunnel are written
-//! back a flow's run at a time as UDP super-packets, which the kernel
-//! takes from any device with virtio-net headers.
+//! `TUNSETOFFLOAD` of checksum and TCP segmentation (IPv4 and IPv6), and
+//! UDP segmentation where the kernel has it (6.2 on): every packet read or
+//! written carries a [`vnet`] header, TCP arrives as super-packets of up
+//! to 64 KiB with partial checksums, and goes back the same way for the
+//! kernel to segment (or to deliver whole to the local listener). UDP
+//! mostly arrives one datagram at a time (its checksum may be partial:
+//! the capture finishes it before sealing), and as a super-packet when
+//! the sender segments itself (`UDP_SEGMENT`, as QUIC stacks do) or GRO
+//! joined it on the way in: the capture cuts it into its datagrams
+//! ([`crate::wire::coalesce::split`]), one read instead of dozens.
+//! Datagrams from the tunnel are written back a flow's run at a time as
+//! UDP super-packets, which the kernel takes from any device with
+//! virtio-net headers.
 
 use std::io::{self, IoSlice};
 use std::ops::{Deref, Range};
@@ -37,10 +41,21 @@ impl Tun {
         if config.offload {
             match Self::build(config, true) {
                 Ok(device) => {
-                    match crate::sys::set_tun_offloads(device.as_fd(), crate::sys::TUN_TCP_OFFLOADS)
-                    {
-                        Ok(()) => {
-                            info!(name = %config.name, "TUN offloads on (checksum, TCP segmentation)");
+                    let fd = device.as_fd();
+                    let tcp = crate::sys::TUN_TCP_OFFLOADS;
+                    let udp = crate::sys::TUN_UDP_OFFLOADS;
+                    // UDP segmentation needs Linux 6.2; without it, TCP's.
+                    let granted = match crate::sys::set_tun_offloads(fd, tcp | udp) {
+                        Ok(()) => Ok("checksum, TCP and UDP segmentation"),
+                        Err(e) => {
+                            debug!(error = %e, "the kernel refuses the TUN's UDP segmentation");
+                            crate::sys::set_tun_offloads(fd, tcp)
+                                .map(|()| "checksum, TCP segmentation")
+                        }
+                    };
+                    match granted {
+                        Ok(what) => {
+                            info!(name = %config.name, "TUN offloads on ({what})");
                             return Ok(Self {
                                 device,
                                 offload: true,

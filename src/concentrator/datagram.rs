@@ -53,7 +53,7 @@ use crate::wire::flow::{flow_of, FlowKey};
 use crate::wire::fragment::{self, Fit, Fragments};
 use crate::wire::probe::MAGIC;
 use crate::wire::tunnel::{Inner, PathProbe, ANY_PATH, DATA_OVERHEAD, TYPE_INITIATION};
-use crate::wire::{build_icmp_too_big_for, vnet};
+use crate::wire::{build_icmp_too_big_for, coalesce, vnet};
 
 /// Largest datagram read from the UDP socket or the TUN.
 const MAX_DATAGRAM: usize = 65_535;
@@ -709,6 +709,16 @@ type Targets = [Option<SocketAddr>; MAX_PATHS];
 pub(super) async fn serve_tun(socket: Arc<udp::Socket>, datagrams: Arc<Datagrams>) {
     let head = if datagrams.vnet { vnet::LEN } else { 0 };
     let mut buf = vec![0; TUN_READ_ROOM + TUN_BATCH * head];
+    // A UDP super-packet's datagrams, one super-packet at a time.
+    let mut split = vec![
+        0;
+        if datagrams.vnet {
+            coalesce::MAX_SPLIT_LEN
+        } else {
+            0
+        }
+    ];
+    let mut split_ranges: Vec<Range<usize>> = Vec::with_capacity(coalesce::MAX_SPLIT);
     let mut read: Vec<Range<usize>> = Vec::with_capacity(TUN_BATCH);
     // Sealing adds at most DATA_OVERHEAD + 1 per packet, fragmenting a
     // header and that per fragment: twice the read room holds any batch.
@@ -737,10 +747,26 @@ pub(super) async fn serve_tun(socket: Arc<udp::Socket>, datagrams: Arc<Datagrams
                 let Some(framed) = buf.get_mut(range.clone()) else {
                     continue;
                 };
-                let Some(packet) = unframe(framed, head) else {
-                    continue;
-                };
-                to_client(&mut state, now, packet, &mut batch, &mut refused);
+                match unframe(framed, head) {
+                    Some(Unframed::Packet(packet)) => {
+                        to_client(&mut state, now, packet, &mut batch, &mut refused);
+                    }
+                    Some(Unframed::Super(packet, gso_size)) => {
+                        split_ranges.clear();
+                        let cut = coalesce::split(packet, gso_size, &mut split, |r| {
+                            split_ranges.push(r);
+                        });
+                        if let Err(e) = cut {
+                            trace!(error = %e, "UDP super-packet from the TUN dropped");
+                        }
+                        for r in &split_ranges {
+                            if let Some(datagram) = split.get(r.clone()) {
+                                to_client(&mut state, now, datagram, &mut batch, &mut refused);
+                            }
+                        }
+                    }
+                    None => {}
+                }
             }
         }
         for (targets, bytes, segment) in batch.runs() {
@@ -759,21 +785,32 @@ pub(super) async fn serve_tun(socket: Arc<udp::Socket>, datagrams: Arc<Datagrams
     }
 }
 
+/// What a TUN read holds.
+enum Unframed<'a> {
+    /// One IP packet, its checksum complete.
+    Packet(&'a [u8]),
+    /// A UDP super-packet and its segment size, to be cut up.
+    Super(&'a [u8], usize),
+}
+
 /// The IP packet of a TUN read, behind a virtio-net header of `head`
-/// bytes (0: none): a partial checksum finished (the TUN asks for no
-/// offload, so the kernel should leave none), a super-packet dropped
-/// (none asked for either).
-fn unframe(framed: &mut [u8], head: usize) -> Option<&[u8]> {
+/// bytes (0: none): a partial checksum finished, a UDP super-packet
+/// (UDP segmentation offload) as such, another super-packet dropped (TCP
+/// segmentation is not asked for).
+fn unframe(framed: &mut [u8], head: usize) -> Option<Unframed<'_>> {
     if head == 0 {
-        return Some(framed);
+        return Some(Unframed::Packet(framed));
     }
     let header = vnet::Header::parse(framed).ok()?;
     let packet = framed.get_mut(head..)?;
+    if header.gso_type & !vnet::GSO_ECN == vnet::GSO_UDP_L4 {
+        return Some(Unframed::Super(packet, usize::from(header.gso_size)));
+    }
     if let Err(e) = vnet::finish_checksum(&header, packet) {
         trace!(error = %e, len = packet.len(), "TUN packet dropped");
         return None;
     }
-    Some(packet)
+    Some(Unframed::Packet(packet))
 }
 
 /// Seals one packet from the TUN for the client that owns its destination

@@ -35,7 +35,7 @@ pub use sysctl::{read_sysctl, SysctlGuard, RECORDS as SYSCTL_RECORDS};
 
 pub use iface::interface_index;
 pub use memory::{trim_free_memory, TRIM_EVERY};
-pub use tun::{set_tun_offloads, write_tun, TUN_TCP_OFFLOADS};
+pub use tun::{set_tun_offloads, write_tun, TUN_TCP_OFFLOADS, TUN_UDP_OFFLOADS};
 
 use std::io;
 

@@ -5,9 +5,14 @@ use std::os::fd::{AsRawFd, BorrowedFd};
 
 use super::cvt;
 
-/// The TUN offloads for TCP only: partial checksums, TCP segmentation over
-/// IPv4 and IPv6 (no UDP segmentation: UDP comes one datagram at a time).
+/// The TUN offloads for TCP: partial checksums, TCP segmentation over
+/// IPv4 and IPv6.
 pub const TUN_TCP_OFFLOADS: libc::c_uint = libc::TUN_F_CSUM | libc::TUN_F_TSO4 | libc::TUN_F_TSO6;
+
+/// UDP segmentation over IPv4 and IPv6 (Linux 6.2 on; needs
+/// `TUN_F_CSUM`): a UDP super-packet (from a sender using `UDP_SEGMENT`,
+/// or joined by GRO on the way in) reaches the TUN whole.
+pub const TUN_UDP_OFFLOADS: libc::c_uint = libc::TUN_F_USO4 | libc::TUN_F_USO6;
 
 /// Sets the offloads (`TUN_F_*`) a TUN device opened with `IFF_VNET_HDR`
 /// accepts from the kernel (`TUNSETOFFLOAD`). Device-wide: it replaces

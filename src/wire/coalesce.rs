@@ -219,6 +219,169 @@ impl Datagram {
     }
 }
 
+/// Datagrams one super-packet read from a TUN may hold at most: the
+/// kernel's `UDP_MAX_SEGMENTS` (64 before Linux 6.2, 128 since).
+pub const MAX_SPLIT: usize = 128;
+
+/// Bytes [`split`] may write for one super-packet of at most 64 KiB:
+/// its payloads and each datagram's headers.
+pub const MAX_SPLIT_LEN: usize = MAX_IP + MAX_SPLIT * (IPV6_LEN + UDP_LEN);
+
+/// Why a UDP super-packet read from a TUN cannot be cut into datagrams.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum SplitError {
+    /// Not UDP over IPv4 (without options, not a fragment) or over IPv6
+    /// without extension headers, or its lengths do not match the bytes.
+    #[error("UDP super-packet of {len} bytes is not a whole UDP datagram over IPv4 or IPv6")]
+    NotUdp {
+        /// The packet's length.
+        len: usize,
+    },
+    /// A segment size of zero, or more than [`MAX_SPLIT`] segments.
+    #[error("UDP super-packet with segments of {gso_size} bytes: {count} datagrams")]
+    Segments {
+        /// `gso_size`.
+        gso_size: usize,
+        /// The datagrams it would make.
+        count: usize,
+    },
+    /// `out` cannot hold the datagrams.
+    #[error("{need} bytes needed for the datagrams of a UDP super-packet, {room} free")]
+    NoRoom {
+        /// Bytes needed.
+        need: usize,
+        /// Bytes there are.
+        room: usize,
+    },
+}
+
+/// Cuts `packet`, a UDP super-packet as a TUN with UDP segmentation
+/// offload hands it over ([`vnet::GSO_UDP_L4`]: one IP and UDP header,
+/// then the payloads of datagrams of `gso_size` bytes, the last maybe
+/// shorter), into its datagrams, as the kernel would have before the
+/// TUN: written one after the other into `out` as whole IP packets, each
+/// with the first's headers, its own lengths, the IPv4 identification
+/// counting up from the first's, the IPv4 header checksum and a complete
+/// UDP checksum (the super-packet's is partial or stale). Calls `each`
+/// with every datagram's range in `out`, in order; returns the bytes of
+/// `out` used. Nothing is written when it fails.
+///
+/// # Errors
+///
+/// [`SplitError`] for a packet that is not one UDP datagram over IPv4
+/// (without options: what a TUN gets of a UDP socket's sends) or IPv6 (no
+/// extension headers), a segment size of zero or more than
+/// [`MAX_SPLIT`] datagrams, and an `out` too small.
+pub fn split(
+    packet: &[u8],
+    gso_size: usize,
+    out: &mut [u8],
+    mut each: impl FnMut(std::ops::Range<usize>),
+) -> Result<usize, SplitError> {
+    let not_udp = SplitError::NotUdp { len: packet.len() };
+    let (ip_len, v4) = match packet.first().map(|b| b >> 4) {
+        Some(4) => {
+            let h = packet.get(..IPV4_LEN).ok_or(not_udp)?;
+            let total = usize::from(u16::from_be_bytes([h[2], h[3]]));
+            let fragment = u16::from_be_bytes([h[6], h[7]]) & 0x3fff != 0;
+            if h[0] != 0x45 || total != packet.len() || h[9] != UDP || fragment {
+                return Err(not_udp);
+            }
+            (IPV4_LEN, true)
+        }
+        Some(6) => {
+            let h = packet.get(..IPV6_LEN).ok_or(not_udp)?;
+            let upper = usize::from(u16::from_be_bytes([h[4], h[5]]));
+            if h[6] != UDP || IPV6_LEN + upper != packet.len() {
+                return Err(not_udp);
+            }
+            (IPV6_LEN, false)
+        }
+        _ => return Err(not_udp),
+    };
+    let hdr = ip_len + UDP_LEN;
+    let udp_len = packet.get(ip_len + 4..ip_len + 6).ok_or(not_udp)?;
+    // The UDP length is the whole super-packet's, as the IP length is.
+    if usize::from(u16::from_be_bytes([udp_len[0], udp_len[1]])) != packet.len() - ip_len {
+        return Err(not_udp);
+    }
+    let payload = packet.get(hdr..).ok_or(not_udp)?;
+    let count = if gso_size == 0 {
+        0
+    } else {
+        payload.len().div_ceil(gso_size)
+    };
+    if gso_size == 0 || count > MAX_SPLIT {
+        return Err(SplitError::Segments { gso_size, count });
+    }
+    let need = payload.len() + count.max(1) * hdr;
+    if need > out.len() {
+        return Err(SplitError::NoRoom {
+            need,
+            room: out.len(),
+        });
+    }
+    let headers = packet.get(..hdr).ok_or(not_udp)?;
+    let id = u16::from_be_bytes([headers[4], headers[5]]);
+    let (src, dst) = if v4 {
+        (12..16, 16..20)
+    } else {
+        (8..24, 24..40)
+    };
+    let mut at = 0;
+    // An empty payload is one empty datagram.
+    let mut chunks = payload.chunks(gso_size.max(1));
+    let mut n = 0;
+    loop {
+        let chunk = chunks.next();
+        if chunk.is_none() && n > 0 {
+            break;
+        }
+        let chunk = chunk.unwrap_or(&[]);
+        let len = hdr + chunk.len();
+        let Some(dgram) = out.get_mut(at..at + len) else {
+            return Err(SplitError::NoRoom {
+                need,
+                room: out.len(),
+            });
+        };
+        let (head, body) = dgram.split_at_mut(hdr);
+        head.copy_from_slice(headers);
+        body.copy_from_slice(chunk);
+        let udp_len = u16::try_from(UDP_LEN + chunk.len()).map_err(|_| not_udp)?;
+        if v4 {
+            let total = u16::try_from(len).map_err(|_| not_udp)?;
+            head[2..4].copy_from_slice(&total.to_be_bytes());
+            // Counted per datagram, wrapping, as the kernel's segmentation
+            // numbers them (the truncation to 16 bits is the point).
+            head[4..6].copy_from_slice(&id.wrapping_add(n as u16).to_be_bytes());
+            head[10..12].copy_from_slice(&[0, 0]);
+            let sum = checksum::complement(checksum::sum_words(&head[..ip_len]));
+            head[10..12].copy_from_slice(&sum.to_be_bytes());
+        } else {
+            head[4..6].copy_from_slice(&udp_len.to_be_bytes());
+        }
+        let udp_at = ip_len;
+        head[udp_at + 4..udp_at + 6].copy_from_slice(&udp_len.to_be_bytes());
+        head[udp_at + 6..udp_at + 8].copy_from_slice(&[0, 0]);
+        let pseudo = checksum::pseudo_header_sum(
+            &head[src.clone()],
+            &head[dst.clone()],
+            UDP,
+            usize::from(udp_len),
+        );
+        let sum = pseudo + checksum::sum_words(&head[udp_at..]) + checksum::sum_words(chunk);
+        let value = checksum::complement(sum);
+        // Zero means "no checksum": send the other zero.
+        let value = if value == 0 { 0xffff } else { value };
+        head[udp_at + 6..udp_at + 8].copy_from_slice(&value.to_be_bytes());
+        each(at..at + len);
+        at += len;
+        n += 1;
+    }
+    Ok(at)
+}
+
 /// The payload's length of the UDP datagram at `at` of `h` whose IP
 /// packet gives it `upper` bytes, if its own length says the same.
 fn udp_payload(h: &[u8], at: usize, upper: usize) -> Option<usize> {
@@ -474,5 +637,90 @@ mod tests {
         assert!(!d.checksum_ok(&v6[..20]));
         assert_eq!(d.super_header(&v6[..10], 100, &mut [0; MAX_HEADER]), None);
         assert_eq!(d.super_header(&v6, 100, &mut [0; 20]), None);
+    }
+
+    /// The super-packet the train's datagrams make (what a TUN with UDP
+    /// segmentation offload reads), without its virtio-net header, and
+    /// its segment size.
+    fn super_packet(packets: &[Vec<u8>]) -> (Vec<u8>, usize) {
+        let first = Datagram::of(&packets[0]).expect("joinable");
+        let hdr = first.header_len();
+        let payloads: Vec<u8> = packets.iter().flat_map(|p| p[hdr..].to_vec()).collect();
+        let mut head = [0; MAX_HEADER];
+        let len = first
+            .super_header(&packets[0], payloads.len(), &mut head)
+            .expect("header");
+        let mut whole = head[vnet::LEN..len].to_vec();
+        whole.extend_from_slice(&payloads);
+        (whole, first.payload())
+    }
+
+    fn split_all(packet: &[u8], gso_size: usize) -> Result<Vec<Vec<u8>>, SplitError> {
+        let mut out = vec![0; MAX_SPLIT_LEN];
+        let mut ranges = Vec::new();
+        let used = split(packet, gso_size, &mut out, |r| ranges.push(r))?;
+        assert_eq!(ranges.last().map_or(0, |r| r.end), used);
+        Ok(ranges.into_iter().map(|r| out[r].to_vec()).collect())
+    }
+
+    #[test]
+    fn a_super_packet_splits_into_the_datagrams_it_was_made_of() {
+        for v6 in [false, true] {
+            for (n, len, last) in [
+                (1, 1200, 1200),
+                (5, 1200, 1200),
+                (10, 1200, 300),
+                (64, 1000, 1),
+            ] {
+                let packets = train(v6, n, len, last);
+                let (whole, gso_size) = super_packet(&packets);
+                let got = split_all(&whole, gso_size).expect("splits");
+                assert_eq!(got, packets, "v6 {v6}, {n} x {len}, last {last}");
+                for p in &got {
+                    assert!(Datagram::of(p).expect("a datagram").checksum_ok(p));
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_partial_or_broken_checksum_in_the_super_packet_does_not_matter() {
+        // The kernel hands it over with the pseudo-header's sum (partial),
+        // or anything: each datagram's is computed afresh.
+        let packets = train(false, 3, 500, 500);
+        let (mut whole, gso_size) = super_packet(&packets);
+        whole[26..28].copy_from_slice(&[0xde, 0xad]);
+        assert_eq!(split_all(&whole, gso_size).expect("splits"), packets);
+    }
+
+    #[test]
+    fn what_is_not_a_udp_super_packet_is_refused_without_a_panic() {
+        let packets = train(true, 4, 800, 800);
+        let (whole, gso_size) = super_packet(&packets);
+        assert!(matches!(
+            split_all(&whole, 0),
+            Err(SplitError::Segments { gso_size: 0, .. })
+        ));
+        assert!(matches!(
+            split_all(&whole, 10),
+            Err(SplitError::Segments { count: 320, .. })
+        ));
+        for cut in 0..whole.len() {
+            assert!(split_all(&whole[..cut], gso_size).is_err(), "cut at {cut}");
+        }
+        let mut tcp = whole.clone();
+        tcp[6] = 6;
+        assert_eq!(
+            split_all(&tcp, gso_size),
+            Err(SplitError::NotUdp { len: whole.len() })
+        );
+        let mut small = vec![0; 100];
+        assert!(matches!(
+            split(&whole, gso_size, &mut small, |_| panic!("nothing emitted")),
+            Err(SplitError::NoRoom { room: 100, .. })
+        ));
+        // An empty payload is one empty datagram.
+        let empty = train(false, 1, 0, 0);
+        assert_eq!(split_all(&empty[0], 1200).expect("splits"), empty);
     }
 }
