@@ -359,6 +359,18 @@ mod tests {
         Tai64n::from_unix(Duration::from_secs(seconds))
     }
 
+    /// The client's initiation offering `offer`, as the server read it.
+    fn initiated(
+        client: &StaticSecret,
+        server: &StaticSecret,
+        offer: Ciphers,
+    ) -> (InitiatorHandshake, InitiationReceived) {
+        let mut init = [0; INITIATION_LEN];
+        let hs = initiate(client, &server.public_key(), 5, ts(9), offer, &mut init).expect("init");
+        let view = Initiation::new_checked(&init[..]).expect("parses");
+        (hs, receive_initiation(server, &view).expect("decrypts"))
+    }
+
     /// A full handshake; returns both ends' keys.
     fn handshake(client: &StaticSecret, server: &StaticSecret) -> (Established, SessionKeys) {
         handshake_with(client, server, Ciphers::WITH_AES, Ciphers::WITH_AES)
@@ -438,21 +450,7 @@ mod tests {
     #[test]
     fn a_forged_response_does_not_spoil_the_handshake() {
         let (client, server) = (secret(1), secret(2));
-        let mut init = [0; INITIATION_LEN];
-        let mut hs = initiate(
-            &client,
-            &server.public_key(),
-            5,
-            ts(9),
-            Ciphers::CHACHA_ONLY,
-            &mut init,
-        )
-        .expect("init");
-        let received = receive_initiation(
-            &server,
-            &Initiation::new_checked(&init[..]).expect("parses"),
-        )
-        .expect("decrypts");
+        let (mut hs, received) = initiated(&client, &server, Ciphers::CHACHA_ONLY);
         let mut resp = [0; RESPONSE_LEN];
         let server_keys = received
             .respond(6, Cipher::ChaCha20Poly1305, &mut resp)
@@ -494,21 +492,7 @@ mod tests {
             assert_eq!(c.cipher, cipher);
             assert_eq!(*c.keys.send, *s.recv);
         }
-        let mut init = [0; INITIATION_LEN];
-        initiate(
-            &client,
-            &server.public_key(),
-            1,
-            ts(1),
-            Ciphers::CHACHA_ONLY,
-            &mut init,
-        )
-        .expect("init");
-        let received = receive_initiation(
-            &server,
-            &Initiation::new_checked(&init[..]).expect("parses"),
-        )
-        .expect("decrypts");
+        let (_, received) = initiated(&client, &server, Ciphers::CHACHA_ONLY);
         assert!(matches!(
             received.respond(2, Cipher::Aes256Gcm, &mut [0; RESPONSE_LEN]),
             Err(HandshakeError::CipherNotOffered {
