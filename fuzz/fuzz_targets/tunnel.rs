@@ -190,7 +190,7 @@ fuzz_target!(|input: &[u8]| {
         } else if changed {
             // Only the MACs' tail may be changed harmlessly (mac2 is
             // ignored when not under load).
-            assert_eq!(tampered[..132], f.initiation[..132]);
+            assert_eq!(tampered[..133], f.initiation[..133]);
         }
         while server.poll_transmit().is_some() {}
     }
@@ -234,12 +234,29 @@ fuzz_target!(|input: &[u8]| {
         }
     }
     let changed = sealed != genuine;
+    let sent = sealed.clone();
     match server.handle_datagram(t1, src, &mut sealed) {
         Ok(Received::Data { peer, path, inner }) => {
-            assert!(!changed, "a tampered data message opened");
             assert!(!replay, "a counter opened twice");
-            assert_eq!((peer, path), (PeerId(0), mode));
+            assert_eq!(peer, PeerId(0));
             assert_eq!(inner, Inner::Ip(b"payload"));
+            if changed {
+                // The genuine message of another input: every input seals
+                // with the same keys and counter, only the path differs
+                // (the mode). With AES-GCM the fuzzer found that one from
+                // this one (under one nonce the tags of two headers
+                // differ by a fixed pattern; the session's counter never
+                // repeats a nonce). Only that may open.
+                let mut other = client_copy(&f.established.1);
+                let mut resealed = vec![0; 64];
+                let len = other
+                    .seal(t1, path, &Inner::Ip(b"payload"), &mut resealed)
+                    .expect("established");
+                resealed.truncate(len);
+                assert_eq!(sent, resealed, "a tampered data message opened");
+            } else {
+                assert_eq!(path, mode);
+            }
         }
         Ok(other) => panic!("data opened as {other:?}"),
         Err(e) => assert!(
