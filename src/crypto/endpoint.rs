@@ -302,6 +302,12 @@ impl<R: Random> Initiator<R> {
         self.current.as_ref().map(Session::cipher)
     }
 
+    /// The session it sends with, for tests.
+    #[cfg(test)]
+    pub(crate) fn current_mut(&mut self) -> Option<&mut Session> {
+        self.current.as_mut()
+    }
+
     /// Whether a session is up to send with at `now`.
     pub fn is_established(&self, now: Instant) -> bool {
         self.current.as_ref().is_some_and(|s| !s.is_expired(now))
@@ -334,10 +340,13 @@ impl<R: Random> Initiator<R> {
                     .map(|t| t + NEW_HANDSHAKE_AFTER_SILENCE),
             );
             if let Some(current) = &self.current {
-                at = earliest(
-                    at,
-                    Some(current.created() + REKEY_AFTER_TIME + self.rekey_jitter),
-                );
+                // A spent session is due at once (its creation is past).
+                let due = if current.spent() {
+                    current.created()
+                } else {
+                    current.created() + REKEY_AFTER_TIME + self.rekey_jitter
+                };
+                at = earliest(at, Some(due));
             }
         }
         for session in [&self.current, &self.previous].into_iter().flatten() {
@@ -675,6 +684,12 @@ impl<R: Random> Responder<R> {
     pub fn with_ciphers(mut self, ciphers: Ciphers) -> Self {
         self.ciphers = ciphers;
         self
+    }
+
+    /// `peer`'s session it sends with, for tests.
+    #[cfg(test)]
+    pub(crate) fn current_mut(&mut self, peer: PeerId) -> Option<&mut Session> {
+        self.peers.get_mut(peer.0).and_then(|p| p.current.as_mut())
     }
 
     /// The cipher of `peer`'s newest session (the one a handshake just

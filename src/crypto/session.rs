@@ -330,15 +330,28 @@ impl Session {
     }
 
     /// Whether the initiator should replace this session at `now`, given
-    /// `jitter` added to the rekey time: it is old, or either end has sent
-    /// its cipher's share of messages (the responder's count is the
-    /// highest counter received from it). Always false on the responder.
+    /// `jitter` added to the rekey time: it is old, or it carried its
+    /// share of messages ([`Self::spent`]). Always false on the responder.
     pub fn rekey_due(&self, now: Instant, jitter: Duration) -> bool {
-        let limit = self.cipher.rekey_after();
         self.initiator
             && (now.saturating_duration_since(self.created) >= REKEY_AFTER_TIME + jitter
-                || self.next_counter >= limit
-                || self.replay.highest().is_some_and(|h| h >= limit))
+                || self.spent())
+    }
+
+    /// Whether either end has sent its cipher's share of messages on this
+    /// session ([`Cipher::rekey_after`]; the peer's count is the highest
+    /// counter received from it), so that the initiator must replace it
+    /// whatever its age.
+    pub fn spent(&self) -> bool {
+        let limit = self.cipher.rekey_after();
+        self.next_counter >= limit || self.replay.highest().is_some_and(|h| h >= limit)
+    }
+
+    /// Moves the send counter to `counter`, for tests of the limits
+    /// without sealing millions of messages.
+    #[cfg(test)]
+    pub(crate) fn skip_to(&mut self, counter: u64) {
+        self.next_counter = counter;
     }
 
     fn check_age(&self, now: Instant) -> Result<(), SessionError> {

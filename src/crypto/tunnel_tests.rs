@@ -297,6 +297,56 @@ fn the_data_cipher_is_aes_gcm_only_when_both_ends_run_it() {
 }
 
 #[test]
+fn an_aes_gcm_session_is_replaced_once_either_end_sent_its_share() {
+    use super::session::AES_GCM_REKEY_AFTER_MESSAGES;
+    for dir in [Dir::Up, Dir::Down] {
+        let mut net = Net::new();
+        net.client = Initiator::new(secret(1), secret(2).public_key(), TestRng(11), net.now)
+            .with_ciphers(Ciphers::WITH_AES);
+        net.server = Responder::new(secret(2), [secret(1).public_key()], TestRng(22))
+            .expect("valid clients")
+            .with_ciphers(Ciphers::WITH_AES);
+        net.connect();
+        let index = |net: &mut Net| net.client.current_mut().map(|s| s.local_index());
+        let first = index(&mut net);
+        let before = net.handshakes;
+        // One second in, far from the two-minute rekey: the sender's
+        // counter reaches the share with the next message.
+        net.run_for(Duration::from_secs(1));
+        let session = match dir {
+            Dir::Up => net.client.current_mut(),
+            Dir::Down => net.server.current_mut(PeerId(0)),
+        };
+        session
+            .expect("a session")
+            .skip_to(AES_GCM_REKEY_AFTER_MESSAGES);
+        let message = match dir {
+            Dir::Up => net.seal_up(0, b"the last of its share"),
+            Dir::Down => net.seal_down(0, b"the last of its share"),
+        };
+        net.send(dir, 0, message.expect("session"));
+        net.run_for(Duration::from_millis(200));
+        assert_eq!(net.delivered(dir), vec![b"the last of its share".to_vec()]);
+        assert_eq!(
+            net.handshakes,
+            before + 2,
+            "{dir:?}: a new handshake at once, not after two minutes"
+        );
+        // Data carries on, on the new session.
+        let up = net.seal_up(1, b"after").expect("session");
+        net.send(Dir::Up, 1, up);
+        let down = net.seal_down(1, b"after").expect("session");
+        net.send(Dir::Down, 1, down);
+        assert_ne!(index(&mut net), first, "{dir:?}: a new session");
+        net.run_for(Duration::from_millis(200));
+        let other = if dir == Dir::Up { Dir::Down } else { Dir::Up };
+        assert_eq!(net.delivered(dir).len(), 2, "{dir:?}");
+        assert_eq!(net.delivered(other), vec![b"after".to_vec()], "{dir:?}");
+        assert!(net.dropped.is_empty(), "{dir:?}: {:?}", net.dropped);
+    }
+}
+
+#[test]
 fn no_session_before_the_handshake() {
     let mut net = Net::new();
     assert_eq!(net.seal_up(0, b"early"), Err(SealError::NoSession));
