@@ -147,7 +147,19 @@ fn source(which: u8) -> SocketAddr {
 }
 
 fn client_copy(client: &Initiator<Seeded>) -> Initiator<Seeded> {
-    client.fuzz_clone().expect("the fixture holds no handshake in flight")
+    client
+        .fuzz_clone()
+        .expect("the fixture holds no handshake in flight")
+}
+
+/// The client's data message carrying `payload` on `path`.
+fn seal_payload(client: &mut Initiator<Seeded>, now: Instant, path: u8) -> Vec<u8> {
+    let mut sealed = vec![0; 64];
+    let len = client
+        .seal(now, path, &Inner::Ip(b"payload"), &mut sealed)
+        .expect("established");
+    sealed.truncate(len);
+    sealed
 }
 
 fuzz_target!(|input: &[u8]| {
@@ -207,11 +219,7 @@ fuzz_target!(|input: &[u8]| {
     // input starts from the same state, so the fuzzer can learn a genuine
     // message of another input (the same counter, another path): that one
     // opens and the genuine copy is then a replay.
-    let mut sealed = vec![0; 64];
-    let len = client
-        .seal(t1, mode, &Inner::Ip(b"payload"), &mut sealed)
-        .expect("established");
-    sealed.truncate(len);
+    let mut sealed = seal_payload(&mut client, t1, mode);
     let genuine = sealed.clone();
     let counter = |bytes: &[u8]| Data::new_checked(bytes).ok().map(|d| d.counter());
 
@@ -248,21 +256,14 @@ fuzz_target!(|input: &[u8]| {
                 // differ by a fixed pattern; the session's counter never
                 // repeats a nonce). Only that may open.
                 let mut other = client_copy(&f.established.1);
-                let mut resealed = vec![0; 64];
-                let len = other
-                    .seal(t1, path, &Inner::Ip(b"payload"), &mut resealed)
-                    .expect("established");
-                resealed.truncate(len);
+                let resealed = seal_payload(&mut other, t1, path);
                 assert_eq!(sent, resealed, "a tampered data message opened");
             } else {
                 assert_eq!(path, mode);
             }
         }
         Ok(other) => panic!("data opened as {other:?}"),
-        Err(e) => assert!(
-            changed || replay,
-            "a genuine data message was dropped: {e}"
-        ),
+        Err(e) => assert!(changed || replay, "a genuine data message was dropped: {e}"),
     }
     assert!(server.poll_transmit().is_none());
 

@@ -109,8 +109,7 @@ pub(super) async fn run(shared: Arc<Shared>) -> Result<(), ClientError> {
             if shared.datagrams.is_some()
                 && !matches!(classify(packet), Protocol::Tcp | Protocol::Invalid)
             {
-                if let Some(h) = header.filter(|h| h.gso_type & !vnet::GSO_ECN == vnet::GSO_UDP_L4)
-                {
+                if let Some(h) = header.filter(vnet::Header::is_udp_gso) {
                     // Cut into its datagrams behind the read buffer; when
                     // that is full, what is gathered goes out first.
                     for _ in 0..2 {

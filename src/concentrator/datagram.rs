@@ -803,7 +803,7 @@ fn unframe(framed: &mut [u8], head: usize) -> Option<Unframed<'_>> {
     }
     let header = vnet::Header::parse(framed).ok()?;
     let packet = framed.get_mut(head..)?;
-    if header.gso_type & !vnet::GSO_ECN == vnet::GSO_UDP_L4 {
+    if header.is_udp_gso() {
         return Some(Unframed::Super(packet, usize::from(header.gso_size)));
     }
     if let Err(e) = vnet::finish_checksum(&header, packet) {

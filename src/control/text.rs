@@ -46,11 +46,7 @@ fn render_client(out: &mut String, status: &Status, client: &ClientStatus) {
     );
     if let Some(dg) = &client.datagram {
         let handshake = handshake(dg.last_handshake_unix, status.now_unix);
-        let session = match (dg.session, &dg.cipher) {
-            (true, Some(cipher)) => format!("up ({cipher})"),
-            (true, None) => "up".to_owned(),
-            (false, _) => "down".to_owned(),
-        };
+        let session = session_text(dg.session, dg.cipher.as_deref());
         let _ = writeln!(
             out,
             "  datagram tunnel: session {session}, {handshake}, mtu {}",
@@ -161,16 +157,21 @@ fn render_client_entry(out: &mut String, status: &Status, c: &ClientEntry) {
     );
     if let Some(dg) = &c.datagram {
         let handshake = handshake(dg.last_handshake_unix, status.now_unix);
-        let session = match (dg.session, &dg.cipher) {
-            (true, Some(cipher)) => format!("up ({cipher})"),
-            (true, None) => "up".to_owned(),
-            (false, _) => "down".to_owned(),
-        };
+        let session = session_text(dg.session, dg.cipher.as_deref());
         let _ = writeln!(
             out,
             "  datagram tunnel: session {session}, {handshake}, {} paths; {} packets sent, {} received",
             dg.paths, dg.counters.tx_packets, dg.counters.rx_packets
         );
+    }
+}
+
+/// A datagram session's state: `up (cipher)`, `up` or `down`.
+fn session_text(up: bool, cipher: Option<&str>) -> String {
+    match (up, cipher) {
+        (true, Some(cipher)) => format!("up ({cipher})"),
+        (true, None) => "up".to_owned(),
+        (false, _) => "down".to_owned(),
     }
 }
 

@@ -136,6 +136,12 @@ impl Header {
     pub fn is_gso(&self) -> bool {
         self.gso_type & !GSO_ECN != GSO_NONE
     }
+
+    /// Whether the packet is a UDP super-packet ([`GSO_UDP_L4`]) of
+    /// `gso_size`-byte datagrams.
+    pub fn is_udp_gso(&self) -> bool {
+        self.gso_type & !GSO_ECN == GSO_UDP_L4
+    }
 }
 
 /// Completes the partial checksum of one (not segmented) `packet` as the
