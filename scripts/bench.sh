@@ -40,8 +40,8 @@
 #       and restored at 9 s; the longest wait between received bytes before
 #       the cut (noise), at the cut and in the 5 s after the return, for
 #       mpbond and for kernel MPTCP used directly (the baseline, with mpbond
-#       stopped). --lte: lte's profile
-#       (default lte), a built-in name or a profile file.
+#       stopped). --lte: one table with lte on that profile, a built-in name
+#       or a profile file.
 #
 #   scripts/bench.sh scale [--conns N] [--dsl PROFILE] [--lte PROFILE]
 #       N concurrent connections (default 10,000), each echoing its own 512
@@ -723,7 +723,7 @@ failover_table() {
     if [ "$lte" = lte ]; then
         echo "goal: mpbond <= 300 ms at the cut and at the return, both directions (kernel alone: ~1.2 s at the cut)"
     else
-        echo "no goal on a bursty lte (its own gaps count as noise; mpbond must tell them from the cut)"
+        echo "no goal on this profile (the goal is on the default lines; lte's own gaps count as noise)"
     fi
     $LAB down
 }
