@@ -49,6 +49,10 @@ def send(conn):
         if len(words) != 2 or words[0] != "down":
             return
         deadline = time.monotonic() + min(float(words[1]), 600)
+        # One flow of many on a weak, bursty line can wait in retransmission
+        # backoff for more than 10 s and is still alive (seen: 16 flows on
+        # lte-weak): only a receiver gone for a minute ends it early.
+        conn.settimeout(60)
         payload = bytes(CHUNK)
         while time.monotonic() < deadline:
             conn.sendall(payload)
