@@ -691,14 +691,7 @@ failover_table() {
     # The baseline: mpbond stopped, the kernel set up by hand as its own
     # documentation says (source routing, one subflow endpoint per uplink).
     $LAB stop >/dev/null
-    local n
-    for n in 1 2; do
-        nsx mpb-cli ip rule add pref $((7700 + n)) from 10.77.$n.2 lookup $((7700 + n))
-        nsx mpb-cli ip route add default via 10.77.$n.1 table $((7700 + n))
-    done
-    nsx mpb-cli ip mptcp limits set subflows 2 add_addr_accepted 2
-    nsx mpb-cli ip mptcp endpoint add 10.77.1.2 dev dsl0 subflow
-    nsx mpb-cli ip mptcp endpoint add 10.77.2.2 dev lte0 subflow
+    kernel_mptcp_setup
     for how in down blackhole; do
         for dir in down up; do
             cut_run mpb-cli $how $dir --mptcp --bind 10.77.1.2 >"$TMP/r.json"
